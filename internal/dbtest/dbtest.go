@@ -1,0 +1,387 @@
+// Package dbtest gives every test its own Postgres schema with every migration
+// applied (River's tables and the project's), so tests run in parallel against
+// a real server and never see each other's rows.
+//
+// The server comes from TEST_DATABASE_URL, else DATABASE_URL, else
+// DefaultURL. When nothing answers there and a Docker engine is reachable, a
+// postgres:16 container is started with testcontainers; otherwise the run
+// stops with one line that says how to provide a database. Nothing is ever
+// skipped for want of a database.
+//
+// A schema costs one CREATE SCHEMA plus the migrations the first time (tens of
+// milliseconds); when its test ends it is emptied with one TRUNCATE and handed
+// to the next test of the same binary (a few milliseconds). Schemas of a run
+// that passed are dropped when the binary exits; a failed run leaves them for
+// inspection and a later run drops them once they are an hour old.
+package dbtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/goleak"
+
+	"github.com/aftercommit/aftercommit/internal/dbmigrate"
+)
+
+// DefaultURL is used when neither TEST_DATABASE_URL nor DATABASE_URL is set.
+const DefaultURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+
+// schemaPrefix starts the name of every schema the harness creates.
+const schemaPrefix = "act_"
+
+// gcAge is how old a leftover schema of an earlier run must be before it is
+// dropped. Younger ones may belong to a run still going in another process.
+const gcAge = time.Hour
+
+// Schema is one isolated, fully migrated schema.
+type Schema struct {
+	// Name is the schema's name; pass it to river.Config{Schema: …}.
+	Name string
+	// Pool's connections have search_path set to Name, so the project's
+	// unqualified table names resolve to it.
+	Pool *pgxpool.Pool
+	// URL is a connection string for the same schema (search_path in the
+	// URL), for code under test that opens its own pool or for subprocesses.
+	URL string
+}
+
+// Opts tune one schema. A nil *Opts takes the defaults.
+type Opts struct {
+	// MaxConns caps Pool. Defaults to 10.
+	MaxConns int32
+}
+
+type harness struct {
+	once    sync.Once
+	err     error
+	baseURL string
+	admin   *pgxpool.Pool
+	stop    func() // terminates a container, when one was started
+	base    string // per-binary name base: act_<pkg>_<time>_<pid>_
+	counter atomic.Int64
+
+	mu      sync.Mutex
+	idle    []*Schema
+	created []*Schema
+}
+
+var h harness
+
+// WrapTestMain runs a package's tests: it makes sure a server answers before
+// any test starts (or exits 1 with one line saying how to provide one), runs
+// them, drops the schemas of a passing run, and fails the run when goroutines
+// leak.
+func WrapTestMain(m *testing.M) {
+	if err := h.init(); err != nil {
+		fmt.Fprintln(os.Stderr, err.Error())
+		os.Exit(1)
+	}
+	code := m.Run()
+	h.shutdown(code == 0)
+	if code == 0 {
+		if err := goleak.Find(goleak.IgnoreCurrent()); err != nil {
+			fmt.Fprintln(os.Stderr, "dbtest: goroutines leaked:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// ServerURL returns the URL of the server tests run against (after starting
+// it if need be); its database is shared, so use it only to open pools whose
+// search_path you set yourself.
+func ServerURL(t testing.TB) string {
+	t.Helper()
+	if err := h.init(); err != nil {
+		t.Fatal(err.Error())
+	}
+	return h.baseURL
+}
+
+// TestSchema returns a fresh, fully migrated schema of its own for t. It is
+// emptied and reused by a later test once t ends.
+func TestSchema(ctx context.Context, t testing.TB, opts *Opts) *Schema {
+	t.Helper()
+	if err := h.init(); err != nil {
+		t.Fatal(err.Error())
+	}
+	if opts == nil {
+		opts = &Opts{}
+	}
+
+	s := h.checkout(opts)
+	if s == nil {
+		var err error
+		s, err = h.create(ctx, opts)
+		if err != nil {
+			t.Fatalf("dbtest: creating a test schema: %v", err)
+		}
+	}
+	t.Cleanup(func() { h.checkin(s) })
+	return s
+}
+
+func (h *harness) init() error {
+	h.once.Do(func() { h.err = h.connect() })
+	return h.err
+}
+
+func resolveURL() string {
+	for _, k := range []string{"TEST_DATABASE_URL", "DATABASE_URL"} {
+		if v := os.Getenv(k); v != "" {
+			return v
+		}
+	}
+	return DefaultURL
+}
+
+func (h *harness) connect() error {
+	ctx := context.Background()
+	rawURL := resolveURL()
+	admin, pingErr := openAndPing(ctx, rawURL)
+	if pingErr != nil {
+		containerURL, stop, dockerErr := startContainer(ctx)
+		if dockerErr != nil {
+			return fmt.Errorf("dbtest: no Postgres answers at %s (%v) and no Docker engine for testcontainers (%v): start Postgres there or set TEST_DATABASE_URL=postgres://user@host:port/db",
+				describeURL(rawURL), oneLine(pingErr), oneLine(dockerErr))
+		}
+		h.stop = stop
+		rawURL = containerURL
+		admin, pingErr = openAndPing(ctx, rawURL)
+		if pingErr != nil {
+			stop()
+			return fmt.Errorf("dbtest: the postgres:16 container does not answer: %v", oneLine(pingErr))
+		}
+	}
+	h.admin = admin
+	h.baseURL = rawURL
+	h.base = fmt.Sprintf("%s%s_%s_%d_", schemaPrefix, callerPackage(), time.Now().UTC().Format("20060102t150405"), os.Getpid())
+	h.gc(ctx)
+	return nil
+}
+
+func openAndPing(ctx context.Context, rawURL string) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("parsing database URL: %w", err)
+	}
+	cfg.MaxConns = 4
+	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := pool.Ping(pingCtx); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return pool, nil
+}
+
+// gc drops schemas that earlier runs of this package left behind.
+func (h *harness) gc(ctx context.Context) {
+	pkgPrefix := schemaPrefix + callerPackage() + "_"
+	cutoff := pkgPrefix + time.Now().UTC().Add(-gcAge).Format("20060102t150405")
+	rows, err := h.admin.Query(ctx,
+		`SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1) AND nspname < $2`, pkgPrefix, cutoff)
+	if err != nil {
+		return
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return
+	}
+	for _, n := range names {
+		_, _ = h.admin.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{n}.Sanitize()+" CASCADE")
+	}
+}
+
+func (h *harness) checkout(opts *Opts) *Schema {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	want := maxConns(opts)
+	for i, s := range h.idle {
+		if s.Pool.Config().MaxConns == want {
+			h.idle = append(h.idle[:i], h.idle[i+1:]...)
+			return s
+		}
+	}
+	return nil
+}
+
+func maxConns(opts *Opts) int32 {
+	if opts.MaxConns > 0 {
+		return opts.MaxConns
+	}
+	return 10
+}
+
+func (h *harness) create(ctx context.Context, opts *Opts) (*Schema, error) {
+	name := fmt.Sprintf("%s%d", h.base, h.counter.Add(1))
+	if len(name) > 63 {
+		return nil, fmt.Errorf("schema name %q is longer than 63 bytes", name)
+	}
+	if _, err := h.admin.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return nil, err
+	}
+
+	schemaURL, err := withSearchPath(h.baseURL, name)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := pgxpool.ParseConfig(schemaURL)
+	if err != nil {
+		return nil, err
+	}
+	cfg.MaxConns = maxConns(opts)
+	cfg.MaxConnIdleTime = time.Minute
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Schema{Name: name, Pool: pool, URL: schemaURL}
+	h.mu.Lock()
+	h.created = append(h.created, s)
+	h.mu.Unlock()
+
+	if _, err := dbmigrate.Up(ctx, pool, &dbmigrate.Options{Schema: name}); err != nil {
+		return nil, fmt.Errorf("migrating schema %s: %w", name, err)
+	}
+	return s, nil
+}
+
+// checkin empties s and makes it available to the next test. A schema that
+// cannot be emptied is retired, never reused.
+func (h *harness) checkin(s *Schema) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := truncateAll(ctx, s); err != nil {
+		return
+	}
+	h.mu.Lock()
+	h.idle = append(h.idle, s)
+	h.mu.Unlock()
+}
+
+// keptTables hold migration bookkeeping and survive a reset.
+var keptTables = map[string]bool{"schema_migrations": true, "river_migration": true}
+
+func truncateAll(ctx context.Context, s *Schema) error {
+	rows, err := s.Pool.Query(ctx,
+		`SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY tablename`, s.Name)
+	if err != nil {
+		return err
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	idents := make([]string, 0, len(tables))
+	for _, tbl := range tables {
+		if !keptTables[tbl] {
+			idents = append(idents, pgx.Identifier{s.Name, tbl}.Sanitize())
+		}
+	}
+	if len(idents) == 0 {
+		return nil
+	}
+	_, err = s.Pool.Exec(ctx, "TRUNCATE "+strings.Join(idents, ", ")+" RESTART IDENTITY CASCADE")
+	return err
+}
+
+func (h *harness) shutdown(dropSchemas bool) {
+	if h.admin == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	h.mu.Lock()
+	created := h.created
+	h.created, h.idle = nil, nil
+	h.mu.Unlock()
+	for _, s := range created {
+		s.Pool.Close()
+		if dropSchemas {
+			_, _ = h.admin.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{s.Name}.Sanitize()+" CASCADE")
+		}
+	}
+	h.admin.Close()
+	if h.stop != nil {
+		h.stop()
+	}
+}
+
+// withSearchPath returns rawURL with search_path set to schema. pgx sends
+// unknown URL parameters to the server as run-time parameters.
+func withSearchPath(rawURL, schema string) (string, error) {
+	if strings.Contains(rawURL, "://") {
+		u, err := url.Parse(rawURL)
+		if err != nil {
+			return "", fmt.Errorf("parsing database URL: %w", err)
+		}
+		q := u.Query()
+		q.Set("search_path", schema)
+		u.RawQuery = q.Encode()
+		return u.String(), nil
+	}
+	return rawURL + " search_path=" + schema, nil
+}
+
+// describeURL names host, port and database of a URL without its password.
+func describeURL(rawURL string) string {
+	cfg, err := pgconn.ParseConfig(rawURL)
+	if err != nil {
+		return "an unparsable URL"
+	}
+	return fmt.Sprintf("%s:%d (database %q, user %q)", cfg.Host, cfg.Port, cfg.Database, cfg.User)
+}
+
+func oneLine(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Message
+	}
+	s := err.Error()
+	if i := strings.LastIndex(s, ": "); i >= 0 && len(s) > 160 {
+		s = s[i+2:]
+	}
+	return strings.ReplaceAll(s, "\n", " ")
+}
+
+var nonIdent = regexp.MustCompile(`[^a-z0-9]+`)
+
+// callerPackage names the package under test, from the test binary's name
+// (e.g. outbox.test → outbox), so schemas of parallel package binaries never
+// collide and garbage collection only touches one package's leftovers.
+func callerPackage() string {
+	name := os.Args[0]
+	if i := strings.LastIndexAny(name, `/\`); i >= 0 {
+		name = name[i+1:]
+	}
+	name = strings.TrimSuffix(strings.TrimSuffix(name, ".exe"), ".test")
+	name = nonIdent.ReplaceAllString(strings.ToLower(name), "")
+	if name == "" {
+		_, file, _, _ := runtime.Caller(0)
+		name = nonIdent.ReplaceAllString(strings.ToLower(file), "")
+	}
+	if len(name) > 16 {
+		name = name[:16]
+	}
+	return name
+}
