@@ -1,0 +1,93 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+)
+
+// PingKind is the River kind of PingArgs. It never changes.
+const PingKind = "aftercommit.ping"
+
+// PingMaxSleep caps PingArgs.SleepMS.
+const PingMaxSleep = time.Minute
+
+// ErrPingSleepTooLong is returned for a ping that asks to sleep longer than
+// PingMaxSleep.
+var ErrPingSleepTooLong = errors.New("jobs: ping sleep exceeds the maximum")
+
+// PingArgs asks a worker to mark a row of the pings table as pinged.
+type PingArgs struct {
+	// PingID is the pings row to mark; 0 means a no-op ping that touches no
+	// row (used to measure the queue alone).
+	PingID int64 `json:"ping_id"`
+	// SleepMS makes the worker wait this long first, to simulate slow work
+	// in tests of shutdown and crashes. At most PingMaxSleep.
+	SleepMS int `json:"sleep_ms,omitempty"`
+}
+
+// Kind implements river.JobArgs.
+func (PingArgs) Kind() string { return PingKind }
+
+// PingOutcome is recorded as the job's output (metadata "output").
+type PingOutcome struct {
+	// Result is "pinged", "noop" or "not_needed" (the row no longer exists).
+	Result string `json:"result"`
+}
+
+// PingWorker works PingArgs.
+type PingWorker struct {
+	river.WorkerDefaults[PingArgs]
+
+	// Pool is the database the pings table lives in.
+	Pool *pgxpool.Pool
+}
+
+// AddPingWorker registers a PingWorker on workers.
+func AddPingWorker(workers *river.Workers, pool *pgxpool.Pool) {
+	river.AddWorker(workers, &PingWorker{Pool: pool})
+}
+
+// Work marks the ping and completes the job in one transaction.
+func (w *PingWorker) Work(ctx context.Context, job *river.Job[PingArgs]) error {
+	sleep := time.Duration(job.Args.SleepMS) * time.Millisecond
+	if sleep > PingMaxSleep || sleep < 0 {
+		return river.JobCancel(fmt.Errorf("%w: %d ms", ErrPingSleepTooLong, job.Args.SleepMS))
+	}
+	if sleep > 0 {
+		timer := time.NewTimer(sleep)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return ctx.Err()
+		case <-timer.C:
+		}
+	}
+	if job.Args.PingID == 0 {
+		return river.RecordOutput(ctx, PingOutcome{Result: "noop"})
+	}
+
+	return pgx.BeginFunc(ctx, w.Pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, pingMarkSQL, job.Args.PingID)
+		if err != nil {
+			return fmt.Errorf("marking ping %d: %w", job.Args.PingID, err)
+		}
+		outcome := PingOutcome{Result: "pinged"}
+		if tag.RowsAffected() == 0 {
+			outcome.Result = "not_needed"
+		}
+		if err := river.RecordOutput(ctx, outcome); err != nil {
+			return err
+		}
+		_, err = river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job)
+		return err
+	})
+}
+
+const pingMarkSQL = `UPDATE pings SET pinged_at = now(), ping_count = ping_count + 1 WHERE id = $1`

@@ -1,0 +1,303 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+)
+
+// MaxPayloadBytesDefault is the default limit on the JSON size of one job's
+// args: 128 KiB.
+const MaxPayloadBytesDefault = 128 << 10
+
+// Config tunes an Outbox. A nil *Config takes every default.
+type Config struct {
+	// MaxPayloadBytes is the largest JSON encoding of one job's args that
+	// Enqueue accepts. Args are meant to be a few IDs; larger data belongs
+	// in a table.
+	//
+	// Defaults to MaxPayloadBytesDefault (128 KiB).
+	MaxPayloadBytes int
+
+	// Queues, when not empty, lists the only queues jobs may be enqueued
+	// to; any other queue is refused with ErrUnknownQueue at Enqueue.
+	//
+	// Defaults to empty: any well-formed queue name is accepted.
+	Queues []string
+
+	// DisablePipelinedCommit makes InTx insert jobs and then COMMIT in two
+	// round trips (River's InsertManyTx, then Commit) instead of sending the
+	// insert and the COMMIT together. Useful to compare the two.
+	//
+	// Defaults to false.
+	DisablePipelinedCommit bool
+
+	// Logger receives the outbox's rare warnings. Defaults to
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// WithDefaults returns a copy of c (which may be nil) with defaults filled in.
+func (c *Config) WithDefaults() Config {
+	var out Config
+	if c != nil {
+		out = *c
+	}
+	if out.MaxPayloadBytes == 0 {
+		out.MaxPayloadBytes = MaxPayloadBytesDefault
+	}
+	if out.Logger == nil {
+		out.Logger = slog.Default()
+	}
+	return out
+}
+
+func (c *Config) validate() error {
+	if c.MaxPayloadBytes < 0 {
+		return fmt.Errorf("outbox: Config.MaxPayloadBytes must not be negative, got %d", c.MaxPayloadBytes)
+	}
+	for _, q := range c.Queues {
+		if len(q) > 64 || !queueNameRE.MatchString(q) {
+			return fmt.Errorf("%w: Config.Queues holds %q", ErrInvalidQueue, q)
+		}
+	}
+	return nil
+}
+
+// Outbox runs business transactions that enqueue River jobs. It is safe for
+// concurrent use; build one per process.
+type Outbox struct {
+	pool   *pgxpool.Pool
+	client *river.Client[pgx.Tx]
+	cfg    Config
+	queues map[string]struct{}
+
+	pipelined atomic.Int64
+	fallbacks atomic.Int64
+}
+
+// New returns an Outbox that runs transactions on pool and inserts jobs with
+// client. The client may be insert-only (no Workers, no Queues): it is used
+// for River's insert logic, not to work jobs. cfg may be nil.
+func New(pool *pgxpool.Pool, client *river.Client[pgx.Tx], cfg *Config) (*Outbox, error) {
+	if pool == nil {
+		return nil, ErrNilPool
+	}
+	if client == nil {
+		return nil, ErrNilClient
+	}
+	c := cfg.WithDefaults()
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	o := &Outbox{pool: pool, client: client, cfg: c}
+	if len(c.Queues) > 0 {
+		o.queues = make(map[string]struct{}, len(c.Queues))
+		for _, q := range c.Queues {
+			o.queues[q] = struct{}{}
+		}
+	}
+	return o, nil
+}
+
+// Stats counts how InTx committed transactions that held jobs.
+type Stats struct {
+	// Pipelined is the number of commits whose job insert and COMMIT went
+	// to the server in one round trip.
+	Pipelined int64
+	// Fallbacks is the number of commits that used the two-round-trip path
+	// because River's insert could not be pipelined (a hook or middleware
+	// of the client ran SQL of its own) or pipelining is disabled.
+	Fallbacks int64
+}
+
+// Stats returns counters since New.
+func (o *Outbox) Stats() Stats {
+	return Stats{Pipelined: o.pipelined.Load(), Fallbacks: o.fallbacks.Load()}
+}
+
+// InTx runs fn in a new transaction and commits it, with every job fn
+// enqueued, when fn returns nil.
+//
+// Jobs enqueued with tx.Enqueue are buffered and de-duplicated; nothing is
+// written until fn returns. Then all of them are inserted with one statement
+// sent in the same round trip as the COMMIT. If fn returns an error, if an
+// Enqueue failed, or if fn panics, the transaction is rolled back and no job
+// exists; a panic is raised again after the rollback. An Enqueue failure that
+// fn ignored is returned wrapped in ErrTxAborted.
+//
+// tx must not be used after InTx returns; its methods then return
+// pgx.ErrTxClosed.
+func (o *Outbox) InTx(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) (err error) {
+	conn, err := o.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("outbox: acquiring a connection: %w", err)
+	}
+	// A connection left inside a transaction (a failed rollback) is not
+	// idle, and the pool destroys it on release instead of reusing it.
+	defer conn.Release()
+
+	inner, err := conn.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("outbox: beginning a transaction: %w", err)
+	}
+	tx := &Tx{inner: inner, batch: o.NewBatch()}
+
+	defer func() {
+		if p := recover(); p != nil {
+			tx.close()
+			_ = inner.Rollback(context.WithoutCancel(ctx))
+			panic(p)
+		}
+	}()
+
+	if err := fn(ctx, tx); err != nil {
+		tx.close()
+		if rbErr := inner.Rollback(context.WithoutCancel(ctx)); rbErr != nil && !errors.Is(rbErr, pgx.ErrTxClosed) {
+			return errors.Join(err, fmt.Errorf("outbox: rolling back: %w", rbErr))
+		}
+		return err
+	}
+	tx.close()
+
+	params, err := tx.batch.take()
+	if err != nil {
+		_ = inner.Rollback(context.WithoutCancel(ctx))
+		return fmt.Errorf("%w: %w", ErrTxAborted, err)
+	}
+	if len(params) == 0 {
+		if err := inner.Commit(ctx); err != nil {
+			return fmt.Errorf("outbox: committing: %w", err)
+		}
+		return nil
+	}
+	return o.commitWithJobs(ctx, inner, params)
+}
+
+// Tx is the transaction InTx hands to its function. It implements pgx.Tx for
+// the caller's own SQL (so it can be passed to sqlc queries, River's InsertTx
+// or anything else that takes a pgx.Tx) and buffers jobs with Enqueue.
+//
+// Commit and Rollback are refused with ErrManagedTx: InTx ends the
+// transaction. Savepoints (Begin) work as in pgx, but buffered jobs are not
+// tied to them: a job enqueued inside a savepoint that is rolled back is still
+// written.
+type Tx struct {
+	inner pgx.Tx
+	batch *Batch
+
+	mu     sync.Mutex
+	closed bool
+}
+
+var _ pgx.Tx = (*Tx)(nil)
+
+// Enqueue buffers a job to be inserted just before COMMIT. A job of the same
+// kind and de-duplication key as one already buffered is dropped (the first
+// one's options win). It returns the validation errors of Batch.Add; after an
+// error, InTx rolls back even if the function returns nil.
+func (tx *Tx) Enqueue(args river.JobArgs, opts *river.InsertOpts) error {
+	if tx.isClosed() {
+		return pgx.ErrTxClosed
+	}
+	return tx.batch.Add(args, opts)
+}
+
+// Pending is the number of distinct jobs buffered so far.
+func (tx *Tx) Pending() int { return tx.batch.Len() }
+
+// Duplicates is the number of Enqueue calls dropped as duplicates so far.
+func (tx *Tx) Duplicates() int { return tx.batch.Duplicates() }
+
+func (tx *Tx) close() {
+	tx.mu.Lock()
+	tx.closed = true
+	tx.mu.Unlock()
+}
+
+func (tx *Tx) isClosed() bool {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return tx.closed
+}
+
+// Begin starts a savepoint (a pseudo nested transaction).
+func (tx *Tx) Begin(ctx context.Context) (pgx.Tx, error) {
+	if tx.isClosed() {
+		return nil, pgx.ErrTxClosed
+	}
+	return tx.inner.Begin(ctx)
+}
+
+// Commit is refused with ErrManagedTx; return nil from the function instead.
+func (tx *Tx) Commit(context.Context) error { return ErrManagedTx }
+
+// Rollback is refused with ErrManagedTx; return an error from the function
+// instead.
+func (tx *Tx) Rollback(context.Context) error { return ErrManagedTx }
+
+// CopyFrom runs COPY FROM in the transaction.
+func (tx *Tx) CopyFrom(ctx context.Context, tableName pgx.Identifier, columnNames []string, rowSrc pgx.CopyFromSource) (int64, error) {
+	if tx.isClosed() {
+		return 0, pgx.ErrTxClosed
+	}
+	return tx.inner.CopyFrom(ctx, tableName, columnNames, rowSrc)
+}
+
+// SendBatch sends a pgx batch in the transaction.
+func (tx *Tx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	if tx.isClosed() {
+		return pgx.FailedBatchResults(b, pgx.ErrTxClosed)
+	}
+	return tx.inner.SendBatch(ctx, b)
+}
+
+// LargeObjects returns the large object API of the transaction.
+func (tx *Tx) LargeObjects() pgx.LargeObjects { return tx.inner.LargeObjects() }
+
+// Prepare creates a prepared statement on the transaction's connection.
+func (tx *Tx) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
+	if tx.isClosed() {
+		return nil, pgx.ErrTxClosed
+	}
+	return tx.inner.Prepare(ctx, name, sql)
+}
+
+// Exec runs sql in the transaction.
+func (tx *Tx) Exec(ctx context.Context, sql string, arguments ...any) (pgconn.CommandTag, error) {
+	if tx.isClosed() {
+		return pgconn.CommandTag{}, pgx.ErrTxClosed
+	}
+	return tx.inner.Exec(ctx, sql, arguments...)
+}
+
+// Query runs sql in the transaction.
+func (tx *Tx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if tx.isClosed() {
+		return nil, pgx.ErrTxClosed
+	}
+	return tx.inner.Query(ctx, sql, args...)
+}
+
+// QueryRow runs sql in the transaction.
+func (tx *Tx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if tx.isClosed() {
+		return errRow{err: pgx.ErrTxClosed}
+	}
+	return tx.inner.QueryRow(ctx, sql, args...)
+}
+
+// Conn returns the transaction's connection.
+func (tx *Tx) Conn() *pgx.Conn { return tx.inner.Conn() }
+
+type errRow struct{ err error }
+
+func (r errRow) Scan(...any) error { return r.err }

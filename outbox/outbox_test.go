@@ -1,0 +1,685 @@
+package outbox_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/testtrace"
+	"github.com/aftercommit/aftercommit/outbox"
+)
+
+func TestInTx(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	t.Run("CommitWritesTheDeduplicatedJobsWithTheirArgs", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+
+		var pingID int64
+		err := b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			pingID = insertPing(ctx, t, tx, "first")
+			require.NoError(t, tx.Enqueue(noteArgs{PingID: pingID, Note: "a"}, nil))
+			require.NoError(t, tx.Enqueue(noteArgs{PingID: pingID, Note: "a"}, nil)) // same JSON
+			require.NoError(t, tx.Enqueue(noteArgs{PingID: pingID, Note: "b"}, &river.InsertOpts{Queue: "other"}))
+			require.NoError(t, tx.Enqueue(keyedArgs{Key: "k1", Seq: 1}, nil))
+			require.NoError(t, tx.Enqueue(keyedArgs{Key: "k1", Seq: 2}, nil)) // same key, first wins
+			require.NoError(t, tx.Enqueue(keyedArgs{Key: "k2", Seq: 3}, nil))
+			require.Equal(t, 4, tx.Pending())
+			require.Equal(t, 2, tx.Duplicates())
+			return nil
+		})
+		require.NoError(t, err)
+
+		require.Equal(t, []jobRow{
+			{Kind: "test.note", Args: canonical(t, noteArgs{PingID: pingID, Note: "a"}), Queue: "default", State: "available"},
+			{Kind: "test.note", Args: canonical(t, noteArgs{PingID: pingID, Note: "b"}), Queue: "other", State: "available"},
+			{Kind: "test.keyed", Args: canonical(t, keyedArgs{Key: "k1", Seq: 1}), Queue: "default", State: "available"},
+			{Kind: "test.keyed", Args: canonical(t, keyedArgs{Key: "k2", Seq: 3}), Queue: "default", State: "available"},
+		}, canonicalJobs(t, b.jobs(ctx, t)))
+		require.Equal(t, 1, b.count(ctx, t, `SELECT count(*) FROM pings WHERE id = $1`, pingID))
+		require.Equal(t, outbox.Stats{Pipelined: 1}, b.ob.Stats())
+	})
+
+	t.Run("SameKindDifferentKindsAreNotDuplicates", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+
+		// keyedArgs and otherKeyedArgs share a key but not a kind.
+		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			require.NoError(t, tx.Enqueue(keyedArgs{Key: "same"}, nil))
+			return tx.Enqueue(otherKeyedArgs{Key: "same"}, nil)
+		}))
+		require.Equal(t, 2, b.count(ctx, t, `SELECT count(*) FROM river_job`))
+	})
+
+	t.Run("ErrorRollsBackRowsAndJobs", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+		errBusiness := errors.New("card declined")
+
+		err := b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			id := insertPing(ctx, t, tx, "doomed")
+			require.NoError(t, tx.Enqueue(noteArgs{PingID: id}, nil))
+			return fmt.Errorf("charging: %w", errBusiness)
+		})
+		require.ErrorIs(t, err, errBusiness)
+		require.Equal(t, "charging: card declined", err.Error())
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM river_job`))
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM pings`))
+		require.Zero(t, b.tracer.Count("river_job"), "no job statement may reach the server")
+	})
+
+	t.Run("PanicRollsBackAndIsRaisedAgain", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+
+		recovered := func() (p any) {
+			defer func() { p = recover() }()
+			_ = b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+				id := insertPing(ctx, t, tx, "doomed")
+				require.NoError(t, tx.Enqueue(noteArgs{PingID: id}, nil))
+				panic("boom")
+			})
+			return nil
+		}()
+		require.Equal(t, "boom", recovered)
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM river_job`))
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM pings`))
+
+		// The connection went back to the pool usable, outside a transaction.
+		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			insertPing(ctx, t, tx, "after")
+			return nil
+		}))
+		require.Equal(t, 1, b.count(ctx, t, `SELECT count(*) FROM pings`))
+	})
+
+	t.Run("TenThousandEnqueuesOverHundredKeysWriteHundredRowsWithOneInsert", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+
+		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			for i := range 10_000 {
+				if err := tx.Enqueue(noteArgs{PingID: int64(i % 100)}, nil); err != nil {
+					return err
+				}
+			}
+			require.Equal(t, 100, tx.Pending())
+			require.Equal(t, 9_900, tx.Duplicates())
+			return nil
+		}))
+
+		require.Equal(t, 100, b.count(ctx, t, `SELECT count(*) FROM river_job`))
+		require.Equal(t, 100, b.count(ctx, t, `SELECT count(DISTINCT args->>'ping_id') FROM river_job`))
+
+		trips := b.tracer.RoundTrips()
+		var insertTrips [][]string
+		for _, trip := range trips {
+			for _, sql := range trip {
+				if testtrace.Matches(sql, "insert into", "river_job") {
+					insertTrips = append(insertTrips, trip)
+				}
+			}
+		}
+		require.Len(t, insertTrips, 1, "exactly one INSERT INTO river_job statement")
+		last := insertTrips[0][len(insertTrips[0])-1]
+		require.Equal(t, "COMMIT", last, "the insert and the COMMIT share one round trip")
+		require.Equal(t, outbox.Stats{Pipelined: 1}, b.ob.Stats())
+	})
+
+	t.Run("FiftyConcurrentTransactionsEachWriteTheirJobsExactlyOnce", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+
+		const n = 50
+		var wg sync.WaitGroup
+		errs := make(chan error, n)
+		for g := range n {
+			wg.Go(func() {
+				errs <- b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+					var id int64
+					if err := tx.QueryRow(ctx, `INSERT INTO pings (note) VALUES ($1) RETURNING id`, fmt.Sprint(g)).Scan(&id); err != nil {
+						return err
+					}
+					for range 3 { // de-duplicated inside each transaction
+						if err := tx.Enqueue(noteArgs{PingID: id, Note: fmt.Sprint(g)}, nil); err != nil {
+							return err
+						}
+					}
+					return tx.Enqueue(keyedArgs{Key: fmt.Sprint(g)}, nil)
+				})
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			require.NoError(t, err)
+		}
+
+		require.Equal(t, n, b.count(ctx, t, `SELECT count(*) FROM pings`))
+		require.Equal(t, 2*n, b.count(ctx, t, `SELECT count(*) FROM river_job`))
+		// Every ping has exactly one note job, carrying its own id and note.
+		require.Equal(t, n, b.count(ctx, t, `
+			SELECT count(*) FROM pings p
+			 WHERE (SELECT count(*) FROM river_job j
+			         WHERE j.kind = 'test.note'
+			           AND (j.args->>'ping_id')::bigint = p.id
+			           AND j.args->>'note' = p.note) = 1`))
+		require.Equal(t, n, b.count(ctx, t, `SELECT count(DISTINCT args->>'key') FROM river_job WHERE kind = 'test.keyed'`))
+		require.Equal(t, outbox.Stats{Pipelined: n}, b.ob.Stats())
+	})
+
+	t.Run("NoJobsIsAPlainCommit", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+
+		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			insertPing(ctx, t, tx, "alone")
+			return nil
+		}))
+		require.Equal(t, 1, b.count(ctx, t, `SELECT count(*) FROM pings`))
+		require.Zero(t, b.tracer.Count("river_job"))
+		require.Equal(t, outbox.Stats{}, b.ob.Stats())
+	})
+
+	t.Run("TxIsClosedAfterInTxAndCannotBeEndedByHand", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+
+		var leaked *outbox.Tx
+		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			require.ErrorIs(t, tx.Commit(ctx), outbox.ErrManagedTx)
+			require.ErrorIs(t, tx.Rollback(ctx), outbox.ErrManagedTx)
+			leaked = tx
+			return nil
+		}))
+		_, err := leaked.Exec(ctx, `INSERT INTO pings (note) VALUES ('late')`)
+		require.ErrorIs(t, err, pgx.ErrTxClosed)
+		require.ErrorIs(t, leaked.QueryRow(ctx, `SELECT 1`).Scan(new(int)), pgx.ErrTxClosed)
+		_, err = leaked.Query(ctx, `SELECT 1`)
+		require.ErrorIs(t, err, pgx.ErrTxClosed)
+		require.ErrorIs(t, leaked.Enqueue(noteArgs{}, nil), pgx.ErrTxClosed)
+		require.ErrorIs(t, leaked.SendBatch(ctx, &pgx.Batch{}).Close(), pgx.ErrTxClosed)
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM pings`))
+	})
+
+	t.Run("SavepointsWork", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+
+		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			insertPing(ctx, t, tx, "kept")
+			sp, err := tx.Begin(ctx)
+			require.NoError(t, err)
+			insertPing(ctx, t, sp, "undone")
+			require.NoError(t, sp.Rollback(ctx))
+			return tx.Enqueue(noteArgs{Note: "x"}, nil)
+		}))
+		rows, err := b.schema.Pool.Query(ctx, `SELECT note FROM pings ORDER BY id`)
+		require.NoError(t, err)
+		notes, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		require.NoError(t, err)
+		require.Equal(t, []string{"kept"}, notes)
+		require.Equal(t, 1, b.count(ctx, t, `SELECT count(*) FROM river_job`))
+	})
+
+	t.Run("CommitFailureLeavesNothing", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+		_, err := b.schema.Pool.Exec(ctx, `CREATE TABLE deferred_unique (
+			id int, CONSTRAINT deferred_unique_id UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)`)
+		require.NoError(t, err)
+
+		// The duplicate is only detected at COMMIT, in the same round trip
+		// as the job insert.
+		err = b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			_, err := tx.Exec(ctx, `INSERT INTO deferred_unique VALUES (1), (1)`)
+			require.NoError(t, err)
+			return tx.Enqueue(noteArgs{Note: "never"}, nil)
+		})
+		var pgErr *pgconn.PgError
+		require.ErrorAs(t, err, &pgErr)
+		require.Equal(t, "23505", pgErr.Code)
+		require.Equal(t, "deferred_unique_id", pgErr.ConstraintName)
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM river_job`))
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM deferred_unique`))
+
+		// Every connection of the pool is still usable.
+		for range 15 {
+			require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+				return tx.Enqueue(noteArgs{Note: "after"}, nil)
+			}))
+		}
+		require.Equal(t, 15, b.count(ctx, t, `SELECT count(*) FROM river_job`), "de-duplication is per transaction: fifteen transactions write fifteen jobs")
+	})
+
+	t.Run("InsertErrorInsideThePipelineRollsBack", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+		// A check constraint River does not know about fails the job insert
+		// itself, inside the batch, before the COMMIT.
+		_, err := b.schema.Pool.Exec(ctx, `ALTER TABLE river_job ADD CONSTRAINT no_forbidden CHECK (args->>'note' IS DISTINCT FROM 'forbidden')`)
+		require.NoError(t, err)
+
+		err = b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			insertPing(ctx, t, tx, "doomed")
+			require.NoError(t, tx.Enqueue(noteArgs{Note: "fine"}, nil))
+			return tx.Enqueue(noteArgs{Note: "forbidden"}, nil)
+		})
+		var pgErr *pgconn.PgError
+		require.ErrorAs(t, err, &pgErr)
+		require.Equal(t, "no_forbidden", pgErr.ConstraintName)
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM river_job`))
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM pings`))
+	})
+}
+
+// Compile-time: InTx's *Tx can be handed to anything that takes a pgx.Tx.
+var _ pgx.Tx = (*outbox.Tx)(nil)
+
+// otherKeyedArgs has the same key as keyedArgs but another kind.
+type otherKeyedArgs struct {
+	Key string `json:"key"`
+}
+
+func (otherKeyedArgs) Kind() string        { return "test.other_keyed" }
+func (a otherKeyedArgs) DedupeKey() string { return a.Key }
+
+func canonicalJobs(t *testing.T, rows []jobRow) []jobRow {
+	t.Helper()
+	for i := range rows {
+		rows[i].Args = canonical(t, rows[i].Args)
+	}
+	return rows
+}
+
+func TestRiverSemanticsAreKept(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	t.Run("UniqueOptionsSkipADuplicateAcrossTransactions", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+
+		for range 3 {
+			require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+				return tx.Enqueue(uniqueArgs{CarID: 7}, nil)
+			}))
+		}
+		require.Equal(t, 1, b.count(ctx, t, `SELECT count(*) FROM river_job`))
+		require.Equal(t, outbox.Stats{Pipelined: 3}, b.ob.Stats())
+	})
+
+	t.Run("InsertOptsDefaultsAndOverridesApply", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+		at := time.Now().Add(time.Hour).UTC().Truncate(time.Microsecond)
+
+		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			require.NoError(t, tx.Enqueue(uniqueArgs{CarID: 1}, nil))
+			return tx.Enqueue(noteArgs{Note: "later"}, &river.InsertOpts{
+				ScheduledAt: at, Priority: 3, MaxAttempts: 5, Tags: []string{"tag1"},
+			})
+		}))
+		type row struct {
+			Kind        string
+			Queue       string
+			State       string
+			Priority    int16
+			MaxAttempts int16
+			Tags        []string
+			ScheduledAt time.Time
+			Unique      bool
+		}
+		rows, err := b.schema.Pool.Query(ctx, `SELECT kind, queue, state::text, priority, max_attempts, tags, scheduled_at, unique_key IS NOT NULL FROM river_job ORDER BY id`)
+		require.NoError(t, err)
+		got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[row])
+		require.NoError(t, err)
+		require.Len(t, got, 2)
+		require.Equal(t, row{Kind: "test.unique", Queue: "reports", State: "available", Priority: 2, MaxAttempts: 25, Tags: []string{}, ScheduledAt: got[0].ScheduledAt, Unique: true}, got[0])
+		require.Equal(t, row{Kind: "test.note", Queue: "default", State: "scheduled", Priority: 3, MaxAttempts: 5, Tags: []string{"tag1"}, ScheduledAt: at, Unique: false}, row{
+			Kind: got[1].Kind, Queue: got[1].Queue, State: got[1].State, Priority: got[1].Priority, MaxAttempts: got[1].MaxAttempts,
+			Tags: got[1].Tags, ScheduledAt: got[1].ScheduledAt.UTC(), Unique: got[1].Unique,
+		})
+	})
+
+	t.Run("InsertNotificationIsSentOnCommit", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+
+		conn, err := b.schema.Pool.Acquire(ctx)
+		require.NoError(t, err)
+		defer conn.Release()
+		topic := b.schema.Name + ".river_insert"
+		_, err = conn.Exec(ctx, "LISTEN "+pgx.Identifier{topic}.Sanitize())
+		require.NoError(t, err)
+		defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), "UNLISTEN *") }()
+
+		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			return tx.Enqueue(noteArgs{Note: "wake up"}, &river.InsertOpts{Queue: "wakeful"})
+		}))
+
+		waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		n, err := conn.Conn().WaitForNotification(waitCtx)
+		require.NoError(t, err)
+		require.Equal(t, topic, n.Channel)
+		require.JSONEq(t, `{"queue": "wakeful"}`, n.Payload)
+	})
+
+	t.Run("AWorkingClientRunsTheCommittedJob", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+
+		done := make(chan int64, 1)
+		workers := river.NewWorkers()
+		river.AddWorker(workers, river.WorkFunc(func(ctx context.Context, job *river.Job[noteArgs]) error {
+			done <- job.Args.PingID
+			return nil
+		}))
+		worker, err := river.NewClient(riverpgxv5.New(b.schema.Pool), &river.Config{
+			Schema:  b.schema.Name,
+			Queues:  map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 2}},
+			Workers: workers,
+			Logger:  discardLogger(),
+		})
+		require.NoError(t, err)
+		require.NoError(t, worker.Start(ctx))
+		defer func() { require.NoError(t, worker.Stop(context.WithoutCancel(ctx))) }()
+
+		var id int64
+		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			id = insertPing(ctx, t, tx, "work me")
+			return tx.Enqueue(noteArgs{PingID: id}, nil)
+		}))
+		select {
+		case got := <-done:
+			require.Equal(t, id, got)
+		case <-time.After(15 * time.Second):
+			t.Fatal("the job was not worked within 15 s")
+		}
+	})
+
+	t.Run("FallbackPathGivesTheSameRows", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{DisablePipelinedCommit: true}})
+
+		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			for i := range 10 {
+				require.NoError(t, tx.Enqueue(noteArgs{PingID: int64(i % 3)}, nil))
+			}
+			return nil
+		}))
+		require.Equal(t, 3, b.count(ctx, t, `SELECT count(*) FROM river_job`))
+		require.Equal(t, 1, b.tracer.Count("insert into", "river_job"))
+		require.Equal(t, outbox.Stats{Fallbacks: 1}, b.ob.Stats())
+		for _, trip := range b.tracer.RoundTrips() {
+			for _, sql := range trip {
+				if testtrace.Matches(sql, "insert into", "river_job") {
+					require.Len(t, trip, 1, "without pipelining the insert is a round trip of its own")
+				}
+			}
+		}
+	})
+
+	t.Run("RiverRefusalRollsBack", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+
+		err := b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			insertPing(ctx, t, tx, "doomed")
+			return tx.Enqueue(noteArgs{}, &river.InsertOpts{Priority: 9})
+		})
+		require.EqualError(t, err, "outbox: inserting 1 jobs: priority must be between 1 and 4")
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM pings`))
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM river_job`))
+	})
+}
+
+// uniqueArgs uses River's unique jobs and a default queue and priority.
+type uniqueArgs struct {
+	CarID int64 `json:"car_id"`
+}
+
+func (uniqueArgs) Kind() string { return "test.unique" }
+func (uniqueArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{Queue: "reports", Priority: 2, UniqueOpts: river.UniqueOpts{ByArgs: true}}
+}
+
+func TestBatch(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	t.Run("FlushInCallersTransaction", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+
+		tx, err := b.pool.Begin(ctx)
+		require.NoError(t, err)
+		defer func() { _ = tx.Rollback(ctx) }()
+
+		batch := b.ob.NewBatch()
+		for i := range 1000 {
+			require.NoError(t, batch.Add(keyedArgs{Key: fmt.Sprint(i % 10), Seq: i}, nil))
+		}
+		require.Equal(t, 10, batch.Len())
+		require.Equal(t, 990, batch.Duplicates())
+		b.tracer.Reset()
+		res, err := batch.Flush(ctx, tx)
+		require.NoError(t, err)
+		require.Len(t, res, 10)
+		require.Equal(t, 1, b.tracer.Count("insert into", "river_job"))
+		require.Zero(t, batch.Len(), "a flushed batch is empty")
+
+		// Not visible to others before the caller commits.
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM river_job`))
+		require.NoError(t, tx.Commit(ctx))
+		require.Equal(t, 10, b.count(ctx, t, `SELECT count(*) FROM river_job`))
+		require.Equal(t, 10, b.count(ctx, t, `SELECT count(*) FROM river_job WHERE (args->>'seq')::int < 10`), "the first job of each key won")
+	})
+
+	t.Run("CallerRollbackLeavesNothing", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+
+		tx, err := b.pool.Begin(ctx)
+		require.NoError(t, err)
+		res, err := b.ob.Enqueue(ctx, tx, noteArgs{Note: "a"}, noteArgs{Note: "a"}, noteArgs{Note: "b"})
+		require.NoError(t, err)
+		require.Len(t, res, 2)
+		require.NoError(t, tx.Rollback(ctx))
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM river_job`))
+	})
+
+	t.Run("EmptyFlushWritesNothing", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+
+		tx, err := b.pool.Begin(ctx)
+		require.NoError(t, err)
+		defer func() { _ = tx.Rollback(ctx) }()
+		b.tracer.Reset()
+		res, err := b.ob.NewBatch().Flush(ctx, tx)
+		require.NoError(t, err)
+		require.Empty(t, res)
+		require.Empty(t, b.tracer.RoundTrips())
+	})
+
+	t.Run("AFailedAddPoisonsTheBatch", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+
+		tx, err := b.pool.Begin(ctx)
+		require.NoError(t, err)
+		defer func() { _ = tx.Rollback(ctx) }()
+		batch := b.ob.NewBatch()
+		require.NoError(t, batch.Add(noteArgs{Note: "fine"}, nil))
+		require.ErrorIs(t, batch.Add(nil, nil), outbox.ErrNilArgs)
+		require.NoError(t, batch.Add(noteArgs{Note: "also fine"}, nil))
+		b.tracer.Reset()
+		_, err = batch.Flush(ctx, tx)
+		require.ErrorIs(t, err, outbox.ErrNilArgs)
+		require.ErrorIs(t, batch.Err(), outbox.ErrNilArgs)
+		require.Empty(t, b.tracer.RoundTrips(), "nothing was sent")
+	})
+}
+
+func TestBadInput(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	t.Run("PayloadTooLargeIsRefusedAndNothingCommits", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+		big := noteArgs{Note: strings.Repeat("x", 200<<10)}
+
+		err := b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			insertPing(ctx, t, tx, "with a big job")
+			require.NoError(t, tx.Enqueue(noteArgs{Note: "small"}, nil))
+			return tx.Enqueue(big, nil)
+		})
+		require.ErrorIs(t, err, outbox.ErrPayloadTooLarge)
+		var tooLarge *outbox.PayloadTooLargeError
+		require.ErrorAs(t, err, &tooLarge)
+		require.Equal(t, outbox.PayloadTooLargeError{Kind: "test.note", Size: 200<<10 + len(`{"ping_id":0,"note":""}`), Limit: 128 << 10}, *tooLarge)
+		require.Equal(t, `outbox: args of job kind "test.note" are 204823 bytes, over the 131072-byte limit: store the data in a table and put its ID in the args`, err.Error())
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM river_job`))
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM pings`))
+	})
+
+	t.Run("IgnoredEnqueueErrorStillRollsBack", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+
+		err := b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			insertPing(ctx, t, tx, "half")
+			require.NoError(t, tx.Enqueue(noteArgs{Note: "small"}, nil))
+			_ = tx.Enqueue(noteArgs{Note: strings.Repeat("x", 200<<10)}, nil) // ignored by a careless caller
+			return nil
+		})
+		require.ErrorIs(t, err, outbox.ErrTxAborted)
+		require.ErrorIs(t, err, outbox.ErrPayloadTooLarge)
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM river_job`))
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM pings`))
+	})
+
+	t.Run("ConfiguredLimit", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{MaxPayloadBytes: 64}})
+
+		batch := b.ob.NewBatch()
+		require.NoError(t, batch.Add(noteArgs{Note: strings.Repeat("x", 64-len(`{"ping_id":0,"note":""}`))}, nil))
+		err := batch.Add(noteArgs{Note: strings.Repeat("x", 65-len(`{"ping_id":0,"note":""}`))}, nil)
+		require.Equal(t, &outbox.PayloadTooLargeError{Kind: "test.note", Size: 65, Limit: 64}, err)
+	})
+
+	t.Run("InvalidArgs", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{Queues: []string{"default", "mail"}}})
+
+		var nilPtr *ptrArgs
+		cases := []struct {
+			name string
+			args river.JobArgs
+			opts *river.InsertOpts
+			is   error
+			msg  string
+		}{
+			{"Nil", nil, nil, outbox.ErrNilArgs, "outbox: nil job args"},
+			{"NilPointer", nilPtr, nil, outbox.ErrNilArgs, "outbox: nil job args"},
+			{"EmptyKind", emptyKindArgs{}, nil, outbox.ErrInvalidArgs, "outbox: invalid job args: outbox_test.emptyKindArgs has an empty kind"},
+			{"Unencodable", badJSONArgs{}, nil, outbox.ErrInvalidArgs, `outbox: invalid job args: kind "test.bad_json": json: error calling MarshalJSON for type outbox_test.badJSONArgs: no JSON today`},
+			{"MalformedQueue", noteArgs{}, &river.InsertOpts{Queue: "Bad Queue"}, outbox.ErrInvalidQueue, `outbox: invalid queue name: "Bad Queue" (kind "test.note"): use lower-case letters and digits separated by _ or -, at most 64 characters`},
+			{"UnknownQueue", noteArgs{}, &river.InsertOpts{Queue: "sms"}, outbox.ErrUnknownQueue, `outbox: unknown queue: "sms" (kind "test.note") is not one of the configured queues`},
+			{"UnknownDefaultQueueOfArgs", uniqueArgs{}, nil, outbox.ErrUnknownQueue, `outbox: unknown queue: "reports" (kind "test.unique") is not one of the configured queues`},
+		}
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				var enqueueErr error
+				err := b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+					insertPing(ctx, t, tx, tc.name)
+					require.NoError(t, tx.Enqueue(noteArgs{Note: "good"}, &river.InsertOpts{Queue: "mail"}))
+					enqueueErr = tx.Enqueue(tc.args, tc.opts)
+					return enqueueErr
+				})
+				require.ErrorIs(t, err, tc.is)
+				require.EqualError(t, enqueueErr, tc.msg)
+			})
+		}
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM river_job`))
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM pings`))
+	})
+
+	t.Run("New", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+
+		_, err := outbox.New(nil, b.client, nil)
+		require.ErrorIs(t, err, outbox.ErrNilPool)
+		_, err = outbox.New(b.pool, nil, nil)
+		require.ErrorIs(t, err, outbox.ErrNilClient)
+		_, err = outbox.New(b.pool, b.client, &outbox.Config{MaxPayloadBytes: -1})
+		require.EqualError(t, err, "outbox: Config.MaxPayloadBytes must not be negative, got -1")
+		_, err = outbox.New(b.pool, b.client, &outbox.Config{Queues: []string{"ok", "Not OK"}})
+		require.ErrorIs(t, err, outbox.ErrInvalidQueue)
+	})
+
+	t.Run("CancelledContext", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+		cancelled, cancel := context.WithCancel(ctx)
+		cancel()
+
+		called := false
+		err := b.ob.InTx(cancelled, func(ctx context.Context, tx *outbox.Tx) error {
+			called = true
+			return nil
+		})
+		require.ErrorIs(t, err, context.Canceled)
+		require.False(t, called)
+	})
+}
+
+type ptrArgs struct{}
+
+func (*ptrArgs) Kind() string { return "test.ptr" }
+
+type emptyKindArgs struct{}
+
+func (emptyKindArgs) Kind() string { return "" }
+
+type badJSONArgs struct{}
+
+func (badJSONArgs) Kind() string                 { return "test.bad_json" }
+func (badJSONArgs) MarshalJSON() ([]byte, error) { return nil, errors.New("no JSON today") }
+
+// The harness gives every test its own schema: rows written by one test are
+// never seen by another running at the same time.
+func TestSchemasAreIsolated(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a := dbtest.TestSchema(ctx, t, nil)
+	b := dbtest.TestSchema(ctx, t, nil)
+	require.NotEqual(t, a.Name, b.Name)
+
+	_, err := a.Pool.Exec(ctx, `INSERT INTO pings (note) VALUES ('only in a')`)
+	require.NoError(t, err)
+	var n int
+	require.NoError(t, b.Pool.QueryRow(ctx, `SELECT count(*) FROM pings`).Scan(&n))
+	require.Zero(t, n)
+	require.NoError(t, a.Pool.QueryRow(ctx, `SELECT count(*) FROM pings`).Scan(&n))
+	require.Equal(t, 1, n)
+}

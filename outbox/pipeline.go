@@ -1,0 +1,214 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/riverqueue/river"
+)
+
+// How the pipelined commit works
+//
+// River builds the job insert (defaults, unique keys, state, notification
+// payloads) inside Client.InsertManyTx and runs it through the pgx.Tx it is
+// given. commitWithJobs gives it a recorder instead of the real transaction:
+// the recorder keeps River's INSERT and NOTIFY statements with their
+// arguments without running them. They are then sent, followed by COMMIT, as
+// one pgx batch: one network round trip where River's path plus a commit
+// takes two. Because River itself wrote the statements, its semantics are
+// kept exactly.
+//
+// The recorder only accepts the statements it knows (River's job insert and
+// notify, and River's read of the server version, which it passes through).
+// Anything else — a client hook or middleware that runs SQL of its own, or a
+// River release that changes its insert path — makes the recorder refuse,
+// and the jobs are inserted the ordinary way (InsertManyTx on the real
+// transaction, then COMMIT). Slower, never wrong.
+
+// Statement names that River's sqlc queries start with.
+const (
+	riverInsertPrefix   = "-- name: JobInsertFastMany "
+	riverNotifyPrefix   = "-- name: PGNotifyMany "
+	riverVersionPrefix  = "-- name: PGGetProductAndVersion "
+	commitStatementText = "COMMIT"
+)
+
+var errNotRecordable = errors.New("outbox: statement cannot be pipelined")
+
+func (o *Outbox) commitWithJobs(ctx context.Context, inner pgx.Tx, params []river.InsertManyParams) error {
+	if !o.cfg.DisablePipelinedCommit {
+		rec := &recorder{real: inner}
+		_, err := o.client.InsertManyTx(ctx, rec, params)
+		switch {
+		case err == nil && rec.refused == nil && rec.hasInsert:
+			o.pipelined.Add(1)
+			return sendAndCommit(ctx, inner, rec.stmts)
+		case err != nil && rec.refused == nil:
+			// River refused the jobs before any statement (bad options,
+			// unknown kind): nothing ran, roll back.
+			_ = inner.Rollback(context.WithoutCancel(ctx))
+			return fmt.Errorf("outbox: inserting %d jobs: %w", len(params), err)
+		default:
+			o.cfg.Logger.WarnContext(ctx, "outbox: job insert cannot be pipelined with COMMIT; using two round trips",
+				slog.Any("err", rec.refused))
+		}
+	}
+
+	o.fallbacks.Add(1)
+	if _, err := o.client.InsertManyTx(ctx, inner, params); err != nil {
+		_ = inner.Rollback(context.WithoutCancel(ctx))
+		return fmt.Errorf("outbox: inserting %d jobs: %w", len(params), err)
+	}
+	if err := inner.Commit(ctx); err != nil {
+		return fmt.Errorf("outbox: committing: %w", err)
+	}
+	return nil
+}
+
+// sendAndCommit sends stmts and COMMIT in one batch. When it returns nil the
+// transaction has committed with every statement applied. Otherwise nothing
+// was committed, except when the connection broke after the batch was sent:
+// then, as with any COMMIT, the outcome is unknown.
+func sendAndCommit(ctx context.Context, inner pgx.Tx, stmts []recordedStmt) error {
+	batch := &pgx.Batch{}
+	for _, s := range stmts {
+		batch.Queue(s.sql, s.args...)
+	}
+	batch.Queue(commitStatementText)
+
+	br := inner.SendBatch(ctx, batch)
+	var err error
+	for i := 0; i < len(stmts) && err == nil; i++ {
+		if _, execErr := br.Exec(); execErr != nil {
+			err = fmt.Errorf("outbox: inserting jobs: %w", execErr)
+		}
+	}
+	var tag pgconn.CommandTag
+	if err == nil {
+		var commitErr error
+		tag, commitErr = br.Exec()
+		if commitErr != nil {
+			err = fmt.Errorf("outbox: committing: %w", commitErr)
+		}
+	}
+	if closeErr := br.Close(); closeErr != nil && err == nil {
+		err = fmt.Errorf("outbox: committing: %w", closeErr)
+	}
+
+	// The server ended the transaction inside the batch; pgx's Tx does not
+	// know, so it is not used again. The connection goes back to the pool
+	// only if it is idle (outside any transaction); otherwise it is rolled
+	// back here or destroyed by the pool on release.
+	if err != nil {
+		if inner.Conn().PgConn().TxStatus() != 'I' {
+			_ = inner.Rollback(context.WithoutCancel(ctx))
+		}
+		return err
+	}
+	if tag.String() != commitStatementText {
+		// COMMIT of a transaction that had failed answers ROLLBACK.
+		return fmt.Errorf("outbox: committing: %w", pgx.ErrTxCommitRollback)
+	}
+	return nil
+}
+
+type recordedStmt struct {
+	sql  string
+	args []any
+}
+
+// recorder is the pgx.Tx that River's InsertManyTx writes to during a
+// pipelined commit. See "How the pipelined commit works".
+type recorder struct {
+	real      pgx.Tx
+	stmts     []recordedStmt
+	hasInsert bool
+	refused   error
+}
+
+func (r *recorder) refuse(what string) error {
+	if r.refused == nil {
+		r.refused = fmt.Errorf("%w: River called %s", errNotRecordable, what)
+	}
+	return r.refused
+}
+
+func (r *recorder) Query(_ context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if !strings.HasPrefix(sql, riverInsertPrefix) {
+		return nil, r.refuse("Query " + firstLine(sql))
+	}
+	r.hasInsert = true
+	r.stmts = append(r.stmts, recordedStmt{sql: sql, args: args})
+	return &emptyRows{typeMap: r.real.Conn().TypeMap()}, nil
+}
+
+func (r *recorder) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if !strings.HasPrefix(sql, riverNotifyPrefix) {
+		return pgconn.CommandTag{}, r.refuse("Exec " + firstLine(sql))
+	}
+	r.stmts = append(r.stmts, recordedStmt{sql: sql, args: args})
+	return pgconn.NewCommandTag("SELECT 1"), nil
+}
+
+// QueryRow passes River's one-time read of the server version through; it
+// changes nothing.
+func (r *recorder) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if !strings.HasPrefix(sql, riverVersionPrefix) {
+		return errRow{err: r.refuse("QueryRow " + firstLine(sql))}
+	}
+	return r.real.QueryRow(ctx, sql, args...)
+}
+
+func (r *recorder) Begin(context.Context) (pgx.Tx, error) { return nil, r.refuse("Begin") }
+func (r *recorder) Commit(context.Context) error          { return r.refuse("Commit") }
+func (r *recorder) Rollback(context.Context) error        { return r.refuse("Rollback") }
+func (r *recorder) CopyFrom(context.Context, pgx.Identifier, []string, pgx.CopyFromSource) (int64, error) {
+	return 0, r.refuse("CopyFrom")
+}
+
+func (r *recorder) SendBatch(_ context.Context, b *pgx.Batch) pgx.BatchResults {
+	return pgx.FailedBatchResults(b, r.refuse("SendBatch"))
+}
+
+func (r *recorder) LargeObjects() pgx.LargeObjects {
+	_ = r.refuse("LargeObjects")
+	return pgx.LargeObjects{}
+}
+
+func (r *recorder) Prepare(context.Context, string, string) (*pgconn.StatementDescription, error) {
+	return nil, r.refuse("Prepare")
+}
+
+// Conn lets River's driver read the connection's settings (query exec mode).
+func (r *recorder) Conn() *pgx.Conn { return r.real.Conn() }
+
+func firstLine(sql string) string {
+	if i := strings.IndexByte(sql, '\n'); i >= 0 {
+		sql = sql[:i]
+	}
+	if len(sql) > 80 {
+		sql = sql[:80]
+	}
+	return sql
+}
+
+// emptyRows stands for the rows of a recorded query: River gets no results
+// back from the recorder and does not need any.
+type emptyRows struct{ typeMap *pgtype.Map }
+
+func (*emptyRows) Close()                                       {}
+func (*emptyRows) Err() error                                   { return nil }
+func (*emptyRows) CommandTag() pgconn.CommandTag                { return pgconn.CommandTag{} }
+func (*emptyRows) FieldDescriptions() []pgconn.FieldDescription { return nil }
+func (*emptyRows) Next() bool                                   { return false }
+func (*emptyRows) Scan(...any) error                            { return errors.New("outbox: no rows") }
+func (*emptyRows) Values() ([]any, error)                       { return nil, nil }
+func (*emptyRows) RawValues() [][]byte                          { return nil }
+func (*emptyRows) Conn() *pgx.Conn                              { return nil }
+func (r *emptyRows) TypeMap() *pgtype.Map                       { return r.typeMap }
