@@ -116,23 +116,31 @@ func ServerURL(t testing.TB) string {
 // emptied and reused by a later test once t ends.
 func TestSchema(ctx context.Context, t testing.TB, opts *Opts) *Schema {
 	t.Helper()
-	if err := h.init(); err != nil {
+	s, release, err := NewSchema(ctx, opts)
+	if err != nil {
 		t.Fatal(err.Error())
+	}
+	t.Cleanup(release)
+	return s
+}
+
+// NewSchema is TestSchema for code without a testing.TB, such as Example
+// functions: call release when done with the schema.
+func NewSchema(ctx context.Context, opts *Opts) (s *Schema, release func(), err error) {
+	if err := h.init(); err != nil {
+		return nil, nil, err
 	}
 	if opts == nil {
 		opts = &Opts{}
 	}
-
-	s := h.checkout(opts)
+	s = h.checkout(opts)
 	if s == nil {
-		var err error
 		s, err = h.create(ctx, opts)
 		if err != nil {
-			t.Fatalf("dbtest: creating a test schema: %v", err)
+			return nil, nil, fmt.Errorf("dbtest: creating a test schema: %w", err)
 		}
 	}
-	t.Cleanup(func() { h.checkin(s) })
-	return s
+	return s, func() { h.checkin(s) }, nil
 }
 
 func (h *harness) init() error {

@@ -1,0 +1,69 @@
+package jobs_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"log/slog"
+
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+
+	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/outbox"
+)
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// A ping row and its job commit together; a worker marks the row and
+// completes the job in one transaction.
+func ExampleAddPingWorker() {
+	ctx := context.Background()
+	s, release, err := dbtest.NewSchema(ctx, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer release()
+
+	workers := river.NewWorkers()
+	jobs.AddPingWorker(workers, s.Pool)
+	client, err := river.NewClient(riverpgxv5.New(s.Pool), &river.Config{
+		Schema:  s.Name,
+		Queues:  map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 10}},
+		Workers: workers,
+		Logger:  discardLogger(),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	completed, cancel := client.Subscribe(river.EventKindJobCompleted)
+	defer cancel()
+	if err := client.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+	defer func() { _ = client.Stop(ctx) }()
+
+	ob, err := outbox.New(s.Pool, client, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	var pingID int64
+	err = ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		if err := tx.QueryRow(ctx, `INSERT INTO pings (note) VALUES ('hello') RETURNING id`).Scan(&pingID); err != nil {
+			return err
+		}
+		return tx.Enqueue(jobs.PingArgs{PingID: pingID}, nil)
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	ev := <-completed
+	var count int
+	if err := s.Pool.QueryRow(ctx, `SELECT ping_count FROM pings WHERE id = $1`, pingID).Scan(&count); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(ev.Job.Kind, string(ev.Job.Output()), "ping_count:", count)
+	// Output: aftercommit.ping {"result": "pinged"} ping_count: 1
+}

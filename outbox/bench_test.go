@@ -1,0 +1,176 @@
+package outbox_test
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+
+	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/outbox"
+)
+
+// The benchmarks compare a business transaction with and without its
+// follow-up job. Sub-benchmarks of one function run in turn within each
+// -count round, so baseline and variants alternate over the run. See
+// BENCHMARKS.md for the command and the figures.
+
+type benchBundle struct {
+	pool        *pgxpool.Pool
+	client      *river.Client[pgx.Tx]
+	ob          *outbox.Outbox
+	unpipelined *outbox.Outbox
+}
+
+func benchSetup(ctx context.Context, b *testing.B) *benchBundle {
+	b.Helper()
+	s := dbtest.TestSchema(ctx, b, &dbtest.Opts{MaxConns: 16})
+	client, err := river.NewClient(riverpgxv5.New(s.Pool), &river.Config{Schema: s.Name})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ob, err := outbox.New(s.Pool, client, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	unpipelined, err := outbox.New(s.Pool, client, &outbox.Config{DisablePipelinedCommit: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return &benchBundle{pool: s.Pool, client: client, ob: ob, unpipelined: unpipelined}
+}
+
+const benchInsertPing = `INSERT INTO pings (note) VALUES ('bench') RETURNING id`
+
+// runConcurrent runs op b.N times over conc goroutines.
+func runConcurrent(b *testing.B, conc int, op func() error) {
+	b.Helper()
+	if conc == 1 {
+		for b.Loop() {
+			if err := op(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return
+	}
+	b.SetParallelism((conc + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := op(); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkTxOneJob: one domain row per transaction, with and without one
+// enqueued job. Baseline: "plain" (pgx.BeginFunc, no job).
+func BenchmarkTxOneJob(b *testing.B) {
+	ctx := context.Background()
+	bb := benchSetup(ctx, b)
+
+	variants := []struct {
+		name string
+		op   func() error
+	}{
+		{"plain", func() error {
+			return pgx.BeginFunc(ctx, bb.pool, func(tx pgx.Tx) error {
+				var id int64
+				return tx.QueryRow(ctx, benchInsertPing).Scan(&id)
+			})
+		}},
+		{"outbox_no_job", func() error {
+			return bb.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+				var id int64
+				return tx.QueryRow(ctx, benchInsertPing).Scan(&id)
+			})
+		}},
+		{"outbox_job", func() error {
+			return bb.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+				var id int64
+				if err := tx.QueryRow(ctx, benchInsertPing).Scan(&id); err != nil {
+					return err
+				}
+				return tx.Enqueue(jobs.PingArgs{PingID: id}, nil)
+			})
+		}},
+		{"outbox_job_unpipelined", func() error {
+			return bb.unpipelined.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+				var id int64
+				if err := tx.QueryRow(ctx, benchInsertPing).Scan(&id); err != nil {
+					return err
+				}
+				return tx.Enqueue(jobs.PingArgs{PingID: id}, nil)
+			})
+		}},
+		{"river_insert_tx", func() error {
+			return pgx.BeginFunc(ctx, bb.pool, func(tx pgx.Tx) error {
+				var id int64
+				if err := tx.QueryRow(ctx, benchInsertPing).Scan(&id); err != nil {
+					return err
+				}
+				_, err := bb.client.InsertTx(ctx, tx, jobs.PingArgs{PingID: id}, nil)
+				return err
+			})
+		}},
+	}
+	for _, conc := range []int{1, 8} {
+		for _, v := range variants {
+			b.Run(fmt.Sprintf("conc=%d/%s", conc, v.name), func(b *testing.B) {
+				runConcurrent(b, conc, v.op)
+			})
+		}
+	}
+}
+
+// BenchmarkTxBulk: 1,000 domain rows in one statement, with and without
+// 1,000 enqueues that de-duplicate to 10 jobs. Baseline: "rows_only".
+func BenchmarkTxBulk(b *testing.B) {
+	ctx := context.Background()
+	bb := benchSetup(ctx, b)
+
+	const rows, distinct = 1000, 10
+	notes := make([]string, rows)
+	for i := range notes {
+		notes[i] = fmt.Sprint("bulk ", i)
+	}
+	insertRows := func(ctx context.Context, tx pgx.Tx) ([]int64, error) {
+		r, err := tx.Query(ctx, `INSERT INTO pings (note) SELECT unnest($1::text[]) RETURNING id`, notes)
+		if err != nil {
+			return nil, err
+		}
+		return pgx.CollectRows(r, pgx.RowTo[int64])
+	}
+
+	b.Run("rows_only", func(b *testing.B) {
+		runConcurrent(b, 1, func() error {
+			return pgx.BeginFunc(ctx, bb.pool, func(tx pgx.Tx) error {
+				_, err := insertRows(ctx, tx)
+				return err
+			})
+		})
+	})
+	b.Run("rows_and_jobs", func(b *testing.B) {
+		runConcurrent(b, 1, func() error {
+			return bb.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+				ids, err := insertRows(ctx, tx)
+				if err != nil {
+					return err
+				}
+				for i := range ids {
+					if err := tx.Enqueue(jobs.PingArgs{PingID: ids[i%distinct]}, nil); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		})
+	})
+}

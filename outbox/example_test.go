@@ -1,0 +1,144 @@
+package outbox_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+
+	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/outbox"
+)
+
+// exampleOutbox gives an example its own migrated schema and an Outbox on it.
+func exampleOutbox(ctx context.Context) (*outbox.Outbox, *dbtest.Schema, func()) {
+	s, release, err := dbtest.NewSchema(ctx, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	// An insert-only River client: it builds job rows, it works nothing.
+	client, err := river.NewClient(riverpgxv5.New(s.Pool), &river.Config{Schema: s.Name})
+	if err != nil {
+		log.Fatal(err)
+	}
+	ob, err := outbox.New(s.Pool, client, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	return ob, s, release
+}
+
+// A business row and its follow-up job commit together; the three enqueues
+// of the same job are written once, with the COMMIT, in one round trip.
+func ExampleOutbox_InTx() {
+	ctx := context.Background()
+	ob, s, release := exampleOutbox(ctx)
+	defer release()
+
+	err := ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		var pingID int64
+		if err := tx.QueryRow(ctx, `INSERT INTO pings (note) VALUES ('hello') RETURNING id`).Scan(&pingID); err != nil {
+			return err
+		}
+		for range 3 {
+			if err := tx.Enqueue(jobs.PingArgs{PingID: pingID}, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	var kind, args string
+	if err := s.Pool.QueryRow(ctx, `SELECT kind, args::text FROM river_job`).Scan(&kind, &args); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(kind, args)
+	// Output: aftercommit.ping {"ping_id": 1}
+}
+
+// When the function returns an error, neither the row nor the job exists.
+func ExampleOutbox_InTx_rollback() {
+	ctx := context.Background()
+	ob, s, release := exampleOutbox(ctx)
+	defer release()
+
+	errDeclined := errors.New("card declined")
+	err := ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO pings (note) VALUES ('doomed')`); err != nil {
+			return err
+		}
+		if err := tx.Enqueue(jobs.PingArgs{PingID: 1}, nil); err != nil {
+			return err
+		}
+		return errDeclined
+	})
+	fmt.Println("error:", err)
+
+	var pings, jobRows int
+	_ = s.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM pings), (SELECT count(*) FROM river_job)`).Scan(&pings, &jobRows)
+	fmt.Println("pings:", pings, "jobs:", jobRows)
+	// Output:
+	// error: card declined
+	// pings: 0 jobs: 0
+}
+
+// Args are meant to carry IDs. Large payloads are refused at enqueue and the
+// transaction commits nothing.
+func ExampleOutbox_InTx_payloadTooLarge() {
+	ctx := context.Background()
+	ob, _, release := exampleOutbox(ctx)
+	defer release()
+
+	err := ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		return tx.Enqueue(exportArgs{CSV: strings.Repeat("x", 200<<10)}, nil)
+	})
+	var tooLarge *outbox.PayloadTooLargeError
+	if errors.As(err, &tooLarge) {
+		fmt.Println(tooLarge.Kind, tooLarge.Size, tooLarge.Limit)
+	}
+	// Output: example.export 204810 131072
+}
+
+// exportArgs carries data instead of an ID: a mistake the payload guard
+// catches.
+type exportArgs struct {
+	CSV string `json:"csv"`
+}
+
+func (exportArgs) Kind() string { return "example.export" }
+
+// A transaction owned by the caller (here a plain pgx transaction) gets the
+// same validation and de-duplication from a Batch; the caller commits.
+func ExampleBatch() {
+	ctx := context.Background()
+	ob, s, release := exampleOutbox(ctx)
+	defer release()
+
+	err := pgx.BeginFunc(ctx, s.Pool, func(tx pgx.Tx) error {
+		batch := ob.NewBatch()
+		for i := range 1000 {
+			if err := batch.Add(jobs.PingArgs{PingID: int64(i%10 + 1)}, nil); err != nil {
+				return err
+			}
+		}
+		fmt.Println("distinct:", batch.Len(), "duplicates:", batch.Duplicates())
+		res, err := batch.Flush(ctx, tx) // one INSERT for the ten jobs
+		fmt.Println("inserted:", len(res))
+		return err
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// distinct: 10 duplicates: 990
+	// inserted: 10
+}
