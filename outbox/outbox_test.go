@@ -15,7 +15,6 @@ import (
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/stretchr/testify/require"
 
-	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/internal/testtrace"
 	"github.com/aftercommit/aftercommit/outbox"
 )
@@ -665,21 +664,3 @@ type badJSONArgs struct{}
 
 func (badJSONArgs) Kind() string                 { return "test.bad_json" }
 func (badJSONArgs) MarshalJSON() ([]byte, error) { return nil, errors.New("no JSON today") }
-
-// The harness gives every test its own schema: rows written by one test are
-// never seen by another running at the same time.
-func TestSchemasAreIsolated(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	a := dbtest.TestSchema(ctx, t, nil)
-	b := dbtest.TestSchema(ctx, t, nil)
-	require.NotEqual(t, a.Name, b.Name)
-
-	_, err := a.Pool.Exec(ctx, `INSERT INTO pings (note) VALUES ('only in a')`)
-	require.NoError(t, err)
-	var n int
-	require.NoError(t, b.Pool.QueryRow(ctx, `SELECT count(*) FROM pings`).Scan(&n))
-	require.Zero(t, n)
-	require.NoError(t, a.Pool.QueryRow(ctx, `SELECT count(*) FROM pings`).Scan(&n))
-	require.Equal(t, 1, n)
-}

@@ -72,6 +72,13 @@ func Up(ctx context.Context, pool *pgxpool.Pool, opts *Options) (Result, error) 
 	if opts == nil {
 		opts = &Options{}
 	}
+	if err := checkTarget(ctx, pool, opts); err != nil {
+		return res, err
+	}
+	// A dirty database stops everything, River's migrations included.
+	if _, _, err := readAppVersion(ctx, pool); err != nil {
+		return res, err
+	}
 
 	riverMig, err := riverMigrator(pool, opts)
 	if err != nil {
@@ -110,6 +117,9 @@ func Down(ctx context.Context, pool *pgxpool.Pool, opts *Options) (Result, error
 	var res Result
 	if opts == nil {
 		opts = &Options{}
+	}
+	if err := checkTarget(ctx, pool, opts); err != nil {
+		return res, err
 	}
 
 	err := withAppMigrator(ctx, pool, opts, func(m *migrate.Migrate) error {
@@ -157,6 +167,9 @@ func CurrentVersion(ctx context.Context, pool *pgxpool.Pool, opts *Options) (Ver
 	if opts == nil {
 		opts = &Options{}
 	}
+	if err := checkTarget(ctx, pool, opts); err != nil {
+		return v, err
+	}
 	riverMig, err := riverMigrator(pool, opts)
 	if err != nil {
 		return v, err
@@ -179,11 +192,7 @@ func CurrentVersion(ctx context.Context, pool *pgxpool.Pool, opts *Options) (Ver
 	if err != nil {
 		return v, err
 	}
-	err = withAppMigrator(ctx, pool, opts, func(m *migrate.Migrate) error {
-		var err error
-		v.App, v.Dirty, err = appVersion(m)
-		return err
-	})
+	v.App, v.Dirty, err = readAppVersion(ctx, pool)
 	return v, err
 }
 
@@ -287,4 +296,51 @@ type pgxTx = pgx.Tx
 func isUndefinedTable(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "42P01"
+}
+
+// ErrSearchPath means Options.Schema is not the first schema of the pool's
+// search_path: River's tables would go to one schema and the project's
+// unqualified ones to another.
+var ErrSearchPath = errors.New("dbmigrate: Options.Schema is not the current schema of the pool's connections")
+
+func checkTarget(ctx context.Context, pool *pgxpool.Pool, opts *Options) error {
+	var current *string
+	if err := pool.QueryRow(ctx, `SELECT current_schema()`).Scan(&current); err != nil {
+		return fmt.Errorf("reading the current schema: %w", err)
+	}
+	if current == nil {
+		return fmt.Errorf("%w: no schema of the search_path exists", ErrSearchPath)
+	}
+	if opts.Schema != "" && *current != opts.Schema {
+		return fmt.Errorf("%w: Schema is %q, current_schema() is %q; set search_path on the pool", ErrSearchPath, opts.Schema, *current)
+	}
+	return nil
+}
+
+// readAppVersion reads golang-migrate's bookkeeping without creating it (the
+// driver creates schema_migrations when it opens), so reading a version never
+// writes. It returns ErrDirty for a dirty database.
+func readAppVersion(ctx context.Context, pool *pgxpool.Pool) (uint, bool, error) {
+	var exists bool
+	if err := pool.QueryRow(ctx, `SELECT to_regclass(quote_ident(current_schema()) || '.schema_migrations') IS NOT NULL`).Scan(&exists); err != nil {
+		return 0, false, fmt.Errorf("reading aftercommit's migration version: %w", err)
+	}
+	if !exists {
+		return 0, false, nil
+	}
+	var (
+		version int64
+		dirty   bool
+	)
+	err := pool.QueryRow(ctx, `SELECT version, dirty FROM schema_migrations LIMIT 1`).Scan(&version, &dirty)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("reading aftercommit's migration version: %w", err)
+	}
+	if dirty {
+		return uint(version), true, fmt.Errorf("%w: version %d; fix it by hand, then force the version", ErrDirty, version)
+	}
+	return uint(version), false, nil
 }

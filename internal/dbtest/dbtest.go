@@ -23,6 +23,7 @@ import (
 	"os"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -57,6 +58,8 @@ type Schema struct {
 	// URL is a connection string for the same schema (search_path in the
 	// URL), for code under test that opens its own pool or for subprocesses.
 	URL string
+
+	fingerprint string // tables and migration versions right after creation
 }
 
 // Opts tune one schema. A nil *Opts takes the defaults.
@@ -271,20 +274,54 @@ func (h *harness) create(ctx context.Context, opts *Opts) (*Schema, error) {
 	if _, err := dbmigrate.Up(ctx, pool, &dbmigrate.Options{Schema: name}); err != nil {
 		return nil, fmt.Errorf("migrating schema %s: %w", name, err)
 	}
+	if s.fingerprint, err = fingerprint(ctx, s); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
-// checkin empties s and makes it available to the next test. A schema that
-// cannot be emptied is retired, never reused.
+// checkin empties s and makes it available to the next test. A schema whose
+// structure the test changed (tables, migrations) or that cannot be emptied
+// is retired: dropped, never reused.
 func (h *harness) checkin(s *Schema) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := truncateAll(ctx, s); err != nil {
+	fp, err := fingerprint(ctx, s)
+	if err == nil && fp == s.fingerprint {
+		err = truncateAll(ctx, s)
+	}
+	if err != nil || fp != s.fingerprint {
+		h.retire(ctx, s)
 		return
 	}
 	h.mu.Lock()
 	h.idle = append(h.idle, s)
 	h.mu.Unlock()
+}
+
+func (h *harness) retire(ctx context.Context, s *Schema) {
+	h.mu.Lock()
+	h.created = slices.DeleteFunc(h.created, func(c *Schema) bool { return c == s })
+	h.mu.Unlock()
+	s.Pool.Close()
+	_, _ = h.admin.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{s.Name}.Sanitize()+" CASCADE")
+}
+
+// fingerprint describes the structure a test may have changed: the tables,
+// their columns and constraints, and both migration versions.
+func fingerprint(ctx context.Context, s *Schema) (string, error) {
+	var fp string
+	err := s.Pool.QueryRow(ctx, `
+		SELECT coalesce((SELECT string_agg(table_name || '.' || column_name || ':' || data_type, ',' ORDER BY table_name, column_name)
+		                   FROM information_schema.columns WHERE table_schema = $1), '')
+		    || '|' || coalesce((SELECT string_agg(conname, ',' ORDER BY conname)
+		                   FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = $1), '')
+		    || '|' || coalesce((SELECT string_agg(version::text || dirty::text, ',') FROM schema_migrations), '')
+		    || '|' || coalesce((SELECT max(version)::text FROM river_migration), '')`, s.Name).Scan(&fp)
+	if err != nil {
+		return "", fmt.Errorf("dbtest: reading the structure of %s: %w", s.Name, err)
+	}
+	return fp, nil
 }
 
 // keptTables hold migration bookkeeping and survive a reset.
@@ -360,16 +397,21 @@ func describeURL(rawURL string) string {
 	return fmt.Sprintf("%s:%d (database %q, user %q)", cfg.Host, cfg.Port, cfg.Database, cfg.User)
 }
 
+// oneLine gives the innermost cause of err on one line: the driver's
+// wrapping repeats host and user, which the message already names.
 func oneLine(err error) string {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		return pgErr.Message
 	}
-	s := err.Error()
-	if i := strings.LastIndex(s, ": "); i >= 0 && len(s) > 160 {
-		s = s[i+2:]
+	for {
+		next := errors.Unwrap(err)
+		if next == nil {
+			break
+		}
+		err = next
 	}
-	return strings.ReplaceAll(s, "\n", " ")
+	return strings.ReplaceAll(err.Error(), "\n", " ")
 }
 
 var nonIdent = regexp.MustCompile(`[^a-z0-9]+`)

@@ -1,0 +1,30 @@
+# aftercommit — common tasks. `make help` lists them.
+
+BENCH_ROUNDS ?= 6
+BENCH_TIME   ?= 2000x
+
+.PHONY: help test test/race lint migrate worker bench/outbox compose/check
+
+help: ## list targets
+	@grep -E '^[a-zA-Z/_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "%-16s %s\n", $$1, $$2}'
+
+test: ## run the tests (needs Postgres; see README)
+	go test -race ./...
+
+test/race: test ## same as test
+
+lint: ## gofmt and go vet
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
+	go vet ./...
+
+migrate: ## apply River's and aftercommit's migrations to DATABASE_URL
+	go run ./cmd/aftercommit migrate up
+
+worker: ## start a worker on DATABASE_URL
+	go run ./cmd/worker
+
+bench/outbox: ## outbox transaction cost, rounds alternated, medians and ratios
+	@for i in $$(seq $(BENCH_ROUNDS)); do go test -run '^$$' -bench . -benchtime $(BENCH_TIME) -count 1 ./outbox; done | go run ./internal/benchratio
+
+compose/check: ## validate docker-compose.yml without a Docker engine
+	docker-compose -f docker-compose.yml config -q

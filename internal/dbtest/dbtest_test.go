@@ -1,0 +1,98 @@
+package dbtest_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/aftercommit/aftercommit/internal/dbtest"
+)
+
+// These subtests run one after the other so that each sees the schema the
+// previous one released.
+func TestSchemaReuse(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	opts := &dbtest.Opts{MaxConns: 3} // a size no other test asks for
+
+	var first, second string
+	t.Run("FirstUseWritesRows", func(t *testing.T) {
+		s := dbtest.TestSchema(ctx, t, opts)
+		first = s.Name
+		_, err := s.Pool.Exec(ctx, `INSERT INTO pings (note) VALUES ('left behind')`)
+		require.NoError(t, err)
+	})
+	t.Run("ReusedSchemaIsEmptyAndIdentityRestarts", func(t *testing.T) {
+		s := dbtest.TestSchema(ctx, t, opts)
+		second = s.Name
+		require.Equal(t, first, s.Name, "the released schema is reused")
+		var n int
+		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*) FROM pings`).Scan(&n))
+		require.Zero(t, n)
+		var id int64
+		require.NoError(t, s.Pool.QueryRow(ctx, `INSERT INTO pings (note) VALUES ('x') RETURNING id`).Scan(&id))
+		require.Equal(t, int64(1), id)
+		// Changing the structure retires the schema.
+		_, err := s.Pool.Exec(ctx, `CREATE TABLE scratch (id int)`)
+		require.NoError(t, err)
+	})
+	t.Run("ChangedSchemaIsNotReused", func(t *testing.T) {
+		s := dbtest.TestSchema(ctx, t, opts)
+		require.NotEqual(t, second, s.Name)
+		var exists bool
+		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT to_regclass('scratch') IS NOT NULL`).Scan(&exists))
+		require.False(t, exists)
+		var gone bool
+		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, second).Scan(&gone))
+		require.True(t, gone, "the retired schema was dropped")
+	})
+}
+
+func TestSchemasAreIsolated(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a := dbtest.TestSchema(ctx, t, nil)
+	b := dbtest.TestSchema(ctx, t, nil)
+	require.NotEqual(t, a.Name, b.Name)
+
+	_, err := a.Pool.Exec(ctx, `INSERT INTO pings (note) VALUES ('only in a')`)
+	require.NoError(t, err)
+	var n int
+	require.NoError(t, b.Pool.QueryRow(ctx, `SELECT count(*) FROM pings`).Scan(&n))
+	require.Zero(t, n)
+	require.NoError(t, a.Pool.QueryRow(ctx, `SELECT count(*) FROM pings`).Scan(&n))
+	require.Equal(t, 1, n)
+}
+
+// Without a server (and without Docker, as on the project's machines) the
+// run stops before any test with one line that says what to do.
+func TestNoServerFailsWithOneLine(t *testing.T) {
+	t.Parallel()
+	if os.Getenv("DBTEST_CHILD") == "1" {
+		return
+	}
+	if _, err := os.Stat("/var/run/docker.sock"); err == nil {
+		t.Log("a Docker socket exists here: the harness would start a container instead")
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestNoServerFailsWithOneLine$")
+	cmd.Env = append(os.Environ(), "DBTEST_CHILD=1",
+		"TEST_DATABASE_URL=postgres://postgres@127.0.0.1:1/postgres?sslmode=disable&connect_timeout=2")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exitErr *exec.ExitError
+	require.ErrorAs(t, err, &exitErr)
+	require.Equal(t, 1, exitErr.ExitCode())
+	require.Empty(t, stdout.String())
+	lines := strings.Split(strings.TrimRight(stderr.String(), "\n"), "\n")
+	require.Len(t, lines, 1, "stderr: %s", stderr.String())
+	require.True(t, strings.HasPrefix(lines[0], `dbtest: no Postgres answers at 127.0.0.1:1 (database "postgres", user "postgres") (`), lines[0])
+	require.Contains(t, lines[0], "connect: connection refused) and no Docker engine for testcontainers (")
+	require.True(t, strings.HasSuffix(lines[0], "): start Postgres there or set TEST_DATABASE_URL=postgres://user@host:port/db"), lines[0])
+}
