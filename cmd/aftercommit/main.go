@@ -1,0 +1,193 @@
+// Command aftercommit is the command-line tool of aftercommit: it migrates the
+// database (River's tables and the project's own) and, in later versions,
+// inspects jobs, prints statistics, checks job args, runs the demo and the
+// benchmarks.
+//
+// Usage:
+//
+//	aftercommit <command> [flags] [arguments]
+//
+// Run `aftercommit --help` for the list of commands and
+// `aftercommit <command> --help` for one command's flags.
+//
+// Exit codes: 0 success, 1 failure (database unreachable, migration failed,
+// …), 2 bad usage, 130 interrupted.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+)
+
+// Exit codes of run and of every command.
+const (
+	exitOK          = 0
+	exitFailure     = 1
+	exitUsage       = 2
+	exitInterrupted = 130
+)
+
+// env is what a command may use of the process: environment variables and
+// the two output streams. Tests hand in their own.
+type env struct {
+	getenv func(string) string
+	stdout io.Writer
+	stderr io.Writer
+}
+
+// command is one subcommand. Adding a subcommand is adding one entry to
+// commands.
+type command struct {
+	name    string
+	summary string // one line, shown by `aftercommit --help`
+	// run executes the command with the arguments that follow its name and
+	// returns the exit code. It must answer --help/-h with its usage on
+	// stdout and exit 0.
+	run func(ctx context.Context, args []string, e *env) int
+}
+
+// commands lists every subcommand, in the order `aftercommit --help` shows
+// them. It is filled in init because a command's run may refer to it (help).
+var commands []command
+
+func init() {
+	commands = []command{
+		{name: "migrate", summary: "apply, remove or show the database migrations (River's and aftercommit's)", run: runMigrate},
+		{name: "help", summary: "show the help of aftercommit or of one command", run: runHelp},
+	}
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run is the whole program minus the process: it dispatches args to a
+// command and returns the exit code.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	e := &env{getenv: getenv, stdout: stdout, stderr: stderr}
+	if len(args) == 0 {
+		printRootUsage(stderr)
+		return exitUsage
+	}
+	switch name := args[0]; name {
+	case "-h", "-help", "--help":
+		printRootUsage(stdout)
+		return exitOK
+	default:
+		if strings.HasPrefix(name, "-") {
+			fmt.Fprintf(stderr, "aftercommit: unknown flag %s before the command\n", name)
+			fmt.Fprintln(stderr, "Run 'aftercommit --help' for usage.")
+			return exitUsage
+		}
+		cmd, ok := findCommand(name)
+		if !ok {
+			fmt.Fprintf(stderr, "aftercommit: unknown command %q\n", name)
+			fmt.Fprintln(stderr, "Run 'aftercommit --help' for usage.")
+			return exitUsage
+		}
+		return cmd.run(ctx, args[1:], e)
+	}
+}
+
+func findCommand(name string) (command, bool) {
+	for _, c := range commands {
+		if c.name == name {
+			return c, true
+		}
+	}
+	return command{}, false
+}
+
+func printRootUsage(w io.Writer) {
+	fmt.Fprint(w, `aftercommit: transactional outbox jobs on Postgres and River.
+
+Usage:
+  aftercommit <command> [flags] [arguments]
+
+Commands:
+`)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, c := range commands {
+		fmt.Fprintf(tw, "  %s\t%s\n", c.name, c.summary)
+	}
+	_ = tw.Flush()
+	fmt.Fprint(w, `
+Run 'aftercommit <command> --help' for the flags of one command.
+Exit codes: 0 success, 1 failure, 2 bad usage, 130 interrupted.
+`)
+}
+
+func runHelp(ctx context.Context, args []string, e *env) int {
+	switch {
+	case len(args) == 0, len(args) == 1 && isHelpFlag(args[0]):
+		printRootUsage(e.stdout)
+		return exitOK
+	case len(args) > 1:
+		return usageError(e, "help", "help takes at most one command name")
+	}
+	cmd, ok := findCommand(args[0])
+	if !ok {
+		return usageError(e, "help", fmt.Sprintf("unknown command %q", args[0]))
+	}
+	return cmd.run(ctx, []string{"--help"}, e)
+}
+
+func isHelpFlag(s string) bool {
+	return s == "-h" || s == "-help" || s == "--help"
+}
+
+// usageError reports bad usage of a command on stderr and returns exitUsage.
+func usageError(e *env, cmdName, msg string) int {
+	fmt.Fprintf(e.stderr, "aftercommit %s: %s\n", cmdName, msg)
+	fmt.Fprintf(e.stderr, "Run 'aftercommit %s --help' for usage.\n", cmdName)
+	return exitUsage
+}
+
+// newFlagSet returns a FlagSet for a command whose errors go to stderr and
+// whose usage, printed by parseArgs on --help, goes to stdout.
+func newFlagSet(name string, e *env) *flag.FlagSet {
+	fs := flag.NewFlagSet("aftercommit "+name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.Usage = func() {} // parseArgs prints usage itself, to the right stream
+	return fs
+}
+
+// parseArgs parses args with fs, allowing flags before, between and after
+// positional arguments (`migrate down --yes` as well as `migrate --yes
+// down`); everything after a lone "--" is positional. It returns the
+// positional arguments, or ok=false and the exit code when the command must
+// stop: exitOK after printing usage for --help, exitUsage after a bad flag.
+func parseArgs(fs *flag.FlagSet, e *env, cmdName string, usage func(io.Writer), args []string) (positional []string, code int, ok bool) {
+	for {
+		err := fs.Parse(args)
+		if errors.Is(err, flag.ErrHelp) {
+			usage(e.stdout)
+			return nil, exitOK, false
+		}
+		if err != nil {
+			// The flag package has already printed the error to stderr.
+			fmt.Fprintf(e.stderr, "Run 'aftercommit %s --help' for usage.\n", cmdName)
+			return nil, exitUsage, false
+		}
+		rest := fs.Args()
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			return append(positional, rest...), exitOK, true
+		}
+		if len(rest) == 0 {
+			return positional, exitOK, true
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
+	}
+}

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/aftercommit/aftercommit/internal/dbmigrate"
+)
+
+func printMigrateUsage(w io.Writer, printFlags func(io.Writer)) {
+	fmt.Fprint(w, `Usage:
+  aftercommit migrate up [flags]
+  aftercommit migrate down --yes [flags]
+  aftercommit migrate version [flags]
+
+Actions:
+  up       apply every migration not applied yet: River's (by River's own
+           migrator), then aftercommit's (embedded in this binary)
+  down     remove every migration: drops every table of River and aftercommit,
+           with all their rows; needs --yes
+  version  show the applied and the latest version of each
+
+Up on an up-to-date database, or down on an empty one, changes nothing.
+
+Flags:
+`)
+	printFlags(w)
+}
+
+func runMigrate(ctx context.Context, args []string, e *env) int {
+	const name = "migrate"
+	fs := newFlagSet(name, e)
+	var db dbFlags
+	db.register(fs)
+	yes := fs.Bool("yes", false, "confirm down, which drops every table of River and aftercommit with their rows")
+	usage := func(w io.Writer) {
+		printMigrateUsage(w, func(w io.Writer) {
+			fs.SetOutput(w)
+			fs.PrintDefaults()
+			fs.SetOutput(e.stderr)
+		})
+	}
+
+	positional, code, ok := parseArgs(fs, e, name, usage, args)
+	if !ok {
+		return code
+	}
+	switch {
+	case len(positional) == 0:
+		return usageError(e, name, "missing action: up, down or version")
+	case len(positional) > 1:
+		return usageError(e, name, fmt.Sprintf("too many arguments: %s", strings.Join(positional, " ")))
+	}
+	action := positional[0]
+	switch action {
+	case "up", "down", "version":
+	default:
+		return usageError(e, name, fmt.Sprintf("unknown action %q: want up, down or version", action))
+	}
+	db.resolve(fs, e)
+
+	if action == "down" && !*yes {
+		fmt.Fprintln(e.stderr, "aftercommit migrate: refusing to run down without --yes: it drops every table of River and aftercommit, with all their rows; run 'aftercommit migrate down --yes' to do it")
+		return exitUsage
+	}
+
+	pool, err := db.open(ctx)
+	if err != nil {
+		return reportError(ctx, e, err)
+	}
+	defer pool.Close()
+
+	if err := checkSchema(ctx, pool, db.schema); err != nil {
+		return reportError(ctx, e, err)
+	}
+
+	opts := &dbmigrate.Options{Schema: db.schema}
+	switch action {
+	case "up":
+		res, err := dbmigrate.Up(ctx, pool, opts)
+		return reportResult(ctx, e, "up", res, err)
+	case "down":
+		res, err := dbmigrate.Down(ctx, pool, opts)
+		return reportResult(ctx, e, "down", res, err)
+	default:
+		return migrateVersion(ctx, e, pool, opts)
+	}
+}
+
+// checkSchema makes sure the schema that will receive the tables exists, so
+// a typo in --schema is reported as such rather than as a failed CREATE.
+func checkSchema(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+	var current *string
+	var searchPath, database string
+	err := pool.QueryRow(ctx, `SELECT current_schema(), current_setting('search_path'), current_database()`).
+		Scan(&current, &searchPath, &database)
+	if err != nil {
+		return fmt.Errorf("aftercommit: reading the connection's schema: %s", oneLine(err.Error()))
+	}
+	if current != nil {
+		return nil
+	}
+	if schema != "" {
+		return fmt.Errorf("aftercommit: schema %q does not exist in database %q: create it (CREATE SCHEMA %s) or change --schema / AFTERCOMMIT_SCHEMA",
+			schema, database, pgx.Identifier{schema}.Sanitize())
+	}
+	return fmt.Errorf("aftercommit: no schema of the search_path (%s) exists in database %q: create one or choose one with --schema / AFTERCOMMIT_SCHEMA",
+		searchPath, database)
+}
+
+// reportResult prints what an up or down changed (also when it stopped half
+// way) and the error, if any, and returns the exit code.
+func reportResult(ctx context.Context, e *env, action string, res dbmigrate.Result, err error) int {
+	if err == nil || res.Changed() {
+		fmt.Fprintln(e.stdout, describeResult(action, res))
+	}
+	if err != nil {
+		return reportError(ctx, e, fmt.Errorf("aftercommit migrate %s: %w", action, err))
+	}
+	if ctx.Err() != nil {
+		// golang-migrate stops between migrations without an error.
+		return reportError(ctx, e, errInterrupted)
+	}
+	return exitOK
+}
+
+// describeResult is the one line `migrate up` or `migrate down` prints, e.g.
+// "river: applied 1,2,3,4,5,6; aftercommit: applied 1".
+func describeResult(action string, res dbmigrate.Result) string {
+	verb, none, allNone := "applied", "up to date", "already up to date"
+	if action == "down" {
+		verb, none, allNone = "removed", "nothing to remove", "nothing to remove"
+	}
+	if !res.Changed() {
+		return allNone
+	}
+	part := func(line string, versions []string) string {
+		if len(versions) == 0 {
+			return line + ": " + none
+		}
+		return line + ": " + verb + " " + strings.Join(versions, ",")
+	}
+	river := make([]string, 0, len(res.River))
+	for _, v := range res.River {
+		river = append(river, strconv.Itoa(v))
+	}
+	app := make([]string, 0, len(res.App))
+	for _, v := range res.App {
+		app = append(app, strconv.FormatUint(uint64(v), 10))
+	}
+	return part("river", river) + "; " + part("aftercommit", app)
+}
+
+func migrateVersion(ctx context.Context, e *env, pool *pgxpool.Pool, opts *dbmigrate.Options) int {
+	v, err := dbmigrate.CurrentVersion(ctx, pool, opts)
+	if err != nil && !errors.Is(err, dbmigrate.ErrDirty) {
+		return reportError(ctx, e, fmt.Errorf("aftercommit migrate version: %w", err))
+	}
+	fmt.Fprintf(e.stdout, "river: %d (latest %d)%s\n", v.River, v.RiverLatest, ahead(v.River > v.RiverLatest))
+	dirty := ""
+	if v.Dirty {
+		dirty = " dirty"
+	}
+	fmt.Fprintf(e.stdout, "aftercommit: %d (latest %d)%s%s\n", v.App, v.AppLatest, ahead(v.App > v.AppLatest), dirty)
+	if err != nil {
+		return reportError(ctx, e, err)
+	}
+	return exitOK
+}
+
+func ahead(b bool) string {
+	if b {
+		return " newer than this binary"
+	}
+	return ""
+}
+
+// reportError prints err as one line on stderr and returns the exit code.
+func reportError(ctx context.Context, e *env, err error) int {
+	switch {
+	case errors.Is(err, errInterrupted), ctx.Err() != nil:
+		fmt.Fprintln(e.stderr, errInterrupted.Error())
+		return exitInterrupted
+	case errors.Is(err, dbmigrate.ErrDirty):
+		fmt.Fprintln(e.stderr, "aftercommit: the database is dirty: an aftercommit migration failed half way (see 'aftercommit migrate version'); "+
+			"finish or undo it by hand, then record the version really applied: UPDATE schema_migrations SET version = <N>, dirty = false")
+		return exitFailure
+	}
+	msg := oneLine(err.Error())
+	if !strings.HasPrefix(msg, "aftercommit") {
+		msg = "aftercommit: " + msg
+	}
+	fmt.Fprintln(e.stderr, msg)
+	return exitFailure
+}
