@@ -18,9 +18,9 @@ const PingKind = "aftercommit.ping"
 // PingMaxSleep caps PingArgs.SleepMS.
 const PingMaxSleep = time.Minute
 
-// ErrPingSleepTooLong is returned for a ping that asks to sleep longer than
-// PingMaxSleep.
-var ErrPingSleepTooLong = errors.New("jobs: ping sleep exceeds the maximum")
+// ErrPingSleepOutOfRange is returned (wrapped in river.JobCancel) for a ping
+// that asks to sleep less than zero or longer than PingMaxSleep.
+var ErrPingSleepOutOfRange = errors.New("jobs: ping sleep must be between 0 and 60000 ms")
 
 // PingArgs asks a worker to mark a row of the pings table as pinged.
 type PingArgs struct {
@@ -58,7 +58,7 @@ func AddPingWorker(workers *river.Workers, pool *pgxpool.Pool) {
 func (w *PingWorker) Work(ctx context.Context, job *river.Job[PingArgs]) error {
 	sleep := time.Duration(job.Args.SleepMS) * time.Millisecond
 	if sleep > PingMaxSleep || sleep < 0 {
-		return river.JobCancel(fmt.Errorf("%w: %d ms", ErrPingSleepTooLong, job.Args.SleepMS))
+		return river.JobCancel(fmt.Errorf("%w, got %d ms", ErrPingSleepOutOfRange, job.Args.SleepMS))
 	}
 	if sleep > 0 {
 		timer := time.NewTimer(sleep)

@@ -132,6 +132,6 @@ func TestPingWorker(t *testing.T) {
 		ev := b.waitEvent(t)
 		require.Equal(t, river.EventKindJobCancelled, ev.Kind)
 		require.Len(t, ev.Job.Errors, 1)
-		require.Equal(t, "JobCancelError: jobs: ping sleep exceeds the maximum: 60001 ms", ev.Job.Errors[0].Error)
+		require.Equal(t, "JobCancelError: jobs: ping sleep must be between 0 and 60000 ms, got 60001 ms", ev.Job.Errors[0].Error)
 	})
 }

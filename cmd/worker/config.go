@@ -1,0 +1,255 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+)
+
+// Defaults of the flags.
+const (
+	// databaseURLDefault is the local development server.
+	databaseURLDefault = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+	// queuesDefault is River's default queue.
+	queuesDefault = river.QueueDefault
+	// maxWorkersDefault is the number of jobs worked at once per queue.
+	maxWorkersDefault = 50
+	// shutdownTimeoutDefault is how long running jobs may take to finish
+	// after a signal before their contexts are cancelled.
+	shutdownTimeoutDefault = 30 * time.Second
+	// logLevelDefault is the lowest level logged.
+	logLevelDefault = "info"
+)
+
+const (
+	// connectTimeoutDefault bounds each connection attempt when the URL has
+	// no connect_timeout (nor PGCONNECT_TIMEOUT in the environment).
+	connectTimeoutDefault = 10 * time.Second
+	// maxConnsDefault sizes the pool when the URL has no pool_max_conns.
+	// River holds one connection for LISTEN and a few for its services; a
+	// running job holds one while it writes.
+	maxConnsDefault = 20
+	// schemaMaxLen is Postgres's identifier limit.
+	schemaMaxLen = 63
+)
+
+// config is the validated configuration of one run.
+type config struct {
+	// pool is the parsed --database-url with the worker's defaults and the
+	// schema's search_path applied. The raw URL is never kept: it may hold a
+	// password and must not reach a log.
+	pool            *pgxpool.Config
+	schema          string
+	queues          []string
+	maxWorkers      int
+	shutdownTimeout time.Duration
+	logLevel        slog.Level
+}
+
+// errHelp is returned by parseConfig after printing --help.
+var errHelp = flag.ErrHelp
+
+// setting is one flag with its environment variable and default.
+type setting struct {
+	flag string
+	env  string
+	def  string
+	help string
+	val  string
+}
+
+// parseConfig reads args, then the environment, then the defaults. Its errors
+// are one line meant for a person, starting with "worker: ".
+func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*config, error) {
+	settings := []*setting{
+		{flag: "database-url", env: "DATABASE_URL", def: databaseURLDefault,
+			help: "Postgres connection URL or keyword/value string; pool_max_conns and connect_timeout are honoured"},
+		{flag: "schema", env: "AFTERCOMMIT_SCHEMA", def: "",
+			help: "schema holding River's and aftercommit's tables (default: the connection's search_path)"},
+		{flag: "queues", env: "AFTERCOMMIT_QUEUES", def: queuesDefault,
+			help: "comma-separated queues to work"},
+		{flag: "max-workers", env: "AFTERCOMMIT_MAX_WORKERS", def: strconv.Itoa(maxWorkersDefault),
+			help: "jobs worked at once, per queue (1.." + strconv.Itoa(river.QueueNumWorkersMax) + ")"},
+		{flag: "shutdown-timeout", env: "AFTERCOMMIT_SHUTDOWN_TIMEOUT", def: shutdownTimeoutDefault.String(),
+			help: "how long running jobs may take to finish after SIGINT/SIGTERM before they are cancelled and requeued"},
+		{flag: "log-level", env: "AFTERCOMMIT_LOG_LEVEL", def: logLevelDefault,
+			help: "debug, info, warn or error"},
+	}
+
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	for _, s := range settings {
+		// The default shown is the built-in one, never the environment's:
+		// --help must not print a DATABASE_URL and its password.
+		usage := fmt.Sprintf("%s\n(env %s", s.help, s.env)
+		if s.def != "" {
+			usage += fmt.Sprintf(", default %q", s.def)
+		}
+		fs.StringVar(&s.val, s.flag, "", usage+")")
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(stdout, "Usage: worker [flags]\n\nRuns aftercommit's River workers until SIGINT or SIGTERM.\n\nFlags:")
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return nil, errHelp
+		}
+		return nil, fmt.Errorf("worker: %v (see worker --help)", err)
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("worker: unexpected argument %q: the worker takes flags only (see worker --help)", fs.Arg(0))
+	}
+
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	// resolve returns the value of s and how to name where it came from.
+	resolve := func(s *setting) (string, string) {
+		if given[s.flag] {
+			return s.val, "--" + s.flag
+		}
+		if v := getenv(s.env); v != "" {
+			return v, s.env
+		}
+		return s.def, "--" + s.flag + " default"
+	}
+
+	var (
+		cfg config
+		err error
+	)
+	for _, s := range settings {
+		v, src := resolve(s)
+		switch s.flag {
+		case "database-url":
+			cfg.pool, err = parsePoolConfig(v, src)
+		case "schema":
+			cfg.schema, err = parseSchema(v, src)
+		case "queues":
+			cfg.queues, err = parseQueues(v, src)
+		case "max-workers":
+			cfg.maxWorkers, err = parseMaxWorkers(v, src)
+		case "shutdown-timeout":
+			cfg.shutdownTimeout, err = parseShutdownTimeout(v, src)
+		case "log-level":
+			err = cfg.logLevel.UnmarshalText([]byte(v))
+			if err != nil {
+				err = fmt.Errorf("worker: invalid %s %q: want debug, info, warn or error", src, v)
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if cfg.schema != "" {
+		// Quoted, so the schema is taken exactly as River takes it.
+		cfg.pool.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{cfg.schema}.Sanitize()
+	}
+	return &cfg, nil
+}
+
+func parsePoolConfig(raw, src string) (*pgxpool.Config, error) {
+	pc, err := pgxpool.ParseConfig(raw)
+	if err != nil {
+		return nil, fmt.Errorf("worker: cannot parse the database URL given by %s: %s", src, describeParseError(raw, err))
+	}
+	if pc.ConnConfig.ConnectTimeout <= 0 {
+		pc.ConnConfig.ConnectTimeout = connectTimeoutDefault
+	}
+	if !strings.Contains(raw, "pool_max_conns") {
+		pc.MaxConns = maxConnsDefault
+	}
+	return pc, nil
+}
+
+// describeParseError explains why a connection string does not parse without
+// repeating it: it may hold a password.
+func describeParseError(raw string, err error) string {
+	reason := err.Error()
+	var pce *pgconn.ParseConfigError
+	if errors.As(err, &pce) {
+		anon := *pce
+		anon.ConnString = ""
+		reason = strings.TrimPrefix(anon.Error(), "cannot parse ``: ")
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) && ue.Err != nil {
+		reason = strings.ReplaceAll(reason, ue.Error(), ue.Err.Error())
+	}
+	if raw != "" {
+		reason = strings.ReplaceAll(reason, raw, "xxxxx")
+	}
+	if u, uerr := url.Parse(raw); uerr == nil && u.User != nil {
+		if pw, ok := u.User.Password(); ok && pw != "" {
+			reason = strings.ReplaceAll(reason, pw, "xxxxx")
+		}
+	}
+	return strings.Join(strings.Fields(reason), " ")
+}
+
+func parseSchema(v, src string) (string, error) {
+	switch {
+	case len(v) > schemaMaxLen:
+		return "", fmt.Errorf("worker: invalid %s %q: longer than %d bytes", src, v, schemaMaxLen)
+	case strings.ContainsRune(v, 0):
+		return "", fmt.Errorf("worker: invalid %s %q: contains a NUL byte", src, v)
+	}
+	return v, nil
+}
+
+// queueNameRE is River's rule for queue names (river.validateQueueName).
+var queueNameRE = regexp.MustCompile(`^(?:[a-z0-9])+(?:[_|\-]?[a-z0-9]+)*$`)
+
+// queueNameMaxLen is River's limit on a queue name.
+const queueNameMaxLen = 64
+
+func parseQueues(v, src string) ([]string, error) {
+	if strings.TrimSpace(v) == "" {
+		return nil, fmt.Errorf("worker: invalid %s %q: name at least one queue, e.g. %q", src, v, queuesDefault)
+	}
+	var queues []string
+	seen := map[string]bool{}
+	for part := range strings.SplitSeq(v, ",") {
+		name := strings.TrimSpace(part)
+		switch {
+		case name == "":
+			return nil, fmt.Errorf("worker: invalid %s %q: empty queue name", src, v)
+		case len(name) > queueNameMaxLen:
+			return nil, fmt.Errorf("worker: invalid %s: queue name %q is longer than %d characters", src, name, queueNameMaxLen)
+		case !queueNameRE.MatchString(name):
+			return nil, fmt.Errorf("worker: invalid %s: queue name %q must be lowercase letters and digits separated by '_', '-' or '|'", src, name)
+		case seen[name]:
+			return nil, fmt.Errorf("worker: invalid %s %q: queue %q is listed twice", src, v, name)
+		}
+		seen[name] = true
+		queues = append(queues, name)
+	}
+	return queues, nil
+}
+
+func parseMaxWorkers(v, src string) (int, error) {
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || n < 1 || n > river.QueueNumWorkersMax {
+		return 0, fmt.Errorf("worker: invalid %s %q: want a whole number from 1 to %d", src, v, river.QueueNumWorkersMax)
+	}
+	return n, nil
+}
+
+func parseShutdownTimeout(v, src string) (time.Duration, error) {
+	d, err := time.ParseDuration(strings.TrimSpace(v))
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("worker: invalid %s %q: want a duration such as 30s or 2m (0 cancels running jobs at once)", src, v)
+	}
+	return d, nil
+}

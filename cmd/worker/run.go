@@ -1,0 +1,179 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+
+	"github.com/aftercommit/aftercommit/jobs"
+)
+
+// Exit codes of run.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// hardStopTimeout bounds the wait for jobs to return once their contexts are
+// cancelled, after the shutdown timeout elapsed.
+const hardStopTimeout = 10 * time.Second
+
+// run is the whole worker: it parses args (falling back to getenv), connects,
+// checks the schema, works jobs until ctx is done (the signal), then shuts
+// down gracefully. It returns the process's exit code. Usage errors go to
+// stderr as one plain line; everything else is logged to stderr with
+// log/slog.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	cfg, err := parseConfig(args, getenv, stdout)
+	if errors.Is(err, errHelp) {
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, err.Error())
+		return exitUsage
+	}
+
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
+	if err := serve(ctx, cfg, logger); err != nil {
+		// Each error of serve is one sentence that says what to do.
+		logger.ErrorContext(ctx, err.Error())
+		return exitFailure
+	}
+	return exitOK
+}
+
+// errHardStopTimeout means jobs kept running after their contexts were
+// cancelled; River's rescuer will put them back in the queue later.
+var errHardStopTimeout = errors.New("worker: running jobs did not return within " + hardStopTimeout.String() +
+	" of being cancelled; exiting anyway, River will rescue them once they count as stuck")
+
+// serve runs the River client from start to stop.
+func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
+	pool, err := connect(ctx, cfg.pool)
+	if errors.Is(err, errInterrupted) {
+		logger.InfoContext(ctx, "worker: interrupted before start")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	// Closed on every path but a failed hard stop, where jobs still hold
+	// connections and Close would wait for them forever.
+	closePool := true
+	defer func() {
+		if closePool {
+			pool.Close()
+		}
+	}()
+
+	if err := checkMigrated(ctx, pool, cfg.schema); err != nil {
+		if ctx.Err() != nil {
+			logger.InfoContext(ctx, "worker: interrupted before start")
+			return nil
+		}
+		return err
+	}
+
+	workers := river.NewWorkers()
+	jobs.AddPingWorker(workers, pool)
+
+	queues := make(map[string]river.QueueConfig, len(cfg.queues))
+	for _, q := range cfg.queues {
+		queues[q] = river.QueueConfig{MaxWorkers: cfg.maxWorkers}
+	}
+	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{
+		Logger:  logger,
+		Queues:  queues,
+		Schema:  cfg.schema,
+		Workers: workers,
+	})
+	if err != nil {
+		return fmt.Errorf("worker: building the River client: %w", err)
+	}
+
+	// The signal must not reach River through Start's context: cancelling it
+	// would cancel running jobs at once. Shutdown goes through Stop below.
+	if err := client.Start(context.WithoutCancel(ctx)); err != nil {
+		return fmt.Errorf("worker: starting the River client: %w", err)
+	}
+	logger.InfoContext(ctx, "worker: started",
+		slog.String("client_id", client.ID()),
+		slog.String("schema", cfg.schema),
+		slog.String("queues", strings.Join(cfg.queues, ",")),
+		slog.Int("max_workers", cfg.maxWorkers),
+		slog.Int("max_conns", int(cfg.pool.MaxConns)),
+	)
+
+	select {
+	case <-ctx.Done():
+	case <-client.Stopped():
+		return errors.New("worker: the River client stopped on its own; see the log lines above")
+	}
+
+	err = shutdown(ctx, client, cfg.shutdownTimeout, logger)
+	if errors.Is(err, errHardStopTimeout) {
+		closePool = false
+	}
+	return err
+}
+
+// shutdown stops fetching and waits up to timeout for running jobs; then it
+// cancels the jobs still running, which River puts back in the queue, and
+// waits up to hardStopTimeout for them to return.
+func shutdown(ctx context.Context, client *river.Client[pgx.Tx], timeout time.Duration, logger *slog.Logger) error {
+	base := context.WithoutCancel(ctx)
+	logger.InfoContext(base, "worker: stopping; waiting for running jobs", slog.Duration("shutdown_timeout", timeout))
+	start := time.Now()
+
+	softCtx, cancel := context.WithTimeout(base, timeout)
+	err := client.Stop(softCtx)
+	cancel()
+	if err == nil {
+		logger.InfoContext(base, "worker: stopped", slog.Duration("took", time.Since(start)))
+		return nil
+	}
+
+	logger.WarnContext(base, "worker: shutdown timeout elapsed; cancelling running jobs, they will be retried",
+		slog.Duration("shutdown_timeout", timeout))
+	hardCtx, cancel := context.WithTimeout(base, hardStopTimeout)
+	defer cancel()
+	if err := client.StopAndCancel(hardCtx); err != nil {
+		return errHardStopTimeout
+	}
+	logger.InfoContext(base, "worker: stopped after cancelling running jobs", slog.Duration("took", time.Since(start)))
+	return nil
+}
+
+// connect opens a pool and checks that the server answers, within the
+// connection timeout for each address. Its errors are one line that says
+// where and what to do; errInterrupted means ctx ended first.
+func connect(ctx context.Context, cfg *pgxpool.Config) (*pgxpool.Pool, error) {
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, errors.New(describeConnectError(cfg, err))
+	}
+	timeout := cfg.ConnConfig.ConnectTimeout * time.Duration(1+len(cfg.ConnConfig.Fallbacks))
+	pingCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := pool.Ping(pingCtx); err != nil {
+		pool.Close()
+		if ctx.Err() != nil {
+			return nil, errInterrupted
+		}
+		return nil, errors.New(describeConnectError(cfg, err))
+	}
+	return pool, nil
+}
+
+// errInterrupted means ctx ended (the signal) before the worker started.
+var errInterrupted = errors.New("worker: interrupted")
