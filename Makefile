@@ -1,9 +1,9 @@
 # aftercommit — common tasks. `make help` lists them.
 
 BENCH_ROUNDS ?= 6
-BENCH_TIME   ?= 2000x
+BENCH_TIME   ?= 2s
 
-.PHONY: help test test/race lint migrate worker bench/outbox compose/check
+.PHONY: help test test/race lint migrate worker bench/outbox bench/pgbench-floor compose/check
 
 help: ## list targets
 	@grep -E '^[a-zA-Z/_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "%-16s %s\n", $$1, $$2}'
@@ -28,3 +28,6 @@ bench/outbox: ## outbox transaction cost, rounds alternated, medians and ratios
 
 compose/check: ## validate docker-compose.yml without a Docker engine
 	docker-compose -f docker-compose.yml config -q
+
+bench/pgbench-floor: ## what one river_job row costs Postgres alone (pgbench, same round trips)
+	@bash internal/benchratio/pgbench/floor.sh

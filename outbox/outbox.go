@@ -65,7 +65,7 @@ func (c *Config) validate() error {
 		return fmt.Errorf("outbox: Config.MaxPayloadBytes must not be negative, got %d", c.MaxPayloadBytes)
 	}
 	for _, q := range c.Queues {
-		if len(q) > 64 || !queueNameRE.MatchString(q) {
+		if !validQueueName(q) {
 			return fmt.Errorf("%w: Config.Queues holds %q", ErrInvalidQueue, q)
 		}
 	}

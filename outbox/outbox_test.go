@@ -503,6 +503,22 @@ func TestBatch(t *testing.T) {
 		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM river_job`))
 	})
 
+	t.Run("DeduperDuplicatesAreDroppedBeforeEncoding", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+		huge := strings.Repeat("x", 200<<10)
+
+		batch := b.ob.NewBatch()
+		require.NoError(t, batch.Add(blobArgs{Key: "a", Blob: "small"}, nil))
+		// Same key: dropped without being encoded, so its size is moot.
+		require.NoError(t, batch.Add(blobArgs{Key: "a", Blob: huge}, nil))
+		// New key: encoded and refused.
+		err := batch.Add(blobArgs{Key: "b", Blob: huge}, nil)
+		require.ErrorIs(t, err, outbox.ErrPayloadTooLarge)
+		require.Equal(t, 1, batch.Len())
+		require.Equal(t, 1, batch.Duplicates())
+	})
+
 	t.Run("EmptyFlushWritesNothing", func(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, nil)
@@ -651,6 +667,14 @@ func TestBadInput(t *testing.T) {
 		require.False(t, called)
 	})
 }
+
+type blobArgs struct {
+	Key  string `json:"key"`
+	Blob string `json:"blob"`
+}
+
+func (blobArgs) Kind() string        { return "test.blob" }
+func (a blobArgs) DedupeKey() string { return a.Key }
 
 type ptrArgs struct{}
 
