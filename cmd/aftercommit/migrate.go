@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/aftercommit/aftercommit/internal/dbconn"
 	"github.com/aftercommit/aftercommit/internal/dbmigrate"
 )
 
@@ -102,7 +103,7 @@ func checkSchema(ctx context.Context, pool *pgxpool.Pool, schema string) error {
 	err := pool.QueryRow(ctx, `SELECT current_schema(), current_setting('search_path'), current_database()`).
 		Scan(&current, &searchPath, &database)
 	if err != nil {
-		return fmt.Errorf("aftercommit: reading the connection's schema: %s", oneLine(err.Error()))
+		return fmt.Errorf("aftercommit: reading the connection's schema: %s", dbconn.OneLine(err.Error()))
 	}
 	if current != nil {
 		return nil
@@ -185,7 +186,7 @@ func ahead(b bool) string {
 // reportError prints err as one line on stderr and returns the exit code.
 func reportError(ctx context.Context, e *env, err error) int {
 	switch {
-	case errors.Is(err, errInterrupted), ctx.Err() != nil:
+	case errors.Is(err, errInterrupted), errors.Is(err, dbconn.ErrInterrupted), ctx.Err() != nil:
 		fmt.Fprintln(e.stderr, errInterrupted.Error())
 		return exitInterrupted
 	case errors.Is(err, dbmigrate.ErrDirty):
@@ -193,7 +194,7 @@ func reportError(ctx context.Context, e *env, err error) int {
 			"finish or undo it by hand, then record the version really applied: UPDATE schema_migrations SET version = <N>, dirty = false")
 		return exitFailure
 	}
-	msg := oneLine(err.Error())
+	msg := dbconn.OneLine(err.Error())
 	if !strings.HasPrefix(msg, "aftercommit") {
 		msg = "aftercommit: " + msg
 	}

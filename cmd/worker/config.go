@@ -6,16 +6,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
+
+	"github.com/aftercommit/aftercommit/internal/dbconn"
 )
 
 // Defaults of the flags.
@@ -152,50 +151,21 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 			return nil, err
 		}
 	}
-	if cfg.schema != "" {
-		// Quoted, so the schema is taken exactly as River takes it.
-		cfg.pool.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{cfg.schema}.Sanitize()
-	}
+	// Set here rather than by parsePoolConfig: the URL is parsed, and its
+	// errors reported, before the schema is read.
+	dbconn.SetSchema(cfg.pool, cfg.schema)
 	return &cfg, nil
 }
 
+// parsePoolConfig parses the connection string with the worker's defaults:
+// connectTimeoutDefault when it sets no connect_timeout, maxConnsDefault when
+// it sets no pool_max_conns. Its errors name src and never repeat raw.
 func parsePoolConfig(raw, src string) (*pgxpool.Config, error) {
-	pc, err := pgxpool.ParseConfig(raw)
-	if err != nil {
-		return nil, fmt.Errorf("worker: cannot parse the database URL given by %s: %s", src, describeParseError(raw, err))
-	}
-	if pc.ConnConfig.ConnectTimeout <= 0 {
-		pc.ConnConfig.ConnectTimeout = connectTimeoutDefault
-	}
+	opts := &dbconn.Opts{Component: "worker", Source: src, ConnectTimeout: connectTimeoutDefault}
 	if !strings.Contains(raw, "pool_max_conns") {
-		pc.MaxConns = maxConnsDefault
+		opts.MaxConns = maxConnsDefault
 	}
-	return pc, nil
-}
-
-// describeParseError explains why a connection string does not parse without
-// repeating it: it may hold a password.
-func describeParseError(raw string, err error) string {
-	reason := err.Error()
-	var pce *pgconn.ParseConfigError
-	if errors.As(err, &pce) {
-		anon := *pce
-		anon.ConnString = ""
-		reason = strings.TrimPrefix(anon.Error(), "cannot parse ``: ")
-	}
-	var ue *url.Error
-	if errors.As(err, &ue) && ue.Err != nil {
-		reason = strings.ReplaceAll(reason, ue.Error(), ue.Err.Error())
-	}
-	if raw != "" {
-		reason = strings.ReplaceAll(reason, raw, "xxxxx")
-	}
-	if u, uerr := url.Parse(raw); uerr == nil && u.User != nil {
-		if pw, ok := u.User.Password(); ok && pw != "" {
-			reason = strings.ReplaceAll(reason, pw, "xxxxx")
-		}
-	}
-	return strings.Join(strings.Fields(reason), " ")
+	return dbconn.ParseConfig(raw, opts)
 }
 
 func parseSchema(v, src string) (string, error) {

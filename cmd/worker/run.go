@@ -10,10 +10,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
+	"github.com/aftercommit/aftercommit/internal/dbconn"
 	"github.com/aftercommit/aftercommit/jobs"
 )
 
@@ -59,8 +59,8 @@ var errHardStopTimeout = errors.New("worker: running jobs did not return within 
 
 // serve runs the River client from start to stop.
 func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
-	pool, err := connect(ctx, cfg.pool)
-	if errors.Is(err, errInterrupted) {
+	pool, err := dbconn.Connect(ctx, cfg.pool, "worker")
+	if errors.Is(err, dbconn.ErrInterrupted) {
 		logger.InfoContext(ctx, "worker: interrupted before start")
 		return nil
 	}
@@ -153,27 +153,3 @@ func shutdown(ctx context.Context, client *river.Client[pgx.Tx], timeout time.Du
 	logger.InfoContext(base, "worker: stopped after cancelling running jobs", slog.Duration("took", time.Since(start)))
 	return nil
 }
-
-// connect opens a pool and checks that the server answers, within the
-// connection timeout for each address. Its errors are one line that says
-// where and what to do; errInterrupted means ctx ended first.
-func connect(ctx context.Context, cfg *pgxpool.Config) (*pgxpool.Pool, error) {
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		return nil, errors.New(describeConnectError(cfg, err))
-	}
-	timeout := cfg.ConnConfig.ConnectTimeout * time.Duration(1+len(cfg.ConnConfig.Fallbacks))
-	pingCtx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	if err := pool.Ping(pingCtx); err != nil {
-		pool.Close()
-		if ctx.Err() != nil {
-			return nil, errInterrupted
-		}
-		return nil, errors.New(describeConnectError(cfg, err))
-	}
-	return pool, nil
-}
-
-// errInterrupted means ctx ended (the signal) before the worker started.
-var errInterrupted = errors.New("worker: interrupted")

@@ -369,7 +369,7 @@ func TestRunUnreachableDatabase(t *testing.T) {
 	require.Equal(t, 1, strings.Count(out, "\n"), "want exactly one line, got:\n%s", out)
 	require.True(t, strings.HasSuffix(out, "\n"))
 	require.Contains(t, out, "127.0.0.1:1")
-	require.Contains(t, out, "start Postgres or set DATABASE_URL/--database-url")
+	require.Contains(t, out, "start Postgres or set DATABASE_URL / --database-url")
 }
 
 func TestRunSchemaNotMigrated(t *testing.T) {
