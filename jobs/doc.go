@@ -1,14 +1,61 @@
-// Package jobs is aftercommit's job runtime: the workers, queues and periodic
-// jobs that cmd/worker runs on River.
+// Package jobs is aftercommit's job runtime on River: the registry of
+// workers, queues and periodic jobs that every domain fills and cmd/worker
+// turns into a River client; the worker middleware (the "needed?" check); and
+// the ping job used by tests, benchmarks and health checks.
 //
-// This first slice holds the ping job, the smallest real job there is: it
-// marks one row of the pings table as pinged, in the same transaction that
-// completes the job (river.JobCompleteTx), so a retry or a second delivery
-// never counts twice. Tests, benchmarks and health checks use it.
+// # Registry
+//
+// Each domain exposes Register(reg *jobs.Registry) and declares there its
+// queues (AddQueue), workers (AddWorker) and periodic jobs (AddPeriodic).
+// NewClient builds the River client from the registry; NewOutbox builds an
+// outbox whose jobs take their queue and priority from it, so callers never
+// repeat them. Problems — a kind registered twice, a worker on a queue no
+// domain declared, a malformed queue name — are collected and reported
+// together, each naming its culprit, and NewClient refuses to start with any.
+//
+// Every worker process registers every kind and every periodic job, even when
+// it works only some queues (ClientConfig.Queues, cmd/worker --queues):
+// River's rescuer and periodic enqueuer run on whichever process is leader,
+// and the rescuer discards stuck jobs of kinds the leader does not know.
+//
+// # Queues, weights and what River can honour
+//
+// A domain gives each queue a weight (TResque-style: account_default 100,
+// account_refresh -5000). River has no priority between queues: each queue
+// has its own fetcher and its own MaxWorkers slots per process, and inside a
+// queue jobs are fetched by Priority (1 first, 4 last), then by time. So a
+// weight becomes two River settings:
+//
+//	weight            job Priority   MaxWorkers per process
+//	>= 100                 1               100
+//	0 … 99                 2                50
+//	-999 … -1              3                10
+//	<= -1000               4                 2
+//
+// MaxWorkers is what actually keeps a low-weight queue from crowding out a
+// high-weight one; Priority orders jobs that share a queue (a kind enqueued
+// on another kind's queue with explicit options keeps its own priority). The
+// queue's River name is "<domain>_<name>". QueueOpts.MaxWorkers overrides
+// the derived number; cmd/worker --max-workers overrides all of them.
+//
+// # Needed?
+//
+// A worker may implement Needed[T]: the middleware NewClient installs asks
+// it before Work, and a job that is no longer needed (the source of truth
+// says so) completes without running, recorded as output
+// {"skipped": "not needed"}. A Needed error fails the attempt like any error.
+//
+// # Scheduling
+//
+// tx.Enqueue(args, jobs.At(t)) and tx.Enqueue(args, jobs.In(d)) schedule a
+// job; its Needed check runs when it comes due, so a reminder for an invoice
+// paid in the meantime is skipped.
 //
 // # Ping
 //
 // Insert a pings row and enqueue PingArgs{PingID: id} in the same outbox
-// transaction; a worker registered with AddPingWorker sets pinged_at and adds
-// one to ping_count. PingID 0 is a no-op ping used to measure the queue alone.
+// transaction; the PingWorker (RegisterPing) sets pinged_at and adds one to
+// ping_count in the transaction that completes the job (river.JobCompleteTx),
+// so a retry or a second delivery never counts twice. PingID 0 is a no-op
+// ping used to measure the queue alone.
 package jobs

@@ -49,7 +49,13 @@ type PingWorker struct {
 	Pool *pgxpool.Pool
 }
 
-// AddPingWorker registers a PingWorker on workers.
+// RegisterPing registers the ping kind on River's default queue.
+func RegisterPing(reg *Registry, pool *pgxpool.Pool) {
+	AddWorker(reg, river.QueueDefault, &PingWorker{Pool: pool})
+}
+
+// AddPingWorker registers a PingWorker on workers, for a River client built
+// without a Registry.
 func AddPingWorker(workers *river.Workers, pool *pgxpool.Pool) {
 	river.AddWorker(workers, &PingWorker{Pool: pool})
 }

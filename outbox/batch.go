@@ -138,7 +138,7 @@ func (b *Batch) Add(args river.JobArgs, opts *river.InsertOpts) error {
 		return nil
 	}
 	seen[string(key)] = struct{}{}
-	b.params = append(b.params, river.InsertManyParams{Args: args, InsertOpts: opts})
+	b.params = append(b.params, river.InsertManyParams{Args: args, InsertOpts: b.ob.withKindDefaults(kind.kind, opts)})
 	return nil
 }
 
@@ -228,11 +228,11 @@ func (o *Outbox) Enqueue(ctx context.Context, tx pgx.Tx, args ...river.JobArgs) 
 	return b.Flush(ctx, tx)
 }
 
-// validQueueName reports whether River accepts name as a queue name: at most
+// ValidQueueName reports whether River accepts name as a queue name: at most
 // 64 characters, lower-case letters and digits, single separators (_, - or |)
 // between them. It is River's `^(?:[a-z0-9])+(?:[_|\-]?[a-z0-9]+)*$` without
 // a regexp, which cost a fifth of a bulk enqueue.
-func validQueueName(name string) bool {
+func ValidQueueName(name string) bool {
 	if name == "" || len(name) > 64 {
 		return false
 	}
@@ -270,10 +270,15 @@ func (o *Outbox) check(args river.JobArgs, opts *river.InsertOpts) (dedupeKind, 
 			queue = q
 		}
 	}
+	if o.cfg.KindDefaults != nil {
+		if q, _, ok := o.cfg.KindDefaults(kind); ok && q != "" {
+			queue = q
+		}
+	}
 	if opts != nil && opts.Queue != "" {
 		queue = opts.Queue
 	}
-	if !validQueueName(queue) {
+	if !ValidQueueName(queue) {
 		return dedupeKind{}, fmt.Errorf("%w: %q (kind %q): use lower-case letters and digits separated by _ or -, at most 64 characters", ErrInvalidQueue, queue, kind)
 	}
 	if o.queues != nil {
@@ -282,6 +287,29 @@ func (o *Outbox) check(args river.JobArgs, opts *river.InsertOpts) (dedupeKind, 
 		}
 	}
 	return dedupeKind{kind: kind}, nil
+}
+
+// withKindDefaults fills the queue and priority opts leave unset from
+// Config.KindDefaults. opts is not modified; a copy is returned.
+func (o *Outbox) withKindDefaults(kind string, opts *river.InsertOpts) *river.InsertOpts {
+	if o.cfg.KindDefaults == nil {
+		return opts
+	}
+	queue, priority, ok := o.cfg.KindDefaults(kind)
+	if !ok || (opts != nil && (opts.Queue != "" || queue == "") && (opts.Priority != 0 || priority == 0)) {
+		return opts
+	}
+	var merged river.InsertOpts
+	if opts != nil {
+		merged = *opts
+	}
+	if merged.Queue == "" {
+		merged.Queue = queue
+	}
+	if merged.Priority == 0 {
+		merged.Priority = priority
+	}
+	return &merged
 }
 
 // isNil reports whether args is nil or a nil pointer, on which Kind() would

@@ -33,6 +33,15 @@ type Config struct {
 	// Defaults to empty: any well-formed queue name is accepted.
 	Queues []string
 
+	// KindDefaults, when set, gives a job kind the queue and priority it is
+	// enqueued with when the caller's InsertOpts leave them unset (ok false:
+	// no defaults for that kind). They win over the args' own InsertOpts();
+	// explicit InsertOpts win over them. jobs.NewOutbox sets it from the
+	// registry, so callers never repeat a kind's queue.
+	//
+	// Defaults to nil: River's rules alone.
+	KindDefaults func(kind string) (queue string, priority int, ok bool)
+
 	// DisablePipelinedCommit makes InTx insert jobs and then COMMIT in two
 	// round trips (River's InsertManyTx, then Commit) instead of sending the
 	// insert and the COMMIT together. Useful to compare the two.
@@ -65,7 +74,7 @@ func (c *Config) validate() error {
 		return fmt.Errorf("outbox: Config.MaxPayloadBytes must not be negative, got %d", c.MaxPayloadBytes)
 	}
 	for _, q := range c.Queues {
-		if !validQueueName(q) {
+		if !ValidQueueName(q) {
 			return fmt.Errorf("%w: Config.Queues holds %q", ErrInvalidQueue, q)
 		}
 	}

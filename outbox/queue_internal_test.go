@@ -9,7 +9,7 @@ import (
 )
 
 // riverQueueNameRE is River's own rule (client.go, nameRegex); the hand-written
-// validQueueName must agree with it on every name.
+// ValidQueueName must agree with it on every name.
 var riverQueueNameRE = regexp.MustCompile(`^(?:[a-z0-9])+(?:[_|\-]?[a-z0-9]+)*$`)
 
 func TestValidQueueNameAgreesWithRiver(t *testing.T) {
@@ -33,7 +33,7 @@ func TestValidQueueNameAgreesWithRiver(t *testing.T) {
 	gen("", 4)
 	for _, n := range names {
 		want := len(n) <= 64 && riverQueueNameRE.MatchString(n)
-		require.Equal(t, want, validQueueName(n), "queue name %q", n)
+		require.Equal(t, want, ValidQueueName(n), "queue name %q", n)
 	}
 }
 
@@ -43,8 +43,8 @@ func FuzzValidQueueName(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, n string) {
 		want := len(n) <= 64 && riverQueueNameRE.MatchString(n)
-		if got := validQueueName(n); got != want {
-			t.Fatalf("validQueueName(%q) = %v, River says %v", n, got, want)
+		if got := ValidQueueName(n); got != want {
+			t.Fatalf("ValidQueueName(%q) = %v, River says %v", n, got, want)
 		}
 	})
 }

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/aftercommit/aftercommit/internal/dbconn"
 	"github.com/aftercommit/aftercommit/jobs"
@@ -84,21 +84,16 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 		return err
 	}
 
-	workers := river.NewWorkers()
-	jobs.AddPingWorker(workers, pool)
-
-	queues := make(map[string]river.QueueConfig, len(cfg.queues))
-	for _, q := range cfg.queues {
-		queues[q] = river.QueueConfig{MaxWorkers: cfg.maxWorkers}
-	}
-	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{
-		Logger:  logger,
-		Queues:  queues,
-		Schema:  cfg.schema,
-		Workers: workers,
+	// Every kind and periodic job is registered, whatever queues this
+	// process works: the leader's rescuer must know them all.
+	client, err := jobs.NewClient(pool, registry(pool), &jobs.ClientConfig{
+		Queues:     cfg.queues,
+		MaxWorkers: cfg.maxWorkers,
+		Schema:     cfg.schema,
+		Logger:     logger,
 	})
 	if err != nil {
-		return fmt.Errorf("worker: building the River client: %w", err)
+		return fmt.Errorf("worker: %w", err)
 	}
 
 	// The signal must not reach River through Start's context: cancelling it
@@ -125,6 +120,14 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 		closePool = false
 	}
 	return err
+}
+
+// registry is every domain's registration: the one place where the domains
+// meet.
+func registry(pool *pgxpool.Pool) *jobs.Registry {
+	reg := jobs.NewRegistry()
+	jobs.RegisterPing(reg, pool)
+	return reg
 }
 
 // shutdown stops fetching and waits up to timeout for running jobs; then it

@@ -469,3 +469,18 @@ func TestRunAppTablesNotMigrated(t *testing.T) {
 	require.Contains(t, out, "aftercommit's tables in schema '"+schema+"' are at migration 0")
 	require.Contains(t, out, "run `go run ./cmd/aftercommit migrate up` first")
 }
+
+// A well-formed queue that no domain declared is refused at start, naming
+// it, instead of a worker that silently never sees a job.
+func TestRunUndeclaredQueue(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(ctx, t)
+
+	var stdout, stderr syncBuffer
+	code := run(ctx, b.args(t, "--queues", "default,mail"), noEnv, &stdout, &stderr)
+	require.Equal(t, exitFailure, code)
+	out := stderr.String()
+	require.Equal(t, 1, strings.Count(out, "\n"), "want exactly one line, got:\n%s", out)
+	require.Contains(t, out, "worker: jobs: registry: unknown queue(s) mail; declared: default")
+}

@@ -1,0 +1,110 @@
+package jobs
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivertype"
+
+	"github.com/aftercommit/aftercommit/outbox"
+)
+
+// ClientConfig tunes the River client NewClient builds. A nil *ClientConfig
+// takes every default.
+type ClientConfig struct {
+	// Queues lists the queues this process works. Every kind and every
+	// periodic job is registered regardless, because River's rescuer and
+	// periodic enqueuer run on whichever process is leader.
+	//
+	// Defaults to nil: every declared queue plus River's default queue. An
+	// empty non-nil slice makes an insert-only client that works nothing.
+	Queues []string
+
+	// MaxWorkers, when above zero, replaces the MaxWorkers of every selected
+	// queue (cmd/worker's --max-workers).
+	//
+	// Defaults to 0: each queue's own, derived from its weight.
+	MaxWorkers int
+
+	// Schema is River's schema (river.Config.Schema). Defaults to empty:
+	// the connections' search_path.
+	Schema string
+
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+
+	// River, when set, is the base River configuration (fetch settings,
+	// timeouts, job retention, …). Workers, Queues, PeriodicJobs, Schema and
+	// Logger are set by NewClient; Middleware is appended to.
+	River *river.Config
+}
+
+// NewClient builds the River client for reg: every registered worker and
+// periodic job, the selected queues with the MaxWorkers derived from their
+// weights, and the job middleware (the needed-check). It fails when reg has
+// registration errors or cfg names an undeclared queue.
+func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Client[pgx.Tx], error) {
+	if pool == nil {
+		return nil, errors.New("jobs: nil pool")
+	}
+	if reg == nil {
+		return nil, errors.New("jobs: nil registry")
+	}
+	if err := reg.Err(); err != nil {
+		return nil, err
+	}
+	if cfg == nil {
+		cfg = &ClientConfig{}
+	}
+
+	var rc river.Config
+	if cfg.River != nil {
+		rc = *cfg.River
+	}
+	rc.Schema = cfg.Schema
+	rc.Logger = cfg.Logger
+	rc.Workers = reg.workers
+	rc.PeriodicJobs = append([]*river.PeriodicJob(nil), reg.periodic...)
+	rc.Middleware = append([]rivertype.Middleware{NewNeededMiddleware(reg.neededFunc)}, rc.Middleware...)
+	if cfg.Queues == nil || len(cfg.Queues) > 0 {
+		queues, err := reg.selectQueues(cfg.Queues)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.MaxWorkers > 0 {
+			for name := range queues {
+				queues[name] = river.QueueConfig{MaxWorkers: cfg.MaxWorkers}
+			}
+		}
+		rc.Queues = queues
+	} else {
+		rc.Queues = nil
+	}
+
+	client, err := river.NewClient(riverpgxv5.New(pool), &rc)
+	if err != nil {
+		return nil, fmt.Errorf("jobs: building the River client: %w", err)
+	}
+	return client, nil
+}
+
+// NewOutbox returns an outbox whose jobs get their queue and priority from
+// reg and may only go to reg's queues. cfg may be nil; its Queues and
+// KindDefaults are replaced.
+func NewOutbox(pool *pgxpool.Pool, client *river.Client[pgx.Tx], reg *Registry, cfg *outbox.Config) (*outbox.Outbox, error) {
+	if reg == nil {
+		return nil, errors.New("jobs: nil registry")
+	}
+	var c outbox.Config
+	if cfg != nil {
+		c = *cfg
+	}
+	c.Queues = reg.QueueNames()
+	c.KindDefaults = reg.KindDefaults
+	return outbox.New(pool, client, &c)
+}
