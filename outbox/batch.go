@@ -192,28 +192,33 @@ func (b *Batch) Err() error {
 // It returns the first Add error, if any, without writing. An empty batch
 // writes nothing and returns no results.
 func (b *Batch) Flush(ctx context.Context, tx pgx.Tx) ([]*rivertype.JobInsertResult, error) {
-	params, err := b.take()
+	params, dups, err := b.take()
 	if err != nil || len(params) == 0 {
 		return nil, err
 	}
-	res, err := b.ob.client.InsertManyTx(ctx, tx, params)
+	results, err := b.ob.client.InsertManyTx(ctx, tx, params)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: inserting %d jobs: %w", len(params), err)
 	}
-	return res, nil
+	if b.ob.cfg.OnFlush != nil {
+		res := countResults(results)
+		res.Enqueued, res.Duplicates, res.RoundTrips = len(params)+dups, dups, 1
+		b.ob.cfg.OnFlush(ctx, res)
+	}
+	return results, nil
 }
 
-// take returns the buffered jobs and empties the batch, or the first Add
-// error.
-func (b *Batch) take() ([]river.InsertManyParams, error) {
+// take returns the buffered jobs and the duplicates dropped, and empties
+// the batch; or the first Add error.
+func (b *Batch) take() ([]river.InsertManyParams, int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.err != nil {
-		return nil, b.err
+		return nil, 0, b.err
 	}
-	params := b.params
+	params, dups := b.params, b.dups
 	b.params, b.keys, b.dups = nil, nil, 0
-	return params, nil
+	return params, dups, nil
 }
 
 // Enqueue validates, de-duplicates and inserts jobs with default options in

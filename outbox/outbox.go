@@ -42,6 +42,13 @@ type Config struct {
 	// Defaults to nil: River's rules alone.
 	KindDefaults func(kind string) (queue string, priority int, ok bool)
 
+	// OnFlush, when set, is called after every successful InTx commit and
+	// Batch.Flush that wrote jobs, with what it wrote (metrics hook it here). It must be fast
+	// and must not block.
+	//
+	// Defaults to nil.
+	OnFlush func(ctx context.Context, res FlushResult)
+
 	// DisablePipelinedCommit makes InTx insert jobs and then COMMIT in two
 	// round trips (River's InsertManyTx, then Commit) instead of sending the
 	// insert and the COMMIT together. Useful to compare the two.
@@ -145,10 +152,40 @@ func (o *Outbox) Stats() Stats {
 //
 // tx must not be used after InTx returns; its methods then return
 // pgx.ErrTxClosed.
-func (o *Outbox) InTx(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) (err error) {
+func (o *Outbox) InTx(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) error {
+	_, err := o.InTxResult(ctx, fn)
+	return err
+}
+
+// FlushResult describes the jobs one transaction (or one Batch.Flush) wrote.
+type FlushResult struct {
+	// Enqueued counts the Enqueue (or Add) calls that were accepted.
+	Enqueued int
+	// Duplicates counts the enqueues dropped inside the transaction because
+	// a job of the same kind and key was already buffered.
+	Duplicates int
+	// Inserted counts the new job rows.
+	Inserted int
+	// UniqueSkipped counts the jobs that matched an existing job (River
+	// unique jobs, or a queue lock) and so added no row.
+	UniqueSkipped int
+	// RoundTrips is the number of round trips spent writing the jobs and
+	// committing: 1 when the insert went with the COMMIT, 2 on the fallback
+	// path, 1 for Batch.Flush (whose caller commits), 0 without jobs.
+	RoundTrips int
+}
+
+// InTxResult is InTx returning what the commit wrote. The result is zero
+// when err is not nil.
+func (o *Outbox) InTxResult(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) (res FlushResult, err error) {
+	defer func() {
+		if err == nil && res.Enqueued > 0 && o.cfg.OnFlush != nil {
+			o.cfg.OnFlush(ctx, res)
+		}
+	}()
 	conn, err := o.pool.Acquire(ctx)
 	if err != nil {
-		return fmt.Errorf("outbox: acquiring a connection: %w", err)
+		return res, fmt.Errorf("outbox: acquiring a connection: %w", err)
 	}
 	// A connection left inside a transaction (a failed rollback) is not
 	// idle, and the pool destroys it on release instead of reusing it.
@@ -156,7 +193,7 @@ func (o *Outbox) InTx(ctx context.Context, fn func(ctx context.Context, tx *Tx) 
 
 	inner, err := conn.Begin(ctx)
 	if err != nil {
-		return fmt.Errorf("outbox: beginning a transaction: %w", err)
+		return res, fmt.Errorf("outbox: beginning a transaction: %w", err)
 	}
 	tx := &Tx{inner: inner, batch: o.NewBatch()}
 
@@ -171,24 +208,30 @@ func (o *Outbox) InTx(ctx context.Context, fn func(ctx context.Context, tx *Tx) 
 	if err := fn(ctx, tx); err != nil {
 		tx.close()
 		if rbErr := inner.Rollback(context.WithoutCancel(ctx)); rbErr != nil && !errors.Is(rbErr, pgx.ErrTxClosed) {
-			return errors.Join(err, fmt.Errorf("outbox: rolling back: %w", rbErr))
+			return res, errors.Join(err, fmt.Errorf("outbox: rolling back: %w", rbErr))
 		}
-		return err
+		return res, err
 	}
 	tx.close()
 
-	params, err := tx.batch.take()
+	params, dups, err := tx.batch.take()
 	if err != nil {
 		_ = inner.Rollback(context.WithoutCancel(ctx))
-		return fmt.Errorf("%w: %w", ErrTxAborted, err)
+		return res, fmt.Errorf("%w: %w", ErrTxAborted, err)
 	}
 	if len(params) == 0 {
 		if err := inner.Commit(ctx); err != nil {
-			return fmt.Errorf("outbox: committing: %w", err)
+			return res, fmt.Errorf("outbox: committing: %w", err)
 		}
-		return nil
+		return res, nil
 	}
-	return o.commitWithJobs(ctx, inner, params)
+	res, err = o.commitWithJobs(ctx, inner, params)
+	if err != nil {
+		return FlushResult{}, err
+	}
+	res.Enqueued = len(params) + dups
+	res.Duplicates = dups
+	return res, nil
 }
 
 // Tx is the transaction InTx hands to its function. It implements pgx.Tx for

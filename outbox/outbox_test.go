@@ -688,3 +688,77 @@ type badJSONArgs struct{}
 
 func (badJSONArgs) Kind() string                 { return "test.bad_json" }
 func (badJSONArgs) MarshalJSON() ([]byte, error) { return nil, errors.New("no JSON today") }
+
+func TestFlushResult(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	t.Run("PipelinedCommit", func(t *testing.T) {
+		t.Parallel()
+		var flushed []outbox.FlushResult
+		var mu sync.Mutex
+		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{OnFlush: func(_ context.Context, res outbox.FlushResult) {
+			mu.Lock()
+			defer mu.Unlock()
+			flushed = append(flushed, res)
+		}}})
+
+		enqueue := func(ctx context.Context, tx *outbox.Tx) error {
+			for i := range 10 {
+				require.NoError(t, tx.Enqueue(noteArgs{PingID: int64(i % 3)}, nil))
+			}
+			return tx.Enqueue(uniqueArgs{CarID: 1}, nil)
+		}
+		res, err := b.ob.InTxResult(ctx, enqueue)
+		require.NoError(t, err)
+		require.Equal(t, outbox.FlushResult{Enqueued: 11, Duplicates: 7, Inserted: 4, RoundTrips: 1}, res)
+
+		// The unique job exists already: River matches it instead of inserting.
+		res, err = b.ob.InTxResult(ctx, enqueue)
+		require.NoError(t, err)
+		require.Equal(t, outbox.FlushResult{Enqueued: 11, Duplicates: 7, Inserted: 3, UniqueSkipped: 1, RoundTrips: 1}, res)
+
+		// No jobs, no flush report; a failed transaction reports nothing.
+		res, err = b.ob.InTxResult(ctx, func(context.Context, *outbox.Tx) error { return nil })
+		require.NoError(t, err)
+		require.Equal(t, outbox.FlushResult{}, res)
+		_, err = b.ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			require.NoError(t, tx.Enqueue(noteArgs{}, nil))
+			return errors.New("no")
+		})
+		require.Error(t, err)
+
+		mu.Lock()
+		defer mu.Unlock()
+		require.Equal(t, []outbox.FlushResult{
+			{Enqueued: 11, Duplicates: 7, Inserted: 4, RoundTrips: 1},
+			{Enqueued: 11, Duplicates: 7, Inserted: 3, UniqueSkipped: 1, RoundTrips: 1},
+		}, flushed)
+	})
+
+	t.Run("FallbackAndBatch", func(t *testing.T) {
+		t.Parallel()
+		var last outbox.FlushResult
+		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{
+			DisablePipelinedCommit: true,
+			OnFlush:                func(_ context.Context, res outbox.FlushResult) { last = res },
+		}})
+
+		res, err := b.ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			require.NoError(t, tx.Enqueue(uniqueArgs{CarID: 2}, nil))
+			return tx.Enqueue(uniqueArgs{CarID: 2}, nil)
+		})
+		require.NoError(t, err)
+		require.Equal(t, outbox.FlushResult{Enqueued: 2, Duplicates: 1, Inserted: 1, RoundTrips: 2}, res)
+
+		tx, err := b.pool.Begin(ctx)
+		require.NoError(t, err)
+		defer func() { _ = tx.Rollback(ctx) }()
+		batch := b.ob.NewBatch()
+		require.NoError(t, batch.Add(uniqueArgs{CarID: 2}, nil))
+		require.NoError(t, batch.Add(uniqueArgs{CarID: 3}, nil))
+		_, err = batch.Flush(ctx, tx)
+		require.NoError(t, err)
+		require.Equal(t, outbox.FlushResult{Enqueued: 2, Inserted: 1, UniqueSkipped: 1, RoundTrips: 1}, last)
+	})
+}

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
 )
 
 // How the pipelined commit works
@@ -41,19 +42,20 @@ const (
 
 var errNotRecordable = errors.New("outbox: statement cannot be pipelined")
 
-func (o *Outbox) commitWithJobs(ctx context.Context, inner pgx.Tx, params []river.InsertManyParams) error {
+func (o *Outbox) commitWithJobs(ctx context.Context, inner pgx.Tx, params []river.InsertManyParams) (FlushResult, error) {
 	if !o.cfg.DisablePipelinedCommit {
 		rec := &recorder{real: inner}
 		_, err := o.client.InsertManyTx(ctx, rec, params)
 		switch {
 		case err == nil && rec.refused == nil && rec.hasInsert:
 			o.pipelined.Add(1)
-			return sendAndCommit(ctx, inner, rec.stmts)
+			inserted, skipped, err := sendAndCommit(ctx, inner, rec.stmts)
+			return FlushResult{Inserted: inserted, UniqueSkipped: skipped, RoundTrips: 1}, err
 		case err != nil && rec.refused == nil:
 			// River refused the jobs before any statement (bad options,
 			// unknown kind): nothing ran, roll back.
 			_ = inner.Rollback(context.WithoutCancel(ctx))
-			return fmt.Errorf("outbox: inserting %d jobs: %w", len(params), err)
+			return FlushResult{}, fmt.Errorf("outbox: inserting %d jobs: %w", len(params), err)
 		default:
 			o.cfg.Logger.WarnContext(ctx, "outbox: job insert cannot be pipelined with COMMIT; using two round trips",
 				slog.Any("err", rec.refused))
@@ -61,21 +63,67 @@ func (o *Outbox) commitWithJobs(ctx context.Context, inner pgx.Tx, params []rive
 	}
 
 	o.fallbacks.Add(1)
-	if _, err := o.client.InsertManyTx(ctx, inner, params); err != nil {
+	results, err := o.client.InsertManyTx(ctx, inner, params)
+	if err != nil {
 		_ = inner.Rollback(context.WithoutCancel(ctx))
-		return fmt.Errorf("outbox: inserting %d jobs: %w", len(params), err)
+		return FlushResult{}, fmt.Errorf("outbox: inserting %d jobs: %w", len(params), err)
 	}
 	if err := inner.Commit(ctx); err != nil {
-		return fmt.Errorf("outbox: committing: %w", err)
+		return FlushResult{}, fmt.Errorf("outbox: committing: %w", err)
 	}
-	return nil
+	res := countResults(results)
+	res.RoundTrips = 2
+	return res, nil
+}
+
+// countResults counts River's insert results.
+func countResults(results []*rivertype.JobInsertResult) FlushResult {
+	var res FlushResult
+	for _, r := range results {
+		if r.UniqueSkippedAsDuplicate {
+			res.UniqueSkipped++
+		} else {
+			res.Inserted++
+		}
+	}
+	return res
+}
+
+// skippedColumn is the column of River's insert that tells a new row from
+// an existing one matched by its unique key.
+const skippedColumn = "unique_skipped_as_duplicate"
+
+// countRows counts the rows River's insert returned, new and matched.
+func countRows(rows pgx.Rows) (inserted, skipped int, err error) {
+	col := -1
+	for i, fd := range rows.FieldDescriptions() {
+		if fd.Name == skippedColumn {
+			col = i
+		}
+	}
+	for rows.Next() {
+		var isSkipped bool
+		if col >= 0 {
+			// A bool is one byte in both formats: 1/0 in binary, 't'/'f'
+			// in text. Reading it raw spares decoding the whole job row.
+			if raw := rows.RawValues()[col]; len(raw) == 1 {
+				isSkipped = raw[0] == 1 || raw[0] == 't'
+			}
+		}
+		if isSkipped {
+			skipped++
+		} else {
+			inserted++
+		}
+	}
+	return inserted, skipped, rows.Err()
 }
 
 // sendAndCommit sends stmts and COMMIT in one batch. When it returns nil the
 // transaction has committed with every statement applied. Otherwise nothing
 // was committed, except when the connection broke after the batch was sent:
 // then, as with any COMMIT, the outcome is unknown.
-func sendAndCommit(ctx context.Context, inner pgx.Tx, stmts []recordedStmt) error {
+func sendAndCommit(ctx context.Context, inner pgx.Tx, stmts []recordedStmt) (inserted, skipped int, err error) {
 	batch := &pgx.Batch{}
 	for _, s := range stmts {
 		batch.Queue(s.sql, s.args...)
@@ -83,11 +131,24 @@ func sendAndCommit(ctx context.Context, inner pgx.Tx, stmts []recordedStmt) erro
 	batch.Queue(commitStatementText)
 
 	br := inner.SendBatch(ctx, batch)
-	var err error
 	for i := 0; i < len(stmts) && err == nil; i++ {
-		if _, execErr := br.Exec(); execErr != nil {
-			err = fmt.Errorf("outbox: inserting jobs: %w", execErr)
+		if !stmts[i].insert {
+			if _, execErr := br.Exec(); execErr != nil {
+				err = fmt.Errorf("outbox: inserting jobs: %w", execErr)
+			}
+			continue
 		}
+		rows, queryErr := br.Query()
+		if queryErr != nil {
+			err = fmt.Errorf("outbox: inserting jobs: %w", queryErr)
+			continue
+		}
+		n, k, countErr := countRows(rows)
+		rows.Close()
+		if countErr != nil {
+			err = fmt.Errorf("outbox: inserting jobs: %w", countErr)
+		}
+		inserted, skipped = inserted+n, skipped+k
 	}
 	var tag pgconn.CommandTag
 	if err == nil {
@@ -109,18 +170,19 @@ func sendAndCommit(ctx context.Context, inner pgx.Tx, stmts []recordedStmt) erro
 		if inner.Conn().PgConn().TxStatus() != 'I' {
 			_ = inner.Rollback(context.WithoutCancel(ctx))
 		}
-		return err
+		return 0, 0, err
 	}
 	if tag.String() != commitStatementText {
 		// COMMIT of a transaction that had failed answers ROLLBACK.
-		return fmt.Errorf("outbox: committing: %w", pgx.ErrTxCommitRollback)
+		return 0, 0, fmt.Errorf("outbox: committing: %w", pgx.ErrTxCommitRollback)
 	}
-	return nil
+	return inserted, skipped, nil
 }
 
 type recordedStmt struct {
-	sql  string
-	args []any
+	sql    string
+	args   []any
+	insert bool // River's job insert, whose rows are counted
 }
 
 // recorder is the pgx.Tx that River's InsertManyTx writes to during a
@@ -144,7 +206,7 @@ func (r *recorder) Query(_ context.Context, sql string, args ...any) (pgx.Rows, 
 		return nil, r.refuse("Query " + firstLine(sql))
 	}
 	r.hasInsert = true
-	r.stmts = append(r.stmts, recordedStmt{sql: sql, args: args})
+	r.stmts = append(r.stmts, recordedStmt{sql: sql, args: args, insert: true})
 	return &emptyRows{typeMap: r.real.Conn().TypeMap()}, nil
 }
 
