@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -66,10 +67,11 @@ func priorityAndWorkers(weight int) (priority, maxWorkers int) {
 
 // kindEntry is what the registry knows of one job kind.
 type kindEntry struct {
-	kind   string
-	queue  string
-	decode func([]byte) (river.JobArgs, error)
-	needed NeededFunc
+	kind     string
+	queue    string
+	argsType reflect.Type // T of AddWorker[T]
+	decode   func([]byte) (river.JobArgs, error)
+	needed   NeededFunc
 }
 
 // Registry collects what the domains declare — queues, workers, periodic
@@ -151,8 +153,9 @@ func AddWorker[T river.JobArgs](r *Registry, queue string, w river.Worker[T]) {
 		return
 	}
 	e := &kindEntry{
-		kind:  kind,
-		queue: queue,
+		kind:     kind,
+		queue:    queue,
+		argsType: reflect.TypeFor[T](),
 		decode: func(raw []byte) (river.JobArgs, error) {
 			var args T
 			err := json.Unmarshal(raw, &args)
