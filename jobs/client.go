@@ -70,7 +70,10 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 	rc.Logger = cfg.Logger
 	rc.Workers = reg.workers
 	rc.PeriodicJobs = append([]*river.PeriodicJob(nil), reg.periodic...)
-	rc.Middleware = append([]rivertype.Middleware{NewNeededMiddleware(reg.neededFunc)}, rc.Middleware...)
+	rc.Middleware = append([]rivertype.Middleware{
+		newQueueLockMiddleware(reg, pool, cfg.Schema),
+		NewNeededMiddleware(reg.neededFunc),
+	}, rc.Middleware...)
 	if cfg.Queues == nil || len(cfg.Queues) > 0 {
 		queues, err := reg.selectQueues(cfg.Queues)
 		if err != nil {
@@ -94,8 +97,11 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 }
 
 // NewOutbox returns an outbox whose jobs get their queue and priority from
-// reg and may only go to reg's queues. cfg may be nil; its Queues and
-// KindDefaults are replaced.
+// reg, may only go to reg's queues, and are de-duplicated inside a
+// transaction by their queue-lock key when their kind has one. cfg may be
+// nil; its Queues, KindDefaults and DedupeKey are replaced. client must be
+// built by NewClient from the same reg (it carries the queue-lock insert
+// middleware).
 func NewOutbox(pool *pgxpool.Pool, client *river.Client[pgx.Tx], reg *Registry, cfg *outbox.Config) (*outbox.Outbox, error) {
 	if reg == nil {
 		return nil, errors.New("jobs: nil registry")
@@ -106,5 +112,6 @@ func NewOutbox(pool *pgxpool.Pool, client *river.Client[pgx.Tx], reg *Registry, 
 	}
 	c.Queues = reg.QueueNames()
 	c.KindDefaults = reg.KindDefaults
+	c.DedupeKey = reg.queueLockKey
 	return outbox.New(pool, client, &c)
 }

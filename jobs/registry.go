@@ -67,11 +67,12 @@ func priorityAndWorkers(weight int) (priority, maxWorkers int) {
 
 // kindEntry is what the registry knows of one job kind.
 type kindEntry struct {
-	kind     string
-	queue    string
-	argsType reflect.Type // T of AddWorker[T]
-	decode   func([]byte) (river.JobArgs, error)
-	needed   NeededFunc
+	kind      string
+	queue     string
+	argsType  reflect.Type // T of AddWorker[T]
+	decode    func([]byte) (river.JobArgs, error)
+	needed    NeededFunc
+	queueLock func(river.JobArgs) string // nil: the kind has no queue lock
 }
 
 // Registry collects what the domains declare — queues, workers, periodic
@@ -153,9 +154,10 @@ func AddWorker[T river.JobArgs](r *Registry, queue string, w river.Worker[T]) {
 		return
 	}
 	e := &kindEntry{
-		kind:     kind,
-		queue:    queue,
-		argsType: reflect.TypeFor[T](),
+		kind:      kind,
+		queue:     queue,
+		argsType:  reflect.TypeFor[T](),
+		queueLock: queueLockKeyFunc(reflect.TypeFor[T]()),
 		decode: func(raw []byte) (river.JobArgs, error) {
 			var args T
 			err := json.Unmarshal(raw, &args)

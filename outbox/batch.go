@@ -100,8 +100,8 @@ func (b *Batch) Add(args river.JobArgs, opts *river.InsertOpts) error {
 	}
 
 	var key []byte
-	if d, ok := args.(Deduper); ok {
-		key = []byte(d.DedupeKey())
+	if custom, ok := b.ob.customKey(args); ok {
+		key = []byte(custom)
 		kind.custom = true
 		if b.dropIfDuplicate(kind, key) {
 			return nil
@@ -292,6 +292,20 @@ func (o *Outbox) check(args river.JobArgs, opts *river.InsertOpts) (dedupeKind, 
 		}
 	}
 	return dedupeKind{kind: kind}, nil
+}
+
+// customKey is the de-duplication key chosen by Config.DedupeKey or by the
+// args' own DedupeKey method, if any.
+func (o *Outbox) customKey(args river.JobArgs) (string, bool) {
+	if o.cfg.DedupeKey != nil {
+		if key, ok := o.cfg.DedupeKey(args); ok {
+			return key, true
+		}
+	}
+	if d, ok := args.(Deduper); ok {
+		return d.DedupeKey(), true
+	}
+	return "", false
 }
 
 // withKindDefaults fills the queue and priority opts leave unset from

@@ -42,6 +42,14 @@ type Config struct {
 	// Defaults to nil: River's rules alone.
 	KindDefaults func(kind string) (queue string, priority int, ok bool)
 
+	// DedupeKey, when set and returning ok, gives the de-duplication key of
+	// args in place of Deduper and the JSON encoding. jobs.NewOutbox sets it
+	// to the queue-lock key of queue-locked kinds, so that two jobs that
+	// share a lock are never written by one INSERT.
+	//
+	// Defaults to nil.
+	DedupeKey func(args river.JobArgs) (key string, ok bool)
+
 	// OnFlush, when set, is called after every successful InTx commit and
 	// Batch.Flush that wrote jobs, with what it wrote (metrics hook it here). It must be fast
 	// and must not block.

@@ -1,0 +1,270 @@
+package jobs_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
+	"github.com/stretchr/testify/require"
+
+	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/outbox"
+)
+
+// reportArgs rebuilds a car's report. Its queue lock is the car: Reason is
+// not part of it.
+type reportArgs struct {
+	CarID  int64  `json:"car_id" jobs:"queue_lock"`
+	Reason string `json:"reason"`
+}
+
+func (reportArgs) Kind() string { return "test.car_report" }
+
+// totalArgs computes its lock key.
+type totalArgs struct {
+	FundraiserID int64 `json:"fundraiser_id"`
+	Day          string `json:"day"`
+}
+
+func (totalArgs) Kind() string { return "test.daily_total" }
+func (a totalArgs) QueueLockKey() string {
+	return fmt.Sprintf("%d/%s", a.FundraiserID, a.Day)
+}
+
+// gatedWorker blocks each job until the test releases it.
+type gatedWorker[T river.JobArgs] struct {
+	river.WorkerDefaults[T]
+	started chan int64
+	release chan struct{}
+}
+
+func (w *gatedWorker[T]) Work(ctx context.Context, job *river.Job[T]) error {
+	w.started <- job.ID
+	select {
+	case <-w.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+type queueLockBundle struct {
+	schema  *dbtest.Schema
+	ob      *outbox.Outbox
+	reports *gatedWorker[reportArgs]
+	client  *river.Client[pgx.Tx]
+}
+
+// setupQueueLock registers the two queue-locked kinds; with work set it
+// starts a client that works them (gated), else the client is insert-only.
+func setupQueueLock(ctx context.Context, t *testing.T, work bool) *queueLockBundle {
+	t.Helper()
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 24})
+	reports := &gatedWorker[reportArgs]{started: make(chan int64, 10), release: make(chan struct{})}
+	reg := jobs.NewRegistry()
+	q := reg.AddQueue("reporting", "default", 0, nil)
+	jobs.AddWorker(reg, q, reports)
+	jobs.AddWorker(reg, q, &gatedWorker[totalArgs]{started: make(chan int64, 10), release: make(chan struct{})})
+
+	queues := []string{}
+	if work {
+		queues = nil
+	}
+	client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{
+		Queues: queues, Schema: s.Name, Logger: discardLogger(),
+		River: &river.Config{FetchCooldown: 20 * time.Millisecond, FetchPollInterval: 50 * time.Millisecond},
+	})
+	require.NoError(t, err)
+	if work {
+		require.NoError(t, client.Start(ctx))
+		t.Cleanup(func() {
+			close(reports.release)
+			require.NoError(t, client.Stop(context.WithoutCancel(ctx)))
+		})
+	}
+	ob, err := jobs.NewOutbox(s.Pool, client, reg, nil)
+	require.NoError(t, err)
+	return &queueLockBundle{schema: s, ob: ob, reports: reports, client: client}
+}
+
+func (b *queueLockBundle) enqueue(ctx context.Context, t *testing.T, args ...river.JobArgs) outbox.FlushResult {
+	t.Helper()
+	res, err := b.ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		for _, a := range args {
+			if err := tx.Enqueue(a, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	return res
+}
+
+type lockRow struct {
+	Kind    string
+	State   string
+	LockKey *string
+	Locked  bool
+}
+
+func (b *queueLockBundle) rows(ctx context.Context, t *testing.T) []lockRow {
+	t.Helper()
+	rows, err := b.schema.Pool.Query(ctx, `
+		SELECT kind, state::text, metadata->>'queue_lock', unique_key IS NOT NULL FROM river_job ORDER BY id`)
+	require.NoError(t, err)
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[lockRow])
+	require.NoError(t, err)
+	return out
+}
+
+func ptr(s string) *string { return &s }
+
+func TestQueueLock(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	t.Run("ThousandEnqueuesWhileOneWaitsLeaveOneJob", func(t *testing.T) {
+		t.Parallel()
+		b := setupQueueLock(ctx, t, false)
+
+		require.Equal(t, outbox.FlushResult{Enqueued: 1, Inserted: 1, RoundTrips: 1}, b.enqueue(ctx, t, reportArgs{CarID: 7, Reason: "first"}))
+		for i := range 999 {
+			res := b.enqueue(ctx, t, reportArgs{CarID: 7, Reason: fmt.Sprint("burst ", i)})
+			require.Equal(t, outbox.FlushResult{Enqueued: 1, UniqueSkipped: 1, RoundTrips: 1}, res, "enqueue %d", i)
+		}
+		require.Equal(t, []lockRow{{"test.car_report", "available", ptr(`[7]`), true}}, b.rows(ctx, t))
+		var reason string
+		require.NoError(t, b.schema.Pool.QueryRow(ctx, `SELECT args->>'reason' FROM river_job`).Scan(&reason))
+		require.Equal(t, "first", reason, "the waiting job is the first one; later ones were no-ops")
+	})
+
+	t.Run("KeysAndKindsAreSeparate", func(t *testing.T) {
+		t.Parallel()
+		b := setupQueueLock(ctx, t, false)
+
+		res := b.enqueue(ctx, t,
+			reportArgs{CarID: 1}, reportArgs{CarID: 1, Reason: "same lock, other JSON"}, reportArgs{CarID: 2},
+			totalArgs{FundraiserID: 1, Day: "2026-11-25"}, totalArgs{FundraiserID: 1, Day: "2026-11-26"},
+		)
+		// The two car-1 reports share a lock, so the outbox de-duplicates
+		// them before River sees them (one INSERT cannot hold both).
+		require.Equal(t, outbox.FlushResult{Enqueued: 5, Duplicates: 1, Inserted: 4, RoundTrips: 1}, res)
+		require.Equal(t, []lockRow{
+			{"test.car_report", "available", ptr(`[1]`), true},
+			{"test.car_report", "available", ptr(`[2]`), true},
+			{"test.daily_total", "available", ptr(`1/2026-11-25`), true},
+			{"test.daily_total", "available", ptr(`1/2026-11-26`), true},
+		}, b.rows(ctx, t))
+	})
+
+	t.Run("ConcurrentTransactionsLeaveOneWaitingJobAndNoneFails", func(t *testing.T) {
+		t.Parallel()
+		b := setupQueueLock(ctx, t, false)
+
+		const n = 20
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		results := make(chan outbox.FlushResult, n)
+		errs := make(chan error, n)
+		for i := range n {
+			wg.Go(func() {
+				<-start
+				res, err := b.ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+					return tx.Enqueue(totalArgs{FundraiserID: 9, Day: "2026-11-25"}, &river.InsertOpts{Tags: []string{fmt.Sprint("tx", i)}})
+				})
+				results <- res
+				errs <- err
+			})
+		}
+		close(start)
+		wg.Wait()
+		close(results)
+		close(errs)
+		for err := range errs {
+			require.NoError(t, err)
+		}
+		inserted, skipped := 0, 0
+		for res := range results {
+			inserted += res.Inserted
+			skipped += res.UniqueSkipped
+		}
+		require.Equal(t, 1, inserted)
+		require.Equal(t, n-1, skipped)
+		require.Len(t, b.rows(ctx, t), 1)
+	})
+
+	t.Run("StartingFreesTheLockAndCancellingOrDeletingToo", func(t *testing.T) {
+		t.Parallel()
+		b := setupQueueLock(ctx, t, true)
+
+		// The first job starts and stays running.
+		b.enqueue(ctx, t, reportArgs{CarID: 3, Reason: "a"})
+		var firstID int64
+		select {
+		case firstID = <-b.reports.started:
+		case <-time.After(15 * time.Second):
+			t.Fatal("the first report did not start")
+		}
+		// Started: its key is cleared, so a new report may wait…
+		require.Eventually(t, func() bool {
+			var locked bool
+			require.NoError(t, b.schema.Pool.QueryRow(ctx, `SELECT unique_key IS NOT NULL FROM river_job WHERE id = $1`, firstID).Scan(&locked))
+			return !locked
+		}, 10*time.Second, 10*time.Millisecond)
+		res := b.enqueue(ctx, t, reportArgs{CarID: 3, Reason: "b"})
+		require.Equal(t, 1, res.Inserted, "a running job does not hold the lock")
+		var secondID int64
+		select {
+		case secondID = <-b.reports.started:
+		case <-time.After(15 * time.Second):
+			t.Fatal("the second report did not start")
+		}
+		require.NotEqual(t, firstID, secondID)
+
+		// A waiting job that is cancelled, or deleted, frees the lock.
+		require.NoError(t, b.client.QueuePause(ctx, "reporting_default", nil))
+		waiting := b.enqueue(ctx, t, reportArgs{CarID: 4})
+		require.Equal(t, 1, waiting.Inserted)
+		var waitingID int64
+		require.NoError(t, b.schema.Pool.QueryRow(ctx, `SELECT id FROM river_job WHERE args->>'car_id' = '4'`).Scan(&waitingID))
+		require.Equal(t, 1, b.enqueue(ctx, t, reportArgs{CarID: 4}).UniqueSkipped)
+
+		_, err := b.client.JobCancel(ctx, waitingID)
+		require.NoError(t, err)
+		require.Equal(t, 1, b.enqueue(ctx, t, reportArgs{CarID: 4}).Inserted, "cancelled: free")
+
+		_, err = b.schema.Pool.Exec(ctx, `DELETE FROM river_job WHERE args->>'car_id' = '4' AND state = 'available'`)
+		require.NoError(t, err)
+		require.Equal(t, 1, b.enqueue(ctx, t, reportArgs{CarID: 4}).Inserted, "deleted: free")
+
+		var states []string
+		rows, err := b.schema.Pool.Query(ctx, `SELECT state::text FROM river_job WHERE args->>'car_id' = '4' ORDER BY id`)
+		require.NoError(t, err)
+		states, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		require.NoError(t, err)
+		require.Equal(t, []string{"cancelled", "available"}, states)
+		b.reports.release <- struct{}{}
+		b.reports.release <- struct{}{}
+	})
+
+	t.Run("ARetryingJobKeepsNoLock", func(t *testing.T) {
+		t.Parallel()
+		b := setupQueueLock(ctx, t, false)
+		// A job whose attempt failed after it started: the key was cleared
+		// at start, so the retry waits without a lock and a new one may
+		// wait beside it.
+		b.enqueue(ctx, t, reportArgs{CarID: 5})
+		_, err := b.schema.Pool.Exec(ctx, `UPDATE river_job SET state = 'retryable', unique_key = NULL, unique_states = NULL, attempt = 1`)
+		require.NoError(t, err)
+		require.Equal(t, 1, b.enqueue(ctx, t, reportArgs{CarID: 5}).Inserted)
+	})
+}
+
+var _ rivertype.JobInsertMiddleware = (*jobs.QueueLockMiddleware)(nil)
