@@ -10,7 +10,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/rivertype"
 )
 
 // Deduper is implemented by job args that choose their own de-duplication
@@ -35,6 +34,7 @@ type Batch struct {
 
 	mu     sync.Mutex
 	params []river.InsertManyParams
+	events []pendingEvent
 	keys   map[dedupeKind]map[string]struct{}
 	dups   int
 	err    error
@@ -184,50 +184,50 @@ func (b *Batch) Err() error {
 	return b.err
 }
 
-// Flush writes every buffered job in tx with one River insert (one round
-// trip; River adds a NOTIFY for queues it has not woken recently) and empties
-// the batch. Jobs keep River's semantics: defaults from InsertOpts, unique
-// options, insert notifications. The caller commits tx.
+// Flush writes every buffered event and job in tx, in one round trip when
+// River's insert can be recorded (one statement for the events, one for the
+// jobs; River adds a NOTIFY for queues it has not woken recently), and
+// empties the batch. Jobs keep River's semantics: defaults from InsertOpts,
+// unique options, insert notifications. The caller commits tx.
 //
-// It returns the first Add error, if any, without writing. An empty batch
-// writes nothing and returns no results.
-func (b *Batch) Flush(ctx context.Context, tx pgx.Tx) ([]*rivertype.JobInsertResult, error) {
-	params, dups, err := b.take()
-	if err != nil || len(params) == 0 {
-		return nil, err
+// It returns the first Add or Publish error, if any, without writing. An
+// empty batch writes nothing.
+func (b *Batch) Flush(ctx context.Context, tx pgx.Tx) (FlushResult, error) {
+	params, events, dups, err := b.take()
+	if err != nil || (len(params) == 0 && len(events) == 0) {
+		return FlushResult{}, err
 	}
-	results, err := b.ob.client.InsertManyTx(ctx, tx, params)
+	res, err := b.ob.write(ctx, tx, params, events, false)
 	if err != nil {
-		return nil, fmt.Errorf("outbox: inserting %d jobs: %w", len(params), err)
+		return FlushResult{}, err
 	}
+	res.Enqueued, res.Duplicates = len(params)+dups, dups
 	if b.ob.cfg.OnFlush != nil {
-		res := countResults(results)
-		res.Enqueued, res.Duplicates, res.RoundTrips = len(params)+dups, dups, 1
 		b.ob.cfg.OnFlush(ctx, res)
 	}
-	return results, nil
+	return res, nil
 }
 
-// take returns the buffered jobs and the duplicates dropped, and empties
-// the batch; or the first Add error.
-func (b *Batch) take() ([]river.InsertManyParams, int, error) {
+// take returns the buffered jobs and events and the number of duplicates
+// dropped, and empties the batch; or the first Add or Publish error.
+func (b *Batch) take() ([]river.InsertManyParams, []pendingEvent, int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.err != nil {
-		return nil, 0, b.err
+		return nil, nil, 0, b.err
 	}
-	params, dups := b.params, b.dups
-	b.params, b.keys, b.dups = nil, nil, 0
-	return params, dups, nil
+	params, events, dups := b.params, b.events, b.dups
+	b.params, b.events, b.keys, b.dups = nil, nil, nil, 0
+	return params, events, dups, nil
 }
 
 // Enqueue validates, de-duplicates and inserts jobs with default options in
 // tx, a transaction the caller owns and commits, in one round trip.
-func (o *Outbox) Enqueue(ctx context.Context, tx pgx.Tx, args ...river.JobArgs) ([]*rivertype.JobInsertResult, error) {
+func (o *Outbox) Enqueue(ctx context.Context, tx pgx.Tx, args ...river.JobArgs) (FlushResult, error) {
 	b := o.NewBatch()
 	for _, a := range args {
 		if err := b.Add(a, nil); err != nil {
-			return nil, err
+			return FlushResult{}, err
 		}
 	}
 	return b.Flush(ctx, tx)

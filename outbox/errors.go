@@ -28,6 +28,14 @@ var (
 	// ErrUnknownQueue is returned for a queue that is not in Config.Queues.
 	ErrUnknownQueue = errors.New("outbox: unknown queue")
 
+	// ErrInvalidEvent is returned by Publish for a malformed topic or a nil
+	// or unencodable payload.
+	ErrInvalidEvent = errors.New("outbox: invalid event")
+
+	// ErrUnknownTopic is returned by Publish for a topic that is not in
+	// Config.Topics.
+	ErrUnknownTopic = errors.New("outbox: unknown topic")
+
 	// ErrManagedTx is returned by Tx.Commit and Tx.Rollback: InTx owns the
 	// transaction and ends it when the function returns.
 	ErrManagedTx = errors.New("outbox: the transaction is managed by InTx; return from the function to commit, return an error to roll back")

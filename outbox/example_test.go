@@ -132,7 +132,7 @@ func ExampleBatch() {
 		}
 		fmt.Println("distinct:", batch.Len(), "duplicates:", batch.Duplicates())
 		res, err := batch.Flush(ctx, tx) // one INSERT for the ten jobs
-		fmt.Println("inserted:", len(res))
+		fmt.Println("inserted:", res.Inserted)
 		return err
 	})
 	if err != nil {

@@ -33,6 +33,19 @@ type Config struct {
 	// Defaults to empty: any well-formed queue name is accepted.
 	Queues []string
 
+	// Topics, when not empty, lists the only topics events may be
+	// published to; any other is refused with ErrUnknownTopic.
+	//
+	// Defaults to empty: any well-formed topic.
+	Topics []string
+
+	// Subscribers, when set, returns the subscribers of a topic; each may
+	// turn a published event into a job written in the same commit.
+	// jobs.NewOutbox sets it from the registry.
+	//
+	// Defaults to nil: events are written, no job follows from them.
+	Subscribers func(topic string) []Subscriber
+
 	// KindDefaults, when set, gives a job kind the queue and priority it is
 	// enqueued with when the caller's InsertOpts leave them unset (ok false:
 	// no defaults for that kind). They win over the args' own InsertOpts();
@@ -103,6 +116,7 @@ type Outbox struct {
 	client *river.Client[pgx.Tx]
 	cfg    Config
 	queues map[string]struct{}
+	topics map[string]struct{}
 
 	pipelined atomic.Int64
 	fallbacks atomic.Int64
@@ -123,6 +137,15 @@ func New(pool *pgxpool.Pool, client *river.Client[pgx.Tx], cfg *Config) (*Outbox
 		return nil, err
 	}
 	o := &Outbox{pool: pool, client: client, cfg: c}
+	if len(c.Topics) > 0 {
+		o.topics = make(map[string]struct{}, len(c.Topics))
+		for _, t := range c.Topics {
+			if !validTopic(t) {
+				return nil, fmt.Errorf("%w: Config.Topics holds %q", ErrInvalidEvent, t)
+			}
+			o.topics[t] = struct{}{}
+		}
+	}
 	if len(c.Queues) > 0 {
 		o.queues = make(map[string]struct{}, len(c.Queues))
 		for _, q := range c.Queues {
@@ -172,14 +195,16 @@ type FlushResult struct {
 	// Duplicates counts the enqueues dropped inside the transaction because
 	// a job of the same kind and key was already buffered.
 	Duplicates int
+	// Events counts the events written.
+	Events int
 	// Inserted counts the new job rows.
 	Inserted int
 	// UniqueSkipped counts the jobs that matched an existing job (River
 	// unique jobs, or a queue lock) and so added no row.
 	UniqueSkipped int
-	// RoundTrips is the number of round trips spent writing the jobs and
-	// committing: 1 when the insert went with the COMMIT, 2 on the fallback
-	// path, 1 for Batch.Flush (whose caller commits), 0 without jobs.
+	// RoundTrips is the number of round trips spent writing the events and
+	// jobs (and committing, for InTx): 1 when everything went in one batch,
+	// more on the fallback path, 0 when there was nothing to write.
 	RoundTrips int
 }
 
@@ -187,7 +212,7 @@ type FlushResult struct {
 // when err is not nil.
 func (o *Outbox) InTxResult(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) (res FlushResult, err error) {
 	defer func() {
-		if err == nil && res.Enqueued > 0 && o.cfg.OnFlush != nil {
+		if err == nil && (res.Enqueued > 0 || res.Events > 0) && o.cfg.OnFlush != nil {
 			o.cfg.OnFlush(ctx, res)
 		}
 	}()
@@ -222,19 +247,25 @@ func (o *Outbox) InTxResult(ctx context.Context, fn func(ctx context.Context, tx
 	}
 	tx.close()
 
-	params, dups, err := tx.batch.take()
+	params, events, dups, err := tx.batch.take()
 	if err != nil {
 		_ = inner.Rollback(context.WithoutCancel(ctx))
 		return res, fmt.Errorf("%w: %w", ErrTxAborted, err)
 	}
-	if len(params) == 0 {
+	if len(params) == 0 && len(events) == 0 {
 		if err := inner.Commit(ctx); err != nil {
 			return res, fmt.Errorf("outbox: committing: %w", err)
 		}
 		return res, nil
 	}
-	res, err = o.commitWithJobs(ctx, inner, params)
+	res, err = o.write(ctx, inner, params, events, true)
 	if err != nil {
+		// A COMMIT that went out ended the transaction on the server (the
+		// connection is idle); anything else is rolled back here, or the
+		// pool destroys a connection left in a transaction.
+		if inner.Conn().PgConn().TxStatus() != 'I' {
+			_ = inner.Rollback(context.WithoutCancel(ctx))
+		}
 		return FlushResult{}, err
 	}
 	res.Enqueued = len(params) + dups

@@ -479,8 +479,17 @@ func TestBatch(t *testing.T) {
 		b.tracer.Reset()
 		res, err := batch.Flush(ctx, tx)
 		require.NoError(t, err)
-		require.Len(t, res, 10)
+		require.Equal(t, outbox.FlushResult{Enqueued: 1000, Duplicates: 990, Inserted: 10, RoundTrips: 1}, res)
 		require.Equal(t, 1, b.tracer.Count("insert into", "river_job"))
+		var trips [][]string
+		for _, trip := range b.tracer.RoundTrips() {
+			// River reads the server version once per client, on first use.
+			if !testtrace.Matches(trip[0], "PGGetProductAndVersion") {
+				trips = append(trips, trip)
+			}
+		}
+		require.Len(t, trips, 1, "one round trip for the jobs")
+		require.NotContains(t, trips[0], "COMMIT", "the caller owns the transaction")
 		require.Zero(t, batch.Len(), "a flushed batch is empty")
 
 		// Not visible to others before the caller commits.
@@ -498,7 +507,7 @@ func TestBatch(t *testing.T) {
 		require.NoError(t, err)
 		res, err := b.ob.Enqueue(ctx, tx, noteArgs{Note: "a"}, noteArgs{Note: "a"}, noteArgs{Note: "b"})
 		require.NoError(t, err)
-		require.Len(t, res, 2)
+		require.Equal(t, outbox.FlushResult{Enqueued: 3, Duplicates: 1, Inserted: 2, RoundTrips: 1}, res)
 		require.NoError(t, tx.Rollback(ctx))
 		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM river_job`))
 	})
@@ -529,7 +538,7 @@ func TestBatch(t *testing.T) {
 		b.tracer.Reset()
 		res, err := b.ob.NewBatch().Flush(ctx, tx)
 		require.NoError(t, err)
-		require.Empty(t, res)
+		require.Equal(t, outbox.FlushResult{}, res)
 		require.Empty(t, b.tracer.RoundTrips())
 	})
 

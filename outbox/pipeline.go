@@ -18,11 +18,11 @@ import (
 //
 // River builds the job insert (defaults, unique keys, state, notification
 // payloads) inside Client.InsertManyTx and runs it through the pgx.Tx it is
-// given. commitWithJobs gives it a recorder instead of the real transaction:
+// given. write gives it a recorder instead of the real transaction:
 // the recorder keeps River's INSERT and NOTIFY statements with their
-// arguments without running them. They are then sent, followed by COMMIT, as
-// one pgx batch: one network round trip where River's path plus a commit
-// takes two. Because River itself wrote the statements, its semantics are
+// arguments without running them. They are then sent, after the insert of
+// the transaction's events and followed by COMMIT, as one pgx batch: one
+// network round trip where River's path plus a commit takes two. Because River itself wrote the statements, its semantics are
 // kept exactly.
 //
 // The recorder only accepts the statements it knows (River's job insert and
@@ -42,37 +42,66 @@ const (
 
 var errNotRecordable = errors.New("outbox: statement cannot be pipelined")
 
-func (o *Outbox) commitWithJobs(ctx context.Context, inner pgx.Tx, params []river.InsertManyParams) (FlushResult, error) {
-	if !o.cfg.DisablePipelinedCommit {
-		rec := &recorder{real: inner}
+// write writes events and jobs in tx and, when commit is set, commits it. It
+// sends everything in one round trip when River's insert can be recorded;
+// otherwise it runs the statements one by one. It never rolls back: on error
+// the caller does (InTx), or owns the transaction (Batch.Flush).
+func (o *Outbox) write(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams, events []pendingEvent, commit bool) (FlushResult, error) {
+	var stmts []recordedStmt
+	if len(events) > 0 {
+		stmts = append(stmts, eventsInsert(events))
+	}
+
+	pipelined := len(params) == 0
+	if len(params) > 0 && !o.cfg.DisablePipelinedCommit {
+		rec := &recorder{real: tx}
 		_, err := o.client.InsertManyTx(ctx, rec, params)
 		switch {
 		case err == nil && rec.refused == nil && rec.hasInsert:
-			o.pipelined.Add(1)
-			inserted, skipped, err := sendAndCommit(ctx, inner, rec.stmts)
-			return FlushResult{Inserted: inserted, UniqueSkipped: skipped, RoundTrips: 1}, err
+			stmts = append(stmts, rec.stmts...)
+			pipelined = true
 		case err != nil && rec.refused == nil:
 			// River refused the jobs before any statement (bad options,
-			// unknown kind): nothing ran, roll back.
-			_ = inner.Rollback(context.WithoutCancel(ctx))
+			// unknown kind): nothing was sent.
 			return FlushResult{}, fmt.Errorf("outbox: inserting %d jobs: %w", len(params), err)
 		default:
-			o.cfg.Logger.WarnContext(ctx, "outbox: job insert cannot be pipelined with COMMIT; using two round trips",
+			o.cfg.Logger.WarnContext(ctx, "outbox: job insert cannot be pipelined; using one round trip per statement",
 				slog.Any("err", rec.refused))
 		}
 	}
 
+	if pipelined {
+		if len(params) > 0 {
+			o.pipelined.Add(1)
+		}
+		inserted, skipped, err := sendBatch(ctx, tx, stmts, commit)
+		if err != nil {
+			return FlushResult{}, err
+		}
+		return FlushResult{Events: len(events), Inserted: inserted, UniqueSkipped: skipped, RoundTrips: 1}, nil
+	}
+
 	o.fallbacks.Add(1)
-	results, err := o.client.InsertManyTx(ctx, inner, params)
+	res := FlushResult{Events: len(events)}
+	if len(events) > 0 {
+		if _, err := tx.Exec(ctx, stmts[0].sql, stmts[0].args...); err != nil {
+			return FlushResult{}, fmt.Errorf("outbox: inserting %d events: %w", len(events), err)
+		}
+		res.RoundTrips++
+	}
+	results, err := o.client.InsertManyTx(ctx, tx, params)
 	if err != nil {
-		_ = inner.Rollback(context.WithoutCancel(ctx))
 		return FlushResult{}, fmt.Errorf("outbox: inserting %d jobs: %w", len(params), err)
 	}
-	if err := inner.Commit(ctx); err != nil {
-		return FlushResult{}, fmt.Errorf("outbox: committing: %w", err)
+	counted := countResults(results)
+	res.Inserted, res.UniqueSkipped = counted.Inserted, counted.UniqueSkipped
+	res.RoundTrips++
+	if commit {
+		if err := tx.Commit(ctx); err != nil {
+			return FlushResult{}, fmt.Errorf("outbox: committing: %w", err)
+		}
+		res.RoundTrips++
 	}
-	res := countResults(results)
-	res.RoundTrips = 2
 	return res, nil
 }
 
@@ -119,22 +148,26 @@ func countRows(rows pgx.Rows) (inserted, skipped int, err error) {
 	return inserted, skipped, rows.Err()
 }
 
-// sendAndCommit sends stmts and COMMIT in one batch. When it returns nil the
-// transaction has committed with every statement applied. Otherwise nothing
-// was committed, except when the connection broke after the batch was sent:
-// then, as with any COMMIT, the outcome is unknown.
-func sendAndCommit(ctx context.Context, inner pgx.Tx, stmts []recordedStmt) (inserted, skipped int, err error) {
+// sendBatch sends stmts, and COMMIT when commit is set, in one batch. With
+// commit, a nil error means the transaction committed with every statement
+// applied; an error means nothing was committed, except when the connection
+// broke after the batch was sent: then, as with any COMMIT, the outcome is
+// unknown. The caller must not end the transaction again after a COMMIT
+// went out: pgx's Tx does not know the server ended it.
+func sendBatch(ctx context.Context, tx pgx.Tx, stmts []recordedStmt, commit bool) (inserted, skipped int, err error) {
 	batch := &pgx.Batch{}
 	for _, s := range stmts {
 		batch.Queue(s.sql, s.args...)
 	}
-	batch.Queue(commitStatementText)
+	if commit {
+		batch.Queue(commitStatementText)
+	}
 
-	br := inner.SendBatch(ctx, batch)
+	br := tx.SendBatch(ctx, batch)
 	for i := 0; i < len(stmts) && err == nil; i++ {
 		if !stmts[i].insert {
 			if _, execErr := br.Exec(); execErr != nil {
-				err = fmt.Errorf("outbox: inserting jobs: %w", execErr)
+				err = fmt.Errorf("outbox: %s: %w", stmts[i].what(), execErr)
 			}
 			continue
 		}
@@ -151,7 +184,7 @@ func sendAndCommit(ctx context.Context, inner pgx.Tx, stmts []recordedStmt) (ins
 		inserted, skipped = inserted+n, skipped+k
 	}
 	var tag pgconn.CommandTag
-	if err == nil {
+	if err == nil && commit {
 		var commitErr error
 		tag, commitErr = br.Exec()
 		if commitErr != nil {
@@ -161,18 +194,10 @@ func sendAndCommit(ctx context.Context, inner pgx.Tx, stmts []recordedStmt) (ins
 	if closeErr := br.Close(); closeErr != nil && err == nil {
 		err = fmt.Errorf("outbox: committing: %w", closeErr)
 	}
-
-	// The server ended the transaction inside the batch; pgx's Tx does not
-	// know, so it is not used again. The connection goes back to the pool
-	// only if it is idle (outside any transaction); otherwise it is rolled
-	// back here or destroyed by the pool on release.
 	if err != nil {
-		if inner.Conn().PgConn().TxStatus() != 'I' {
-			_ = inner.Rollback(context.WithoutCancel(ctx))
-		}
 		return 0, 0, err
 	}
-	if tag.String() != commitStatementText {
+	if commit && tag.String() != commitStatementText {
 		// COMMIT of a transaction that had failed answers ROLLBACK.
 		return 0, 0, fmt.Errorf("outbox: committing: %w", pgx.ErrTxCommitRollback)
 	}
@@ -183,6 +208,13 @@ type recordedStmt struct {
 	sql    string
 	args   []any
 	insert bool // River's job insert, whose rows are counted
+}
+
+func (s recordedStmt) what() string {
+	if s.sql == eventsInsertSQL {
+		return "inserting events"
+	}
+	return "inserting jobs"
 }
 
 // recorder is the pgx.Tx that River's InsertManyTx writes to during a

@@ -1,0 +1,121 @@
+package outbox
+
+import (
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+)
+
+// Event is a domain event published in a transaction with Tx.Publish (or
+// Batch.Publish). It is written to the outbox_events table with the
+// transaction, and every Subscriber of its topic may turn it into a job that
+// is written in the same commit.
+type Event struct {
+	// Topic names what happened, e.g. "donation.created".
+	Topic string
+	// Payload is the event's JSON, typically the IDs of the rows involved.
+	Payload []byte
+}
+
+// Subscriber turns an event into a job. It returns nil args when the event
+// needs no job. It runs inside Publish, so it must be quick and must not do
+// I/O: the job's worker reads the source of truth.
+type Subscriber func(ev Event) (river.JobArgs, *river.InsertOpts, error)
+
+// pendingEvent is an event buffered until the flush.
+type pendingEvent struct {
+	topic   string
+	payload string
+}
+
+// eventsInsertSQL writes all of a transaction's events in one statement.
+// outbox_events is unqualified: it lives in the schema of the connection's
+// search_path, like the rest of aftercommit's tables.
+const eventsInsertSQL = `INSERT INTO outbox_events (topic, payload)
+SELECT t, p::jsonb FROM unnest($1::text[], $2::text[]) AS e(t, p)`
+
+func eventsInsert(events []pendingEvent) recordedStmt {
+	topics := make([]string, len(events))
+	payloads := make([]string, len(events))
+	for i, e := range events {
+		topics[i], payloads[i] = e.topic, e.payload
+	}
+	return recordedStmt{sql: eventsInsertSQL, args: []any{topics, payloads}}
+}
+
+// validTopic reports whether topic is 1 to 255 characters of lower-case
+// letters, digits, '.', '_' and '-'.
+func validTopic(topic string) bool {
+	if topic == "" || len(topic) > 255 {
+		return false
+	}
+	for i := 0; i < len(topic); i++ {
+		switch c := topic[i]; {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '.', c == '_', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// Publish buffers an event, written with the batch's jobs, and adds the jobs
+// its topic's subscribers ask for. It returns ErrInvalidEvent (malformed
+// topic, nil or unencodable payload), ErrUnknownTopic (Config.Topics is set
+// and lacks the topic), a *PayloadTooLargeError, a subscriber's error, or an
+// Add error of a subscriber's job; after an error the batch refuses to flush.
+func (b *Batch) Publish(topic string, payload any) error {
+	if !validTopic(topic) {
+		return b.fail(fmt.Errorf("%w: topic %q: use 1 to 255 lower-case letters, digits, '.', '_' or '-'", ErrInvalidEvent, topic))
+	}
+	if b.ob.topics != nil {
+		if _, ok := b.ob.topics[topic]; !ok {
+			return b.fail(fmt.Errorf("%w: %q is not one of the configured topics", ErrUnknownTopic, topic))
+		}
+	}
+	if payload == nil {
+		return b.fail(fmt.Errorf("%w: topic %q: nil payload", ErrInvalidEvent, topic))
+	}
+	enc := getEncoder()
+	defer putEncoder(enc)
+	raw, err := enc.encode(payload)
+	if err != nil {
+		return b.fail(fmt.Errorf("%w: topic %q: %w", ErrInvalidEvent, topic, err))
+	}
+	if len(raw) > b.ob.cfg.MaxPayloadBytes {
+		return b.fail(&PayloadTooLargeError{Kind: "event " + topic, Size: len(raw), Limit: b.ob.cfg.MaxPayloadBytes})
+	}
+	ev := Event{Topic: topic, Payload: append([]byte(nil), raw...)}
+
+	b.mu.Lock()
+	b.events = append(b.events, pendingEvent{topic: topic, payload: string(raw)})
+	b.mu.Unlock()
+
+	if b.ob.cfg.Subscribers == nil {
+		return nil
+	}
+	for _, sub := range b.ob.cfg.Subscribers(topic) {
+		args, opts, err := sub(ev)
+		if err != nil {
+			return b.fail(fmt.Errorf("outbox: a subscriber of %q: %w", topic, err))
+		}
+		if args == nil {
+			continue
+		}
+		if err := b.Add(args, opts); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Publish buffers a domain event to be written with the transaction, and the
+// jobs its topic's subscribers ask for. See Batch.Publish for the errors;
+// after one, InTx rolls back even if the function returns nil.
+func (tx *Tx) Publish(topic string, payload any) error {
+	if tx.isClosed() {
+		return pgx.ErrTxClosed
+	}
+	return tx.batch.Publish(topic, payload)
+}
