@@ -98,8 +98,10 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 
 // NewOutbox returns an outbox whose jobs get their queue and priority from
 // reg, may only go to reg's queues, and are de-duplicated inside a
-// transaction by their queue-lock key when their kind has one. cfg may be
-// nil; its Queues, KindDefaults and DedupeKey are replaced. client must be
+// transaction by their queue-lock key when their kind has one; events may
+// only be published on reg's topics, and reg's subscriptions turn them into
+// jobs in the same commit. cfg may be nil; its Queues, Topics, Subscribers,
+// KindDefaults and DedupeKey are replaced. client must be
 // built by NewClient from the same reg (it carries the queue-lock insert
 // middleware).
 func NewOutbox(pool *pgxpool.Pool, client *river.Client[pgx.Tx], reg *Registry, cfg *outbox.Config) (*outbox.Outbox, error) {
@@ -111,6 +113,8 @@ func NewOutbox(pool *pgxpool.Pool, client *river.Client[pgx.Tx], reg *Registry, 
 		c = *cfg
 	}
 	c.Queues = reg.QueueNames()
+	c.Topics = reg.TopicNames()
+	c.Subscribers = reg.subscribers
 	c.KindDefaults = reg.KindDefaults
 	c.DedupeKey = reg.queueLockKey
 	return outbox.New(pool, client, &c)

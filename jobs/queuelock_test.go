@@ -28,7 +28,7 @@ func (reportArgs) Kind() string { return "test.car_report" }
 
 // totalArgs computes its lock key.
 type totalArgs struct {
-	FundraiserID int64 `json:"fundraiser_id"`
+	FundraiserID int64  `json:"fundraiser_id"`
 	Day          string `json:"day"`
 }
 

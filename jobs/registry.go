@@ -84,11 +84,13 @@ type kindEntry struct {
 // together by Err, and NewClient refuses to build a client from a registry
 // with errors.
 type Registry struct {
-	workers  *river.Workers
-	queues   map[string]Queue
-	kinds    map[string]*kindEntry
-	periodic []*river.PeriodicJob
-	errs     []error
+	workers       *river.Workers
+	queues        map[string]Queue
+	kinds         map[string]*kindEntry
+	periodic      []*river.PeriodicJob
+	topics        map[string]string // topic → publishing domain
+	subscriptions []subscription
+	errs          []error
 }
 
 // NewRegistry returns an empty registry.
@@ -97,6 +99,7 @@ func NewRegistry() *Registry {
 		workers: river.NewWorkers(),
 		queues:  make(map[string]Queue),
 		kinds:   make(map[string]*kindEntry),
+		topics:  make(map[string]string),
 	}
 }
 
@@ -105,7 +108,9 @@ func (r *Registry) fail(format string, args ...any) {
 }
 
 // Err returns every registration problem, joined, or nil.
-func (r *Registry) Err() error { return errors.Join(r.errs...) }
+func (r *Registry) Err() error {
+	return errors.Join(append(slices.Clip(r.errs), r.checkSubscriptions()...)...)
+}
 
 // AddQueue declares the queue "<domain>_<name>" with a weight and returns
 // its full name. Declaring the same queue twice is an error.

@@ -33,10 +33,10 @@ type Config struct {
 	// Defaults to empty: any well-formed queue name is accepted.
 	Queues []string
 
-	// Topics, when not empty, lists the only topics events may be
-	// published to; any other is refused with ErrUnknownTopic.
+	// Topics, when not nil, lists the only topics events may be published
+	// to (an empty list: none); any other is refused with ErrUnknownTopic.
 	//
-	// Defaults to empty: any well-formed topic.
+	// Defaults to nil: any well-formed topic.
 	Topics []string
 
 	// Subscribers, when set, returns the subscribers of a topic; each may
@@ -137,7 +137,7 @@ func New(pool *pgxpool.Pool, client *river.Client[pgx.Tx], cfg *Config) (*Outbox
 		return nil, err
 	}
 	o := &Outbox{pool: pool, client: client, cfg: c}
-	if len(c.Topics) > 0 {
+	if c.Topics != nil {
 		o.topics = make(map[string]struct{}, len(c.Topics))
 		for _, t := range c.Topics {
 			if !validTopic(t) {

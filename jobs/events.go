@@ -1,0 +1,187 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+
+	"github.com/aftercommit/aftercommit/outbox"
+)
+
+// subscription is one registered subscriber of a topic.
+type subscription struct {
+	topic string
+	kind  string
+	sub   outbox.Subscriber
+}
+
+// AddTopic declares that domain publishes events on topic (for example
+// "donation.created"). A subscription needs its topic declared by some
+// domain, so that a typo cannot leave a subscriber waiting forever.
+func (r *Registry) AddTopic(domain, topic string) {
+	if domain == "" {
+		r.fail("topic %q: empty domain", topic)
+		return
+	}
+	if _, dup := r.topics[topic]; dup {
+		r.fail("topic %q declared twice (by %q and %q)", topic, r.topics[topic], domain)
+		return
+	}
+	r.topics[topic] = domain
+}
+
+// Subscribe makes every event published on topic a job of kind T, written in
+// the publishing transaction: fn builds the job's args from the event (ok
+// false: no job for this event). The job takes its queue and priority from
+// T's registration, and jobs with the same args (or queue-lock key) are
+// written once per transaction, so a burst of events makes one job.
+//
+// The topic must be declared with AddTopic and T must have a worker
+// registered; both are checked by Err, in whatever order domains register.
+func Subscribe[T river.JobArgs](r *Registry, topic string, fn func(ev outbox.Event) (args T, ok bool, err error)) {
+	var zero T
+	r.subscriptions = append(r.subscriptions, subscription{
+		topic: topic,
+		kind:  zero.Kind(),
+		sub: func(ev outbox.Event) (river.JobArgs, *river.InsertOpts, error) {
+			args, ok, err := fn(ev)
+			if err != nil || !ok {
+				return nil, nil, err
+			}
+			return args, nil, nil
+		},
+	})
+}
+
+// checkSubscriptions reports subscriptions to undeclared topics or of kinds
+// without a worker.
+func (r *Registry) checkSubscriptions() []error {
+	var errs []error
+	for _, s := range r.subscriptions {
+		if _, ok := r.topics[s.topic]; !ok {
+			errs = append(errs, fmt.Errorf("%w: subscription of kind %q is to topic %q, which no domain publishes (AddTopic)", ErrRegistry, s.kind, s.topic))
+		}
+		if _, ok := r.kinds[s.kind]; !ok {
+			errs = append(errs, fmt.Errorf("%w: subscription to topic %q makes jobs of kind %q, which has no worker", ErrRegistry, s.topic, s.kind))
+		}
+	}
+	return errs
+}
+
+// subscribers returns the subscribers of topic, for outbox.Config.
+func (r *Registry) subscribers(topic string) []outbox.Subscriber {
+	var out []outbox.Subscriber
+	for _, s := range r.subscriptions {
+		if s.topic == topic {
+			out = append(out, s.sub)
+		}
+	}
+	return out
+}
+
+// TopicNames returns the declared topics, sorted.
+func (r *Registry) TopicNames() []string {
+	out := make([]string, 0, len(r.topics))
+	for t := range r.topics {
+		out = append(out, t)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// PruneEventsKind is the River kind of PruneEventsArgs.
+const PruneEventsKind = "aftercommit.prune_events"
+
+// PruneEventsArgs asks for events older than the retention to be deleted.
+type PruneEventsArgs struct{}
+
+// Kind implements river.JobArgs.
+func (PruneEventsArgs) Kind() string { return PruneEventsKind }
+
+// PruneEventsOutput is recorded as the output of a prune job.
+type PruneEventsOutput struct {
+	Deleted int64 `json:"deleted"`
+}
+
+// Defaults of EventPrunerConfig.
+const (
+	EventRetentionDefault     = 7 * 24 * time.Hour
+	EventPruneIntervalDefault = time.Hour
+	EventPruneBatchDefault    = 5000
+)
+
+// EventPrunerConfig tunes RegisterEventPruner. A nil config takes the
+// defaults.
+type EventPrunerConfig struct {
+	// Retention is how long events are kept. Defaults to
+	// EventRetentionDefault (7 days).
+	Retention time.Duration
+	// Interval is how often the pruner runs. Defaults to
+	// EventPruneIntervalDefault (1 hour).
+	Interval time.Duration
+	// BatchSize bounds each DELETE, so pruning a large backlog never holds
+	// long locks. Defaults to EventPruneBatchDefault (5,000).
+	BatchSize int
+}
+
+// PruneEventsWorker deletes expired events in bounded batches.
+type PruneEventsWorker struct {
+	river.WorkerDefaults[PruneEventsArgs]
+
+	pool *pgxpool.Pool
+	cfg  EventPrunerConfig
+}
+
+// RegisterEventPruner registers the events pruner: a periodic job (run by
+// the leader, at start and then every Interval) on River's default queue.
+func RegisterEventPruner(reg *Registry, pool *pgxpool.Pool, cfg *EventPrunerConfig) {
+	c := EventPrunerConfig{}
+	if cfg != nil {
+		c = *cfg
+	}
+	if c.Retention == 0 {
+		c.Retention = EventRetentionDefault
+	}
+	if c.Interval == 0 {
+		c.Interval = EventPruneIntervalDefault
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = EventPruneBatchDefault
+	}
+	if c.Retention < 0 || c.Interval < 0 || c.BatchSize < 0 {
+		reg.fail("events pruner: Retention, Interval and BatchSize must not be negative")
+		return
+	}
+	AddWorker(reg, river.QueueDefault, &PruneEventsWorker{pool: pool, cfg: c})
+	reg.AddPeriodic(river.NewPeriodicJob(river.PeriodicInterval(c.Interval),
+		func() (river.JobArgs, *river.InsertOpts) { return PruneEventsArgs{}, nil },
+		&river.PeriodicJobOpts{RunOnStart: true, ID: PruneEventsKind}))
+}
+
+const pruneEventsSQL = `
+DELETE FROM outbox_events WHERE id IN (
+    SELECT id FROM outbox_events
+     WHERE created_at < now() - make_interval(secs => $1)
+     ORDER BY id LIMIT $2)`
+
+// Work deletes expired events, one bounded batch at a time, until none is
+// left or ctx ends.
+func (w *PruneEventsWorker) Work(ctx context.Context, _ *river.Job[PruneEventsArgs]) error {
+	var total int64
+	for {
+		tag, err := w.pool.Exec(ctx, pruneEventsSQL, w.cfg.Retention.Seconds(), w.cfg.BatchSize)
+		if err != nil {
+			return errors.Join(fmt.Errorf("jobs: pruning events: %w", err),
+				river.RecordOutput(ctx, PruneEventsOutput{Deleted: total}))
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < int64(w.cfg.BatchSize) {
+			return river.RecordOutput(ctx, PruneEventsOutput{Deleted: total})
+		}
+	}
+}

@@ -1,0 +1,151 @@
+package jobs_test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/riverqueue/river"
+	"github.com/stretchr/testify/require"
+
+	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/outbox"
+)
+
+// rollupArgs keeps one fundraiser's daily total fresh; its queue lock
+// coalesces a burst of donations into one waiting job.
+type rollupArgs struct {
+	FundraiserID int64 `json:"fundraiser_id" jobs:"queue_lock"`
+}
+
+func (rollupArgs) Kind() string { return "test.rollup" }
+
+type rollupWorker struct {
+	river.WorkerDefaults[rollupArgs]
+}
+
+func (rollupWorker) Work(context.Context, *river.Job[rollupArgs]) error { return nil }
+
+type donationCreated struct {
+	DonationID   int64 `json:"donation_id"`
+	FundraiserID int64 `json:"fundraiser_id"`
+}
+
+func subscribeRollups(reg *jobs.Registry) {
+	jobs.Subscribe(reg, "donation.created", func(ev outbox.Event) (rollupArgs, bool, error) {
+		var d donationCreated
+		if err := json.Unmarshal(ev.Payload, &d); err != nil {
+			return rollupArgs{}, false, err
+		}
+		return rollupArgs{FundraiserID: d.FundraiserID}, d.FundraiserID != 0, nil
+	})
+}
+
+func TestSubscriptions(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	t.Run("ADonationEventBecomesOneRollupJobInTheSameCommit", func(t *testing.T) {
+		t.Parallel()
+		s := dbtest.TestSchema(ctx, t, nil)
+		reg := jobs.NewRegistry()
+		// The subscriber's domain registers before the publisher's.
+		q := reg.AddQueue("reporting", "rollups", -5, nil)
+		jobs.AddWorker(reg, q, rollupWorker{})
+		subscribeRollups(reg)
+		reg.AddTopic("donations", "donation.created")
+		require.NoError(t, reg.Err())
+
+		client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{Queues: []string{}, Schema: s.Name})
+		require.NoError(t, err)
+		ob, err := jobs.NewOutbox(s.Pool, client, reg, nil)
+		require.NoError(t, err)
+
+		res, err := ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			for i := range 50 {
+				if err := tx.Publish("donation.created", donationCreated{DonationID: int64(i), FundraiserID: int64(i%2 + 1)}); err != nil {
+					return err
+				}
+			}
+			return tx.Publish("donation.created", donationCreated{DonationID: 99}) // no fundraiser: no job
+		})
+		require.NoError(t, err)
+		require.Equal(t, outbox.FlushResult{Enqueued: 50, Duplicates: 48, Events: 51, Inserted: 2, RoundTrips: 1}, res)
+
+		var events, rollups int
+		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox_events WHERE topic = 'donation.created'`).Scan(&events))
+		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE kind = 'test.rollup' AND queue = 'reporting_rollups' AND priority = 3`).Scan(&rollups))
+		require.Equal(t, 51, events)
+		require.Equal(t, 2, rollups)
+
+		// A later transaction's event is coalesced into the waiting job by
+		// its queue lock.
+		res, err = ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			return tx.Publish("donation.created", donationCreated{DonationID: 100, FundraiserID: 1})
+		})
+		require.NoError(t, err)
+		require.Equal(t, outbox.FlushResult{Enqueued: 1, Events: 1, UniqueSkipped: 1, RoundTrips: 1}, res)
+
+		// Undeclared topics are refused.
+		err = ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			return tx.Publish("donation.refunded", donationCreated{})
+		})
+		require.ErrorIs(t, err, outbox.ErrUnknownTopic)
+	})
+
+	t.Run("RegistrationErrorsNameTheCulprit", func(t *testing.T) {
+		t.Parallel()
+		reg := jobs.NewRegistry()
+		subscribeRollups(reg) // no topic declared, no worker for the kind
+		reg.AddTopic("donations", "email.opened")
+		reg.AddTopic("emails", "email.opened")
+		require.Equal(t, `jobs: registry: topic "email.opened" declared twice (by "donations" and "emails")
+jobs: registry: subscription of kind "test.rollup" is to topic "donation.created", which no domain publishes (AddTopic)
+jobs: registry: subscription to topic "donation.created" makes jobs of kind "test.rollup", which has no worker`, reg.Err().Error())
+	})
+}
+
+func TestEventPruner(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, nil)
+
+	// 12 expired events and 3 fresh ones.
+	_, err := s.Pool.Exec(ctx, `
+		INSERT INTO outbox_events (topic, payload, created_at)
+		SELECT 'old.event', '{}'::jsonb, now() - interval '8 days' FROM generate_series(1, 12)
+		UNION ALL
+		SELECT 'new.event', '{}'::jsonb, now() - interval '1 hour' FROM generate_series(1, 3)`)
+	require.NoError(t, err)
+
+	reg := jobs.NewRegistry()
+	jobs.RegisterEventPruner(reg, s.Pool, &jobs.EventPrunerConfig{Retention: 7 * 24 * time.Hour, Interval: time.Hour, BatchSize: 5})
+	client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{Schema: s.Name, Logger: discardLogger()})
+	require.NoError(t, err)
+	completed, cancel := client.Subscribe(river.EventKindJobCompleted)
+	defer cancel()
+	require.NoError(t, client.Start(ctx)) // the leader runs the periodic job at start
+	defer func() { require.NoError(t, client.Stop(context.WithoutCancel(ctx))) }()
+
+	select {
+	case ev := <-completed:
+		require.Equal(t, jobs.PruneEventsKind, ev.Job.Kind)
+		var out jobs.PruneEventsOutput
+		require.NoError(t, json.Unmarshal(ev.Job.Output(), &out))
+		require.Equal(t, jobs.PruneEventsOutput{Deleted: 12}, out)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the pruner did not run within 30 s")
+	}
+	var left []string
+	rows, err := s.Pool.Query(ctx, `SELECT DISTINCT topic FROM outbox_events`)
+	require.NoError(t, err)
+	for rows.Next() {
+		var topic string
+		require.NoError(t, rows.Scan(&topic))
+		left = append(left, topic)
+	}
+	require.NoError(t, rows.Err())
+	require.Equal(t, []string{"new.event"}, left)
+}
