@@ -38,6 +38,33 @@
 // queue's River name is "<domain>_<name>". QueueOpts.MaxWorkers overrides
 // the derived number; cmd/worker --max-workers overrides all of them.
 //
+// # Queue lock: no duplicate while one is waiting
+//
+// Args that implement QueueLocker, or that tag fields `jobs:"queue_lock"`,
+// make their kind queue-locked: while a job with the same lock key is
+// waiting (available, scheduled, retryable, pending), enqueueing another is
+// a no-op, reported as outbox.FlushResult.UniqueSkipped. When the waiting job
+// starts, the key is freed — the source of truth may have changed since the
+// job read it, so a new job may wait behind the running one. A burst of 100
+// additions to one car leaves one waiting report.
+//
+// The lock is River's unique-key column and its unique index:
+// QueueLockMiddleware gives the job a key on insert (River's INSERT … ON
+// CONFLICT then matches a waiting job; a concurrent transaction waits for
+// the first one's commit and then matches it, and neither fails) and clears
+// the key as the job starts. Cancelled or deleted jobs leave the index by
+// themselves. The readable key is in the job's metadata ("queue_lock").
+//
+// # Publish / subscribe
+//
+// A domain declares the topics it publishes (AddTopic); another subscribes a
+// job kind to a topic (Subscribe). tx.Publish writes the event to
+// outbox_events in the business transaction, and the subscription's job is
+// written in the same commit — one round trip for rows, events and jobs. The
+// events pruner (RegisterEventPruner) deletes events past their retention;
+// migrations/0003_outbox_events.up.sql shows how an outside reader follows
+// the table without missing a late commit.
+//
 // # Needed?
 //
 // A worker may implement Needed[T]: the middleware NewClient installs asks
