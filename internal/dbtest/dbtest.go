@@ -294,6 +294,9 @@ func (h *harness) checkin(s *Schema) {
 		h.retire(ctx, s)
 		return
 	}
+	// An idle schema holds no connection: parallel test binaries share one
+	// server and its max_connections (100 by default).
+	s.Pool.Reset()
 	h.mu.Lock()
 	h.idle = append(h.idle, s)
 	h.mu.Unlock()

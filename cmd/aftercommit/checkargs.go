@@ -1,0 +1,181 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/aftercommit/aftercommit/internal/app"
+	"github.com/aftercommit/aftercommit/jobs"
+)
+
+func printCheckArgsUsage(w io.Writer, printFlags func(io.Writer)) {
+	fmt.Fprint(w, `Usage:
+  aftercommit check-args [flags]
+
+Checks, before a deploy, that the jobs already queued (available, scheduled,
+retryable, pending) decode with the job args types of this build: every kind
+has a worker, no field holds a value of the wrong type, no required field is
+missing. Unknown fields (data that will be dropped), nulls in optional fields
+and jobs in queues no domain declares are warnings.
+
+A field is optional when its json tag has omitempty or omitzero, its type is
+a pointer, or it is tagged jobs:"optional"; every other field is required.
+
+Prints a summary per kind and one line per problem, or the report as JSON
+with --json. Reads one consistent snapshot; writes nothing.
+
+Exit codes: 0 no job would fail (warnings allowed), 1 some job would fail or
+the check could not run, 2 bad usage, 130 interrupted.
+
+Flags:
+`)
+	printFlags(w)
+}
+
+func runCheckArgs(ctx context.Context, args []string, e *env) int {
+	const name = "check-args"
+	fs := newFlagSet(name, e)
+	var db dbFlags
+	db.register(fs)
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	maxProblems := fs.Int("max-problems", jobs.CheckArgsMaxProblemsDefault,
+		"list at most `N` problems, failures first (0: none); the counts stay exact")
+	usage := func(w io.Writer) {
+		printCheckArgsUsage(w, func(w io.Writer) {
+			fs.SetOutput(w)
+			fs.PrintDefaults()
+			fs.SetOutput(e.stderr)
+		})
+	}
+
+	positional, code, ok := parseArgs(fs, e, name, usage, args)
+	if !ok {
+		return code
+	}
+	if len(positional) > 0 {
+		return usageError(e, name, fmt.Sprintf("check-args takes no arguments, got %s", strings.Join(positional, " ")))
+	}
+	if *maxProblems < 0 {
+		return usageError(e, name, fmt.Sprintf("--max-problems must be 0 or more, got %d", *maxProblems))
+	}
+	db.resolve(fs, e)
+
+	pool, err := db.open(ctx)
+	if err != nil {
+		return reportError(ctx, e, err)
+	}
+	defer pool.Close()
+	if err := checkSchema(ctx, pool, db.schema); err != nil {
+		return reportError(ctx, e, err)
+	}
+
+	reg := app.Registry(pool)
+	if err := reg.Err(); err != nil {
+		return reportError(ctx, e, fmt.Errorf("aftercommit check-args: the registry of this build is invalid: %w", err))
+	}
+	opts := &jobs.CheckArgsOpts{MaxProblems: *maxProblems}
+	if *maxProblems == 0 {
+		opts.MaxProblems = -1 // none
+	}
+	report, err := checkQueuedArgs(ctx, pool, reg, opts)
+	if err != nil {
+		return reportError(ctx, e, describeCheckArgsError(err, db.schema))
+	}
+
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(report); err != nil {
+			return reportError(ctx, e, fmt.Errorf("aftercommit check-args: writing the report: %w", err))
+		}
+	} else {
+		printArgsReport(e.stdout, report, *maxProblems)
+	}
+	if report.Failed() {
+		fmt.Fprintf(e.stderr, "aftercommit check-args: %d queued %s would fail with the args types of this build\n",
+			report.Failing, plural(report.Failing, "job", "jobs"))
+		return exitFailure
+	}
+	return exitOK
+}
+
+// checkQueuedArgs runs the check in a read-only REPEATABLE READ
+// transaction, so that its counts describe one snapshot.
+func checkQueuedArgs(ctx context.Context, pool *pgxpool.Pool, reg *jobs.Registry, opts *jobs.CheckArgsOpts) (*jobs.ArgsReport, error) {
+	tx, err := pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, fmt.Errorf("beginning a read-only transaction: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	return jobs.CheckQueuedArgs(ctx, tx, reg, opts)
+}
+
+// describeCheckArgsError gives a database error of the check its one line,
+// with what to do when River's tables are missing.
+func describeCheckArgsError(err error, schema string) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table
+		where := "the connection's search_path"
+		if schema != "" {
+			where = fmt.Sprintf("schema %q", schema)
+		}
+		return fmt.Errorf("aftercommit check-args: River's job table is not in %s (%s): run 'aftercommit migrate up' or change --schema / AFTERCOMMIT_SCHEMA",
+			where, pgErr.Message)
+	}
+	return fmt.Errorf("aftercommit check-args: %w", err)
+}
+
+// printArgsReport prints the human form of the report: a table per kind,
+// one line per listed problem, and a summary line.
+func printArgsReport(w io.Writer, r *jobs.ArgsReport, maxProblems int) {
+	if len(r.Kinds) > 0 {
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "KIND\tCHECKED\tFAILING\tWARNED")
+		for _, k := range r.Kinds {
+			kind := k.Kind
+			if !k.Registered {
+				kind += " (no worker)"
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\n", kind, k.Checked, k.Failing, k.Warned)
+		}
+		_ = tw.Flush()
+	}
+	if len(r.Problems) > 0 {
+		fmt.Fprintln(w)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "JOB\tKIND\tSTATE\tQUEUE\tSEVERITY\tPROBLEM\tFIELD\tMESSAGE")
+		for _, p := range r.Problems {
+			field := p.Field
+			if field == "" {
+				field = "-"
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.JobID, p.Kind, p.State, p.Queue, p.Severity, p.Problem, field, p.Message)
+		}
+		_ = tw.Flush()
+	}
+	if len(r.Kinds) > 0 {
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "checked %d queued %s: %d ok, %d with warnings only, %d failing; %d %s",
+		r.Checked, plural(r.Checked, "job", "jobs"), r.OK, r.Warned, r.Failing, r.ProblemCount, plural(r.ProblemCount, "problem", "problems"))
+	if r.Truncated() {
+		fmt.Fprintf(w, ", %d listed (--max-problems %d)", len(r.Problems), maxProblems)
+	}
+	fmt.Fprintln(w)
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}

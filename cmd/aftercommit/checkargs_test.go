@@ -1,0 +1,238 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/jobs"
+)
+
+type checkArgsBundle struct {
+	schema *dbtest.Schema
+	// flags point the command at the schema.
+	flags []string
+}
+
+func setupCheckArgs(ctx context.Context, t *testing.T) *checkArgsBundle {
+	t.Helper()
+	s := dbtest.TestSchema(ctx, t, nil)
+	return &checkArgsBundle{schema: s, flags: []string{"--database-url", s.URL, "--schema", s.Name}}
+}
+
+// insert writes river_job rows as (args, kind, state) triples, in order;
+// their ids are 1, 2, … in a fresh schema.
+func (b *checkArgsBundle) insert(ctx context.Context, t *testing.T, rows ...[3]string) {
+	t.Helper()
+	for _, r := range rows {
+		_, err := b.schema.Pool.Exec(ctx, `
+			INSERT INTO river_job (args, kind, max_attempts, priority, queue, state, scheduled_at, finalized_at)
+			VALUES ($1::jsonb, $2, 25, 1, 'default', $3::text::river_job_state, now(),
+			        CASE WHEN $3 IN ('completed', 'cancelled', 'discarded') THEN now() END)`, r[0], r[1], r[2])
+		require.NoError(t, err)
+	}
+}
+
+func (b *checkArgsBundle) run(ctx context.Context, t *testing.T, args ...string) cliResult {
+	t.Helper()
+	// The environment points elsewhere: the flags must win.
+	environ := map[string]string{"DATABASE_URL": "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable"}
+	return runCLI(ctx, t, environ, append(append([]string{"check-args"}, args...), b.flags...)...)
+}
+
+func TestCheckArgs(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	t.Run("WarningsOnlyExitZero", func(t *testing.T) {
+		t.Parallel()
+		b := setupCheckArgs(ctx, t)
+		b.insert(ctx, t,
+			[3]string{`{"ping_id": 1}`, jobs.PingKind, "available"},
+			[3]string{`{"ping_id": 2, "note": "from v1"}`, jobs.PingKind, "scheduled"},
+			[3]string{`{"ping_id": 3}`, jobs.PingKind, "completed"}, // not checked
+		)
+
+		res := b.run(ctx, t)
+		require.Equal(t, cliResult{code: exitOK, stdout: `KIND              CHECKED  FAILING  WARNED
+aftercommit.ping  2        0        1
+
+JOB  KIND              STATE      QUEUE    SEVERITY  PROBLEM        FIELD  MESSAGE
+2    aftercommit.ping  scheduled  default  warning   unknown_field  note   field "note" is not in jobs.PingArgs: its value is dropped when the job is decoded
+
+checked 2 queued jobs: 1 ok, 1 with warnings only, 0 failing; 1 problem
+`}, res)
+	})
+
+	t.Run("FailuresExitOne", func(t *testing.T) {
+		t.Parallel()
+		b := setupCheckArgs(ctx, t)
+		b.insert(ctx, t,
+			[3]string{`{"ping_id": 1}`, jobs.PingKind, "available"},
+			[3]string{`{"ping_id": "7"}`, jobs.PingKind, "retryable"},
+			[3]string{`{"sleep_ms": 5}`, jobs.PingKind, "pending"},
+			[3]string{`{"id": 4}`, "donations.send_thanks", "available"},
+		)
+
+		res := b.run(ctx, t)
+		require.Equal(t, cliResult{
+			code: exitFailure,
+			stdout: `KIND                               CHECKED  FAILING  WARNED
+aftercommit.ping                   3        2        0
+donations.send_thanks (no worker)  1        1        0
+
+JOB  KIND                   STATE      QUEUE    SEVERITY  PROBLEM        FIELD    MESSAGE
+2    aftercommit.ping       retryable  default  failure   type_mismatch  ping_id  field "ping_id" (PingID int64) holds a JSON string: every attempt fails
+3    aftercommit.ping       pending    default  failure   missing_field  ping_id  required field "ping_id" (PingID int64) is missing: the worker would get the zero value
+4    donations.send_thanks  available  default  failure   unknown_kind   -        no worker is registered for kind "donations.send_thanks": every attempt fails (UnknownJobKindError) until River discards the job
+
+checked 4 queued jobs: 1 ok, 0 with warnings only, 3 failing; 3 problems
+`,
+			stderr: "aftercommit check-args: 3 queued jobs would fail with the args types of this build\n",
+		}, res)
+	})
+
+	t.Run("JSON", func(t *testing.T) {
+		t.Parallel()
+		b := setupCheckArgs(ctx, t)
+		b.insert(ctx, t,
+			[3]string{`{"ping_id": 1, "note": "x"}`, jobs.PingKind, "available"},
+			[3]string{`{"id": 2}`, "donations.send_thanks", "available"},
+		)
+
+		res := b.run(ctx, t, "--json")
+		require.Equal(t, exitFailure, res.code)
+		require.Equal(t, "aftercommit check-args: 1 queued job would fail with the args types of this build\n", res.stderr)
+		var got jobs.ArgsReport
+		require.NoError(t, json.Unmarshal([]byte(res.stdout), &got))
+		require.Equal(t, jobs.ArgsReport{
+			Checked: 2, OK: 0, Warned: 1, Failing: 1, ProblemCount: 2,
+			Kinds: []jobs.ArgsKindSummary{
+				{Kind: jobs.PingKind, Registered: true, Checked: 1, Warned: 1},
+				{Kind: "donations.send_thanks", Registered: false, Checked: 1, Failing: 1},
+			},
+			Problems: []jobs.ArgsProblem{
+				{
+					JobID: 1, Kind: jobs.PingKind, State: "available", Queue: "default",
+					Problem: jobs.ArgsProblemUnknownField, Severity: jobs.ArgsSeverityWarning, Field: "note",
+					Message: `field "note" is not in jobs.PingArgs: its value is dropped when the job is decoded`,
+				},
+				{
+					JobID: 2, Kind: "donations.send_thanks", State: "available", Queue: "default",
+					Problem: jobs.ArgsProblemUnknownKind, Severity: jobs.ArgsSeverityFailure,
+					Message: `no worker is registered for kind "donations.send_thanks": every attempt fails (UnknownJobKindError) until River discards the job`,
+				},
+			},
+		}, got)
+		require.Contains(t, res.stdout, `"problem_count": 2`, "snake_case keys")
+	})
+
+	t.Run("MaxProblems", func(t *testing.T) {
+		t.Parallel()
+		b := setupCheckArgs(ctx, t)
+		for range 5 {
+			b.insert(ctx, t, [3]string{`{}`, jobs.PingKind, "available"})
+		}
+
+		res := b.run(ctx, t, "--max-problems", "2")
+		require.Equal(t, exitFailure, res.code)
+		lines := strings.Split(strings.TrimSuffix(res.stdout, "\n"), "\n")
+		require.Equal(t, "checked 5 queued jobs: 0 ok, 0 with warnings only, 5 failing; 5 problems, 2 listed (--max-problems 2)", lines[len(lines)-1])
+		require.Equal(t, 2, strings.Count(res.stdout, "missing_field"))
+
+		res = b.run(ctx, t, "--max-problems", "0", "--json")
+		require.Equal(t, exitFailure, res.code)
+		var got jobs.ArgsReport
+		require.NoError(t, json.Unmarshal([]byte(res.stdout), &got))
+		require.Equal(t, 5, got.ProblemCount)
+		require.Empty(t, got.Problems)
+	})
+
+	t.Run("NothingQueued", func(t *testing.T) {
+		t.Parallel()
+		b := setupCheckArgs(ctx, t)
+		res := b.run(ctx, t)
+		require.Equal(t, cliResult{code: exitOK, stdout: "checked 0 queued jobs: 0 ok, 0 with warnings only, 0 failing; 0 problems\n"}, res)
+	})
+
+	t.Run("NoRiverTables", func(t *testing.T) {
+		t.Parallel()
+		b := setupCheckArgs(ctx, t)
+		empty := b.schema.Name + "_empty"
+		_, err := b.schema.Pool.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{empty}.Sanitize())
+		require.NoError(t, err)
+		t.Cleanup(func() {
+			_, err := b.schema.Pool.Exec(context.WithoutCancel(ctx), "DROP SCHEMA "+pgx.Identifier{empty}.Sanitize())
+			require.NoError(t, err)
+		})
+
+		res := runCLI(ctx, t, nil, "check-args", "--database-url", b.schema.URL, "--schema", empty)
+		require.Equal(t, cliResult{
+			code: exitFailure,
+			stderr: fmt.Sprintf("aftercommit check-args: River's job table is not in schema %q (relation \"river_job\" does not exist): "+
+				"run 'aftercommit migrate up' or change --schema / AFTERCOMMIT_SCHEMA\n", empty),
+		}, res)
+
+		res = runCLI(ctx, t, nil, "check-args", "--database-url", b.schema.URL, "--schema", b.schema.Name+"_missing")
+		require.Equal(t, exitFailure, res.code)
+		requireOneLine(t, res.stderr)
+		require.Contains(t, res.stderr, "does not exist")
+	})
+
+	t.Run("Unreachable", func(t *testing.T) {
+		t.Parallel()
+		res := runCLI(ctx, t, map[string]string{"DATABASE_URL": "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable&connect_timeout=2"}, "check-args")
+		require.Equal(t, exitFailure, res.code)
+		require.Empty(t, res.stdout)
+		requireOneLine(t, res.stderr)
+		require.Contains(t, res.stderr, "aftercommit: cannot reach Postgres at 127.0.0.1:1")
+	})
+
+	t.Run("Interrupted", func(t *testing.T) {
+		t.Parallel()
+		b := setupCheckArgs(ctx, t)
+		canceled, cancel := context.WithCancel(ctx)
+		cancel()
+		res := b.run(canceled, t)
+		require.Equal(t, cliResult{code: exitInterrupted, stderr: "aftercommit: interrupted\n"}, res)
+	})
+
+	t.Run("Usage", func(t *testing.T) {
+		t.Parallel()
+		environ := map[string]string{"DATABASE_URL": "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable"}
+		for _, tt := range []struct {
+			args       []string
+			wantCode   int
+			wantStdout []string
+			wantStderr []string
+		}{
+			{args: []string{"check-args", "--help"}, wantCode: exitOK, wantStdout: []string{"aftercommit check-args [flags]", "-json", "-max-problems N", "-schema", `jobs:"optional"`, "Exit codes"}},
+			{args: []string{"help", "check-args"}, wantCode: exitOK, wantStdout: []string{"aftercommit check-args [flags]"}},
+			{args: []string{"--help"}, wantCode: exitOK, wantStdout: []string{"check-args"}},
+			{args: []string{"check-args", "now"}, wantCode: exitUsage, wantStderr: []string{"check-args takes no arguments, got now", "aftercommit check-args --help"}},
+			{args: []string{"check-args", "--max-problems", "-1"}, wantCode: exitUsage, wantStderr: []string{"--max-problems must be 0 or more, got -1"}},
+			{args: []string{"check-args", "--max-problems", "many"}, wantCode: exitUsage, wantStderr: []string{"-max-problems"}},
+		} {
+			res := runCLI(ctx, t, environ, tt.args...)
+			require.Equal(t, tt.wantCode, res.code, "%v: %+v", tt.args, res)
+			for _, w := range tt.wantStdout {
+				require.Contains(t, res.stdout, w, tt.args)
+			}
+			if tt.wantStdout == nil {
+				require.Empty(t, res.stdout, tt.args)
+			}
+			for _, w := range tt.wantStderr {
+				require.Contains(t, res.stderr, w, tt.args)
+			}
+			if tt.wantStderr == nil {
+				require.Empty(t, res.stderr, tt.args)
+			}
+		}
+	})
+}

@@ -1,0 +1,18 @@
+package app_test
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/aftercommit/aftercommit/internal/app"
+	"github.com/aftercommit/aftercommit/jobs"
+)
+
+func TestRegistry(t *testing.T) {
+	t.Parallel()
+
+	reg := app.Registry(nil)
+	require.NoError(t, reg.Err())
+	require.Equal(t, []string{jobs.PingKind, jobs.PruneEventsKind}, reg.Kinds())
+}
