@@ -40,7 +40,8 @@ func (neededNoopWorker) Needed(context.Context, *river.Job[noopArgs]) (bool, err
 // client works them all; ns/op is the time per job. "bare_river" is a River
 // client with only the worker; "full_stack" is jobs.NewClient with every
 // middleware the runtime installs and a worker that answers the
-// needed-check. Same River settings, same queue, same MaxWorkers.
+// needed-check, with Metrics recording every job. Same River settings, same
+// queue, same MaxWorkers.
 func BenchmarkWorkerThroughput(b *testing.B) {
 	ctx := context.Background()
 	const maxWorkers = 100
@@ -105,6 +106,7 @@ func BenchmarkWorkerThroughput(b *testing.B) {
 			jobs.AddWorker(reg, river.QueueDefault, neededNoopWorker{})
 			client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{
 				Queues: []string{river.QueueDefault}, MaxWorkers: maxWorkers, Schema: s.Name, River: riverCfg(),
+				Metrics: jobs.NewMetrics(nil),
 			})
 			if err != nil {
 				b.Fatal(err)

@@ -31,6 +31,12 @@ type ClientConfig struct {
 	// Defaults to 0: each queue's own, derived from its weight.
 	MaxWorkers int
 
+	// Metrics, when set, records every job's outcome, run time and queue
+	// latency (it is installed as a River plugin, outside every middleware).
+	//
+	// Defaults to nil: no metrics.
+	Metrics *Metrics
+
 	// Schema is River's schema (river.Config.Schema). Defaults to empty:
 	// the connections' search_path.
 	Schema string
@@ -70,6 +76,9 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 	rc.Logger = cfg.Logger
 	rc.Workers = reg.workers
 	rc.PeriodicJobs = append([]*river.PeriodicJob(nil), reg.periodic...)
+	if cfg.Metrics != nil {
+		rc.Plugins = append(append([]rivertype.Plugin(nil), rc.Plugins...), cfg.Metrics.Plugin())
+	}
 	rc.Middleware = append([]rivertype.Middleware{
 		newQueueLockMiddleware(reg, pool, cfg.Schema),
 		NewNeededMiddleware(reg.neededFunc),

@@ -10,10 +10,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 
 	"github.com/aftercommit/aftercommit/internal/dbconn"
+	"github.com/aftercommit/aftercommit/internal/app"
 	"github.com/aftercommit/aftercommit/jobs"
 )
 
@@ -86,7 +86,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 
 	// Every kind and periodic job is registered, whatever queues this
 	// process works: the leader's rescuer must know them all.
-	client, err := jobs.NewClient(pool, registry(pool), &jobs.ClientConfig{
+	client, err := jobs.NewClient(pool, app.Registry(pool), &jobs.ClientConfig{
 		Queues:     cfg.queues,
 		MaxWorkers: cfg.maxWorkers,
 		Schema:     cfg.schema,
@@ -120,14 +120,6 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 		closePool = false
 	}
 	return err
-}
-
-// registry is every domain's registration: the one place where the domains
-// meet.
-func registry(pool *pgxpool.Pool) *jobs.Registry {
-	reg := jobs.NewRegistry()
-	jobs.RegisterPing(reg, pool)
-	return reg
 }
 
 // shutdown stops fetching and waits up to timeout for running jobs; then it

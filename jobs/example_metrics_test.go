@@ -1,0 +1,96 @@
+package jobs_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
+
+	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/outbox"
+)
+
+type greetArgs struct {
+	Name string `json:"name"`
+}
+
+func (greetArgs) Kind() string { return "example.greet" }
+
+// Metrics are registered on the caller's own registry and fed by the client
+// (Plugin) and the outbox (OnFlush). Three enqueues, one a duplicate, make
+// two jobs.
+func ExampleMetrics() {
+	ctx := context.Background()
+	s, release, err := dbtest.NewSchema(ctx, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer release()
+
+	metrics := jobs.NewMetrics(nil)
+	registry := prometheus.NewRegistry() // what cmd/worker serves on /metrics
+	registry.MustRegister(metrics)
+
+	reg := jobs.NewRegistry()
+	queue := reg.AddQueue("example", "default", 0, nil)
+	jobs.AddWorker(reg, queue, river.WorkFunc(func(context.Context, *river.Job[greetArgs]) error { return nil }))
+	client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{
+		Schema: s.Name,
+		Logger: discardLogger(),
+		River:  &river.Config{Plugins: []rivertype.Plugin{metrics.Plugin()}},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	completed, cancel := client.Subscribe(river.EventKindJobCompleted)
+	defer cancel()
+	if err := client.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+	defer func() { _ = client.Stop(ctx) }()
+
+	ob, err := jobs.NewOutbox(s.Pool, client, reg, &outbox.Config{OnFlush: metrics.OnFlush})
+	if err != nil {
+		log.Fatal(err)
+	}
+	err = ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		for _, name := range []string{"ada", "ada", "grace"} {
+			if err := tx.Enqueue(greetArgs{Name: name}, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	<-completed
+	<-completed
+
+	families, err := registry.Gather()
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			if v := m.GetCounter().GetValue(); v > 0 {
+				fmt.Print(f.GetName())
+				for _, l := range m.GetLabel() {
+					fmt.Printf(" %s=%s", l.GetName(), l.GetValue())
+				}
+				fmt.Println(":", v)
+			}
+		}
+	}
+	// Output:
+	// aftercommit_job_executions_total kind=example.greet outcome=completed queue=example_default: 2
+	// aftercommit_outbox_duplicates_removed_total: 1
+	// aftercommit_outbox_flushes_total: 1
+	// aftercommit_outbox_jobs_enqueued_total: 3
+	// aftercommit_outbox_jobs_inserted_total: 2
+	// aftercommit_outbox_round_trips_total: 1
+}
