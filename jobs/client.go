@@ -37,6 +37,10 @@ type ClientConfig struct {
 	// Defaults to nil: no metrics.
 	Metrics *Metrics
 
+	// Lock tunes the worker lock and semaphore of kinds whose worker
+	// implements Locker. Defaults to nil: LockConfig's defaults.
+	Lock *LockConfig
+
 	// Schema is River's schema (river.Config.Schema). Defaults to empty:
 	// the connections' search_path.
 	Schema string
@@ -52,7 +56,8 @@ type ClientConfig struct {
 
 // NewClient builds the River client for reg: every registered worker and
 // periodic job, the selected queues with the MaxWorkers derived from their
-// weights, and the job middleware (the needed-check). It fails when reg has
+// weights, and the job middleware: worker lock and semaphore (Locker),
+// queue lock, needed-check. It fails when reg has
 // registration errors or cfg names an undeclared queue.
 func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Client[pgx.Tx], error) {
 	if pool == nil {
@@ -79,7 +84,20 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 	if cfg.Metrics != nil {
 		rc.Plugins = append(append([]rivertype.Plugin(nil), rc.Plugins...), cfg.Metrics.Plugin())
 	}
+	lockCfg := cfg.Lock
+	if lockCfg == nil {
+		lockCfg = &LockConfig{Logger: cfg.Logger}
+	}
+	lockMW, err := NewLockMiddleware(pool, reg.lockFunc, lockCfg)
+	if err != nil {
+		return nil, err
+	}
+	// Outermost first. The worker lock comes before the queue lock is
+	// freed, so a job waiting for its lock keeps coalescing enqueues; the
+	// queue lock is freed before the needed-check reads the source of
+	// truth, so no enqueue is matched to a job that then finds itself moot.
 	rc.Middleware = append([]rivertype.Middleware{
+		lockMW,
 		newQueueLockMiddleware(reg, pool, cfg.Schema),
 		NewNeededMiddleware(reg.neededFunc),
 	}, rc.Middleware...)

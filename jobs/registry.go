@@ -72,6 +72,7 @@ type kindEntry struct {
 	argsType  reflect.Type // T of AddWorker[T]
 	decode    func([]byte) (river.JobArgs, error)
 	needed    NeededFunc
+	lock      LockFunc                   // nil: the kind takes no worker lock
 	queueLock func(river.JobArgs) string // nil: the kind has no queue lock
 }
 
@@ -178,6 +179,9 @@ func AddWorker[T river.JobArgs](r *Registry, queue string, w river.Worker[T]) {
 			return n.Needed(ctx, &river.Job[T]{JobRow: job, Args: args})
 		}
 	}
+	if lock, ok := LockFuncFor(w); ok {
+		e.lock = lock
+	}
 	r.kinds[kind] = e
 }
 
@@ -243,6 +247,15 @@ func (r *Registry) neededFunc(kind string) (NeededFunc, bool) {
 		return nil, false
 	}
 	return e.needed, true
+}
+
+// lockFunc returns the worker-lock function of kind, if its worker has one.
+func (r *Registry) lockFunc(kind string) (LockFunc, bool) {
+	e, ok := r.kinds[kind]
+	if !ok || e.lock == nil {
+		return nil, false
+	}
+	return e.lock, true
 }
 
 // selectQueues returns the River queue configs of names (all declared

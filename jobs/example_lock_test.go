@@ -1,0 +1,123 @@
+package jobs_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"sync/atomic"
+	"time"
+
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivertype"
+
+	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/outbox"
+)
+
+// chargeArgs asks to charge one invoice.
+type chargeArgs struct {
+	InvoiceID int64 `json:"invoice_id"`
+}
+
+func (chargeArgs) Kind() string { return "example.charge" }
+
+// chargeWorker charges invoices, never two of the same payer at once.
+type chargeWorker struct {
+	river.WorkerDefaults[chargeArgs]
+
+	payerOf    map[int64]int64 // the source of truth: invoice → payer
+	running    atomic.Int64
+	maxRunning atomic.Int64
+}
+
+// LockFor computes the key from the source of truth, not from the args.
+func (w *chargeWorker) LockFor(_ context.Context, job *river.Job[chargeArgs]) (jobs.Lock, error) {
+	return jobs.Lock{Key: fmt.Sprintf("payer-%d", w.payerOf[job.Args.InvoiceID])}, nil
+}
+
+func (w *chargeWorker) Work(ctx context.Context, job *river.Job[chargeArgs]) error {
+	n := w.running.Add(1)
+	defer w.running.Add(-1)
+	for m := w.maxRunning.Load(); n > m && !w.maxRunning.CompareAndSwap(m, n); m = w.maxRunning.Load() {
+	}
+	select { // charging takes a while
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(20 * time.Millisecond):
+		return nil
+	}
+}
+
+// Three invoices of one payer are enqueued together; the lock middleware
+// runs them one at a time, and the jobs that waited did not use up attempts.
+func ExampleNewLockMiddleware() {
+	ctx := context.Background()
+	s, release, err := dbtest.NewSchema(ctx, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer release()
+
+	worker := &chargeWorker{payerOf: map[int64]int64{1: 7, 2: 7, 3: 7}}
+	workers := river.NewWorkers()
+	river.AddWorker(workers, worker)
+	lockFor, _ := jobs.LockFuncFor[chargeArgs](worker)
+	mw, err := jobs.NewLockMiddleware(s.Pool, func(kind string) (jobs.LockFunc, bool) {
+		return lockFor, kind == chargeArgs{}.Kind()
+	}, &jobs.LockConfig{SnoozeBase: 50 * time.Millisecond})
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	client, err := river.NewClient(riverpgxv5.New(s.Pool), &river.Config{
+		Schema:            s.Name,
+		Queues:            map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 10}},
+		Workers:           workers,
+		Middleware:        []rivertype.Middleware{mw},
+		FetchCooldown:     20 * time.Millisecond,
+		FetchPollInterval: 50 * time.Millisecond,
+		Logger:            discardLogger(),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	completed, cancel := client.Subscribe(river.EventKindJobCompleted)
+	defer cancel()
+	if err := client.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+	defer func() { _ = client.Stop(ctx) }()
+
+	ob, err := outbox.New(s.Pool, client, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	err = ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		for id := int64(1); id <= 3; id++ {
+			if err := tx.Enqueue(chargeArgs{InvoiceID: id}, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	maxAttempt := 0
+	for range 3 {
+		ev := <-completed
+		maxAttempt = max(maxAttempt, ev.Job.Attempt)
+	}
+	var held int
+	if err := s.Pool.QueryRow(ctx, `SELECT count(*) FROM job_locks`).Scan(&held); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("charged: 3, at once at most:", worker.maxRunning.Load())
+	fmt.Println("highest attempt:", maxAttempt, "locks still held:", held)
+	// Output:
+	// charged: 3, at once at most: 1
+	// highest attempt: 1 locks still held: 0
+}
