@@ -3,7 +3,7 @@
 BENCH_ROUNDS ?= 6
 BENCH_TIME   ?= 2s
 
-.PHONY: help test test/race lint migrate worker bench/outbox bench/pgbench-floor compose/check
+.PHONY: help test test/race lint migrate worker bench/outbox bench/jobs bench/pgbench-floor compose/check
 
 help: ## list targets
 	@grep -E '^[a-zA-Z/_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "%-16s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ bench/outbox: ## outbox transaction cost, rounds alternated, medians and ratios
 
 compose/check: ## validate docker-compose.yml without a Docker engine
 	docker-compose -f docker-compose.yml config -q
+
+bench/jobs: ## worker throughput, full middleware stack vs bare River, rounds alternated
+	@for i in $$(seq $(BENCH_ROUNDS)); do go test -run '^$$' -bench WorkerThroughput -benchtime 20000x -count 1 ./jobs; done | go run ./internal/benchratio
 
 bench/pgbench-floor: ## what one river_job row costs Postgres alone (pgbench, same round trips)
 	@bash internal/benchratio/pgbench/floor.sh

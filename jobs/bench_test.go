@@ -44,11 +44,11 @@ func (neededNoopWorker) Needed(context.Context, *river.Job[noopArgs]) (bool, err
 // queue, same MaxWorkers.
 func BenchmarkWorkerThroughput(b *testing.B) {
 	ctx := context.Background()
-	const maxWorkers = 100
+	const maxWorkers = 500
 	riverCfg := func() *river.Config {
 		return &river.Config{
 			Logger:            discardLogger(),
-			FetchCooldown:     20 * time.Millisecond,
+			FetchCooldown:     5 * time.Millisecond,
 			FetchPollInterval: 200 * time.Millisecond,
 		}
 	}
