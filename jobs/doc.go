@@ -55,6 +55,17 @@
 // the key as the job starts. Cancelled or deleted jobs leave the index by
 // themselves. The readable key is in the job's metadata ("queue_lock").
 //
+// # Worker lock and global semaphore
+//
+// A worker that implements Locker[T] names, from the source of truth, the
+// key a job must hold while it runs (one payer, one product); Permits > 1
+// turns the lock into a semaphore of N holders per key (at most four checkout
+// completions at once). The lease lives in job_locks, visible with SQL and
+// renewed while the job runs; a job that finds every slot taken snoozes with
+// jitter and keeps its attempt; a process that dies holds the key at most
+// until its lease expires. The namespace defaults to the kind; a shared
+// namespace makes two kinds exclude each other. See LockMiddleware.
+//
 // # Publish / subscribe
 //
 // A domain declares the topics it publishes (AddTopic); another subscribes a
@@ -64,6 +75,20 @@
 // events pruner (RegisterEventPruner) deletes events past their retention;
 // migrations/0003_outbox_events.up.sql shows how an outside reader follows
 // the table without missing a late commit.
+//
+// # Safe args evolution
+//
+// Args are structs of IDs. Adding a field is safe when older jobs can run
+// without it: tag it omitempty (or make it a pointer, or tag it
+// jobs:"optional") and give it a default in the worker. CheckQueuedArgs —
+// `aftercommit check-args` — decodes every waiting job with today's types
+// before a deploy and reports the jobs today's code would fail on.
+//
+// # Metrics
+//
+// Metrics is a Prometheus collector: install it with ClientConfig.Metrics
+// (a River plugin that wraps every middleware) and outbox.Config.OnFlush,
+// and register it on your own prometheus.Registry.
 //
 // # Needed?
 //
