@@ -49,13 +49,7 @@ func runCheckArgs(ctx context.Context, args []string, e *env) int {
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	maxProblems := fs.Int("max-problems", jobs.CheckArgsMaxProblemsDefault,
 		"list at most `N` problems, failures first (0: none); the counts stay exact")
-	usage := func(w io.Writer) {
-		printCheckArgsUsage(w, func(w io.Writer) {
-			fs.SetOutput(w)
-			fs.PrintDefaults()
-			fs.SetOutput(e.stderr)
-		})
-	}
+	usage := commandUsage(fs, e, printCheckArgsUsage)
 
 	positional, code, ok := parseArgs(fs, e, name, usage, args)
 	if !ok {

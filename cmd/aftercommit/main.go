@@ -164,6 +164,18 @@ func newFlagSet(name string, e *env) *flag.FlagSet {
 	return fs
 }
 
+// commandUsage returns the usage printer of a command: print writes the
+// command's text and calls its second argument where fs's flags go.
+func commandUsage(fs *flag.FlagSet, e *env, print func(w io.Writer, printFlags func(io.Writer))) func(io.Writer) {
+	return func(w io.Writer) {
+		print(w, func(w io.Writer) {
+			fs.SetOutput(w)
+			fs.PrintDefaults()
+			fs.SetOutput(e.stderr)
+		})
+	}
+}
+
 // parseArgs parses args with fs, allowing flags before, between and after
 // positional arguments (`migrate down --yes` as well as `migrate --yes
 // down`); everything after a lone "--" is positional. It returns the

@@ -41,13 +41,7 @@ func runMigrate(ctx context.Context, args []string, e *env) int {
 	var db dbFlags
 	db.register(fs)
 	yes := fs.Bool("yes", false, "confirm down, which drops every table of River and aftercommit with their rows")
-	usage := func(w io.Writer) {
-		printMigrateUsage(w, func(w io.Writer) {
-			fs.SetOutput(w)
-			fs.PrintDefaults()
-			fs.SetOutput(e.stderr)
-		})
-	}
+	usage := commandUsage(fs, e, printMigrateUsage)
 
 	positional, code, ok := parseArgs(fs, e, name, usage, args)
 	if !ok {
