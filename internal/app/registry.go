@@ -6,6 +6,7 @@ package app
 import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/aftercommit/aftercommit/donations"
 	"github.com/aftercommit/aftercommit/jobs"
 )
 
@@ -16,5 +17,6 @@ func Registry(pool *pgxpool.Pool) *jobs.Registry {
 	reg := jobs.NewRegistry()
 	jobs.RegisterPing(reg, pool)
 	jobs.RegisterEventPruner(reg, pool, nil)
+	donations.Register(reg, pool)
 	return reg
 }

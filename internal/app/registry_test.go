@@ -5,6 +5,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/aftercommit/aftercommit/donations"
 	"github.com/aftercommit/aftercommit/internal/app"
 	"github.com/aftercommit/aftercommit/jobs"
 )
@@ -14,5 +15,12 @@ func TestRegistry(t *testing.T) {
 
 	reg := app.Registry(nil)
 	require.NoError(t, reg.Err())
-	require.Equal(t, []string{jobs.PingKind, jobs.PruneEventsKind}, reg.Kinds())
+	require.Equal(t, []string{
+		jobs.PingKind,
+		jobs.PruneEventsKind,
+		donations.FoldEmailCountersKind,
+		donations.RecountFundraiserKind,
+		donations.RecountUserKind,
+		donations.UpdateEmailDonationKind,
+	}, reg.Kinds())
 }

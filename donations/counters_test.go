@@ -1,0 +1,236 @@
+package donations_test
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river/rivertype"
+	"github.com/stretchr/testify/require"
+
+	"github.com/aftercommit/aftercommit/donations"
+)
+
+// seedFundraisers creates n fundraisers and returns their IDs.
+func seedFundraisers(ctx context.Context, t *testing.T, pool *pgxpool.Pool, n int) []int64 {
+	t.Helper()
+	rows, err := pool.Query(ctx, `INSERT INTO fundraisers (name) SELECT 'Fundraiser ' || i FROM generate_series(1, $1) AS i RETURNING id`, n)
+	require.NoError(t, err)
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	require.NoError(t, err)
+	require.Len(t, ids, n)
+	return ids
+}
+
+// donateAll records the donations from the given number of goroutines and
+// returns the first error.
+func donateAll(ctx context.Context, svc *donations.Service, inputs []donations.DonateInput, goroutines int) error {
+	var (
+		next     atomic.Int64
+		wg       sync.WaitGroup
+		firstErr error
+		errOnce  sync.Once
+	)
+	for range goroutines {
+		wg.Go(func() {
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(len(inputs)) {
+					return
+				}
+				if _, err := svc.Donate(ctx, inputs[i]); err != nil {
+					errOnce.Do(func() { firstErr = fmt.Errorf("donation %d: %w", i, err) })
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return firstErr
+}
+
+// planDonations returns n donations spread at random over fundraisers and
+// donors addresses, about one in six failed.
+func planDonations(seed uint64, fundraisers []int64, donors, n int) []donations.DonateInput {
+	rng := rand.New(rand.NewPCG(seed, seed))
+	out := make([]donations.DonateInput, n)
+	for i := range out {
+		out[i] = donations.DonateInput{
+			FundraiserID: fundraisers[rng.IntN(len(fundraisers))],
+			DonorEmail:   fmt.Sprintf("donor%d@example.com", rng.IntN(donors)),
+			AmountCents:  1 + rng.Int64N(50_000),
+			Currency:     "USD",
+			Succeeded:    rng.IntN(6) != 0,
+		}
+	}
+	return out
+}
+
+// staleCounters returns the fundraisers and users whose counter caches
+// differ from a GROUP BY over their succeeded donations, as readable lines.
+func (b *counterBundle) staleCounters(ctx context.Context, t *testing.T) []string {
+	t.Helper()
+	rows, err := b.schema.Pool.Query(ctx, `
+		SELECT format('fundraiser %s: cached %s / %s, actual %s / %s', f.id, f.donations_count, f.donations_total_cents, coalesce(d.n, 0), coalesce(d.total, 0))
+		  FROM fundraisers f
+		  LEFT JOIN (SELECT fundraiser_id, count(*) AS n, sum(amount_cents) AS total
+		               FROM donations WHERE status = 'succeeded' GROUP BY fundraiser_id) d ON d.fundraiser_id = f.id
+		 WHERE f.donations_count <> coalesce(d.n, 0) OR f.donations_total_cents <> coalesce(d.total, 0)
+		UNION ALL
+		SELECT format('user %s: cached %s, actual %s', u.id, u.donations_count, coalesce(d.n, 0))
+		  FROM users u
+		  LEFT JOIN (SELECT user_id, count(*) AS n FROM donations WHERE status = 'succeeded' GROUP BY user_id) d ON d.user_id = u.id
+		 WHERE u.donations_count <> coalesce(d.n, 0)`)
+	require.NoError(t, err)
+	stale, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	return stale
+}
+
+// failOneInFive fails about 20% of recount attempts, chosen by a hash of the
+// job and its attempt, so a job may fail several times in a row.
+func failOneInFive(job *rivertype.JobRow) bool {
+	if job.Kind != donations.RecountFundraiserKind && job.Kind != donations.RecountUserKind {
+		return false
+	}
+	h := fnv.New32a()
+	fmt.Fprintf(h, "%d/%d", job.ID, job.Attempt)
+	return h.Sum32()%5 == 0
+}
+
+func TestCounterCaches(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	t.Run("ExactAfterFiveThousandDonationsWithRetriesInjected", func(t *testing.T) {
+		t.Parallel()
+		b := setupCounterTest(ctx, t, counterOpts{fail: failOneInFive})
+		fundraisers := seedFundraisers(ctx, t, b.schema.Pool, 20)
+		inputs := planDonations(5, fundraisers, 300, 5_000)
+
+		require.NoError(t, donateAll(ctx, b.svc, inputs, 8))
+		b.waitQueuesDrained(ctx, t)
+
+		require.Empty(t, b.staleCounters(ctx, t))
+		var succeeded, cached int64
+		require.NoError(t, b.schema.Pool.QueryRow(ctx, `
+			SELECT (SELECT count(*) FROM donations WHERE status = 'succeeded'), (SELECT sum(donations_count) FROM fundraisers)`,
+		).Scan(&succeeded, &cached))
+		require.Equal(t, int64(5_000), b.count(ctx, t, `SELECT count(*) FROM donations`))
+		require.Equal(t, succeeded, cached)
+		require.Less(t, succeeded, int64(5_000), "some donations failed and are not counted")
+
+		injected := b.inject.injected.Load()
+		require.Positive(t, injected)
+		require.Equal(t, injected, b.count(ctx, t, `
+			SELECT coalesce(sum(cardinality(errors)), 0) FROM river_job WHERE kind = ANY($1)`,
+			[]string{donations.RecountFundraiserKind, donations.RecountUserKind}), "every injected failure is a recorded error")
+		recounts := b.count(ctx, t, `SELECT count(*) FROM river_job WHERE kind = $1`, donations.RecountFundraiserKind)
+		userRecounts := b.count(ctx, t, `SELECT count(*) FROM river_job WHERE kind = $1`, donations.RecountUserKind)
+		t.Logf("5000 donations (%d succeeded): %d fundraiser recounts, %d user recounts, %d injected failures",
+			succeeded, recounts, userRecounts, injected)
+	})
+
+	t.Run("SubscriptionEnqueuesCoalescedRecountsForCountedDonationsOnly", func(t *testing.T) {
+		t.Parallel()
+		b := setupCounterTest(ctx, t, counterOpts{insertOnly: true, maxConns: 4})
+		fundraisers := seedFundraisers(ctx, t, b.schema.Pool, 2)
+		kinds := func() []string {
+			rows, err := b.schema.Pool.Query(ctx, `
+				SELECT kind || ' ' || coalesce(args->>'fundraiser_id', args->>'user_id', '') FROM river_job
+				 WHERE kind LIKE 'donations.recount_%' ORDER BY id`)
+			require.NoError(t, err)
+			out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			require.NoError(t, err)
+			return out
+		}
+
+		failed, err := b.svc.Donate(ctx, donations.DonateInput{
+			FundraiserID: fundraisers[0], DonorEmail: "a@example.com", AmountCents: 500, Currency: "EUR",
+		})
+		require.NoError(t, err)
+		require.Equal(t, donations.StatusFailed, failed.Status)
+		require.Empty(t, kinds(), "a failed donation changes no counter")
+
+		var d donations.Donation
+		for range 10 {
+			d, err = b.svc.Donate(ctx, donations.DonateInput{
+				FundraiserID: fundraisers[0], DonorEmail: "a@example.com", AmountCents: 500, Currency: "EUR", Succeeded: true,
+			})
+			require.NoError(t, err)
+		}
+		require.Equal(t, []string{
+			fmt.Sprint(donations.RecountFundraiserKind, " ", fundraisers[0]),
+			fmt.Sprint(donations.RecountUserKind, " ", d.UserID),
+		}, kinds(), "ten donations while the recounts wait leave one of each")
+	})
+
+	t.Run("RecountRepairsDrift", func(t *testing.T) {
+		t.Parallel()
+		b := setupCounterTest(ctx, t, counterOpts{maxConns: 6})
+		fundraisers := seedFundraisers(ctx, t, b.schema.Pool, 3)
+		require.NoError(t, donateAll(ctx, b.svc, planDonations(6, fundraisers, 5, 60), 2))
+		b.waitQueuesDrained(ctx, t)
+		require.Empty(t, b.staleCounters(ctx, t))
+
+		corrupt := func() {
+			_, err := b.schema.Pool.Exec(ctx, `UPDATE fundraisers SET donations_count = 999, donations_total_cents = 1`)
+			require.NoError(t, err)
+			_, err = b.schema.Pool.Exec(ctx, `UPDATE users SET donations_count = donations_count + 7`)
+			require.NoError(t, err)
+			require.NotEmpty(t, b.staleCounters(ctx, t))
+		}
+
+		corrupt()
+		for _, id := range fundraisers {
+			require.NoError(t, b.svc.RecountFundraiser(ctx, id))
+		}
+		rows, err := b.schema.Pool.Query(ctx, `SELECT id FROM users`)
+		require.NoError(t, err)
+		users, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		require.NoError(t, err)
+		for _, id := range users {
+			require.NoError(t, b.svc.RecountUser(ctx, id))
+		}
+		b.waitQueuesDrained(ctx, t)
+		require.Empty(t, b.staleCounters(ctx, t))
+
+		corrupt()
+		n, err := b.svc.RecountAllFundraisers(ctx)
+		require.NoError(t, err)
+		require.Equal(t, len(fundraisers), n)
+		n, err = b.svc.RecountAllUsers(ctx)
+		require.NoError(t, err)
+		require.Equal(t, len(users), n)
+		b.waitQueuesDrained(ctx, t)
+		require.Empty(t, b.staleCounters(ctx, t))
+
+		jobsBefore := b.count(ctx, t, `SELECT count(*) FROM river_job`)
+		require.ErrorIs(t, b.svc.RecountFundraiser(ctx, 987_654_321), donations.ErrUnknownFundraiser)
+		require.ErrorIs(t, b.svc.RecountUser(ctx, 987_654_321), donations.ErrUnknownUser)
+		require.Equal(t, jobsBefore, b.count(ctx, t, `SELECT count(*) FROM river_job`), "nothing enqueued for unknown rows")
+	})
+
+	t.Run("RecountOfADeletedRowIsRecordedNotRetried", func(t *testing.T) {
+		t.Parallel()
+		b := setupCounterTest(ctx, t, counterOpts{insertOnly: true, maxConns: 4})
+		fundraisers := seedFundraisers(ctx, t, b.schema.Pool, 1)
+		require.NoError(t, b.svc.RecountFundraiser(ctx, fundraisers[0]))
+		// The row disappears between the enqueue and the run.
+		_, err := b.schema.Pool.Exec(ctx, `DELETE FROM fundraisers`)
+		require.NoError(t, err)
+		b.startSecondWorker(ctx, t, 4)
+		b.waitQueuesDrained(ctx, t)
+
+		var output string
+		require.NoError(t, b.schema.Pool.QueryRow(ctx, `SELECT metadata->>'output' FROM river_job WHERE kind = $1 AND attempt = 1`,
+			donations.RecountFundraiserKind).Scan(&output))
+		require.JSONEq(t, `{"result": "not_found", "donations_count": 0}`, output)
+	})
+}
