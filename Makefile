@@ -3,7 +3,7 @@
 BENCH_ROUNDS ?= 6
 BENCH_TIME   ?= 2s
 
-.PHONY: help test test/race lint migrate worker bench/outbox bench/jobs bench/pgbench-floor compose/check
+.PHONY: help test test/race lint migrate worker bench/outbox bench/jobs bench/donations bench/pgbench-floor compose/check
 
 help: ## list targets
 	@grep -E '^[a-zA-Z/_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "%-16s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ compose/check: ## validate docker-compose.yml without a Docker engine
 
 bench/jobs: ## worker throughput, full middleware stack vs bare River, rounds alternated
 	@for i in $$(seq $(BENCH_ROUNDS)); do go test -run '^$$' -bench WorkerThroughput -benchtime 20000x -count 1 ./jobs; done | go run ./internal/benchratio
+
+bench/donations: ## Donate vs a plain insert; TrackOpen coalesced vs job-per-event
+	@for i in $$(seq $(BENCH_ROUNDS)); do go test -run '^$$' -bench 'BenchmarkDonate|BenchmarkTrackOpen' -benchtime 2000x -count 1 ./donations; done | go run ./internal/benchratio
 
 bench/pgbench-floor: ## what one river_job row costs Postgres alone (pgbench, same round trips)
 	@bash internal/benchratio/pgbench/floor.sh
