@@ -7,6 +7,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/aftercommit/aftercommit/donations"
+	"github.com/aftercommit/aftercommit/inventory"
 	"github.com/aftercommit/aftercommit/jobs"
 )
 
@@ -18,5 +19,6 @@ func Registry(pool *pgxpool.Pool) *jobs.Registry {
 	jobs.RegisterPing(reg, pool)
 	jobs.RegisterEventPruner(reg, pool, nil)
 	donations.Register(reg, pool)
+	inventory.Register(reg, pool)
 	return reg
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/aftercommit/aftercommit/donations"
 	"github.com/aftercommit/aftercommit/internal/app"
+	"github.com/aftercommit/aftercommit/inventory"
 	"github.com/aftercommit/aftercommit/jobs"
 )
 
@@ -22,5 +23,8 @@ func TestRegistry(t *testing.T) {
 		donations.RecountFundraiserKind,
 		donations.RecountUserKind,
 		donations.UpdateEmailDonationKind,
+		inventory.CompleteCheckoutKind,
+		inventory.ExpireCheckoutKind,
+		inventory.PruneExpiredClaimsKind,
 	}, reg.Kinds())
 }
