@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/aftercommit/aftercommit/donations"
 	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/jobstest"
 	"github.com/aftercommit/aftercommit/internal/testtrace"
 	"github.com/aftercommit/aftercommit/jobs"
 	"github.com/aftercommit/aftercommit/outbox"
@@ -61,35 +61,15 @@ func setupDonate(ctx context.Context, t testing.TB, opts *donateSetupOpts) *dona
 
 	reg := jobs.NewRegistry()
 	donations.Register(reg, s.Pool)
-	cfg := &jobs.ClientConfig{
-		Schema:     s.Name,
-		Logger:     slog.New(slog.DiscardHandler),
+	b.client, b.events = jobstest.Client(ctx, t, s, reg, jobstest.Opts{
+		Work:       opts.work,
 		MaxWorkers: 4,
 		River: &river.Config{
 			FetchCooldown:     10 * time.Millisecond,
 			FetchPollInterval: 50 * time.Millisecond,
 			Middleware:        opts.middleware,
 		},
-	}
-	if !opts.work {
-		cfg.Queues = []string{} // insert-only
-	}
-	client, err := jobs.NewClient(s.Pool, reg, cfg)
-	require.NoError(t, err)
-	b.client = client
-	if opts.work {
-		events, cancel := client.SubscribeConfig(&river.SubscribeConfig{
-			ChanSize: 10_000,
-			Kinds: []river.EventKind{
-				river.EventKindJobCompleted, river.EventKindJobFailed,
-				river.EventKindJobCancelled, river.EventKindJobSnoozed,
-			},
-		})
-		t.Cleanup(cancel)
-		b.events = events
-		require.NoError(t, client.Start(ctx))
-		t.Cleanup(func() { require.NoError(t, client.Stop(context.WithoutCancel(ctx))) })
-	}
+	})
 
 	pool := s.Pool
 	if opts.trace {
@@ -102,7 +82,7 @@ func setupDonate(ctx context.Context, t testing.TB, opts *donateSetupOpts) *dona
 		require.NoError(t, err)
 		t.Cleanup(pool.Close)
 	}
-	ob, err := jobs.NewOutbox(pool, client, reg, nil)
+	ob, err := jobs.NewOutbox(pool, b.client, reg, nil)
 	require.NoError(t, err)
 	b.ob = ob
 	b.svc = donations.NewService(pool, ob)

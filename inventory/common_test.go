@@ -3,7 +3,6 @@ package inventory_test
 import (
 	"context"
 	"encoding/json"
-	"log/slog"
 	"strconv"
 	"testing"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/jobstest"
 	"github.com/aftercommit/aftercommit/inventory"
 	"github.com/aftercommit/aftercommit/jobs"
 )
@@ -43,37 +43,17 @@ func setup(ctx context.Context, t testing.TB, opts *setupOpts) *testBundle {
 
 	reg := jobs.NewRegistry()
 	inventory.RegisterConfig(reg, s.Pool, opts.cfg)
-	cfg := &jobs.ClientConfig{
-		Schema: s.Name,
-		Logger: slog.New(slog.DiscardHandler),
-		// No more completions per process than the semaphore's permits, so
-		// none snoozes (a snoozed job waits for River's 5 s scheduler).
+	// No more completions per process than the semaphore's permits, so none
+	// snoozes (a snoozed job waits for River's 5 s scheduler).
+	b.client, b.events = jobstest.Client(ctx, t, s, reg, jobstest.Opts{
+		Work:       opts.work,
 		MaxWorkers: 4,
 		River: &river.Config{
 			FetchCooldown:     10 * time.Millisecond,
 			FetchPollInterval: 20 * time.Millisecond,
 		},
-	}
-	if !opts.work {
-		cfg.Queues = []string{} // insert-only
-	}
-	client, err := jobs.NewClient(s.Pool, reg, cfg)
-	require.NoError(t, err)
-	b.client = client
-	if opts.work {
-		events, cancel := client.SubscribeConfig(&river.SubscribeConfig{
-			ChanSize: 10_000,
-			Kinds: []river.EventKind{
-				river.EventKindJobCompleted, river.EventKindJobFailed,
-				river.EventKindJobCancelled, river.EventKindJobSnoozed,
-			},
-		})
-		t.Cleanup(cancel)
-		b.events = events
-		require.NoError(t, client.Start(ctx))
-		t.Cleanup(func() { require.NoError(t, client.Stop(context.WithoutCancel(ctx))) })
-	}
-	ob, err := jobs.NewOutbox(s.Pool, client, reg, nil)
+	})
+	ob, err := jobs.NewOutbox(s.Pool, b.client, reg, nil)
 	require.NoError(t, err)
 	b.svc, err = inventory.NewServiceConfig(s.Pool, ob, opts.cfg)
 	require.NoError(t, err)

@@ -1,0 +1,60 @@
+// Package jobstest builds the River client of a domain's tests from its
+// registry: insert-only, or started with a subscription to job events. It is
+// a test fixture; production code never imports it.
+package jobstest
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+	"github.com/stretchr/testify/require"
+
+	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/jobs"
+)
+
+// Opts choose how the client runs.
+type Opts struct {
+	// Work starts the client on every declared queue and subscribes to job
+	// events; otherwise the client is insert-only and never started.
+	Work bool
+	// MaxWorkers per queue (jobs.ClientConfig.MaxWorkers).
+	MaxWorkers int
+	// River is the base River configuration (fetch settings, middleware).
+	River *river.Config
+}
+
+// Client builds reg's client on s and, with Work, starts it and returns a
+// channel of completed, failed, cancelled and snoozed job events. The
+// client is stopped and the subscription closed when t ends.
+func Client(ctx context.Context, t testing.TB, s *dbtest.Schema, reg *jobs.Registry, opts Opts) (*river.Client[pgx.Tx], <-chan *river.Event) {
+	t.Helper()
+	cfg := &jobs.ClientConfig{
+		Schema:     s.Name,
+		Logger:     slog.New(slog.DiscardHandler),
+		MaxWorkers: opts.MaxWorkers,
+		River:      opts.River,
+	}
+	if !opts.Work {
+		cfg.Queues = []string{} // insert-only
+	}
+	client, err := jobs.NewClient(s.Pool, reg, cfg)
+	require.NoError(t, err)
+	if !opts.Work {
+		return client, nil
+	}
+	events, cancel := client.SubscribeConfig(&river.SubscribeConfig{
+		ChanSize: 10_000,
+		Kinds: []river.EventKind{
+			river.EventKindJobCompleted, river.EventKindJobFailed,
+			river.EventKindJobCancelled, river.EventKindJobSnoozed,
+		},
+	})
+	t.Cleanup(cancel)
+	require.NoError(t, client.Start(ctx))
+	t.Cleanup(func() { require.NoError(t, client.Stop(context.WithoutCancel(ctx))) })
+	return client, events
+}
