@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
@@ -89,6 +90,48 @@ func ExampleOutbox_InTx_rollback() {
 	// Output:
 	// error: card declined
 	// pings: 0 jobs: 0
+}
+
+// Transaction-local settings ride on the BEGIN: a lock wait in the
+// function fails after 50 ms instead of hanging, and the transaction, its
+// row and its job are rolled back.
+func ExampleOutbox_InTxOptions() {
+	ctx := context.Background()
+	ob, s, release := exampleOutbox(ctx)
+	defer release()
+
+	var pingID int64
+	if err := s.Pool.QueryRow(ctx, `INSERT INTO pings (note) VALUES ('hot') RETURNING id`).Scan(&pingID); err != nil {
+		log.Fatal(err)
+	}
+	// Someone else holds the row.
+	holder, err := s.Pool.Begin(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer func() { _ = holder.Rollback(ctx) }()
+	if _, err := holder.Exec(ctx, `SELECT 1 FROM pings WHERE id = $1 FOR UPDATE`, pingID); err != nil {
+		log.Fatal(err)
+	}
+
+	opts := pgx.TxOptions{BeginQuery: "BEGIN; SET LOCAL lock_timeout = '50ms'"}
+	_, err = ob.InTxOptions(ctx, opts, func(ctx context.Context, tx *outbox.Tx) error {
+		if err := tx.Enqueue(jobs.PingArgs{PingID: pingID}, nil); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `UPDATE pings SET note = 'mine' WHERE id = $1`, pingID)
+		return err
+	})
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		fmt.Println("SQLSTATE", pgErr.Code, pgErr.Message)
+	}
+	var jobRows int
+	_ = s.Pool.QueryRow(ctx, `SELECT count(*) FROM river_job`).Scan(&jobRows)
+	fmt.Println("jobs:", jobRows)
+	// Output:
+	// SQLSTATE 55P03 canceling statement due to lock timeout
+	// jobs: 0
 }
 
 // Args are meant to carry IDs. Large payloads are refused at enqueue and the

@@ -210,7 +210,18 @@ type FlushResult struct {
 
 // InTxResult is InTx returning what the commit wrote. The result is zero
 // when err is not nil.
-func (o *Outbox) InTxResult(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) (res FlushResult, err error) {
+func (o *Outbox) InTxResult(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) (FlushResult, error) {
+	return o.InTxOptions(ctx, pgx.TxOptions{}, fn)
+}
+
+// InTxOptions is InTxResult with the transaction's options, as pgx's
+// BeginTx takes them: an isolation level, a read-only mode (which refuses
+// the job insert), or a BeginQuery. A BeginQuery without parameters may
+// hold several statements, so transaction-local settings cost no round trip
+// of their own:
+//
+//	pgx.TxOptions{BeginQuery: "BEGIN; SET LOCAL lock_timeout = '2s'"}
+func (o *Outbox) InTxOptions(ctx context.Context, opts pgx.TxOptions, fn func(ctx context.Context, tx *Tx) error) (res FlushResult, err error) {
 	defer func() {
 		if err == nil && (res.Enqueued > 0 || res.Events > 0) && o.cfg.OnFlush != nil {
 			o.cfg.OnFlush(ctx, res)
@@ -224,7 +235,7 @@ func (o *Outbox) InTxResult(ctx context.Context, fn func(ctx context.Context, tx
 	// idle, and the pool destroys it on release instead of reusing it.
 	defer conn.Release()
 
-	inner, err := conn.Begin(ctx)
+	inner, err := conn.BeginTx(ctx, opts)
 	if err != nil {
 		return res, fmt.Errorf("outbox: beginning a transaction: %w", err)
 	}

@@ -139,6 +139,44 @@ func TestInTx(t *testing.T) {
 		require.Equal(t, outbox.Stats{Pipelined: 1}, b.ob.Stats())
 	})
 
+	t.Run("OptionsBeginQuerySetsLocalSettingsInTheBeginRoundTrip", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, &setupOpts{maxConns: 1}) // one connection: the next call reuses it
+
+		res, err := b.ob.InTxOptions(ctx, pgx.TxOptions{BeginQuery: "BEGIN; SET LOCAL lock_timeout = '1234ms'"},
+			func(ctx context.Context, tx *outbox.Tx) error {
+				var lt string
+				require.NoError(t, tx.QueryRow(ctx, `SHOW lock_timeout`).Scan(&lt))
+				require.Equal(t, "1234ms", lt)
+				return tx.Enqueue(noteArgs{PingID: insertPing(ctx, t, tx, "opts")}, nil)
+			})
+		require.NoError(t, err)
+		require.Equal(t, 1, res.Inserted)
+		require.Equal(t, 1, res.RoundTrips)
+		trips := b.tracer.RoundTrips()
+		require.Equal(t, []string{"BEGIN; SET LOCAL lock_timeout = '1234ms'"}, trips[0], "BEGIN and the setting share one round trip")
+		require.Equal(t, "COMMIT", trips[len(trips)-1][len(trips[len(trips)-1])-1])
+
+		// SET LOCAL ended with the transaction.
+		var lt string
+		require.NoError(t, b.pool.QueryRow(ctx, `SHOW lock_timeout`).Scan(&lt))
+		require.Equal(t, "0", lt)
+	})
+
+	t.Run("OptionsReadOnlyRefusesTheJobsAndWritesNothing", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+
+		_, err := b.ob.InTxOptions(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly},
+			func(ctx context.Context, tx *outbox.Tx) error {
+				return tx.Enqueue(noteArgs{PingID: 1}, nil)
+			})
+		var pgErr *pgconn.PgError
+		require.ErrorAs(t, err, &pgErr)
+		require.Equal(t, "25006", pgErr.Code, "read_only_sql_transaction")
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM river_job`))
+	})
+
 	t.Run("FiftyConcurrentTransactionsEachWriteTheirJobsExactlyOnce", func(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, nil)
