@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -71,22 +70,22 @@ func (s State) holdsClaim() bool { return s == StateOpen || s == StatePaymentFai
 // BeginCheckout claims quantity units of the product sku for a new
 // checkout, for Config.ClaimTTL.
 //
-// In one transaction it locks the product row (SELECT … FOR UPDATE), sums
-// its unexpired claims and, when stock − claimed ≥ quantity, inserts an open
-// checkout with its claim and schedules ExpireCheckoutArgs at the claim's
-// expiry. Otherwise it returns a *SoldOutError (errors.Is(err, ErrSoldOut)).
+// Under StrategySingleRow, in one transaction it locks the product row
+// (SELECT … FOR NO KEY UPDATE), sums its unexpired claims and, when
+// stock − claimed ≥ quantity, inserts an open checkout with its claim and
+// schedules ExpireCheckoutArgs at the claim's expiry. Under StrategyBuckets
+// it claims in one bucket instead (see the package documentation), with
+// the same answers. Otherwise it returns a *SoldOutError
+// (errors.Is(err, ErrSoldOut)).
 // A SKU that names no product is ErrUnknownProduct; a quantity out of range
 // or an empty SKU is a *ValidationError, found before any SQL runs. A lock
 // or statement timeout is a *BusyError (ErrBusy). Nothing is written when
 // an error is returned.
 func (s *Service) BeginCheckout(ctx context.Context, sku string, quantity int) (Checkout, error) {
+	if err := validSKU(sku); err != nil {
+		return Checkout{}, err
+	}
 	switch {
-	case sku == "":
-		return Checkout{}, &ValidationError{Field: "sku", Message: "is required"}
-	case len(sku) > MaxSKUBytes:
-		return Checkout{}, &ValidationError{Field: "sku", Message: fmt.Sprintf("must be at most %d bytes, got %d", MaxSKUBytes, len(sku))}
-	case !utf8.ValidString(sku) || strings.ContainsRune(sku, 0):
-		return Checkout{}, &ValidationError{Field: "sku", Message: "must be text (UTF-8 without NUL characters)"}
 	case quantity <= 0:
 		return Checkout{}, &ValidationError{Field: "quantity", Message: fmt.Sprintf("must be more than zero, got %d", quantity)}
 	case quantity > MaxQuantity:
@@ -94,35 +93,156 @@ func (s *Service) BeginCheckout(ctx context.Context, sku string, quantity int) (
 	}
 
 	c := Checkout{SKU: sku, Quantity: quantity}
-	err := s.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
-		if err := setTimeouts(ctx, tx, s.cfg); err != nil {
-			return err
-		}
-		var stock int
-		err := tx.QueryRow(ctx, lockProductBySKUSQL, sku).Scan(&c.ProductID, &stock)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("%w: %q", ErrUnknownProduct, sku)
-		}
-		if err != nil {
-			return fmt.Errorf("inventory: locking product %q: %w", sku, err)
-		}
-		var claimed int
-		if err := tx.QueryRow(ctx, claimedSQL, c.ProductID).Scan(&claimed); err != nil {
-			return fmt.Errorf("inventory: summing the claims of product %q: %w", sku, err)
-		}
-		if available := stock - claimed; available < quantity {
-			return &SoldOutError{SKU: sku, Requested: quantity, Available: max(available, 0)}
-		}
-		if err := tx.QueryRow(ctx, insertCheckoutSQL, c.ProductID, quantity, s.cfg.ClaimTTL.Seconds()).
-			Scan(&c.ID, &c.State, &c.CreatedAt, &c.UpdatedAt, &c.ExpiresAt); err != nil {
-			return fmt.Errorf("inventory: inserting a checkout of %q: %w", sku, err)
-		}
-		return tx.Enqueue(ExpireCheckoutArgs{CheckoutID: c.ID}, jobs.At(c.ExpiresAt))
-	})
+	begin := func(claim func(context.Context, pgx.Tx, *Checkout) error) error {
+		return s.inTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			if err := claim(ctx, tx, &c); err != nil {
+				return err
+			}
+			return tx.Enqueue(ExpireCheckoutArgs{CheckoutID: c.ID}, jobs.At(c.ExpiresAt))
+		})
+	}
+	err := begin(s.claim)
+	if errors.Is(err, errStartOver) {
+		err = begin(s.claimLocked)
+	}
 	if err != nil {
 		return Checkout{}, translate(ctx, "beginning a checkout", err)
 	}
 	return c, nil
+}
+
+// errStartOver rolls back a claim that may hold a bucket lock it did not
+// use, so that the claim starts over under the product lock without
+// holding a bucket out of order.
+var errStartOver = errors.New("inventory: start the claim over under the product lock")
+
+// validSKU reports a SKU that cannot name a product.
+func validSKU(sku string) error {
+	switch {
+	case sku == "":
+		return &ValidationError{Field: "sku", Message: "is required"}
+	case len(sku) > MaxSKUBytes:
+		return &ValidationError{Field: "sku", Message: fmt.Sprintf("must be at most %d bytes, got %d", MaxSKUBytes, len(sku))}
+	case !utf8.ValidString(sku) || strings.ContainsRune(sku, 0):
+		return &ValidationError{Field: "sku", Message: "must be text (UTF-8 without NUL characters)"}
+	}
+	return nil
+}
+
+// claim claims c.Quantity units of c.SKU for a new checkout in tx and
+// fills c. Under single_row it takes the product lock and counts; under
+// buckets it claims in a free bucket that has the units, in one statement,
+// else waits for one bucket that had them, else takes the slow path under
+// the product lock (claimLocked). It returns errStartOver when the slow
+// path is needed but tx may hold a bucket lock.
+func (s *Service) claim(ctx context.Context, tx pgx.Tx, c *Checkout) error {
+	var (
+		strategy Strategy
+		stock    *int
+		nc       newCheckout
+		wait     *int16
+		held     bool
+	)
+	err := tx.QueryRow(ctx, beginClaimSQL, c.SKU, c.Quantity, s.cfg.ClaimTTL.Seconds()).
+		Scan(append(append([]any{&c.ProductID, &strategy, &stock}, nc.dest()...), &wait, &held)...)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("%w: %q", ErrUnknownProduct, c.SKU)
+	}
+	if err != nil {
+		return fmt.Errorf("inventory: claiming %d of %q: %w", c.Quantity, c.SKU, err)
+	}
+	switch {
+	case nc.fill(c): // a free bucket had the units
+		return nil
+	case strategy == StrategySingleRow && stock != nil: // the product row is ours
+		return s.claimSingleRow(ctx, tx, c, *stock)
+	case held:
+		return errStartOver
+	case wait != nil:
+		// Every bucket with the units was held: wait for one of them.
+		if err := s.claimInBucket(ctx, tx, c, *wait); err != nil || c.ID != 0 {
+			return err
+		}
+		return errStartOver // it ran out meanwhile
+	}
+	// No bucket had the units, or the strategy changed since the
+	// statement's snapshot; tx holds no lock.
+	return s.claimLocked(ctx, tx, c)
+}
+
+// claimLocked locks the product, then claims by its strategy.
+func (s *Service) claimLocked(ctx context.Context, tx pgx.Tx, c *Checkout) error {
+	if c.ProductID == 0 {
+		err := tx.QueryRow(ctx, `SELECT id FROM products WHERE sku = $1`, c.SKU).Scan(&c.ProductID)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("%w: %q", ErrUnknownProduct, c.SKU)
+		}
+		if err != nil {
+			return fmt.Errorf("inventory: reading product %q: %w", c.SKU, err)
+		}
+	}
+	var (
+		strategy Strategy
+		stock    int
+	)
+	if err := tx.QueryRow(ctx, lockProductSQL, c.ProductID).Scan(&strategy, &stock); err != nil {
+		return fmt.Errorf("inventory: locking product %q: %w", c.SKU, err)
+	}
+	if strategy == StrategySingleRow {
+		return s.claimSingleRow(ctx, tx, c, stock)
+	}
+	return s.claimBucketsSlow(ctx, tx, c)
+}
+
+// claimInBucket claims c.Quantity units in bucket of c.ProductID, waiting
+// for its lock, and fills c; c.ID stays 0 when the bucket lacks the units.
+func (s *Service) claimInBucket(ctx context.Context, tx pgx.Tx, c *Checkout, bucket int16) error {
+	var nc newCheckout
+	err := tx.QueryRow(ctx, claimInBucketSQL, c.ProductID, c.Quantity, s.cfg.ClaimTTL.Seconds(), bucket).
+		Scan(nc.dest()...)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("inventory: claiming %d of %q in bucket %d: %w", c.Quantity, c.SKU, bucket, err)
+	}
+	nc.fill(c)
+	return nil
+}
+
+// claimSingleRow claims under the product row lock tx holds.
+func (s *Service) claimSingleRow(ctx context.Context, tx pgx.Tx, c *Checkout, stock int) error {
+	var (
+		available int
+		nc        newCheckout
+	)
+	err := tx.QueryRow(ctx, claimSingleRowSQL, c.ProductID, c.Quantity, s.cfg.ClaimTTL.Seconds(), stock).
+		Scan(append([]any{&available}, nc.dest()...)...)
+	if err != nil {
+		return fmt.Errorf("inventory: claiming %d of %q: %w", c.Quantity, c.SKU, err)
+	}
+	if !nc.fill(c) {
+		return &SoldOutError{SKU: c.SKU, Requested: c.Quantity, Available: max(available, 0)}
+	}
+	return nil
+}
+
+// newCheckout scans the checkout a claim statement may have inserted: all
+// NULL when it inserted none.
+type newCheckout struct {
+	id                             *int64
+	state                          *State
+	createdAt, updatedAt, expireAt *time.Time
+}
+
+func (n *newCheckout) dest() []any {
+	return []any{&n.id, &n.state, &n.createdAt, &n.updatedAt, &n.expireAt}
+}
+
+// fill copies the checkout into c and reports whether there was one.
+func (n *newCheckout) fill(c *Checkout) bool {
+	if n.id == nil {
+		return false
+	}
+	c.ID, c.State, c.CreatedAt, c.UpdatedAt, c.ExpiresAt = *n.id, *n.state, *n.createdAt, *n.updatedAt, *n.expireAt
+	return true
 }
 
 // PaymentFailed records a failed payment: the checkout's claim is extended
@@ -188,17 +308,22 @@ func (s *Service) PaymentAuthorized(ctx context.Context, checkoutID int64) (Chec
 	})
 }
 
+// inTx runs fn in an outbox transaction that begins with the domain's
+// lock and statement timeouts.
+func (s *Service) inTx(ctx context.Context, fn func(ctx context.Context, tx *outbox.Tx) error) error {
+	_, err := s.ob.InTxOptions(ctx, s.cfg.txOptions(), fn)
+	return err
+}
+
 // change runs fn in an outbox transaction on checkout id, locked after its
-// product, and returns the checkout as fn left it.
+// product (single_row) or its claim's bucket (buckets), and returns the
+// checkout as fn left it.
 func (s *Service) change(ctx context.Context, id int64, op string, fn func(ctx context.Context, tx *outbox.Tx, c *Checkout, claimExpired bool) error) (Checkout, error) {
 	var c Checkout
-	err := s.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
-		if err := setTimeouts(ctx, tx, s.cfg); err != nil {
-			return err
-		}
+	err := s.inTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
 		var claimExpired bool
 		c = Checkout{ID: id}
-		if err := lockCheckout(ctx, tx, &c, &claimExpired); err != nil {
+		if err := lockCheckout(ctx, tx, &c, &claimExpired, false); err != nil {
 			return err
 		}
 		return fn(ctx, tx, &c, claimExpired)
@@ -209,15 +334,38 @@ func (s *Service) change(ctx context.Context, id int64, op string, fn func(ctx c
 	return c, nil
 }
 
-// lockCheckout locks c.ID's product, then the checkout, and reads it into
-// c; claimExpired says whether its claim has run out by the clock.
-func lockCheckout(ctx context.Context, tx pgx.Tx, c *Checkout, claimExpired *bool) error {
-	err := tx.QueryRow(ctx, lockCheckoutProductSQL, c.ID).Scan(&c.ProductID, &c.SKU)
+// lockCheckout locks checkout c.ID after the row that counts its claim, and
+// reads it into c; claimExpired says whether its claim has run out by the
+// clock. The first lock is the product row under single_row, or, when
+// withProduct, under both strategies; then, for a claim in a bucket, that
+// bucket; then the checkout. That is the order every transaction of the
+// domain takes its locks in: product, bucket, checkout.
+func lockCheckout(ctx context.Context, tx pgx.Tx, c *Checkout, claimExpired *bool, withProduct bool) error {
+	var (
+		strategy Strategy
+		bucket   *int16
+	)
+	err := tx.QueryRow(ctx, checkoutLockTargetSQL, c.ID).Scan(&c.ProductID, &c.SKU, &strategy, &bucket)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("%w: %d", ErrUnknownCheckout, c.ID)
 	}
 	if err != nil {
-		return fmt.Errorf("inventory: locking the product of checkout %d: %w", c.ID, err)
+		return fmt.Errorf("inventory: reading checkout %d: %w", c.ID, err)
+	}
+	if strategy == StrategySingleRow || withProduct {
+		var stock int
+		if err := tx.QueryRow(ctx, lockProductSQL, c.ProductID).Scan(&strategy, &stock); err != nil {
+			return fmt.Errorf("inventory: locking the product of checkout %d: %w", c.ID, err)
+		}
+	}
+	// A claim never changes bucket, and a checkout never gains a claim after
+	// its first transaction; a bucket gone meanwhile (a strategy change,
+	// which needs every claim gone) locks nothing and the checkout is
+	// found closed below.
+	if bucket != nil {
+		if _, err := tx.Exec(ctx, lockBucketSQL, c.ProductID, *bucket); err != nil {
+			return fmt.Errorf("inventory: locking the bucket of checkout %d: %w", c.ID, err)
+		}
 	}
 	var hasClaim bool
 	if err := tx.QueryRow(ctx, lockCheckoutSQL, c.ID).
@@ -225,7 +373,7 @@ func lockCheckout(ctx context.Context, tx pgx.Tx, c *Checkout, claimExpired *boo
 		return fmt.Errorf("inventory: locking checkout %d: %w", c.ID, err)
 	}
 	if c.State.holdsClaim() && !hasClaim {
-		*claimExpired = true // pruned meanwhile; cannot happen while the states hold
+		*claimExpired = true // released meanwhile; cannot happen while the states hold
 	}
 	return nil
 }
@@ -237,13 +385,4 @@ func stateError(c *Checkout, claimExpired bool, op string) error {
 		st = StateExpired
 	}
 	return &StateError{CheckoutID: c.ID, State: st, Op: op}
-}
-
-// setTimeouts bounds tx's lock waits and statements.
-func setTimeouts(ctx context.Context, tx pgx.Tx, cfg Config) error {
-	ms := func(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) + "ms" }
-	if _, err := tx.Exec(ctx, setTimeoutsSQL, ms(cfg.LockTimeout), ms(cfg.StatementTimeout)); err != nil {
-		return fmt.Errorf("inventory: setting timeouts: %w", err)
-	}
-	return nil
 }

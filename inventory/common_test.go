@@ -1,6 +1,7 @@
 package inventory_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"strconv"
@@ -31,6 +32,8 @@ type setupOpts struct {
 	work bool
 	// cfg is the domain's Config, for the service and the workers.
 	cfg *inventory.Config
+	// maxConns sizes the pool (10 when 0).
+	maxConns int32
 }
 
 func setup(ctx context.Context, t testing.TB, opts *setupOpts) *testBundle {
@@ -38,7 +41,7 @@ func setup(ctx context.Context, t testing.TB, opts *setupOpts) *testBundle {
 	if opts == nil {
 		opts = &setupOpts{}
 	}
-	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 10})
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: cmp.Or(opts.maxConns, 10)})
 	b := &testBundle{schema: s}
 
 	reg := jobs.NewRegistry()

@@ -15,13 +15,25 @@ import (
 	"github.com/aftercommit/aftercommit/inventory"
 )
 
-// TestFlashSaleNoOversell runs a flash sale against the single-row lock: 64
+// TestFlashSaleNoOversell runs a flash sale under each claim strategy: 64
 // buyers' goroutines, 1,000 checkout attempts on a product of 100 units,
 // with random payment failures, abandons and expiries (short TTLs) while a
 // River client works the jobs, and a sampler that checks at every sample,
-// in one snapshot, that the unexpired claims fit in the stock.
+// in one snapshot, that the unexpired claims fit in the stock (and, with
+// buckets, that the buckets split the stock and count their claims).
 func TestFlashSaleNoOversell(t *testing.T) {
 	t.Parallel()
+	t.Run("single_row", func(t *testing.T) {
+		t.Parallel()
+		flashSale(t, inventory.StrategySingleRow, 0)
+	})
+	t.Run("buckets_8", func(t *testing.T) {
+		t.Parallel()
+		flashSale(t, inventory.StrategyBuckets, 8)
+	})
+}
+
+func flashSale(t *testing.T, strategy inventory.Strategy, buckets int) {
 	ctx := context.Background()
 
 	const (
@@ -40,6 +52,7 @@ func TestFlashSaleNoOversell(t *testing.T) {
 		LockTimeout:     2 * time.Second,
 	}})
 	pid := b.product(ctx, t, "FLASH-1", initialStock)
+	require.NoError(t, b.svc.SetStrategy(ctx, "FLASH-1", strategy, buckets))
 
 	// The sampler: one statement, so one snapshot, per sample.
 	var (
@@ -57,18 +70,25 @@ func TestFlashSaleNoOversell(t *testing.T) {
 				return
 			default:
 			}
-			var stock, claimed, completed int
+			var stock, claimed, completed, bucketStock, badBuckets int
 			err := b.schema.Pool.QueryRow(ctx, `
 SELECT p.stock,
        coalesce((SELECT sum(quantity) FROM inventory_claims WHERE product_id = p.id AND expires_at > now()), 0),
-       coalesce((SELECT sum(quantity) FROM checkouts WHERE product_id = p.id AND state = 'completed'), 0)
-  FROM products p WHERE p.id = $1`, pid).Scan(&stock, &claimed, &completed)
+       coalesce((SELECT sum(quantity) FROM checkouts WHERE product_id = p.id AND state = 'completed'), 0),
+       coalesce((SELECT sum(stock) FROM product_buckets WHERE product_id = p.id), 0),
+       (SELECT count(*) FROM product_buckets pb
+         WHERE pb.product_id = p.id
+           AND pb.claimed <> coalesce((SELECT sum(quantity) FROM inventory_claims cl
+                                        WHERE cl.product_id = pb.product_id AND cl.bucket = pb.bucket), 0))
+  FROM products p WHERE p.id = $1`, pid).Scan(&stock, &claimed, &completed, &bucketStock, &badBuckets)
 			mu.Lock()
 			switch {
 			case err != nil:
 				violations = append(violations, "sample: "+err.Error())
 			case claimed > stock || stock < 0 || stock+completed != initialStock:
 				violations = append(violations, fmt.Sprintf("stock %d, claimed %d, completed %d", stock, claimed, completed))
+			case buckets > 0 && (bucketStock != stock || badBuckets != 0):
+				violations = append(violations, fmt.Sprintf("stock %d, buckets' stock %d, buckets miscounting their claims %d", stock, bucketStock, badBuckets))
 			}
 			mu.Unlock()
 			samples.Add(1)
@@ -227,4 +247,8 @@ SELECT (SELECT stock FROM products WHERE id = $1),
 	require.Zero(t, stock)
 	require.Zero(t, claims)
 	require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM river_job WHERE state IN ('retryable', 'discarded')`), "no job failed")
+	if buckets > 0 {
+		require.Equal(t, buckets, b.count(ctx, t, `SELECT count(*) FROM product_buckets WHERE product_id = $1 AND stock = 0 AND claimed = 0`, pid),
+			"every bucket sold out and holds nothing")
+	}
 }

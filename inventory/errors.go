@@ -34,6 +34,32 @@ var ErrCheckoutClosed = errors.New("inventory: checkout is closed")
 // Config.StatementTimeout. Nothing was written; the caller may retry.
 var ErrBusy = errors.New("inventory: busy, try again")
 
+// ErrClaimsOpen is matched by the *ClaimsOpenError SetStrategy returns when
+// the product still holds claims.
+var ErrClaimsOpen = errors.New("inventory: the product holds claims")
+
+// ErrWrongStrategy is returned (wrapped) by Rebalance for a product that
+// does not use StrategyBuckets.
+var ErrWrongStrategy = errors.New("inventory: wrong claim strategy")
+
+// ClaimsOpenError reports a strategy change refused because checkouts
+// still hold units of the product.
+type ClaimsOpenError struct {
+	// SKU is the product's SKU.
+	SKU string
+	// Claims is the number of claims left (open, payment_failed or paid
+	// checkouts).
+	Claims int
+}
+
+// Error implements error.
+func (e *ClaimsOpenError) Error() string {
+	return fmt.Sprintf("inventory: cannot change the claim strategy of %s: %d claims are open; try again when they are released", e.SKU, e.Claims)
+}
+
+// Is makes errors.Is(err, ErrClaimsOpen) true.
+func (e *ClaimsOpenError) Is(target error) bool { return target == ErrClaimsOpen }
+
 // SoldOutError reports a checkout refused for want of stock.
 type SoldOutError struct {
 	// SKU is the product's SKU.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 
@@ -107,6 +108,12 @@ func (c *Config) WithDefaults() Config {
 		out.PruneBatchSize = PruneBatchSizeDefault
 	}
 	return out
+}
+
+// txOptions begins a transaction with c's lock and statement timeouts, in
+// the BEGIN's round trip.
+func (c Config) txOptions() pgx.TxOptions {
+	return pgx.TxOptions{BeginQuery: fmt.Sprintf(beginSQLFormat, c.LockTimeout.Milliseconds(), c.StatementTimeout.Milliseconds())}
 }
 
 // validate reports a field out of range; c has its defaults.

@@ -101,8 +101,8 @@ func (w *CompleteCheckoutWorker) LockFor(context.Context, *river.Job[CompleteChe
 // marks it completed. Any other state changes nothing (ResultUnchanged), so
 // a second delivery sells nothing twice.
 func (w *CompleteCheckoutWorker) Work(ctx context.Context, job *river.Job[CompleteCheckoutArgs]) error {
-	err := pgx.BeginFunc(ctx, w.pool, func(tx pgx.Tx) error {
-		out, err := completeCheckout(ctx, tx, w.cfg, job.Args.CheckoutID)
+	err := pgx.BeginTxFunc(ctx, w.pool, w.cfg.txOptions(), func(tx pgx.Tx) error {
+		out, err := completeCheckout(ctx, tx, job.Args.CheckoutID)
 		if err != nil {
 			return err
 		}
@@ -111,13 +111,12 @@ func (w *CompleteCheckoutWorker) Work(ctx context.Context, job *river.Job[Comple
 	return translate(ctx, "completing a checkout", err)
 }
 
-func completeCheckout(ctx context.Context, tx pgx.Tx, cfg Config, id int64) (CheckoutOutput, error) {
-	if err := setTimeouts(ctx, tx, cfg); err != nil {
-		return CheckoutOutput{}, err
-	}
+// completeCheckout sells checkout id's units if it is paid; it locks the
+// product even under StrategyBuckets, since it changes the product's stock.
+func completeCheckout(ctx context.Context, tx pgx.Tx, id int64) (CheckoutOutput, error) {
 	c := Checkout{ID: id}
 	var claimExpired bool
-	err := lockCheckout(ctx, tx, &c, &claimExpired)
+	err := lockCheckout(ctx, tx, &c, &claimExpired, true)
 	if errors.Is(err, ErrUnknownCheckout) {
 		return CheckoutOutput{Result: ResultUnchanged}, nil
 	}
@@ -170,13 +169,10 @@ func (w *ExpireCheckoutWorker) Needed(ctx context.Context, job *river.Job[Expire
 // transaction that completes the job, after checking again under the
 // product and checkout locks.
 func (w *ExpireCheckoutWorker) Work(ctx context.Context, job *river.Job[ExpireCheckoutArgs]) error {
-	err := pgx.BeginFunc(ctx, w.pool, func(tx pgx.Tx) error {
-		if err := setTimeouts(ctx, tx, w.cfg); err != nil {
-			return err
-		}
+	err := pgx.BeginTxFunc(ctx, w.pool, w.cfg.txOptions(), func(tx pgx.Tx) error {
 		c := Checkout{ID: job.Args.CheckoutID}
 		var claimExpired bool
-		err := lockCheckout(ctx, tx, &c, &claimExpired)
+		err := lockCheckout(ctx, tx, &c, &claimExpired, false)
 		if errors.Is(err, ErrUnknownCheckout) {
 			return completeJob(ctx, tx, job, CheckoutOutput{Result: ResultUnchanged})
 		}
@@ -221,10 +217,7 @@ func (w *PruneExpiredClaimsWorker) Work(ctx context.Context, _ *river.Job[PruneE
 	var total int64
 	for {
 		var n int64
-		err := pgx.BeginFunc(ctx, w.pool, func(tx pgx.Tx) error {
-			if err := setTimeouts(ctx, tx, w.cfg); err != nil {
-				return err
-			}
+		err := pgx.BeginTxFunc(ctx, w.pool, w.cfg.txOptions(), func(tx pgx.Tx) error {
 			return tx.QueryRow(ctx, pruneSQL, w.cfg.PruneBatchSize).Scan(&n)
 		})
 		if err != nil {
