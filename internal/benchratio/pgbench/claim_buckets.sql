@@ -1,0 +1,39 @@
+-- One bucket claim, as inventory.BeginCheckout's fast path sends it (same
+-- SQL, same round trips): BEGIN with its timeouts; one statement that takes
+-- a free bucket (SKIP LOCKED), counts the claim in it and inserts the
+-- checkout and its claim; the expiry job's river_job row pipelined with the
+-- COMMIT.
+\startpipeline
+BEGIN;
+SET LOCAL lock_timeout = '2000ms';
+SET LOCAL statement_timeout = '5000ms';
+\endpipeline
+WITH p AS (
+    SELECT id, claim_strategy FROM products WHERE sku = 'BKT'
+), pick AS (
+    SELECT product_id, bucket
+      FROM product_buckets
+     WHERE product_id = (SELECT id FROM p WHERE claim_strategy = 'buckets')
+       AND stock - claimed >= 1
+     ORDER BY random()
+     LIMIT 1
+       FOR NO KEY UPDATE SKIP LOCKED
+), b AS (
+    UPDATE product_buckets pb SET claimed = pb.claimed + 1
+      FROM pick
+     WHERE pb.product_id = pick.product_id AND pb.bucket = pick.bucket
+    RETURNING pb.product_id, pb.bucket
+), c AS (
+    INSERT INTO checkouts (product_id, quantity, expires_at)
+    SELECT product_id, 1, clock_timestamp() + interval '1 second' FROM b
+    RETURNING id, product_id, quantity, state, created_at, updated_at, expires_at
+), claim AS (
+    INSERT INTO inventory_claims (checkout_id, product_id, quantity, expires_at, bucket)
+    SELECT c.id, c.product_id, c.quantity, c.expires_at, b.bucket FROM c, b
+)
+SELECT p.id, c.id FROM p LEFT JOIN c ON true;
+\startpipeline
+INSERT INTO river_job (args, kind, max_attempts, priority, queue, state, scheduled_at)
+  VALUES ('{"checkout_id": 1}', 'inventory.expire_checkout', 25, 1, 'inventory_checkout', 'scheduled', now() + interval '1 second') RETURNING id;
+COMMIT;
+\endpipeline
