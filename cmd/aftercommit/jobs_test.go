@@ -1,0 +1,251 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/aftercommit/aftercommit/internal/dbtest"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files of testdata/")
+
+// requireGolden compares got with testdata/name, or rewrites it with -update.
+func requireGolden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		require.NoError(t, os.MkdirAll("testdata", 0o755))
+		require.NoError(t, os.WriteFile(path, []byte(got), 0o644))
+	}
+	want, err := os.ReadFile(path)
+	require.NoError(t, err, "run the test with -update to create %s", path)
+	require.Equal(t, string(want), got)
+}
+
+type jobsBundle struct {
+	schema *dbtest.Schema
+	flags  []string
+}
+
+// jobsT0 is the creation time of the fixture's jobs.
+var jobsT0 = time.Date(2026, 11, 26, 9, 30, 0, 0, time.UTC)
+
+// setupJobs inserts four jobs with fixed IDs and timestamps:
+//
+//  1. test.ping, default, completed (attempt 1 of 25)
+//  2. test.alpha, q1, retryable, two errors (attempt 2 of 25)
+//  3. test.beta, q2, available
+//  4. test.alpha, q1, discarded, one error (attempt 1 of 1)
+func setupJobs(ctx context.Context, t *testing.T) *jobsBundle {
+	t.Helper()
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
+	_, err := s.Pool.Exec(ctx, `
+INSERT INTO river_job (id, args, kind, queue, state, attempt, max_attempts, priority, created_at, scheduled_at,
+                       attempted_at, finalized_at, attempted_by, errors, metadata, tags)
+VALUES
+ (1, '{"ping_id": 1}', 'test.ping', 'default', 'completed', 1, 25, 1, $1::timestamptz, $1::timestamptz,
+  $1::timestamptz + interval '1 second', $1::timestamptz + interval '2 seconds', '{host-a}', NULL, '{"output": {"ok": true}}', '{}'),
+ (2, '{"id": 7}', 'test.alpha', 'q1', 'retryable', 2, 25, 2, $1::timestamptz + interval '1 minute', $1::timestamptz + interval '10 minutes',
+  $1::timestamptz + interval '2 minutes', NULL, '{host-a,host-b}',
+  ARRAY['{"at": "2026-11-26T09:31:00Z", "attempt": 1, "error": "boom:\nsecond line", "trace": ""}',
+        '{"at": "2026-11-26T09:32:00Z", "attempt": 2, "error": "kaput", "trace": ""}']::jsonb[],
+  '{}', '{urgent}'),
+ (3, '{"id": 8}', 'test.beta', 'q2', 'available', 0, 25, 1, $1::timestamptz + interval '2 minutes', $1::timestamptz + interval '2 minutes',
+  NULL, NULL, NULL, NULL, '{}', '{}'),
+ (4, '{"id": 9}', 'test.alpha', 'q1', 'discarded', 1, 1, 1, $1::timestamptz + interval '3 minutes', $1::timestamptz + interval '3 minutes',
+  $1::timestamptz + interval '3 minutes', $1::timestamptz + interval '4 minutes', '{host-b}',
+  ARRAY['{"at": "2026-11-26T09:34:00Z", "attempt": 1, "error": "invalid input", "trace": ""}']::jsonb[],
+  '{}', '{}')`, jobsT0)
+	require.NoError(t, err)
+	return &jobsBundle{schema: s, flags: []string{"--database-url", s.URL, "--schema", s.Name}}
+}
+
+func (b *jobsBundle) run(ctx context.Context, t *testing.T, args ...string) cliResult {
+	t.Helper()
+	environ := map[string]string{"DATABASE_URL": "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable"}
+	return runCLI(ctx, t, environ, append(append([]string{"jobs"}, args...), b.flags...)...)
+}
+
+func (b *jobsBundle) state(ctx context.Context, t *testing.T, id int64) string {
+	t.Helper()
+	var st string
+	require.NoError(t, b.schema.Pool.QueryRow(ctx, `SELECT state::text FROM river_job WHERE id = $1`, id).Scan(&st))
+	return st
+}
+
+func TestJobs(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	t.Run("ListTable", func(t *testing.T) {
+		t.Parallel()
+		b := setupJobs(ctx, t)
+		res := b.run(ctx, t, "list")
+		require.Equal(t, exitOK, res.code, res.stderr)
+		require.Empty(t, res.stderr)
+		requireGolden(t, "jobs_list.golden", res.stdout)
+	})
+
+	t.Run("ListFilters", func(t *testing.T) {
+		t.Parallel()
+		b := setupJobs(ctx, t)
+		res := b.run(ctx, t, "list", "--state", "retryable,discarded,completed", "--kind", "test.alpha", "--queue", "q1", "--json")
+		require.Equal(t, exitOK, res.code, res.stderr)
+		var got []jobView
+		require.NoError(t, json.Unmarshal([]byte(res.stdout), &got))
+		require.Len(t, got, 2)
+		require.Equal(t, []int64{4, 2}, []int64{got[0].ID, got[1].ID}, "newest first")
+
+		j := got[1]
+		require.Equal(t, "test.alpha", j.Kind)
+		require.Equal(t, "q1", j.Queue)
+		require.EqualValues(t, "retryable", j.State)
+		require.Equal(t, 2, j.Attempt)
+		require.Equal(t, 2, j.Priority)
+		require.Equal(t, jobsT0.Add(10*time.Minute), j.ScheduledAt)
+		require.Nil(t, j.FinalizedAt)
+		require.Equal(t, []string{"host-a", "host-b"}, j.AttemptedBy)
+		require.Equal(t, []string{"urgent"}, j.Tags)
+		require.JSONEq(t, `{"id": 7}`, string(j.Args))
+		require.Equal(t, []attemptErrorView{
+			{At: time.Date(2026, 11, 26, 9, 31, 0, 0, time.UTC), Attempt: 1, Error: "boom:\nsecond line"},
+			{At: time.Date(2026, 11, 26, 9, 32, 0, 0, time.UTC), Attempt: 2, Error: "kaput"},
+		}, j.Errors)
+
+		res = b.run(ctx, t, "list", "--queue", "q2", "--json")
+		require.Equal(t, exitOK, res.code, res.stderr)
+		require.NoError(t, json.Unmarshal([]byte(res.stdout), &got))
+		require.Len(t, got, 1)
+		require.Equal(t, int64(3), got[0].ID)
+		require.Equal(t, []attemptErrorView{}, got[0].Errors)
+	})
+
+	t.Run("ListLimitSaysThereIsMore", func(t *testing.T) {
+		t.Parallel()
+		b := setupJobs(ctx, t)
+		res := b.run(ctx, t, "list", "--limit", "2", "--json")
+		require.Equal(t, exitOK, res.code, res.stderr)
+		var got []jobView
+		require.NoError(t, json.Unmarshal([]byte(res.stdout), &got))
+		require.Equal(t, []int64{4, 3}, []int64{got[0].ID, got[1].ID})
+		require.Equal(t, "aftercommit jobs list: showing the newest 2; raise --limit or narrow the filters for more\n", res.stderr)
+	})
+
+	t.Run("ShowTable", func(t *testing.T) {
+		t.Parallel()
+		b := setupJobs(ctx, t)
+		res := b.run(ctx, t, "show", "2")
+		require.Equal(t, exitOK, res.code, res.stderr)
+		requireGolden(t, "jobs_show.golden", res.stdout)
+
+		res = b.run(ctx, t, "show", "1", "--json")
+		require.Equal(t, exitOK, res.code, res.stderr)
+		var got jobView
+		require.NoError(t, json.Unmarshal([]byte(res.stdout), &got))
+		require.Equal(t, int64(1), got.ID)
+		require.EqualValues(t, "completed", got.State)
+		require.Equal(t, jobsT0.Add(2*time.Second), *got.FinalizedAt)
+		require.JSONEq(t, `{"output": {"ok": true}}`, string(got.Metadata))
+	})
+
+	t.Run("ShowUnknownJob", func(t *testing.T) {
+		t.Parallel()
+		b := setupJobs(ctx, t)
+		res := b.run(ctx, t, "show", "999999")
+		require.Equal(t, exitFailure, res.code)
+		require.Empty(t, res.stdout)
+		require.Equal(t, "aftercommit jobs show: no job 999999\n", res.stderr)
+	})
+
+	t.Run("Retry", func(t *testing.T) {
+		t.Parallel()
+		b := setupJobs(ctx, t)
+		res := b.run(ctx, t, "retry", "4")
+		require.Equal(t, exitOK, res.code, res.stderr)
+		require.Equal(t, "job 4: discarded → available\n", res.stdout)
+		require.Equal(t, "available", b.state(ctx, t, 4))
+		require.Equal(t, 2, countRows(ctx, t, b.schema, `SELECT max_attempts FROM river_job WHERE id = 4`), "one more attempt")
+
+		_, err := b.schema.Pool.Exec(ctx, `UPDATE river_job SET state = 'running', attempted_at = now() WHERE id = 3`)
+		require.NoError(t, err)
+		res = b.run(ctx, t, "retry", "3")
+		require.Equal(t, exitFailure, res.code)
+		require.Equal(t, "aftercommit jobs retry: job 3 is running; cancel it first or wait for it to end\n", res.stderr)
+		require.Equal(t, "running", b.state(ctx, t, 3))
+	})
+
+	t.Run("Cancel", func(t *testing.T) {
+		t.Parallel()
+		b := setupJobs(ctx, t)
+		res := b.run(ctx, t, "cancel", "3")
+		require.Equal(t, exitOK, res.code, res.stderr)
+		require.Equal(t, "job 3: available → cancelled\n", res.stdout)
+		require.Equal(t, "cancelled", b.state(ctx, t, 3))
+
+		res = b.run(ctx, t, "cancel", "1")
+		require.Equal(t, exitFailure, res.code)
+		require.Equal(t, "aftercommit jobs cancel: job 1 is already completed\n", res.stderr)
+		require.Equal(t, "completed", b.state(ctx, t, 1))
+
+		res = b.run(ctx, t, "cancel", "999999")
+		require.Equal(t, exitFailure, res.code)
+		require.Equal(t, "aftercommit jobs cancel: no job 999999\n", res.stderr)
+	})
+
+	t.Run("BadUsage", func(t *testing.T) {
+		t.Parallel()
+		environ := map[string]string{"DATABASE_URL": "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable"}
+		for _, tc := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"jobs"}, "aftercommit jobs: missing action: list, show, retry or cancel\n"},
+			{[]string{"jobs", "frob"}, `aftercommit jobs: unknown action "frob": want list, show, retry or cancel` + "\n"},
+			{[]string{"jobs", "show"}, "aftercommit jobs: jobs show takes one job ID\n"},
+			{[]string{"jobs", "retry", "1", "2"}, "aftercommit jobs: jobs retry takes one job ID\n"},
+			{[]string{"jobs", "show", "abc"}, `aftercommit jobs: job ID must be a positive integer, got "abc"` + "\n"},
+			{[]string{"jobs", "cancel", "0"}, `aftercommit jobs: job ID must be a positive integer, got "0"` + "\n"},
+			{[]string{"jobs", "list", "x"}, "aftercommit jobs: jobs list takes no arguments, got x\n"},
+			{[]string{"jobs", "list", "--limit", "0"}, "aftercommit jobs: --limit must be in 1..10000, got 0\n"},
+			{[]string{"jobs", "list", "--state", "done"}, `aftercommit jobs: unknown state "done": want one of available, cancelled, completed, discarded, pending, retryable, running, scheduled` + "\n"},
+		} {
+			res := runCLI(ctx, t, environ, tc.args...)
+			require.Equal(t, exitUsage, res.code, "%v", tc.args)
+			require.Empty(t, res.stdout)
+			require.Equal(t, tc.want+"Run 'aftercommit jobs --help' for usage.\n", res.stderr, "%v", tc.args)
+		}
+		res := runCLI(ctx, t, environ, "jobs", "list", "--verbose")
+		require.Equal(t, exitUsage, res.code)
+		require.Contains(t, res.stderr, "flag provided but not defined: -verbose")
+
+		res = runCLI(ctx, t, environ, "jobs", "--help")
+		require.Equal(t, exitOK, res.code)
+		require.Contains(t, res.stdout, "aftercommit jobs show ID [--json]")
+		require.Contains(t, res.stdout, "-state")
+	})
+
+	t.Run("UnreachableDatabase", func(t *testing.T) {
+		t.Parallel()
+		environ := map[string]string{"DATABASE_URL": "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable&connect_timeout=2"}
+		res := runCLI(ctx, t, environ, "jobs", "list")
+		require.Equal(t, exitFailure, res.code)
+		require.Empty(t, res.stdout)
+		requireOneLine(t, res.stderr)
+		require.Contains(t, res.stderr, "cannot reach")
+	})
+}
+
+// countRows runs a query returning one integer.
+func countRows(ctx context.Context, t *testing.T, s *dbtest.Schema, sql string) int {
+	t.Helper()
+	var n int
+	require.NoError(t, s.Pool.QueryRow(ctx, sql).Scan(&n))
+	return n
+}
