@@ -3,7 +3,7 @@
 BENCH_ROUNDS ?= 6
 BENCH_TIME   ?= 2s
 
-.PHONY: help test test/race lint migrate worker bench/outbox bench/jobs bench/donations bench/pgbench-floor compose/check
+.PHONY: help test test/race lint migrate worker bench/outbox bench/jobs bench/donations bench/inventory bench/pgbench-floor bench/claims-floor compose/check
 
 help: ## list targets
 	@grep -E '^[a-zA-Z/_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "%-16s %s\n", $$1, $$2}'
@@ -37,3 +37,9 @@ bench/donations: ## Donate vs a plain insert; TrackOpen coalesced vs job-per-eve
 
 bench/pgbench-floor: ## what one river_job row costs Postgres alone (pgbench, same round trips)
 	@bash internal/benchratio/pgbench/floor.sh
+
+bench/inventory: ## claims/s on one hot product: single-row lock vs 8 and 32 buckets, at 1, 8, 32 buyers
+	@for i in $$(seq $(BENCH_ROUNDS)); do go test -run '^$$' -bench BenchmarkClaims -benchtime 3000x -count 1 ./inventory; done | go run ./internal/benchratio
+
+bench/claims-floor: ## the claim transactions' SQL alone (pgbench, 32 clients): single-row vs 32 buckets
+	@bash internal/benchratio/pgbench/claims_floor.sh
