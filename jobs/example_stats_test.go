@@ -1,0 +1,104 @@
+package jobs_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"time"
+
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+
+	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/jobs"
+)
+
+// thumbnailArgs asks for the thumbnail of one image.
+type thumbnailArgs struct {
+	ImageID int64 `json:"image_id"`
+}
+
+func (thumbnailArgs) Kind() string { return "example.thumbnail" }
+
+// thumbnailWorker fails the first attempt of image 2.
+type thumbnailWorker struct {
+	river.WorkerDefaults[thumbnailArgs]
+}
+
+func (thumbnailWorker) Work(_ context.Context, job *river.Job[thumbnailArgs]) error {
+	if job.Args.ImageID == 2 && job.Attempt == 1 {
+		return errors.New("image store unavailable")
+	}
+	return nil
+}
+
+// NextRetry retries at once, to keep the example short.
+func (thumbnailWorker) NextRetry(*river.Job[thumbnailArgs]) time.Time { return time.Now() }
+
+// Three thumbnails are made, one after a failed attempt, and one job waits
+// in another queue for an hour. Stats reads the job views: what the kind
+// did in the last hour, its last error, and the depth of each queue.
+func ExampleStats() {
+	ctx := context.Background()
+	s, release, err := dbtest.NewSchema(ctx, &dbtest.Opts{MaxConns: 4})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer release()
+
+	workers := river.NewWorkers()
+	river.AddWorker(workers, thumbnailWorker{})
+	client, err := river.NewClient(riverpgxv5.New(s.Pool), &river.Config{
+		Schema:            s.Name,
+		Queues:            map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 3}},
+		Workers:           workers,
+		FetchCooldown:     20 * time.Millisecond,
+		FetchPollInterval: 50 * time.Millisecond,
+		Logger:            discardLogger(),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	completed, cancel := client.Subscribe(river.EventKindJobCompleted)
+	defer cancel()
+	if err := client.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+	defer func() { _ = client.Stop(ctx) }()
+
+	_, err = client.InsertMany(ctx, []river.InsertManyParams{
+		{Args: thumbnailArgs{ImageID: 1}},
+		{Args: thumbnailArgs{ImageID: 2}},
+		{Args: thumbnailArgs{ImageID: 3}},
+		{Args: thumbnailArgs{ImageID: 4}, InsertOpts: &river.InsertOpts{Queue: "later", ScheduledAt: time.Now().Add(time.Hour)}},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	for range 3 {
+		<-completed
+	}
+
+	report, err := jobs.Stats(ctx, s.Pool, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	k, _ := report.Kind("example.thumbnail", jobs.StatsPeriodHour)
+	fmt.Printf("%s, last hour: completed %d, failed attempts %d\n", k.Kind, k.Completed, k.Failed)
+	fmt.Println("run time p50 <= p95 <= p99:", k.RunTimeP50 <= k.RunTimeP95 && k.RunTimeP95 <= k.RunTimeP99)
+	for _, f := range report.Failing {
+		fmt.Printf("last error of %s: attempt %d: %s (the job is %s now)\n", f.Kind, f.Attempt, f.Error, f.State)
+	}
+	for _, q := range report.Queues {
+		fmt.Printf("queue %s: %d %s\n", q.Queue, q.Jobs, q.State)
+	}
+	fmt.Println("stuck jobs:", len(report.Stuck))
+	// Output:
+	// example.thumbnail, last hour: completed 3, failed attempts 1
+	// run time p50 <= p95 <= p99: true
+	// last error of example.thumbnail: attempt 1: image store unavailable (the job is completed now)
+	// queue default: 3 completed
+	// queue later: 1 scheduled
+	// stuck jobs: 0
+}
