@@ -130,13 +130,21 @@ func runJobs(ctx context.Context, args []string, e *env) int {
 		err = jobsChange(ctx, client, action, id, e)
 	}
 	if err != nil {
-		var pgErr interface{ SQLState() string }
-		if errors.As(err, &pgErr) && pgErr.SQLState() == "42P01" {
+		if sqlState(err) == "42P01" {
 			err = fmt.Errorf("aftercommit jobs: River's tables are missing: run 'aftercommit migrate up' (%w)", err)
 		}
 		return reportError(ctx, e, err)
 	}
 	return exitOK
+}
+
+// sqlState returns the SQLSTATE of the Postgres error in err's chain, or "".
+func sqlState(err error) string {
+	var pgErr interface{ SQLState() string }
+	if errors.As(err, &pgErr) {
+		return pgErr.SQLState()
+	}
+	return ""
 }
 
 // parseStates parses a comma-separated list of job states ("" for all).

@@ -62,6 +62,7 @@ func init() {
 	commands = []command{
 		{name: "migrate", summary: "apply, remove or show the database migrations (River's and aftercommit's)", run: runMigrate},
 		{name: "jobs", summary: "list jobs, show one, retry or cancel it", run: runJobs},
+		{name: "stats", summary: "job statistics per kind and queue from the SQL views (--watch to refresh)", run: runStats},
 		{name: "check-args", summary: "check that queued jobs decode with this build's job args types (run before a deploy)", run: runCheckArgs},
 		{name: "help", summary: "show the help of aftercommit or of one command", run: runHelp},
 	}

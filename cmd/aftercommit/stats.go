@@ -1,0 +1,264 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/aftercommit/aftercommit/jobs"
+)
+
+func printStatsUsage(w io.Writer, printFlags func(io.Writer)) {
+	fmt.Fprint(w, `Usage:
+  aftercommit stats [--watch] [--interval D] [--job-timeout D] [--json]
+
+Prints the job views of the database as tables, read in one snapshot:
+job_kind_stats (per kind, the last hour and the last 24 hours: completed,
+failed attempts, discarded, cancelled, p50/p95/p99 run time and queue
+latency), queue_depth (jobs per queue and state), stuck_jobs (running
+longer than the job timeout) and failing_jobs (the last error of each kind).
+--watch prints them again every --interval until interrupted.
+
+Exit codes: 0 done (also when --watch is interrupted), 1 failure, 2 bad
+usage, 130 interrupted.
+
+Flags:
+`)
+	printFlags(w)
+}
+
+func runStats(ctx context.Context, args []string, e *env) int {
+	const name = "stats"
+	fs := newFlagSet(name, e)
+	var db dbFlags
+	db.register(fs)
+	watch := fs.Bool("watch", false, "print again every --interval until interrupted")
+	interval := fs.Duration("interval", 2*time.Second, "how often --watch prints (at least 100ms)")
+	timeout := fs.Duration("job-timeout", 0, "running longer than this counts as stuck (default: the aftercommit.job_timeout setting, else 1m)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	usage := commandUsage(fs, e, printStatsUsage)
+
+	positional, code, ok := parseArgs(fs, e, name, usage, args)
+	if !ok {
+		return code
+	}
+	switch {
+	case len(positional) > 0:
+		return usageError(e, name, fmt.Sprintf("stats takes no arguments, got %s", strings.Join(positional, " ")))
+	case *interval < 100*time.Millisecond:
+		return usageError(e, name, fmt.Sprintf("--interval must be at least 100ms, got %s", *interval))
+	case *timeout < 0:
+		return usageError(e, name, fmt.Sprintf("--job-timeout must not be negative, got %s", *timeout))
+	}
+	db.resolve(fs, e)
+
+	pool, err := db.open(ctx)
+	if err != nil {
+		return reportError(ctx, e, err)
+	}
+	defer pool.Close()
+	if err := checkSchema(ctx, pool, db.schema); err != nil {
+		return reportError(ctx, e, err)
+	}
+
+	print := func() error {
+		report, err := readStats(ctx, pool, *timeout)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return writeJSON(e.stdout, newStatsView(report))
+		}
+		if *watch {
+			fmt.Fprint(e.stdout, "\x1b[H\x1b[2J") // home, clear screen
+		}
+		printStats(e.stdout, report)
+		return nil
+	}
+	if err := print(); err != nil {
+		return reportError(ctx, e, err)
+	}
+	if !*watch {
+		return exitOK
+	}
+	ticker := time.NewTicker(*interval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return exitOK
+		case <-ticker.C:
+			if err := print(); err != nil {
+				if ctx.Err() != nil {
+					return exitOK
+				}
+				return reportError(ctx, e, err)
+			}
+		}
+	}
+}
+
+func readStats(ctx context.Context, pool *pgxpool.Pool, timeout time.Duration) (*jobs.StatsReport, error) {
+	report, err := jobs.Stats(ctx, pool, &jobs.StatsOpts{JobTimeout: timeout})
+	if err != nil {
+		if sqlState(err) == "42P01" {
+			return nil, fmt.Errorf("aftercommit stats: the job views are missing: run 'aftercommit migrate up' (%w)", err)
+		}
+		return nil, fmt.Errorf("aftercommit stats: %w", err)
+	}
+	return report, nil
+}
+
+// printStats writes report as tables.
+func printStats(w io.Writer, r *jobs.StatsReport) {
+	for _, p := range []struct {
+		period jobs.StatsPeriod
+		title  string
+	}{{jobs.StatsPeriodHour, "Jobs by kind, last hour"}, {jobs.StatsPeriodDay, "Jobs by kind, last 24 hours"}} {
+		var rows [][]string
+		for _, k := range r.Kinds {
+			if k.Period != p.period {
+				continue
+			}
+			rows = append(rows, []string{k.Kind, itoa(k.Completed), itoa(k.Failed), itoa(k.Discarded), itoa(k.Cancelled),
+				ms(k.RunTimeP50, k.Completed), ms(k.RunTimeP95, k.Completed), ms(k.RunTimeP99, k.Completed),
+				ms(k.QueueLatencyP50, k.Completed), ms(k.QueueLatencyP95, k.Completed), ms(k.QueueLatencyP99, k.Completed)})
+		}
+		printTable(w, p.title,
+			[]string{"KIND", "COMPLETED", "FAILED", "DISCARDED", "CANCELLED", "RUN p50", "p95", "p99", "LATENCY p50", "p95", "p99"}, rows)
+	}
+
+	var rows [][]string
+	for _, q := range r.Queues {
+		rows = append(rows, []string{q.Queue, string(q.State), itoa(q.Jobs), formatTime(q.OldestScheduledAt)})
+	}
+	printTable(w, "Queues", []string{"QUEUE", "STATE", "JOBS", "OLDEST SCHEDULED"}, rows)
+
+	rows = nil
+	for _, s := range r.Stuck {
+		rows = append(rows, []string{itoa(s.ID), s.Kind, s.Queue, fmt.Sprintf("%d/%d", s.Attempt, s.MaxAttempts),
+			s.RunningFor.Round(time.Second).String(), s.Timeout.String(), s.AttemptedBy})
+	}
+	printTable(w, "Stuck jobs (running longer than the job timeout)",
+		[]string{"ID", "KIND", "QUEUE", "ATTEMPT", "RUNNING FOR", "TIMEOUT", "BY"}, rows)
+
+	rows = nil
+	for _, f := range r.Failing {
+		rows = append(rows, []string{f.Kind, itoa(f.JobID), string(f.State), fmt.Sprintf("%d/%d", f.Attempt, f.MaxAttempts),
+			formatTime(f.ErrorAt), truncate(oneLine(f.Error), 80)})
+	}
+	printTable(w, "Failing kinds (the last error of each)", []string{"KIND", "JOB", "STATE", "ATTEMPT", "AT", "ERROR"}, rows)
+}
+
+// printTable writes a titled table whose first column is left-aligned and
+// the others right-aligned when they hold numbers; "(none)" when empty.
+func printTable(w io.Writer, title string, header []string, rows [][]string) {
+	fmt.Fprintln(w, title)
+	if len(rows) == 0 {
+		fmt.Fprint(w, "  (none)\n\n")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  "+strings.Join(header, "\t"))
+	for _, r := range rows {
+		fmt.Fprintln(tw, "  "+strings.Join(r, "\t"))
+	}
+	_ = tw.Flush()
+	fmt.Fprintln(w)
+}
+
+func itoa[T int | int64](n T) string { return strconv.FormatInt(int64(n), 10) }
+
+// ms prints d in milliseconds, or "-" when no job completed.
+func ms(d time.Duration, completed int64) string {
+	if completed == 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 1, 64) + "ms"
+}
+
+// statsView is stats --json.
+type statsView struct {
+	At      time.Time        `json:"at"`
+	Kinds   []kindStatsView  `json:"kinds"`
+	Queues  []queueDepthView `json:"queues"`
+	Stuck   []stuckJobView   `json:"stuck"`
+	Failing []failingView    `json:"failing"`
+}
+
+type kindStatsView struct {
+	Kind              string    `json:"kind"`
+	Period            string    `json:"period"`
+	Since             time.Time `json:"since"`
+	Completed         int64     `json:"completed"`
+	Failed            int64     `json:"failed"`
+	Discarded         int64     `json:"discarded"`
+	Cancelled         int64     `json:"cancelled"`
+	RunTimeP50Ms      float64   `json:"run_time_p50_ms"`
+	RunTimeP95Ms      float64   `json:"run_time_p95_ms"`
+	RunTimeP99Ms      float64   `json:"run_time_p99_ms"`
+	QueueLatencyP50Ms float64   `json:"queue_latency_p50_ms"`
+	QueueLatencyP95Ms float64   `json:"queue_latency_p95_ms"`
+	QueueLatencyP99Ms float64   `json:"queue_latency_p99_ms"`
+}
+
+type queueDepthView struct {
+	Queue             string    `json:"queue"`
+	State             string    `json:"state"`
+	Jobs              int64     `json:"jobs"`
+	OldestScheduledAt time.Time `json:"oldest_scheduled_at"`
+}
+
+type stuckJobView struct {
+	ID           int64     `json:"id"`
+	Kind         string    `json:"kind"`
+	Queue        string    `json:"queue"`
+	Attempt      int       `json:"attempt"`
+	MaxAttempts  int       `json:"max_attempts"`
+	AttemptedAt  time.Time `json:"attempted_at"`
+	AttemptedBy  string    `json:"attempted_by"`
+	RunningForMs float64   `json:"running_for_ms"`
+	TimeoutMs    float64   `json:"timeout_ms"`
+}
+
+type failingView struct {
+	Kind        string    `json:"kind"`
+	JobID       int64     `json:"job_id"`
+	State       string    `json:"state"`
+	Attempt     int       `json:"attempt"`
+	MaxAttempts int       `json:"max_attempts"`
+	ErrorAt     time.Time `json:"error_at"`
+	Error       string    `json:"error"`
+}
+
+func msf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func newStatsView(r *jobs.StatsReport) statsView {
+	v := statsView{At: r.At.UTC(), Kinds: []kindStatsView{}, Queues: []queueDepthView{}, Stuck: []stuckJobView{}, Failing: []failingView{}}
+	for _, k := range r.Kinds {
+		v.Kinds = append(v.Kinds, kindStatsView{
+			Kind: k.Kind, Period: string(k.Period), Since: k.Since.UTC(),
+			Completed: k.Completed, Failed: k.Failed, Discarded: k.Discarded, Cancelled: k.Cancelled,
+			RunTimeP50Ms: msf(k.RunTimeP50), RunTimeP95Ms: msf(k.RunTimeP95), RunTimeP99Ms: msf(k.RunTimeP99),
+			QueueLatencyP50Ms: msf(k.QueueLatencyP50), QueueLatencyP95Ms: msf(k.QueueLatencyP95), QueueLatencyP99Ms: msf(k.QueueLatencyP99),
+		})
+	}
+	for _, q := range r.Queues {
+		v.Queues = append(v.Queues, queueDepthView{Queue: q.Queue, State: string(q.State), Jobs: q.Jobs, OldestScheduledAt: q.OldestScheduledAt.UTC()})
+	}
+	for _, s := range r.Stuck {
+		v.Stuck = append(v.Stuck, stuckJobView{ID: s.ID, Kind: s.Kind, Queue: s.Queue, Attempt: s.Attempt, MaxAttempts: s.MaxAttempts,
+			AttemptedAt: s.AttemptedAt.UTC(), AttemptedBy: s.AttemptedBy, RunningForMs: msf(s.RunningFor), TimeoutMs: msf(s.Timeout)})
+	}
+	for _, f := range r.Failing {
+		v.Failing = append(v.Failing, failingView{Kind: f.Kind, JobID: f.JobID, State: string(f.State), Attempt: f.Attempt,
+			MaxAttempts: f.MaxAttempts, ErrorAt: f.ErrorAt.UTC(), Error: f.Error})
+	}
+	return v
+}
