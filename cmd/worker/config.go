@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"regexp"
 	"strconv"
 	"strings"
@@ -30,7 +31,16 @@ const (
 	shutdownTimeoutDefault = 30 * time.Second
 	// logLevelDefault is the lowest level logged.
 	logLevelDefault = "info"
+	// httpAddrDefault serves /metrics, /healthz, /readyz and the River UI on
+	// loopback only: the UI can cancel, retry and delete jobs, so reaching
+	// it from the network is a choice made with --http (and, unless a proxy
+	// guards it, --http-user and --http-password).
+	httpAddrDefault = "127.0.0.1:9090"
 )
+
+// httpOff is the value of --http that turns HTTP off. An empty --http does
+// too, but an empty environment variable cannot be told from an unset one.
+const httpOff = "off"
 
 const (
 	// connectTimeoutDefault bounds each connection attempt when the URL has
@@ -55,6 +65,12 @@ type config struct {
 	maxWorkers      int
 	shutdownTimeout time.Duration
 	logLevel        slog.Level
+	// httpAddr is the address HTTP listens on; empty when it is off.
+	httpAddr string
+	// httpUser and httpPassword, when set (both or neither), guard /metrics
+	// and the River UI with basic auth. The password is never logged.
+	httpUser     string
+	httpPassword string
 }
 
 // errHelp is returned by parseConfig after printing --help.
@@ -85,6 +101,12 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 			help: "how long running jobs may take to finish after SIGINT/SIGTERM before they are cancelled and requeued"},
 		{flag: "log-level", env: "AFTERCOMMIT_LOG_LEVEL", def: logLevelDefault,
 			help: "debug, info, warn or error"},
+		{flag: "http", env: "AFTERCOMMIT_HTTP", def: httpAddrDefault,
+			help: "host:port serving /metrics, /healthz, /readyz and the River UI at /riverui/; \"\" or off turns HTTP off"},
+		{flag: "http-user", env: "AFTERCOMMIT_HTTP_USER", def: "",
+			help: "basic auth user guarding /metrics and /riverui/ (with --http-password; default: no auth)"},
+		{flag: "http-password", env: "AFTERCOMMIT_HTTP_PASSWORD", def: "",
+			help: "basic auth password (with --http-user); prefer the environment variable, flags show in ps"},
 	}
 
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
@@ -146,10 +168,22 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 			if err != nil {
 				err = fmt.Errorf("worker: invalid %s %q: want debug, info, warn or error", src, v)
 			}
+		case "http":
+			cfg.httpAddr, err = parseHTTPAddr(v, src)
+		case "http-user":
+			cfg.httpUser, err = parseHTTPUser(v, src)
+		case "http-password":
+			cfg.httpPassword = v
 		}
 		if err != nil {
 			return nil, err
 		}
+	}
+	switch {
+	case cfg.httpUser != "" && cfg.httpPassword == "":
+		return nil, errors.New("worker: --http-user / AFTERCOMMIT_HTTP_USER is set but --http-password / AFTERCOMMIT_HTTP_PASSWORD is not: set both for basic auth, or neither")
+	case cfg.httpUser == "" && cfg.httpPassword != "":
+		return nil, errors.New("worker: --http-password / AFTERCOMMIT_HTTP_PASSWORD is set but --http-user / AFTERCOMMIT_HTTP_USER is not: set both for basic auth, or neither")
 	}
 	// Set here rather than by parsePoolConfig: the URL is parsed, and its
 	// errors reported, before the schema is read.
@@ -222,4 +256,33 @@ func parseShutdownTimeout(v, src string) (time.Duration, error) {
 		return 0, fmt.Errorf("worker: invalid %s %q: want a duration such as 30s or 2m (0 cancels running jobs at once)", src, v)
 	}
 	return d, nil
+}
+
+// parseHTTPAddr accepts host:port with a numeric port (0 picks a free one),
+// and "" or "off", which turn HTTP off (returned as "").
+func parseHTTPAddr(v, src string) (string, error) {
+	v = strings.TrimSpace(v)
+	if v == "" || v == httpOff {
+		return "", nil
+	}
+	_, port, err := net.SplitHostPort(v)
+	if err == nil {
+		var n int
+		n, err = strconv.Atoi(port)
+		if err == nil && (n < 0 || n > 65535) {
+			err = errors.New("port out of range")
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("worker: invalid %s %q: want host:port such as 127.0.0.1:9090 or :9090, or %q to turn HTTP off", src, v, httpOff)
+	}
+	return v, nil
+}
+
+// parseHTTPUser refuses a user basic auth cannot carry (RFC 7617: no colon).
+func parseHTTPUser(v, src string) (string, error) {
+	if strings.ContainsAny(v, ":\r\n") {
+		return "", fmt.Errorf("worker: invalid %s %q: a basic auth user cannot contain ':' or a line break", src, v)
+	}
+	return v, nil
 }

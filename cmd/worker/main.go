@@ -14,10 +14,32 @@
 //	--max-workers       AFTERCOMMIT_MAX_WORKERS       (default 50, per queue, 1..10000)
 //	--shutdown-timeout  AFTERCOMMIT_SHUTDOWN_TIMEOUT  (default 30s)
 //	--log-level         AFTERCOMMIT_LOG_LEVEL         (default info)
+//	--http              AFTERCOMMIT_HTTP              (default 127.0.0.1:9090; "" or off turns HTTP off)
+//	--http-user         AFTERCOMMIT_HTTP_USER         (default none: no basic auth)
+//	--http-password     AFTERCOMMIT_HTTP_PASSWORD     (set with --http-user; never logged)
 //
 // The database must be migrated first (`aftercommit migrate up`): the worker
 // checks that River's and aftercommit's tables are at the versions it knows
 // and refuses to start otherwise.
+//
+// # HTTP
+//
+// Unless --http is off, the worker serves:
+//
+//	/healthz    200 while the process serves HTTP (liveness)
+//	/readyz     200 when the database answers a ping within 1s and the River
+//	            client is started; 503 with a one-line reason otherwise,
+//	            including while shutting down (readiness)
+//	/metrics    Prometheus text format: the job and outbox metrics of
+//	            jobs.Metrics (aftercommit_job_…, aftercommit_outbox_…) plus
+//	            the Go runtime and process collectors
+//	/riverui/   the River UI (riverqueue.com/riverui): jobs, queues, errors;
+//	            it can cancel, retry and delete jobs
+//
+// With --http-user and --http-password, /metrics and /riverui/ ask for basic
+// auth; /healthz and /readyz never do, since orchestrators probe them
+// without credentials. The default address is loopback only; an address
+// beyond loopback without basic auth logs a warning at startup.
 //
 // # Shutdown
 //
@@ -25,9 +47,12 @@
 // timeout for running jobs to finish. Jobs still running then have their
 // contexts cancelled; River puts them back in the queue (state available,
 // attempt not counted), so another worker runs them again. None is lost.
+// /readyz answers 503 from the signal on; HTTP stops once the River client
+// stopped.
 //
 // Exit codes: 0 stopped on a signal, 1 failure (database unreachable, schema
-// not migrated, jobs that ignore cancellation), 2 bad flags.
+// not migrated, HTTP port in use, jobs that ignore cancellation), 2 bad
+// flags.
 package main
 
 import (

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -86,9 +87,11 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 
 	// Every kind and periodic job is registered, whatever queues this
 	// process works: the leader's rescuer must know them all.
+	metrics := jobs.NewMetrics(nil)
 	client, err := jobs.NewClient(pool, app.Registry(pool), &jobs.ClientConfig{
 		Queues:     cfg.queues,
 		MaxWorkers: cfg.maxWorkers,
+		Metrics:    metrics,
 		Schema:     cfg.schema,
 		Logger:     logger,
 	})
@@ -96,11 +99,39 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 		return fmt.Errorf("worker: %w", err)
 	}
 
+	// started is true from a successful Start until shutdown begins; /readyz
+	// reports it.
+	var (
+		started atomic.Bool
+		srv     *httpServer
+		// httpFailed stays nil, never ready, when HTTP is off.
+		httpFailed <-chan struct{}
+	)
+	if cfg.httpAddr != "" {
+		srv, err = startHTTP(ctx, cfg.httpAddr, &httpDeps{
+			ready:    &readiness{db: pool, started: started.Load, timeout: readyPingTimeout, logger: logger},
+			metrics:  metrics,
+			client:   client,
+			user:     cfg.httpUser,
+			password: cfg.httpPassword,
+			logger:   logger,
+		})
+		if err != nil {
+			return err
+		}
+		// Deferred after closePool, so it runs first: requests in flight
+		// (River UI, /readyz) still have the pool. It runs once the River
+		// client stopped, so /metrics serves until the last job finished.
+		defer srv.shutdown(ctx)
+		httpFailed = srv.failed
+	}
+
 	// The signal must not reach River through Start's context: cancelling it
 	// would cancel running jobs at once. Shutdown goes through Stop below.
 	if err := client.Start(context.WithoutCancel(ctx)); err != nil {
 		return fmt.Errorf("worker: starting the River client: %w", err)
 	}
+	started.Store(true)
 	logger.InfoContext(ctx, "worker: started",
 		slog.String("client_id", client.ID()),
 		slog.String("schema", cfg.schema),
@@ -109,15 +140,26 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 		slog.Int("max_conns", int(cfg.pool.MaxConns)),
 	)
 
+	var httpErr error
 	select {
 	case <-ctx.Done():
+	case <-httpFailed:
+		// The probes and metrics are gone: stop gracefully and exit 1
+		// rather than work on unobserved.
+		httpErr = fmt.Errorf("worker: the HTTP server failed (%v); stopped the worker", srv.serveErr)
+		logger.ErrorContext(ctx, "worker: the HTTP server failed; stopping the worker", slog.Any("err", srv.serveErr))
 	case <-client.Stopped():
+		started.Store(false)
 		return errors.New("worker: the River client stopped on its own; see the log lines above")
 	}
+	started.Store(false)
 
 	err = shutdown(ctx, client, cfg.shutdownTimeout, logger)
 	if errors.Is(err, errHardStopTimeout) {
 		closePool = false
+	}
+	if err == nil {
+		err = httpErr
 	}
 	return err
 }

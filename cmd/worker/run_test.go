@@ -161,8 +161,11 @@ func (b *testBundle) insertPings(ctx context.Context, t *testing.T, sleepMS ...i
 	return pingIDs, jobIDs
 }
 
+// args are the worker's flags for the schema, HTTP on a free loopback port
+// (the default port would collide between parallel tests), then extra.
 func (b *testBundle) args(t *testing.T, extra ...string) []string {
-	return append([]string{"--database-url", workerURL(t, b.schema), "--schema", b.schema.Name}, extra...)
+	return append([]string{"--database-url", workerURL(t, b.schema), "--schema", b.schema.Name,
+		"--http", "127.0.0.1:0"}, extra...)
 }
 
 // jobState reads the state, attempt and number of recorded errors of a job.
@@ -316,6 +319,15 @@ func TestRunBadFlags(t *testing.T) {
 		{"UnknownFlag", []string{"--nope"}, "flag provided but not defined: -nope"},
 		{"Argument", []string{"extra"}, `unexpected argument "extra"`},
 		{"DatabaseURL", []string{"--database-url", "postgres://u:s3cret@host:99999/db"}, "cannot parse the database URL given by --database-url"},
+		{"HTTPNoPort", []string{"--http", "localhost"}, `worker: invalid --http "localhost": want host:port`},
+		{"HTTPBadPort", []string{"--http", ":99999"}, `worker: invalid --http ":99999"`},
+		{"HTTPNamedPort", []string{"--http", ":http"}, `worker: invalid --http ":http"`},
+		{"HTTPUserWithoutPassword", []string{"--http-user", "admin"},
+			"worker: --http-user / AFTERCOMMIT_HTTP_USER is set but --http-password / AFTERCOMMIT_HTTP_PASSWORD is not"},
+		{"HTTPPasswordWithoutUser", []string{"--http-password", "s3cret"},
+			"worker: --http-password / AFTERCOMMIT_HTTP_PASSWORD is set but --http-user / AFTERCOMMIT_HTTP_USER is not"},
+		{"HTTPUserWithColon", []string{"--http-user", "ad:min", "--http-password", "s3cret"},
+			`worker: invalid --http-user "ad:min": a basic auth user cannot contain ':'`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -349,11 +361,15 @@ func TestRunHelp(t *testing.T) {
 	code := run(context.Background(), []string{"--help"}, func(k string) string { return env[k] }, &stdout, &stderr)
 	require.Equal(t, exitOK, code)
 	require.Empty(t, stderr.String())
+	env["AFTERCOMMIT_HTTP_PASSWORD"] = "pa55word"
+	env["AFTERCOMMIT_HTTP_USER"] = "admin"
 	for _, want := range []string{"-database-url", "DATABASE_URL", "-schema", "AFTERCOMMIT_SCHEMA", "-queues",
-		"-max-workers", "-shutdown-timeout", "-log-level"} {
+		"-max-workers", "-shutdown-timeout", "-log-level", "-http", "AFTERCOMMIT_HTTP", "127.0.0.1:9090",
+		"-http-user", "AFTERCOMMIT_HTTP_USER", "-http-password", "AFTERCOMMIT_HTTP_PASSWORD"} {
 		require.Contains(t, stdout.String(), want)
 	}
 	require.NotContains(t, stdout.String(), "s3cret", "--help never prints the environment's URL")
+	require.NotContains(t, stdout.String(), "pa55word", "--help never prints the environment's password")
 }
 
 func TestRunUnreachableDatabase(t *testing.T) {
@@ -404,6 +420,9 @@ func TestParseConfig(t *testing.T) {
 		require.Equal(t, "INFO", cfg.logLevel.String())
 		require.Equal(t, connectTimeoutDefault, cfg.pool.ConnConfig.ConnectTimeout)
 		require.Equal(t, int32(maxConnsDefault), cfg.pool.MaxConns)
+		require.Equal(t, "127.0.0.1:9090", cfg.httpAddr)
+		require.Empty(t, cfg.httpUser)
+		require.Empty(t, cfg.httpPassword)
 	})
 
 	t.Run("Environment", func(t *testing.T) {
@@ -415,6 +434,9 @@ func TestParseConfig(t *testing.T) {
 			"AFTERCOMMIT_MAX_WORKERS":      "8",
 			"AFTERCOMMIT_SHUTDOWN_TIMEOUT": "2m",
 			"AFTERCOMMIT_LOG_LEVEL":        "debug",
+			"AFTERCOMMIT_HTTP":             ":9191",
+			"AFTERCOMMIT_HTTP_USER":        "admin",
+			"AFTERCOMMIT_HTTP_PASSWORD":    "pa55:word",
 		}
 		cfg, err := parseConfig(nil, func(k string) string { return env[k] }, &syncBuffer{})
 		require.NoError(t, err)
@@ -428,6 +450,29 @@ func TestParseConfig(t *testing.T) {
 		require.Equal(t, "DEBUG", cfg.logLevel.String())
 		require.Equal(t, 3*time.Second, cfg.pool.ConnConfig.ConnectTimeout)
 		require.Equal(t, int32(7), cfg.pool.MaxConns)
+		require.Equal(t, ":9191", cfg.httpAddr)
+		require.Equal(t, "admin", cfg.httpUser)
+		require.Equal(t, "pa55:word", cfg.httpPassword)
+	})
+
+	t.Run("HTTPOff", func(t *testing.T) {
+		t.Parallel()
+		for _, args := range [][]string{{"--http", ""}, {"--http", "off"}, {"--http=off"}} {
+			cfg, err := parseConfig(args, noEnv, &syncBuffer{})
+			require.NoError(t, err)
+			require.Empty(t, cfg.httpAddr, "%q", args)
+		}
+		// An empty variable is unset; "off" is how the environment turns
+		// HTTP off.
+		cfg, err := parseConfig(nil, func(k string) string { return map[string]string{"AFTERCOMMIT_HTTP": "off"}[k] },
+			&syncBuffer{})
+		require.NoError(t, err)
+		require.Empty(t, cfg.httpAddr)
+		// The flag, even empty, overrides the environment.
+		cfg, err = parseConfig([]string{"--http", ""},
+			func(k string) string { return map[string]string{"AFTERCOMMIT_HTTP": ":9191"}[k] }, &syncBuffer{})
+		require.NoError(t, err)
+		require.Empty(t, cfg.httpAddr)
 	})
 
 	t.Run("FlagsOverrideEnvironment", func(t *testing.T) {
