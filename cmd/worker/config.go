@@ -22,10 +22,12 @@ import (
 const (
 	// databaseURLDefault is the local development server.
 	databaseURLDefault = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
-	// queuesDefault is River's default queue.
-	queuesDefault = river.QueueDefault
-	// maxWorkersDefault is the number of jobs worked at once per queue.
-	maxWorkersDefault = 50
+	// queuesDefault works every queue the domains declare, plus River's
+	// default queue.
+	queuesDefault = queuesAll
+	// maxWorkersDefault keeps each queue's own number of workers, which
+	// its domain derives from the queue's weight.
+	maxWorkersDefault = 0
 	// shutdownTimeoutDefault is how long running jobs may take to finish
 	// after a signal before their contexts are cancelled.
 	shutdownTimeoutDefault = 30 * time.Second
@@ -94,9 +96,9 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 		{flag: "schema", env: "AFTERCOMMIT_SCHEMA", def: "",
 			help: "schema holding River's and aftercommit's tables (default: the connection's search_path)"},
 		{flag: "queues", env: "AFTERCOMMIT_QUEUES", def: queuesDefault,
-			help: "comma-separated queues to work"},
+			help: "comma-separated queues to work, or \"all\": every queue the domains declare and River's default"},
 		{flag: "max-workers", env: "AFTERCOMMIT_MAX_WORKERS", def: strconv.Itoa(maxWorkersDefault),
-			help: "jobs worked at once, per queue (1.." + strconv.Itoa(river.QueueNumWorkersMax) + ")"},
+			help: "jobs worked at once, per queue (1.." + strconv.Itoa(river.QueueNumWorkersMax) + "), or 0: each queue's own, from its weight"},
 		{flag: "shutdown-timeout", env: "AFTERCOMMIT_SHUTDOWN_TIMEOUT", def: shutdownTimeoutDefault.String(),
 			help: "how long running jobs may take to finish after SIGINT/SIGTERM before they are cancelled and requeued"},
 		{flag: "log-level", env: "AFTERCOMMIT_LOG_LEVEL", def: logLevelDefault,
@@ -218,9 +220,16 @@ var queueNameRE = regexp.MustCompile(`^(?:[a-z0-9])+(?:[_|\-]?[a-z0-9]+)*$`)
 // queueNameMaxLen is River's limit on a queue name.
 const queueNameMaxLen = 64
 
+// queuesAll names every declared queue (jobs.ClientConfig.Queues nil).
+const queuesAll = "all"
+
+// parseQueues returns the queues to work; nil for "all".
 func parseQueues(v, src string) ([]string, error) {
 	if strings.TrimSpace(v) == "" {
-		return nil, fmt.Errorf("worker: invalid %s %q: name at least one queue, e.g. %q", src, v, queuesDefault)
+		return nil, fmt.Errorf("worker: invalid %s %q: name at least one queue, or %q", src, v, queuesAll)
+	}
+	if strings.TrimSpace(v) == queuesAll {
+		return nil, nil
 	}
 	var queues []string
 	seen := map[string]bool{}
@@ -233,6 +242,8 @@ func parseQueues(v, src string) ([]string, error) {
 			return nil, fmt.Errorf("worker: invalid %s: queue name %q is longer than %d characters", src, name, queueNameMaxLen)
 		case !queueNameRE.MatchString(name):
 			return nil, fmt.Errorf("worker: invalid %s: queue name %q must be lowercase letters and digits separated by '_', '-' or '|'", src, name)
+		case name == queuesAll:
+			return nil, fmt.Errorf("worker: invalid %s %q: queue name %q is reserved: it means every queue, alone", src, v, queuesAll)
 		case seen[name]:
 			return nil, fmt.Errorf("worker: invalid %s %q: queue %q is listed twice", src, v, name)
 		}
@@ -244,8 +255,8 @@ func parseQueues(v, src string) ([]string, error) {
 
 func parseMaxWorkers(v, src string) (int, error) {
 	n, err := strconv.Atoi(strings.TrimSpace(v))
-	if err != nil || n < 1 || n > river.QueueNumWorkersMax {
-		return 0, fmt.Errorf("worker: invalid %s %q: want a whole number from 1 to %d", src, v, river.QueueNumWorkersMax)
+	if err != nil || n < 0 || n > river.QueueNumWorkersMax {
+		return 0, fmt.Errorf("worker: invalid %s %q: want a whole number from 0 (each queue's own) to %d", src, v, river.QueueNumWorkersMax)
 	}
 	return n, nil
 }

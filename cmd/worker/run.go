@@ -135,7 +135,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 	logger.InfoContext(ctx, "worker: started",
 		slog.String("client_id", client.ID()),
 		slog.String("schema", cfg.schema),
-		slog.String("queues", strings.Join(cfg.queues, ",")),
+		slog.String("queues", queuesLog(cfg.queues)),
 		slog.Int("max_workers", cfg.maxWorkers),
 		slog.Int("max_conns", int(cfg.pool.MaxConns)),
 	)
@@ -189,4 +189,12 @@ func shutdown(ctx context.Context, client *river.Client[pgx.Tx], timeout time.Du
 	}
 	logger.InfoContext(base, "worker: stopped after cancelling running jobs", slog.Duration("took", time.Since(start)))
 	return nil
+}
+
+// queuesLog names the queues for the log: "all" when nil.
+func queuesLog(queues []string) string {
+	if queues == nil {
+		return queuesAll
+	}
+	return strings.Join(queues, ",")
 }

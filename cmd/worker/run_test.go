@@ -222,7 +222,7 @@ func TestRunWorksEveryJobOnce(t *testing.T) {
 
 	logs := h.stderr.String()
 	require.Contains(t, logs, "worker: started")
-	require.Contains(t, logs, "queues=default")
+	require.Contains(t, logs, "queues=all max_workers=0")
 	require.Contains(t, logs, "worker: stopped")
 	require.Empty(t, h.stdout.String())
 }
@@ -307,9 +307,10 @@ func TestRunBadFlags(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"MaxWorkersZero", []string{"--max-workers", "0"}, `worker: invalid --max-workers "0"`},
+		{"MaxWorkersNegative", []string{"--max-workers", "-1"}, `worker: invalid --max-workers "-1"`},
 		{"MaxWorkersTooMany", []string{"--max-workers", "10001"}, `worker: invalid --max-workers "10001"`},
-		{"QueuesEmpty", []string{"--queues", ""}, `worker: invalid --queues ""`},
+		{"QueuesEmpty", []string{"--queues", ""}, `worker: invalid --queues "": name at least one queue, or "all"`},
+		{"QueuesAllAndMore", []string{"--queues", "all,default"}, `queue name "all" is reserved`},
 		{"QueuesEmptyEntry", []string{"--queues", "a,,b"}, "empty queue name"},
 		{"QueuesDuplicate", []string{"--queues", "a, b,a"}, `queue "a" is listed twice`},
 		{"QueuesInvalidName", []string{"--queues", "Big Queue"}, `queue name "Big Queue"`},
@@ -350,7 +351,7 @@ func TestRunBadEnvironment(t *testing.T) {
 	var stdout, stderr syncBuffer
 	code := run(context.Background(), nil, func(k string) string { return env[k] }, &stdout, &stderr)
 	require.Equal(t, exitUsage, code)
-	require.Equal(t, `worker: invalid AFTERCOMMIT_MAX_WORKERS "lots": want a whole number from 1 to 10000`+"\n", stderr.String())
+	require.Equal(t, `worker: invalid AFTERCOMMIT_MAX_WORKERS "lots": want a whole number from 0 (each queue's own) to 10000`+"\n", stderr.String())
 }
 
 func TestRunHelp(t *testing.T) {
@@ -414,7 +415,7 @@ func TestParseConfig(t *testing.T) {
 		require.Equal(t, uint16(5432), cfg.pool.ConnConfig.Port)
 		require.Empty(t, cfg.schema)
 		require.NotContains(t, cfg.pool.ConnConfig.RuntimeParams, "search_path")
-		require.Equal(t, []string{"default"}, cfg.queues)
+		require.Nil(t, cfg.queues, "every declared queue")
 		require.Equal(t, maxWorkersDefault, cfg.maxWorkers)
 		require.Equal(t, shutdownTimeoutDefault, cfg.shutdownTimeout)
 		require.Equal(t, "INFO", cfg.logLevel.String())
