@@ -9,6 +9,7 @@ import (
 	"github.com/aftercommit/aftercommit/donations"
 	"github.com/aftercommit/aftercommit/inventory"
 	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/reporting"
 )
 
 // Registry returns a registry holding every domain's registration. Workers
@@ -20,5 +21,6 @@ func Registry(pool *pgxpool.Pool) *jobs.Registry {
 	jobs.RegisterEventPruner(reg, pool, nil)
 	donations.Register(reg, pool)
 	inventory.Register(reg, pool)
+	reporting.Register(reg, pool)
 	return reg
 }

@@ -1,0 +1,362 @@
+package reporting
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+
+	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/outbox"
+)
+
+// MaxBulkUserIDs is the most distinct user IDs one bulk creation takes. Its
+// args then encode to at most about 200 KB of JSON (usually far less: 10,000
+// IDs of 7 digits are 80 KB, under the outbox's 128 KiB payload limit). A
+// longer list must be split into several jobs.
+const MaxBulkUserIDs = 10_000
+
+// MaxCarNameChars is the longest car name CreateCar accepts.
+const MaxCarNameChars = 200
+
+// CreateCarUsersInBulkKind is the River kind of CreateCarUsersInBulkArgs.
+const CreateCarUsersInBulkKind = "reporting.create_car_users_in_bulk"
+
+// CreateCarUsersInBulkArgs asks for a car to get every user of a list, in
+// one transaction with the car's report job. Enqueue it with
+// Service.EnqueueCarUsersInBulk, which checks and de-duplicates the list
+// first.
+//
+// Args with more than MaxBulkUserIDs IDs refuse to be encoded, so every
+// enqueue path (tx.Enqueue, River's Insert) fails at once with an error
+// matching ErrTooManyUserIDs (and outbox.ErrInvalidArgs for the outbox).
+type CreateCarUsersInBulkArgs struct {
+	// CarID is the car the users are added to.
+	CarID int64 `json:"car_id"`
+	// UserIDs are the users to add; duplicates and users the car has
+	// already are skipped.
+	UserIDs []int64 `json:"user_ids"`
+}
+
+// Kind implements river.JobArgs.
+func (CreateCarUsersInBulkArgs) Kind() string { return CreateCarUsersInBulkKind }
+
+// MarshalJSON encodes the args, or refuses more than MaxBulkUserIDs IDs with
+// a *ValidationError matching ErrTooManyUserIDs. (The count is of the IDs as
+// given: the worker de-duplicates, the service before enqueueing.)
+func (a CreateCarUsersInBulkArgs) MarshalJSON() ([]byte, error) {
+	if len(a.UserIDs) > MaxBulkUserIDs {
+		return nil, tooManyUserIDs(len(a.UserIDs), "")
+	}
+	type plain CreateCarUsersInBulkArgs // without this method
+	return json.Marshal(plain(a))
+}
+
+// tooManyUserIDs reports n IDs ("distinct " ones, or "" as given).
+func tooManyUserIDs(n int, distinct string) *ValidationError {
+	return &ValidationError{
+		Field:   "user_ids",
+		Message: fmt.Sprintf("%d %sIDs, at most %d per job: split the list into several jobs", n, distinct, MaxBulkUserIDs),
+		Err:     ErrTooManyUserIDs,
+	}
+}
+
+// BulkResult says what a bulk creation did. It is recorded as the output of
+// a CreateCarUsersInBulk job.
+type BulkResult struct {
+	// CarID is the car.
+	CarID int64 `json:"car_id"`
+	// Requested is the number of IDs given, duplicates included.
+	Requested int `json:"requested"`
+	// Distinct is the number of distinct IDs.
+	Distinct int `json:"distinct"`
+	// Inserted is the number of pairs created.
+	Inserted int `json:"inserted"`
+	// Existing is the number of users the car had already (Distinct -
+	// Inserted).
+	Existing int `json:"existing"`
+	// ReportEnqueued says whether a CarReport job was enqueued (or matched
+	// one waiting): only when a pair was created.
+	ReportEnqueued bool `json:"report_enqueued"`
+}
+
+// CreateCarUsersInBulkWorker works CreateCarUsersInBulkArgs.
+type CreateCarUsersInBulkWorker struct {
+	river.WorkerDefaults[CreateCarUsersInBulkArgs]
+
+	pool *pgxpool.Pool
+	reg  *jobs.Registry
+
+	mu     sync.Mutex
+	client *river.Client[pgx.Tx]
+	ob     *outbox.Outbox
+}
+
+// registerCarUsers registers the bulk creation worker on QueueBulk.
+func registerCarUsers(reg *jobs.Registry, pool *pgxpool.Pool) {
+	jobs.AddWorker(reg, QueueBulk, &CreateCarUsersInBulkWorker{pool: pool, reg: reg})
+}
+
+// Work checks the car and the users, inserts the missing pairs, enqueues the
+// car's report once, and completes the job, in one outbox transaction: the
+// report job goes out with the COMMIT, in one round trip. Input that a
+// retry cannot fix (an unknown car or user, a malformed list) cancels the
+// job, with nothing written; its error says what to correct.
+func (w *CreateCarUsersInBulkWorker) Work(ctx context.Context, job *river.Job[CreateCarUsersInBulkArgs]) error {
+	ob, err := w.outbox(ctx)
+	if err != nil {
+		return err
+	}
+	err = ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		res, err := createCarUsersTx(ctx, tx, job.Args.CarID, job.Args.UserIDs)
+		if err != nil {
+			return err
+		}
+		if err := river.RecordOutput(ctx, res); err != nil {
+			return err
+		}
+		_, err = river.JobCompleteTx[*riverpgxv5.Driver, pgx.Tx](ctx, tx, job)
+		return err
+	})
+	if errors.Is(err, ErrInvalidInput) {
+		return river.JobCancel(err)
+	}
+	return err
+}
+
+// outbox returns an outbox on the worker's pool that inserts with the
+// client running the job (the one River puts in the job's context), built
+// from the registry the worker was registered on.
+func (w *CreateCarUsersInBulkWorker) outbox(ctx context.Context) (*outbox.Outbox, error) {
+	client, err := river.ClientFromContextSafely[pgx.Tx](ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reporting: %s runs only in a River worker: %w", CreateCarUsersInBulkKind, err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.ob == nil || w.client != client {
+		ob, err := jobs.NewOutbox(w.pool, client, w.reg, nil)
+		if err != nil {
+			return nil, fmt.Errorf("reporting: building the outbox of %s: %w", CreateCarUsersInBulkKind, err)
+		}
+		w.client, w.ob = client, ob
+	}
+	return w.ob, nil
+}
+
+// EnqueueCarUsersInBulk checks userIDs (at least one, each above zero, at
+// most MaxBulkUserIDs distinct ones), drops duplicates and enqueues a
+// CreateCarUsersInBulk job for the car, in its own transaction. Bad input is
+// a *ValidationError (ErrInvalidInput; ErrTooManyUserIDs for a list to
+// split) returned before any SQL runs. The car and the users are checked by
+// the job, which is cancelled when they are unknown; CreateCarUsersInBulk
+// does the same work at once and returns those errors.
+func (s *Service) EnqueueCarUsersInBulk(ctx context.Context, carID int64, userIDs []int64) error {
+	args, err := bulkArgs(carID, userIDs)
+	if err != nil {
+		return err
+	}
+	return s.ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error {
+		return tx.Enqueue(args, nil)
+	})
+}
+
+// EnqueueCarUsersInBulkTx is EnqueueCarUsersInBulk in the caller's
+// transaction: the job is written with its commit.
+func (s *Service) EnqueueCarUsersInBulkTx(tx *outbox.Tx, carID int64, userIDs []int64) error {
+	args, err := bulkArgs(carID, userIDs)
+	if err != nil {
+		return err
+	}
+	return tx.Enqueue(args, nil)
+}
+
+// bulkArgs checks the input of a bulk creation and returns its args, IDs
+// sorted and distinct.
+func bulkArgs(carID int64, userIDs []int64) (CreateCarUsersInBulkArgs, error) {
+	if carID <= 0 {
+		return CreateCarUsersInBulkArgs{}, &ValidationError{Field: "car_id", Message: fmt.Sprintf("must name a car, got %d", carID)}
+	}
+	ids, err := normalizeUserIDs(userIDs)
+	if err != nil {
+		return CreateCarUsersInBulkArgs{}, err
+	}
+	return CreateCarUsersInBulkArgs{CarID: carID, UserIDs: ids}, nil
+}
+
+// CreateCarUsersInBulk adds every user of userIDs to the car and enqueues
+// the car's report, at once and in one outbox transaction; it is the work
+// of a CreateCarUsersInBulk job, for a caller that wants the result now.
+//
+// The car and the users are checked in two queries, sent with the insert of
+// the missing pairs in one round trip; the report job goes out with the
+// COMMIT. Duplicates in userIDs and users the car has already are skipped
+// (BulkResult counts them); when nothing is new no report is enqueued. An
+// unknown car (ErrUnknownCar), unknown users (ErrUnknownUsers, listed in
+// the error and in ValidationError.IDs) and malformed lists are
+// *ValidationError values matching ErrInvalidInput, and nothing is written
+// then.
+func (s *Service) CreateCarUsersInBulk(ctx context.Context, carID int64, userIDs []int64) (BulkResult, error) {
+	if _, err := bulkArgs(carID, userIDs); err != nil {
+		return BulkResult{}, err
+	}
+	var res BulkResult
+	err := s.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		var err error
+		res, err = createCarUsersTx(ctx, tx, carID, userIDs)
+		return err
+	})
+	if err != nil {
+		return BulkResult{}, err
+	}
+	return res, nil
+}
+
+// createCarUsersTx is the work of a bulk creation, in tx.
+func createCarUsersTx(ctx context.Context, tx *outbox.Tx, carID int64, userIDs []int64) (BulkResult, error) {
+	ids, err := normalizeUserIDs(userIDs)
+	if err != nil {
+		return BulkResult{}, err
+	}
+	res := BulkResult{CarID: carID, Requested: len(userIDs), Distinct: len(ids)}
+
+	// One round trip: the two checks and the insert. When a check fails,
+	// the insert fails too, on a foreign key (whichever its triggers meet
+	// first), and the checks say which error to return; the rollback
+	// removes everything.
+	b := &pgx.Batch{}
+	var (
+		carExists bool
+		unknown   []int64
+		total     int
+		inserted  int64
+	)
+	b.Queue(carExistsSQL, carID).QueryRow(func(row pgx.Row) error { return row.Scan(&carExists) })
+	b.Queue(unknownUsersSQL, ids, MaxListedIDs).Query(func(rows pgx.Rows) error {
+		var id int64
+		_, err := pgx.ForEachRow(rows, []any{&total, &id}, func() error {
+			unknown = append(unknown, id)
+			return nil
+		})
+		return err
+	})
+	b.Queue(insertCarUsersSQL, carID, ids).Exec(func(tag pgconn.CommandTag) error {
+		inserted = tag.RowsAffected()
+		return nil
+	})
+	err = tx.SendBatch(ctx, b).Close()
+	switch {
+	case !carExists && (err == nil || isForeignKey(err, "")):
+		return BulkResult{}, unknownCar(carID)
+	case len(unknown) > 0:
+		return BulkResult{}, idsError("user_ids", "unknown user IDs", unknown, total, ErrUnknownUsers)
+	case err != nil:
+		return BulkResult{}, fmt.Errorf("reporting: adding %d users to car %d: %w", len(ids), carID, err)
+	}
+
+	res.Inserted = int(inserted)
+	res.Existing = res.Distinct - res.Inserted
+	if res.Inserted > 0 {
+		if err := tx.Enqueue(CarReportArgs{CarID: carID}, nil); err != nil {
+			return BulkResult{}, err
+		}
+		res.ReportEnqueued = true
+	}
+	return res, nil
+}
+
+// normalizeUserIDs returns ids sorted and without duplicates, or the
+// problem with them.
+func normalizeUserIDs(ids []int64) ([]int64, error) {
+	if len(ids) == 0 {
+		return nil, &ValidationError{Field: "user_ids", Message: "is empty: give at least one user ID"}
+	}
+	out := slices.Clone(ids)
+	slices.Sort(out)
+	out = slices.Compact(out)
+	if n, _ := slices.BinarySearch(out, 1); n > 0 { // out[:n] are <= 0
+		return nil, idsError("user_ids", "IDs not above zero", out[:n], n, nil)
+	}
+	if len(out) > MaxBulkUserIDs {
+		return nil, tooManyUserIDs(len(out), "distinct ")
+	}
+	return out, nil
+}
+
+// AddCarUser adds one user to a car and enqueues the car's report, in one
+// outbox transaction; a burst of additions to one car leaves one waiting
+// report (CarReport is queue-locked per car). It reports false, enqueueing
+// nothing, when the car had the user already. An unknown car or user is a
+// *ValidationError matching ErrUnknownCar or ErrUnknownUsers, with nothing
+// written.
+func (s *Service) AddCarUser(ctx context.Context, carID, userID int64) (added bool, err error) {
+	err = s.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		added, err = s.AddCarUserTx(ctx, tx, carID, userID)
+		return err
+	})
+	return added, err
+}
+
+// AddCarUserTx is AddCarUser in the caller's transaction: the pair and the
+// report job are written with its commit. After an error the caller must
+// roll back (return the error from its InTx function).
+func (s *Service) AddCarUserTx(ctx context.Context, tx *outbox.Tx, carID, userID int64) (bool, error) {
+	switch {
+	case carID <= 0:
+		return false, &ValidationError{Field: "car_id", Message: fmt.Sprintf("must name a car, got %d", carID)}
+	case userID <= 0:
+		return false, &ValidationError{Field: "user_id", Message: fmt.Sprintf("must name a user, got %d", userID)}
+	}
+	tag, err := tx.Exec(ctx, insertCarUserSQL, carID, userID)
+	switch {
+	case isForeignKey(err, fkCarUsersCar):
+		return false, unknownCar(carID)
+	case isForeignKey(err, fkCarUsersUser):
+		return false, idsError("user_id", "unknown user IDs", []int64{userID}, 1, ErrUnknownUsers)
+	case err != nil:
+		return false, fmt.Errorf("reporting: adding user %d to car %d: %w", userID, carID, err)
+	case tag.RowsAffected() == 0:
+		return false, nil
+	}
+	return true, tx.Enqueue(CarReportArgs{CarID: carID}, nil)
+}
+
+// CreateCar creates a car and returns its ID. Its report appears with its
+// first user.
+func (s *Service) CreateCar(ctx context.Context, name string) (int64, error) {
+	name = strings.TrimSpace(name)
+	switch {
+	case name == "":
+		return 0, &ValidationError{Field: "name", Message: "is required"}
+	case len(name) > MaxCarNameChars*utf8.UTFMax, utf8.RuneCountInString(name) > MaxCarNameChars:
+		return 0, &ValidationError{Field: "name", Message: fmt.Sprintf("must be at most %d characters", MaxCarNameChars)}
+	case !utf8.ValidString(name) || strings.ContainsRune(name, 0):
+		return 0, &ValidationError{Field: "name", Message: "must be text (UTF-8 without NUL characters)"}
+	}
+	var id int64
+	if err := s.pool.QueryRow(ctx, insertCarSQL, name).Scan(&id); err != nil {
+		return 0, fmt.Errorf("reporting: creating a car: %w", err)
+	}
+	return id, nil
+}
+
+func unknownCar(carID int64) *ValidationError {
+	return &ValidationError{Field: "car_id", Message: fmt.Sprintf("no car has id %d", carID), Err: ErrUnknownCar}
+}
+
+// isForeignKey reports whether err is a foreign key violation of
+// constraint ("": of any).
+func isForeignKey(err error, constraint string) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23503" && (constraint == "" || pgErr.ConstraintName == constraint)
+}

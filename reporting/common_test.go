@@ -1,0 +1,285 @@
+package reporting_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
+	"github.com/stretchr/testify/require"
+
+	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/testtrace"
+	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/outbox"
+	"github.com/aftercommit/aftercommit/reporting"
+)
+
+// donationsDomain declares the donation.created topic in the tests, as the
+// donations domain does in the application (reporting must not import it).
+const donationsDomain = "donations"
+
+// bundle is a schema with the reporting domain registered, a River client
+// built from that registry, an outbox and a Service.
+type bundle struct {
+	schema *dbtest.Schema
+	client *river.Client[pgx.Tx]
+	ob     *outbox.Outbox
+	svc    *reporting.Service
+	// events receives the client's job events; nil unless it works.
+	events <-chan *river.Event
+	// trace records the statements of the traced pool (see setupOpts).
+	trace  *testtrace.Tracer
+	inject *failureInjector
+	reg    *jobs.Registry
+}
+
+// setupOpts are the options of setup. The zero value is an insert-only
+// client, nothing traced.
+type setupOpts struct {
+	// work starts the client on queues (every queue when nil).
+	work   bool
+	queues []string
+	// traceWorkers gives the workers a pool of their own whose statements
+	// are recorded in bundle.trace; traceService does the same for the
+	// Service (and its outbox).
+	traceWorkers bool
+	traceService bool
+	// fail, when set, picks the report and rollup jobs that fail after
+	// their write.
+	fail func(job *rivertype.JobRow) bool
+	// maxConns caps the schema's pool. Defaults to 6.
+	maxConns int32
+}
+
+func setup(ctx context.Context, t testing.TB, opts *setupOpts) *bundle {
+	t.Helper()
+	if opts == nil {
+		opts = &setupOpts{}
+	}
+	if opts.maxConns == 0 {
+		opts.maxConns = 6
+	}
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: opts.maxConns})
+	b := &bundle{schema: s, trace: &testtrace.Tracer{}, inject: &failureInjector{fail: opts.fail}}
+
+	var traced *pgxpool.Pool
+	if opts.traceWorkers || opts.traceService {
+		pcfg, err := pgxpool.ParseConfig(s.URL)
+		require.NoError(t, err)
+		pcfg.MaxConns = 2
+		pcfg.ConnConfig.Tracer = b.trace
+		traced, err = pgxpool.NewWithConfig(ctx, pcfg)
+		require.NoError(t, err)
+		t.Cleanup(traced.Close)
+	}
+	pick := func(trace bool) *pgxpool.Pool {
+		if trace {
+			return traced
+		}
+		return s.Pool
+	}
+
+	reg := jobs.NewRegistry()
+	reg.AddTopic(donationsDomain, reporting.TopicDonationCreated)
+	reporting.Register(reg, pick(opts.traceWorkers))
+
+	b.reg = reg
+	var err error
+	b.client, err = jobs.NewClient(s.Pool, reg, b.clientConfig([]string{})) // insert-only
+	require.NoError(t, err)
+	if opts.work {
+		b.start(ctx, t, opts.queues)
+	}
+
+	svcPool := pick(opts.traceService)
+	b.ob, err = jobs.NewOutbox(svcPool, b.client, reg, nil)
+	require.NoError(t, err)
+	b.svc = reporting.NewService(svcPool, b.ob)
+	return b
+}
+
+// clientConfig is the tests' River client configuration, working queues
+// (every queue when nil, none when empty).
+func (b *bundle) clientConfig(queues []string) *jobs.ClientConfig {
+	return &jobs.ClientConfig{
+		Queues: queues,
+		Schema: b.schema.Name,
+		Logger: slog.New(slog.DiscardHandler),
+		River: &river.Config{
+			FetchCooldown:     10 * time.Millisecond,
+			FetchPollInterval: 50 * time.Millisecond,
+			RetryPolicy:       fastRetryPolicy{},
+			Middleware:        []rivertype.Middleware{b.inject},
+		},
+	}
+}
+
+// start starts a second client, a worker process working queues (every
+// queue when nil) whose job events go to b.events. It is stopped when t
+// ends.
+func (b *bundle) start(ctx context.Context, t testing.TB, queues []string) {
+	t.Helper()
+	client, err := jobs.NewClient(b.schema.Pool, b.reg, b.clientConfig(queues))
+	require.NoError(t, err)
+	events, cancel := client.SubscribeConfig(&river.SubscribeConfig{
+		ChanSize: 10_000,
+		Kinds: []river.EventKind{
+			river.EventKindJobCompleted, river.EventKindJobFailed,
+			river.EventKindJobCancelled, river.EventKindJobSnoozed,
+		},
+	})
+	t.Cleanup(cancel)
+	b.events = events
+	require.NoError(t, client.Start(ctx))
+	t.Cleanup(func() { require.NoError(t, client.Stop(context.WithoutCancel(ctx))) })
+}
+
+// errInjected is the failure the tests inject into report and rollup jobs.
+var errInjected = errors.New("injected failure after the write")
+
+// failureInjector is a River worker middleware that makes a report or
+// rollup job fail after its write, inside its transaction (so the write
+// rolls back), whenever fail says so.
+type failureInjector struct {
+	river.MiddlewareDefaults
+
+	fail     func(job *rivertype.JobRow) bool
+	injected atomic.Int64
+}
+
+func (m *failureInjector) Work(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
+	if m.fail != nil && m.fail(job) {
+		m.injected.Add(1)
+		ctx = reporting.WithInjectedFailure(ctx, errInjected)
+	}
+	return doInner(ctx)
+}
+
+// failOneInFive fails about 20% of the attempts of the given kinds, chosen
+// by a hash of the job and its attempt, so a job may fail several times in a
+// row.
+func failOneInFive(kinds ...string) func(job *rivertype.JobRow) bool {
+	return func(job *rivertype.JobRow) bool {
+		match := false
+		for _, k := range kinds {
+			match = match || job.Kind == k
+		}
+		if !match {
+			return false
+		}
+		h := fnv.New32a()
+		fmt.Fprintf(h, "%d/%d", job.ID, job.Attempt)
+		return h.Sum32()%5 == 0
+	}
+}
+
+// fastRetryPolicy retries a failed job 10 ms later (River's default waits
+// attempt⁴ seconds).
+type fastRetryPolicy struct{}
+
+func (fastRetryPolicy) NextRetry(*rivertype.JobRow) time.Time {
+	return time.Now().Add(10 * time.Millisecond)
+}
+
+// count runs a SELECT count(*) … and returns the count.
+func (b *bundle) count(ctx context.Context, t testing.TB, sql string, args ...any) int {
+	t.Helper()
+	var n int
+	require.NoError(t, b.schema.Pool.QueryRow(ctx, sql, args...).Scan(&n))
+	return n
+}
+
+// strings runs a query of one text column and returns its rows.
+func (b *bundle) strings(ctx context.Context, t testing.TB, sql string, args ...any) []string {
+	t.Helper()
+	rows, err := b.schema.Pool.Query(ctx, sql, args...)
+	require.NoError(t, err)
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	return out
+}
+
+// car creates a car.
+func (b *bundle) car(ctx context.Context, t testing.TB, name string) int64 {
+	t.Helper()
+	var id int64
+	require.NoError(t, b.schema.Pool.QueryRow(ctx, `INSERT INTO cars (name) VALUES ($1) RETURNING id`, name).Scan(&id))
+	return id
+}
+
+// users creates n users and returns their IDs, in order.
+func (b *bundle) users(ctx context.Context, t testing.TB, n int) []int64 {
+	t.Helper()
+	rows, err := b.schema.Pool.Query(ctx, `
+		INSERT INTO users (name, email)
+		SELECT 'User ' || i, 'user' || i || '-' || gen_random_uuid() || '@example.com' FROM generate_series(1, $1) AS i
+		RETURNING id`, n)
+	require.NoError(t, err)
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	require.NoError(t, err)
+	require.Len(t, ids, n)
+	return ids
+}
+
+// fundraisers creates n fundraisers and returns their IDs.
+func (b *bundle) fundraisers(ctx context.Context, t testing.TB, n int) []int64 {
+	t.Helper()
+	rows, err := b.schema.Pool.Query(ctx, `INSERT INTO fundraisers (name) SELECT 'Fundraiser ' || i FROM generate_series(1, $1) AS i RETURNING id`, n)
+	require.NoError(t, err)
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	require.NoError(t, err)
+	require.Len(t, ids, n)
+	return ids
+}
+
+// waitDrained waits until no job is left to run, and checks that none was
+// discarded or cancelled.
+func (b *bundle) waitDrained(ctx context.Context, t testing.TB) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		var n int64
+		err := b.schema.Pool.QueryRow(ctx,
+			`SELECT count(*) FROM river_job WHERE state NOT IN ('completed', 'discarded', 'cancelled')`).Scan(&n)
+		return err == nil && n == 0
+	}, 2*time.Minute, 20*time.Millisecond, "jobs still pending")
+	require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM river_job WHERE state IN ('discarded', 'cancelled')`),
+		"discarded or cancelled jobs")
+}
+
+// waitJob waits for the first event of a job of kind and returns it.
+func (b *bundle) waitJob(t testing.TB, kind string) *river.Event {
+	t.Helper()
+	timeout := time.After(time.Minute)
+	for {
+		select {
+		case ev := <-b.events:
+			if ev.Job.Kind == kind {
+				return ev
+			}
+		case <-timeout:
+			t.Fatalf("no event of a %s job within a minute", kind)
+		}
+	}
+}
+
+// roundTrips returns the traced round trips, without River's one-time read
+// of a new connection's server version.
+func (b *bundle) roundTrips() [][]string {
+	var out [][]string
+	for _, trip := range b.trace.RoundTrips() {
+		if len(trip) == 1 && testtrace.Matches(trip[0], "PGGetProductAndVersion") {
+			continue
+		}
+		out = append(out, trip)
+	}
+	return out
+}
