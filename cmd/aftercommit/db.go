@@ -59,11 +59,17 @@ func (f *dbFlags) resolve(fs *flag.FlagSet, e *env) {
 // meant for a person, without the password; it wraps dbconn.ErrInterrupted
 // when ctx ended first.
 func (f *dbFlags) open(ctx context.Context) (*pgxpool.Pool, error) {
+	return f.openConns(ctx, 4)
+}
+
+// openConns is open with a pool of at most maxConns connections (overriding
+// the URL's pool_max_conns).
+func (f *dbFlags) openConns(ctx context.Context, maxConns int32) (*pgxpool.Pool, error) {
 	return dbconn.Open(ctx, f.url, &dbconn.Opts{
 		Component:      "aftercommit",
 		Source:         "--database-url / DATABASE_URL",
 		Schema:         f.schema,
-		MaxConns:       4,
+		MaxConns:       maxConns,
 		ConnectTimeout: defaultConnectTimeout,
 	})
 }

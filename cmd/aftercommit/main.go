@@ -61,6 +61,7 @@ var commands []command
 func init() {
 	commands = []command{
 		{name: "migrate", summary: "apply, remove or show the database migrations (River's and aftercommit's)", run: runMigrate},
+		{name: "demo", summary: "migrate, play a realistic scenario, wait for the jobs and check every invariant", run: runDemo},
 		{name: "jobs", summary: "list jobs, show one, retry or cancel it", run: runJobs},
 		{name: "stats", summary: "job statistics per kind and queue from the SQL views (--watch to refresh)", run: runStats},
 		{name: "check-args", summary: "check that queued jobs decode with this build's job args types (run before a deploy)", run: runCheckArgs},
