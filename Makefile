@@ -3,7 +3,7 @@
 BENCH_ROUNDS ?= 6
 BENCH_TIME   ?= 2s
 
-.PHONY: help test test/race lint migrate worker bench/outbox bench/jobs bench/donations bench/inventory bench/pgbench-floor bench/claims-floor compose/check
+.PHONY: help test test/race lint migrate worker bench/outbox bench/jobs bench/donations bench/inventory bench/reporting bench/pgbench-floor bench/claims-floor compose/check
 
 help: ## list targets
 	@grep -E '^[a-zA-Z/_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "%-16s %s\n", $$1, $$2}'
@@ -43,3 +43,6 @@ bench/inventory: ## claims/s on one hot product: single-row lock vs 8 and 32 buc
 
 bench/claims-floor: ## the claim transactions' SQL alone (pgbench, 32 clients): single-row vs 32 buckets
 	@bash internal/benchratio/pgbench/claims_floor.sh
+
+bench/reporting: ## 10,000 car users: the bulk job vs the after_commit way (a row and a report enqueue per user)
+	@for i in 1 2 3; do go test -run '^$$' -bench 'BenchmarkCarUsersInBulk/^users=10000$$/' -benchtime 3x -count 1 ./reporting; done | go run ./internal/benchratio
