@@ -64,6 +64,7 @@ func init() {
 		{name: "demo", summary: "migrate, play a realistic scenario, wait for the jobs and check every invariant", run: runDemo},
 		{name: "jobs", summary: "list jobs, show one, retry or cancel it", run: runJobs},
 		{name: "stats", summary: "job statistics per kind and queue from the SQL views (--watch to refresh)", run: runStats},
+		{name: "backfill", summary: "recompute the daily donation rollups of a range of days from the donations", run: runBackfill},
 		{name: "check-args", summary: "check that queued jobs decode with this build's job args types (run before a deploy)", run: runCheckArgs},
 		{name: "help", summary: "show the help of aftercommit or of one command", run: runHelp},
 	}
