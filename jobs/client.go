@@ -1,9 +1,11 @@
 package jobs
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -54,6 +56,27 @@ type ClientConfig struct {
 	River *river.Config
 }
 
+// The fetch settings NewClient ships with, where ClientConfig.River leaves
+// them zero. River's own defaults (100 ms cooldown, 1 s poll) put about
+// 50 ms between a job's commit and its start, and cap a client near one
+// fetch per queue every 100 ms; these start a job a few milliseconds after
+// its commit and fetch as fast as jobs complete, for one cheap indexed query
+// per fetch. BENCHMARKS.md ("Latency") measures both.
+const (
+	// FetchCooldownDefault is the shortest time between two fetches of a
+	// queue (river.Config.FetchCooldown).
+	FetchCooldownDefault = 5 * time.Millisecond
+	// FetchPollIntervalDefault is how often a queue is polled when no
+	// insert notification arrives (river.Config.FetchPollInterval).
+	FetchPollIntervalDefault = 200 * time.Millisecond
+)
+
+// RiverDefaults returns a River configuration with the fetch settings
+// NewClient ships with, for a bare River client to be compared with it.
+func RiverDefaults() *river.Config {
+	return &river.Config{FetchCooldown: FetchCooldownDefault, FetchPollInterval: FetchPollIntervalDefault}
+}
+
 // NewClient builds the River client for reg: every registered worker and
 // periodic job, the selected queues with the MaxWorkers derived from their
 // weights, and the job middleware: worker lock and semaphore (Locker),
@@ -77,6 +100,8 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 	if cfg.River != nil {
 		rc = *cfg.River
 	}
+	rc.FetchCooldown = cmp.Or(rc.FetchCooldown, FetchCooldownDefault)
+	rc.FetchPollInterval = cmp.Or(rc.FetchPollInterval, FetchPollIntervalDefault)
 	rc.Schema = cfg.Schema
 	rc.Logger = cfg.Logger
 	rc.Workers = reg.workers

@@ -1,0 +1,54 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/aftercommit/aftercommit/internal/bench"
+	"github.com/aftercommit/aftercommit/internal/dbtest"
+)
+
+func TestBench(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	environ := map[string]string{"DATABASE_URL": "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable"}
+
+	t.Run("OneScenarioAsJSON", func(t *testing.T) {
+		t.Parallel()
+		res := runCLI(ctx, t, environ, "bench", "--scenario", "tx_bulk", "--rounds", "2", "--duration", "100ms", "--json",
+			"--database-url", dbtest.ServerURL(t))
+		require.Equal(t, exitOK, res.code, res.stderr)
+		var report bench.Report
+		require.NoError(t, json.Unmarshal([]byte(res.stdout), &report))
+		require.Equal(t, 2, report.Rounds)
+		require.Len(t, report.Results, 2)
+		require.Equal(t, "rows_only", report.Results[0].Side)
+		require.True(t, report.Results[0].Baseline)
+		require.Equal(t, "rows_and_jobs", report.Results[1].Side)
+		require.Len(t, report.Results[1].Values, 2)
+		require.Positive(t, report.Results[1].Median)
+		require.NotNil(t, report.Results[1].GoalOK)
+	})
+
+	t.Run("BadUsage", func(t *testing.T) {
+		t.Parallel()
+		for _, tc := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"bench", "now"}, "aftercommit bench: bench takes no arguments, got now\n"},
+			{[]string{"bench", "--rounds", "0"}, "aftercommit bench: --rounds must be in 1…100, got 0\n"},
+			{[]string{"bench", "--duration", "1ms"}, "aftercommit bench: --duration must be at least 10ms, got 1ms\n"},
+			{[]string{"bench", "--scale", "0"}, "aftercommit bench: --scale must be in (0, 100], got 0\n"},
+			{[]string{"bench", "--scenario", "warp"}, `aftercommit bench: unknown scenario "warp": want one of tx_one_job, tx_bulk, bulk_insert, worker_throughput, latency` + "\n"},
+		} {
+			res := runCLI(ctx, t, environ, tc.args...)
+			require.Equal(t, exitUsage, res.code, "%v", tc.args)
+			require.Empty(t, res.stdout)
+			require.Equal(t, tc.want+"Run 'aftercommit bench --help' for usage.\n", res.stderr, "%v", tc.args)
+		}
+	})
+}

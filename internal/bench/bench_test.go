@@ -1,0 +1,92 @@
+package bench_test
+
+import (
+	"bytes"
+	"context"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/aftercommit/aftercommit/internal/bench"
+	"github.com/aftercommit/aftercommit/internal/dbtest"
+)
+
+// TestRunEveryScenario runs every scenario once at a tiny scale: this
+// proves the scenarios work; the figures come from the full run
+// (BENCHMARKS.md).
+func TestRunEveryScenario(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	var progress bytes.Buffer
+	report, err := bench.Run(ctx, bench.Config{
+		DatabaseURL: dbtest.ServerURL(t), Rounds: 1, Duration: 100 * time.Millisecond, Scale: 0.002, Out: &progress,
+	})
+	require.NoError(t, err)
+
+	sides := map[string][]string{}
+	for _, r := range report.Results {
+		if !strings.Contains(r.Metric, "achieved") {
+			require.Positive(t, r.Median, "%s/%s %s", r.Scenario, r.Side, r.Metric)
+		}
+		require.Len(t, r.Values, 1)
+		require.Equal(t, r.Median, r.Min)
+		require.Equal(t, r.Median, r.Max)
+		if r.Baseline {
+			require.InDelta(t, 1.0, r.Ratio, 1e-9)
+		}
+		if !slices.Contains(sides[r.Scenario], r.Side) {
+			sides[r.Scenario] = append(sides[r.Scenario], r.Side)
+		}
+	}
+	require.Equal(t, map[string][]string{
+		"tx_one_job":        {"plain", "outbox_job", "river_insert_tx"},
+		"tx_bulk":           {"rows_only", "rows_and_jobs"},
+		"bulk_insert":       {"river_insert_many_fast", "outbox_batch", "river_insert_many"},
+		"worker_throughput": {"bare_river", "full_stack", "worker_lock", "semaphore"},
+		"latency":           {"river_defaults", "shipped"},
+	}, sides)
+	require.Equal(t, bench.Names(), []string{"tx_one_job", "tx_bulk", "bulk_insert", "worker_throughput", "latency"})
+
+	var goals int
+	for _, r := range report.Results {
+		if r.GoalOK != nil {
+			goals++
+			require.NotEmpty(t, r.Goal)
+		}
+	}
+	require.Equal(t, 6, goals, "every goal is judged")
+
+	var table bytes.Buffer
+	report.Print(&table)
+	require.Contains(t, table.String(), "worker_throughput — jobs/s")
+	require.Contains(t, table.String(), "baseline")
+	require.Contains(t, progress.String(), "tx_one_job/plain round 1: tx/s @1 ")
+
+	// The scratch schemas are gone.
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 1})
+	var left int
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'aftercommit_bench_%'`).Scan(&left))
+	require.Zero(t, left)
+}
+
+func TestValidate(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		cfg  bench.Config
+		want string
+	}{
+		{bench.Config{Rounds: -1}, "bench: invalid config: --rounds must be in 1…100, got -1"},
+		{bench.Config{Rounds: 101}, "bench: invalid config: --rounds must be in 1…100, got 101"},
+		{bench.Config{Duration: time.Millisecond}, "bench: invalid config: --duration must be at least 10ms, got 1ms"},
+		{bench.Config{Scale: -1}, "bench: invalid config: --scale must be in (0, 100], got -1"},
+		{bench.Config{Scenarios: []string{"nope"}}, `bench: invalid config: unknown scenario "nope": want one of tx_one_job, tx_bulk, bulk_insert, worker_throughput, latency`},
+	} {
+		err := bench.Validate(tc.cfg)
+		require.ErrorIs(t, err, bench.ErrInvalidConfig)
+		require.EqualError(t, err, tc.want)
+	}
+	require.NoError(t, bench.Validate(bench.Config{}))
+}

@@ -1,0 +1,98 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/aftercommit/aftercommit/internal/dbconn"
+	"github.com/aftercommit/aftercommit/internal/dbmigrate"
+)
+
+// maxConns sizes a scenario's pool: the loads' goroutines, a worker's
+// fetches and completions, River's services.
+const maxConns = 40
+
+// Env is a scenario's scratch schema on the server, migrated, with a pool
+// whose search_path is that schema.
+type Env struct {
+	// Pool reaches the schema.
+	Pool *pgxpool.Pool
+	// Schema is the scratch schema's name.
+	Schema string
+	// Scale and Duration are the run's.
+	Scale    float64
+	Duration time.Duration
+	// Logger discards River's logs.
+	Logger *slog.Logger
+
+	admin  *pgxpool.Pool
+	server string
+}
+
+// newEnv creates, migrates and connects a scratch schema for scenario.
+func newEnv(ctx context.Context, cfg Config, scenario string) (*Env, error) {
+	base, err := dbconn.ParseConfig(cfg.DatabaseURL, &dbconn.Opts{Component: "bench", Source: "--database-url / DATABASE_URL", MaxConns: 2})
+	if err != nil {
+		return nil, err
+	}
+	admin, err := dbconn.Connect(ctx, base, "bench")
+	if err != nil {
+		return nil, err
+	}
+	schema := fmt.Sprintf("aftercommit_bench_%s_%d", strings.ReplaceAll(scenario, "-", "_"), os.Getpid())
+	ident := pgx.Identifier{schema}.Sanitize()
+	if _, err := admin.Exec(ctx, "DROP SCHEMA IF EXISTS "+ident+" CASCADE; CREATE SCHEMA "+ident); err != nil {
+		admin.Close()
+		return nil, fmt.Errorf("creating schema %s: %w", schema, err)
+	}
+	env := &Env{Schema: schema, Scale: cfg.Scale, Duration: cfg.Duration, admin: admin,
+		Logger: slog.New(slog.DiscardHandler)}
+	var version string
+	if err := admin.QueryRow(ctx, `SELECT current_setting('server_version')`).Scan(&version); err == nil {
+		env.server = "PostgreSQL " + version
+	}
+
+	pcfg, err := dbconn.ParseConfig(cfg.DatabaseURL, &dbconn.Opts{Component: "bench", Schema: schema, MaxConns: maxConns})
+	if err != nil {
+		env.close()
+		return nil, err
+	}
+	if env.Pool, err = dbconn.Connect(ctx, pcfg, "bench"); err != nil {
+		env.close()
+		return nil, err
+	}
+	if _, err := dbmigrate.Up(ctx, env.Pool, &dbmigrate.Options{Schema: schema}); err != nil {
+		env.close()
+		return nil, fmt.Errorf("migrating %s: %w", schema, err)
+	}
+	return env, nil
+}
+
+// close drops the scratch schema.
+func (e *Env) close() {
+	if e.Pool != nil {
+		e.Pool.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, _ = e.admin.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{e.Schema}.Sanitize()+" CASCADE")
+	e.admin.Close()
+}
+
+// Truncate empties tables of the schema (and restarts their sequences).
+func (e *Env) Truncate(ctx context.Context, tables ...string) error {
+	_, err := e.Pool.Exec(ctx, "TRUNCATE "+strings.Join(tables, ", ")+" RESTART IDENTITY")
+	return err
+}
+
+// scaled returns n times the run's scale, at least 1.
+func (e *Env) scaled(n int) int {
+	return max(1, int(float64(n)*e.Scale))
+}

@@ -1,0 +1,156 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+
+	"github.com/aftercommit/aftercommit/jobs"
+)
+
+// latencyRates are the steady enqueue rates of the latency scenario.
+var latencyRates = []int{200, 2000}
+
+// latencyProducers insert the jobs, each at rate/latencyProducers.
+const latencyProducers = 4
+
+// latencyScenario: enqueue-to-start latency of jobs enqueued one per
+// transaction at a steady rate, with River's default fetch settings and
+// with the ones the runtime ships.
+func latencyScenario(Config) *Scenario {
+	var round atomic.Int64
+	metrics := []Metric{}
+	for _, r := range latencyRates {
+		rate := strconv.Itoa(r)
+		metrics = append(metrics, Metric{"p50 ms @" + rate + "/s", false}, Metric{"p95 ms @" + rate + "/s", false},
+			Metric{"p99 ms @" + rate + "/s", false}, Metric{"achieved/s @" + rate, true})
+	}
+	run := func(riverCfg func(env *Env) *river.Config) func(ctx context.Context, env *Env) (Sample, error) {
+		return func(ctx context.Context, env *Env) (Sample, error) {
+			if err := env.Truncate(ctx, "river_job"); err != nil {
+				return nil, err
+			}
+			reg := jobs.NewRegistry()
+			jobs.AddWorker(reg, river.QueueDefault, neededNoopWorker{})
+			client, err := jobs.NewClient(env.Pool, reg, &jobs.ClientConfig{
+				Queues: []string{river.QueueDefault}, MaxWorkers: 100, Schema: env.Schema, Logger: env.Logger,
+				River: riverCfg(env), Metrics: jobs.NewMetrics(nil),
+			})
+			if err != nil {
+				return nil, err
+			}
+			if err := client.Start(ctx); err != nil {
+				return nil, err
+			}
+			defer func() {
+				stopCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+				defer stop()
+				_ = client.Stop(stopCtx)
+			}()
+			s := Sample{}
+			for _, rate := range latencyRates {
+				tag := int(round.Add(1))
+				achieved, err := produce(ctx, client, env.Pool, rate, env.Duration/time.Duration(len(latencyRates)), tag)
+				if err != nil {
+					return nil, err
+				}
+				p, err := startLatency(ctx, env.Pool, tag)
+				if err != nil {
+					return nil, err
+				}
+				r := strconv.Itoa(rate)
+				s["p50 ms @"+r+"/s"], s["p95 ms @"+r+"/s"], s["p99 ms @"+r+"/s"] = p[0], p[1], p[2]
+				s["achieved/s @"+r] = achieved
+			}
+			return s, nil
+		}
+	}
+	return &Scenario{
+		Name:    "latency",
+		Title:   "enqueue-to-start latency (attempted_at − created_at) at a steady rate, one job per transaction, 100 workers",
+		Metrics: metrics,
+		Sides: []Side{
+			{Name: "river_defaults", Note: "FetchCooldown 100ms, FetchPollInterval 1s (River's defaults)", Run: run(func(env *Env) *river.Config {
+				return &river.Config{Logger: env.Logger, FetchCooldown: river.FetchCooldownDefault, FetchPollInterval: river.FetchPollIntervalDefault}
+			})},
+			{Name: "shipped", Note: fmt.Sprintf("FetchCooldown %s, FetchPollInterval %s (jobs.NewClient's defaults)",
+				jobs.FetchCooldownDefault, jobs.FetchPollIntervalDefault), Run: run(shippedRiver)},
+		},
+		Goals: []Goal{
+			{Side: "shipped", Metric: "p50 ms @200/s", Absolute: true, AtMost: 10, Text: "p50 ≤ 10 ms at 200/s"},
+			{Side: "shipped", Metric: "p99 ms @200/s", Absolute: true, AtMost: 50, Text: "p99 ≤ 50 ms at 200/s"},
+		},
+	}
+}
+
+// produce inserts jobs tagged tag at rate per second for d, one per
+// transaction from latencyProducers goroutines, waits for them to complete,
+// and returns the rate achieved.
+func produce(ctx context.Context, client *river.Client[pgx.Tx], pool *pgxpool.Pool, rate int, d time.Duration, tag int) (float64, error) {
+	interval := time.Duration(float64(time.Second) * latencyProducers / float64(rate))
+	var (
+		inserted atomic.Int64
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		failure  error
+	)
+	start := time.Now()
+	deadline := start.Add(d)
+	for range latencyProducers {
+		wg.Go(func() {
+			next := time.Now()
+			for next.Before(deadline) {
+				if wait := time.Until(next); wait > 0 {
+					time.Sleep(wait)
+				}
+				if _, err := client.Insert(ctx, noopArgs{N: tag}, nil); err != nil {
+					errOnce.Do(func() { failure = err })
+					return
+				}
+				inserted.Add(1)
+				next = next.Add(interval)
+			}
+		})
+	}
+	wg.Wait()
+	if failure != nil {
+		return 0, failure
+	}
+	achieved := float64(inserted.Load()) / time.Since(start).Seconds()
+	// Wait for the last ones to run.
+	for waited := time.Duration(0); ; waited += 20 * time.Millisecond {
+		var left int
+		if err := pool.QueryRow(ctx, `
+SELECT count(*) FROM river_job WHERE (args->>'n')::int = $1 AND state <> 'completed'`, tag).Scan(&left); err != nil {
+			return 0, err
+		}
+		if left == 0 {
+			return achieved, nil
+		}
+		if waited > time.Minute {
+			return 0, fmt.Errorf("%d jobs still not completed a minute after the load", left)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// startLatency returns p50, p95, p99 in milliseconds of attempted_at −
+// created_at over the jobs tagged tag.
+func startLatency(ctx context.Context, db interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}, tag int) ([3]float64, error) {
+	var p [3]float64
+	err := db.QueryRow(ctx, `
+SELECT 1000 * extract(epoch FROM percentile_disc(0.50) WITHIN GROUP (ORDER BY attempted_at - created_at)),
+       1000 * extract(epoch FROM percentile_disc(0.95) WITHIN GROUP (ORDER BY attempted_at - created_at)),
+       1000 * extract(epoch FROM percentile_disc(0.99) WITHIN GROUP (ORDER BY attempted_at - created_at))
+  FROM river_job WHERE (args->>'n')::int = $1`, tag).Scan(&p[0], &p[1], &p[2])
+	return p, err
+}

@@ -1,0 +1,402 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+
+	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/outbox"
+)
+
+// noopArgs is the job of the worker scenarios: it does nothing.
+type noopArgs struct {
+	N int `json:"n"`
+}
+
+func (noopArgs) Kind() string { return "bench.noop" }
+
+type noopWorker struct {
+	river.WorkerDefaults[noopArgs]
+}
+
+func (noopWorker) Work(context.Context, *river.Job[noopArgs]) error { return nil }
+
+// neededNoopWorker also answers the needed-check, so the middleware does its
+// whole job.
+type neededNoopWorker struct{ noopWorker }
+
+func (neededNoopWorker) Needed(context.Context, *river.Job[noopArgs]) (bool, error) { return true, nil }
+
+// lockedNoopWorker holds a worker lock per key (N mod keys) while it runs.
+type lockedNoopWorker struct {
+	noopWorker
+	keys int
+}
+
+func (w lockedNoopWorker) LockFor(_ context.Context, job *river.Job[noopArgs]) (jobs.Lock, error) {
+	return jobs.Lock{Namespace: "bench.noop", Key: strconv.Itoa(job.Args.N % w.keys)}, nil
+}
+
+// semaphoreNoopWorker takes one of permits slots of one global semaphore.
+type semaphoreNoopWorker struct {
+	noopWorker
+	permits int
+}
+
+func (w semaphoreNoopWorker) LockFor(context.Context, *river.Job[noopArgs]) (jobs.Lock, error) {
+	return jobs.Lock{Namespace: "bench.noop_sem", Key: "global", Permits: w.permits}, nil
+}
+
+// pingArgs is the job of the transaction scenarios: the ping job's shape,
+// a row ID.
+type pingArgs struct {
+	PingID int64 `json:"ping_id"`
+}
+
+func (pingArgs) Kind() string { return "bench.ping" }
+
+type pingWorker struct {
+	river.WorkerDefaults[pingArgs]
+}
+
+func (pingWorker) Work(context.Context, *river.Job[pingArgs]) error { return nil }
+
+// insertOnly returns an insert-only client of the runtime and its outbox,
+// for reg.
+func insertOnly(env *Env, reg *jobs.Registry) (*river.Client[pgx.Tx], *outbox.Outbox, error) {
+	client, err := jobs.NewClient(env.Pool, reg, &jobs.ClientConfig{Queues: []string{}, Schema: env.Schema, Logger: env.Logger})
+	if err != nil {
+		return nil, nil, err
+	}
+	ob, err := jobs.NewOutbox(env.Pool, client, reg, nil)
+	return client, ob, err
+}
+
+// loop runs op on conc goroutines for d and returns the operations done per
+// second.
+func loop(ctx context.Context, conc int, d time.Duration, op func(ctx context.Context) error) (float64, error) {
+	var (
+		done    atomic.Int64
+		wg      sync.WaitGroup
+		errOnce sync.Once
+		failure error
+	)
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	start := time.Now()
+	for range conc {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				if err := op(ctx); err != nil {
+					if ctx.Err() == nil || !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+						if ctx.Err() == nil {
+							errOnce.Do(func() { failure = err; cancel() })
+						}
+					}
+					return
+				}
+				done.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if failure != nil {
+		return 0, failure
+	}
+	return float64(done.Load()) / time.Since(start).Seconds(), nil
+}
+
+// txOneJobScenario: a one-row transaction with one job vs without, at 1 and
+// 8 clients.
+func txOneJobScenario(Config) *Scenario {
+	var ob *outbox.Outbox
+	var client *river.Client[pgx.Tx]
+	const insertPing = `INSERT INTO pings (note) VALUES ('bench') RETURNING id`
+	tps := func(env *Env, op func(ctx context.Context) error) func(ctx context.Context, env *Env) (Sample, error) {
+		return func(ctx context.Context, env *Env) (Sample, error) {
+			s := Sample{}
+			for _, conc := range []int{1, 8} {
+				v, err := loop(ctx, conc, env.Duration/2, op)
+				if err != nil {
+					return nil, err
+				}
+				s["tx/s @"+strconv.Itoa(conc)] = v
+			}
+			return s, env.Truncate(ctx, "pings", "river_job")
+		}
+	}
+	var envp *Env
+	return &Scenario{
+		Name:    "tx_one_job",
+		Title:   "a one-row business transaction with one enqueued job, vs the same transaction without",
+		Metrics: []Metric{{"tx/s @1", true}, {"tx/s @8", true}},
+		Setup: func(ctx context.Context, env *Env) error {
+			envp = env
+			reg := jobs.NewRegistry()
+			jobs.AddWorker(reg, river.QueueDefault, pingWorker{})
+			var err error
+			client, ob, err = insertOnly(env, reg)
+			return err
+		},
+		Sides: []Side{
+			{Name: "plain", Note: "pgx transaction: INSERT one row, COMMIT", Run: func(ctx context.Context, env *Env) (Sample, error) {
+				return tps(env, func(ctx context.Context) error {
+					return pgx.BeginFunc(ctx, envp.Pool, func(tx pgx.Tx) error {
+						var id int64
+						return tx.QueryRow(ctx, insertPing).Scan(&id)
+					})
+				})(ctx, env)
+			}},
+			{Name: "outbox_job", Note: "outbox.InTx: the row + Enqueue, the job's INSERT sent with the COMMIT", Run: func(ctx context.Context, env *Env) (Sample, error) {
+				return tps(env, func(ctx context.Context) error {
+					return ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+						var id int64
+						if err := tx.QueryRow(ctx, insertPing).Scan(&id); err != nil {
+							return err
+						}
+						return tx.Enqueue(pingArgs{PingID: id}, nil)
+					})
+				})(ctx, env)
+			}},
+			{Name: "river_insert_tx", Note: "pgx transaction: the row + River's InsertTx, then COMMIT", Run: func(ctx context.Context, env *Env) (Sample, error) {
+				return tps(env, func(ctx context.Context) error {
+					return pgx.BeginFunc(ctx, envp.Pool, func(tx pgx.Tx) error {
+						var id int64
+						if err := tx.QueryRow(ctx, insertPing).Scan(&id); err != nil {
+							return err
+						}
+						_, err := client.InsertTx(ctx, tx, pingArgs{PingID: id}, nil)
+						return err
+					})
+				})(ctx, env)
+			}},
+		},
+		Goals: []Goal{{Side: "outbox_job", AtLeast: 0.8, Text: "time ≤ 1.25× plain, i.e. tx/s ≥ 0.8×"}},
+	}
+}
+
+// txBulkScenario: 1,000 rows in one statement with 1,000 enqueues
+// de-duplicated to 10 jobs, vs the rows alone.
+func txBulkScenario(Config) *Scenario {
+	var ob *outbox.Outbox
+	const insertRows = `INSERT INTO pings (note) SELECT 'bench' FROM generate_series(1, 1000) RETURNING id`
+	rows := func(ctx context.Context, tx pgx.Tx) ([]int64, error) {
+		r, err := tx.Query(ctx, insertRows)
+		if err != nil {
+			return nil, err
+		}
+		return pgx.CollectRows(r, pgx.RowTo[int64])
+	}
+	run := func(op func(ctx context.Context) error) func(ctx context.Context, env *Env) (Sample, error) {
+		return func(ctx context.Context, env *Env) (Sample, error) {
+			v, err := loop(ctx, 1, env.Duration, op)
+			if err != nil {
+				return nil, err
+			}
+			return Sample{"tx/s": v}, env.Truncate(ctx, "pings", "river_job")
+		}
+	}
+	var envp *Env
+	return &Scenario{
+		Name:    "tx_bulk",
+		Title:   "1,000 rows and 1,000 enqueues de-duplicated to 10 jobs in one transaction, vs the rows alone",
+		Metrics: []Metric{{"tx/s", true}},
+		Setup: func(ctx context.Context, env *Env) error {
+			envp = env
+			reg := jobs.NewRegistry()
+			jobs.AddWorker(reg, river.QueueDefault, pingWorker{})
+			var err error
+			_, ob, err = insertOnly(env, reg)
+			return err
+		},
+		Sides: []Side{
+			{Name: "rows_only", Note: "one INSERT of 1,000 rows, COMMIT", Run: func(ctx context.Context, env *Env) (Sample, error) {
+				return run(func(ctx context.Context) error {
+					return pgx.BeginFunc(ctx, envp.Pool, func(tx pgx.Tx) error { _, err := rows(ctx, tx); return err })
+				})(ctx, env)
+			}},
+			{Name: "rows_and_jobs", Note: "the same + 1,000 Enqueue of 10 distinct jobs (outbox.InTx)", Run: func(ctx context.Context, env *Env) (Sample, error) {
+				return run(func(ctx context.Context) error {
+					return ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+						ids, err := rows(ctx, tx)
+						if err != nil {
+							return err
+						}
+						for _, id := range ids {
+							if err := tx.Enqueue(pingArgs{PingID: id % 10}, nil); err != nil {
+								return err
+							}
+						}
+						return nil
+					})
+				})(ctx, env)
+			}},
+		},
+		Goals: []Goal{{Side: "rows_and_jobs", AtLeast: 0.8, Text: "time ≤ 1.25× the rows alone"}},
+	}
+}
+
+// bulkInsertScenario: N jobs inserted in one transaction by the outbox
+// batcher, River's InsertManyFast (COPY) and River's InsertMany.
+func bulkInsertScenario(cfg Config) *Scenario {
+	var client *river.Client[pgx.Tx]
+	var ob *outbox.Outbox
+	n := max(100, int(100_000*cfg.Scale))
+	params := func() []river.InsertManyParams {
+		p := make([]river.InsertManyParams, n)
+		for i := range p {
+			p[i] = river.InsertManyParams{Args: noopArgs{N: i}}
+		}
+		return p
+	}
+	var envp *Env
+	timed := func(op func(ctx context.Context, tx pgx.Tx) error) func(ctx context.Context, env *Env) (Sample, error) {
+		return func(ctx context.Context, env *Env) (Sample, error) {
+			if err := env.Truncate(ctx, "river_job"); err != nil {
+				return nil, err
+			}
+			start := time.Now()
+			if err := pgx.BeginFunc(ctx, envp.Pool, func(tx pgx.Tx) error { return op(ctx, tx) }); err != nil {
+				return nil, err
+			}
+			took := time.Since(start)
+			var rows int
+			if err := env.Pool.QueryRow(ctx, `SELECT count(*) FROM river_job`).Scan(&rows); err != nil {
+				return nil, err
+			}
+			if rows != n {
+				return nil, fmt.Errorf("inserted %d jobs, want %d", rows, n)
+			}
+			return Sample{"jobs/s": float64(n) / took.Seconds()}, nil
+		}
+	}
+	return &Scenario{
+		Name:    "bulk_insert",
+		Title:   fmt.Sprintf("%d jobs inserted in one transaction", n),
+		Metrics: []Metric{{"jobs/s", true}},
+		Setup: func(ctx context.Context, env *Env) error {
+			envp = env
+			reg := jobs.NewRegistry()
+			jobs.AddWorker(reg, river.QueueDefault, noopWorker{})
+			var err error
+			client, ob, err = insertOnly(env, reg)
+			return err
+		},
+		Sides: []Side{
+			{Name: "river_insert_many_fast", Note: "River InsertManyFastTx (COPY)", Run: timed(func(ctx context.Context, tx pgx.Tx) error {
+				_, err := client.InsertManyFastTx(ctx, tx, params())
+				return err
+			})},
+			{Name: "outbox_batch", Note: "outbox Batch: Add × N, Flush (de-duplication on)", Run: timed(func(ctx context.Context, tx pgx.Tx) error {
+				b := ob.NewBatch()
+				for i := range n {
+					if err := b.Add(noopArgs{N: i}, nil); err != nil {
+						return err
+					}
+				}
+				_, err := b.Flush(ctx, tx)
+				return err
+			})},
+			{Name: "river_insert_many", Note: "River InsertManyTx (one multi-row INSERT, returns the rows)", Run: timed(func(ctx context.Context, tx pgx.Tx) error {
+				_, err := client.InsertManyTx(ctx, tx, params())
+				return err
+			})},
+		},
+		Goals: []Goal{{Side: "outbox_batch", AtLeast: 0.8, Text: "≥ 0.8× InsertManyFast"}},
+	}
+}
+
+// shippedRiver is the River configuration the worker ships with (jobs'
+// defaults), with the run's logger.
+func shippedRiver(env *Env) *river.Config {
+	return &river.Config{Logger: env.Logger}
+}
+
+// workerThroughputScenario: N no-op jobs already queued, worked by a bare
+// River client and by the runtime's client (middleware, metrics), with the
+// worker lock and the semaphore on.
+func workerThroughputScenario(cfg Config) *Scenario {
+	full := max(200, int(100_000*cfg.Scale))
+	const maxWorkers = 100
+	// drain works n jobs; the sides with a lock work a fifth as many (each
+	// job adds lock statements, so they are slower), which leaves jobs/s
+	// comparable.
+	drain := func(n int, build func(env *Env) (*river.Client[pgx.Tx], error)) func(ctx context.Context, env *Env) (Sample, error) {
+		return func(ctx context.Context, env *Env) (Sample, error) {
+			if err := env.Truncate(ctx, "river_job", "job_locks"); err != nil {
+				return nil, err
+			}
+			client, err := build(env)
+			if err != nil {
+				return nil, err
+			}
+			p := make([]river.InsertManyParams, n)
+			for i := range p {
+				p[i] = river.InsertManyParams{Args: noopArgs{N: i}}
+			}
+			if _, err := client.InsertManyFast(ctx, p); err != nil {
+				return nil, err
+			}
+			completed, cancel := client.SubscribeConfig(&river.SubscribeConfig{ChanSize: n + 1000, Kinds: []river.EventKind{river.EventKindJobCompleted}})
+			defer cancel()
+			start := time.Now()
+			if err := client.Start(ctx); err != nil {
+				return nil, err
+			}
+			defer func() {
+				stopCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+				defer stop()
+				_ = client.Stop(stopCtx)
+			}()
+			for i := range n {
+				select {
+				case <-completed:
+				case <-time.After(time.Minute):
+					return nil, fmt.Errorf("jobs stopped completing after %d of %d", i, n)
+				case <-ctx.Done():
+					return nil, context.Cause(ctx)
+				}
+			}
+			return Sample{"jobs/s": float64(n) / time.Since(start).Seconds()}, nil
+		}
+	}
+	runtime := func(w river.Worker[noopArgs]) func(env *Env) (*river.Client[pgx.Tx], error) {
+		return func(env *Env) (*river.Client[pgx.Tx], error) {
+			reg := jobs.NewRegistry()
+			jobs.AddWorker(reg, river.QueueDefault, w)
+			return jobs.NewClient(env.Pool, reg, &jobs.ClientConfig{
+				Queues: []string{river.QueueDefault}, MaxWorkers: maxWorkers, Schema: env.Schema, Logger: env.Logger,
+				River: shippedRiver(env), Metrics: jobs.NewMetrics(nil),
+			})
+		}
+	}
+	return &Scenario{
+		Name:    "worker_throughput",
+		Title:   fmt.Sprintf("%d no-op jobs already queued (a fifth as many with a lock), worked by one client of %d workers, shipped fetch settings", full, maxWorkers),
+		Metrics: []Metric{{"jobs/s", true}},
+		Sides: []Side{
+			{Name: "bare_river", Note: "river.NewClient, the worker alone", Run: drain(full, func(env *Env) (*river.Client[pgx.Tx], error) {
+				workers := river.NewWorkers()
+				river.AddWorker(workers, noopWorker{})
+				c := jobs.RiverDefaults()
+				c.Logger, c.Schema, c.Workers = env.Logger, env.Schema, workers
+				c.Queues = map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: maxWorkers}}
+				return river.NewClient(riverpgxv5.New(env.Pool), c)
+			})},
+			{Name: "full_stack", Note: "jobs.NewClient: middleware (needed-check answered), metrics, locks off", Run: drain(full, runtime(neededNoopWorker{}))},
+			{Name: "worker_lock", Note: "full stack, a worker lock per key, 10,000 keys", Run: drain(max(100, full/5), runtime(lockedNoopWorker{keys: 10_000}))},
+			{Name: "semaphore", Note: "full stack, one global semaphore of 100 permits (as many as workers: no job snoozes)",
+				Run: drain(max(100, full/5), runtime(semaphoreNoopWorker{permits: maxWorkers}))},
+		},
+		Goals: []Goal{{Side: "full_stack", AtLeast: 0.9, Text: "≥ 0.9× bare River"}},
+	}
+}
