@@ -18,6 +18,10 @@ import (
 // args: 128 KiB.
 const MaxPayloadBytesDefault = 128 << 10
 
+// CopyMinJobsDefault is the default of Config.CopyMinJobs: from 500 jobs,
+// COPY's speed outweighs its extra round trip.
+const CopyMinJobsDefault = 500
+
 // Config tunes an Outbox. A nil *Config takes every default.
 type Config struct {
 	// MaxPayloadBytes is the largest JSON encoding of one job's args that
@@ -70,6 +74,16 @@ type Config struct {
 	// Defaults to nil.
 	OnFlush func(ctx context.Context, res FlushResult)
 
+	// CopyMinJobs is the size from which a flush of jobs none of which is
+	// unique (no River unique options, no de-duplication key from
+	// DedupeKey, i.e. no queue lock) is written with River's
+	// InsertManyFastTx (COPY) instead of a multi-row INSERT: about twice as
+	// fast for large batches, for one more round trip (the COMMIT is not
+	// pipelined with a COPY). Negative: never.
+	//
+	// Defaults to CopyMinJobsDefault.
+	CopyMinJobs int
+
 	// DisablePipelinedCommit makes InTx insert jobs and then COMMIT in two
 	// round trips (River's InsertManyTx, then Commit) instead of sending the
 	// insert and the COMMIT together. Useful to compare the two.
@@ -90,6 +104,9 @@ func (c *Config) WithDefaults() Config {
 	}
 	if out.MaxPayloadBytes == 0 {
 		out.MaxPayloadBytes = MaxPayloadBytesDefault
+	}
+	if out.CopyMinJobs == 0 {
+		out.CopyMinJobs = CopyMinJobsDefault
 	}
 	if out.Logger == nil {
 		out.Logger = slog.Default()
@@ -120,6 +137,7 @@ type Outbox struct {
 
 	pipelined atomic.Int64
 	fallbacks atomic.Int64
+	copied    atomic.Int64
 }
 
 // New returns an Outbox that runs transactions on pool and inserts jobs with
@@ -164,11 +182,13 @@ type Stats struct {
 	// because River's insert could not be pipelined (a hook or middleware
 	// of the client ran SQL of its own) or pipelining is disabled.
 	Fallbacks int64
+	// Copied is the number of flushes written with COPY (CopyMinJobs).
+	Copied int64
 }
 
 // Stats returns counters since New.
 func (o *Outbox) Stats() Stats {
-	return Stats{Pipelined: o.pipelined.Load(), Fallbacks: o.fallbacks.Load()}
+	return Stats{Pipelined: o.pipelined.Load(), Fallbacks: o.fallbacks.Load(), Copied: o.copied.Load()}
 }
 
 // InTx runs fn in a new transaction and commits it, with every job fn

@@ -809,3 +809,105 @@ func TestFlushResult(t *testing.T) {
 		require.Equal(t, outbox.FlushResult{Enqueued: 2, Inserted: 1, UniqueSkipped: 1, RoundTrips: 1}, last)
 	})
 }
+
+func TestCopy(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	enqueue := func(n int, extra ...river.JobArgs) func(ctx context.Context, tx *outbox.Tx) error {
+		return func(ctx context.Context, tx *outbox.Tx) error {
+			for i := range n {
+				if err := tx.Enqueue(noteArgs{PingID: int64(i)}, nil); err != nil {
+					return err
+				}
+			}
+			for _, a := range extra {
+				if err := tx.Enqueue(a, nil); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
+
+	t.Run("ManyPlainJobsGoByCopy", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{CopyMinJobs: 100}})
+		res, err := b.ob.InTxResult(ctx, enqueue(150))
+		require.NoError(t, err)
+		require.Equal(t, outbox.FlushResult{Enqueued: 150, Inserted: 150, RoundTrips: 2}, res, "COPY, then COMMIT")
+		require.Equal(t, outbox.Stats{Copied: 1}, b.ob.Stats())
+		require.Equal(t, 150, b.count(ctx, t, `SELECT count(*) FROM river_job WHERE kind = 'test.note' AND state = 'available'`))
+		require.Equal(t, 150, b.count(ctx, t, `SELECT count(DISTINCT args->>'ping_id') FROM river_job`))
+
+		// Fewer than CopyMinJobs: the pipelined INSERT.
+		res, err = b.ob.InTxResult(ctx, enqueue(99))
+		require.NoError(t, err)
+		require.Equal(t, 1, res.RoundTrips)
+		require.Equal(t, outbox.Stats{Copied: 1, Pipelined: 1}, b.ob.Stats())
+	})
+
+	t.Run("OneUniqueJobKeepsTheInsert", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{CopyMinJobs: 100}})
+		res, err := b.ob.InTxResult(ctx, enqueue(150, uniqueArgs{CarID: 1}))
+		require.NoError(t, err)
+		require.Equal(t, outbox.FlushResult{Enqueued: 151, Inserted: 151, RoundTrips: 1}, res)
+		// Again: the unique job matches the waiting one, no error.
+		res, err = b.ob.InTxResult(ctx, enqueue(150, uniqueArgs{CarID: 1}))
+		require.NoError(t, err)
+		require.Equal(t, outbox.FlushResult{Enqueued: 151, Inserted: 150, UniqueSkipped: 1, RoundTrips: 1}, res)
+		require.Equal(t, outbox.Stats{Pipelined: 2}, b.ob.Stats())
+	})
+
+	t.Run("ADedupeKeyKeepsTheInsert", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{CopyMinJobs: 100,
+			DedupeKey: func(args river.JobArgs) (string, bool) {
+				if k, ok := args.(keyedArgs); ok {
+					return k.Key, true // a queue lock's key, as jobs.NewOutbox sets it
+				}
+				return "", false
+			}}})
+		_, err := b.ob.InTxResult(ctx, enqueue(150, keyedArgs{Key: "k"}))
+		require.NoError(t, err)
+		require.Equal(t, outbox.Stats{Pipelined: 1}, b.ob.Stats())
+	})
+
+	t.Run("NegativeNeverCopies", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{CopyMinJobs: -1}})
+		_, err := b.ob.InTxResult(ctx, enqueue(600))
+		require.NoError(t, err)
+		require.Equal(t, outbox.Stats{Pipelined: 1}, b.ob.Stats())
+	})
+
+	t.Run("DefaultThresholdWithEventsAndRollback", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, nil)
+		res, err := b.ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			if err := enqueue(outbox.CopyMinJobsDefault)(ctx, tx); err != nil {
+				return err
+			}
+			return tx.Publish("test.topic", map[string]int{"n": 1})
+		})
+		require.NoError(t, err)
+		require.Equal(t, outbox.FlushResult{Enqueued: 500, Inserted: 500, Events: 1, RoundTrips: 3}, res, "events, COPY, COMMIT")
+		require.Equal(t, 1, b.count(ctx, t, `SELECT count(*) FROM outbox_events`))
+
+		// A batch copied into a transaction that then rolls back leaves nothing.
+		err = pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+			batch := b.ob.NewBatch()
+			for i := range 600 {
+				require.NoError(t, batch.Add(noteArgs{PingID: int64(1000 + i)}, nil))
+			}
+			res, err := batch.Flush(ctx, tx)
+			require.NoError(t, err)
+			require.Equal(t, 600, res.Inserted)
+			require.Equal(t, int64(2), b.ob.Stats().Copied)
+			return errors.New("roll back")
+		})
+		require.EqualError(t, err, "roll back")
+		require.Equal(t, 500, b.count(ctx, t, `SELECT count(*) FROM river_job`))
+	})
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -52,6 +53,10 @@ func (o *Outbox) write(ctx context.Context, tx pgx.Tx, params []river.InsertMany
 		stmts = append(stmts, eventsInsert(events))
 	}
 
+	if o.copySafe(params) {
+		return o.writeCopy(ctx, tx, params, stmts, len(events), commit)
+	}
+
 	pipelined := len(params) == 0
 	if len(params) > 0 && !o.cfg.DisablePipelinedCommit {
 		rec := &recorder{real: tx}
@@ -95,6 +100,56 @@ func (o *Outbox) write(ctx context.Context, tx pgx.Tx, params []river.InsertMany
 	}
 	counted := countResults(results)
 	res.Inserted, res.UniqueSkipped = counted.Inserted, counted.UniqueSkipped
+	res.RoundTrips++
+	if commit {
+		if err := tx.Commit(ctx); err != nil {
+			return FlushResult{}, fmt.Errorf("outbox: committing: %w", err)
+		}
+		res.RoundTrips++
+	}
+	return res, nil
+}
+
+// copySafe reports whether params are many enough for COPY and none of them
+// can meet an existing job: COPY has no ON CONFLICT, so a unique job (River
+// unique options, or a queue lock's de-duplication key) must go through the
+// INSERT that skips it.
+func (o *Outbox) copySafe(params []river.InsertManyParams) bool {
+	if o.cfg.CopyMinJobs < 0 || len(params) < o.cfg.CopyMinJobs {
+		return false
+	}
+	for _, p := range params {
+		if p.InsertOpts != nil && !reflect.ValueOf(p.InsertOpts.UniqueOpts).IsZero() {
+			return false
+		}
+		if a, ok := p.Args.(river.JobArgsWithInsertOpts); ok && !reflect.ValueOf(a.InsertOpts().UniqueOpts).IsZero() {
+			return false
+		}
+		if o.cfg.DedupeKey != nil {
+			if _, ok := o.cfg.DedupeKey(p.Args); ok {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// writeCopy writes the events (their statement, stmts[0], when there are
+// any), then the jobs with River's COPY, then commits when commit is set.
+func (o *Outbox) writeCopy(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams, stmts []recordedStmt, events int, commit bool) (FlushResult, error) {
+	o.copied.Add(1)
+	res := FlushResult{Events: events}
+	if events > 0 {
+		if _, err := tx.Exec(ctx, stmts[0].sql, stmts[0].args...); err != nil {
+			return FlushResult{}, fmt.Errorf("outbox: inserting %d events: %w", events, err)
+		}
+		res.RoundTrips++
+	}
+	n, err := o.client.InsertManyFastTx(ctx, tx, params)
+	if err != nil {
+		return FlushResult{}, fmt.Errorf("outbox: inserting %d jobs with COPY: %w", len(params), err)
+	}
+	res.Inserted = n
 	res.RoundTrips++
 	if commit {
 		if err := tx.Commit(ctx); err != nil {

@@ -18,8 +18,9 @@ import (
 // latencyRates are the steady enqueue rates of the latency scenario.
 var latencyRates = []int{200, 2000}
 
-// latencyProducers insert the jobs, each at rate/latencyProducers.
-const latencyProducers = 4
+// latencyProducers is how many goroutines insert the jobs at rate: one per
+// 100 jobs/s, so that each has time for its inserts.
+func latencyProducers(rate int) int { return max(2, rate/100) }
 
 // latencyScenario: enqueue-to-start latency of jobs enqueued one per
 // transaction at a steady rate, with River's default fetch settings and
@@ -94,7 +95,8 @@ func latencyScenario(Config) *Scenario {
 // transaction from latencyProducers goroutines, waits for them to complete,
 // and returns the rate achieved.
 func produce(ctx context.Context, client *river.Client[pgx.Tx], pool *pgxpool.Pool, rate int, d time.Duration, tag int) (float64, error) {
-	interval := time.Duration(float64(time.Second) * latencyProducers / float64(rate))
+	producers := latencyProducers(rate)
+	interval := time.Duration(float64(time.Second) * float64(producers) / float64(rate))
 	var (
 		inserted atomic.Int64
 		wg       sync.WaitGroup
@@ -103,7 +105,7 @@ func produce(ctx context.Context, client *river.Client[pgx.Tx], pool *pgxpool.Po
 	)
 	start := time.Now()
 	deadline := start.Add(d)
-	for range latencyProducers {
+	for range producers {
 		wg.Go(func() {
 			next := time.Now()
 			for next.Before(deadline) {
