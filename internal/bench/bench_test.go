@@ -22,7 +22,7 @@ func TestRunEveryScenario(t *testing.T) {
 	ctx := context.Background()
 	var progress bytes.Buffer
 	report, err := bench.Run(ctx, bench.Config{
-		DatabaseURL: dbtest.ServerURL(t), Rounds: 1, Duration: 100 * time.Millisecond, Scale: 0.002, Out: &progress,
+		DatabaseURL: dbtest.ServerURL(t), Rounds: 1, Duration: 400 * time.Millisecond, Scale: 0.002, Out: &progress,
 	})
 	require.NoError(t, err)
 
