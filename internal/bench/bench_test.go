@@ -3,7 +3,9 @@ package bench_test
 import (
 	"bytes"
 	"context"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -65,10 +67,11 @@ func TestRunEveryScenario(t *testing.T) {
 	require.Contains(t, table.String(), "baseline")
 	require.Contains(t, progress.String(), "tx_one_job/plain round 1: tx/s @1 ")
 
-	// The scratch schemas are gone.
+	// The run's scratch schemas are gone (they end with the process ID).
 	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 1})
 	var left int
-	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'aftercommit_bench_%'`).Scan(&left))
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'aftercommit_bench_%_' || $1`,
+		strconv.Itoa(os.Getpid())).Scan(&left))
 	require.Zero(t, left)
 }
 
