@@ -36,13 +36,13 @@ bench/donations: ## Donate vs a plain insert; TrackOpen coalesced vs job-per-eve
 	@for i in $$(seq $(BENCH_ROUNDS)); do go test -run '^$$' -bench 'BenchmarkDonate|BenchmarkTrackOpen' -benchtime 2000x -count 1 ./donations; done | go run ./internal/benchratio
 
 bench/pgbench-floor: ## what one river_job row costs Postgres alone (pgbench, same round trips)
-	@bash internal/benchratio/pgbench/floor.sh
+	@bash internal/bench/pgbench/floor.sh
 
 bench/inventory: ## claims/s on one hot product: single-row lock vs 8 and 32 buckets, at 1, 8, 32 buyers
 	@for i in $$(seq $(BENCH_ROUNDS)); do go test -run '^$$' -bench BenchmarkClaims -benchtime 3000x -count 1 ./inventory; done | go run ./internal/benchratio
 
 bench/claims-floor: ## the claim transactions' SQL alone (pgbench, 32 clients): single-row vs 32 buckets
-	@bash internal/benchratio/pgbench/claims_floor.sh
+	@bash internal/bench/pgbench/claims_floor.sh
 
 bench/reporting: ## 10,000 car users: the bulk job vs the after_commit way (a row and a report enqueue per user)
 	@for i in 1 2 3; do go test -run '^$$' -bench 'BenchmarkCarUsersInBulk/^users=10000$$/' -benchtime 3x -count 1 ./reporting; done | go run ./internal/benchratio

@@ -43,7 +43,7 @@ func TestBench(t *testing.T) {
 			{[]string{"bench", "--rounds", "0"}, "aftercommit bench: --rounds must be in 1…100, got 0\n"},
 			{[]string{"bench", "--duration", "1ms"}, "aftercommit bench: --duration must be at least 10ms, got 1ms\n"},
 			{[]string{"bench", "--scale", "0"}, "aftercommit bench: --scale must be in (0, 100], got 0\n"},
-			{[]string{"bench", "--scenario", "warp"}, `aftercommit bench: unknown scenario "warp": want one of tx_one_job, tx_bulk, bulk_insert, worker_throughput, latency` + "\n"},
+			{[]string{"bench", "--scenario", "warp"}, `aftercommit bench: unknown scenario "warp": want one of tx_one_job, tx_floor, tx_bulk, bulk_insert, worker_throughput, latency, claims_floor` + "\n"},
 		} {
 			res := runCLI(ctx, t, environ, tc.args...)
 			require.Equal(t, exitUsage, res.code, "%v", tc.args)

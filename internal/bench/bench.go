@@ -150,10 +150,12 @@ func Names() []string {
 // registry holds every scenario, built for a Config.
 var registry = []func(Config) *Scenario{
 	txOneJobScenario,
+	txFloorScenario,
 	txBulkScenario,
 	bulkInsertScenario,
 	workerThroughputScenario,
 	latencyScenario,
+	claimsFloorScenario,
 }
 
 // withDefaults fills the zero fields of cfg.

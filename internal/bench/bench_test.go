@@ -45,12 +45,14 @@ func TestRunEveryScenario(t *testing.T) {
 	}
 	require.Equal(t, map[string][]string{
 		"tx_one_job":        {"plain", "outbox_job", "river_insert_tx"},
+		"tx_floor":          {"pgbench_plain", "pgbench_job"},
+		"claims_floor":      {"pgbench_single_row", "pgbench_buckets_32"},
 		"tx_bulk":           {"rows_only", "rows_and_jobs"},
 		"bulk_insert":       {"river_insert_many_fast", "outbox_batch", "river_insert_many"},
 		"worker_throughput": {"bare_river", "full_stack", "worker_lock", "semaphore"},
 		"latency":           {"river_defaults", "shipped"},
 	}, sides)
-	require.Equal(t, bench.Names(), []string{"tx_one_job", "tx_bulk", "bulk_insert", "worker_throughput", "latency"})
+	require.Equal(t, []string{"tx_one_job", "tx_floor", "tx_bulk", "bulk_insert", "worker_throughput", "latency", "claims_floor"}, bench.Names())
 
 	var goals int
 	for _, r := range report.Results {
@@ -85,7 +87,7 @@ func TestValidate(t *testing.T) {
 		{bench.Config{Rounds: 101}, "bench: invalid config: --rounds must be in 1…100, got 101"},
 		{bench.Config{Duration: time.Millisecond}, "bench: invalid config: --duration must be at least 10ms, got 1ms"},
 		{bench.Config{Scale: -1}, "bench: invalid config: --scale must be in (0, 100], got -1"},
-		{bench.Config{Scenarios: []string{"nope"}}, `bench: invalid config: unknown scenario "nope": want one of tx_one_job, tx_bulk, bulk_insert, worker_throughput, latency`},
+		{bench.Config{Scenarios: []string{"nope"}}, `bench: invalid config: unknown scenario "nope": want one of tx_one_job, tx_floor, tx_bulk, bulk_insert, worker_throughput, latency, claims_floor`},
 	} {
 		err := bench.Validate(tc.cfg)
 		require.ErrorIs(t, err, bench.ErrInvalidConfig)

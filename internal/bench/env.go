@@ -34,6 +34,9 @@ type Env struct {
 
 	admin  *pgxpool.Pool
 	server string
+	// url is the run's database URL, for pgbench (the schema goes in
+	// PGOPTIONS).
+	url string
 }
 
 // newEnv creates, migrates and connects a scratch schema for scenario.
@@ -52,7 +55,7 @@ func newEnv(ctx context.Context, cfg Config, scenario string) (*Env, error) {
 		admin.Close()
 		return nil, fmt.Errorf("creating schema %s: %w", schema, err)
 	}
-	env := &Env{Schema: schema, Scale: cfg.Scale, Duration: cfg.Duration, admin: admin,
+	env := &Env{Schema: schema, Scale: cfg.Scale, Duration: cfg.Duration, admin: admin, url: cfg.DatabaseURL,
 		Logger: slog.New(slog.DiscardHandler)}
 	var version string
 	if err := admin.QueryRow(ctx, `SELECT current_setting('server_version')`).Scan(&version); err == nil {

@@ -1,0 +1,129 @@
+package bench
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// pgbenchScripts are the pgbench scripts of the floor scenarios; the shell
+// scripts next to them (floor.sh, claims_floor.sh) run the same files.
+//
+//go:embed pgbench/*.sql
+var pgbenchScripts embed.FS
+
+// errNoPgbench is returned when the pgbench binary cannot be found.
+var errNoPgbench = errors.New("pgbench is not installed (Debian: apt-get install postgresql-client); the floor scenarios run the same SQL through it")
+
+var tpsLine = regexp.MustCompile(`(?m)^tps = ([0-9.]+)`)
+
+// pgbench runs script (a file of pgbench/) against env's schema with
+// clients clients for d (at least one second), and returns its tps.
+func pgbench(ctx context.Context, env *Env, script string, clients int, d time.Duration) (float64, error) {
+	bin, err := exec.LookPath("pgbench")
+	if err != nil {
+		return 0, errNoPgbench
+	}
+	body, err := pgbenchScripts.ReadFile("pgbench/" + script)
+	if err != nil {
+		return 0, err
+	}
+	dir, err := os.MkdirTemp("", "aftercommit-pgbench-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	file := filepath.Join(dir, script)
+	if err := os.WriteFile(file, body, 0o600); err != nil {
+		return 0, err
+	}
+	secs := max(1, int(d.Round(time.Second)/time.Second))
+	cmd := exec.CommandContext(ctx, bin, "-n", "-M", "prepared", "-f", file,
+		"-c", strconv.Itoa(clients), "-j", strconv.Itoa(min(clients, 2)), "-T", strconv.Itoa(secs), env.url)
+	cmd.Env = append(os.Environ(), "PGOPTIONS=-c search_path="+env.Schema)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("pgbench -f %s: %w: %s", script, err, lastLines(string(out), 3))
+	}
+	m := tpsLine.FindStringSubmatch(string(out))
+	if m == nil {
+		return 0, fmt.Errorf("pgbench -f %s printed no tps: %s", script, lastLines(string(out), 3))
+	}
+	return strconv.ParseFloat(m[1], 64)
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], " | ")
+}
+
+// txFloorScenario: the transactions of tx_one_job in pgbench, with no Go
+// at all: the ceiling of commits/s on this machine, and what one river_job
+// row costs the server.
+func txFloorScenario(Config) *Scenario {
+	side := func(name, note, script string) Side {
+		return Side{Name: name, Note: note, Run: func(ctx context.Context, env *Env) (Sample, error) {
+			s := Sample{}
+			for _, c := range []int{1, 8} {
+				v, err := pgbench(ctx, env, script, c, env.Duration/2)
+				if err != nil {
+					return nil, err
+				}
+				s["tx/s @"+strconv.Itoa(c)] = v
+			}
+			return s, env.Truncate(ctx, "pings", "river_job")
+		}}
+	}
+	return &Scenario{
+		Name:    "tx_floor",
+		Title:   "tx_one_job's transactions in pgbench: the server's own ceiling",
+		Metrics: []Metric{{"tx/s @1", true}, {"tx/s @8", true}},
+		Sides: []Side{
+			side("pgbench_plain", "BEGIN; INSERT one row; COMMIT (pgbench/tx_plain.sql)", "tx_plain.sql"),
+			side("pgbench_job", "the same + a minimal river_job INSERT pipelined with the COMMIT (pgbench/tx_job_pipelined.sql)", "tx_job_pipelined.sql"),
+		},
+	}
+}
+
+// claimsFloorScenario: inventory claims on one hot product in pgbench, 32
+// clients: the single-row lock against 32 buckets, with no Go at all.
+func claimsFloorScenario(Config) *Scenario {
+	const reset = `
+TRUNCATE inventory_claims, checkouts, product_buckets, products, river_job;
+INSERT INTO products (sku, stock) VALUES ('ROW', 1000000000);
+INSERT INTO products (sku, stock, claim_strategy) VALUES ('BKT', 1000000000 / 32 * 32, 'buckets');
+INSERT INTO product_buckets (product_id, bucket, stock)
+SELECT id, i, 1000000000 / 32 FROM products, generate_series(0, 31) i WHERE sku = 'BKT'`
+	side := func(name, note, script string) Side {
+		return Side{Name: name, Note: note, Run: func(ctx context.Context, env *Env) (Sample, error) {
+			if _, err := env.Pool.Exec(ctx, reset); err != nil {
+				return nil, err
+			}
+			if _, err := env.Pool.Exec(ctx, `VACUUM ANALYZE products, product_buckets`); err != nil {
+				return nil, err
+			}
+			v, err := pgbench(ctx, env, script, 32, env.Duration)
+			if err != nil {
+				return nil, err
+			}
+			return Sample{"claims/s": v}, nil
+		}}
+	}
+	return &Scenario{
+		Name:    "claims_floor",
+		Title:   "inventory claims on one hot product in pgbench, 32 clients: the server's own ceiling",
+		Metrics: []Metric{{"claims/s", true}},
+		Sides: []Side{
+			side("pgbench_single_row", "lock the product row, count, insert (pgbench/claim_single_row.sql)", "claim_single_row.sql"),
+			side("pgbench_buckets_32", "one statement taking a free bucket of 32 (pgbench/claim_buckets.sql)", "claim_buckets.sql"),
+		},
+	}
+}
