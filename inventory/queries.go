@@ -162,7 +162,13 @@ WITH doomed AS (
        AND cl.expires_at <= clock_timestamp()
        AND c.state IN ('open', 'payment_failed')
        FOR UPDATE OF c, cl
-), released AS (
+` + expireDoomedSQL
+
+// expireDoomedSQL ends a statement whose CTEs so far select, in "doomed",
+// the IDs of checkouts (locked with their claims) to expire: it deletes
+// their claims, gives bucket claims' units back to their buckets, marks the
+// checkouts expired and returns how many.
+const expireDoomedSQL = `), released AS (
     DELETE FROM inventory_claims cl
      USING doomed
      WHERE cl.checkout_id = doomed.id
@@ -329,21 +335,6 @@ WITH single AS (
      LIMIT $1
        FOR UPDATE OF c, cl SKIP LOCKED
        FOR NO KEY UPDATE OF b SKIP LOCKED
-), released AS (
-    DELETE FROM inventory_claims cl
-     USING (SELECT id FROM single UNION ALL SELECT id FROM bucketed) doomed
-     WHERE cl.checkout_id = doomed.id
-    RETURNING cl.checkout_id, cl.product_id, cl.bucket, cl.quantity
-), freed AS (
-    UPDATE product_buckets b SET claimed = b.claimed - r.quantity
-      FROM (SELECT product_id, bucket, sum(quantity)::integer AS quantity
-              FROM released WHERE bucket IS NOT NULL
-             GROUP BY product_id, bucket) r
-     WHERE b.product_id = r.product_id AND b.bucket = r.bucket
-), expired AS (
-    UPDATE checkouts c SET state = 'expired', updated_at = clock_timestamp()
-      FROM released
-     WHERE c.id = released.checkout_id
-    RETURNING c.id
-)
-SELECT count(*) FROM expired`
+), doomed AS (
+    SELECT id FROM single UNION ALL SELECT id FROM bucketed
+` + expireDoomedSQL

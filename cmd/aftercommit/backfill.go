@@ -67,14 +67,11 @@ func runBackfill(ctx context.Context, args []string, e *env) int {
 	}
 	db.resolve(fs, e)
 
-	pool, err := db.open(ctx)
-	if err != nil {
-		return reportError(ctx, e, err)
+	pool, code, ok := db.connect(ctx, e, 0)
+	if !ok {
+		return code
 	}
 	defer pool.Close()
-	if err := checkSchema(ctx, pool, db.schema); err != nil {
-		return reportError(ctx, e, err)
-	}
 	reg := app.Registry(pool)
 	client, err := jobs.NewClient(pool, reg, &jobs.ClientConfig{Queues: []string{}, Schema: db.schema}) // insert only
 	if err != nil {

@@ -63,14 +63,11 @@ func runCheckArgs(ctx context.Context, args []string, e *env) int {
 	}
 	db.resolve(fs, e)
 
-	pool, err := db.open(ctx)
-	if err != nil {
-		return reportError(ctx, e, err)
+	pool, code, ok := db.connect(ctx, e, 0)
+	if !ok {
+		return code
 	}
 	defer pool.Close()
-	if err := checkSchema(ctx, pool, db.schema); err != nil {
-		return reportError(ctx, e, err)
-	}
 
 	reg := app.Registry(pool)
 	if err := reg.Err(); err != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -54,16 +55,11 @@ func (f *dbFlags) resolve(fs *flag.FlagSet, e *env) {
 	}
 }
 
-// open connects to the database and checks it answers, within the
-// connection timeout. On failure it returns an error whose text is one line
-// meant for a person, without the password; it wraps dbconn.ErrInterrupted
-// when ctx ended first.
-func (f *dbFlags) open(ctx context.Context) (*pgxpool.Pool, error) {
-	return f.openConns(ctx, 4)
-}
-
-// openConns is open with a pool of at most maxConns connections (overriding
-// the URL's pool_max_conns).
+// openConns connects to the database with a pool of at most maxConns
+// connections (overriding the URL's pool_max_conns) and checks it answers,
+// within the connection timeout. On failure it returns an error whose text
+// is one line meant for a person, without the password; it wraps
+// dbconn.ErrInterrupted when ctx ended first.
 func (f *dbFlags) openConns(ctx context.Context, maxConns int32) (*pgxpool.Pool, error) {
 	return dbconn.Open(ctx, f.url, &dbconn.Opts{
 		Component:      "aftercommit",
@@ -72,6 +68,22 @@ func (f *dbFlags) openConns(ctx context.Context, maxConns int32) (*pgxpool.Pool,
 		MaxConns:       maxConns,
 		ConnectTimeout: defaultConnectTimeout,
 	})
+}
+
+// connect opens a pool of at most maxConns connections (0: open's 4) and
+// checks the schema exists. When it cannot, it has reported why on
+// e.stderr and returns ok false with the exit code; otherwise the caller
+// closes the pool.
+func (f *dbFlags) connect(ctx context.Context, e *env, maxConns int32) (pool *pgxpool.Pool, code int, ok bool) {
+	pool, err := f.openConns(ctx, cmp.Or(maxConns, 4))
+	if err != nil {
+		return nil, reportError(ctx, e, err), false
+	}
+	if err := checkSchema(ctx, pool, f.schema); err != nil {
+		pool.Close()
+		return nil, reportError(ctx, e, err), false
+	}
+	return pool, exitOK, true
 }
 
 // errInterrupted is returned when the command's context ended (SIGINT or

@@ -65,14 +65,11 @@ func runDemo(ctx context.Context, args []string, e *env) int {
 	db.resolve(fs, e)
 
 	// The scenario's goroutines, the in-process worker and its services.
-	pool, err := db.openConns(ctx, demo.ConcurrencyDefault+12)
-	if err != nil {
-		return reportError(ctx, e, err)
+	pool, code, ok := db.connect(ctx, e, demo.ConcurrencyDefault+12)
+	if !ok {
+		return code
 	}
 	defer pool.Close()
-	if err := checkSchema(ctx, pool, db.schema); err != nil {
-		return reportError(ctx, e, err)
-	}
 	res, err := dbmigrate.Up(ctx, pool, &dbmigrate.Options{Schema: db.schema})
 	if err != nil {
 		return reportResult(ctx, e, "up", res, err)

@@ -106,14 +106,11 @@ func runJobs(ctx context.Context, args []string, e *env) int {
 	}
 	f.db.resolve(fs, e)
 
-	pool, err := f.db.open(ctx)
-	if err != nil {
-		return reportError(ctx, e, err)
+	pool, code, ok := f.db.connect(ctx, e, 0)
+	if !ok {
+		return code
 	}
 	defer pool.Close()
-	if err := checkSchema(ctx, pool, f.db.schema); err != nil {
-		return reportError(ctx, e, err)
-	}
 	// An insert-only client: it runs no worker and no maintenance service,
 	// and reaches the tables through the pool's search_path.
 	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{Schema: f.db.schema})

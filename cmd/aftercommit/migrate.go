@@ -66,15 +66,11 @@ func runMigrate(ctx context.Context, args []string, e *env) int {
 		return exitUsage
 	}
 
-	pool, err := db.open(ctx)
-	if err != nil {
-		return reportError(ctx, e, err)
+	pool, code, ok := db.connect(ctx, e, 0)
+	if !ok {
+		return code
 	}
 	defer pool.Close()
-
-	if err := checkSchema(ctx, pool, db.schema); err != nil {
-		return reportError(ctx, e, err)
-	}
 
 	opts := &dbmigrate.Options{Schema: db.schema}
 	switch action {
