@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/aftercommit/aftercommit/internal/bench"
@@ -12,14 +15,16 @@ import (
 
 func printBenchUsage(w io.Writer, printFlags func(io.Writer)) {
 	fmt.Fprintf(w, `Usage:
-  aftercommit bench [--scenario NAME,...] [--rounds N] [--duration D] [--scale X] [--json]
+  aftercommit bench [--scenario NAME,...] [--rounds N] [--duration D] [--scale X] [--json] [--chart PATH]
 
 Runs benchmark scenarios, each against its baseline in this one process, on
 the database's server: every scenario works in a scratch schema of its own
 (created, migrated, dropped). The sides of a scenario alternate for --rounds
 rounds; the table gives each side's median, min and max and the ratio of its
 median to the baseline's, measured in the same run. Figures and their
-reading: BENCHMARKS.md.
+reading: BENCHMARKS.md. --chart draws the growth scenario's throughput
+and latency against the jobs already in the table as a PNG (docs/growth.png
+in the repository).
 
 Scenarios: %s.
 
@@ -42,6 +47,7 @@ func runBench(ctx context.Context, args []string, e *env) int {
 	scale := fs.Float64("scale", bench.ScaleDefault, "multiply the fixed sizes (100,000 jobs at 1)")
 	asJSON := fs.Bool("json", false, "print the results as JSON")
 	verbose := fs.Bool("v", false, "print every round's figures on stderr as they come")
+	chart := fs.String("chart", "", "write the growth scenario's chart to this PNG file (its directory is created)")
 	usage := commandUsage(fs, e, printBenchUsage)
 
 	positional, code, ok := parseArgs(fs, e, name, usage, args)
@@ -73,6 +79,9 @@ func runBench(ctx context.Context, args []string, e *env) int {
 	if err := bench.Validate(cfg); err != nil {
 		return usageError(e, name, strings.TrimPrefix(err.Error(), bench.ErrInvalidConfig.Error()+": "))
 	}
+	if *chart != "" && cfg.Scenarios != nil && !slices.Contains(cfg.Scenarios, bench.GrowthScenario) {
+		return usageError(e, name, fmt.Sprintf("--chart draws the %s scenario, which --scenario %s leaves out", bench.GrowthScenario, *scenarios))
+	}
 
 	report, err := bench.Run(ctx, cfg)
 	if err != nil {
@@ -85,8 +94,17 @@ func runBench(ctx context.Context, args []string, e *env) int {
 		if err := writeJSON(e.stdout, report); err != nil {
 			return reportError(ctx, e, err)
 		}
-		return exitOK
+	} else {
+		report.Print(e.stdout)
 	}
-	report.Print(e.stdout)
+	// After the figures, so that a chart that cannot be written loses none.
+	if *chart != "" {
+		if err := os.MkdirAll(filepath.Dir(*chart), 0o755); err != nil {
+			return reportError(ctx, e, fmt.Errorf("aftercommit bench: writing the chart: %w", err))
+		}
+		if err := bench.WriteGrowthChart(*chart, report.Results); err != nil {
+			return reportError(ctx, e, fmt.Errorf("aftercommit %w", err))
+		}
+	}
 	return exitOK
 }

@@ -43,7 +43,9 @@ func TestBench(t *testing.T) {
 			{[]string{"bench", "--rounds", "0"}, "aftercommit bench: --rounds must be in 1…100, got 0\n"},
 			{[]string{"bench", "--duration", "1ms"}, "aftercommit bench: --duration must be at least 10ms, got 1ms\n"},
 			{[]string{"bench", "--scale", "0"}, "aftercommit bench: --scale must be in (0, 100], got 0\n"},
-			{[]string{"bench", "--scenario", "warp"}, `aftercommit bench: unknown scenario "warp": want one of tx_one_job, tx_floor, tx_bulk, bulk_insert, worker_throughput, latency, claims_floor` + "\n"},
+			{[]string{"bench", "--scenario", "tx_bulk", "--chart", "growth.png"},
+				"aftercommit bench: --chart draws the growth scenario, which --scenario tx_bulk leaves out\n"},
+			{[]string{"bench", "--scenario", "warp"}, `aftercommit bench: unknown scenario "warp": want one of tx_one_job, tx_floor, tx_bulk, bulk_insert, worker_throughput, latency, donations, claims, claims_floor, car_users, processes, growth` + "\n"},
 		} {
 			res := runCLI(ctx, t, environ, tc.args...)
 			require.Equal(t, exitUsage, res.code, "%v", tc.args)

@@ -155,7 +155,12 @@ var registry = []func(Config) *Scenario{
 	bulkInsertScenario,
 	workerThroughputScenario,
 	latencyScenario,
+	donationsScenario,
+	claimsScenario,
 	claimsFloorScenario,
+	carUsersScenario,
+	processesScenario,
+	growthScenario,
 }
 
 // withDefaults fills the zero fields of cfg.

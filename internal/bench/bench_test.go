@@ -47,12 +47,17 @@ func TestRunEveryScenario(t *testing.T) {
 		"tx_one_job":        {"plain", "outbox_job", "river_insert_tx"},
 		"tx_floor":          {"pgbench_plain", "pgbench_job"},
 		"claims_floor":      {"pgbench_single_row", "pgbench_buckets_32"},
+		"donations":         {"plain_insert", "donate", "donate_flagged"},
+		"claims":            {"single_row", "buckets_8", "buckets_32"},
+		"car_users":         {"naive", "bulk", "bulk_job"},
+		"processes":         {"workers_1", "workers_2", "workers_4"},
+		"growth":            {"waiting_10k", "waiting_100k", "waiting_1m", "scheduled_1m", "finished_1m"},
 		"tx_bulk":           {"rows_only", "rows_and_jobs"},
 		"bulk_insert":       {"river_insert_many_fast", "outbox_batch", "river_insert_many"},
 		"worker_throughput": {"bare_river", "full_stack", "worker_lock", "semaphore"},
 		"latency":           {"river_defaults", "shipped"},
 	}, sides)
-	require.Equal(t, []string{"tx_one_job", "tx_floor", "tx_bulk", "bulk_insert", "worker_throughput", "latency", "claims_floor"}, bench.Names())
+	require.Equal(t, []string{"tx_one_job", "tx_floor", "tx_bulk", "bulk_insert", "worker_throughput", "latency", "donations", "claims", "claims_floor", "car_users", "processes", "growth"}, bench.Names())
 
 	var goals int
 	for _, r := range report.Results {
@@ -61,7 +66,7 @@ func TestRunEveryScenario(t *testing.T) {
 			require.NotEmpty(t, r.Goal)
 		}
 	}
-	require.Equal(t, 6, goals, "every goal is judged")
+	require.Equal(t, 8, goals, "every goal is judged")
 
 	var table bytes.Buffer
 	report.Print(&table)
@@ -87,7 +92,7 @@ func TestValidate(t *testing.T) {
 		{bench.Config{Rounds: 101}, "bench: invalid config: --rounds must be in 1…100, got 101"},
 		{bench.Config{Duration: time.Millisecond}, "bench: invalid config: --duration must be at least 10ms, got 1ms"},
 		{bench.Config{Scale: -1}, "bench: invalid config: --scale must be in (0, 100], got -1"},
-		{bench.Config{Scenarios: []string{"nope"}}, `bench: invalid config: unknown scenario "nope": want one of tx_one_job, tx_floor, tx_bulk, bulk_insert, worker_throughput, latency, claims_floor`},
+		{bench.Config{Scenarios: []string{"nope"}}, `bench: invalid config: unknown scenario "nope": want one of tx_one_job, tx_floor, tx_bulk, bulk_insert, worker_throughput, latency, donations, claims, claims_floor, car_users, processes, growth`},
 	} {
 		err := bench.Validate(tc.cfg)
 		require.ErrorIs(t, err, bench.ErrInvalidConfig)
