@@ -3,7 +3,7 @@
 BENCH_ROUNDS ?= 6
 BENCH_TIME   ?= 2s
 
-.PHONY: help test test/race lint migrate worker bench/outbox bench/jobs bench/donations bench/inventory bench/reporting bench/pgbench-floor bench/claims-floor compose/check
+.PHONY: help test test/race lint migrate worker bench/outbox bench/jobs bench/donations bench/inventory bench/reporting bench/pgbench-floor bench/claims-floor compose/check bench
 
 help: ## list targets
 	@grep -E '^[a-zA-Z/_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "%-16s %s\n", $$1, $$2}'
@@ -46,3 +46,6 @@ bench/claims-floor: ## the claim transactions' SQL alone (pgbench, 32 clients): 
 
 bench/reporting: ## 10,000 car users: the bulk job vs the after_commit way (a row and a report enqueue per user)
 	@for i in 1 2 3; do go test -run '^$$' -bench 'BenchmarkCarUsersInBulk/^users=10000$$/' -benchtime 3x -count 1 ./reporting; done | go run ./internal/benchratio
+
+bench: ## every aftercommit bench scenario side by side (about 20 min here), the growth chart into docs/
+	go run ./cmd/aftercommit bench --rounds 3 --duration 4s --chart docs/growth.png
