@@ -64,14 +64,7 @@ WITH p AS (
       FROM pick
      WHERE pb.product_id = pick.product_id AND pb.bucket = pick.bucket
     RETURNING pb.product_id, pb.bucket
-), c AS (
-    INSERT INTO checkouts (product_id, quantity, expires_at)
-    SELECT product_id, $2::integer, clock_timestamp() + make_interval(secs => $3) FROM b
-    RETURNING id, product_id, quantity, state, created_at, updated_at, expires_at
-), claim AS (
-    INSERT INTO inventory_claims (checkout_id, product_id, quantity, expires_at, bucket)
-    SELECT c.id, c.product_id, c.quantity, c.expires_at, b.bucket FROM c, b
-)
+` + bucketCheckoutSQL + `
 SELECT p.id, p.claim_strategy, (SELECT stock FROM locked),
        c.id, c.state, c.created_at, c.updated_at, c.expires_at,
        CASE WHEN c.id IS NULL AND p.claim_strategy = 'buckets' THEN (
@@ -128,6 +121,18 @@ UPDATE product_buckets b SET stock = v.stock
   FROM unnest($2::smallint[], $3::integer[]) AS v (bucket, stock)
  WHERE b.product_id = $1 AND b.bucket = v.bucket`
 
+// bucketCheckoutSQL continues a statement whose CTE "b" claimed $2 units
+// in a bucket (product_id, bucket): it inserts the checkout (c) and its
+// claim in that bucket, expiring $3 seconds from now.
+const bucketCheckoutSQL = `), c AS (
+    INSERT INTO checkouts (product_id, quantity, expires_at)
+    SELECT product_id, $2::integer, clock_timestamp() + make_interval(secs => $3) FROM b
+    RETURNING id, product_id, quantity, state, created_at, updated_at, expires_at
+), claim AS (
+    INSERT INTO inventory_claims (checkout_id, product_id, quantity, expires_at, bucket)
+    SELECT c.id, c.product_id, c.quantity, c.expires_at, b.bucket FROM c, b
+)`
+
 // claimInBucketSQL claims $2 units of product $1 in bucket $4, waiting for
 // the bucket's lock, if it has them once locked: it adds them to the
 // bucket's claimed counter and inserts the checkout and its claim, expiring
@@ -138,14 +143,7 @@ WITH b AS (
     UPDATE product_buckets SET claimed = claimed + $2::integer
      WHERE product_id = $1 AND bucket = $4 AND stock - claimed >= $2::integer
     RETURNING product_id, bucket
-), c AS (
-    INSERT INTO checkouts (product_id, quantity, expires_at)
-    SELECT product_id, $2::integer, clock_timestamp() + make_interval(secs => $3) FROM b
-    RETURNING id, product_id, quantity, state, created_at, updated_at, expires_at
-), claim AS (
-    INSERT INTO inventory_claims (checkout_id, product_id, quantity, expires_at, bucket)
-    SELECT c.id, c.product_id, c.quantity, c.expires_at, b.bucket FROM c, b
-)
+` + bucketCheckoutSQL + `
 SELECT id, state, created_at, updated_at, expires_at FROM c`
 
 // expireProductClaimsSQL releases every claim of product $1 that has run
