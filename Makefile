@@ -47,5 +47,5 @@ bench/claims-floor: ## the claim transactions' SQL alone (pgbench, 32 clients): 
 bench/reporting: ## 10,000 car users: the bulk job vs the after_commit way (a row and a report enqueue per user)
 	@for i in 1 2 3; do go test -run '^$$' -bench 'BenchmarkCarUsersInBulk/^users=10000$$/' -benchtime 3x -count 1 ./reporting; done | go run ./internal/benchratio
 
-bench: ## every aftercommit bench scenario side by side (about 20 min here), the growth chart into docs/
+bench: ## every aftercommit bench scenario side by side (about 10–15 min here), the growth chart into docs/
 	go run ./cmd/aftercommit bench --rounds 3 --duration 4s --chart docs/growth.png
