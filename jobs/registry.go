@@ -227,6 +227,17 @@ func (r *Registry) Kinds() []string {
 	return out
 }
 
+// ArgsType returns the args type T that AddWorker[T] registered for kind,
+// for tools that inspect what jobs carry (the args check, audits of what
+// args may hold).
+func (r *Registry) ArgsType(kind string) (reflect.Type, bool) {
+	e, ok := r.kinds[kind]
+	if !ok {
+		return nil, false
+	}
+	return e.argsType, true
+}
+
 // KindDefaults returns the queue and priority of kind's registration, for
 // outbox.Config.KindDefaults.
 func (r *Registry) KindDefaults(kind string) (queue string, priority int, ok bool) {

@@ -1,0 +1,100 @@
+package app_test
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/aftercommit/aftercommit/internal/app"
+)
+
+// stringFields are the plain string fields that job args may carry, each
+// reviewed: a plain string can hold an address, a name, a secret.
+var stringFields = map[string]string{
+	"reporting.rollup_fundraiser_day.day": "a UTC date, YYYY-MM-DD",
+}
+
+// TestArgsCarryIDsOnly walks the args type of every registered kind and
+// allows only what carries no secret and no personal data: integers (IDs,
+// counts), booleans, lists of integers (ID lists), named string types
+// (enums), times, nested structs of the same, and the reviewed plain string
+// fields above. Anything else — a plain string, a float, a map, an
+// interface — fails until it is moved to a table or reviewed here.
+func TestArgsCarryIDsOnly(t *testing.T) {
+	t.Parallel()
+	reg := app.Registry(nil)
+	require.NoError(t, reg.Err())
+
+	var problems []string
+	for _, kind := range reg.Kinds() {
+		typ, ok := reg.ArgsType(kind)
+		require.True(t, ok, kind)
+		walkArgs(kind, typ, &problems)
+	}
+	require.Empty(t, problems)
+
+	// The walk can fail: an args type with an email field is refused.
+	type leaky struct {
+		UserID int64  `json:"user_id"`
+		Email  string `json:"email"`
+		Score  float64
+		Extra  map[string]any
+	}
+	var got []string
+	walkArgs("test.leaky", reflect.TypeFor[leaky](), &got)
+	require.Equal(t, []string{
+		"test.leaky.email: plain string (may hold personal data or a secret)",
+		"test.leaky.Score: float64 (amounts and measures belong in a table)",
+		"test.leaky.Extra: map[string]interface {} (free-form data)",
+	}, got)
+}
+
+func walkArgs(path string, typ reflect.Type, problems *[]string) {
+	for typ.Kind() == reflect.Pointer {
+		typ = typ.Elem()
+	}
+	if typ.Kind() != reflect.Struct {
+		*problems = append(*problems, path+": args are not a struct")
+		return
+	}
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name := strings.Split(f.Tag.Get("json"), ",")[0]
+		if name == "-" {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		checkField(path+"."+name, f.Type, problems)
+	}
+}
+
+func checkField(path string, typ reflect.Type, problems *[]string) {
+	for typ.Kind() == reflect.Pointer {
+		typ = typ.Elem()
+	}
+	switch {
+	case typ == reflect.TypeFor[time.Time]():
+	case typ.Kind() == reflect.Bool:
+	case typ.Kind() >= reflect.Int && typ.Kind() <= reflect.Uint64:
+	case typ.Kind() == reflect.String && typ.PkgPath() != "": // a named type: an enum
+	case typ.Kind() == reflect.String:
+		if _, ok := stringFields[path]; !ok {
+			*problems = append(*problems, path+": plain string (may hold personal data or a secret)")
+		}
+	case typ.Kind() == reflect.Slice && typ.Elem().Kind() >= reflect.Int && typ.Elem().Kind() <= reflect.Uint64:
+	case typ.Kind() == reflect.Struct:
+		walkArgs(path, typ, problems)
+	case typ.Kind() == reflect.Float32 || typ.Kind() == reflect.Float64:
+		*problems = append(*problems, path+": "+typ.String()+" (amounts and measures belong in a table)")
+	default:
+		*problems = append(*problems, path+": "+typ.String()+" (free-form data)")
+	}
+}
