@@ -117,6 +117,9 @@ func (b *Batch) Add(args river.JobArgs, opts *river.InsertOpts) error {
 	if len(encoded) > b.ob.cfg.MaxPayloadBytes {
 		return b.fail(&PayloadTooLargeError{Kind: kind.kind, Size: len(encoded), Limit: b.ob.cfg.MaxPayloadBytes})
 	}
+	if hasNUL(encoded) {
+		return b.fail(fmt.Errorf("%w: kind %q: a string holds a NUL character (\\u0000), which Postgres' jsonb refuses", ErrInvalidArgs, kind.kind))
+	}
 	if !kind.custom {
 		key = encoded
 	}
@@ -231,6 +234,28 @@ func (o *Outbox) Enqueue(ctx context.Context, tx pgx.Tx, args ...river.JobArgs) 
 		}
 	}
 	return b.Flush(ctx, tx)
+}
+
+// hasNUL reports whether JSON text holds the escape of a NUL character,
+// \u0000, which Postgres' jsonb refuses (SQLSTATE 22P05) when the row is
+// written: a "\u0000" preceded by an even number of backslashes (an escaped
+// backslash followed by "u0000" is text, not a NUL).
+func hasNUL(json []byte) bool {
+	for i := 0; ; {
+		j := bytes.Index(json[i:], []byte(`\u0000`))
+		if j < 0 {
+			return false
+		}
+		at := i + j
+		backslashes := 0
+		for k := at - 1; k >= 0 && json[k] == '\\'; k-- {
+			backslashes++
+		}
+		if backslashes%2 == 0 {
+			return true
+		}
+		i = at + 1
+	}
 }
 
 // ValidQueueName reports whether River accepts name as a queue name: at most

@@ -86,6 +86,9 @@ func (b *Batch) Publish(topic string, payload any) error {
 	if len(raw) > b.ob.cfg.MaxPayloadBytes {
 		return b.fail(&PayloadTooLargeError{Kind: "event " + topic, Size: len(raw), Limit: b.ob.cfg.MaxPayloadBytes})
 	}
+	if hasNUL(raw) {
+		return b.fail(fmt.Errorf("%w: topic %q: a string holds a NUL character (\\u0000), which Postgres' jsonb refuses", ErrInvalidEvent, topic))
+	}
 	ev := Event{Topic: topic, Payload: append([]byte(nil), raw...)}
 
 	b.mu.Lock()

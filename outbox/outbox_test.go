@@ -2,6 +2,7 @@ package outbox_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -910,4 +911,36 @@ func TestCopy(t *testing.T) {
 		require.EqualError(t, err, "roll back")
 		require.Equal(t, 500, b.count(ctx, t, `SELECT count(*) FROM river_job`))
 	})
+}
+
+// TestNULRefused: Postgres' jsonb refuses the NUL character, so args and
+// event payloads holding one are refused when they are enqueued or
+// published, not by the database at COMMIT; nothing is written.
+func TestNULRefused(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(ctx, t, nil)
+
+	err := b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		insertPing(ctx, t, tx, "nul")
+		return tx.Enqueue(noteArgs{Note: "a\x00b"}, nil)
+	})
+	require.ErrorIs(t, err, outbox.ErrInvalidArgs)
+	require.EqualError(t, err, `outbox: invalid job args: kind "test.note": a string holds a NUL character (\u0000), which Postgres' jsonb refuses`)
+
+	err = b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		return tx.Publish("test.topic", json.RawMessage(`{"x":"a\u0000b"}`))
+	})
+	require.ErrorIs(t, err, outbox.ErrInvalidEvent)
+	require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM pings`))
+	require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM river_job`))
+	require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM outbox_events`))
+
+	// A backslash followed by "u0000" is text: written as such.
+	require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		return tx.Enqueue(noteArgs{Note: `a\u0000b`}, nil)
+	}))
+	var note string
+	require.NoError(t, b.schema.Pool.QueryRow(ctx, `SELECT args->>'note' FROM river_job`).Scan(&note))
+	require.Equal(t, `a\u0000b`, note)
 }

@@ -48,3 +48,21 @@ func FuzzValidQueueName(f *testing.F) {
 		}
 	})
 }
+
+func TestHasNUL(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]bool{
+		`{"a":"x"}`:          false,
+		`{"a":"\u0000"}`:     true,
+		`{"a":"b\u0000c"}`:   true,
+		`{"a":"\\u0000"}`:    false, // an escaped backslash, then text
+		`{"a":"\\\u0000"}`:   true,  // an escaped backslash, then a NUL
+		`{"a":"\\\\u0000"}`:  false,
+		`{"a":"\u00000"}`:    true,
+		`{"a":"\u0001"}`:     false,
+		`{"\u0000":1}`:       true,
+		`{"a":"x","b":"\\"}`: false,
+	} {
+		require.Equal(t, want, hasNUL([]byte(in)), in)
+	}
+}
