@@ -126,7 +126,7 @@ func TestCounterCaches(t *testing.T) {
 		require.Equal(t, succeeded, cached)
 		require.Less(t, succeeded, int64(5_000), "some donations failed and are not counted")
 
-		injected := b.inject.injected.Load()
+		injected := b.inject.Injected.Load()
 		require.Positive(t, injected)
 		require.Equal(t, injected, b.count(ctx, t, `
 			SELECT coalesce(sum(cardinality(errors)), 0) FROM river_job WHERE kind = ANY($1)`,

@@ -18,29 +18,12 @@ import (
 
 	"github.com/aftercommit/aftercommit/donations"
 	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/jobstest"
 	"github.com/aftercommit/aftercommit/jobs"
 )
 
 // errInjected is the failure the tests inject into fold and recount jobs.
 var errInjected = errors.New("injected failure after the write")
-
-// failureInjector is a River worker middleware that makes a fold or recount
-// job fail after its write, inside its transaction (so the write rolls
-// back), whenever fail says so.
-type failureInjector struct {
-	river.MiddlewareDefaults
-
-	fail     func(job *rivertype.JobRow) bool
-	injected atomic.Int64
-}
-
-func (m *failureInjector) Work(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
-	if m.fail != nil && m.fail(job) {
-		m.injected.Add(1)
-		ctx = donations.WithInjectedFailure(ctx, errInjected)
-	}
-	return doInner(ctx)
-}
 
 // fastRetryPolicy retries a failed job 10 ms later (River's default waits
 // attempt⁴ seconds).
@@ -56,7 +39,7 @@ type counterBundle struct {
 	schema *dbtest.Schema
 	client *river.Client[pgx.Tx]
 	svc    *donations.Service
-	inject *failureInjector
+	inject *jobstest.FailureInjector
 }
 
 type counterOpts struct {
@@ -70,7 +53,7 @@ type counterOpts struct {
 
 // newCounterClient builds a client for reg on pool with the tests' River
 // settings; it is started unless opts.insertOnly.
-func newCounterClient(ctx context.Context, t *testing.T, pool *pgxpool.Pool, reg *jobs.Registry, schema string, opts counterOpts, inject *failureInjector) *river.Client[pgx.Tx] {
+func newCounterClient(ctx context.Context, t *testing.T, pool *pgxpool.Pool, reg *jobs.Registry, schema string, opts counterOpts, inject *jobstest.FailureInjector) *river.Client[pgx.Tx] {
 	t.Helper()
 	var queues []string
 	if opts.insertOnly {
@@ -105,7 +88,7 @@ func setupCounterTest(ctx context.Context, t *testing.T, opts counterOpts) *coun
 	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: opts.maxConns})
 	reg := jobs.NewRegistry()
 	donations.Register(reg, s.Pool)
-	inject := &failureInjector{fail: opts.fail}
+	inject := &jobstest.FailureInjector{Fail: opts.fail, Inject: func(ctx context.Context) context.Context { return donations.WithInjectedFailure(ctx, errInjected) }}
 	client := newCounterClient(ctx, t, s.Pool, reg, s.Name, opts, inject)
 	ob, err := jobs.NewOutbox(s.Pool, client, reg, nil)
 	require.NoError(t, err)
@@ -386,7 +369,7 @@ func TestFoldEmailCounters(t *testing.T) {
 		require.Equal(t, totals(want), b.foldedByOutputs(ctx, t))
 		folds := b.count(ctx, t, `SELECT count(*) FROM river_job WHERE kind = $1`, donations.FoldEmailCountersKind)
 		require.Positive(t, folds)
-		require.Equal(t, folds, b.inject.injected.Load(), "every fold's first attempt failed")
+		require.Equal(t, folds, b.inject.Injected.Load(), "every fold's first attempt failed")
 		require.Equal(t, folds, b.count(ctx, t, `
 			SELECT count(*) FROM river_job
 			 WHERE kind = $1 AND attempt = 2 AND cardinality(errors) = 1 AND errors[1]->>'error' LIKE '%injected%'`,

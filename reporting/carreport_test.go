@@ -84,7 +84,7 @@ func TestCarReport(t *testing.T) {
 		b.requireReportsExact(ctx, t)
 		require.Equal(t, 4, b.count(ctx, t, `SELECT count(*) FROM car_reports WHERE users_count > 0`))
 		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM car_reports WHERE car_id = $1`, cars[4]), "no user, no report")
-		injected := b.inject.injected.Load()
+		injected := b.inject.Injected.Load()
 		require.Positive(t, injected)
 		require.Equal(t, int(injected), b.count(ctx, t,
 			`SELECT coalesce(sum(cardinality(errors)), 0) FROM river_job WHERE kind = $1`, reporting.CarReportKind),

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/jobstest"
 	"github.com/aftercommit/aftercommit/internal/testtrace"
 	"github.com/aftercommit/aftercommit/jobs"
 	"github.com/aftercommit/aftercommit/outbox"
@@ -38,7 +38,7 @@ type bundle struct {
 	events <-chan *river.Event
 	// trace records the statements of the traced pool (see setupOpts).
 	trace  *testtrace.Tracer
-	inject *failureInjector
+	inject *jobstest.FailureInjector
 	reg    *jobs.Registry
 }
 
@@ -69,7 +69,7 @@ func setup(ctx context.Context, t testing.TB, opts *setupOpts) *bundle {
 		opts.maxConns = 6
 	}
 	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: opts.maxConns})
-	b := &bundle{schema: s, trace: &testtrace.Tracer{}, inject: &failureInjector{fail: opts.fail}}
+	b := &bundle{schema: s, trace: &testtrace.Tracer{}, inject: &jobstest.FailureInjector{Fail: opts.fail, Inject: func(ctx context.Context) context.Context { return reporting.WithInjectedFailure(ctx, errInjected) }}}
 
 	var traced *pgxpool.Pool
 	if opts.traceWorkers || opts.traceService {
@@ -145,24 +145,6 @@ func (b *bundle) start(ctx context.Context, t testing.TB, queues []string) {
 
 // errInjected is the failure the tests inject into report and rollup jobs.
 var errInjected = errors.New("injected failure after the write")
-
-// failureInjector is a River worker middleware that makes a report or
-// rollup job fail after its write, inside its transaction (so the write
-// rolls back), whenever fail says so.
-type failureInjector struct {
-	river.MiddlewareDefaults
-
-	fail     func(job *rivertype.JobRow) bool
-	injected atomic.Int64
-}
-
-func (m *failureInjector) Work(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
-	if m.fail != nil && m.fail(job) {
-		m.injected.Add(1)
-		ctx = reporting.WithInjectedFailure(ctx, errInjected)
-	}
-	return doInner(ctx)
-}
 
 // failOneInFive fails about 20% of the attempts of the given kinds, chosen
 // by a hash of the job and its attempt, so a job may fail several times in a

@@ -130,7 +130,7 @@ func TestRollups(t *testing.T) {
 		require.GreaterOrEqual(t, rows, 8, "a row per fundraiser for today (and one for yesterday, past midnight)")
 		require.LessOrEqual(t, rows, 16)
 
-		injected := b.inject.injected.Load()
+		injected := b.inject.Injected.Load()
 		require.Positive(t, injected)
 		require.Equal(t, int(injected), b.count(ctx, t,
 			`SELECT coalesce(sum(cardinality(errors)), 0) FROM river_job WHERE kind = $1`, reporting.RollupFundraiserDayKind),

@@ -6,10 +6,12 @@ package jobstest
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
@@ -57,4 +59,29 @@ func Client(ctx context.Context, t testing.TB, s *dbtest.Schema, reg *jobs.Regis
 	require.NoError(t, client.Start(ctx))
 	t.Cleanup(func() { require.NoError(t, client.Stop(context.WithoutCancel(ctx))) })
 	return client, events
+}
+
+// FailureInjector is a River worker middleware that marks a job's context
+// with Inject whenever Fail says so, so that the domain's worker fails after
+// its write, inside its transaction (the write rolls back), and River
+// retries the job. Injected counts the marked attempts.
+type FailureInjector struct {
+	river.MiddlewareDefaults
+
+	// Fail chooses the attempts to fail; nil fails none.
+	Fail func(job *rivertype.JobRow) bool
+	// Inject returns ctx marked for failure (the domain's
+	// WithInjectedFailure).
+	Inject func(ctx context.Context) context.Context
+	// Injected counts the attempts marked.
+	Injected atomic.Int64
+}
+
+// Work implements rivertype.WorkerMiddleware.
+func (m *FailureInjector) Work(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
+	if m.Fail != nil && m.Fail(job) {
+		m.Injected.Add(1)
+		ctx = m.Inject(ctx)
+	}
+	return doInner(ctx)
 }
