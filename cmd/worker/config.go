@@ -38,6 +38,14 @@ const (
 	// it from the network is a choice made with --http (and, unless a proxy
 	// guards it, --http-user and --http-password).
 	httpAddrDefault = "127.0.0.1:9090"
+	// jobTimeoutDefault is River's: a job's context is cancelled after a
+	// minute unless its worker's Timeout says otherwise.
+	jobTimeoutDefault = river.JobTimeoutDefault
+	// rescueAfterDefault is River's: a job still running after an hour is
+	// taken for stuck (its process died) and retried by the leader.
+	rescueAfterDefault = time.Hour
+	// reindexerDefault keeps River's nightly REINDEX of its job indexes.
+	reindexerDefault = "on"
 )
 
 // httpOff is the value of --http that turns HTTP off. An empty --http does
@@ -73,6 +81,13 @@ type config struct {
 	// and the River UI with basic auth. The password is never logged.
 	httpUser     string
 	httpPassword string
+	// jobTimeout and rescueAfter are river.Config's JobTimeout and
+	// RescueStuckJobsAfter; rescueAfter is longer than jobTimeout.
+	jobTimeout  time.Duration
+	rescueAfter time.Duration
+	// reindexer is false when River's reindexer is off (a worker role that
+	// does not own River's tables cannot REINDEX them).
+	reindexer bool
 }
 
 // errHelp is returned by parseConfig after printing --help.
@@ -101,6 +116,12 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 			help: "jobs worked at once, per queue (1.." + strconv.Itoa(river.QueueNumWorkersMax) + "), or 0: each queue's own, from its weight"},
 		{flag: "shutdown-timeout", env: "AFTERCOMMIT_SHUTDOWN_TIMEOUT", def: shutdownTimeoutDefault.String(),
 			help: "how long running jobs may take to finish after SIGINT/SIGTERM before they are cancelled and requeued"},
+		{flag: "job-timeout", env: "AFTERCOMMIT_JOB_TIMEOUT", def: jobTimeoutDefault.String(),
+			help: "how long a job may run before its context is cancelled, unless its worker sets its own"},
+		{flag: "rescue-after", env: "AFTERCOMMIT_RESCUE_AFTER", def: rescueAfterDefault.String(),
+			help: "how long a job may stay running before the leader takes it for stuck (its process died) and retries it; longer than --job-timeout"},
+		{flag: "reindexer", env: "AFTERCOMMIT_REINDEXER", def: reindexerDefault,
+			help: "on or off: River's nightly REINDEX of its job indexes, which needs table ownership; off for a worker role that does not own them"},
 		{flag: "log-level", env: "AFTERCOMMIT_LOG_LEVEL", def: logLevelDefault,
 			help: "debug, info, warn or error"},
 		{flag: "http", env: "AFTERCOMMIT_HTTP", def: httpAddrDefault,
@@ -165,6 +186,12 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 			cfg.maxWorkers, err = parseMaxWorkers(v, src)
 		case "shutdown-timeout":
 			cfg.shutdownTimeout, err = parseShutdownTimeout(v, src)
+		case "job-timeout":
+			cfg.jobTimeout, err = parsePositiveDuration(v, src)
+		case "rescue-after":
+			cfg.rescueAfter, err = parsePositiveDuration(v, src)
+		case "reindexer":
+			cfg.reindexer, err = parseOnOff(v, src)
 		case "log-level":
 			err = cfg.logLevel.UnmarshalText([]byte(v))
 			if err != nil {
@@ -186,6 +213,9 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 		return nil, errors.New("worker: --http-user / AFTERCOMMIT_HTTP_USER is set but --http-password / AFTERCOMMIT_HTTP_PASSWORD is not: set both for basic auth, or neither")
 	case cfg.httpUser == "" && cfg.httpPassword != "":
 		return nil, errors.New("worker: --http-password / AFTERCOMMIT_HTTP_PASSWORD is set but --http-user / AFTERCOMMIT_HTTP_USER is not: set both for basic auth, or neither")
+	}
+	if cfg.rescueAfter <= cfg.jobTimeout {
+		return nil, fmt.Errorf("worker: --rescue-after (%s) must be longer than --job-timeout (%s): a job would be rescued, and run twice, while it may still be running", cfg.rescueAfter, cfg.jobTimeout)
 	}
 	// Set here rather than by parsePoolConfig: the URL is parsed, and its
 	// errors reported, before the schema is read.
@@ -267,6 +297,24 @@ func parseShutdownTimeout(v, src string) (time.Duration, error) {
 		return 0, fmt.Errorf("worker: invalid %s %q: want a duration such as 30s or 2m (0 cancels running jobs at once)", src, v)
 	}
 	return d, nil
+}
+
+func parsePositiveDuration(v, src string) (time.Duration, error) {
+	d, err := time.ParseDuration(strings.TrimSpace(v))
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("worker: invalid %s %q: want a positive duration such as 30s or 2m", src, v)
+	}
+	return d, nil
+}
+
+func parseOnOff(v, src string) (bool, error) {
+	switch strings.TrimSpace(v) {
+	case "on":
+		return true, nil
+	case "off":
+		return false, nil
+	}
+	return false, fmt.Errorf("worker: invalid %s %q: want on or off", src, v)
 }
 
 // parseHTTPAddr accepts host:port with a numeric port (0 picks a free one),

@@ -88,12 +88,21 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 	// Every kind and periodic job is registered, whatever queues this
 	// process works: the leader's rescuer must know them all.
 	metrics := jobs.NewMetrics(nil)
-	client, err := jobs.NewClient(pool, app.Registry(pool), &jobs.ClientConfig{
+	rc := riverConfig(cfg)
+	reg := app.Registry(pool)
+	if faultHooks != nil {
+		reg = faultHooks(pool, rc, logger)
+	}
+	client, err := jobs.NewClient(pool, reg, &jobs.ClientConfig{
 		Queues:     cfg.queues,
 		MaxWorkers: cfg.maxWorkers,
 		Metrics:    metrics,
 		Schema:     cfg.schema,
 		Logger:     logger,
+		River:      rc,
+		// A dead process's locks and semaphore slots are free again after
+		// a job timeout, well before its jobs are rescued.
+		Lock: &jobs.LockConfig{Lease: cfg.jobTimeout, Logger: logger},
 	})
 	if err != nil {
 		return fmt.Errorf("worker: %w", err)
@@ -138,6 +147,9 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 		slog.String("queues", queuesLog(cfg.queues)),
 		slog.Int("max_workers", cfg.maxWorkers),
 		slog.Int("max_conns", int(cfg.pool.MaxConns)),
+		slog.Duration("job_timeout", cfg.jobTimeout),
+		slog.Duration("rescue_after", cfg.rescueAfter),
+		slog.Bool("reindexer", cfg.reindexer),
 	)
 
 	var httpErr error
@@ -162,6 +174,19 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 		err = httpErr
 	}
 	return err
+}
+
+// riverConfig is the base River configuration of cfg: the fetch settings
+// jobs.NewClient ships with, the job timeout, the rescue horizon and, when
+// the reindexer is off, a schedule that never comes.
+func riverConfig(cfg *config) *river.Config {
+	rc := jobs.RiverDefaults()
+	rc.JobTimeout = cfg.jobTimeout
+	rc.RescueStuckJobsAfter = cfg.rescueAfter
+	if !cfg.reindexer {
+		rc.ReindexerSchedule = river.NeverSchedule()
+	}
+	return rc
 }
 
 // shutdown stops fetching and waits up to timeout for running jobs; then it

@@ -16,11 +16,28 @@ import (
 // keep pool for their work; a command that only inspects the registry
 // (check-args) never runs them. Check reg.Err() before use.
 func Registry(pool *pgxpool.Pool) *jobs.Registry {
+	return RegistryConfig(pool, nil)
+}
+
+// Config tunes the domains' registrations. A nil *Config takes every
+// domain's defaults.
+type Config struct {
+	// Inventory is the inventory domain's configuration (nil: defaults).
+	Inventory *inventory.Config
+}
+
+// RegistryConfig is Registry with a Config. It panics when a domain's
+// configuration is out of range (inventory.RegisterConfig), a programming
+// error found at startup.
+func RegistryConfig(pool *pgxpool.Pool, cfg *Config) *jobs.Registry {
+	if cfg == nil {
+		cfg = &Config{}
+	}
 	reg := jobs.NewRegistry()
 	jobs.RegisterPing(reg, pool)
 	jobs.RegisterEventPruner(reg, pool, nil)
 	donations.Register(reg, pool)
-	inventory.Register(reg, pool)
+	inventory.RegisterConfig(reg, pool, cfg.Inventory)
 	reporting.Register(reg, pool)
 	return reg
 }
