@@ -25,7 +25,9 @@ var (
 	workerErr  error
 )
 
-// workerBinary builds cmd/worker once per test process.
+// workerBinary builds cmd/worker once per test process, with its fault
+// hooks compiled in (-tags faults, cmd/worker/faults.go); they do nothing
+// unless a test sets their AFTERCOMMIT_FAULT_… variables.
 func workerBinary(t *testing.T) string {
 	t.Helper()
 	workerOnce.Do(func() {
@@ -35,7 +37,7 @@ func workerBinary(t *testing.T) string {
 			return
 		}
 		workerBin = filepath.Join(dir, "worker")
-		cmd := exec.Command("go", "build", "-o", workerBin, "./cmd/worker")
+		cmd := exec.Command("go", "build", "-tags", "faults", "-o", workerBin, "./cmd/worker")
 		cmd.Dir = filepath.Join("..", "..")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			workerErr = err
