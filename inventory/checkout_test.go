@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/inventory"
@@ -131,6 +132,31 @@ func TestBeginCheckout(t *testing.T) {
 		require.Equal(t, 0, b.count(ctx, t, `SELECT count(*) FROM checkouts`))
 		_, err = b.svc.BeginCheckout(ctx, "TEE-1", 1)
 		require.NoError(t, err, "free again once the lock is gone")
+	})
+
+	// A statement that outlasts statement_timeout (here waiting for a lock
+	// whose lock_timeout is longer) is busy too, SQLSTATE 57014.
+	t.Run("StatementTimeoutIsBusy", func(t *testing.T) {
+		t.Parallel()
+		b := setup(ctx, t, &setupOpts{cfg: &inventory.Config{LockTimeout: 10 * time.Second, StatementTimeout: 50 * time.Millisecond}})
+		b.product(ctx, t, "TEE-1", 5)
+
+		holder, err := b.schema.Pool.Begin(ctx)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = holder.Rollback(context.WithoutCancel(ctx)) })
+		_, err = holder.Exec(ctx, `SELECT 1 FROM products WHERE sku = 'TEE-1' FOR UPDATE`)
+		require.NoError(t, err)
+
+		_, err = b.svc.BeginCheckout(ctx, "TEE-1", 1)
+		require.ErrorIs(t, err, inventory.ErrBusy)
+		var busy *inventory.BusyError
+		require.ErrorAs(t, err, &busy)
+		require.True(t, busy.Retryable())
+		var pgErr *pgconn.PgError
+		require.ErrorAs(t, err, &pgErr)
+		require.Equal(t, "57014", pgErr.Code)
+		require.NoError(t, holder.Rollback(ctx))
+		require.Equal(t, 0, b.count(ctx, t, `SELECT count(*) FROM checkouts`))
 	})
 }
 
