@@ -3,6 +3,7 @@ package faults_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"os/exec"
@@ -292,3 +293,6 @@ func leader(ctx context.Context, s *dbtest.Schema) (string, int, error) {
 }
 
 func fmtDur(d time.Duration) string { return fmt.Sprintf("%.1f s", d.Seconds()) }
+
+// discardLogger drops the log of an in-process client.
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
