@@ -1,0 +1,262 @@
+package faults_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/aftercommit/aftercommit/internal/dbmigrate"
+	"github.com/aftercommit/aftercommit/jobs"
+)
+
+// privateServer is a Postgres server of the test's own, which it may stop
+// and restart: the shared server runs every other test of the suite.
+type privateServer struct {
+	bin, data, sock string
+	port            int
+	asPostgres      bool // run the server's tools as the postgres user (the test runs as root)
+}
+
+// pgBinDir finds the server's binaries: AFTERCOMMIT_PG_BINDIR, else the
+// newest /usr/lib/postgresql/*/bin (Debian), else the directory of initdb
+// on PATH. Without them the test fails: it never skips.
+func pgBinDir(t *testing.T) string {
+	t.Helper()
+	if dir := os.Getenv("AFTERCOMMIT_PG_BINDIR"); dir != "" {
+		return dir
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	sort.Slice(dirs, func(i, j int) bool {
+		vi, _ := strconv.Atoi(filepath.Base(filepath.Dir(dirs[i])))
+		vj, _ := strconv.Atoi(filepath.Base(filepath.Dir(dirs[j])))
+		return vi < vj
+	})
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if _, err := os.Stat(filepath.Join(dirs[i], "initdb")); err == nil {
+			return dirs[i]
+		}
+	}
+	if p, err := exec.LookPath("initdb"); err == nil {
+		return filepath.Dir(p)
+	}
+	t.Fatal("the restart test runs a Postgres server of its own and needs its binaries (initdb, pg_ctl): install the postgresql package or set AFTERCOMMIT_PG_BINDIR")
+	return ""
+}
+
+func startPrivateServer(t *testing.T) *privateServer {
+	t.Helper()
+	srv := &privateServer{bin: pgBinDir(t), asPostgres: os.Geteuid() == 0}
+	dir, err := os.MkdirTemp("", "aftercommit-restart-")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	srv.data, srv.sock = filepath.Join(dir, "data"), dir
+	if srv.asPostgres {
+		u, err := user.Lookup("postgres")
+		require.NoError(t, err, "running as root, the server runs as the postgres user")
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		require.NoError(t, os.Chown(dir, uid, gid))
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv.port = l.Addr().(*net.TCPAddr).Port
+	require.NoError(t, l.Close())
+
+	srv.run(t, "initdb", "-D", srv.data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+	srv.pgctl(t, "start")
+	t.Cleanup(func() { srv.run(t, "pg_ctl", "-D", srv.data, "-m", "immediate", "-w", "stop") })
+	return srv
+}
+
+func (srv *privateServer) run(t *testing.T, tool string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(srv.bin, tool), args...)
+	if srv.asPostgres {
+		cmd = exec.Command("runuser", append([]string{"-u", "postgres", "--", cmd.Path}, args...)...)
+	}
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s %s:\n%s", tool, strings.Join(args, " "), out)
+}
+
+// pgctl runs pg_ctl start or restart; extra are its other flags (-m mode).
+func (srv *privateServer) pgctl(t *testing.T, action string, extra ...string) {
+	t.Helper()
+	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=40", srv.port, srv.sock)
+	srv.run(t, "pg_ctl", append([]string{"-D", srv.data, "-o", opts, "-l", filepath.Join(srv.sock, "log"), "-w", action}, extra...)...)
+}
+
+func (srv *privateServer) url() string {
+	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", srv.port)
+}
+
+// TestPostgresRestartedUnderLoad restarts the database server twice — a
+// fast shutdown, then an immediate one (a crash, with recovery) — while an
+// app commits a ping row and its job in each transaction, 50 a second, and
+// a real worker process works them. The worker reconnects by itself; every
+// transaction either committed its row with its job or left neither; the
+// backlog drains; every row is marked exactly once.
+func TestPostgresRestartedUnderLoad(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	srv := startPrivateServer(t)
+
+	cfg, err := pgxpool.ParseConfig(srv.url() + "&pool_max_conns=4")
+	require.NoError(t, err)
+	cfg.ConnConfig.ConnectTimeout = 2 * time.Second
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	defer pool.Close()
+	_, err = dbmigrate.Up(ctx, pool, nil)
+	require.NoError(t, err)
+	inserter, err := river.NewClient(riverpgxv5.New(pool), &river.Config{})
+	require.NoError(t, err)
+
+	worker := exec.Command(workerBinary(t), "--http", "off", "--queues", "default", "--max-workers", "20")
+	worker.Env = append(os.Environ(), "DATABASE_URL="+srv.url()+"&pool_max_conns=8")
+	wlog := &logBuffer{}
+	worker.Stderr = wlog
+	require.NoError(t, worker.Start())
+	defer func() { _ = worker.Process.Kill() }()
+
+	// The app: one transaction per ping row and its job.
+	var (
+		mu              sync.Mutex
+		acked           []int64 // committed, and the app was told so
+		failed, inDoubt int     // rolled back / commit's outcome unknown
+		stopApp         = make(chan struct{})
+		appDone         = make(chan struct{})
+	)
+	go func() {
+		defer close(appDone)
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stopApp:
+				return
+			case <-tick.C:
+			}
+			var id int64
+			committing := false
+			err := func() error {
+				tctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+				defer cancel()
+				tx, err := pool.Begin(tctx)
+				if err != nil {
+					return err
+				}
+				defer func() { _ = tx.Rollback(tctx) }()
+				if err := tx.QueryRow(tctx, `INSERT INTO pings (note) VALUES ('restart') RETURNING id`).Scan(&id); err != nil {
+					return err
+				}
+				if _, err := inserter.InsertTx(tctx, tx, jobs.PingArgs{PingID: id}, nil); err != nil {
+					return err
+				}
+				committing = true
+				return tx.Commit(tctx)
+			}()
+			mu.Lock()
+			switch {
+			case err == nil:
+				acked = append(acked, id)
+			case committing:
+				inDoubt++
+			default:
+				failed++
+			}
+			mu.Unlock()
+		}
+	}()
+
+	completedSince := func(since time.Time) int {
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE state = 'completed' AND created_at > $1`, since).Scan(&n); err != nil {
+			return 0
+		}
+		return n
+	}
+	type restart struct {
+		mode       string
+		down, back time.Duration // server restart time; then until the worker completed a job inserted after it
+	}
+	var restarts []restart
+	time.Sleep(2 * time.Second)
+	for _, mode := range []string{"fast", "immediate"} {
+		require.Greater(t, completedSince(time.Now().Add(-time.Second)), 0, "the worker works before the restart; log:\n%s", wlog)
+		start := time.Now()
+		srv.pgctl(t, "restart", "-m", mode)
+		up := time.Now()
+		r := restart{mode: mode, down: up.Sub(start)}
+		require.Eventually(t, func() bool { return completedSince(up) > 0 }, 60*time.Second, 20*time.Millisecond,
+			"the worker completes jobs after the %s restart; log:\n%s", mode, wlog)
+		r.back = time.Since(up)
+		restarts = append(restarts, r)
+		require.Nil(t, worker.ProcessState, "the worker is still the same process")
+		time.Sleep(2 * time.Second)
+	}
+	close(stopApp)
+	<-appDone
+
+	// The backlog drains.
+	require.Eventually(t, func() bool {
+		var left int
+		err := pool.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE state <> 'completed'`).Scan(&left)
+		return err == nil && left == 0
+	}, 60*time.Second, 50*time.Millisecond, "every job completed; log:\n%s", wlog)
+
+	var rows, jobsN, withoutJob, jobWithoutRow, once, twice int
+	var worst time.Duration
+	require.NoError(t, pool.QueryRow(ctx, `
+SELECT (SELECT count(*) FROM pings),
+       (SELECT count(*) FROM river_job WHERE kind = $1),
+       (SELECT count(*) FROM pings p WHERE NOT EXISTS (SELECT 1 FROM river_job j WHERE j.kind = $1 AND (j.args->>'ping_id')::bigint = p.id)),
+       (SELECT count(*) FROM river_job j WHERE j.kind = $1 AND NOT EXISTS (SELECT 1 FROM pings p WHERE p.id = (j.args->>'ping_id')::bigint)),
+       (SELECT count(*) FROM pings WHERE ping_count = 1),
+       (SELECT count(*) FROM pings WHERE ping_count > 1),
+       (SELECT coalesce(max(finalized_at - created_at), '0')::interval FROM river_job WHERE kind = $1)`, jobs.PingKind).
+		Scan(&rows, &jobsN, &withoutJob, &jobWithoutRow, &once, &twice, &worst))
+	var ackedMissing int
+	mu.Lock()
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM unnest($1::bigint[]) AS a (id) WHERE NOT EXISTS (SELECT 1 FROM pings WHERE pings.id = a.id)`, acked).Scan(&ackedMissing))
+	nAcked, nFailed, nDoubt := len(acked), failed, inDoubt
+	mu.Unlock()
+
+	var b strings.Builder
+	for _, r := range restarts {
+		fmt.Fprintf(&b, "; restart -m %s: server down %s, worker completing jobs again %s after it was back", r.mode, fmtDur(r.down), fmtDur(r.back))
+	}
+	t.Logf("server restarted twice under load: %d transactions committed (%d acknowledged, %d in doubt at COMMIT), %d failed and left nothing; %d jobs, all completed, worst completion delay %s; %d rows marked once, %d twice, %d without a job, %d jobs without a row%s",
+		rows, nAcked, nDoubt, nFailed, jobsN, fmtDur(worst), once, twice, withoutJob, jobWithoutRow, b.String())
+	require.Zero(t, ackedMissing, "every acknowledged commit is there")
+	require.Equal(t, rows, jobsN, "one job per committed row")
+	require.Zero(t, withoutJob, "no row committed without its job")
+	require.Zero(t, jobWithoutRow, "no job committed without its row")
+	require.Equal(t, rows, once, "every row marked exactly once")
+	require.Zero(t, twice)
+	require.GreaterOrEqual(t, rows, nAcked)
+	require.LessOrEqual(t, rows, nAcked+nDoubt, "a row is there only if its commit was acknowledged or in doubt")
+	require.Greater(t, nFailed+nDoubt, 0, "the restarts cut some transactions: the test saw the fault")
+
+	require.NoError(t, worker.Process.Signal(syscall.SIGTERM))
+	err = worker.Wait()
+	var exit *exec.ExitError
+	require.False(t, errors.As(err, &exit), "the worker stops cleanly: %v; log:\n%s", err, wlog)
+	require.NoError(t, err)
+}
