@@ -96,7 +96,8 @@ var ErrInterrupted = errors.New("dbconn: interrupted")
 
 // ParseConfig parses a connection string (URL or keyword/value) and applies
 // opts: the connect timeout when the string sets none, the pool size and
-// the schema. On failure it returns an *Error that says why without
+// the schema; its connections detect a vanished peer within seconds
+// (KeepAliveIdle, UserTimeout). On failure it returns an *Error that says why without
 // repeating the string, which may hold a password.
 func ParseConfig(raw string, opts *Opts) (*pgxpool.Config, error) {
 	if opts == nil {
@@ -123,6 +124,8 @@ func ParseConfig(raw string, opts *Opts) (*pgxpool.Config, error) {
 	if opts.MaxConns > 0 {
 		cfg.MaxConns = opts.MaxConns
 	}
+	// Dead connections are found out in seconds, not minutes (dial.go).
+	cfg.ConnConfig.DialFunc = newDialer().DialContext
 	SetSchema(cfg, opts.Schema)
 	return cfg, nil
 }
