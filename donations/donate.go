@@ -233,7 +233,7 @@ func (s *Service) Donate(ctx context.Context, in DonateInput) (Donation, error) 
 			// statement's snapshot; a new statement sees it.
 			var id int64
 			if err := tx.QueryRow(ctx, donateFindUserSQL, in.DonorEmail).Scan(&id); err != nil {
-				return fmt.Errorf("donations: finding the user of %s: %w", in.DonorEmail, err)
+				return fmt.Errorf("donations: finding the donor's user of donation %d: %w", d.ID, err)
 			}
 			if _, err := tx.Exec(ctx, donateSetUserSQL, d.ID, id); err != nil {
 				return fmt.Errorf("donations: setting the user of donation %d: %w", d.ID, err)
