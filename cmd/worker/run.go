@@ -135,9 +135,12 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 		httpFailed = srv.failed
 	}
 
-	// The signal must not reach River through Start's context: cancelling it
-	// would cancel running jobs at once. Shutdown goes through Stop below.
-	if err := client.Start(context.WithoutCancel(ctx)); err != nil {
+	// Shutdown goes through Stop below, never through Start's context.
+	if err := startClient(ctx, client, logger, startRetryFor); err != nil {
+		if ctx.Err() != nil {
+			logger.InfoContext(ctx, "worker: interrupted before start")
+			return nil
+		}
 		return fmt.Errorf("worker: starting the River client: %w", err)
 	}
 	started.Store(true)

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/riverqueue/river"
+)
+
+// How long a failed start is retried when the database went away between
+// the worker's first connection and the River client's start (a restart,
+// a failover, connections cut): the backoff doubles from startBackoffMin
+// up to startBackoffMax, for at most startRetryFor in all.
+const (
+	startRetryFor   = time.Minute
+	startBackoffMin = 100 * time.Millisecond
+	startBackoffMax = 2 * time.Second
+)
+
+// startClient starts client, retrying while the failure is the database's
+// connection going away (transient); any other failure is returned at once.
+// It returns ctx's error when ctx ends first.
+func startClient(ctx context.Context, client *river.Client[pgx.Tx], logger *slog.Logger, retryFor time.Duration) error {
+	deadline := time.Now().Add(retryFor)
+	backoff := startBackoffMin
+	for {
+		// The signal must not reach River through Start's context:
+		// cancelling it would cancel running jobs at once.
+		err := client.Start(context.WithoutCancel(ctx))
+		if err == nil || !transient(err) || time.Now().Add(backoff).After(deadline) {
+			return err
+		}
+		logger.WarnContext(ctx, "worker: the database went away while the River client started; retrying",
+			slog.String("err", err.Error()), slog.Duration("in", backoff))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, startBackoffMax)
+	}
+}
+
+// transient reports whether err is a lost or refused connection, or the
+// server shutting down or not yet accepting connections: what a retry
+// after a moment can cure. A wrong password, a missing table or a bad
+// configuration is not.
+func transient(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		// Class 08 (connection exception); 57P01 admin shutdown (a
+		// terminated backend), 57P02 crash shutdown, 57P03 cannot connect
+		// now (starting up, shutting down).
+		return strings.HasPrefix(pgErr.Code, "08") || pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03"
+	}
+	var netErr net.Error
+	var connectErr *pgconn.ConnectError
+	return errors.As(err, &netErr) || errors.As(err, &connectErr) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || pgconn.SafeToRetry(err)
+}
