@@ -66,6 +66,7 @@ func init() {
 		{name: "stats", summary: "job statistics per kind and queue from the SQL views (--watch to refresh)", run: runStats},
 		{name: "backfill", summary: "recompute the daily donation rollups of a range of days from the donations", run: runBackfill},
 		{name: "bench", summary: "benchmark scenarios side by side with their baselines, ratios from one run", run: runBench},
+		{name: "grant-roles", summary: "grant the least-privilege app and worker roles on the schema (internal/dbroles/grants.sql)", run: runGrantRoles},
 		{name: "check-args", summary: "check that queued jobs decode with this build's job args types (run before a deploy)", run: runCheckArgs},
 		{name: "help", summary: "show the help of aftercommit or of one command", run: runHelp},
 	}
