@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -16,6 +17,7 @@ import (
 func printBenchUsage(w io.Writer, printFlags func(io.Writer)) {
 	fmt.Fprintf(w, `Usage:
   aftercommit bench [--scenario NAME,...] [--rounds N] [--duration D] [--scale X] [--json] [--chart PATH]
+  aftercommit bench --soak D [--interval D] [--scale X] [--json]
 
 Runs benchmark scenarios, each against its baseline in this one process, on
 the database's server: every scenario works in a scratch schema of its own
@@ -28,11 +30,25 @@ in the repository).
 
 Scenarios: %s.
 
-Exit codes: 0 done (goals met or not: read the table), 1 failure, 2 bad
-usage, 130 interrupted.
+--soak D runs the demo workload for D instead of the scenarios: round after
+round of 'aftercommit demo' (donations, opens and clicks, a flash sale with
+failing payments, bulk car users), at most one round ahead of an in-process
+worker of every queue, in a scratch schema of its own. Every --interval it
+prints on stderr the jobs completed per second, their p50 and p99 latency
+(finalized_at - scheduled_at), the job errors, discarded jobs, application
+errors, the backlog, and the sizes of river_job (with its dead tuples),
+outbox_events and job_locks. Then it drains the queues, checks the demo's
+invariants over every round and compares the last third of the run with the
+first: jobs/s, p99 and river_job's growth per minute, as ratios. --scale
+sizes each round as the demo's --scale (default %g with --soak). CI runs 60s
+of it (internal/bench TestSoak60s).
+
+Exit codes: 0 done (goals met or not: read the table; with --soak: no job
+lost, discarded or failed unexpectedly and every invariant held, stable or
+not), 1 failure, 2 bad usage, 130 interrupted.
 
 Flags:
-`, strings.Join(bench.Names(), ", "))
+`, strings.Join(bench.Names(), ", "), bench.SoakScaleDefault)
 	printFlags(w)
 }
 
@@ -46,8 +62,10 @@ func runBench(ctx context.Context, args []string, e *env) int {
 	duration := fs.Duration("duration", bench.DurationDefault, "how long each timed side runs per round")
 	scale := fs.Float64("scale", bench.ScaleDefault, "multiply the fixed sizes (100,000 jobs at 1)")
 	asJSON := fs.Bool("json", false, "print the results as JSON")
-	verbose := fs.Bool("v", false, "print every round's figures on stderr as they come")
+	verbose := fs.Bool("v", false, "print every round's figures on stderr as they come (--soak: its samples, even with --json)")
 	chart := fs.String("chart", "", "write the growth scenario's chart to this PNG file (its directory is created)")
+	soak := fs.Duration("soak", 0, "run the demo workload for this long and sample it (the soak mode; see above)")
+	interval := fs.Duration("interval", bench.SoakIntervalDefault, "with --soak: how often to sample")
 	usage := commandUsage(fs, e, printBenchUsage)
 
 	positional, code, ok := parseArgs(fs, e, name, usage, args)
@@ -56,6 +74,23 @@ func runBench(ctx context.Context, args []string, e *env) int {
 	}
 	if len(positional) > 0 {
 		return usageError(e, name, fmt.Sprintf("bench takes no arguments, got %s", strings.Join(positional, " ")))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["soak"] {
+		for _, other := range []string{"scenario", "rounds", "duration", "chart"} {
+			if set[other] {
+				return usageError(e, name, fmt.Sprintf("--soak runs the demo workload, not the scenarios: drop --%s", other))
+			}
+		}
+		cfg := bench.SoakConfig{Duration: *soak, Interval: *interval, Scale: bench.SoakScaleDefault}
+		if set["scale"] {
+			cfg.Scale = *scale
+		}
+		return runSoak(ctx, fs, e, &db, cfg, *asJSON, *verbose)
+	}
+	if set["interval"] {
+		return usageError(e, name, "--interval goes with --soak")
 	}
 	// Zero means "default" to bench.Config, not on the command line.
 	switch {
@@ -105,6 +140,47 @@ func runBench(ctx context.Context, args []string, e *env) int {
 		if err := bench.WriteGrowthChart(*chart, report.Results); err != nil {
 			return reportError(ctx, e, fmt.Errorf("aftercommit %w", err))
 		}
+	}
+	return exitOK
+}
+
+// runSoak runs `aftercommit bench --soak`.
+func runSoak(ctx context.Context, fs *flag.FlagSet, e *env, db *dbFlags, cfg bench.SoakConfig, asJSON, verbose bool) int {
+	const name = "bench"
+	// Zero means "default" to bench.SoakConfig, not on the command line.
+	switch {
+	case cfg.Duration <= 0:
+		return usageError(e, name, fmt.Sprintf("--soak must be at least 1s, got %s", cfg.Duration))
+	case cfg.Interval <= 0:
+		return usageError(e, name, fmt.Sprintf("--interval must be in 100ms…the --soak duration, got %s", cfg.Interval))
+	case !(cfg.Scale > 0):
+		return usageError(e, name, fmt.Sprintf("--scale must be in (0, 100], got %g", cfg.Scale))
+	}
+	db.resolve(fs, e)
+	cfg.DatabaseURL = db.url
+	if err := bench.ValidateSoak(cfg); err != nil {
+		return usageError(e, name, strings.TrimPrefix(err.Error(), bench.ErrInvalidConfig.Error()+": "))
+	}
+	if !asJSON || verbose {
+		cfg.Out = e.stderr // the samples as they come; the report goes to stdout
+	}
+	report, err := bench.Soak(ctx, cfg)
+	if err != nil {
+		if errors.Is(err, bench.ErrInvalidConfig) {
+			return usageError(e, name, err.Error())
+		}
+		return reportError(ctx, e, fmt.Errorf("aftercommit %w", err))
+	}
+	if asJSON {
+		if err := writeJSON(e.stdout, report); err != nil {
+			return reportError(ctx, e, err)
+		}
+	} else {
+		report.Print(e.stdout)
+	}
+	if !report.OK {
+		fmt.Fprintf(e.stderr, "aftercommit bench: the soak failed: %s\n", strings.Join(report.Failures, "; "))
+		return exitFailure
 	}
 	return exitOK
 }

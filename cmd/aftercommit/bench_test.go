@@ -33,6 +33,32 @@ func TestBench(t *testing.T) {
 		require.NotNil(t, report.Results[1].GoalOK)
 	})
 
+	t.Run("Help", func(t *testing.T) {
+		t.Parallel()
+		res := runCLI(ctx, t, environ, "bench", "--help")
+		require.Equal(t, exitOK, res.code, res.stderr)
+		require.Empty(t, res.stderr)
+		requireGolden(t, "bench_help.golden", res.stdout)
+	})
+
+	t.Run("SoakAsJSON", func(t *testing.T) {
+		t.Parallel()
+		res := runCLI(ctx, t, environ, "bench", "--soak", "3s", "--interval", "1s", "--scale", "0.01", "--json",
+			"--database-url", dbtest.ServerURL(t))
+		require.Equal(t, exitOK, res.code, res.stderr)
+		require.Empty(t, res.stderr, "--json without -v prints no samples on stderr")
+		var report bench.SoakReport
+		require.NoError(t, json.Unmarshal([]byte(res.stdout), &report))
+		require.True(t, report.OK, "%v", report.Failures)
+		require.Equal(t, "3s", report.Duration)
+		require.InDelta(t, 0.01, report.Scale, 1e-9)
+		require.Len(t, report.Samples, 3)
+		require.Len(t, report.Invariants, 18)
+		require.True(t, report.Totals.Drained)
+		require.Positive(t, report.Totals.Completed)
+		require.Contains(t, res.stdout, `"jobs_per_s"`)
+	})
+
 	t.Run("BadUsage", func(t *testing.T) {
 		t.Parallel()
 		for _, tc := range []struct {
@@ -45,6 +71,16 @@ func TestBench(t *testing.T) {
 			{[]string{"bench", "--scale", "0"}, "aftercommit bench: --scale must be in (0, 100], got 0\n"},
 			{[]string{"bench", "--scenario", "tx_bulk", "--chart", "growth.png"},
 				"aftercommit bench: --chart draws the growth scenario, which --scenario tx_bulk leaves out\n"},
+			{[]string{"bench", "--soak", "30m", "--scenario", "tx_bulk"},
+				"aftercommit bench: --soak runs the demo workload, not the scenarios: drop --scenario\n"},
+			{[]string{"bench", "--soak", "30m", "--rounds", "2"},
+				"aftercommit bench: --soak runs the demo workload, not the scenarios: drop --rounds\n"},
+			{[]string{"bench", "--interval", "5s"}, "aftercommit bench: --interval goes with --soak\n"},
+			{[]string{"bench", "--soak", "0s"}, "aftercommit bench: --soak must be at least 1s, got 0s\n"},
+			{[]string{"bench", "--soak", "500ms"}, "aftercommit bench: --soak must be at least 1s, got 500ms\n"},
+			{[]string{"bench", "--soak", "10s", "--interval", "20s"},
+				"aftercommit bench: --interval must be in 100ms…the --soak duration, got 20s\n"},
+			{[]string{"bench", "--soak", "10s", "--scale", "0"}, "aftercommit bench: --scale must be in (0, 100], got 0\n"},
 			{[]string{"bench", "--scenario", "warp"}, `aftercommit bench: unknown scenario "warp": want one of tx_one_job, tx_floor, tx_bulk, bulk_insert, worker_throughput, latency, donations, claims, claims_floor, car_users, processes, growth` + "\n"},
 		} {
 			res := runCLI(ctx, t, environ, tc.args...)

@@ -65,7 +65,7 @@ func init() {
 		{name: "jobs", summary: "list jobs, show one, retry or cancel it", run: runJobs},
 		{name: "stats", summary: "job statistics per kind and queue from the SQL views (--watch to refresh)", run: runStats},
 		{name: "backfill", summary: "recompute the daily donation rollups of a range of days from the donations", run: runBackfill},
-		{name: "bench", summary: "benchmark scenarios side by side with their baselines, ratios from one run", run: runBench},
+		{name: "bench", summary: "benchmark scenarios side by side with their baselines, ratios from one run; --soak D holds the demo load for D", run: runBench},
 		{name: "grant-roles", summary: "grant the least-privilege app and worker roles on the schema (internal/dbroles/grants.sql)", run: runGrantRoles},
 		{name: "check-args", summary: "check that queued jobs decode with this build's job args types (run before a deploy)", run: runCheckArgs},
 		{name: "help", summary: "show the help of aftercommit or of one command", run: runHelp},
