@@ -81,8 +81,12 @@ func insertOnly(env *Env, reg *jobs.Registry) (*river.Client[pgx.Tx], *outbox.Ou
 	return client, ob, err
 }
 
-// loop runs op on conc goroutines for d and returns the operations done per
-// second.
+// loopMaxWait bounds how long loop waits past its duration for a first
+// finished operation.
+const loopMaxWait = 30 * time.Second
+
+// loop runs op on conc goroutines for d (longer if none finished within d)
+// and returns the operations done per second.
 func loop(ctx context.Context, conc int, d time.Duration, op func(ctx context.Context) error) (float64, error) {
 	var (
 		done    atomic.Int64
@@ -90,9 +94,31 @@ func loop(ctx context.Context, conc int, d time.Duration, op func(ctx context.Co
 		errOnce sync.Once
 		failure error
 	)
-	ctx, cancel := context.WithTimeout(ctx, d)
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	start := time.Now()
+	// A rate needs one finished operation: on a machine crushed by other
+	// work none may finish within d, so the loop goes on until one has,
+	// for at most loopMaxWait.
+	go func() {
+		timer := time.NewTimer(d)
+		defer timer.Stop()
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for done.Load() == 0 && time.Since(start) < d+loopMaxWait {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+		cancel()
+	}()
 	for range conc {
 		wg.Go(func() {
 			for ctx.Err() == nil {
