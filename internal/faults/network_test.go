@@ -20,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
+	"github.com/aftercommit/aftercommit/internal/dbconn"
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/jobs"
 )
@@ -93,10 +94,10 @@ func TestNetworkFaults(t *testing.T) {
 
 	// The worker's pool, through the proxy. ConnectTimeout bounds a connect
 	// into a stalled network (pgx has none by default).
-	wcfg, err := pgxpool.ParseConfig(u.String())
+	// dbconn gives it cmd/worker's dead-peer detection (keepalives, TCP
+	// user timeout).
+	wcfg, err := dbconn.ParseConfig(u.String(), &dbconn.Opts{MaxConns: 8, ConnectTimeout: 5 * time.Second})
 	require.NoError(t, err)
-	wcfg.MaxConns = 8
-	wcfg.ConnConfig.ConnectTimeout = 5 * time.Second
 	wcfg.ConnConfig.RuntimeParams["application_name"] = "aftercommit-netfaults-" + s.Name
 	wpool, err := pgxpool.NewWithConfig(ctx, wcfg)
 	require.NoError(t, err)
@@ -231,11 +232,20 @@ func TestNetworkFaults(t *testing.T) {
 
 	var n int
 	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*) FROM pings`).Scan(&n))
-	require.Eventually(t, func() bool {
+	drained := false
+	for deadline := time.Now().Add(60 * time.Second); !drained && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		var done int
 		err := s.Pool.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE kind = $1 AND state = 'completed'`, jobs.PingKind).Scan(&done)
-		return err == nil && done == n
-	}, 60*time.Second, 100*time.Millisecond, "every one of %d jobs completed; log:\n%s", n, &logBuf)
+		drained = err == nil && done == n
+	}
+	if !drained {
+		var states, conns string
+		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT string_agg(state::text || '=' || n, ' ') FROM (SELECT state, count(*) AS n FROM river_job GROUP BY state) c`).Scan(&states))
+		require.NoError(t, s.Pool.QueryRow(ctx, `
+SELECT coalesce(string_agg(state || ' ' || coalesce(wait_event, '-') || ' ' || left(query, 60), E'\n'), '')
+  FROM pg_stat_activity WHERE application_name = $1`, "aftercommit-netfaults-"+s.Name).Scan(&conns))
+		t.Fatalf("not every one of %d jobs completed within 60 s: %s\nthe worker's connections:\n%s\nlog:\n%s", n, states, conns, &logBuf)
+	}
 	end.end = dbNow()
 
 	// Still the same client: it never stopped, it is the leader, and it
