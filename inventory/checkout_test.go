@@ -111,53 +111,43 @@ func TestBeginCheckout(t *testing.T) {
 		require.Equal(t, 0, b.count(ctx, t, `SELECT count(*) FROM river_job`))
 	})
 
-	t.Run("LockTimeoutIsBusy", func(t *testing.T) {
-		t.Parallel()
-		b := setup(ctx, t, &setupOpts{cfg: &inventory.Config{LockTimeout: 50 * time.Millisecond}})
-		b.product(ctx, t, "TEE-1", 5)
+	// A wait for the product row past lock_timeout (55P03), or a statement
+	// past statement_timeout (57014, here waiting for a lock whose
+	// lock_timeout is longer), is a retryable BusyError that wrote nothing.
+	for _, tc := range []struct {
+		name string
+		cfg  inventory.Config
+		code string
+	}{
+		{"LockTimeoutIsBusy", inventory.Config{LockTimeout: 50 * time.Millisecond}, "55P03"},
+		{"StatementTimeoutIsBusy", inventory.Config{LockTimeout: 10 * time.Second, StatementTimeout: 50 * time.Millisecond}, "57014"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(ctx, t, &setupOpts{cfg: &tc.cfg})
+			b.product(ctx, t, "TEE-1", 5)
 
-		holder, err := b.schema.Pool.Begin(ctx)
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = holder.Rollback(context.WithoutCancel(ctx)) })
-		_, err = holder.Exec(ctx, `SELECT 1 FROM products WHERE sku = 'TEE-1' FOR UPDATE`)
-		require.NoError(t, err)
+			holder, err := b.schema.Pool.Begin(ctx)
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = holder.Rollback(context.WithoutCancel(ctx)) })
+			_, err = holder.Exec(ctx, `SELECT 1 FROM products WHERE sku = 'TEE-1' FOR UPDATE`)
+			require.NoError(t, err)
 
-		_, err = b.svc.BeginCheckout(ctx, "TEE-1", 1)
-		require.ErrorIs(t, err, inventory.ErrBusy)
-		var busy *inventory.BusyError
-		require.ErrorAs(t, err, &busy)
-		require.True(t, busy.Retryable())
-		require.NoError(t, holder.Rollback(ctx))
+			_, err = b.svc.BeginCheckout(ctx, "TEE-1", 1)
+			require.ErrorIs(t, err, inventory.ErrBusy)
+			var busy *inventory.BusyError
+			require.ErrorAs(t, err, &busy)
+			require.True(t, busy.Retryable())
+			var pgErr *pgconn.PgError
+			require.ErrorAs(t, err, &pgErr)
+			require.Equal(t, tc.code, pgErr.Code)
+			require.NoError(t, holder.Rollback(ctx))
 
-		require.Equal(t, 0, b.count(ctx, t, `SELECT count(*) FROM checkouts`))
-		_, err = b.svc.BeginCheckout(ctx, "TEE-1", 1)
-		require.NoError(t, err, "free again once the lock is gone")
-	})
-
-	// A statement that outlasts statement_timeout (here waiting for a lock
-	// whose lock_timeout is longer) is busy too, SQLSTATE 57014.
-	t.Run("StatementTimeoutIsBusy", func(t *testing.T) {
-		t.Parallel()
-		b := setup(ctx, t, &setupOpts{cfg: &inventory.Config{LockTimeout: 10 * time.Second, StatementTimeout: 50 * time.Millisecond}})
-		b.product(ctx, t, "TEE-1", 5)
-
-		holder, err := b.schema.Pool.Begin(ctx)
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = holder.Rollback(context.WithoutCancel(ctx)) })
-		_, err = holder.Exec(ctx, `SELECT 1 FROM products WHERE sku = 'TEE-1' FOR UPDATE`)
-		require.NoError(t, err)
-
-		_, err = b.svc.BeginCheckout(ctx, "TEE-1", 1)
-		require.ErrorIs(t, err, inventory.ErrBusy)
-		var busy *inventory.BusyError
-		require.ErrorAs(t, err, &busy)
-		require.True(t, busy.Retryable())
-		var pgErr *pgconn.PgError
-		require.ErrorAs(t, err, &pgErr)
-		require.Equal(t, "57014", pgErr.Code)
-		require.NoError(t, holder.Rollback(ctx))
-		require.Equal(t, 0, b.count(ctx, t, `SELECT count(*) FROM checkouts`))
-	})
+			require.Equal(t, 0, b.count(ctx, t, `SELECT count(*) FROM checkouts`))
+			_, err = b.svc.BeginCheckout(ctx, "TEE-1", 1)
+			require.NoError(t, err, "free again once the lock is gone")
+		})
+	}
 }
 
 func TestCheckoutChanges(t *testing.T) {

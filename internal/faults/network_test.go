@@ -1,14 +1,12 @@
 package faults_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -103,7 +101,7 @@ func TestNetworkFaults(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(wpool.Close)
 
-	var logBuf lockedBuffer
+	var logBuf logBuffer
 	logger := slog.New(slog.NewTextHandler(&logBuf, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	reg := jobs.NewRegistry()
 	jobs.RegisterPing(reg, wpool)
@@ -396,21 +394,3 @@ func leaderRecovery(ctx context.Context, t *testing.T, pool *pgxpool.Pool, clien
 }
 
 func seconds(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
-
-// lockedBuffer is a bytes.Buffer safe for a logger and a reader at once.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}

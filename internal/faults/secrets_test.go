@@ -1,7 +1,6 @@
 package faults_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -9,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,24 +30,6 @@ import (
 // The test server's trust authentication ignores it; any code that logs or
 // records a connection string would show it.
 const secretPassword = "S3cr3t-xyz-9f1c"
-
-// secretsBuffer is an io.Writer safe for concurrent use.
-type secretsBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *secretsBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *secretsBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // secretsRetry retries a failed job after 100 ms.
 type secretsRetry struct{}
@@ -167,7 +147,7 @@ func TestSecretsNotInLogsOrErrors(t *testing.T) {
 		t.Parallel()
 		s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 4})
 		appName := "aftercommit-secrets-" + s.Name
-		var logs secretsBuffer
+		var logs logBuffer
 		logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 
 		cfg, err := pgxpool.ParseConfig(secretURL(t, s, appName))
@@ -293,7 +273,7 @@ ALTER TABLE emails ADD CONSTRAINT secrets_block_emails CHECK (NOT donated AND op
 		u.RawQuery = q.Encode()
 		cmd := exec.Command(bin, "--schema", s.Name, "--http", "off", "--log-level", "debug", "--max-workers", "4")
 		cmd.Env = append(os.Environ(), "DATABASE_URL="+u.String())
-		var stderr secretsBuffer
+		var stderr logBuffer
 		cmd.Stderr = &stderr
 		cmd.Stdout = &stderr
 		require.NoError(t, cmd.Start())
