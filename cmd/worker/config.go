@@ -41,9 +41,13 @@ const (
 	// jobTimeoutDefault is River's: a job's context is cancelled after a
 	// minute unless its worker's Timeout says otherwise.
 	jobTimeoutDefault = river.JobTimeoutDefault
-	// rescueAfterDefault is River's: a job still running after an hour is
-	// taken for stuck (its process died) and retried by the leader.
-	rescueAfterDefault = time.Hour
+	// rescueAfterDefault is how long a job may stay running before the
+	// leader takes it for stuck and retries it: its process died, or the
+	// answer to the fetch that started it was lost with its connection, so
+	// no process is working it. River's own default is an hour; five
+	// minutes is safe because the rescuer also waits out each job's own
+	// timeout (a worker's Timeout, else --job-timeout).
+	rescueAfterDefault = 5 * time.Minute
 	// reindexerDefault keeps River's nightly REINDEX of its job indexes.
 	reindexerDefault = "on"
 )

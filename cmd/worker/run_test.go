@@ -318,6 +318,11 @@ func TestRunBadFlags(t *testing.T) {
 		{"ShutdownTimeoutNonsense", []string{"--shutdown-timeout", "nonsense"}, `worker: invalid --shutdown-timeout "nonsense"`},
 		{"ShutdownTimeoutNegative", []string{"--shutdown-timeout", "-1s"}, `worker: invalid --shutdown-timeout "-1s"`},
 		{"LogLevel", []string{"--log-level", "loud"}, `worker: invalid --log-level "loud"`},
+		{"JobTimeoutZero", []string{"--job-timeout", "0s"}, `worker: invalid --job-timeout "0s": want a positive duration`},
+		{"RescueAfterNonsense", []string{"--rescue-after", "soon"}, `worker: invalid --rescue-after "soon": want a positive duration`},
+		{"RescueNotAfterTimeout", []string{"--job-timeout", "2m", "--rescue-after", "2m"},
+			"worker: --rescue-after (2m0s) must be longer than --job-timeout (2m0s): a job would be rescued, and run twice, while it may still be running"},
+		{"Reindexer", []string{"--reindexer", "maybe"}, `worker: invalid --reindexer "maybe": want on or off`},
 		{"UnknownFlag", []string{"--nope"}, "flag provided but not defined: -nope"},
 		{"Argument", []string{"extra"}, `unexpected argument "extra"`},
 		{"DatabaseURL", []string{"--database-url", "postgres://u:s3cret@host:99999/db"}, "cannot parse the database URL given by --database-url"},
@@ -367,7 +372,8 @@ func TestRunHelp(t *testing.T) {
 	env["AFTERCOMMIT_HTTP_USER"] = "admin"
 	for _, want := range []string{"-database-url", "DATABASE_URL", "-schema", "AFTERCOMMIT_SCHEMA", "-queues",
 		"-max-workers", "-shutdown-timeout", "-log-level", "-http", "AFTERCOMMIT_HTTP", "127.0.0.1:9090",
-		"-http-user", "AFTERCOMMIT_HTTP_USER", "-http-password", "AFTERCOMMIT_HTTP_PASSWORD"} {
+		"-http-user", "AFTERCOMMIT_HTTP_USER", "-http-password", "AFTERCOMMIT_HTTP_PASSWORD",
+		"-job-timeout", "AFTERCOMMIT_JOB_TIMEOUT", "-rescue-after", "AFTERCOMMIT_RESCUE_AFTER", "-reindexer", "AFTERCOMMIT_REINDEXER"} {
 		require.Contains(t, stdout.String(), want)
 	}
 	require.NotContains(t, stdout.String(), "s3cret", "--help never prints the environment's URL")
@@ -425,6 +431,9 @@ func TestParseConfig(t *testing.T) {
 		require.Equal(t, "127.0.0.1:9090", cfg.httpAddr)
 		require.Empty(t, cfg.httpUser)
 		require.Empty(t, cfg.httpPassword)
+		require.Equal(t, time.Minute, cfg.jobTimeout)
+		require.Equal(t, 5*time.Minute, cfg.rescueAfter)
+		require.True(t, cfg.reindexer)
 	})
 
 	t.Run("Environment", func(t *testing.T) {
@@ -439,6 +448,9 @@ func TestParseConfig(t *testing.T) {
 			"AFTERCOMMIT_HTTP":             ":9191",
 			"AFTERCOMMIT_HTTP_USER":        "admin",
 			"AFTERCOMMIT_HTTP_PASSWORD":    "pa55:word",
+			"AFTERCOMMIT_JOB_TIMEOUT":      "30s",
+			"AFTERCOMMIT_RESCUE_AFTER":     "2m",
+			"AFTERCOMMIT_REINDEXER":        "off",
 		}
 		cfg, err := parseConfig(nil, func(k string) string { return env[k] }, &syncBuffer{})
 		require.NoError(t, err)
@@ -455,6 +467,14 @@ func TestParseConfig(t *testing.T) {
 		require.Equal(t, ":9191", cfg.httpAddr)
 		require.Equal(t, "admin", cfg.httpUser)
 		require.Equal(t, "pa55:word", cfg.httpPassword)
+		require.Equal(t, 30*time.Second, cfg.jobTimeout)
+		require.Equal(t, 2*time.Minute, cfg.rescueAfter)
+		require.False(t, cfg.reindexer)
+		rc := riverConfig(cfg)
+		require.Equal(t, 30*time.Second, rc.JobTimeout)
+		require.Equal(t, 2*time.Minute, rc.RescueStuckJobsAfter)
+		require.NotNil(t, rc.ReindexerSchedule, "the reindexer never runs")
+		require.True(t, rc.ReindexerSchedule.Next(time.Now()).After(time.Now().AddDate(100, 0, 0)), "never: %s", rc.ReindexerSchedule.Next(time.Now()))
 	})
 
 	t.Run("HTTPOff", func(t *testing.T) {
