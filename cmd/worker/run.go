@@ -77,7 +77,10 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 		}
 	}()
 
-	if err := checkMigrated(ctx, pool, cfg.schema); err != nil {
+	err = retryTransient(ctx, logger, "the schema was checked", startRetryFor, func() error {
+		return checkMigrated(ctx, pool, cfg.schema)
+	})
+	if err != nil {
 		if ctx.Err() != nil {
 			logger.InfoContext(ctx, "worker: interrupted before start")
 			return nil

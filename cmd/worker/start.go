@@ -28,16 +28,27 @@ const (
 // connection going away (transient); any other failure is returned at once.
 // It returns ctx's error when ctx ends first.
 func startClient(ctx context.Context, client *river.Client[pgx.Tx], logger *slog.Logger, retryFor time.Duration) error {
+	return retryTransient(ctx, logger, "the River client started", retryFor, func() error {
+		// The signal must not reach River through Start's context:
+		// cancelling it would cancel running jobs at once.
+		return client.Start(context.WithoutCancel(ctx))
+	})
+}
+
+// retryTransient runs fn until it succeeds, fails for a reason that is not
+// transient, or retryFor has passed, waiting between tries with a backoff
+// from startBackoffMin doubling up to startBackoffMax. while names what fn
+// does in the log line of a retry. It returns ctx's error when ctx ends
+// while it waits.
+func retryTransient(ctx context.Context, logger *slog.Logger, while string, retryFor time.Duration, fn func() error) error {
 	deadline := time.Now().Add(retryFor)
 	backoff := startBackoffMin
 	for {
-		// The signal must not reach River through Start's context:
-		// cancelling it would cancel running jobs at once.
-		err := client.Start(context.WithoutCancel(ctx))
+		err := fn()
 		if err == nil || !transient(err) || time.Now().Add(backoff).After(deadline) {
 			return err
 		}
-		logger.WarnContext(ctx, "worker: the database went away while the River client started; retrying",
+		logger.WarnContext(ctx, "worker: the database went away while "+while+"; retrying",
 			slog.String("err", err.Error()), slog.Duration("in", backoff))
 		select {
 		case <-ctx.Done():

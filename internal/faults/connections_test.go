@@ -2,10 +2,6 @@ package faults_test
 
 import (
 	"context"
-	"net/url"
-	"os"
-	"os/exec"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -27,12 +23,9 @@ import (
 // was cut is retried; its effect and its completion commit together).
 func TestConnectionsCutUnderLoad(t *testing.T) {
 	t.Parallel()
-	bin := workerBinary(t)
 	ctx := context.Background()
 	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 4})
 	const n = 400
-	appName := "aftercommit-faults-" + s.Name
-
 	rows, err := s.Pool.Query(ctx, `INSERT INTO pings (note) SELECT 'cut' FROM generate_series(1, $1) RETURNING id`, n)
 	require.NoError(t, err)
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
@@ -46,17 +39,11 @@ func TestConnectionsCutUnderLoad(t *testing.T) {
 	_, err = inserter.InsertMany(ctx, params)
 	require.NoError(t, err)
 
-	u, err := url.Parse(s.URL)
-	require.NoError(t, err, "the test database must be given as a URL")
-	q := u.Query()
-	q.Set("application_name", appName)
-	u.RawQuery = q.Encode()
-	cmd := exec.Command(bin, "--schema", s.Name, "--http", "off", "--queues", "default", "--max-workers", "20")
-	cmd.Env = append(os.Environ(), "DATABASE_URL="+u.String())
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	require.NoError(t, cmd.Start())
-	defer func() { _ = cmd.Process.Kill() }()
+	// Cutting starts once the worker has started: a cut during its start is
+	// TestStartClientRetriesWhileTheDatabaseIsAway's business (cmd/worker).
+	w := startWorker(t, s, "cut", nil, "--queues", "default", "--max-workers", "20")
+	w.clientID(t)
+	appName := "aftercommit-faults-cut"
 
 	count := func(sql string) int {
 		var v int
@@ -64,7 +51,8 @@ func TestConnectionsCutUnderLoad(t *testing.T) {
 		return v
 	}
 	cuts := 0
-	for cuts < 3 {
+	for deadline := time.Now().Add(60 * time.Second); cuts < 3; {
+		require.True(t, time.Now().Before(deadline), "three cuts within 60 s")
 		time.Sleep(300 * time.Millisecond)
 		var killed int
 		require.NoError(t, s.Pool.QueryRow(ctx, `
@@ -75,13 +63,13 @@ SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))
 			t.Logf("cut %d: terminated %d connections; %d jobs completed so far", cuts, killed,
 				count(`SELECT count(*) FROM river_job WHERE kind = $1 AND state = 'completed'`))
 		}
-		require.Nil(t, cmd.ProcessState, "the worker exited; log:\n%s", &stderr)
+		require.True(t, w.running(), "the worker exited; log:\n%s", w.log)
 	}
 
 	start := time.Now()
 	require.Eventually(t, func() bool {
 		return count(`SELECT count(*) FROM river_job WHERE kind = $1 AND state = 'completed'`) == n
-	}, 90*time.Second, 50*time.Millisecond, "every job completed; worker log:\n%s", &stderr)
+	}, 90*time.Second, 50*time.Millisecond, "every job completed; worker log:\n%s", w.log)
 	t.Logf("after the last cut the backlog drained in %s", time.Since(start).Round(10*time.Millisecond))
 
 	var marked, twice, total int
@@ -93,6 +81,6 @@ SELECT count(*) FILTER (WHERE ping_count = 1), count(*) FILTER (WHERE ping_count
 	require.Zero(t, twice, "no row marked twice")
 
 	// Still the same process: it reconnected on its own; it stops cleanly.
-	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-	require.NoError(t, cmd.Wait(), "log:\n%s", &stderr)
+	require.NoError(t, w.cmd.Process.Signal(syscall.SIGTERM))
+	require.Equal(t, 0, w.wait(t, 30*time.Second), "log:\n%s", w.log)
 }
