@@ -250,7 +250,7 @@ func TestNetworkFaults(t *testing.T) {
 		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT string_agg(state::text || '=' || n, ' ') FROM (SELECT state, count(*) AS n FROM river_job GROUP BY state) c`).Scan(&states))
 		require.NoError(t, s.Pool.QueryRow(ctx, `
 SELECT coalesce(string_agg(state || ' ' || coalesce(wait_event, '-') || ' ' || left(query, 60), E'\n'), '')
-  FROM pg_stat_activity WHERE application_name = $1`, "aftercommit-netfaults-"+s.Name).Scan(&conns))
+  FROM pg_stat_activity WHERE application_name = left($1, 63)`, "aftercommit-netfaults-"+s.Name).Scan(&conns))
 		t.Fatalf("not every one of %d jobs completed within %s: %s\nthe worker's connections:\n%s\nlog:\n%s", n, netDrainTimeout, states, conns, &logBuf)
 	}
 	end.end = dbNow()

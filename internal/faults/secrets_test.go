@@ -96,12 +96,12 @@ INSERT INTO river_job (args, kind, max_attempts, priority, queue, state) VALUES
 }
 
 // secretsTerminate ends every connection of appName and returns how many it
-// ended.
+// ended. Postgres keeps the first 63 bytes of an application_name.
 func secretsTerminate(ctx context.Context, t *testing.T, s *dbtest.Schema, appName string) int {
 	t.Helper()
 	var killed int
 	require.NoError(t, s.Pool.QueryRow(ctx, `
-SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1`, appName).Scan(&killed))
+SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = left($1, 63)`, appName).Scan(&killed))
 	return killed
 }
 
@@ -296,7 +296,7 @@ ALTER TABLE emails ADD CONSTRAINT secrets_block_emails CHECK (NOT donated AND op
 				return err == nil && working
 			}, 30*time.Second, 20*time.Millisecond, "the worker completes jobs; log:\n%s", &stderr)
 			require.Eventually(t, func() bool { n := secretsTerminate(ctx, t, s, appName+"-worker"); killed += n; return n > 0 },
-				10*time.Second, 20*time.Millisecond)
+				10*time.Second, 20*time.Millisecond, "the worker has connections to cut; log:\n%s", &stderr)
 		}
 		secretsSettled(ctx, t, s, &stderr)
 		require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
