@@ -1,6 +1,10 @@
 // Package faults holds aftercommit's fault suite: tests that break things
-// on purpose — kill processes, roll back at random — against the real
-// database and check that nothing is lost and nothing is done twice.
-// RELIABILITY.md lists every scenario, its command and the figures of the
-// last run.
+// on purpose — kill worker processes mid-job, restart the database server,
+// cut connections, put a faulty network (toxiproxy) in the path, roll back
+// at random, run three workers and kill their leader, connect with the
+// least-privilege roles — against the real database, and check that nothing
+// is lost, nothing is done twice and nobody is let in. The worker processes
+// are the fault build of cmd/worker (go build -tags faults), whose hooks
+// the tests drive through AFTERCOMMIT_FAULT_… variables. RELIABILITY.md
+// lists every scenario, its command and the figures of the last run.
 package faults
