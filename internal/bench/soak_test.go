@@ -27,7 +27,7 @@ func TestSoak60s(t *testing.T) {
 	var progress bytes.Buffer
 	report, err := bench.Soak(ctx, bench.SoakConfig{
 		DatabaseURL: dbtest.ServerURL(t), Duration: duration, Interval: interval, Scale: 0.02,
-		Concurrency: 3, MaxConns: 8, MaxWorkers: 4, DrainTimeout: time.Minute, Out: &progress,
+		Concurrency: 3, MaxConns: 8, MaxWorkers: 4, DrainTimeout: time.Minute, VacuumEvery: duration / 4, Out: &progress,
 	})
 	require.NoError(t, err)
 	var printed bytes.Buffer
@@ -66,4 +66,12 @@ func TestSoak60s(t *testing.T) {
 	require.Positive(t, report.Verdict.JobsRatio)
 	require.Positive(t, report.Verdict.P99Ratio)
 	require.NotEmpty(t, report.Verdict.Text)
+	// A server without autovacuum (this CI's) gets the soak's VACUUM in
+	// its place; one with it gets none.
+	require.Contains(t, []string{"on", "off"}, report.Autovacuum)
+	if report.Autovacuum == "off" {
+		require.GreaterOrEqual(t, report.Vacuums, 1)
+	} else {
+		require.Zero(t, report.Vacuums)
+	}
 }
