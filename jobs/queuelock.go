@@ -24,6 +24,10 @@ import (
 //
 // A kind can instead tag the fields that make up its key: any field tagged
 // `jobs:"queue_lock"` joins the key. An empty key means no lock for that job.
+//
+// A job inserted with River's own UniqueOpts (from InsertOpts, or by River's
+// client in another language) keeps River's uniqueness instead: the queue
+// lock neither replaces its unique key on insert nor clears it on start.
 type QueueLocker interface {
 	QueueLockKey() string
 }
@@ -136,8 +140,10 @@ func newQueueLockMiddleware(reg *Registry, pool *pgxpool.Pool, schema string) *Q
 	return &QueueLockMiddleware{
 		reg:  reg,
 		pool: pool,
-		// The table name is configuration, sanitized as an identifier.
-		clearSQL: `UPDATE ` + table + ` SET unique_key = NULL, unique_states = NULL WHERE id = $1 AND unique_key IS NOT NULL`,
+		// The table name is configuration, sanitized as an identifier. The
+		// metadata condition repeats ownsUniqueKey's in SQL: a row whose key
+		// the queue lock did not set is never cleared.
+		clearSQL: `UPDATE ` + table + ` SET unique_key = NULL, unique_states = NULL WHERE id = $1 AND unique_key IS NOT NULL AND metadata ? 'queue_lock'`,
 	}
 }
 
@@ -145,6 +151,9 @@ func newQueueLockMiddleware(reg *Registry, pool *pgxpool.Pool, schema string) *Q
 // them.
 func (m *QueueLockMiddleware) InsertMany(ctx context.Context, manyParams []*rivertype.JobInsertParams, doInner func(context.Context) ([]*rivertype.JobInsertResult, error)) ([]*rivertype.JobInsertResult, error) {
 	for _, p := range manyParams {
+		if len(p.UniqueKey) > 0 {
+			continue // the caller's own River UniqueOpts: River's uniqueness, not ours
+		}
 		key, ok := m.reg.queueLockKey(p.Args)
 		if !ok {
 			continue
@@ -168,13 +177,17 @@ func (m *QueueLockMiddleware) InsertMany(ctx context.Context, manyParams []*rive
 	return doInner(ctx)
 }
 
-// Work frees the queue lock of a starting job before it runs.
+// Work frees the queue lock of a starting job before it runs. Only a key
+// the queue lock set is cleared: a job of the same kind inserted with River's
+// own UniqueOpts (by River's client in any language, or through NewClient's
+// client with explicit UniqueOpts) keeps its key, so River's uniqueness
+// holds as River promises.
 func (m *QueueLockMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
-	if len(job.UniqueKey) == 0 {
+	if !ownsUniqueKey(job) {
 		return doInner(ctx)
 	}
 	if e, ok := m.reg.kinds[job.Kind]; !ok || e.queueLock == nil {
-		return doInner(ctx) // a River unique job, not ours
+		return doInner(ctx) // a kind this registry does not lock
 	}
 	// Should this fail, the job keeps its key while it retries: it is still
 	// the only holder, because running is one of the locking states.
@@ -182,4 +195,20 @@ func (m *QueueLockMiddleware) Work(ctx context.Context, job *rivertype.JobRow, d
 		return fmt.Errorf("jobs: freeing the queue lock of %s job %d: %w", job.Kind, job.ID, err)
 	}
 	return doInner(ctx)
+}
+
+// ownsUniqueKey reports whether job's unique key was set by the queue lock:
+// the job carries the lock's metadata key and exactly the lock's unique
+// states. River's own unique jobs (UniqueOpts) have neither.
+func ownsUniqueKey(job *rivertype.JobRow) bool {
+	if len(job.UniqueKey) == 0 || uniquestates.UniqueStatesToBitmask(job.UniqueStates) != queueLockStates {
+		return false
+	}
+	var meta struct {
+		QueueLock *string `json:"queue_lock"`
+	}
+	if err := json.Unmarshal(job.Metadata, &meta); err != nil {
+		return false
+	}
+	return meta.QueueLock != nil
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/rivertype"
 	"github.com/stretchr/testify/require"
 
@@ -268,3 +269,84 @@ func TestQueueLock(t *testing.T) {
 }
 
 var _ rivertype.JobInsertMiddleware = (*jobs.QueueLockMiddleware)(nil)
+
+// TestQueueLockLeavesRiverUniquenessAlone: a job of a queue-locked kind
+// inserted with River's own UniqueOpts — by a client without our middleware
+// (as River's Python or Ruby client does) or by NewClient's client — keeps
+// its River unique key when it runs, so inserting the same again is skipped
+// as River promises.
+func TestQueueLockLeavesRiverUniquenessAlone(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	for _, tc := range []struct {
+		name   string
+		insert func(b *queueLockBundle) func(context.Context, river.JobArgs, *river.InsertOpts) (*rivertype.JobInsertResult, error)
+	}{
+		{"RiversOwnClient", func(b *queueLockBundle) func(context.Context, river.JobArgs, *river.InsertOpts) (*rivertype.JobInsertResult, error) {
+			bare, err := river.NewClient(riverpgxv5.New(b.schema.Pool), &river.Config{Schema: b.schema.Name, Logger: discardLogger()})
+			require.NoError(t, err)
+			return bare.Insert
+		}},
+		{"NewClientsClient", func(b *queueLockBundle) func(context.Context, river.JobArgs, *river.InsertOpts) (*rivertype.JobInsertResult, error) {
+			return b.client.Insert
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := setupQueueLock(ctx, t, true)
+			insert := tc.insert(b)
+			unique := &river.InsertOpts{Queue: "reporting_default", UniqueOpts: river.UniqueOpts{ByArgs: true}}
+			args := reportArgs{CarID: 8, Reason: "river unique"}
+
+			first, err := insert(ctx, args, unique)
+			require.NoError(t, err)
+			require.False(t, first.UniqueSkippedAsDuplicate)
+			var key []byte
+			require.NoError(t, b.schema.Pool.QueryRow(ctx, `SELECT unique_key FROM river_job WHERE id = $1`, first.Job.ID).Scan(&key))
+			require.Equal(t, first.Job.UniqueKey, key, "River's key, not the queue lock's")
+
+			select {
+			case id := <-b.reports.started:
+				require.Equal(t, first.Job.ID, id)
+			case <-time.After(15 * time.Second):
+				t.Fatal("the job did not start")
+			}
+			running, err := insert(ctx, args, unique)
+			require.NoError(t, err)
+			require.True(t, running.UniqueSkippedAsDuplicate, "skipped while it runs")
+			require.Equal(t, first.Job.ID, running.Job.ID)
+
+			b.reports.release <- struct{}{}
+			require.Eventually(t, func() bool {
+				var state string
+				require.NoError(t, b.schema.Pool.QueryRow(ctx, `SELECT state::text FROM river_job WHERE id = $1`, first.Job.ID).Scan(&state))
+				return state == "completed"
+			}, 15*time.Second, 10*time.Millisecond)
+
+			again, err := insert(ctx, args, unique)
+			require.NoError(t, err)
+			require.True(t, again.UniqueSkippedAsDuplicate, "skipped after it completed, as River promises")
+			require.Equal(t, first.Job.ID, again.Job.ID)
+
+			var meta *string
+			require.NoError(t, b.schema.Pool.QueryRow(ctx, `SELECT unique_key, metadata->>'queue_lock' FROM river_job WHERE id = $1`, first.Job.ID).Scan(&key, &meta))
+			require.Equal(t, first.Job.UniqueKey, key)
+			require.Nil(t, meta, "no queue-lock metadata on a River unique job")
+			var n int
+			require.NoError(t, b.schema.Pool.QueryRow(ctx, `SELECT count(*) FROM river_job`).Scan(&n))
+			require.Equal(t, 1, n)
+
+			// The queue lock of the same kind still works beside it.
+			require.Equal(t, 1, b.enqueue(ctx, t, reportArgs{CarID: 8}).Inserted)
+			require.Equal(t, 1, b.enqueue(ctx, t, reportArgs{CarID: 8}).UniqueSkipped)
+			select {
+			case <-b.reports.started:
+			case <-time.After(15 * time.Second):
+				t.Fatal("the queue-locked job did not start")
+			}
+			require.Equal(t, 1, b.enqueue(ctx, t, reportArgs{CarID: 8}).Inserted, "started: the queue lock is free again")
+			b.reports.release <- struct{}{}
+		})
+	}
+}
