@@ -13,6 +13,7 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/stretchr/testify/require"
 
+	"github.com/aftercommit/aftercommit"
 	"github.com/aftercommit/aftercommit/donations"
 	"github.com/aftercommit/aftercommit/internal/app"
 	"github.com/aftercommit/aftercommit/internal/dbtest"
@@ -41,6 +42,13 @@ func TestRegistry(t *testing.T) {
 		reporting.CreateCarUsersInBulkKind,
 		reporting.RollupFundraiserDayKind,
 	}, reg.Kinds())
+
+	// The commands register exactly what an embedding application does.
+	public := jobs.NewRegistry()
+	aftercommit.Register(public, nil, nil)
+	require.Equal(t, public.Kinds(), reg.Kinds())
+	require.Equal(t, public.Queues(), reg.Queues())
+	require.Equal(t, public.TopicNames(), reg.TopicNames())
 }
 
 // The domains meet only through the registry: donations publishes
