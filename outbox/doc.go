@@ -21,6 +21,17 @@
 // ignores still rolls the transaction back (ErrTxAborted): a transaction never
 // commits a partial set of its jobs.
 //
+// # When the answer to COMMIT is lost
+//
+// If the deadline expires or the connection breaks after the COMMIT was sent
+// (alone, or pipelined with the job insert), nobody can tell from the client
+// whether the transaction committed: InTx returns an error matching
+// ErrCommitInDoubt, wrapping the cause. Retrying blindly may write the
+// business rows twice. Look for the transaction's effect in the source of
+// truth — a row with a key the caller chose (an idempotency key, an order
+// number) — and retry only if it is absent. Every other error of InTx means
+// the transaction rolled back, with its jobs: retrying it is safe.
+//
 // # One round trip, de-duplicated
 //
 // Enqueue writes nothing. When the function returns, the buffered jobs are

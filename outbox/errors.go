@@ -3,6 +3,9 @@ package outbox
 import (
 	"errors"
 	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 var (
@@ -45,7 +48,40 @@ var (
 	// rolled back rather than committed with a partial set of jobs. It wraps
 	// the Enqueue error.
 	ErrTxAborted = errors.New("outbox: transaction rolled back because an enqueue failed")
+
+	// ErrCommitInDoubt is matched by the error of InTx (and its variants)
+	// when the COMMIT — alone, or pipelined with the job insert — was sent
+	// and no answer came back: the deadline expired, the connection broke.
+	// The transaction may have committed or not; the error wraps the cause.
+	// Don't retry blindly: a retry may write the business rows twice. Check
+	// the source of truth (the row the transaction wrote, by a key the caller
+	// chose) and retry only if it is absent. Every other InTx error means
+	// nothing was committed.
+	ErrCommitInDoubt = errors.New("outbox: commit in doubt: the transaction may have committed; check before retrying")
 )
+
+// commitError wraps err, an error met after a COMMIT was sent (alone or at
+// the end of a pipelined batch), as ErrCommitInDoubt unless the outcome is
+// known: an error the server answered (a deferred constraint, a
+// serialization failure at COMMIT, or an error in a statement before it,
+// which makes the server skip the COMMIT) rolled the transaction back, and
+// an error pgx reports as safe to retry means nothing was sent. A FATAL (or
+// PANIC) answer to the COMMIT itself stays in doubt: a backend terminated
+// while it waits for a synchronous standby has already committed locally.
+func commitError(err error, duringCommit bool) error {
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.As(err, &pgErr):
+		if duringCommit && (pgErr.Severity == "FATAL" || pgErr.Severity == "PANIC") {
+			return fmt.Errorf("%w: %w", ErrCommitInDoubt, err)
+		}
+		return err
+	case errors.Is(err, pgx.ErrTxCommitRollback), pgconn.SafeToRetry(err):
+		return err
+	default:
+		return fmt.Errorf("%w: %w", ErrCommitInDoubt, err)
+	}
+}
 
 // PayloadTooLargeError is returned when the JSON encoding of job args is
 // larger than Config.MaxPayloadBytes. It matches ErrPayloadTooLarge.

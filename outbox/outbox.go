@@ -201,6 +201,11 @@ func (o *Outbox) Stats() Stats {
 // exists; a panic is raised again after the rollback. An Enqueue failure that
 // fn ignored is returned wrapped in ErrTxAborted.
 //
+// An error matching ErrCommitInDoubt means the COMMIT was sent but its answer
+// was lost (the deadline expired, the connection broke): the transaction may
+// have committed. Check the source of truth before retrying. Any other error
+// means nothing was committed.
+//
 // tx must not be used after InTx returns; its methods then return
 // pgx.ErrTxClosed.
 func (o *Outbox) InTx(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) error {
@@ -285,7 +290,7 @@ func (o *Outbox) InTxOptions(ctx context.Context, opts pgx.TxOptions, fn func(ct
 	}
 	if len(params) == 0 && len(events) == 0 {
 		if err := inner.Commit(ctx); err != nil {
-			return res, fmt.Errorf("outbox: committing: %w", err)
+			return res, commitError(fmt.Errorf("outbox: committing: %w", err), true)
 		}
 		return res, nil
 	}

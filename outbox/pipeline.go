@@ -103,7 +103,7 @@ func (o *Outbox) write(ctx context.Context, tx pgx.Tx, params []river.InsertMany
 	res.RoundTrips++
 	if commit {
 		if err := tx.Commit(ctx); err != nil {
-			return FlushResult{}, fmt.Errorf("outbox: committing: %w", err)
+			return FlushResult{}, commitError(fmt.Errorf("outbox: committing: %w", err), true)
 		}
 		res.RoundTrips++
 	}
@@ -153,7 +153,7 @@ func (o *Outbox) writeCopy(ctx context.Context, tx pgx.Tx, params []river.Insert
 	res.RoundTrips++
 	if commit {
 		if err := tx.Commit(ctx); err != nil {
-			return FlushResult{}, fmt.Errorf("outbox: committing: %w", err)
+			return FlushResult{}, commitError(fmt.Errorf("outbox: committing: %w", err), true)
 		}
 		res.RoundTrips++
 	}
@@ -205,9 +205,9 @@ func countRows(rows pgx.Rows) (inserted, skipped int, err error) {
 
 // sendBatch sends stmts, and COMMIT when commit is set, in one batch. With
 // commit, a nil error means the transaction committed with every statement
-// applied; an error means nothing was committed, except when the connection
-// broke after the batch was sent: then, as with any COMMIT, the outcome is
-// unknown. The caller must not end the transaction again after a COMMIT
+// applied; an error means nothing was committed, except an error matching
+// ErrCommitInDoubt (the answer was lost after the batch was sent: as with
+// any COMMIT, the outcome is unknown). The caller must not end the transaction again after a COMMIT
 // went out: pgx's Tx does not know the server ended it.
 func sendBatch(ctx context.Context, tx pgx.Tx, stmts []recordedStmt, commit bool) (inserted, skipped int, err error) {
 	batch := &pgx.Batch{}
@@ -218,23 +218,31 @@ func sendBatch(ctx context.Context, tx pgx.Tx, stmts []recordedStmt, commit bool
 		batch.Queue(commitStatementText)
 	}
 
+	// With commit, every error below is met after the COMMIT went out in
+	// the same batch: commitError decides whether its outcome is known.
+	inDoubt := func(err error, duringCommit bool) error {
+		if commit {
+			return commitError(err, duringCommit)
+		}
+		return err
+	}
 	br := tx.SendBatch(ctx, batch)
 	for i := 0; i < len(stmts) && err == nil; i++ {
 		if !stmts[i].insert {
 			if _, execErr := br.Exec(); execErr != nil {
-				err = fmt.Errorf("outbox: %s: %w", stmts[i].what(), execErr)
+				err = inDoubt(fmt.Errorf("outbox: %s: %w", stmts[i].what(), execErr), false)
 			}
 			continue
 		}
 		rows, queryErr := br.Query()
 		if queryErr != nil {
-			err = fmt.Errorf("outbox: inserting jobs: %w", queryErr)
+			err = inDoubt(fmt.Errorf("outbox: inserting jobs: %w", queryErr), false)
 			continue
 		}
 		n, k, countErr := countRows(rows)
 		rows.Close()
 		if countErr != nil {
-			err = fmt.Errorf("outbox: inserting jobs: %w", countErr)
+			err = inDoubt(fmt.Errorf("outbox: inserting jobs: %w", countErr), false)
 		}
 		inserted, skipped = inserted+n, skipped+k
 	}
@@ -243,11 +251,11 @@ func sendBatch(ctx context.Context, tx pgx.Tx, stmts []recordedStmt, commit bool
 		var commitErr error
 		tag, commitErr = br.Exec()
 		if commitErr != nil {
-			err = fmt.Errorf("outbox: committing: %w", commitErr)
+			err = commitError(fmt.Errorf("outbox: committing: %w", commitErr), true)
 		}
 	}
 	if closeErr := br.Close(); closeErr != nil && err == nil {
-		err = fmt.Errorf("outbox: committing: %w", closeErr)
+		err = inDoubt(fmt.Errorf("outbox: committing: %w", closeErr), commit)
 	}
 	if err != nil {
 		return 0, 0, err
