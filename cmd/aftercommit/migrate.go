@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -22,13 +23,18 @@ func printMigrateUsage(w io.Writer, printFlags func(io.Writer)) {
   aftercommit migrate version [flags]
 
 Actions:
-  up       apply every migration not applied yet: River's (by River's own
-           migrator), then aftercommit's (embedded in this binary)
+  up       apply every migration of migrations/ not applied yet, in order:
+           River's (0001-0008, River's own 1-8), then aftercommit's; a
+           database migrated before River's migrations joined the set is
+           renumbered first, keeping every row
   down     remove every migration: drops every table of River and aftercommit,
            with all their rows; needs --yes
-  version  show the applied and the latest version of each
+  version  show the applied and the latest version, of the whole set and of
+           River's own bookkeeping (river_migration)
 
-Up on an up-to-date database, or down on an empty one, changes nothing.
+Up on an up-to-date database, or down on an empty one, changes nothing. The
+files are plain golang-migrate files: 'migrate -path migrations -database
+URL up' (golang-migrate's CLI) builds the same schema.
 
 Flags:
 `)
@@ -123,30 +129,66 @@ func reportResult(ctx context.Context, e *env, action string, res dbmigrate.Resu
 }
 
 // describeResult is the one line `migrate up` or `migrate down` prints, e.g.
-// "river: applied 1,2,3,4,5,6; aftercommit: applied 1".
+// "applied 0001-0019 (River 1-8, aftercommit 0009-0019)".
 func describeResult(action string, res dbmigrate.Result) string {
-	verb, none, allNone := "applied", "up to date", "already up to date"
+	verb, none := "applied", "already up to date"
 	if action == "down" {
-		verb, none, allNone = "removed", "nothing to remove", "nothing to remove"
+		verb, none = "removed", "nothing to remove"
 	}
-	if !res.Changed() {
-		return allNone
-	}
-	part := func(line string, versions []string) string {
-		if len(versions) == 0 {
-			return line + ": " + none
+	var parts []string
+	if r := res.Renumbered; r != nil {
+		from := strconv.FormatUint(uint64(r.From), 10)
+		if r.From == 0 {
+			from = "none"
 		}
-		return line + ": " + verb + " " + strings.Join(versions, ",")
+		parts = append(parts, fmt.Sprintf("renumbered the old layout: schema_migrations %s is now %04d (River %d applied by rivermigrate)", from, r.To, r.River))
 	}
-	river := make([]string, 0, len(res.River))
-	for _, v := range res.River {
-		river = append(river, strconv.Itoa(v))
+	if len(res.Migrations) == 0 {
+		if len(parts) == 0 {
+			return none
+		}
+		if action == "down" {
+			return strings.Join(append(parts, "nothing to remove"), "; ")
+		}
+		return strings.Join(append(parts, "nothing else to apply"), "; ")
 	}
-	app := make([]string, 0, len(res.App))
-	for _, v := range res.App {
-		app = append(app, strconv.FormatUint(uint64(v), 10))
+	var all, river, app []int
+	for _, m := range res.Migrations {
+		all = append(all, int(m.Version))
+		if m.River > 0 {
+			river = append(river, m.River)
+		} else {
+			app = append(app, int(m.Version))
+		}
 	}
-	return part("river", river) + "; " + part("aftercommit", app)
+	var which []string
+	if action == "down" {
+		which = append(which, "aftercommit "+ranges(app, "%04d"), "River "+ranges(river, "%d"))
+	} else {
+		which = append(which, "River "+ranges(river, "%d"), "aftercommit "+ranges(app, "%04d"))
+	}
+	which = slices.DeleteFunc(which, func(s string) bool { return strings.HasSuffix(s, " ") })
+	parts = append(parts, fmt.Sprintf("%s %s (%s)", verb, ranges(all, "%04d"), strings.Join(which, ", ")))
+	return strings.Join(parts, "; ")
+}
+
+// ranges writes vs (ascending or descending) as runs of consecutive
+// numbers: [1 2 3 5] → "1-3,5".
+func ranges(vs []int, format string) string {
+	var out []string
+	for i := 0; i < len(vs); {
+		j := i
+		for j+1 < len(vs) && (vs[j+1]-vs[j] == 1 || vs[j+1]-vs[j] == -1) && (j == i || vs[j+1]-vs[j] == vs[j]-vs[j-1]) {
+			j++
+		}
+		if j == i {
+			out = append(out, fmt.Sprintf(format, vs[i]))
+		} else {
+			out = append(out, fmt.Sprintf(format+"-"+format, vs[i], vs[j]))
+		}
+		i = j + 1
+	}
+	return strings.Join(out, ",")
 }
 
 func migrateVersion(ctx context.Context, e *env, pool *pgxpool.Pool, opts *dbmigrate.Options) int {
@@ -154,12 +196,16 @@ func migrateVersion(ctx context.Context, e *env, pool *pgxpool.Pool, opts *dbmig
 	if err != nil && !errors.Is(err, dbmigrate.ErrDirty) {
 		return reportError(ctx, e, fmt.Errorf("aftercommit migrate version: %w", err))
 	}
-	fmt.Fprintf(e.stdout, "river: %d (latest %d)%s\n", v.River, v.RiverLatest, ahead(v.River > v.RiverLatest))
-	dirty := ""
+	state := ahead(v.App > v.AppLatest)
 	if v.Dirty {
-		dirty = " dirty"
+		state += " dirty"
 	}
-	fmt.Fprintf(e.stdout, "aftercommit: %d (latest %d)%s%s\n", v.App, v.AppLatest, ahead(v.App > v.AppLatest), dirty)
+	if v.OldLayout {
+		to, _ := dbmigrate.LegacyVersion(v.App)
+		state += fmt.Sprintf(", old layout: 'aftercommit migrate up' renumbers it to %d (golang-migrate's CLI: 'migrate force %d' first)", to, to)
+	}
+	fmt.Fprintf(e.stdout, "migrations: %d (latest %d)%s\n", v.App, v.AppLatest, state)
+	fmt.Fprintf(e.stdout, "river: %d (latest %d)%s\n", v.River, v.RiverLatest, ahead(v.River > v.RiverLatest))
 	if err != nil {
 		return reportError(ctx, e, err)
 	}
@@ -180,8 +226,8 @@ func reportError(ctx context.Context, e *env, err error) int {
 		fmt.Fprintln(e.stderr, errInterrupted.Error())
 		return exitInterrupted
 	case errors.Is(err, dbmigrate.ErrDirty):
-		fmt.Fprintln(e.stderr, "aftercommit: the database is dirty: an aftercommit migration failed half way (see 'aftercommit migrate version'); "+
-			"finish or undo it by hand, then record the version really applied: UPDATE schema_migrations SET version = <N>, dirty = false")
+		fmt.Fprintln(e.stderr, "aftercommit: the database is dirty: a migration failed half way (see 'aftercommit migrate version'); "+
+			"finish or undo it by hand, then record the version really applied: UPDATE schema_migrations SET version = <N>, dirty = false (or golang-migrate's 'migrate force <N>')")
 		return exitFailure
 	}
 	msg := dbconn.OneLine(err.Error())

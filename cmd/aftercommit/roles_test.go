@@ -30,7 +30,6 @@ func TestGrantRoles(t *testing.T) {
 	t.Run("GrantsExistingRoles", func(t *testing.T) {
 		t.Parallel()
 		s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
-		t.Cleanup(func() { dbrolestest.DropKindGuard(context.WithoutCancel(ctx), t, s) })
 		app := dbrolestest.NewRole(ctx, t, s, "app")
 		worker := dbrolestest.NewRole(ctx, t, s, "worker")
 
@@ -58,7 +57,6 @@ func TestGrantRoles(t *testing.T) {
 		app, worker := s.Name+"_cli_app", s.Name+"_cli_worker"
 		t.Cleanup(func() {
 			ctx := context.WithoutCancel(ctx)
-			dbrolestest.DropKindGuard(ctx, t, s)
 			for _, r := range []string{app, worker} {
 				_, err := s.Pool.Exec(ctx, "DROP OWNED BY "+pgx.Identifier{r}.Sanitize()+"; DROP ROLE "+pgx.Identifier{r}.Sanitize())
 				require.NoError(t, err)

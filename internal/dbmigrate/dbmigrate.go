@@ -1,26 +1,43 @@
-// Package dbmigrate applies the whole schema of aftercommit: River's tables
-// through River's own migrator (rivermigrate), then the project's files from
-// package migrations through golang-migrate (iofs source, pgx v5 driver).
+// Package dbmigrate applies the whole schema of aftercommit: the files of
+// package migrations, River's migrations (0001–0008) and then aftercommit's,
+// through golang-migrate (iofs source, pgx v5 driver) and its one
+// schema_migrations table, exactly as golang-migrate's own CLI applies the
+// same directory.
 //
 // Both the `aftercommit migrate` command and the test harness use it, so a
 // test schema is built exactly the way a production database is.
+//
+// # The old numbering
+//
+// Until River's migrations joined package migrations, River's tables came
+// from River's own migrator (rivermigrate, bookkeeping in river_migration)
+// and aftercommit's files were numbered 0001–0008 in schema_migrations. Up
+// and Down recognize such a database (schema_migrations at 1–8 while
+// aftercommit's first table, pings, exists; or River's tables without any
+// schema_migrations version) and renumber schema_migrations to the new
+// layout first, in one transaction under golang-migrate's lock, without
+// touching any other row. golang-migrate's CLI cannot tell the two
+// numberings apart: on such a database run `migrate force N` once, with N
+// the old version plus 8 (see LegacyVersion), before its first `up`.
 package dbmigrate
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"regexp"
+	"slices"
+	"strconv"
 
 	"github.com/golang-migrate/migrate/v4"
+	"github.com/golang-migrate/migrate/v4/database"
 	migratepgx "github.com/golang-migrate/migrate/v4/database/pgx/v5"
 	"github.com/golang-migrate/migrate/v4/source/iofs"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
-	"github.com/riverqueue/river/rivermigrate"
 
 	"github.com/aftercommit/aftercommit/migrations"
 )
@@ -28,221 +45,485 @@ import (
 // Options select where migrations go.
 type Options struct {
 	// Schema is the schema to migrate. The pool's connections must have the
-	// same schema first in their search_path, because the project's files use
+	// same schema first in their search_path, because the files use
 	// unqualified names.
 	//
 	// Defaults to empty: the current schema of the connection (search_path).
 	Schema string
 
-	// Logger receives River's migrator logs. Defaults to a logger that drops
-	// everything below warnings.
+	// Logger receives one line per migration applied or removed, and one
+	// for a renumbering of the old layout. Defaults to a logger that drops
+	// everything.
 	Logger *slog.Logger
+}
+
+// Migration is one migration of package migrations.
+type Migration struct {
+	// Version is its golang-migrate version (the file's NNNN).
+	Version uint
+	// Name is the rest of the file's name, e.g. "river_002_initial_schema"
+	// or "pings".
+	Name string
+	// River is River's own version of one of River's migrations, 0 for
+	// aftercommit's.
+	River int
 }
 
 // Version describes what is applied in a database.
 type Version struct {
-	// River is the newest River migration applied (0 when none).
-	River int
-	// RiverLatest is the newest River migration this binary knows.
-	RiverLatest int
-	// App is the newest project migration applied (0 when none).
+	// App is the newest migration of package migrations applied, River's
+	// included: golang-migrate's schema_migrations version (0 when none).
+	// In a database of the old layout (OldLayout) it is the old number.
 	App uint
-	// AppLatest is the newest project migration this binary knows.
+	// AppLatest is the newest migration this binary knows.
 	AppLatest uint
-	// Dirty is true when a project migration failed half way; it must be
-	// repaired by hand (golang-migrate's `force`) before anything else runs.
+	// Dirty is true when a migration failed half way; it must be repaired
+	// by hand (golang-migrate's `force`) before anything else runs.
 	Dirty bool
+	// River is the newest River version River's own bookkeeping
+	// (river_migration, line main) records, as rivermigrate and riverui
+	// read it (0 when none).
+	River int
+	// RiverLatest is the newest River migration this binary holds.
+	RiverLatest int
+	// OldLayout is true for a database migrated before River's migrations
+	// joined package migrations; Up and Down renumber it first.
+	OldLayout bool
 }
 
 // Result lists what one Up or Down changed.
 type Result struct {
-	// River lists the River migration versions applied or removed.
-	River []int
-	// App lists the project migration versions applied or removed, in order.
-	App []uint
+	// Renumbered is set when the database was of the old layout and its
+	// schema_migrations version was renumbered first.
+	Renumbered *Renumbering
+	// Migrations lists the migrations applied (Up) or removed (Down), in
+	// the order they ran.
+	Migrations []Migration
 }
 
-// Changed reports whether anything was applied or removed.
-func (r Result) Changed() bool { return len(r.River) > 0 || len(r.App) > 0 }
+// Renumbering is the move of a database of the old layout to the new one.
+type Renumbering struct {
+	// From is schema_migrations' version before, in the old numbering (0:
+	// no version, River's tables only).
+	From uint
+	// To is the version after, in the new numbering.
+	To uint
+	// River is the River version river_migration recorded.
+	River int
+}
 
-// Up applies every River migration, then every project migration, that is
-// not applied yet. Running it on an up-to-date database changes nothing.
+// Changed reports whether anything was applied, removed or renumbered.
+func (r Result) Changed() bool { return r.Renumbered != nil || len(r.Migrations) > 0 }
+
+// Errors of Up, Down and CurrentVersion, matched with errors.Is.
+var (
+	// ErrDirty means a migration failed half way through.
+	ErrDirty = errors.New("dbmigrate: database is dirty")
+	// ErrSearchPath means Options.Schema is not the first schema of the
+	// pool's search_path: unqualified names would go to another schema.
+	ErrSearchPath = errors.New("dbmigrate: Options.Schema is not the current schema of the pool's connections")
+	// ErrOldLayout means a database of the old layout cannot be renumbered
+	// safely (its River version does not match where the new layout puts
+	// aftercommit's first migration, or its tables and versions disagree).
+	ErrOldLayout = errors.New("dbmigrate: cannot renumber a database of the old layout")
+)
+
+// legacyNames are aftercommit's migrations as they were numbered before
+// River's joined them (commit ad3d8b2): old version i+1 is legacyNames[i].
+var legacyNames = []string{
+	"pings", "job_locks", "outbox_events", "donations",
+	"inventory", "inventory_buckets", "job_views", "reporting",
+}
+
+// LegacyVersion maps a version of the old numbering (1–8, aftercommit's
+// files before River's joined them) to the same migration's version now.
+func LegacyVersion(old uint) (uint, bool) {
+	if old < 1 || int(old) > len(legacyNames) {
+		return 0, false
+	}
+	all, err := Migrations()
+	if err != nil {
+		return 0, false
+	}
+	for _, m := range all {
+		if m.Name == legacyNames[old-1] && m.River == 0 {
+			return m.Version, true
+		}
+	}
+	return 0, false
+}
+
+var fileRE = regexp.MustCompile(`^([0-9]+)_(.+)\.up\.sql$`)
+var riverNameRE = regexp.MustCompile(`^river_([0-9]{3})_`)
+
+// Migrations lists every migration of package migrations, in order.
+func Migrations() ([]Migration, error) {
+	entries, err := fs.ReadDir(migrations.FS, ".")
+	if err != nil {
+		return nil, fmt.Errorf("dbmigrate: reading embedded migrations: %w", err)
+	}
+	var out []Migration
+	for _, e := range entries {
+		sub := fileRE.FindStringSubmatch(e.Name())
+		if sub == nil {
+			continue
+		}
+		v, err := strconv.ParseUint(sub[1], 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("dbmigrate: embedded migration %s: %w", e.Name(), err)
+		}
+		m := Migration{Version: uint(v), Name: sub[2]}
+		if r := riverNameRE.FindStringSubmatch(sub[2]); r != nil {
+			m.River, _ = strconv.Atoi(r[1])
+		}
+		out = append(out, m)
+	}
+	slices.SortFunc(out, func(a, b Migration) int { return int(a.Version) - int(b.Version) })
+	return out, nil
+}
+
+// LatestAppVersion is the newest migration embedded in the binary.
+func LatestAppVersion() (uint, error) {
+	all, err := Migrations()
+	if err != nil {
+		return 0, err
+	}
+	if len(all) == 0 {
+		return 0, errors.New("dbmigrate: no embedded migrations")
+	}
+	return all[len(all)-1].Version, nil
+}
+
+// riverLayout maps each River version held to its golang-migrate version,
+// and gives the newest River version held.
+func riverLayout(all []Migration) (byRiver map[int]uint, latest int) {
+	byRiver = map[int]uint{}
+	for _, m := range all {
+		if m.River > 0 {
+			byRiver[m.River] = m.Version
+			latest = max(latest, m.River)
+		}
+	}
+	return byRiver, latest
+}
+
+// Up applies every migration not applied yet, after renumbering a database
+// of the old layout. Running it on an up-to-date database changes nothing.
 func Up(ctx context.Context, pool *pgxpool.Pool, opts *Options) (Result, error) {
+	return run(ctx, pool, opts, "up")
+}
+
+// Down removes every migration, newest first, after renumbering a database
+// of the old layout: the database is left without any table of aftercommit
+// or River but golang-migrate's schema_migrations. Running it on an empty
+// database changes nothing.
+func Down(ctx context.Context, pool *pgxpool.Pool, opts *Options) (Result, error) {
+	return run(ctx, pool, opts, "down")
+}
+
+func run(ctx context.Context, pool *pgxpool.Pool, opts *Options, direction string) (Result, error) {
 	var res Result
 	if opts == nil {
 		opts = &Options{}
 	}
-	if err := checkTarget(ctx, pool, opts); err != nil {
-		return res, err
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
 	}
-	// A dirty database stops everything, River's migrations included.
-	if _, _, err := readAppVersion(ctx, pool); err != nil {
-		return res, err
-	}
-
-	riverMig, err := riverMigrator(pool, opts)
+	schema, err := checkTarget(ctx, pool, opts)
 	if err != nil {
 		return res, err
 	}
-	rr, err := riverMig.Migrate(ctx, rivermigrate.DirectionUp, nil)
+	all, err := Migrations()
 	if err != nil {
-		return res, fmt.Errorf("migrating River's tables up: %w", err)
+		return res, err
 	}
-	for _, v := range rr.Versions {
-		res.River = append(res.River, v.Version)
+	res.Renumbered, err = prepare(ctx, pool, schema, all)
+	if err != nil {
+		return res, err
+	}
+	if res.Renumbered != nil {
+		logger.InfoContext(ctx, "dbmigrate: renumbered a database of the old layout",
+			slog.Uint64("from", uint64(res.Renumbered.From)), slog.Uint64("to", uint64(res.Renumbered.To)),
+			slog.Int("river", res.Renumbered.River))
 	}
 
-	err = withAppMigrator(ctx, pool, opts, func(m *migrate.Migrate) error {
-		before, _, err := appVersion(m)
-		if err != nil {
-			return err
+	byVersion := make(map[uint]Migration, len(all))
+	for _, m := range all {
+		byVersion[m.Version] = m
+	}
+	// What ran is recorded by the driver golang-migrate calls, under its
+	// lock: a concurrent runner's migrations are never counted here.
+	onDone := func(v uint) {
+		m := byVersion[v]
+		res.Migrations = append(res.Migrations, m)
+		logger.InfoContext(ctx, "dbmigrate: "+direction, slog.Uint64("version", uint64(m.Version)), slog.String("name", m.Name))
+	}
+	err = withMigrator(ctx, pool, schema, onDone, func(m *migrate.Migrate) error {
+		var err error
+		if direction == "up" {
+			err = m.Up()
+		} else {
+			err = m.Down()
 		}
-		if err := m.Up(); err != nil && !errors.Is(err, migrate.ErrNoChange) {
-			return fmt.Errorf("migrating aftercommit's tables up: %w", err)
+		var dirty migrate.ErrDirty
+		switch {
+		case errors.As(err, &dirty):
+			return dirtyError(uint(max(dirty.Version, 0)))
+		case err != nil && !errors.Is(err, migrate.ErrNoChange):
+			return fmt.Errorf("dbmigrate: migrating %s: %w", direction, err)
 		}
-		after, _, err := appVersion(m)
-		if err != nil {
-			return err
-		}
-		res.App = appliedBetween(before, after)
 		return nil
 	})
 	return res, err
 }
 
-// Down removes every project migration, then every River migration: the
-// database is left without any table of aftercommit or River. Running it on
-// an empty database changes nothing.
-func Down(ctx context.Context, pool *pgxpool.Pool, opts *Options) (Result, error) {
-	var res Result
-	if opts == nil {
-		opts = &Options{}
-	}
-	if err := checkTarget(ctx, pool, opts); err != nil {
-		return res, err
-	}
-
-	err := withAppMigrator(ctx, pool, opts, func(m *migrate.Migrate) error {
-		before, _, err := appVersion(m)
-		if err != nil {
-			return err
-		}
-		if err := m.Down(); err != nil && !errors.Is(err, migrate.ErrNoChange) {
-			return fmt.Errorf("migrating aftercommit's tables down: %w", err)
-		}
-		res.App = appliedBetween(0, before)
-		for i, j := 0, len(res.App)-1; i < j; i, j = i+1, j-1 {
-			res.App[i], res.App[j] = res.App[j], res.App[i]
-		}
-		return nil
-	})
-	if err != nil {
-		return res, err
-	}
-
-	riverMig, err := riverMigrator(pool, opts)
-	if err != nil {
-		return res, err
-	}
-	existing, err := riverMig.ExistingVersions(ctx)
-	if err != nil {
-		return res, fmt.Errorf("reading River's migration versions: %w", err)
-	}
-	if len(existing) == 0 {
-		return res, nil
-	}
-	rr, err := riverMig.Migrate(ctx, rivermigrate.DirectionDown, &rivermigrate.MigrateOpts{TargetVersion: -1})
-	if err != nil {
-		return res, fmt.Errorf("migrating River's tables down: %w", err)
-	}
-	for _, v := range rr.Versions {
-		res.River = append(res.River, v.Version)
-	}
-	return res, nil
+// recorder is golang-migrate's database driver, telling which migration
+// each clean SetVersion finished: going up, the version set; going down,
+// the version it replaced.
+type recorder struct {
+	database.Driver
+	current int
+	done    func(uint)
 }
 
-// CurrentVersion reports what is applied and what this binary knows.
+func (r *recorder) Version() (int, bool, error) {
+	v, dirty, err := r.Driver.Version()
+	if err == nil && !dirty {
+		r.current = v
+	}
+	return v, dirty, err
+}
+
+func (r *recorder) SetVersion(version int, dirty bool) error {
+	if err := r.Driver.SetVersion(version, dirty); err != nil {
+		return err
+	}
+	if dirty {
+		return nil
+	}
+	switch {
+	case version > r.current:
+		r.done(uint(version))
+	case version < r.current && r.current > 0:
+		r.done(uint(r.current))
+	}
+	r.current = version
+	return nil
+}
+
+// CurrentVersion reports what is applied and what this binary knows. It
+// only reads, so a role with SELECT on the two bookkeeping tables can run
+// it (cmd/worker's startup check does).
 func CurrentVersion(ctx context.Context, pool *pgxpool.Pool, opts *Options) (Version, error) {
 	var v Version
 	if opts == nil {
 		opts = &Options{}
 	}
-	if err := checkTarget(ctx, pool, opts); err != nil {
-		return v, err
-	}
-	riverMig, err := riverMigrator(pool, opts)
+	schema, err := checkTarget(ctx, pool, opts)
 	if err != nil {
 		return v, err
 	}
-	existing, err := riverMig.ExistingVersions(ctx)
-	if err != nil {
-		// Before River's first migration there is no river_migration table.
-		existing = nil
-		if !isUndefinedTable(err) {
-			return v, fmt.Errorf("reading River's migration versions: %w", err)
-		}
-	}
-	if len(existing) > 0 {
-		v.River = existing[len(existing)-1].Version
-	}
-	all := riverMig.AllVersions()
-	v.RiverLatest = all[len(all)-1].Version
-
-	v.AppLatest, err = LatestAppVersion()
+	all, err := Migrations()
 	if err != nil {
 		return v, err
 	}
-	v.App, v.Dirty, err = readAppVersion(ctx, pool)
-	return v, err
+	_, v.RiverLatest = riverLayout(all)
+	v.AppLatest = all[len(all)-1].Version
+	st, err := readState(ctx, pool, schema)
+	if err != nil {
+		return v, err
+	}
+	v.River = st.river
+	v.App, v.Dirty = st.version, st.dirty
+	if !st.dirty {
+		plan, _ := planRenumber(st, all)
+		v.OldLayout = plan != nil
+	}
+	if st.dirty {
+		return v, dirtyError(st.version)
+	}
+	return v, nil
 }
 
-// LatestAppVersion is the newest project migration embedded in the binary.
-func LatestAppVersion() (uint, error) {
-	src, err := iofs.New(migrations.FS, ".")
-	if err != nil {
-		return 0, fmt.Errorf("reading embedded migrations: %w", err)
+func dirtyError(v uint) error {
+	return fmt.Errorf("%w: version %d; fix it by hand, then force the version", ErrDirty, v)
+}
+
+// state is what the bookkeeping of a schema says.
+type state struct {
+	hasVersion bool // schema_migrations has a row
+	version    uint
+	dirty      bool
+	river      int  // newest River version of river_migration (main line)
+	pings      bool // aftercommit's first table exists
+}
+
+// stateSQL reads the bookkeeping of schema $1 without failing on a table
+// that does not exist.
+const stateSQL = `
+SELECT to_regclass(format('%I.schema_migrations', $1::text)) IS NOT NULL,
+       to_regclass(format('%I.river_migration', $1::text)) IS NOT NULL,
+       EXISTS (SELECT 1 FROM pg_attribute
+                WHERE attrelid = to_regclass(format('%I.river_migration', $1::text))
+                  AND attname = 'line' AND NOT attisdropped),
+       to_regclass(format('%I.pings', $1::text)) IS NOT NULL`
+
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+func readState(ctx context.Context, q querier, schema string) (state, error) {
+	var (
+		st                                 state
+		hasMigrations, hasRiver, hasLineID bool
+	)
+	if err := q.QueryRow(ctx, stateSQL, schema).Scan(&hasMigrations, &hasRiver, &hasLineID, &st.pings); err != nil {
+		return st, fmt.Errorf("dbmigrate: reading the migration versions: %w", err)
 	}
-	defer src.Close()
-	v, err := src.First()
-	if err != nil {
-		return 0, fmt.Errorf("reading embedded migrations: %w", err)
+	if hasMigrations {
+		var (
+			version int64
+			dirty   bool
+		)
+		err := q.QueryRow(ctx, `SELECT version, dirty FROM `+pgx.Identifier{schema, "schema_migrations"}.Sanitize()+` LIMIT 1`).Scan(&version, &dirty)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+		case err != nil:
+			return st, fmt.Errorf("dbmigrate: reading the migration version: %w", err)
+		default:
+			st.hasVersion, st.dirty = true, dirty
+			// golang-migrate writes -1 for a failed down of the first
+			// migration (dirty).
+			st.version = uint(max(version, 0))
+		}
 	}
-	for {
-		next, err := src.Next(v)
+	if hasRiver {
+		riverSQL := `SELECT coalesce(max(version), 0) FROM ` + pgx.Identifier{schema, "river_migration"}.Sanitize()
+		if hasLineID {
+			riverSQL += ` WHERE line = 'main'`
+		}
+		if err := q.QueryRow(ctx, riverSQL).Scan(&st.river); err != nil {
+			return st, fmt.Errorf("dbmigrate: reading River's migration version: %w", err)
+		}
+	}
+	return st, nil
+}
+
+// planRenumber decides whether st is a database of the old layout and, if
+// so, its version in the new one. It returns nil for a database of the new
+// layout (or an empty one).
+func planRenumber(st state, all []Migration) (*Renumbering, error) {
+	byRiver, _ := riverLayout(all)
+	first, ok := LegacyVersion(1)
+	if !ok {
+		return nil, fmt.Errorf("%w: this binary has no migration %q", ErrOldLayout, legacyNames[0])
+	}
+	// The River versions laid before aftercommit's first migration: the old
+	// migrator applied exactly those before aftercommit's files.
+	riverBefore := 0
+	for r, v := range byRiver {
+		if v < first {
+			riverBefore = max(riverBefore, r)
+		}
+	}
+	switch {
+	case !st.hasVersion && st.river == 0:
+		return nil, nil // empty
+	case !st.hasVersion:
+		// River's tables by rivermigrate, none of aftercommit's files.
+		if st.pings {
+			return nil, fmt.Errorf("%w: aftercommit's tables exist but schema_migrations has no version", ErrOldLayout)
+		}
+		to, ok := byRiver[st.river]
+		if !ok {
+			return nil, fmt.Errorf("%w: river_migration records River version %d, which this binary does not hold", ErrOldLayout, st.river)
+		}
+		return &Renumbering{From: 0, To: to, River: st.river}, nil
+	case st.version >= 1 && int(st.version) <= len(legacyNames) && st.version < first && st.pings:
+		// aftercommit's tables exist at a version that, in the new layout,
+		// is still one of River's: the old numbering.
+		if st.river != riverBefore {
+			return nil, fmt.Errorf("%w: schema_migrations is at %d (old numbering) but river_migration records River version %d, not %d: "+
+				"apply River's migrations with the aftercommit that migrated this database first", ErrOldLayout, st.version, st.river, riverBefore)
+		}
+		to, _ := LegacyVersion(st.version)
+		return &Renumbering{From: st.version, To: to, River: st.river}, nil
+	}
+	return nil, nil
+}
+
+// prepare checks the bookkeeping and moves a database of the old layout to
+// the new numbering, in one transaction holding golang-migrate's advisory
+// lock for the schema: a runner in progress (ours or golang-migrate's CLI)
+// is waited for, so its transient dirty version is never mistaken for a
+// failure, and a concurrent prepare sees the new version.
+func prepare(ctx context.Context, pool *pgxpool.Pool, schema string, all []Migration) (*Renumbering, error) {
+	var plan *Renumbering
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		var dbName string
+		if err := tx.QueryRow(ctx, `SELECT current_database()`).Scan(&dbName); err != nil {
+			return err
+		}
+		id, err := database.GenerateAdvisoryLockId(dbName, schema, migratepgx.DefaultMigrationsTable)
 		if err != nil {
-			return v, nil //nolint:nilerr // os.ErrNotExist marks the last one
+			return err
 		}
-		v = next
+		lockID, err := strconv.ParseInt(id, 10, 64)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lockID); err != nil {
+			return err
+		}
+		st, err := readState(ctx, tx, schema)
+		if err != nil {
+			return err
+		}
+		if st.dirty {
+			return dirtyError(st.version)
+		}
+		plan, err = planRenumber(st, all)
+		if plan == nil || err != nil {
+			return err
+		}
+		table := pgx.Identifier{schema, migratepgx.DefaultMigrationsTable}.Sanitize()
+		_, err = tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+table+` (version bigint not null primary key, dirty boolean not null)`)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM `+table); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO `+table+` (version, dirty) VALUES ($1, false)`, int64(plan.To))
+		return err
+	})
+	switch {
+	case err == nil:
+		return plan, nil
+	case errors.Is(err, ErrDirty), errors.Is(err, ErrOldLayout):
+		return nil, err
+	default:
+		return nil, fmt.Errorf("dbmigrate: checking the migration versions: %w", err)
 	}
 }
 
-func riverMigrator(pool *pgxpool.Pool, opts *Options) (*rivermigrate.Migrator[pgxTx], error) {
-	logger := opts.Logger
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
-	m, err := rivermigrate.New(riverpgxv5.New(pool), &rivermigrate.Config{Schema: opts.Schema, Logger: logger})
-	if err != nil {
-		return nil, fmt.Errorf("building River's migrator: %w", err)
-	}
-	return m, nil
-}
-
-func withAppMigrator(ctx context.Context, pool *pgxpool.Pool, opts *Options, fn func(*migrate.Migrate) error) error {
+func withMigrator(ctx context.Context, pool *pgxpool.Pool, schema string, done func(uint), fn func(*migrate.Migrate) error) error {
 	db := stdlib.OpenDBFromPool(pool)
 	defer db.Close()
 
-	drv, err := migratepgx.WithInstance(db, &migratepgx.Config{SchemaName: opts.Schema})
+	pgDrv, err := migratepgx.WithInstance(db, &migratepgx.Config{SchemaName: schema})
 	if err != nil {
-		return fmt.Errorf("opening golang-migrate's pgx driver: %w", err)
+		return fmt.Errorf("dbmigrate: opening golang-migrate's pgx driver: %w", err)
 	}
+	drv := &recorder{Driver: pgDrv, current: -1, done: done}
 	src, err := iofs.New(migrations.FS, ".")
 	if err != nil {
-		return fmt.Errorf("reading embedded migrations: %w", err)
+		return fmt.Errorf("dbmigrate: reading embedded migrations: %w", err)
 	}
 	m, err := migrate.NewWithInstance("iofs", src, "pgx5", drv)
 	if err != nil {
-		return fmt.Errorf("building golang-migrate: %w", err)
+		return fmt.Errorf("dbmigrate: building golang-migrate: %w", err)
 	}
 	defer m.Close()
 
@@ -258,89 +539,18 @@ func withAppMigrator(ctx context.Context, pool *pgxpool.Pool, opts *Options, fn 
 	return fn(m)
 }
 
-func appVersion(m *migrate.Migrate) (uint, bool, error) {
-	v, dirty, err := m.Version()
-	if errors.Is(err, migrate.ErrNilVersion) {
-		return 0, false, nil
-	}
-	if err != nil {
-		return 0, false, fmt.Errorf("reading aftercommit's migration version: %w", err)
-	}
-	if dirty {
-		return v, true, fmt.Errorf("%w: version %d; fix it by hand, then force the version", ErrDirty, v)
-	}
-	return v, false, nil
-}
-
-// ErrDirty means a project migration failed half way through.
-var ErrDirty = errors.New("dbmigrate: database is dirty")
-
-// appliedBetween lists the embedded versions v with from < v <= to.
-func appliedBetween(from, to uint) []uint {
-	var out []uint
-	src, err := iofs.New(migrations.FS, ".")
-	if err != nil {
-		return nil
-	}
-	defer src.Close()
-	for v, err := src.First(); err == nil; v, err = src.Next(v) {
-		if v > from && v <= to {
-			out = append(out, v)
-		}
-	}
-	return out
-}
-
-type pgxTx = pgx.Tx
-
-func isUndefinedTable(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "42P01"
-}
-
-// ErrSearchPath means Options.Schema is not the first schema of the pool's
-// search_path: River's tables would go to one schema and the project's
-// unqualified ones to another.
-var ErrSearchPath = errors.New("dbmigrate: Options.Schema is not the current schema of the pool's connections")
-
-func checkTarget(ctx context.Context, pool *pgxpool.Pool, opts *Options) error {
+// checkTarget returns the schema that receives the tables: Options.Schema,
+// which must be the connections' current schema, or that current schema.
+func checkTarget(ctx context.Context, pool *pgxpool.Pool, opts *Options) (string, error) {
 	var current *string
 	if err := pool.QueryRow(ctx, `SELECT current_schema()`).Scan(&current); err != nil {
-		return fmt.Errorf("reading the current schema: %w", err)
+		return "", fmt.Errorf("dbmigrate: reading the current schema: %w", err)
 	}
 	if current == nil {
-		return fmt.Errorf("%w: no schema of the search_path exists", ErrSearchPath)
+		return "", fmt.Errorf("%w: no schema of the search_path exists", ErrSearchPath)
 	}
 	if opts.Schema != "" && *current != opts.Schema {
-		return fmt.Errorf("%w: Schema is %q, current_schema() is %q; set search_path on the pool", ErrSearchPath, opts.Schema, *current)
+		return "", fmt.Errorf("%w: Schema is %q, current_schema() is %q; set search_path on the pool", ErrSearchPath, opts.Schema, *current)
 	}
-	return nil
-}
-
-// readAppVersion reads golang-migrate's bookkeeping without creating it (the
-// driver creates schema_migrations when it opens), so reading a version never
-// writes. It returns ErrDirty for a dirty database.
-func readAppVersion(ctx context.Context, pool *pgxpool.Pool) (uint, bool, error) {
-	var exists bool
-	if err := pool.QueryRow(ctx, `SELECT to_regclass(quote_ident(current_schema()) || '.schema_migrations') IS NOT NULL`).Scan(&exists); err != nil {
-		return 0, false, fmt.Errorf("reading aftercommit's migration version: %w", err)
-	}
-	if !exists {
-		return 0, false, nil
-	}
-	var (
-		version int64
-		dirty   bool
-	)
-	err := pool.QueryRow(ctx, `SELECT version, dirty FROM schema_migrations LIMIT 1`).Scan(&version, &dirty)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, false, nil
-	}
-	if err != nil {
-		return 0, false, fmt.Errorf("reading aftercommit's migration version: %w", err)
-	}
-	if dirty {
-		return uint(version), true, fmt.Errorf("%w: version %d; fix it by hand, then force the version", ErrDirty, version)
-	}
-	return uint(version), false, nil
+	return *current, nil
 }

@@ -2,15 +2,30 @@
 // deployment on one schema: an app role that writes domain rows and
 // enqueues jobs and events but cannot update (beyond River's no-op on
 // kind), delete or truncate jobs, and a worker role that runs cmd/worker
-// without owning any table. The grants are the SQL file grants.sql,
-// embedded, which a DBA can read and run with psql; Grant runs the same
-// text.
+// without owning any table.
 //
-// Roles are global to the Postgres cluster while migrations are per schema,
-// so the roles themselves are not a migration: create them (with LOGIN and
-// a password, as the deployment needs) or let CreateRoles make NOLOGIN
-// ones, then call Grant (or `aftercommit grant-roles`) as the owner of the
-// schema's tables after every migration.
+// # What is a migration and what is not
+//
+// Roles are global to the Postgres cluster, their names are the operator's,
+// and creating one needs CREATEROLE, which the role running migrations
+// often lacks; a migration naming roles would also let a role of one
+// deployment into every schema of the cluster that shares the name. So no
+// migration creates or names a role. Everything else is a migration:
+//
+//   - the river_job kind guard trigger (migrations/0017_river_job_kind_guard),
+//     on every schema, whoever runs the migrations;
+//   - what an app and a worker role may do, as rows of the table
+//     aftercommit_role_grants, and the function aftercommit_apply_grants()
+//     that grants them to the roles registered in aftercommit_roles
+//     (migrations/0018_role_grants). A later migration that adds an object a
+//     role needs adds its rows and calls the function, so the registered
+//     roles follow every migration, whatever tool applies it.
+//
+// Grant (or `aftercommit grant-roles`, or grants.sql with psql) registers the
+// operator's two roles once, as the owner of the schema's tables, and
+// applies the grants; nothing has to be re-run after later migrations.
+// CreateRoles makes NOLOGIN roles for operators who want them (give them
+// LOGIN and a password, or grant them to login roles).
 //
 // The worker role does not own River's indexes, so River's reindexer must
 // be off for it (cmd/worker --reindexer off); run REINDEX as the owner.
@@ -28,23 +43,35 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// grantsSQL is grants.sql, with psql variables :"schema", :"app_role" and
-// :"worker_role".
+// grantsSQL is grants.sql, with psql variables :"schema" (an identifier),
+// :'app_role' and :'worker_role' (literals).
 //
 //go:embed grants.sql
 var grantsSQL string
 
-// SQL returns the text of grants.sql, whose psql variables :"schema",
-// :"app_role" and :"worker_role" Grant replaces with quoted identifiers.
+// SQL returns the text of grants.sql, whose psql variables Grant replaces:
+// :"schema" with the quoted schema name, :'app_role' and :'worker_role'
+// with the role names as string literals.
 func SQL() string { return grantsSQL }
 
-// KindGuardTrigger is the trigger grants.sql installs on river_job: an
-// UPDATE that changes a job's kind fails with SQLSTATE 42501.
+// KindGuardTrigger is the trigger migration 0017_river_job_kind_guard
+// installs on river_job: an UPDATE that changes a job's kind fails with
+// SQLSTATE 42501.
 const KindGuardTrigger = "river_job_kind_guard"
 
-// KindGuardFunction is the trigger function of KindGuardTrigger, created in
-// the granted schema.
+// KindGuardFunction is the trigger function of KindGuardTrigger.
 const KindGuardFunction = "aftercommit_river_job_kind_guard"
+
+// ApplyGrantsFunction is the function migration 0018_role_grants creates:
+// it grants every role registered in RolesTable the privileges
+// GrantsTable lists for its kind.
+const ApplyGrantsFunction = "aftercommit_apply_grants"
+
+// RolesTable registers the operator's roles, each as 'app' or 'worker'.
+const RolesTable = "aftercommit_roles"
+
+// GrantsTable lists what each kind of role may do with each object.
+const GrantsTable = "aftercommit_role_grants"
 
 // DB is what Grant and CreateRoles need of a connection: a *pgxpool.Pool, a
 // *pgx.Conn or a pgx.Tx (then they work in a savepoint).
@@ -121,11 +148,13 @@ func checkName(what, name string, role bool) error {
 	return nil
 }
 
-// Grant gives appRole and workerRole exactly the privileges of grants.sql
-// on schema's objects, revoking any other privilege they held there, in one
-// transaction (a savepoint when db is a pgx.Tx). It also installs the
-// river_job kind guard trigger (KindGuardTrigger). Run it as the owner of
-// the schema's tables, after every migration.
+// Grant registers appRole and workerRole in schema's RolesTable and gives
+// them exactly the privileges GrantsTable lists for their kind on schema's
+// objects, revoking any other privilege they held there (and granting
+// every role registered before again), in one transaction (a savepoint when
+// db is a pgx.Tx): it runs grants.sql. Run it once, as the owner of the
+// schema's tables; later migrations keep the registered roles' grants up
+// to date.
 //
 // The roles must exist, be distinct, and be neither superusers nor the
 // owner of the tables (nor members of it or of each other). Errors match
@@ -151,8 +180,8 @@ func Grant(ctx context.Context, db DB, schema, appRole, workerRole string) error
 
 	sql := strings.NewReplacer(
 		`:"schema"`, pgx.Identifier{schema}.Sanitize(),
-		`:"app_role"`, pgx.Identifier{appRole}.Sanitize(),
-		`:"worker_role"`, pgx.Identifier{workerRole}.Sanitize(),
+		`:'app_role'`, quoteLiteral(appRole),
+		`:'worker_role'`, quoteLiteral(workerRole),
 	).Replace(grantsSQL)
 	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		// No arguments: pgx sends the whole file with the simple protocol,
@@ -169,6 +198,17 @@ func Grant(ctx context.Context, db DB, schema, appRole, workerRole string) error
 		return fmt.Errorf("dbroles: granting on schema %q to %q and %q: %w", schema, appRole, workerRole, err)
 	}
 	return nil
+}
+
+// quoteLiteral quotes s as an SQL string literal (names were checked: no
+// NUL byte, valid UTF-8). A backslash takes the E'...' form, which reads the
+// same whatever standard_conforming_strings says.
+func quoteLiteral(s string) string {
+	q := "'" + strings.ReplaceAll(s, "'", "''") + "'"
+	if strings.Contains(s, `\`) {
+		q = "E" + strings.ReplaceAll(q, `\`, `\\`)
+	}
+	return q
 }
 
 // checkTargetsSQL reads, for the schema ($1) and both roles ($2, $3):

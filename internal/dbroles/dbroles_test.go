@@ -107,6 +107,8 @@ func wantPrivileges() (app, worker map[string]string) {
 		"schema_migrations":         "",
 		"river_notification":        "",
 		"river_notification_id_seq": "",
+		"aftercommit_roles":         "",
+		"aftercommit_role_grants":   "",
 	})
 	maps.Copy(worker, map[string]string{
 		"river_job":                 dml,
@@ -120,6 +122,8 @@ func wantPrivileges() (app, worker map[string]string) {
 		"schema_migrations":         "SELECT",
 		"river_notification":        "",
 		"river_notification_id_seq": "",
+		"aftercommit_roles":         "",
+		"aftercommit_role_grants":   "",
 	})
 	return app, worker
 }
@@ -180,7 +184,6 @@ func TestGrantInTx(t *testing.T) {
 	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
 	app := dbrolestest.NewRole(ctx, t, s, "app")
 	worker := dbrolestest.NewRole(ctx, t, s, "worker")
-	t.Cleanup(func() { dbrolestest.DropKindGuard(context.WithoutCancel(ctx), t, s) })
 
 	tx, err := s.Pool.Begin(ctx)
 	require.NoError(t, err)
@@ -254,16 +257,39 @@ func TestGrantRefuses(t *testing.T) {
 }
 
 // TestGrantSQLVariables: the file uses exactly the three psql variables
-// Grant replaces.
+// Grant replaces, and Grant quotes names psql would: a role name with a
+// quote and a backslash is registered as it is.
 func TestGrantSQLVariables(t *testing.T) {
 	t.Parallel()
 	sql := dbroles.SQL()
-	for _, v := range []string{`:"schema"`, `:"app_role"`, `:"worker_role"`} {
+	for _, v := range []string{`:"schema"`, `:'app_role'`, `:'worker_role'`} {
 		require.Contains(t, sql, v)
 		sql = strings.ReplaceAll(sql, v, "")
 	}
 	require.NotContains(t, sql, `:"`)
 	require.NotContains(t, sql, ":'")
+
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
+	app := dbrolestest.NewRole(ctx, t, s, `o'app\`)
+	worker := dbrolestest.NewRole(ctx, t, s, "worker")
+	require.NoError(t, dbroles.Grant(ctx, s.Pool, s.Name, app.Name, worker.Name))
+	require.Equal(t, map[string]string{app.Name: "app", worker.Name: "worker"}, registered(ctx, t, s))
+}
+
+// registered reads the roles registered in s.
+func registered(ctx context.Context, t *testing.T, s *dbtest.Schema) map[string]string {
+	t.Helper()
+	rows, err := s.Pool.Query(ctx, `SELECT role_name, role_kind FROM aftercommit_roles`)
+	require.NoError(t, err)
+	got := map[string]string{}
+	for rows.Next() {
+		var name, kind string
+		require.NoError(t, rows.Scan(&name, &kind))
+		got[name] = kind
+	}
+	require.NoError(t, rows.Err())
+	return got
 }
 
 // TestGrantCreateRolesConcurrently: eight sessions create the same two

@@ -327,8 +327,9 @@ func fingerprint(ctx context.Context, s *Schema) (string, error) {
 	return fp, nil
 }
 
-// keptTables hold migration bookkeeping and survive a reset.
-var keptTables = map[string]bool{"schema_migrations": true, "river_migration": true}
+// keptTables hold what migrations wrote, not tests (the bookkeeping, the
+// role grants of 0018_role_grants), and survive a reset.
+var keptTables = map[string]bool{"schema_migrations": true, "river_migration": true, "aftercommit_role_grants": true}
 
 func truncateAll(ctx context.Context, s *Schema) error {
 	rows, err := s.Pool.Query(ctx,

@@ -55,24 +55,14 @@ func NewRole(ctx context.Context, t testing.TB, s *dbtest.Schema, suffix string)
 }
 
 // Roles creates an app and a worker role for s and grants them with
-// dbroles.Grant. When t ends, the roles are dropped and the kind guard
-// trigger removed, so the schema is as migrated for the next test.
+// dbroles.Grant. When t ends the roles are dropped; the harness empties
+// their registration (aftercommit_roles) with the schema.
 func Roles(ctx context.Context, t testing.TB, s *dbtest.Schema) (app, worker Role) {
 	t.Helper()
-	// Registered first, so it runs after the roles are dropped.
-	t.Cleanup(func() { DropKindGuard(context.WithoutCancel(ctx), t, s) })
 	app = NewRole(ctx, t, s, "app")
 	worker = NewRole(ctx, t, s, "worker")
 	require.NoError(t, dbroles.Grant(ctx, s.Pool, s.Name, app.Name, worker.Name))
 	return app, worker
-}
-
-// DropKindGuard removes the trigger and function dbroles.Grant installs.
-func DropKindGuard(ctx context.Context, t testing.TB, s *dbtest.Schema) {
-	t.Helper()
-	_, err := s.Pool.Exec(ctx, "DROP TRIGGER IF EXISTS "+dbroles.KindGuardTrigger+" ON "+pgx.Identifier{s.Name, "river_job"}.Sanitize()+
-		"; DROP FUNCTION IF EXISTS "+pgx.Identifier{s.Name, dbroles.KindGuardFunction}.Sanitize()+"()")
-	require.NoError(t, err)
 }
 
 // Pool opens a pool of at most maxConns connections as r, closed when t

@@ -1,0 +1,5 @@
+DROP TABLE IF EXISTS email_counter_deltas;
+DROP TABLE IF EXISTS donations;
+DROP TABLE IF EXISTS emails;
+DROP TABLE IF EXISTS fundraisers;
+DROP TABLE IF EXISTS users;
