@@ -87,9 +87,9 @@ type MigrateOpts struct {
 	// Defaults to empty: the current schema of the pool's connections.
 	Schema string
 
-	// Logger receives River's migrator's log lines.
+	// Logger receives a line for each migration applied.
 	//
-	// Defaults to nil: nothing below a warning is logged.
+	// Defaults to nil: nothing is logged.
 	Logger *slog.Logger
 }
 
