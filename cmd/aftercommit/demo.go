@@ -1,7 +1,9 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/aftercommit/aftercommit/internal/dbmigrate"
 	"github.com/aftercommit/aftercommit/internal/demo"
+	"github.com/aftercommit/aftercommit/internal/devdb"
 )
 
 func printDemoUsage(w io.Writer, printFlags func(io.Writer)) {
@@ -28,6 +31,11 @@ processes are running against the same database. When the queues have
 drained it prints the jobs per kind with their p50/p95/p99 run time and queue
 latency, and checks every invariant against the source of truth.
 
+The database is --database-url, else DATABASE_URL, else the local server at
+127.0.0.1:5432; when nothing answers there, a postgres:16 container is
+started with Docker (testcontainers) for the run and removed when the demo
+ends, Ctrl-C included.
+
 Every row the demo creates carries the run's tag: the demo can run again on
 the same database, and each run checks its own rows.
 
@@ -40,6 +48,13 @@ Flags:
 }
 
 func runDemo(ctx context.Context, args []string, e *env) int {
+	return runDemoWith(ctx, args, e, nil)
+}
+
+// runDemoWith is runDemo with dev telling where to look for a database when
+// neither --database-url nor DATABASE_URL names one (nil: devdb's defaults,
+// the local server, else a postgres:16 container). Its URL field is ignored.
+func runDemoWith(ctx context.Context, args []string, e *env, dev *devdb.Config) int {
 	const name = "demo"
 	fs := newFlagSet(name, e)
 	var db dbFlags
@@ -62,6 +77,27 @@ func runDemo(ctx context.Context, args []string, e *env) int {
 	case *drain <= 0:
 		return usageError(e, name, fmt.Sprintf("--drain-timeout must be positive, got %s", *drain))
 	}
+	// With no database named, the demo finds one: the local server, else a
+	// throw-away postgres:16 container, removed on exit (Ctrl-C included).
+	find := devdb.Config{}
+	if dev != nil {
+		find = *dev
+	}
+	find.URL = cmp.Or(db.url, e.getenv("DATABASE_URL"))
+	find.DefaultURL = cmp.Or(find.DefaultURL, defaultDatabaseURL)
+	found, err := devdb.Find(ctx, &find)
+	if noServer := (*devdb.NoServerError)(nil); errors.As(err, &noServer) {
+		fmt.Fprintln(e.stderr, "aftercommit demo: "+noServer.Error())
+		return exitFailure
+	}
+	if err != nil {
+		return reportError(ctx, e, err)
+	}
+	defer found.Close()
+	if note := found.Note(); note != "" {
+		fmt.Fprintln(e.stdout, "aftercommit demo: "+note)
+	}
+	db.url = found.URL
 	db.resolve(fs, e)
 
 	// The scenario's goroutines, the in-process worker and its services.

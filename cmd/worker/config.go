@@ -16,6 +16,7 @@ import (
 	"github.com/riverqueue/river"
 
 	"github.com/aftercommit/aftercommit/internal/dbconn"
+	"github.com/aftercommit/aftercommit/internal/devdb"
 )
 
 // Defaults of the flags.
@@ -92,6 +93,15 @@ type config struct {
 	// reindexer is false when River's reindexer is off (a worker role that
 	// does not own River's tables cannot REINDEX them).
 	reindexer bool
+	// dev is --dev: apply the migrations at start and, when no database
+	// was named, find one with devdb (see setUpDev).
+	dev bool
+	// urlGiven is true when --database-url or DATABASE_URL named the
+	// database; --dev then never starts a container.
+	urlGiven bool
+	// devFind is where --dev looks for a database when none was named.
+	// Defaults to nil: the default URL, else devdb.StartContainer.
+	devFind *devdb.Config
 }
 
 // errHelp is returned by parseConfig after printing --help.
@@ -147,6 +157,8 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 		}
 		fs.StringVar(&s.val, s.flag, "", usage+")")
 	}
+	var dev bool
+	fs.BoolVar(&dev, "dev", false, "development: apply the migrations at start and, when neither --database-url nor DATABASE_URL\nnames a database and nothing answers at the default URL, start postgres:16 with Docker (testcontainers)\nfor this run, removed on exit (no environment variable: never in production by accident)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(stdout, "Usage: worker [flags]\n\nRuns aftercommit's River workers until SIGINT or SIGTERM.\n\nFlags:")
@@ -174,7 +186,7 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 	}
 
 	var (
-		cfg config
+		cfg = config{dev: dev}
 		err error
 	)
 	for _, s := range settings {
@@ -182,6 +194,7 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 		switch s.flag {
 		case "database-url":
 			cfg.pool, err = parsePoolConfig(v, src)
+			cfg.urlGiven = given[s.flag] || getenv(s.env) != ""
 		case "schema":
 			cfg.schema, err = parseSchema(v, src)
 		case "queues":

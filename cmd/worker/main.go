@@ -22,6 +22,18 @@
 // checks that River's and aftercommit's tables are at the versions it knows
 // and refuses to start otherwise.
 //
+// # Development
+//
+// With --dev (a flag only, no environment variable, so a production
+// deployment never turns it on by accident) the worker applies the
+// migrations itself at start. When neither --database-url nor DATABASE_URL
+// names a database and nothing answers at the default URL, it starts
+// postgres:16 with Docker (testcontainers, as the tests do), logs the
+// container's URL in one line — point `aftercommit demo --external-workers`
+// at it with DATABASE_URL — and removes the container on exit, SIGINT and
+// SIGTERM included. With neither a server nor Docker it exits 1 with one
+// line saying how to provide a database.
+//
 // # HTTP
 //
 // Unless --http is off, the worker serves:

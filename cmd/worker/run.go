@@ -45,6 +45,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
+	stopDev, code, ok := setUpDev(ctx, cfg, logger) // --dev only
+	if !ok {
+		return code
+	}
+	defer stopDev()
 	if err := serve(ctx, cfg, logger); err != nil {
 		// Each error of serve is one sentence that says what to do.
 		logger.ErrorContext(ctx, err.Error())

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -12,6 +14,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/riverqueue/river"
+
+	"github.com/aftercommit/aftercommit"
+	"github.com/aftercommit/aftercommit/internal/dbconn"
+	"github.com/aftercommit/aftercommit/internal/devdb"
 )
 
 // How long a failed start is retried when the database went away between
@@ -75,4 +81,68 @@ func transient(err error) bool {
 	var connectErr *pgconn.ConnectError
 	return errors.As(err, &netErr) || errors.As(err, &connectErr) ||
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || pgconn.SafeToRetry(err)
+}
+
+// setUpDev prepares the database of a --dev run; without --dev it does
+// nothing. When neither --database-url nor DATABASE_URL named a database,
+// the worker runs on the server devdb finds: the default URL when a server
+// answers there, else a postgres:16 container, which the returned stop
+// removes (run defers it, so a signal removes it too). Then it applies the
+// migrations, which a worker never does otherwise. When it cannot, it has
+// logged why and returns ok false with the exit code.
+func setUpDev(ctx context.Context, cfg *config, logger *slog.Logger) (stop func(), code int, ok bool) {
+	stop = func() {}
+	if !cfg.dev {
+		return stop, exitOK, true
+	}
+	if !cfg.urlGiven {
+		find := devdb.Config{}
+		if cfg.devFind != nil {
+			find = *cfg.devFind
+		}
+		find.DefaultURL = cmp.Or(find.DefaultURL, databaseURLDefault)
+		find.Logger = cmp.Or(find.Logger, logger)
+		db, err := devdb.Find(ctx, &find)
+		if err != nil {
+			if ctx.Err() != nil {
+				logger.InfoContext(ctx, "worker: interrupted before start")
+				return stop, exitOK, false
+			}
+			logger.ErrorContext(ctx, "worker: "+err.Error())
+			return stop, exitFailure, false
+		}
+		stop = db.Close
+		if note := db.Note(); note != "" {
+			logger.InfoContext(ctx, "worker: "+note)
+		}
+		pool, err := parsePoolConfig(db.URL, "the --dev database")
+		if err != nil {
+			stop()
+			logger.ErrorContext(ctx, err.Error())
+			return func() {}, exitFailure, false
+		}
+		dbconn.SetSchema(pool, cfg.schema)
+		cfg.pool = pool
+	}
+
+	pool, err := dbconn.Connect(ctx, cfg.pool.Copy(), "worker")
+	if err == nil {
+		err = aftercommit.Migrate(ctx, pool, &aftercommit.MigrateOpts{Schema: cfg.schema})
+		if err != nil {
+			err = fmt.Errorf("worker: --dev: %w", err)
+		}
+		pool.Close()
+	}
+	switch {
+	case ctx.Err() != nil:
+		stop()
+		logger.InfoContext(ctx, "worker: interrupted before start")
+		return func() {}, exitOK, false
+	case err != nil:
+		stop()
+		logger.ErrorContext(ctx, dbconn.OneLine(err.Error()))
+		return func() {}, exitFailure, false
+	}
+	logger.InfoContext(ctx, "worker: --dev: the database is migrated")
+	return stop, exitOK, true
 }
