@@ -323,8 +323,8 @@ func (s *Summary) Print(w io.Writer) {
 	fmt.Fprintln(tw, "  KIND\tCOMPLETED\tFAILED\tDISCARDED\tRUN p50\tp95\tp99\tLATENCY p50\tp95\tp99")
 	for _, k := range s.Kinds {
 		fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Kind, k.Completed, k.Failed, k.Discarded,
-			msOf(k.RunTimeP50), msOf(k.RunTimeP95), msOf(k.RunTimeP99),
-			msOf(k.QueueLatencyP50), msOf(k.QueueLatencyP95), msOf(k.QueueLatencyP99))
+			msOf(k.RunTimeP50, k.Completed), msOf(k.RunTimeP95, k.Completed), msOf(k.RunTimeP99, k.Completed),
+			msOf(k.QueueLatencyP50, k.Completed), msOf(k.QueueLatencyP95, k.Completed), msOf(k.QueueLatencyP99, k.Completed))
 	}
 	_ = tw.Flush()
 
@@ -353,7 +353,11 @@ func (s *Summary) Print(w io.Writer) {
 	}
 }
 
-// msOf prints d in milliseconds with one decimal.
-func msOf(d time.Duration) string {
+// msOf prints d in milliseconds with one decimal, or "-" when no job
+// completed (there is no percentile), as `aftercommit stats` does.
+func msOf(d time.Duration, completed int64) string {
+	if completed == 0 {
+		return "-"
+	}
 	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 1, 64) + "ms"
 }
