@@ -37,6 +37,7 @@ func TestEmbed(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(body), &created))
 	id := strconv.FormatInt(created.ID, 10)
 	require.Equal(t, "/invoices/"+id, resp.Header.Get("Location"))
+	require.Equal(t, "application/json", resp.Header.Get("Content-Type"))
 
 	type jobRow struct {
 		Kind, Queue, State, Args string

@@ -86,6 +86,7 @@ func (a *app) createInvoice(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "could not create the invoice", http.StatusInternalServerError)
 		return
 	}
+	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Location", "/invoices/"+strconv.FormatInt(id, 10))
 	w.WriteHeader(http.StatusCreated)
 	_ = json.NewEncoder(w).Encode(map[string]int64{"id": id})
@@ -112,5 +113,6 @@ func (a *app) showInvoice(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "could not read the invoice", http.StatusInternalServerError)
 		return
 	}
+	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(inv)
 }

@@ -9,7 +9,9 @@
 //	curl -si -X POST 127.0.0.1:8080/invoices -d '{"customer": "Ada", "amount_cents": 1200}'
 //	curl -s 127.0.0.1:8080/invoices/1
 //
-// ADDR changes the address (default 127.0.0.1:8080). Ctrl-C stops it: the
+// At start it applies River's and aftercommit's migrations
+// (aftercommit.Migrate) and creates its invoices table if missing. ADDR
+// changes the address (default 127.0.0.1:8080). Ctrl-C stops it: the
 // server, then the worker, which lets running jobs finish.
 package main
 
