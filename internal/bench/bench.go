@@ -129,6 +129,8 @@ type Result struct {
 
 // Report is a whole run.
 type Report struct {
+	// RunID names the run; its scratch schemas end with it.
+	RunID    string    `json:"run_id"`
 	Started  time.Time `json:"started"`
 	Took     string    `json:"took"`
 	Rounds   int       `json:"rounds"`
@@ -215,9 +217,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 
-	report := &Report{Started: time.Now(), Rounds: cfg.Rounds, Duration: cfg.Duration.String(), Scale: cfg.Scale}
+	report := &Report{RunID: newRunID(), Started: time.Now(), Rounds: cfg.Rounds, Duration: cfg.Duration.String(), Scale: cfg.Scale}
 	for _, s := range scenarios {
-		results, server, err := runScenario(ctx, cfg, s)
+		results, server, err := runScenario(ctx, cfg, report.RunID, s)
 		if err != nil {
 			return nil, fmt.Errorf("bench: %s: %w", s.Name, err)
 		}
@@ -230,8 +232,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 // runScenario sets the scenario up in a scratch schema and runs its sides
 // round-robin.
-func runScenario(ctx context.Context, cfg Config, s *Scenario) ([]Result, string, error) {
-	env, err := newEnv(ctx, cfg, s.Name)
+func runScenario(ctx context.Context, cfg Config, runID string, s *Scenario) ([]Result, string, error) {
+	env, err := newEnv(ctx, cfg, runID, s.Name)
 	if err != nil {
 		return nil, "", err
 	}

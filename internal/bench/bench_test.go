@@ -74,11 +74,13 @@ func TestRunEveryScenario(t *testing.T) {
 	require.Contains(t, table.String(), "baseline")
 	require.Contains(t, progress.String(), "tx_one_job/plain round 1: tx/s @1 ")
 
-	// The run's scratch schemas are gone (they end with the process ID).
+	// The run's scratch schemas are gone (they end with the run's ID;
+	// other runs of this process may be going on beside it).
+	require.Regexp(t, `^`+strconv.Itoa(os.Getpid())+`_[0-9]+$`, report.RunID)
 	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 1})
 	var left int
-	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'aftercommit_bench_%_' || $1`,
-		strconv.Itoa(os.Getpid())).Scan(&left))
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_namespace WHERE starts_with(nspname, $1) AND right(nspname, length($2) + 1) = '_' || $2`,
+		bench.SchemaPrefix, report.RunID).Scan(&left))
 	require.Zero(t, left)
 }
 
@@ -99,4 +101,40 @@ func TestValidate(t *testing.T) {
 		require.EqualError(t, err, tc.want)
 	}
 	require.NoError(t, bench.Validate(bench.Config{}))
+}
+
+// TestConcurrentRunsKeepTheirOwnSchemas: two runs of the same scenario at
+// once in one process (as parallel tests do) each work in a scratch schema
+// of their own, and each drops only its own. Before run IDs, the second run
+// dropped the first's schema as it started, and a run counting "its"
+// leftover schemas counted the other's.
+func TestConcurrentRunsKeepTheirOwnSchemas(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	cfg := bench.Config{
+		DatabaseURL: dbtest.ServerURL(t), Rounds: 2, Duration: 300 * time.Millisecond, Scale: 0.01,
+		Scenarios: []string{"tx_bulk"},
+	}
+	reports := make([]*bench.Report, 2)
+	errs := make([]error, 2)
+	done := make(chan int)
+	for i := range reports {
+		go func() {
+			reports[i], errs[i] = bench.Run(ctx, cfg)
+			done <- i
+		}()
+	}
+	<-done
+	<-done
+	require.NoError(t, errs[0])
+	require.NoError(t, errs[1])
+	require.NotEqual(t, reports[0].RunID, reports[1].RunID)
+
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 1})
+	for _, r := range reports {
+		var left int
+		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_namespace WHERE nspname = $1`,
+			bench.SchemaPrefix+"tx_bulk_"+r.RunID).Scan(&left))
+		require.Zero(t, left)
+	}
 }

@@ -12,9 +12,9 @@ import (
 )
 
 // TestDomainScenarios runs the domain and process scenarios once at a tiny
-// scale. The parent is not parallel: its scratch schemas must not exist
-// while TestRunEveryScenario counts this process's schemas, and the four
-// scenarios at once already hold most of a small server's connections.
+// scale. The parent is not parallel: the four scenarios at once already hold
+// most of a small server's connections. (Each run's scratch schemas carry
+// the run's ID, so runs going on beside it never count or drop them.)
 func TestDomainScenarios(t *testing.T) {
 	ctx := context.Background()
 	cfg := Config{DatabaseURL: dbtest.ServerURL(t), Rounds: 1, Duration: 300 * time.Millisecond, Scale: 0.01, Out: io.Discard}
@@ -23,7 +23,7 @@ func TestDomainScenarios(t *testing.T) {
 	// that every side reported every metric, each above zero.
 	run := func(t *testing.T, s *Scenario) map[string]map[string]float64 {
 		t.Helper()
-		results, _, err := runScenario(ctx, cfg, s)
+		results, _, err := runScenario(ctx, cfg, newRunID(), s)
 		require.NoError(t, err)
 		got := map[string]map[string]float64{}
 		for _, r := range results {

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -39,8 +40,23 @@ type Env struct {
 	url string
 }
 
-// newEnv creates, migrates and connects a scratch schema for scenario.
-func newEnv(ctx context.Context, cfg Config, scenario string) (*Env, error) {
+// runSeq numbers the runs of this process.
+var runSeq atomic.Int64
+
+// newRunID names one Run or Soak: the process and the run's number in it,
+// so that runs going on at once in one process (tests in parallel) never
+// share, drop or count each other's scratch schemas.
+func newRunID() string {
+	return fmt.Sprintf("%d_%d", os.Getpid(), runSeq.Add(1))
+}
+
+// SchemaPrefix is how the scratch schemas of the run runID begin; a
+// scenario's schema is SchemaPrefix + its name + "_" + runID.
+const SchemaPrefix = "aftercommit_bench_"
+
+// newEnv creates, migrates and connects the scratch schema of scenario for
+// the run runID.
+func newEnv(ctx context.Context, cfg Config, runID, scenario string) (*Env, error) {
 	base, err := dbconn.ParseConfig(cfg.DatabaseURL, &dbconn.Opts{Component: "bench", Source: "--database-url / DATABASE_URL", MaxConns: 2})
 	if err != nil {
 		return nil, err
@@ -49,7 +65,7 @@ func newEnv(ctx context.Context, cfg Config, scenario string) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
-	schema := fmt.Sprintf("aftercommit_bench_%s_%d", strings.ReplaceAll(scenario, "-", "_"), os.Getpid())
+	schema := SchemaPrefix + strings.ReplaceAll(scenario, "-", "_") + "_" + runID
 	ident := pgx.Identifier{schema}.Sanitize()
 	if _, err := admin.Exec(ctx, "DROP SCHEMA IF EXISTS "+ident+" CASCADE; CREATE SCHEMA "+ident); err != nil {
 		admin.Close()

@@ -22,7 +22,7 @@ func TestGrowthScenario(t *testing.T) {
 	s := growthScenario(cfg)
 	require.Equal(t, GrowthScenario, s.Name)
 
-	results, _, err := runScenario(ctx, cfg, s)
+	results, _, err := runScenario(ctx, cfg, newRunID(), s)
 	require.NoError(t, err)
 
 	got := map[string]map[string]Result{}

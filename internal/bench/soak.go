@@ -302,7 +302,7 @@ func Soak(ctx context.Context, cfg SoakConfig) (*SoakReport, error) {
 	if err := ValidateSoak(cfg); err != nil {
 		return nil, err
 	}
-	env, err := newEnv(ctx, Config{DatabaseURL: cfg.DatabaseURL, Scale: cfg.Scale, Duration: cfg.Duration}, "soak")
+	env, err := newEnv(ctx, Config{DatabaseURL: cfg.DatabaseURL, Scale: cfg.Scale, Duration: cfg.Duration}, newRunID(), "soak")
 	if err != nil {
 		return nil, fmt.Errorf("bench: soak: %w", err)
 	}
