@@ -4,10 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io/fs"
 	"net/url"
-	"slices"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -15,8 +12,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/dbmigrate"
+	"github.com/aftercommit/aftercommit/internal/dbmigrate/dbmigratetest"
 	"github.com/aftercommit/aftercommit/internal/dbtest"
-	"github.com/aftercommit/aftercommit/migrations"
 )
 
 // cliResult is what one in-process run of the CLI produced.
@@ -52,30 +49,6 @@ func withSearchPath(t *testing.T, rawURL, schema string) string {
 	return u.String()
 }
 
-func joinInts[T int | uint](vs []T) string {
-	out := make([]string, len(vs))
-	for i, v := range vs {
-		out[i] = strconv.FormatUint(uint64(v), 10)
-	}
-	return strings.Join(out, ",")
-}
-
-// embeddedAppVersions lists the project's migration versions, in order.
-func embeddedAppVersions(t *testing.T) []uint {
-	t.Helper()
-	names, err := fs.Glob(migrations.FS, "*.up.sql")
-	require.NoError(t, err)
-	require.NotEmpty(t, names)
-	out := make([]uint, 0, len(names))
-	for _, n := range names {
-		v, err := strconv.ParseUint(n[:strings.Index(n, "_")], 10, 64)
-		require.NoError(t, err)
-		out = append(out, uint(v))
-	}
-	slices.Sort(out)
-	return out
-}
-
 type migrateBundle struct {
 	// schema is a migrated schema of dbtest; its pool runs the inspection
 	// queries (they name the schema they look at).
@@ -94,24 +67,20 @@ func setupMigrate(ctx context.Context, t *testing.T) *migrateBundle {
 	s := dbtest.TestSchema(ctx, t, nil)
 	v, err := dbmigrate.CurrentVersion(ctx, s.Pool, &dbmigrate.Options{Schema: s.Name})
 	require.NoError(t, err)
-
-	river := make([]int, 0, v.RiverLatest)
-	for i := 1; i <= v.RiverLatest; i++ {
-		river = append(river, i)
-	}
-	app := embeddedAppVersions(t)
-	require.Equal(t, v.AppLatest, app[len(app)-1])
-	riverDown, appDown := slices.Clone(river), slices.Clone(app)
-	slices.Reverse(riverDown)
-	slices.Reverse(appDown)
+	all, err := dbmigrate.Migrations()
+	require.NoError(t, err)
+	require.Equal(t, v.AppLatest, all[len(all)-1].Version)
+	require.Equal(t, "river_001_create_river_migration", all[0].Name)
+	require.Equal(t, 8, all[7].River)
+	require.Equal(t, "pings", all[8].Name)
 
 	return &migrateBundle{
 		schema:      s,
 		serverURL:   dbtest.ServerURL(t),
 		riverLatest: v.RiverLatest,
 		appLatest:   v.AppLatest,
-		upOutput:    fmt.Sprintf("river: applied %s; aftercommit: applied %s\n", joinInts(river), joinInts(app)),
-		downOutput:  fmt.Sprintf("river: removed %s; aftercommit: removed %s\n", joinInts(riverDown), joinInts(appDown)),
+		upOutput:    fmt.Sprintf("applied 0001-%04d (River 1-8, aftercommit 0009-%04d)\n", v.AppLatest, v.AppLatest),
+		downOutput:  fmt.Sprintf("removed %04d-0001 (aftercommit %04d-0009, River 8-1)\n", v.AppLatest, v.AppLatest),
 	}
 }
 
@@ -140,20 +109,10 @@ func (b *migrateBundle) tables(ctx context.Context, t *testing.T, schema string)
 	return out
 }
 
-// snapshot describes every column and index of a schema.
+// snapshot describes every object of a schema (dbmigratetest.Catalog).
 func (b *migrateBundle) snapshot(ctx context.Context, t *testing.T, schema string) []string {
 	t.Helper()
-	rows, err := b.schema.Pool.Query(ctx, `
-		SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type
-		       || ' null=' || is_nullable || ' default=' || coalesce(column_default, '')
-		  FROM information_schema.columns WHERE table_schema = $1
-		UNION ALL
-		SELECT 'index ' || indexname || ' ' || indexdef FROM pg_indexes WHERE schemaname = $1
-		ORDER BY 1`, schema)
-	require.NoError(t, err)
-	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	require.NoError(t, err)
-	return out
+	return dbmigratetest.Catalog(ctx, t, b.schema.Pool, schema)
 }
 
 func TestMigrate(t *testing.T) {
@@ -226,7 +185,7 @@ func TestMigrate(t *testing.T) {
 		res := runCLI(ctx, t, map[string]string{"DATABASE_URL": bundle.schema.URL}, "migrate", "version")
 		require.Equal(t, cliResult{
 			code:   exitOK,
-			stdout: fmt.Sprintf("river: %d (latest %d)\naftercommit: %d (latest %d)\n", bundle.riverLatest, bundle.riverLatest, bundle.appLatest, bundle.appLatest),
+			stdout: fmt.Sprintf("migrations: %d (latest %d)\nriver: %d (latest %d)\n", bundle.appLatest, bundle.appLatest, bundle.riverLatest, bundle.riverLatest),
 		}, res)
 	})
 
@@ -237,11 +196,11 @@ func TestMigrate(t *testing.T) {
 		environ := map[string]string{"DATABASE_URL": bundle.serverURL, "AFTERCOMMIT_SCHEMA": target}
 		none := cliResult{
 			code:   exitOK,
-			stdout: fmt.Sprintf("river: 0 (latest %d)\naftercommit: 0 (latest %d)\n", bundle.riverLatest, bundle.appLatest),
+			stdout: fmt.Sprintf("migrations: 0 (latest %d)\nriver: 0 (latest %d)\n", bundle.appLatest, bundle.riverLatest),
 		}
 		all := cliResult{
 			code:   exitOK,
-			stdout: fmt.Sprintf("river: %d (latest %d)\naftercommit: %d (latest %d)\n", bundle.riverLatest, bundle.riverLatest, bundle.appLatest, bundle.appLatest),
+			stdout: fmt.Sprintf("migrations: %d (latest %d)\nriver: %d (latest %d)\n", bundle.appLatest, bundle.appLatest, bundle.riverLatest, bundle.riverLatest),
 		}
 
 		require.Equal(t, none, runCLI(ctx, t, environ, "migrate", "version"))
@@ -293,8 +252,8 @@ func TestMigrate(t *testing.T) {
 
 		res := runCLI(ctx, t, environ, "migrate", "version")
 		require.Equal(t, exitFailure, res.code)
-		require.Equal(t, fmt.Sprintf("river: %d (latest %d)\naftercommit: %d (latest %d) dirty\n",
-			bundle.riverLatest, bundle.riverLatest, bundle.appLatest, bundle.appLatest), res.stdout)
+		require.Equal(t, fmt.Sprintf("migrations: %d (latest %d) dirty\nriver: %d (latest %d)\n",
+			bundle.appLatest, bundle.appLatest, bundle.riverLatest, bundle.riverLatest), res.stdout)
 		requireOneLine(t, res.stderr)
 		require.Contains(t, res.stderr, "dirty")
 
@@ -305,6 +264,30 @@ func TestMigrate(t *testing.T) {
 			require.Contains(t, res.stderr, "dirty", action)
 		}
 		require.Contains(t, bundle.tables(ctx, t, target), "pings", "down of a dirty database dropped aftercommit's tables")
+	})
+
+	t.Run("UpRenumbersTheOldLayout", func(t *testing.T) {
+		t.Parallel()
+		bundle := setupMigrate(ctx, t)
+		target := dbmigratetest.EmptySchema(ctx, t, bundle.schema, "old")
+		dbmigratetest.OldLayout(ctx, t, target)
+		dbmigratetest.Fill(ctx, t, target)
+		rows := dbmigratetest.Rows(ctx, t, target.Pool, target.Name)
+		environ := map[string]string{"DATABASE_URL": bundle.serverURL, "AFTERCOMMIT_SCHEMA": target.Name}
+
+		res := runCLI(ctx, t, environ, "migrate", "version")
+		require.Equal(t, cliResult{code: exitOK, stdout: fmt.Sprintf("migrations: 8 (latest %d), old layout: 'aftercommit migrate up' renumbers it to 16 "+
+			"(golang-migrate's CLI: 'migrate force 16' first)\nriver: 8 (latest %d)\n", bundle.appLatest, bundle.riverLatest)}, res)
+
+		res = runCLI(ctx, t, environ, "migrate", "up")
+		require.Equal(t, cliResult{code: exitOK, stdout: fmt.Sprintf("renumbered the old layout: schema_migrations 8 is now 0016 (River 8 applied by rivermigrate); "+
+			"applied 0017-%04d (aftercommit 0017-%04d)\n", bundle.appLatest, bundle.appLatest)}, res)
+		after := dbmigratetest.Rows(ctx, t, target.Pool, target.Name)
+		for table, r := range rows {
+			require.Equal(t, r, after[table], table)
+		}
+		require.Equal(t, bundle.snapshot(ctx, t, bundle.schema.Name), bundle.snapshot(ctx, t, target.Name))
+		require.Equal(t, cliResult{code: exitOK, stdout: "already up to date\n"}, runCLI(ctx, t, environ, "migrate", "up"))
 	})
 
 	t.Run("MissingSchema", func(t *testing.T) {

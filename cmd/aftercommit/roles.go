@@ -26,9 +26,11 @@ privilege they held on its objects is revoked), in one transaction:
                the event pruner, the domain tables. Not an owner: run its
                workers with --reindexer off, and REINDEX as the owner.
 
-Run it as the owner of the tables (who ran 'aftercommit migrate up'), after
-every migration. The roles must exist unless --create makes them (NOLOGIN:
-give them LOGIN and a password, or grant them to login roles). The SQL is
+Run it as the owner of the tables (who ran 'aftercommit migrate up'), once:
+it registers the roles in the schema (aftercommit_roles), and every later
+migration grants them what it adds, whichever tool applies it. The roles
+must exist unless --create makes them (NOLOGIN: give them LOGIN and a
+password, or grant them to login roles). The SQL is
 internal/dbroles/grants.sql, also runnable with psql.
 
 Exit codes: 0 granted, 1 failure (no privilege granted), 2 bad usage, 130

@@ -341,14 +341,14 @@ func TestGrantCreateRolesConcurrently(t *testing.T) {
 	require.ErrorIs(t, err, dbroles.ErrInvalidName)
 }
 
-// TestGrantKindGuard: no role, the owner included, can change a job's
-// kind once Grant installed the guard; River's no-op update of kind on a
-// unique conflict still works (internal/faults covers it end to end).
-func TestGrantKindGuard(t *testing.T) {
+// TestKindGuard: no role, the owner included, can change a job's kind in
+// a schema that is only migrated (the guard is migration
+// 0017_river_job_kind_guard, no Grant needed); River's no-op update of kind
+// on a unique conflict still works (internal/faults covers it end to end).
+func TestKindGuard(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
-	dbrolestest.Roles(ctx, t, s)
 	var id int64
 	require.NoError(t, s.Pool.QueryRow(ctx, `INSERT INTO river_job (args, kind, max_attempts, priority, queue, state)
 VALUES ('{}', 'test.a', 1, 1, 'default', 'available') RETURNING id`).Scan(&id))
@@ -360,4 +360,71 @@ VALUES ('{}', 'test.a', 1, 1, 'default', 'available') RETURNING id`).Scan(&id))
 	tag, err := s.Pool.Exec(ctx, `UPDATE river_job SET kind = kind, priority = 2 WHERE id = $1`, id)
 	require.NoError(t, err)
 	require.Equal(t, int64(1), tag.RowsAffected())
+}
+
+// TestGrantsFollowMigrations: once registered, the roles need no grant by
+// hand after a migration. A migration that adds a table and its rows of
+// aftercommit_role_grants (the shape 0018_role_grants asks of later
+// migrations) gives the registered roles exactly those privileges when it
+// is applied; its down takes them back. It runs in a transaction that is
+// rolled back, so the schema is as migrated afterwards.
+func TestGrantsFollowMigrations(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
+	app, worker := dbrolestest.Roles(ctx, t, s)
+
+	tx, err := s.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	can := func(role, privilege string) bool {
+		t.Helper()
+		var ok bool
+		require.NoError(t, tx.QueryRow(ctx, `SELECT has_table_privilege($1, 'future_things', $2)`, role, privilege).Scan(&ok))
+		return ok
+	}
+
+	// Up of a later migration.
+	_, err = tx.Exec(ctx, `
+CREATE TABLE future_things (id bigint PRIMARY KEY);
+INSERT INTO aftercommit_role_grants (role_kind, on_object, privileges) VALUES
+    ('app', 'TABLE future_things', 'SELECT'),
+    ('worker', 'TABLE future_things', 'SELECT, INSERT, DELETE');
+SELECT aftercommit_apply_grants();`)
+	require.NoError(t, err)
+	require.True(t, can(app.Name, "SELECT"))
+	require.False(t, can(app.Name, "INSERT"))
+	require.True(t, can(worker.Name, "INSERT"))
+	require.True(t, can(worker.Name, "DELETE"))
+	require.False(t, can(worker.Name, "UPDATE"))
+	// Everything granted before is still granted.
+	var insertJob bool
+	require.NoError(t, tx.QueryRow(ctx, `SELECT has_table_privilege($1, 'river_job', 'INSERT')`, app.Name).Scan(&insertJob))
+	require.True(t, insertJob)
+
+	// Its down.
+	_, err = tx.Exec(ctx, `
+DELETE FROM aftercommit_role_grants WHERE on_object = 'TABLE future_things';
+SELECT aftercommit_apply_grants();`)
+	require.NoError(t, err)
+	require.False(t, can(app.Name, "SELECT"))
+	require.False(t, can(worker.Name, "INSERT"))
+	require.NoError(t, tx.Rollback(ctx))
+}
+
+// TestApplyGrantsSkipsDroppedRoles: a registered role that no longer exists
+// is skipped with a notice, and the others are granted.
+func TestApplyGrantsSkipsDroppedRoles(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
+	app, worker := dbrolestest.Roles(ctx, t, s)
+	_, err := s.Pool.Exec(ctx, `INSERT INTO aftercommit_roles (role_name, role_kind) VALUES ('act_no_such_role_xyz', 'app')`)
+	require.NoError(t, err)
+	var granted int
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT aftercommit_apply_grants()`).Scan(&granted))
+	require.Equal(t, 2, granted)
+	wantApp, wantWorker := wantPrivileges()
+	require.Equal(t, wantApp, privileges(ctx, t, s, app.Name))
+	require.Equal(t, wantWorker, privileges(ctx, t, s, worker.Name))
 }

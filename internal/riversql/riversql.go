@@ -27,6 +27,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"runtime/debug"
 	"slices"
@@ -98,20 +100,41 @@ func Migrations() ([]rivermigrate.Migration, error) {
 	return all, nil
 }
 
-// RiverVersion is the version of River's module in this build (e.g.
-// "v0.51.2"), or "(unknown)" when the build carries no module information.
-func RiverVersion() string {
-	info, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "(unknown)"
-	}
-	for _, d := range info.Deps {
-		if d.Path == riverModule {
-			if d.Replace != nil {
-				d = d.Replace
+// RiverVersion is the version of River's module this module builds with
+// (e.g. "v0.51.2"), or "(unknown)".
+func RiverVersion() string { return ModuleVersion(riverModule) }
+
+// ModuleVersion is the version of module path this module builds with:
+// from the binary's build information, else (test binaries carry none) from
+// the go.mod of the working directory or the nearest one above it. It is
+// "(unknown)" when neither names it.
+func ModuleVersion(path string) string {
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range info.Deps {
+			if d.Path == path {
+				if d.Replace != nil {
+					d = d.Replace
+				}
+				return d.Version
 			}
-			return d.Version
 		}
+	}
+	dir, err := os.Getwd()
+	for err == nil {
+		if b, rerr := os.ReadFile(filepath.Join(dir, "go.mod")); rerr == nil {
+			for _, line := range strings.Split(string(b), "\n") {
+				f := strings.Fields(strings.TrimPrefix(strings.TrimSpace(line), "require "))
+				if len(f) >= 2 && f[0] == path {
+					return f[1]
+				}
+			}
+			break
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			break
+		}
+		dir = parent
 	}
 	return "(unknown)"
 }

@@ -125,12 +125,12 @@ SELECT 'sequence ' || c.relname || ' ' || format_type(s.seqtypid, NULL) || ' sta
   FROM rel c JOIN pg_sequence s ON s.seqrelid = c.oid
 UNION ALL
 SELECT 'comment ' || pg_describe_object(d.classoid, d.objoid, d.objsubid) || ' = ' || d.description
-  FROM pg_description d
- WHERE (d.classoid = 'pg_class'::regclass AND d.objoid IN (SELECT oid FROM rel))
-    OR (d.classoid = 'pg_proc'::regclass AND d.objoid IN (SELECT oid FROM pg_proc WHERE pronamespace = (SELECT oid FROM ns)))
-    OR (d.classoid = 'pg_type'::regclass AND d.objoid IN (SELECT oid FROM pg_type WHERE typnamespace = (SELECT oid FROM ns)))
-    OR (d.classoid = 'pg_trigger'::regclass AND d.objoid IN (SELECT t.oid FROM pg_trigger t JOIN rel c ON c.oid = t.tgrelid))
-    OR (d.classoid = 'pg_constraint'::regclass AND d.objoid IN (SELECT oid FROM pg_constraint WHERE connamespace = (SELECT oid FROM ns)))
+  FROM (SELECT 'pg_class'::regclass AS classoid, oid FROM rel
+        UNION ALL SELECT 'pg_proc'::regclass, oid FROM pg_proc WHERE pronamespace = (SELECT oid FROM ns)
+        UNION ALL SELECT 'pg_type'::regclass, oid FROM pg_type WHERE typnamespace = (SELECT oid FROM ns)
+        UNION ALL SELECT 'pg_trigger'::regclass, t.oid FROM pg_trigger t JOIN rel c ON c.oid = t.tgrelid
+        UNION ALL SELECT 'pg_constraint'::regclass, oid FROM pg_constraint WHERE connamespace = (SELECT oid FROM ns)) o
+  JOIN pg_description d ON d.objoid = o.oid AND d.classoid = o.classoid
 ORDER BY 1`
 
 // Catalog describes every object of schema (see catalogSQL), with the
@@ -140,7 +140,9 @@ func Catalog(ctx context.Context, t testing.TB, pool *pgxpool.Pool, schema strin
 	t.Helper()
 	var out []string
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SET LOCAL search_path = pg_catalog`); err != nil {
+		// jit off: the planner's estimates for catalog joins are huge, and
+		// compiling the query would take seconds.
+		if _, err := tx.Exec(ctx, `SET LOCAL search_path = pg_catalog; SET LOCAL jit = off`); err != nil {
 			return err
 		}
 		rows, err := tx.Query(ctx, catalogSQL, schema)
