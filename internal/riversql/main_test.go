@@ -1,0 +1,9 @@
+package riversql_test
+
+import (
+	"testing"
+
+	"github.com/aftercommit/aftercommit/internal/dbtest"
+)
+
+func TestMain(m *testing.M) { dbtest.WrapTestMain(m) }
