@@ -1,3 +1,5 @@
+//go:build !nodevdb
+
 package devdb
 
 import (
@@ -12,9 +14,6 @@ import (
 	tclog "github.com/testcontainers/testcontainers-go/log"
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 )
-
-// Image is the Postgres image StartContainer runs.
-const Image = "postgres:16"
 
 // startTimeout bounds the pull, the start and the wait for the server to
 // accept connections.

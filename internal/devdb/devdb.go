@@ -3,6 +3,11 @@
 // the local default server, else a throw-away postgres:16 container started
 // with testcontainers — the very container the test harness (internal/dbtest)
 // starts — removed when the command ends.
+//
+// testcontainers and the Docker client add about 6 MB to a binary and, at
+// start, list the host's processes (testcontainers' bootstrap). A build with
+// -tags nodevdb (a production image, which has no Docker engine anyway)
+// leaves them out: StartContainer then fails with ErrNoContainers.
 package devdb
 
 import (
@@ -19,8 +24,15 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
+// Image is the Postgres image StartContainer runs.
+const Image = "postgres:16"
+
 // DefaultURL is the local development server every command defaults to.
 const DefaultURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+
+// ErrNoContainers is StartContainer's error in a binary built with -tags
+// nodevdb.
+var ErrNoContainers = errors.New("devdb: built with -tags nodevdb, without testcontainers")
 
 // ProbeTimeoutDefault bounds the check that a server answers at the default
 // URL.
