@@ -1,0 +1,267 @@
+package jobs_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/jobs"
+)
+
+// gaugesAndCounters returns every gauge and counter sample of g keyed as in
+// the text exposition, name{label="value",…}.
+func gaugesAndCounters(t *testing.T, g prometheus.Gatherer) map[string]float64 {
+	t.Helper()
+	families, err := g.Gather()
+	require.NoError(t, err)
+	out := map[string]float64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			labels := make([]string, 0, len(m.GetLabel()))
+			for _, l := range m.GetLabel() {
+				labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+			}
+			key := f.GetName()
+			if len(labels) > 0 {
+				key += "{" + strings.Join(labels, ",") + "}"
+			}
+			switch f.GetType() { //nolint:exhaustive // QueueMetrics has only these
+			case dto.MetricType_GAUGE:
+				out[key] = m.GetGauge().GetValue()
+			case dto.MetricType_COUNTER:
+				out[key] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	return out
+}
+
+// describeCount is how many metrics c describes.
+func describeCount(c prometheus.Collector) int {
+	ch := make(chan *prometheus.Desc, 20)
+	c.Describe(ch)
+	close(ch)
+	return len(ch)
+}
+
+// lockedBuffer is a bytes.Buffer safe for a logger's concurrent writes.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// queueGauges are the series of one queue in the order of the states.
+func queueGauges(queue string, available, pending, retryable, running, scheduled, stuck float64) map[string]float64 {
+	q := fmt.Sprintf("queue=%q", queue)
+	return map[string]float64{
+		`aftercommit_queue_jobs{` + q + `,state="available"}`: available,
+		`aftercommit_queue_jobs{` + q + `,state="pending"}`:   pending,
+		`aftercommit_queue_jobs{` + q + `,state="retryable"}`: retryable,
+		`aftercommit_queue_jobs{` + q + `,state="running"}`:   running,
+		`aftercommit_queue_jobs{` + q + `,state="scheduled"}`: scheduled,
+		`aftercommit_queue_stuck_jobs{` + q + `}`:             stuck,
+	}
+}
+
+const oldestAgeKey = `aftercommit_queue_oldest_available_age_seconds{queue="q_alpha"}`
+
+func TestQueueMetrics(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, nil)
+
+	// Every state of a job in queue q_alpha; q_idle is known to River (a
+	// client works it) and has no job.
+	_, err := s.Pool.Exec(ctx, `
+		INSERT INTO river_job (kind, args, queue, state, scheduled_at, attempted_at, finalized_at, attempt, max_attempts, priority)
+		VALUES ('k', '{}', 'q_alpha', 'available', now() - interval '10 s', NULL, NULL, 0, 25, 1),
+		       ('k', '{}', 'q_alpha', 'available', now() - interval '5 s',  NULL, NULL, 0, 25, 1),
+		       ('k', '{}', 'q_alpha', 'available', now(),                    NULL, NULL, 0, 25, 1),
+		       ('k', '{}', 'q_alpha', 'pending',   now(),                    NULL, NULL, 0, 25, 1),
+		       ('k', '{}', 'q_alpha', 'retryable', now() + interval '1 min', now() - interval '1 s', NULL, 1, 25, 1),
+		       ('k', '{}', 'q_alpha', 'running',   now() - interval '3 min', now() - interval '2 min', NULL, 1, 25, 1),
+		       ('k', '{}', 'q_alpha', 'running',   now() - interval '3 min', now() - interval '10 s', NULL, 1, 25, 1),
+		       ('k', '{}', 'q_alpha', 'scheduled', now() + interval '1 h',   NULL, NULL, 0, 25, 1),
+		       ('k', '{}', 'q_alpha', 'scheduled', now() + interval '2 h',   NULL, NULL, 0, 25, 1),
+		       ('k', '{}', 'q_alpha', 'completed', now() - interval '1 h',   now() - interval '1 h', now(), 1, 25, 1),
+		       ('k', '{}', 'q_alpha', 'discarded', now() - interval '1 h',   now() - interval '1 h', now(), 25, 25, 1);
+		INSERT INTO river_queue (name, metadata, created_at, updated_at) VALUES ('q_idle', '{}', now(), now())`)
+	require.NoError(t, err)
+
+	var logs lockedBuffer
+	fresh, err := jobs.NewQueueMetrics(s.Pool, &jobs.QueueMetricsConfig{
+		CacheFor:   -1,
+		StuckAfter: time.Minute,
+		Logger:     slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	require.NoError(t, err)
+	cached, err := jobs.NewQueueMetrics(s.Pool, &jobs.QueueMetricsConfig{CacheFor: time.Hour, ConstLabels: prometheus.Labels{"cache": "hour"}})
+	require.NoError(t, err)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(fresh)
+	cachedReg := prometheus.NewRegistry()
+	cachedReg.MustRegister(cached)
+
+	want := queueGauges("q_alpha", 3, 1, 1, 2, 2, 1)
+	for k, v := range queueGauges("q_idle", 0, 0, 0, 0, 0, 0) {
+		want[k] = v
+	}
+	want[`aftercommit_queue_oldest_available_age_seconds{queue="q_idle"}`] = 0
+	want["aftercommit_queue_read_errors_total"] = 0
+
+	got := gaugesAndCounters(t, reg)
+	// The oldest available job was due 10 s before the insert.
+	require.InDelta(t, 10, got[oldestAgeKey], 2)
+	want[oldestAgeKey] = got[oldestAgeKey]
+	require.Equal(t, want, got)
+	require.Len(t, gaugesAndCounters(t, cachedReg), len(want), "the cached collector read once")
+
+	// One more available job: a read on every scrape sees it; the cached
+	// collector answers from its first read.
+	_, err = s.Pool.Exec(ctx, `INSERT INTO river_job (kind, args, queue, state, scheduled_at, max_attempts, priority)
+		VALUES ('k', '{}', 'q_new', 'available', now(), 25, 1)`)
+	require.NoError(t, err)
+	got = gaugesAndCounters(t, reg)
+	require.InDelta(t, 1, got[`aftercommit_queue_jobs{queue="q_new",state="available"}`], 0)
+	require.InDelta(t, 0, got[`aftercommit_queue_jobs{queue="q_new",state="running"}`], 0, "every live state of a new queue has a series")
+	require.InDelta(t, 0, got[`aftercommit_queue_stuck_jobs{queue="q_new"}`], 0)
+	_, ok := gaugesAndCounters(t, cachedReg)[`aftercommit_queue_jobs{cache="hour",queue="q_new",state="available"}`]
+	require.False(t, ok, "cached for an hour")
+	require.Empty(t, logs.String())
+}
+
+// A read that fails or takes longer than Timeout leaves the gauges out of
+// the scrape (never stale values), counts an error and logs once; the next
+// read that works brings them back and logs that.
+func TestQueueMetricsReadFails(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, nil)
+
+	var logs lockedBuffer
+	qm, err := jobs.NewQueueMetrics(s.Pool, &jobs.QueueMetricsConfig{
+		CacheFor: -1,
+		Timeout:  200 * time.Millisecond,
+		Logger:   slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	require.NoError(t, err)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(qm)
+	require.Equal(t, map[string]float64{"aftercommit_queue_read_errors_total": 0}, gaugesAndCounters(t, reg),
+		"no queue known, no job: only the error counter")
+
+	// Another transaction holds river_job: reads time out.
+	tx, err := s.Pool.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `LOCK TABLE river_job IN ACCESS EXCLUSIVE MODE`)
+	require.NoError(t, err)
+	for i := 1; i <= 2; i++ {
+		start := time.Now()
+		require.Equal(t, map[string]float64{"aftercommit_queue_read_errors_total": float64(i)}, gaugesAndCounters(t, reg))
+		require.Less(t, time.Since(start), 2*time.Second, "the read gave up after its timeout")
+	}
+	require.NoError(t, tx.Rollback(ctx))
+
+	_, err = s.Pool.Exec(ctx, `INSERT INTO river_job (kind, args, queue, state, scheduled_at, max_attempts, priority)
+		VALUES ('k', '{}', 'q', 'available', now(), 25, 1)`)
+	require.NoError(t, err)
+	got := gaugesAndCounters(t, reg)
+	require.InDelta(t, 1, got[`aftercommit_queue_jobs{queue="q",state="available"}`], 0)
+	require.InDelta(t, 2, got["aftercommit_queue_read_errors_total"], 0)
+
+	out := logs.String()
+	require.Equal(t, 1, strings.Count(out, "level=WARN"), out)
+	require.Contains(t, out, `msg="jobs: reading the queue gauges failed; scrapes go without them until a read succeeds" timeout=200ms`)
+	require.Equal(t, 1, strings.Count(out, "level=INFO"), out)
+	require.Contains(t, out, `msg="jobs: reading the queue gauges works again"`)
+
+	// A server that refuses connections: the same, at once.
+	closed, err := pgxpool.New(ctx, "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable&connect_timeout=2")
+	require.NoError(t, err)
+	t.Cleanup(closed.Close)
+	down, err := jobs.NewQueueMetrics(closed, nil)
+	require.NoError(t, err)
+	downReg := prometheus.NewRegistry()
+	downReg.MustRegister(down)
+	require.Equal(t, map[string]float64{"aftercommit_queue_read_errors_total": 1}, gaugesAndCounters(t, downReg))
+}
+
+// With LeaderClientID only River's elected leader reads and reports; the
+// others report the error counter alone and read nothing.
+func TestQueueMetricsLeaderOnly(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, nil)
+	_, err := s.Pool.Exec(ctx, `
+		INSERT INTO river_job (kind, args, queue, state, scheduled_at, max_attempts, priority)
+		VALUES ('k', '{}', 'q', 'available', now(), 25, 1);
+		INSERT INTO river_leader (leader_id, elected_at, expires_at) VALUES ('leader', now(), now() + interval '15 s')`)
+	require.NoError(t, err)
+
+	collect := func(clientID string) map[string]float64 {
+		qm, err := jobs.NewQueueMetrics(s.Pool, &jobs.QueueMetricsConfig{LeaderClientID: clientID, CacheFor: -1})
+		require.NoError(t, err)
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(qm)
+		return gaugesAndCounters(t, reg)
+	}
+	require.InDelta(t, 1, collect("leader")[`aftercommit_queue_jobs{queue="q",state="available"}`], 0)
+	require.Len(t, collect("leader"), 8)
+	require.Equal(t, map[string]float64{"aftercommit_queue_read_errors_total": 0}, collect("follower"))
+	require.Len(t, collect(""), 8, "no LeaderClientID: every process reports")
+
+	// A lapsed term is nobody's.
+	_, err = s.Pool.Exec(ctx, `UPDATE river_leader SET expires_at = now() - interval '1 s'`)
+	require.NoError(t, err)
+	require.Equal(t, map[string]float64{"aftercommit_queue_read_errors_total": 0}, collect("leader"))
+}
+
+func TestQueueMetricsConfig(t *testing.T) {
+	t.Parallel()
+	_, err := jobs.NewQueueMetrics(nil, nil)
+	require.EqualError(t, err, "jobs: NewQueueMetrics needs a database")
+	s := dbtest.TestSchema(context.Background(), t, nil)
+	_, err = jobs.NewQueueMetrics(s.Pool, &jobs.QueueMetricsConfig{StuckAfter: -time.Second})
+	require.EqualError(t, err, "jobs: QueueMetricsConfig.StuckAfter (-1s) and Timeout (3s) must not be negative")
+
+	qm, err := jobs.NewQueueMetrics(s.Pool, &jobs.QueueMetricsConfig{Namespace: "acme", StuckAfter: 5 * time.Minute})
+	require.NoError(t, err)
+	require.Equal(t, 4, describeCount(qm))
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(qm)
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	require.Len(t, families, 1)
+	require.Equal(t, "acme_queue_read_errors_total", families[0].GetName())
+	descs := make(chan *prometheus.Desc, 4)
+	qm.Describe(descs)
+	close(descs)
+	var all []string
+	for d := range descs {
+		all = append(all, d.String())
+	}
+	require.Contains(t, strings.Join(all, "\n"), "attempted more than 5m0s ago")
+}
