@@ -39,7 +39,7 @@ const (
 // queue-locked per fundraiser.
 type RecountFundraiserArgs struct {
 	// FundraiserID is the fundraiser to recount.
-	FundraiserID int64 `json:"fundraiser_id" jobs:"queue_lock"`
+	FundraiserID int64 `json:"fundraiser_id" jobs:"id,queue_lock"`
 }
 
 // Kind implements river.JobArgs.
@@ -49,7 +49,7 @@ func (RecountFundraiserArgs) Kind() string { return RecountFundraiserKind }
 // their succeeded donations. It is queue-locked per user.
 type RecountUserArgs struct {
 	// UserID is the user to recount.
-	UserID int64 `json:"user_id" jobs:"queue_lock"`
+	UserID int64 `json:"user_id" jobs:"id,queue_lock"`
 }
 
 // Kind implements river.JobArgs.

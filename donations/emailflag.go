@@ -22,7 +22,7 @@ const UpdateEmailDonationKind = "donations.update_email_donation"
 // donation whose payment succeeded.
 type UpdateEmailDonationArgs struct {
 	// DonationID is the donation; the worker reads everything else from it.
-	DonationID int64 `json:"donation_id"`
+	DonationID int64 `json:"donation_id" jobs:"id"`
 }
 
 // Kind implements river.JobArgs.

@@ -30,7 +30,7 @@ const FoldEmailCountersKind = "donations.fold_email_counters"
 // fold of an email waits, tracking more events of that email adds no job.
 type FoldEmailCountersArgs struct {
 	// EmailID is the email whose deltas are folded.
-	EmailID int64 `json:"email_id" jobs:"queue_lock"`
+	EmailID int64 `json:"email_id" jobs:"id,queue_lock"`
 }
 
 // Kind implements river.JobArgs.

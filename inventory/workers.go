@@ -24,7 +24,7 @@ const (
 // stock. PaymentAuthorized enqueues it in the payment's transaction.
 type CompleteCheckoutArgs struct {
 	// CheckoutID is the checkout; the worker reads everything else.
-	CheckoutID int64 `json:"checkout_id"`
+	CheckoutID int64 `json:"checkout_id" jobs:"id"`
 }
 
 // Kind implements river.JobArgs.
@@ -35,7 +35,7 @@ func (CompleteCheckoutArgs) Kind() string { return CompleteCheckoutKind }
 // expiry.
 type ExpireCheckoutArgs struct {
 	// CheckoutID is the checkout.
-	CheckoutID int64 `json:"checkout_id"`
+	CheckoutID int64 `json:"checkout_id" jobs:"id"`
 }
 
 // Kind implements river.JobArgs.

@@ -1,20 +1,16 @@
 package jobs
 
 import (
-	"bytes"
 	"cmp"
 	"context"
-	"encoding"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"reflect"
 	"slices"
 	"strings"
-	"unicode"
+	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
 )
 
@@ -31,7 +27,17 @@ const (
 	CheckArgsPageSizeDefault = 1000
 	// CheckArgsMaxProblemsDefault is how many problems an ArgsReport lists.
 	CheckArgsMaxProblemsDefault = 1000
+	// CheckArgsSinceDefault is how far back CheckQueuedArgs looks for
+	// finished jobs with args problems: River's retention of cancelled jobs.
+	CheckArgsSinceDefault = 24 * time.Hour
 )
+
+// MetadataKeyArgsProblems is the key of river_job.metadata under which the
+// worker of a client built by NewClient records the args problems it found
+// in a job — the reasons it cancelled it, the unknown fields it ran with —
+// as a JSON array of {"problem", "severity", "field", "message"}. River's
+// GIN index on metadata finds them: metadata ? 'args_problems'.
+const MetadataKeyArgsProblems = "args_problems"
 
 // CheckArgsOpts are optional settings of CheckQueuedArgs. A nil
 // *CheckArgsOpts takes every default.
@@ -54,12 +60,22 @@ type CheckArgsOpts struct {
 	//
 	// Defaults to CheckArgsMaxProblemsDefault.
 	MaxProblems int
+
+	// Since is how far back finished jobs are read: those finalized within
+	// Since whose worker recorded args problems (MetadataKeyArgsProblems).
+	// A negative value reads none: queued jobs only, the pre-deploy check.
+	//
+	// Defaults to CheckArgsSinceDefault.
+	Since time.Duration
 }
 
-// ArgsProblemKind says what is wrong with a queued job's args.
+// ArgsProblemKind says what is wrong with a job's args.
 type ArgsProblemKind string
 
-// The problems CheckQueuedArgs reports, with their severity.
+// The problems CheckQueuedArgs reports, with their severity. A failure is
+// what the worker of a client built by NewClient cancels a job for, at its
+// first attempt (but unknown_kind, which River fails and retries); a
+// warning is reported and the job runs.
 const (
 	// ArgsProblemUnknownKind (failure): no worker is registered for the
 	// job's kind (nor as a KindAliases alias). River fails every attempt
@@ -72,28 +88,38 @@ const (
 	ArgsProblemUnknownQueue ArgsProblemKind = "unknown_queue"
 
 	// ArgsProblemTypeMismatch (failure): a field's JSON value does not
-	// decode into the field's Go type (a string where an int64 is now
-	// expected). River fails every attempt before the worker runs.
+	// decode into the field's Go type (a string where an int64 is
+	// expected).
 	ArgsProblemTypeMismatch ArgsProblemKind = "type_mismatch"
 
 	// ArgsProblemUndecodable (failure): the args as a whole do not decode
 	// (not a JSON object, a custom UnmarshalJSON returned an error, …) and
-	// no single field is to blame. River fails every attempt.
+	// no single field is to blame.
 	ArgsProblemUndecodable ArgsProblemKind = "undecodable"
 
-	// ArgsProblemMissingField (failure): a required field is absent; the
-	// worker would get its zero value. See CheckQueuedArgs for the rule.
+	// ArgsProblemMissingField (failure): a field tagged `jobs:"required"`
+	// or `jobs:"id"` is absent.
 	ArgsProblemMissingField ArgsProblemKind = "missing_field"
 
-	// ArgsProblemNullField: a field whose Go type cannot be nil (a number,
-	// string, bool, struct or array) is JSON null; it decodes to its zero
-	// value. A failure when the field is required, a warning when it is
-	// optional.
+	// ArgsProblemNullField: a field is JSON null. A failure when the field
+	// is required; a warning when it is optional and its Go type cannot be
+	// nil (a number, string, bool, struct or array), which then decodes to
+	// its zero value.
 	ArgsProblemNullField ArgsProblemKind = "null_field"
 
-	// ArgsProblemUnknownField (warning): a key today's type has no field
-	// for, typically a field that was removed or renamed. Its value is
-	// silently dropped when the job is decoded.
+	// ArgsProblemInvalidID (failure): a field tagged `jobs:"id"` holds 0 or
+	// a negative number (or a list with one).
+	ArgsProblemInvalidID ArgsProblemKind = "invalid_id"
+
+	// ArgsProblemInvalid (failure): the args' Validate method
+	// (ArgsValidator) returned an error.
+	ArgsProblemInvalid ArgsProblemKind = "invalid"
+
+	// ArgsProblemUnknownField (warning): a key the type has no field for —
+	// a field removed or renamed, a newer producer's field, a typo. Its
+	// value is dropped when the job is decoded; the worker counts it in
+	// Metrics, logs it once per kind and key, and records it in the job's
+	// metadata.
 	ArgsProblemUnknownField ArgsProblemKind = "unknown_field"
 )
 
@@ -101,15 +127,15 @@ const (
 type ArgsSeverity string
 
 const (
-	// ArgsSeverityFailure marks a job that today's code would fail on, or
-	// run with a zero value where a value is required.
+	// ArgsSeverityFailure marks args that cannot mean anything: the job is
+	// cancelled at its first attempt (or fails, for an unknown kind).
 	ArgsSeverityFailure ArgsSeverity = "failure"
-	// ArgsSeverityWarning marks a job that will run, but not quite as
-	// written (data dropped, a null taken as zero, a queue nobody works).
+	// ArgsSeverityWarning marks a job that runs, but not quite as written
+	// (data dropped, a null taken as zero, a queue nobody works).
 	ArgsSeverityWarning ArgsSeverity = "warning"
 )
 
-// ArgsProblem is one problem of one queued job.
+// ArgsProblem is one problem of one job.
 type ArgsProblem struct {
 	// JobID, Kind, State and Queue identify the job.
 	JobID int64              `json:"job_id"`
@@ -122,36 +148,51 @@ type ArgsProblem struct {
 	// Field is the JSON path of the field at fault ("customer.email"),
 	// empty for problems of the whole job.
 	Field string `json:"field,omitempty"`
-	// Message explains the problem to a person, naming the Go field.
+	// Message says what is wrong with the field (or the job) to a person:
+	// "missing (required)", "must be an ID above 0, got 0".
 	Message string `json:"message"`
 }
 
-// ArgsKindSummary counts the checked jobs of one kind.
+// ArgsKindSummary counts the jobs of one kind in a report.
 type ArgsKindSummary struct {
 	Kind string `json:"kind"`
 	// Registered is false for kinds no worker is registered for.
 	Registered bool `json:"registered"`
-	// Checked is the number of jobs of the kind that were checked; Failing
-	// of them have at least one failure, Warned have warnings only.
+	// Checked is the number of queued jobs of the kind that were checked;
+	// Failing of them have at least one failure, Warned have warnings
+	// only.
 	Checked int `json:"checked"`
 	Failing int `json:"failing"`
 	Warned  int `json:"warned"`
+	// Finished is the number of finished jobs of the kind with recorded
+	// args problems; Cancelled of them were cancelled for bad args.
+	Finished  int `json:"finished"`
+	Cancelled int `json:"cancelled"`
 }
 
 // ArgsReport is the result of CheckQueuedArgs.
 type ArgsReport struct {
-	// Checked is the number of jobs checked. Each is counted in exactly
-	// one of OK (no problem), Warned (warnings only) and Failing (at least
-	// one failure): Checked = OK + Warned + Failing.
+	// Checked is the number of queued jobs checked. Each is counted in
+	// exactly one of OK (no problem), Warned (warnings only) and Failing
+	// (at least one failure): Checked = OK + Warned + Failing.
 	Checked int `json:"checked"`
 	OK      int `json:"ok"`
 	Warned  int `json:"warned"`
 	Failing int `json:"failing"`
 
+	// Finished is the number of jobs finalized within CheckArgsOpts.Since
+	// whose worker recorded args problems when it ran them; Cancelled of
+	// them were cancelled for bad args, the others ran with warnings only
+	// (unknown fields). They are not counted in Checked; their problems,
+	// as recorded, are listed with their state.
+	Finished  int `json:"finished"`
+	Cancelled int `json:"cancelled"`
+
 	// ProblemCount is the number of problems found, listed or not.
 	ProblemCount int `json:"problem_count"`
 
-	// Kinds summarizes each kind that has checked jobs, sorted by kind.
+	// Kinds summarizes each kind that has jobs in the report, sorted by
+	// kind.
 	Kinds []ArgsKindSummary `json:"kinds"`
 
 	// Problems lists problems ordered by job id (and, within a job, as
@@ -160,8 +201,9 @@ type ArgsReport struct {
 	Problems []ArgsProblem `json:"problems"`
 }
 
-// Failed reports whether any checked job would fail with today's code.
-func (r *ArgsReport) Failed() bool { return r.Failing > 0 }
+// Failed reports whether any queued job would fail with today's code, or
+// a job was cancelled for bad args within CheckArgsOpts.Since.
+func (r *ArgsReport) Failed() bool { return r.Failing > 0 || r.Cancelled > 0 }
 
 // Truncated reports whether some problems are counted but not listed.
 func (r *ArgsReport) Truncated() bool { return r.ProblemCount > len(r.Problems) }
@@ -182,59 +224,73 @@ func (r *ArgsReport) bySeverity(s ArgsSeverity) []ArgsProblem {
 	return out
 }
 
-// checkArgsSelectSQL + table + checkArgsPageSQL reads one page of the jobs
-// a worker will still decode, after id $1. The states are literals of
-// River's enum, so the planner can choose between walking the primary key
-// (most jobs queued) and River's index on state (few jobs queued among many
-// finished ones). The table is "river_job", qualified with
-// CheckArgsOpts.Schema when set, sanitized as an identifier.
+// The queries of CheckQueuedArgs: select + table + page. The queued page
+// reads the jobs a worker will still decode, after id $1. The states are
+// literals of River's enum, so the planner can choose between walking the
+// primary key (most jobs queued) and River's index on state (few jobs
+// queued among many finished ones). The finished page reads the jobs
+// finalized in the last $3 microseconds with recorded args problems, which
+// River's GIN index on metadata finds. The table is "river_job", qualified
+// with CheckArgsOpts.Schema when set, sanitized as an identifier.
 const (
 	checkArgsSelectSQL = `SELECT id, kind, state::text, queue, args FROM `
 	checkArgsPageSQL   = `
  WHERE state IN ('available', 'pending', 'retryable', 'scheduled') AND id > $1
  ORDER BY id
  LIMIT $2`
+	checkArgsFinishedSelectSQL = `SELECT id, kind, state::text, queue, metadata -> '` + MetadataKeyArgsProblems + `' FROM `
+	checkArgsFinishedPageSQL   = `
+ WHERE metadata ? '` + MetadataKeyArgsProblems + `'
+   AND state IN ('cancelled', 'completed', 'discarded')
+   AND finalized_at >= now() - $3 * interval '1 microsecond'
+   AND id > $1
+ ORDER BY id
+ LIMIT $2`
 )
 
 // CheckQueuedArgs checks, before a deploy, that the jobs already queued
-// still decode with the args types of the code about to run. Run it against
-// the production database with a registry built by the new release (the CLI
-// does: `aftercommit check-args`, which exits 1 when any job would fail).
+// still decode with the args types of the code about to run, and lists the
+// jobs that workers recently cancelled for bad args or ran with unknown
+// fields. Run it against the production database with a registry built by
+// the new release (the CLI does: `aftercommit check-args`, which exits 1
+// when any job would fail or was cancelled).
 //
 // It reads every job a worker will still decode — states available,
-// scheduled, retryable and pending; running and finalized jobs are left
-// alone — in pages ordered by id (CheckArgsOpts.PageSize), decodes each
-// one's args into a new value of the type its kind is registered with (by
-// AddWorker, aliases from KindAliases included) with encoding/json, exactly
-// as River will, and reports per job:
+// scheduled, retryable and pending; running jobs are left alone — in pages
+// ordered by id (CheckArgsOpts.PageSize), and decodes each one's args
+// strictly, as the worker of a client built by NewClient will (see
+// Registry.DecodeArgs): with the type its kind is registered with (by
+// AddWorker, aliases from KindAliases included) and that type's jobs tags
+// and Validate method. It reports per job:
 //
 //   - unknown_kind (failure): no worker for the kind (its args are not
 //     checked);
 //   - unknown_queue (warning): a queue no domain declared;
-//   - type_mismatch (failure): a field's value does not decode into its
-//     type; undecodable (failure) when the args fail as a whole;
+//   - undecodable (failure): not a JSON object, or the args fail to decode
+//     as a whole; type_mismatch (failure): a field's value does not decode
+//     into its type;
 //   - missing_field (failure): a required field is absent;
-//   - null_field: a non-nilable field is null (failure if required, warning
-//     if optional);
+//   - null_field: a field is null (failure if required, warning if
+//     optional and its type cannot be nil);
+//   - invalid_id (failure): an ID field is 0 or negative;
+//   - invalid (failure): Validate returned an error;
 //   - unknown_field (warning): a key the type has no field for.
+//
+// Then it reads the jobs finalized within CheckArgsOpts.Since whose worker
+// recorded args problems in their metadata (MetadataKeyArgsProblems):
+// cancelled for bad args, or run with unknown fields; they are listed with
+// the problems recorded when they ran.
 //
 // # Required fields
 //
-// A field is optional when any of these holds, and required otherwise:
-//
-//   - its json tag has omitempty or omitzero (today's code itself leaves it
-//     out when zero, so its absence is normal);
-//   - its type is a pointer (absent means nil, which the worker must
-//     handle anyway);
-//   - it is tagged `jobs:"optional"` (the worker supplies a default);
-//   - it is promoted from an embedded pointer struct (which is left out
-//     when nil).
-//
-// So adding a field with a default is safe when the field is optional by
-// this rule, and a new required field is reported on every job queued
-// before it existed. Fields are found the way encoding/json finds them
-// (exported, json:"-" skipped, embedded structs promoted), and keys match
-// them the way encoding/json matches them (exactly, else ignoring case).
+// A field is required when its jobs tag says so — `jobs:"required"` (present
+// and not null) or `jobs:"id"` (present, an integer above 0, or a list of
+// them) — and optional otherwise. So adding a field is safe: older jobs
+// without it run with its zero value. A new required field is reported on
+// every job queued before it existed, which the worker would cancel. Fields
+// are found the way encoding/json finds them (exported, json:"-" skipped,
+// embedded structs promoted), and keys match them the way encoding/json
+// matches them (exactly, else ignoring case).
 //
 // # Nested structs
 //
@@ -252,7 +308,7 @@ const (
 // CheckArgsOpts.MaxProblems. Problems are ordered by job id; those of one
 // job come in this order: kind, queue, fields in declaration order (the
 // problems of a nested object in place of its field, and each object's
-// unknown keys, sorted, after its fields), then undecodable.
+// unknown keys, sorted, after its fields), then undecodable, then invalid.
 //
 // db is a pool, a connection or a transaction: run it in a REPEATABLE READ
 // transaction for a report of one snapshot; otherwise jobs inserted or
@@ -274,53 +330,65 @@ func CheckQueuedArgs(ctx context.Context, db DBTX, reg *Registry, opts *CheckArg
 	}
 	maxProblems := cmp.Or(opts.MaxProblems, CheckArgsMaxProblemsDefault)
 	maxProblems = max(maxProblems, 0)
+	since := cmp.Or(opts.Since, CheckArgsSinceDefault)
 
 	table := "river_job"
 	if opts.Schema != "" {
 		table = pgx.Identifier{opts.Schema, table}.Sanitize()
 	}
-	query := checkArgsSelectSQL + table + checkArgsPageSQL
 
 	c := newArgsChecker(reg, maxProblems)
-	var afterID int64
-	for {
-		page, err := c.readPage(ctx, db, query, afterID, pageSize)
-		if err != nil {
-			return nil, fmt.Errorf("jobs: reading queued jobs after id %d: %w", afterID, err)
+	if err := c.scan(ctx, db, "queued", checkArgsSelectSQL+table+checkArgsPageSQL, pageSize, nil, c.check); err != nil {
+		return nil, err
+	}
+	if since > 0 {
+		if err := c.scan(ctx, db, "finished", checkArgsFinishedSelectSQL+table+checkArgsFinishedPageSQL, pageSize,
+			[]any{since.Microseconds()}, c.recorded); err != nil {
+			return nil, err
 		}
-		if page.count < pageSize {
-			break
-		}
-		afterID = page.lastID
 	}
 	return c.report(), nil
 }
 
-type pageResult struct {
-	count  int
-	lastID int64
+// scan reads query page by page ($1 the last id read, $2 the page size,
+// then extra) and hands each row to each.
+func (c *argsChecker) scan(ctx context.Context, db DBTX, what, query string, pageSize int, extra []any,
+	each func(job *checkedJob, raw []byte),
+) error {
+	var afterID int64
+	for {
+		n, lastID, err := readPage(ctx, db, query, afterID, pageSize, extra, each)
+		if err != nil {
+			return fmt.Errorf("jobs: reading %s jobs after id %d: %w", what, afterID, err)
+		}
+		if n < pageSize {
+			return nil
+		}
+		afterID = lastID
+	}
 }
 
-func (c *argsChecker) readPage(ctx context.Context, db DBTX, query string, afterID int64, pageSize int) (pageResult, error) {
-	rows, err := db.Query(ctx, query, afterID, pageSize)
+func readPage(ctx context.Context, db DBTX, query string, afterID int64, pageSize int, extra []any,
+	each func(job *checkedJob, raw []byte),
+) (n int, lastID int64, err error) {
+	rows, err := db.Query(ctx, query, append([]any{afterID, pageSize}, extra...)...)
 	if err != nil {
-		return pageResult{}, err
+		return 0, 0, err
 	}
 	defer rows.Close()
-	var res pageResult
 	var job checkedJob
-	var args []byte
+	var raw []byte
 	var state string
 	for rows.Next() {
-		if err := rows.Scan(&job.id, &job.kind, &state, &job.queue, &args); err != nil {
-			return pageResult{}, err
+		if err := rows.Scan(&job.id, &job.kind, &state, &job.queue, &raw); err != nil {
+			return 0, 0, err
 		}
 		job.state = rivertype.JobState(state)
-		c.check(&job, args)
-		res.count++
-		res.lastID = job.id
+		each(&job, raw)
+		n++
+		lastID = job.id
 	}
-	return res, rows.Err()
+	return n, lastID, rows.Err()
 }
 
 // checkedJob is the job being checked.
@@ -333,9 +401,8 @@ type checkedJob struct {
 
 // argsChecker accumulates the report.
 type argsChecker struct {
-	kinds  map[string]reflect.Type // kind or alias → args type
+	reg    *Registry
 	queues map[string]bool
-	shapes map[reflect.Type]*argsShape
 
 	maxProblems int
 	seq         int // problems found so far, for ordering
@@ -355,210 +422,92 @@ type seqProblem struct {
 
 func newArgsChecker(reg *Registry, maxProblems int) *argsChecker {
 	c := &argsChecker{
-		kinds:       make(map[string]reflect.Type, len(reg.kinds)),
+		reg:         reg,
 		queues:      make(map[string]bool),
-		shapes:      make(map[reflect.Type]*argsShape),
 		maxProblems: maxProblems,
 		byKind:      make(map[string]*ArgsKindSummary),
 	}
 	for _, name := range reg.QueueNames() {
 		c.queues[name] = true
 	}
-	for kind, e := range reg.kinds {
-		c.kinds[kind] = e.argsType
-		// A usable value of T to ask for its aliases (River asks its zero
-		// value; a non-nil pointer when T is one).
-		zero := reflect.New(e.argsType).Elem()
-		if e.argsType.Kind() == reflect.Pointer {
-			zero = reflect.New(e.argsType.Elem())
-		}
-		if withAliases, ok := zero.Interface().(river.JobArgsWithKindAliases); ok {
-			for _, alias := range withAliases.KindAliases() {
-				if _, taken := c.kinds[alias]; !taken {
-					c.kinds[alias] = e.argsType
-				}
-			}
-		}
-	}
 	return c
 }
 
-// check checks one job and records its problems.
+// check checks one queued job and records its problems.
 func (c *argsChecker) check(job *checkedJob, raw []byte) {
 	c.problems = c.problems[:0]
-	typ, known := c.kinds[job.kind]
+	spec, known := c.reg.argsSpec(job.kind)
 	if !known {
-		c.add(job, ArgsProblemUnknownKind, ArgsSeverityFailure, "",
-			fmt.Sprintf("no worker is registered for kind %q: every attempt fails (UnknownJobKindError) until River discards the job", job.kind))
+		c.add(job, argsIssue{Problem: ArgsProblemUnknownKind, Severity: ArgsSeverityFailure,
+			Message: fmt.Sprintf("no worker is registered for kind %q: every attempt fails (UnknownJobKindError) until River discards the job", job.kind)})
 	}
 	if !c.queues[job.queue] {
-		c.add(job, ArgsProblemUnknownQueue, ArgsSeverityWarning, "",
-			fmt.Sprintf("queue %q is not declared in the registry: no client built from it works that queue, so the job never runs", job.queue))
+		c.add(job, argsIssue{Problem: ArgsProblemUnknownQueue, Severity: ArgsSeverityWarning,
+			Message: fmt.Sprintf("queue %q is not declared in the registry: no client built from it works that queue, so the job never runs", job.queue)})
 	}
 	if known {
-		c.checkArgs(job, typ, raw)
-	}
-	c.record(job, known)
-}
-
-// checkArgs decodes raw the way River does and walks it against typ.
-func (c *argsChecker) checkArgs(job *checkedJob, typ reflect.Type, raw []byte) {
-	decodeErr := json.Unmarshal(raw, reflect.New(typ).Interface())
-
-	st := typ
-	if st.Kind() == reflect.Pointer {
-		st = st.Elem()
-	}
-	shape := c.shape(st)
-	mismatches := 0
-	if shape.fields != nil {
-		var obj map[string]json.RawMessage
-		if err := json.Unmarshal(raw, &obj); err == nil {
-			// null decodes to a nil map: every field is absent.
-			mismatches = c.walk(job, obj, shape, "", "", decodeErr != nil, 0)
+		_, issues := spec.decode(raw)
+		for _, is := range issues {
+			c.add(job, is)
 		}
 	}
-	if decodeErr != nil && mismatches == 0 {
-		field := ""
-		var te *json.UnmarshalTypeError
-		if errors.As(decodeErr, &te) {
-			field = te.Field
-		}
-		c.add(job, ArgsProblemUndecodable, ArgsSeverityFailure, field,
-			fmt.Sprintf("args do not decode into %s (%v): every attempt fails", typ, decodeErr))
+	failing, warned := c.keep()
+	sum := c.summary(job.kind, known)
+	r := &c.totals
+	r.Checked++
+	sum.Checked++
+	switch {
+	case failing:
+		r.Failing++
+		sum.Failing++
+	case warned:
+		r.Warned++
+		sum.Warned++
+	default:
+		r.OK++
 	}
 }
 
-// maxArgsDepth bounds the walk into nested objects.
-const maxArgsDepth = 32
-
-// walk checks the fields of obj against shape and returns the number of
-// type mismatches it reported. Values are decoded one field at a time only
-// when checkTypes (the args as a whole did not decode), to name every
-// culprit.
-func (c *argsChecker) walk(job *checkedJob, obj map[string]json.RawMessage, shape *argsShape, path, goPath string, checkTypes bool, depth int) int {
-	keys := make([]string, 0, len(obj))
-	for k := range obj {
-		keys = append(keys, k)
+// recorded records the problems a worker recorded in a finished job:
+// raw is the value of its metadata key MetadataKeyArgsProblems.
+func (c *argsChecker) recorded(job *checkedJob, raw []byte) {
+	c.problems = c.problems[:0]
+	var issues []argsIssue
+	if err := json.Unmarshal(raw, &issues); err != nil {
+		issues = []argsIssue{{Problem: ArgsProblemUndecodable, Severity: ArgsSeverityWarning,
+			Message: fmt.Sprintf("the args problems recorded in the job's metadata do not decode: %v", err)}}
 	}
-	slices.Sort(keys)
-
-	// Which keys decode into which field, as encoding/json matches them.
-	byField := make([][]string, len(shape.fields))
-	var unknown []string
-	for _, k := range keys {
-		if i := shape.match(k); i >= 0 {
-			byField[i] = append(byField[i], k)
-		} else {
-			unknown = append(unknown, k)
-		}
+	for _, is := range issues {
+		c.add(job, is)
 	}
-
-	mismatches := 0
-	for i := range shape.fields {
-		f := &shape.fields[i]
-		fieldGo := joinPath(goPath, f.goName)
-		if len(byField[i]) == 0 {
-			if !f.optional {
-				c.add(job, ArgsProblemMissingField, ArgsSeverityFailure, joinPath(path, f.name),
-					"required "+describeField(f.name, fieldGo, f.typ)+" is missing: the worker would get the zero value")
-			}
-			continue
-		}
-		for _, k := range byField[i] {
-			value := obj[k]
-			fieldPath := joinPath(path, k)
-			if isJSONNull(value) {
-				if !f.nilable {
-					sev := ArgsSeverityFailure
-					if f.optional {
-						sev = ArgsSeverityWarning
-					}
-					c.add(job, ArgsProblemNullField, sev, fieldPath,
-						describeField(k, fieldGo, f.typ)+" is null but cannot be nil: the worker would get the zero value")
-				}
-				continue
-			}
-			if f.nested != nil && depth < maxArgsDepth {
-				var child map[string]json.RawMessage
-				if json.Unmarshal(value, &child) == nil && child != nil {
-					mismatches += c.walk(job, child, c.shape(f.nested), fieldPath, fieldGo, checkTypes, depth+1)
-					continue
-				}
-			}
-			if checkTypes {
-				if err := f.decodeValue(value); err != nil {
-					mismatches++
-					c.add(job, ArgsProblemTypeMismatch, ArgsSeverityFailure, fieldPath, mismatchMessage(k, fieldGo, f.typ, err))
-				}
-			}
-		}
+	c.keep()
+	_, known := c.reg.argsSpec(job.kind)
+	sum := c.summary(job.kind, known)
+	c.totals.Finished++
+	sum.Finished++
+	if job.state == rivertype.JobStateCancelled && failed(issues) {
+		c.totals.Cancelled++
+		sum.Cancelled++
 	}
-	for _, k := range unknown {
-		c.add(job, ArgsProblemUnknownField, ArgsSeverityWarning, joinPath(path, k),
-			fmt.Sprintf("field %q is not in %s: its value is dropped when the job is decoded", k, shape.typ))
-	}
-	return mismatches
-}
-
-func mismatchMessage(key, goName string, typ reflect.Type, err error) string {
-	var te *json.UnmarshalTypeError
-	if errors.As(err, &te) && te.Type != nil {
-		where := ""
-		// The decode went through a one-field wrapper: Field is "v" or
-		// "v.<path inside the value>".
-		if _, inner, ok := strings.Cut(te.Field, "."); ok {
-			where = " at " + inner
-		}
-		expected := ""
-		if where != "" || te.Type != typ {
-			expected = fmt.Sprintf(" where %s is expected", te.Type)
-		}
-		return fmt.Sprintf("%s holds a JSON %s%s%s: every attempt fails", describeField(key, goName, typ), te.Value, where, expected)
-	}
-	return fmt.Sprintf("%s does not decode (%v): every attempt fails", describeField(key, goName, typ), err)
-}
-
-// describeField names a field by its JSON key and its Go declaration:
-// field "order_id" (OrderID int64).
-func describeField(key, goName string, typ reflect.Type) string {
-	return fmt.Sprintf("field %q (%s %s)", key, goName, typ)
-}
-
-func joinPath(prefix, name string) string {
-	if prefix == "" {
-		return name
-	}
-	return prefix + "." + name
-}
-
-func isJSONNull(raw json.RawMessage) bool {
-	return bytes.Equal(bytes.TrimSpace(raw), []byte("null"))
 }
 
 // add records a problem of the job being checked.
-func (c *argsChecker) add(job *checkedJob, problem ArgsProblemKind, sev ArgsSeverity, field, msg string) {
+func (c *argsChecker) add(job *checkedJob, is argsIssue) {
 	c.problems = append(c.problems, ArgsProblem{
 		JobID:    job.id,
 		Kind:     job.kind,
 		State:    job.state,
 		Queue:    job.queue,
-		Problem:  problem,
-		Severity: sev,
-		Field:    field,
-		Message:  msg,
+		Problem:  is.Problem,
+		Severity: is.Severity,
+		Field:    is.Field,
+		Message:  is.Message,
 	})
 }
 
-// record counts the job being checked and keeps its problems within the
-// limit.
-func (c *argsChecker) record(job *checkedJob, registered bool) {
-	sum := c.byKind[job.kind]
-	if sum == nil {
-		sum = &ArgsKindSummary{Kind: job.kind, Registered: registered}
-		c.byKind[job.kind] = sum
-	}
-	failing, warned := false, false
+// keep counts the problems of the job being checked and keeps them within
+// the limit. It reports whether there were failures, and warnings.
+func (c *argsChecker) keep() (failing, warned bool) {
 	for _, p := range c.problems {
 		c.seq++
 		sp := seqProblem{seq: c.seq, ArgsProblem: p}
@@ -574,20 +523,17 @@ func (c *argsChecker) record(job *checkedJob, registered bool) {
 			}
 		}
 	}
-	r := &c.totals
-	r.Checked++
-	sum.Checked++
-	r.ProblemCount += len(c.problems)
-	switch {
-	case failing:
-		r.Failing++
-		sum.Failing++
-	case warned:
-		r.Warned++
-		sum.Warned++
-	default:
-		r.OK++
+	c.totals.ProblemCount += len(c.problems)
+	return failing, warned
+}
+
+func (c *argsChecker) summary(kind string, registered bool) *ArgsKindSummary {
+	sum := c.byKind[kind]
+	if sum == nil {
+		sum = &ArgsKindSummary{Kind: kind, Registered: registered}
+		c.byKind[kind] = sum
 	}
+	return sum
 }
 
 // report assembles the report: failures first within the limit, then
@@ -596,7 +542,9 @@ func (c *argsChecker) report() *ArgsReport {
 	r := c.totals
 	keep := slices.Clone(c.failures)
 	keep = append(keep, c.warnings[:min(len(c.warnings), c.maxProblems-len(keep))]...)
-	slices.SortFunc(keep, func(a, b seqProblem) int { return cmp.Compare(a.seq, b.seq) })
+	slices.SortFunc(keep, func(a, b seqProblem) int {
+		return cmp.Or(cmp.Compare(a.JobID, b.JobID), cmp.Compare(a.seq, b.seq))
+	})
 	r.Problems = make([]ArgsProblem, len(keep))
 	for i, p := range keep {
 		r.Problems[i] = p.ArgsProblem
@@ -607,265 +555,4 @@ func (c *argsChecker) report() *ArgsReport {
 	}
 	slices.SortFunc(r.Kinds, func(a, b ArgsKindSummary) int { return strings.Compare(a.Kind, b.Kind) })
 	return &r
-}
-
-// argsShape is what the checker knows of a struct type: its fields as
-// encoding/json sees them. fields is nil for types that are not structs or
-// that decode themselves (UnmarshalJSON, UnmarshalText): those are checked
-// by decoding only.
-type argsShape struct {
-	typ    reflect.Type
-	fields []argsField
-	exact  map[string]int // JSON name → index in fields
-}
-
-// argsField is one field of an argsShape.
-type argsField struct {
-	name     string       // JSON key
-	goName   string       // Go field path, e.g. "Base.ID" for a promoted field
-	typ      reflect.Type // the field's declared type
-	optional bool         // by the rule of CheckQueuedArgs
-	nilable  bool         // null is a legitimate value
-	nested   reflect.Type // struct type to walk into, or nil
-	wrapper  reflect.Type // struct{ V T `json:"v,<options>"` } to decode one value
-
-	// For encoding/json's dominance rules.
-	index  []int
-	tagged bool
-}
-
-var (
-	jsonUnmarshalerType = reflect.TypeFor[json.Unmarshaler]()
-	textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
-)
-
-// decodesItself reports whether encoding/json hands values of t to a
-// method of t rather than decoding its fields.
-func decodesItself(t reflect.Type) bool {
-	for _, tt := range []reflect.Type{t, reflect.PointerTo(t)} {
-		if tt.Implements(jsonUnmarshalerType) || tt.Implements(textUnmarshalerType) {
-			return true
-		}
-	}
-	return false
-}
-
-// decodeValue decodes one JSON value into the field's type, with the
-// field's json options (",string"), the way the whole decode would.
-func (f *argsField) decodeValue(value json.RawMessage) error {
-	doc := make([]byte, 0, len(value)+6)
-	doc = append(doc, `{"v":`...)
-	doc = append(doc, value...)
-	doc = append(doc, '}')
-	return json.Unmarshal(doc, reflect.New(f.wrapper).Interface())
-}
-
-// match returns the index of the field key decodes into, or -1: an exact
-// match first, else the first field whose name equals key ignoring case,
-// as encoding/json does.
-func (s *argsShape) match(key string) int {
-	if i, ok := s.exact[key]; ok {
-		return i
-	}
-	for i := range s.fields {
-		if strings.EqualFold(s.fields[i].name, key) {
-			return i
-		}
-	}
-	return -1
-}
-
-// shape returns the cached shape of t.
-func (c *argsChecker) shape(t reflect.Type) *argsShape {
-	if s, ok := c.shapes[t]; ok {
-		return s
-	}
-	s := &argsShape{typ: t}
-	c.shapes[t] = s
-	if t.Kind() == reflect.Struct && !decodesItself(t) {
-		s.fields = structFields(t)
-		s.exact = make(map[string]int, len(s.fields))
-		for i, f := range s.fields {
-			s.exact[f.name] = i
-		}
-		if s.fields == nil {
-			s.fields = []argsField{} // a struct without fields: every key is unknown
-		}
-	}
-	return s
-}
-
-// structFields lists the fields encoding/json decodes into for struct type
-// t, in declaration order, following its rules (see typeFields in
-// encoding/json): exported fields, json:"-" skipped, fields of embedded
-// structs promoted, and of several fields with one name the shallowest, or
-// the tagged one, wins — or none when that does not decide.
-func structFields(t reflect.Type) []argsField {
-	type embedded struct {
-		typ    reflect.Type
-		index  []int
-		goName string
-		viaPtr bool
-	}
-	var current []embedded
-	next := []embedded{{typ: t}}
-	var count, nextCount map[reflect.Type]int
-	visited := map[reflect.Type]bool{}
-	var fields []argsField
-
-	for len(next) > 0 {
-		current, next = next, current[:0]
-		count, nextCount = nextCount, map[reflect.Type]int{}
-		for _, e := range current {
-			if visited[e.typ] {
-				continue
-			}
-			visited[e.typ] = true
-			for i := range e.typ.NumField() {
-				sf := e.typ.Field(i)
-				if sf.Anonymous {
-					t := sf.Type
-					if t.Kind() == reflect.Pointer {
-						t = t.Elem()
-					}
-					if !sf.IsExported() && t.Kind() != reflect.Struct {
-						continue
-					}
-				} else if !sf.IsExported() {
-					continue
-				}
-				tag := sf.Tag.Get("json")
-				if tag == "-" {
-					continue
-				}
-				name, options, _ := strings.Cut(tag, ",")
-				if !validJSONName(name) {
-					name = ""
-				}
-				index := append(slices.Clone(e.index), i)
-				goName := joinPath(e.goName, sf.Name)
-				ft := sf.Type
-				if ft.Name() == "" && ft.Kind() == reflect.Pointer {
-					ft = ft.Elem()
-				}
-
-				if name != "" || !sf.Anonymous || ft.Kind() != reflect.Struct {
-					f := newArgsField(sf, name, options, goName, index, e.viaPtr)
-					fields = append(fields, f)
-					if count[e.typ] > 1 {
-						// Several embeddings of one type at this depth: a
-						// duplicate makes the dominance rule drop them.
-						fields = append(fields, f)
-					}
-					continue
-				}
-				nextCount[ft]++
-				if nextCount[ft] == 1 {
-					next = append(next, embedded{
-						typ: ft, index: index, goName: goName,
-						viaPtr: e.viaPtr || sf.Type.Kind() == reflect.Pointer,
-					})
-				}
-			}
-		}
-	}
-
-	slices.SortFunc(fields, func(a, b argsField) int {
-		if c := strings.Compare(a.name, b.name); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(len(a.index), len(b.index)); c != 0 {
-			return c
-		}
-		if a.tagged != b.tagged {
-			if a.tagged {
-				return -1
-			}
-			return 1
-		}
-		return slices.Compare(a.index, b.index)
-	})
-	out := fields[:0]
-	for advance, i := 0, 0; i < len(fields); i += advance {
-		first := fields[i]
-		for advance = 1; i+advance < len(fields); advance++ {
-			if fields[i+advance].name != first.name {
-				break
-			}
-		}
-		if advance > 1 {
-			second := fields[i+1]
-			if len(first.index) == len(second.index) && first.tagged == second.tagged {
-				continue // ambiguous: encoding/json ignores them all
-			}
-		}
-		out = append(out, first)
-	}
-	slices.SortFunc(out, func(a, b argsField) int { return slices.Compare(a.index, b.index) })
-	return out
-}
-
-func newArgsField(sf reflect.StructField, name, options, goName string, index []int, viaPtr bool) argsField {
-	tagged := name != ""
-	if !tagged {
-		name = sf.Name
-	}
-	opts := strings.Split(options, ",")
-	optional := viaPtr ||
-		slices.Contains(opts, "omitempty") || slices.Contains(opts, "omitzero") ||
-		sf.Type.Kind() == reflect.Pointer ||
-		slices.Contains(strings.Split(sf.Tag.Get("jobs"), ","), "optional")
-
-	var nilable bool
-	switch sf.Type.Kind() {
-	case reflect.Pointer, reflect.Interface, reflect.Map, reflect.Slice:
-		nilable = true
-	default:
-		// A type that decodes itself decides what null means.
-		nilable = decodesItself(sf.Type)
-	}
-
-	var nested reflect.Type
-	if st := sf.Type; st.Kind() == reflect.Struct || st.Kind() == reflect.Pointer && st.Elem().Kind() == reflect.Struct {
-		if st.Kind() == reflect.Pointer {
-			st = st.Elem()
-		}
-		if !decodesItself(st) && !decodesItself(sf.Type) {
-			nested = st
-		}
-	}
-
-	wrapperTag := `json:"v`
-	if options != "" {
-		wrapperTag += "," + options
-	}
-	wrapperTag += `"`
-	wrapper := reflect.StructOf([]reflect.StructField{{Name: "V", Type: sf.Type, Tag: reflect.StructTag(wrapperTag)}})
-
-	return argsField{
-		name:     name,
-		goName:   goName,
-		typ:      sf.Type,
-		optional: optional,
-		nilable:  nilable,
-		nested:   nested,
-		wrapper:  wrapper,
-		index:    index,
-		tagged:   tagged,
-	}
-}
-
-// validJSONName is encoding/json's isValidTag.
-func validJSONName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, c := range s {
-		switch {
-		case strings.ContainsRune("!#$%&()*+-./:;<=>?@[]^_{|}~ ", c):
-		case !unicode.IsLetter(c) && !unicode.IsDigit(c):
-			return false
-		}
-	}
-	return true
 }

@@ -22,11 +22,11 @@ import (
 // caOrderArgs is today's shape of a kind that evolved over three releases:
 // v1 wrote order_id, customer_id and note; v2 dropped note and added three
 // optional fields (priority with omitempty, channel as a pointer, region
-// tagged jobs:"optional"); v3 added currency, required.
+// untagged, and so optional too); v3 added currency, required.
 type caOrderArgs struct {
-	OrderID    int64   `json:"order_id"`
-	CustomerID int64   `json:"customer_id"`
-	Currency   string  `json:"currency"`
+	OrderID    int64   `json:"order_id" jobs:"id"`
+	CustomerID int64   `json:"customer_id" jobs:"id"`
+	Currency   string  `json:"currency" jobs:"required"`
 	Priority   int     `json:"priority,omitempty"`
 	Channel    *string `json:"channel"`
 	Region     string  `json:"region" jobs:"optional"`
@@ -38,7 +38,7 @@ func (caOrderArgs) Kind() string { return "test.order" }
 type caNestedArgs struct {
 	caBase              // tenant_id: promoted, required
 	*CaAudit            // by: promoted through a pointer, optional
-	Ship     caAddress  `json:"ship"`
+	Ship     caAddress  `json:"ship" jobs:"required"`
 	Bill     *caAddress `json:"bill"`
 	At       time.Time  `json:"at,omitzero"`     // decodes itself: not walked into
 	Lines    []caLine   `json:"lines,omitempty"` // elements: decoding only
@@ -49,7 +49,7 @@ type caNestedArgs struct {
 func (caNestedArgs) Kind() string { return "test.nested" }
 
 type caBase struct {
-	TenantID int64 `json:"tenant_id"`
+	TenantID int64 `json:"tenant_id" jobs:"id"`
 }
 
 // CaAudit is exported: encoding/json cannot set an embedded pointer to an
@@ -59,7 +59,7 @@ type CaAudit struct {
 }
 
 type caAddress struct {
-	Street string `json:"street"`
+	Street string `json:"street" jobs:"required"`
 	Zip    string `json:"zip,omitempty"`
 }
 
@@ -70,7 +70,7 @@ type caLine struct {
 
 // caRenamedArgs was kind "test.old_name" before a rename.
 type caRenamedArgs struct {
-	ID int64 `json:"id"`
+	ID int64 `json:"id" jobs:"id"`
 }
 
 func (caRenamedArgs) Kind() string          { return "test.new_name" }
@@ -204,7 +204,7 @@ func TestCheckQueuedArgs(t *testing.T) {
 		require.Equal(t, []jobs.ArgsProblem{{
 			JobID: ids[0], Kind: "test.order", State: rivertype.JobStateAvailable, Queue: "shop_orders",
 			Problem: jobs.ArgsProblemMissingField, Severity: jobs.ArgsSeverityFailure, Field: "currency",
-			Message: `required field "currency" (Currency string) is missing: the worker would get the zero value`,
+			Message: "missing (required)",
 		}}, r.Failures())
 		require.Empty(t, r.Warnings())
 	})
@@ -221,7 +221,7 @@ func TestCheckQueuedArgs(t *testing.T) {
 		require.Equal(t, []jobs.ArgsProblem{{
 			JobID: ids[0], Kind: "test.order", State: rivertype.JobStateAvailable, Queue: "shop_orders",
 			Problem: jobs.ArgsProblemUnknownField, Severity: jobs.ArgsSeverityWarning, Field: "note",
-			Message: `field "note" is not in jobs_test.caOrderArgs: its value is dropped when the job is decoded`,
+			Message: "not a field of jobs_test.caOrderArgs: its value is dropped when the job is decoded",
 		}}, r.Warnings())
 	})
 
@@ -238,12 +238,12 @@ func TestCheckQueuedArgs(t *testing.T) {
 			{
 				JobID: ids[0], Kind: "test.order", State: rivertype.JobStateAvailable, Queue: "shop_orders",
 				Problem: jobs.ArgsProblemTypeMismatch, Severity: jobs.ArgsSeverityFailure, Field: "order_id",
-				Message: `field "order_id" (OrderID int64) holds a JSON number 1.5: every attempt fails`,
+				Message: "wrong type: a JSON number 1.5 where int64 is expected",
 			},
 			{
 				JobID: ids[0], Kind: "test.order", State: rivertype.JobStateAvailable, Queue: "shop_orders",
 				Problem: jobs.ArgsProblemTypeMismatch, Severity: jobs.ArgsSeverityFailure, Field: "customer_id",
-				Message: `field "customer_id" (CustomerID int64) holds a JSON string: every attempt fails`,
+				Message: "wrong type: a JSON string where int64 is expected",
 			},
 		}, r.Problems)
 	})
@@ -320,7 +320,7 @@ func TestCheckQueuedArgs(t *testing.T) {
 		require.Equal(t, wantFailing, r.ProblemCount)
 		require.Len(t, r.Problems, wantFailing)
 		require.Equal(t, []jobs.ArgsKindSummary{{Kind: "test.order", Registered: true, Checked: 2500, Failing: wantFailing}}, r.Kinds)
-		require.Equal(t, int64(3), db.queries.Load(), "pages of 1,000, 1,000 and 500")
+		require.Equal(t, int64(4), db.queries.Load(), "pages of 1,000, 1,000 and 500, then one of finished jobs")
 		for i := 1; i < len(r.Problems); i++ {
 			require.Less(t, r.Problems[i-1].JobID, r.Problems[i].JobID)
 		}
@@ -330,7 +330,7 @@ func TestCheckQueuedArgs(t *testing.T) {
 		r2, err := jobs.CheckQueuedArgs(ctx, db, b.reg, &jobs.CheckArgsOpts{PageSize: 500})
 		require.NoError(t, err)
 		require.Equal(t, r, r2)
-		require.Equal(t, int64(6), db.queries.Load())
+		require.Equal(t, int64(7), db.queries.Load())
 	})
 
 	t.Run("ExactReportForAMixedSet", func(t *testing.T) {
@@ -364,9 +364,8 @@ func TestCheckQueuedArgs(t *testing.T) {
 		j4 := job(4, "test.order", rivertype.JobStateAvailable, "shop_typo")
 		j6 := job(6, "test.order", rivertype.JobStateAvailable, "shop_orders")
 		j8 := job(8, "test.order", rivertype.JobStatePending, "shop_orders")
-		missing := func(p jobs.ArgsProblem, field, goField, typ string) jobs.ArgsProblem {
-			return with(p, jobs.ArgsProblemMissingField, fail, field,
-				fmt.Sprintf("required field %q (%s %s) is missing: the worker would get the zero value", field, goField, typ))
+		missing := func(p jobs.ArgsProblem, field string) jobs.ArgsProblem {
+			return with(p, jobs.ArgsProblemMissingField, fail, field, "missing (required)")
 		}
 
 		r := b.check(ctx, t, nil)
@@ -375,29 +374,24 @@ func TestCheckQueuedArgs(t *testing.T) {
 			OK:           2, // ids[0], and ids[5] through its kind alias
 			Warned:       1, // ids[4]
 			Failing:      5,
-			ProblemCount: 10,
+			ProblemCount: 8,
 			Kinds: []jobs.ArgsKindSummary{
 				{Kind: "test.gone", Registered: false, Checked: 1, Failing: 1},
 				{Kind: "test.old_name", Registered: true, Checked: 1},
 				{Kind: "test.order", Registered: true, Checked: 6, Failing: 4, Warned: 1},
 			},
 			Problems: []jobs.ArgsProblem{
-				missing(j1, "currency", "Currency", "string"),
+				missing(j1, "currency"),
 				with(j1, jobs.ArgsProblemUnknownField, warn, "note",
-					`field "note" is not in jobs_test.caOrderArgs: its value is dropped when the job is decoded`),
+					"not a field of jobs_test.caOrderArgs: its value is dropped when the job is decoded"),
 				with(j2, jobs.ArgsProblemUnknownKind, fail, "",
 					`no worker is registered for kind "test.gone": every attempt fails (UnknownJobKindError) until River discards the job`),
-				with(j3, jobs.ArgsProblemNullField, fail, "customer_id",
-					`field "customer_id" (CustomerID int64) is null but cannot be nil: the worker would get the zero value`),
-				with(j3, jobs.ArgsProblemNullField, warn, "priority",
-					`field "priority" (Priority int) is null but cannot be nil: the worker would get the zero value`),
+				with(j3, jobs.ArgsProblemNullField, fail, "customer_id", "null (required)"),
+				with(j3, jobs.ArgsProblemNullField, warn, "priority", "null where int cannot be nil: taken as the zero value"),
 				with(j4, jobs.ArgsProblemUnknownQueue, warn, "",
 					`queue "shop_typo" is not declared in the registry: no client built from it works that queue, so the job never runs`),
-				with(j6, jobs.ArgsProblemUndecodable, fail, "",
-					`args do not decode into jobs_test.caOrderArgs (json: cannot unmarshal array into Go value of type jobs_test.caOrderArgs): every attempt fails`),
-				missing(j8, "order_id", "OrderID", "int64"),
-				missing(j8, "customer_id", "CustomerID", "int64"),
-				missing(j8, "currency", "Currency", "string"),
+				with(j6, jobs.ArgsProblemUndecodable, fail, "", "must be a JSON object, got an array"),
+				with(j8, jobs.ArgsProblemUndecodable, fail, "", "must be a JSON object, got null"),
 			},
 		}, r)
 		require.False(t, r.Truncated())
@@ -438,18 +432,18 @@ func TestCheckQueuedArgs(t *testing.T) {
 			messages[fmt.Sprintf("%d %s", p.JobID, p.Field)] = p.Message
 		}
 		require.Equal(t, map[string]string{
-			fmt.Sprintf("%d ship.street", ids[1]): `required field "street" (Ship.Street string) is missing: the worker would get the zero value`,
-			fmt.Sprintf("%d ship.floor", ids[1]):  `field "floor" is not in jobs_test.caAddress: its value is dropped when the job is decoded`,
-			fmt.Sprintf("%d bill.street", ids[1]): `required field "street" (Bill.Street string) is missing: the worker would get the zero value`,
-			fmt.Sprintf("%d lines", ids[2]):       `field "lines" (Lines []jobs_test.caLine) holds a JSON string at qty where int is expected: every attempt fails`,
-			fmt.Sprintf("%d tenant_id", ids[3]):   `required field "tenant_id" (caBase.TenantID int64) is missing: the worker would get the zero value`,
-			fmt.Sprintf("%d ship", ids[3]):        `field "ship" (Ship jobs_test.caAddress) is null but cannot be nil: the worker would get the zero value`,
-			fmt.Sprintf("%d bill", ids[3]):        `field "bill" (Bill *jobs_test.caAddress) holds a JSON string where jobs_test.caAddress is expected: every attempt fails`,
-			fmt.Sprintf("%d Internal", ids[3]):    `field "Internal" is not in jobs_test.caNestedArgs: its value is dropped when the job is decoded`,
+			fmt.Sprintf("%d ship.street", ids[1]): "missing (required)",
+			fmt.Sprintf("%d ship.floor", ids[1]):  "not a field of jobs_test.caAddress: its value is dropped when the job is decoded",
+			fmt.Sprintf("%d bill.street", ids[1]): "missing (required)",
+			fmt.Sprintf("%d lines", ids[2]):       "wrong type: a JSON string at qty where int is expected",
+			fmt.Sprintf("%d tenant_id", ids[3]):   "missing (required)",
+			fmt.Sprintf("%d ship", ids[3]):        "null (required)",
+			fmt.Sprintf("%d bill", ids[3]):        "wrong type: a JSON string where jobs_test.caAddress is expected",
+			fmt.Sprintf("%d Internal", ids[3]):    "not a field of jobs_test.caNestedArgs: its value is dropped when the job is decoded",
 		}, without(messages, fmt.Sprintf("%d at", ids[2]), fmt.Sprintf("%d count", ids[2])))
 		// Errors of other decoders are quoted as they come.
-		require.Regexp(t, `^field "at" \(At time.Time\) does not decode \(.*"yesterday".*\): every attempt fails$`, messages[fmt.Sprintf("%d at", ids[2])])
-		require.Regexp(t, `^field "count" \(Count int64\) does not decode \(.*"many".*\): every attempt fails$`, messages[fmt.Sprintf("%d count", ids[2])])
+		require.Regexp(t, `^does not decode into time.Time: .*"yesterday".*$`, messages[fmt.Sprintf("%d at", ids[2])])
+		require.Regexp(t, `^does not decode into int64: .*"many".*$`, messages[fmt.Sprintf("%d count", ids[2])])
 	})
 
 	t.Run("KindAliasesAreKnown", func(t *testing.T) {
@@ -564,9 +558,11 @@ func (d *countingDB) Query(ctx context.Context, sql string, args ...any) (pgx.Ro
 	return d.DBTX.Query(ctx, sql, args...)
 }
 
-// The checker's verdicts are River's: a job it passes runs (with the
-// default of a field the job lacks), one it fails fails.
-func TestCheckQueuedArgsPredictsWhatRiverDoes(t *testing.T) {
+// The checker's verdicts are the worker's: a job it passes runs (with the
+// default of a field the job lacks), one it fails is cancelled at its first
+// attempt (or fails, for an unknown kind); and once they ran, it lists what
+// the worker recorded.
+func TestCheckQueuedArgsPredictsWhatTheWorkerDoes(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	s := dbtest.TestSchema(ctx, t, nil)
@@ -577,15 +573,18 @@ func TestCheckQueuedArgsPredictsWhatRiverDoes(t *testing.T) {
 		caJob{kind: "test.order", args: `{"order_id": 1, "customer_id": 2, "currency": "EUR", "note": "v1"}`},
 		caJob{kind: "test.order", args: `{"order_id": 2, "customer_id": "C-2", "currency": "EUR"}`},
 		caJob{kind: "test.gone", args: `{}`},
+		caJob{kind: "test.order", args: `{"order_id": 0, "customer_id": 2, "currency": "EUR"}`},
 	)
 
-	r := b.check(ctx, t, nil)
-	require.Equal(t, [4]int{3, 0, 1, 2}, counts(r))
-	require.Equal(t, []string{
+	before := []string{
 		fmt.Sprintf("%d warning unknown_field note", ids[0]),
 		fmt.Sprintf("%d failure type_mismatch customer_id", ids[1]),
 		fmt.Sprintf("%d failure unknown_kind ", ids[2]),
-	}, problemsOf(r))
+		fmt.Sprintf("%d failure invalid_id order_id", ids[3]),
+	}
+	r := b.check(ctx, t, nil)
+	require.Equal(t, [4]int{4, 0, 1, 3}, counts(r))
+	require.Equal(t, before, problemsOf(r))
 
 	client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{
 		Schema: s.Name,
@@ -593,33 +592,113 @@ func TestCheckQueuedArgsPredictsWhatRiverDoes(t *testing.T) {
 		River:  &river.Config{FetchCooldown: 20 * time.Millisecond, FetchPollInterval: 50 * time.Millisecond},
 	})
 	require.NoError(t, err)
-	events, cancel := client.Subscribe(river.EventKindJobCompleted, river.EventKindJobFailed)
+	events, cancel := client.Subscribe(river.EventKindJobCompleted, river.EventKindJobFailed, river.EventKindJobCancelled)
 	t.Cleanup(cancel)
 	require.NoError(t, client.Start(ctx))
 	t.Cleanup(func() { require.NoError(t, client.Stop(context.WithoutCancel(ctx))) })
 
 	outcomes := map[int64]river.EventKind{}
 	errs := map[int64]string{}
-	for len(outcomes) < 3 {
+	attempts := map[int64]int{}
+	for len(outcomes) < 4 {
 		select {
 		case ev := <-events:
 			if _, seen := outcomes[ev.Job.ID]; seen {
 				continue // a retry
 			}
 			outcomes[ev.Job.ID] = ev.Kind
+			attempts[ev.Job.ID] = ev.Job.Attempt
 			if len(ev.Job.Errors) > 0 {
 				errs[ev.Job.ID] = ev.Job.Errors[0].Error
 			}
 		case <-time.After(15 * time.Second):
-			t.Fatalf("only %d of 3 jobs ran within 15 s: %v", len(outcomes), outcomes)
+			t.Fatalf("only %d of 4 jobs ran within 15 s: %v", len(outcomes), outcomes)
 		}
 	}
 	require.Equal(t, map[int64]river.EventKind{
 		ids[0]: river.EventKindJobCompleted,
-		ids[1]: river.EventKindJobFailed,
+		ids[1]: river.EventKindJobCancelled,
 		ids[2]: river.EventKindJobFailed,
+		ids[3]: river.EventKindJobCancelled,
 	}, outcomes)
-	require.Contains(t, errs[ids[1]], "cannot unmarshal string into Go struct field caOrderArgs.customer_id of type int64")
+	require.Equal(t, 1, attempts[ids[1]])
+	require.Equal(t, 1, attempts[ids[3]])
+	require.Equal(t, "JobCancelError: test.order: args: customer_id: wrong type: a JSON string where int64 is expected", errs[ids[1]])
+	require.Equal(t, "JobCancelError: test.order: args: order_id: must be an ID above 0, got 0", errs[ids[3]])
 	require.Equal(t, (&rivertype.UnknownJobKindError{Kind: "test.gone"}).Error(), errs[ids[2]])
 	require.Equal(t, caOrderArgs{OrderID: 1, CustomerID: 2, Currency: "EUR"}, <-orders.worked)
+
+	// Afterwards: the cancelled jobs and the one that ran with an unknown
+	// field are listed as the worker recorded them; the unknown kind is
+	// still queued and fails the check.
+	require.NoError(t, client.Stop(ctx)) // no retry of the unknown kind under way
+	r = b.check(ctx, t, nil)
+	require.Equal(t, [4]int{1, 0, 0, 1}, counts(r))
+	require.Equal(t, 3, r.Finished)
+	require.Equal(t, 2, r.Cancelled)
+	require.Equal(t, before, problemsOf(r))
+	require.Equal(t, rivertype.JobStateCompleted, r.Problems[0].State)
+	require.Equal(t, rivertype.JobStateCancelled, r.Problems[1].State)
+	require.Contains(t, []rivertype.JobState{rivertype.JobStateRetryable, rivertype.JobStateAvailable}, r.Problems[2].State)
+	require.Equal(t, rivertype.JobStateCancelled, r.Problems[3].State)
+	require.Equal(t, []jobs.ArgsKindSummary{
+		{Kind: "test.gone", Registered: false, Checked: 1, Failing: 1},
+		{Kind: "test.order", Registered: true, Finished: 3, Cancelled: 2},
+	}, r.Kinds)
+}
+
+// Finished jobs are read from the problems recorded in their metadata,
+// within CheckArgsOpts.Since, in pages.
+func TestCheckQueuedArgsFinishedJobs(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupCheckArgs(ctx, t)
+	const (
+		failure = `{"args_problems": [{"problem": "missing_field", "severity": "failure", "field": "currency", "message": "missing (required)"}]}`
+		warning = `{"args_problems": [{"problem": "unknown_field", "severity": "warning", "field": "note", "message": "not a field"}]}`
+	)
+	insert := func(state, metadata, finishedAgo string) int64 {
+		var id int64
+		require.NoError(t, b.schema.Pool.QueryRow(ctx, `
+			INSERT INTO river_job (args, kind, max_attempts, priority, queue, state, attempt, attempted_at, finalized_at, metadata)
+			VALUES ('{"order_id": 1}', 'test.order', 25, 1, 'shop_orders', $1::text::river_job_state, 1, now(),
+			        CASE WHEN $1 IN ('completed', 'cancelled', 'discarded') THEN now() - $3::interval END, $2::jsonb)
+			RETURNING id`, state, metadata, finishedAgo).Scan(&id))
+		return id
+	}
+	ids := []int64{
+		insert("cancelled", failure, "1 minute"),
+		insert("completed", warning, "2 hours"),
+		insert("discarded", warning, "1 hour"),
+		insert("cancelled", failure, "3 days"), // before Since
+		insert("cancelled", `{}`, "1 minute"),  // cancelled for another reason
+		insert("completed", `{"args_problems": "garbled"}`, "1 minute"),
+		insert("cancelled", failure, "23 hours"),
+	}
+
+	db := &countingDB{DBTX: b.schema.Pool}
+	r, err := jobs.CheckQueuedArgs(ctx, db, b.reg, &jobs.CheckArgsOpts{PageSize: 2})
+	require.NoError(t, err)
+	require.Equal(t, int64(1+3), db.queries.Load(), "one empty page of queued jobs, pages of 2, 2 and 1 finished ones")
+	require.Equal(t, [4]int{0, 0, 0, 0}, counts(r))
+	require.Equal(t, 5, r.Finished)
+	require.Equal(t, 2, r.Cancelled)
+	require.True(t, r.Failed())
+	require.Equal(t, []string{
+		fmt.Sprintf("%d failure missing_field currency", ids[0]),
+		fmt.Sprintf("%d warning unknown_field note", ids[1]),
+		fmt.Sprintf("%d warning unknown_field note", ids[2]),
+		fmt.Sprintf("%d warning undecodable ", ids[5]),
+		fmt.Sprintf("%d failure missing_field currency", ids[6]),
+	}, problemsOf(r))
+	require.Equal(t, []jobs.ArgsKindSummary{{Kind: "test.order", Registered: true, Finished: 5, Cancelled: 2}}, r.Kinds)
+
+	r, err = jobs.CheckQueuedArgs(ctx, b.schema.Pool, b.reg, &jobs.CheckArgsOpts{Since: 90 * time.Minute})
+	require.NoError(t, err)
+	require.Equal(t, 3, r.Finished, "finished within 90 minutes")
+
+	r, err = jobs.CheckQueuedArgs(ctx, b.schema.Pool, b.reg, &jobs.CheckArgsOpts{Since: -1})
+	require.NoError(t, err)
+	require.Zero(t, r.Finished)
+	require.False(t, r.Failed(), "queued jobs only")
 }

@@ -79,8 +79,10 @@ func RiverDefaults() *river.Config {
 
 // NewClient builds the River client for reg: every registered worker and
 // periodic job, the selected queues with the MaxWorkers derived from their
-// weights, and the job middleware: worker lock and semaphore (Locker),
-// queue lock, needed-check. It fails when reg has
+// weights, and the job middleware: strict args decoding (a job whose args
+// cannot mean anything is cancelled at its first attempt; see
+// Registry.DecodeArgs), worker lock and semaphore (Locker), queue lock,
+// needed-check. It fails when reg has
 // registration errors or cfg names an undeclared queue.
 func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Client[pgx.Tx], error) {
 	if pool == nil {
@@ -117,11 +119,14 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 	if err != nil {
 		return nil, err
 	}
-	// Outermost first. The worker lock comes before the queue lock is
+	// Outermost first. Args are checked before anything reads them (a lock
+	// key, the needed-check) or takes a lock. The worker lock comes before
+	// the queue lock is
 	// freed, so a job waiting for its lock keeps coalescing enqueues; the
 	// queue lock is freed before the needed-check reads the source of
 	// truth, so no enqueue is matched to a job that then finds itself moot.
 	rc.Middleware = append([]rivertype.Middleware{
+		newArgsMiddleware(reg, cfg.Logger, cfg.Metrics),
 		lockMW,
 		newQueueLockMiddleware(reg, pool, cfg.Schema),
 		NewNeededMiddleware(reg.neededFunc),

@@ -76,13 +76,36 @@
 // migrations/0003_outbox_events.up.sql shows how an outside reader follows
 // the table without missing a late commit.
 //
+// # Args: strict where it matters
+//
+// Args are structs of IDs, and a kind declares which of them a job cannot
+// mean anything without: `jobs:"id"` for an identifier (present, an
+// integer above 0, or a list of them), `jobs:"required"` for any other
+// field (present, not null), and a Validate method (ArgsValidator) for
+// rules tags cannot say; every other field is optional. Before anything
+// else runs, the client built by NewClient decodes each job's args strictly
+// (Registry.DecodeArgs): args that are not a JSON object, hold a value of
+// the wrong type, lack a required field, hold 0 or a negative ID, or fail
+// Validate cancel the job at its first attempt (river.JobCancel) with an
+// *ArgsError matching ErrBadArgs — "donations.update_email_donation: args:
+// donation_id: missing (required)" — logged at error level and recorded in
+// the job's metadata. Retrying never heals such a job, and it is never
+// completed as "not needed": that verdict is the source of truth's alone.
+//
+// A key the type has no field for is not fatal, because a newer producer
+// may add a field while older workers still run: the job runs, and the key
+// is counted in Metrics (aftercommit_job_args_unknown_fields_total), logged
+// once per kind and key, and recorded in the job's metadata.
+//
 // # Safe args evolution
 //
-// Args are structs of IDs. Adding a field is safe when older jobs can run
-// without it: tag it omitempty (or make it a pointer, or tag it
-// jobs:"optional") and give it a default in the worker. CheckQueuedArgs —
+// Adding an optional field is safe: older jobs run without it, with its
+// zero value, so give it a default in the worker. A new required field
+// cancels every job queued before it existed; CheckQueuedArgs —
 // `aftercommit check-args` — decodes every waiting job with today's types
-// before a deploy and reports the jobs today's code would fail on.
+// before a deploy, reports the jobs today's code would cancel, and lists
+// the jobs workers recently cancelled for bad args or ran with unknown
+// fields.
 //
 // # Metrics
 //

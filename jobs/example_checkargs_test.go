@@ -2,6 +2,7 @@ package jobs_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 
@@ -13,10 +14,10 @@ import (
 
 // sendReceiptArgs is the release about to be deployed. Its first release
 // had donation_id and template; then template was dropped, copy_to was
-// added as an optional field (omitempty) and language as a required one.
+// added as an optional field and language as a required one.
 type sendReceiptArgs struct {
-	DonationID int64  `json:"donation_id"`
-	Language   string `json:"language"`
+	DonationID int64  `json:"donation_id" jobs:"id"`
+	Language   string `json:"language" jobs:"required"`
 	CopyTo     string `json:"copy_to,omitempty"`
 }
 
@@ -29,7 +30,7 @@ type sendReceiptWorker struct {
 func (sendReceiptWorker) Work(context.Context, *river.Job[sendReceiptArgs]) error { return nil }
 
 // Before deploying a release, check that the jobs already queued decode
-// with its args types.
+// with its args types: the jobs it would cancel fail the check.
 func ExampleCheckQueuedArgs() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, nil)
@@ -44,7 +45,8 @@ func ExampleCheckQueuedArgs() {
 		  ('{"donation_id": 1, "language": "en"}', 'donations.send_receipt', 25, 1, 'default', 'available', now()),
 		  ('{"donation_id": 2, "template": "v1"}', 'donations.send_receipt', 25, 1, 'default', 'scheduled', now() + interval '1 hour'),
 		  ('{"donation_id": "3", "language": "fr"}', 'donations.send_receipt', 25, 1, 'default', 'retryable', now()),
-		  ('{"donation_id": 4}', 'donations.send_thanks', 25, 1, 'default', 'available', now())`)
+		  ('{"donation_id": 0, "language": "de"}', 'donations.send_receipt', 25, 1, 'default', 'available', now()),
+		  ('{"donation_id": 5}', 'donations.send_thanks', 25, 1, 'default', 'available', now())`)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -53,7 +55,7 @@ func ExampleCheckQueuedArgs() {
 	reg := jobs.NewRegistry()
 	jobs.AddWorker(reg, river.QueueDefault, sendReceiptWorker{})
 
-	report, err := jobs.CheckQueuedArgs(ctx, s.Pool, reg, nil)
+	report, err := jobs.CheckQueuedArgs(ctx, s.Pool, reg, &jobs.CheckArgsOpts{Since: -1}) // queued jobs only
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -68,12 +70,42 @@ func ExampleCheckQueuedArgs() {
 		fmt.Println("do not deploy yet")
 	}
 	// Output:
-	// checked 4: 1 ok, 0 with warnings, 3 failing
-	// donations.send_receipt: 3 checked, 2 failing
+	// checked 5: 1 ok, 0 with warnings, 4 failing
+	// donations.send_receipt: 4 checked, 3 failing
 	// donations.send_thanks: 1 checked, 1 failing
-	// job 2 failure missing_field "language": required field "language" (Language string) is missing: the worker would get the zero value
-	// job 2 warning unknown_field "template": field "template" is not in jobs_test.sendReceiptArgs: its value is dropped when the job is decoded
-	// job 3 failure type_mismatch "donation_id": field "donation_id" (DonationID int64) holds a JSON string: every attempt fails
-	// job 4 failure unknown_kind "": no worker is registered for kind "donations.send_thanks": every attempt fails (UnknownJobKindError) until River discards the job
+	// job 2 failure missing_field "language": missing (required)
+	// job 2 warning unknown_field "template": not a field of jobs_test.sendReceiptArgs: its value is dropped when the job is decoded
+	// job 3 failure type_mismatch "donation_id": wrong type: a JSON string where int64 is expected
+	// job 4 failure invalid_id "donation_id": must be an ID above 0, got 0
+	// job 5 failure unknown_kind "": no worker is registered for kind "donations.send_thanks": every attempt fails (UnknownJobKindError) until River discards the job
 	// do not deploy yet
+}
+
+// A producer — in Go or in another language — checks its fixtures the way
+// the worker will decode them: a job with such args is cancelled at its
+// first attempt with this very error.
+func ExampleRegistry_DecodeArgs() {
+	reg := jobs.NewRegistry()
+	jobs.AddWorker(reg, river.QueueDefault, sendReceiptWorker{})
+
+	for _, raw := range []string{
+		`{"donation_id": 1, "language": "en"}`,
+		`{"donation_id": 2, "language": "en", "sent_by": "v3"}`,
+		`{"donationId": 3, "language": "en"}`,
+		`{"donation_id": -1, "language": "en", "copy_to": 7}`,
+		`[{"donation_id": 1}]`,
+	} {
+		args, err := reg.DecodeArgs("donations.send_receipt", []byte(raw))
+		if errors.Is(err, jobs.ErrBadArgs) {
+			fmt.Println("cancelled:", err)
+			continue
+		}
+		fmt.Printf("runs: %+v\n", args)
+	}
+	// Output:
+	// runs: {DonationID:1 Language:en CopyTo:}
+	// runs: {DonationID:2 Language:en CopyTo:}
+	// cancelled: donations.send_receipt: args: donation_id: missing (required); unknown field "donationId" (ignored)
+	// cancelled: donations.send_receipt: args: donation_id: must be an ID above 0, got -1; copy_to: wrong type: a JSON number where string is expected
+	// cancelled: donations.send_receipt: args: must be a JSON object, got an array
 }

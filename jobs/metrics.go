@@ -159,6 +159,8 @@ type Metrics struct {
 	executions *prometheus.CounterVec
 	runTime    *prometheus.HistogramVec
 	latency    *prometheus.HistogramVec
+	// argsUnknownFields counts jobs run with unknown args fields (argsmiddleware.go).
+	argsUnknownFields *prometheus.CounterVec
 
 	flushes       prometheus.Counter
 	enqueued      prometheus.Counter
@@ -226,6 +228,7 @@ func NewMetrics(cfg *MetricsConfig) *Metrics {
 		uniqueSkipped: counter("jobs_unique_skipped_total", "Jobs the outbox wrote that matched an existing job (River unique jobs, queue lock) and added no row."),
 		roundTrips:    counter("round_trips_total", "Round trips outbox flushes spent writing jobs and committing."),
 	}
+	m.argsUnknownFields = newArgsUnknownFieldsVec(c)
 	m.series.Store(&map[seriesKey]*jobSeries{})
 	m.plugin = &metricsPlugin{m: m}
 	return m
@@ -247,7 +250,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
-		m.executions, m.runTime, m.latency,
+		m.executions, m.runTime, m.latency, m.argsUnknownFields,
 		m.flushes, m.enqueued, m.duplicates, m.inserted, m.uniqueSkipped, m.roundTrips,
 	}
 }

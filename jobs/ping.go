@@ -25,8 +25,8 @@ var ErrPingSleepOutOfRange = errors.New("jobs: ping sleep must be between 0 and 
 // PingArgs asks a worker to mark a row of the pings table as pinged.
 type PingArgs struct {
 	// PingID is the pings row to mark; 0 means a no-op ping that touches no
-	// row (used to measure the queue alone).
-	PingID int64 `json:"ping_id"`
+	// row (used to measure the queue alone). Required; negative is invalid.
+	PingID int64 `json:"ping_id" jobs:"required"`
 	// SleepMS makes the worker wait this long first, to simulate slow work
 	// in tests of shutdown and crashes. At most PingMaxSleep.
 	SleepMS int `json:"sleep_ms,omitempty"`
@@ -34,6 +34,19 @@ type PingArgs struct {
 
 // Kind implements river.JobArgs.
 func (PingArgs) Kind() string { return PingKind }
+
+// Validate implements ArgsValidator: PingID is 0 (a no-op) or a row's ID,
+// never negative, and SleepMS is within PingMaxSleep.
+func (a PingArgs) Validate() error {
+	if a.PingID < 0 {
+		return &FieldError{Field: "ping_id", Reason: fmt.Sprintf("must be a row's ID, or 0 for a no-op ping, got %d", a.PingID)}
+	}
+	if sleep := time.Duration(a.SleepMS) * time.Millisecond; sleep < 0 || sleep > PingMaxSleep {
+		return &FieldError{Field: "sleep_ms", Reason: fmt.Sprintf("must be between 0 and %d, got %d", PingMaxSleep/time.Millisecond, a.SleepMS),
+			Err: ErrPingSleepOutOfRange}
+	}
+	return nil
+}
 
 // PingOutcome is recorded as the job's output (metadata "output").
 type PingOutcome struct {

@@ -70,7 +70,7 @@ type kindEntry struct {
 	kind      string
 	queue     string
 	argsType  reflect.Type // T of AddWorker[T]
-	decode    func([]byte) (river.JobArgs, error)
+	args      *argsSpec    // how its args are decoded strictly
 	needed    NeededFunc
 	lock      LockFunc                   // nil: the kind takes no worker lock
 	queueLock func(river.JobArgs) string // nil: the kind has no queue lock
@@ -88,6 +88,7 @@ type Registry struct {
 	workers       *river.Workers
 	queues        map[string]Queue
 	kinds         map[string]*kindEntry
+	aliases       map[string]string // KindAliases alias → kind
 	periodic      []*river.PeriodicJob
 	topics        map[string]string // topic → publishing domain
 	subscriptions []subscription
@@ -100,6 +101,7 @@ func NewRegistry() *Registry {
 		workers: river.NewWorkers(),
 		queues:  make(map[string]Queue),
 		kinds:   make(map[string]*kindEntry),
+		aliases: make(map[string]string),
 		topics:  make(map[string]string),
 	}
 }
@@ -142,6 +144,12 @@ func (r *Registry) AddQueue(domain, name string, weight int, opts *QueueOpts) st
 // outbox built by NewOutbox go to that queue with its priority unless the
 // caller says otherwise. If w implements Needed[T], the client built by
 // NewClient asks it before each job.
+//
+// That client also decodes every job's args strictly before anything else
+// runs (see DecodeArgs): the fields T tags `jobs:"required"` or
+// `jobs:"id"`, and T's Validate method if it has one (ArgsValidator), say
+// which args cannot mean anything; such a job is cancelled at its first
+// attempt. A misuse of the jobs tag in T is a registration error.
 func AddWorker[T river.JobArgs](r *Registry, queue string, w river.Worker[T]) {
 	var zero T
 	kind := zero.Kind()
@@ -155,6 +163,11 @@ func AddWorker[T river.JobArgs](r *Registry, queue string, w river.Worker[T]) {
 			return
 		}
 	}
+	spec, err := newArgsSpec(reflect.TypeFor[T]())
+	if err != nil {
+		r.fail("kind %q: %v", kind, err)
+		return
+	}
 	if err := river.AddWorkerSafely(r.workers, w); err != nil {
 		r.fail("kind %q: %v", kind, err)
 		return
@@ -163,12 +176,15 @@ func AddWorker[T river.JobArgs](r *Registry, queue string, w river.Worker[T]) {
 		kind:      kind,
 		queue:     queue,
 		argsType:  reflect.TypeFor[T](),
+		args:      spec,
 		queueLock: queueLockKeyFunc(reflect.TypeFor[T]()),
-		decode: func(raw []byte) (river.JobArgs, error) {
-			var args T
-			err := json.Unmarshal(raw, &args)
-			return args, err
-		},
+	}
+	if withAliases, ok := any(zero).(river.JobArgsWithKindAliases); ok {
+		for _, alias := range withAliases.KindAliases() {
+			if _, taken := r.aliases[alias]; !taken {
+				r.aliases[alias] = kind
+			}
+		}
 	}
 	if n, ok := w.(Needed[T]); ok {
 		e.needed = func(ctx context.Context, job *rivertype.JobRow) (bool, error) {
@@ -249,6 +265,21 @@ func (r *Registry) KindDefaults(kind string) (queue string, priority int, ok boo
 		return e.queue, q.Priority, true
 	}
 	return e.queue, 0, true
+}
+
+// argsSpec returns how the args of kind, or of the kind it is an alias of,
+// are decoded.
+func (r *Registry) argsSpec(kind string) (*argsSpec, bool) {
+	e, ok := r.kinds[kind]
+	if !ok {
+		if k, alias := r.aliases[kind]; alias {
+			e, ok = r.kinds[k]
+		}
+	}
+	if !ok {
+		return nil, false
+	}
+	return e.args, true
 }
 
 // neededFunc returns the needed-check of kind, if its worker has one.

@@ -23,7 +23,7 @@ const CarReportKind = "reporting.car_report"
 // the car adds no job, so a burst of additions leaves one waiting report.
 type CarReportArgs struct {
 	// CarID is the car to report on.
-	CarID int64 `json:"car_id" jobs:"queue_lock"`
+	CarID int64 `json:"car_id" jobs:"id,queue_lock"`
 }
 
 // Kind implements river.JobArgs.

@@ -42,14 +42,29 @@ const CreateCarUsersInBulkKind = "reporting.create_car_users_in_bulk"
 // matching ErrTooManyUserIDs (and outbox.ErrInvalidArgs for the outbox).
 type CreateCarUsersInBulkArgs struct {
 	// CarID is the car the users are added to.
-	CarID int64 `json:"car_id"`
+	CarID int64 `json:"car_id" jobs:"id"`
 	// UserIDs are the users to add; duplicates and users the car has
-	// already are skipped.
-	UserIDs []int64 `json:"user_ids"`
+	// already are skipped. Required, each above 0; may be empty.
+	UserIDs []int64 `json:"user_ids" jobs:"id"`
 }
 
 // Kind implements river.JobArgs.
 func (CreateCarUsersInBulkArgs) Kind() string { return CreateCarUsersInBulkKind }
+
+// Validate implements jobs.ArgsValidator: a job names at least one user and
+// at most MaxBulkUserIDs distinct ones (each above 0, by its jobs:"id"
+// tag). A job that does not is cancelled at its first attempt.
+func (a CreateCarUsersInBulkArgs) Validate() error {
+	if len(a.UserIDs) == 0 {
+		return &jobs.FieldError{Field: "user_ids", Reason: "is empty: give at least one user ID", Err: ErrInvalidInput}
+	}
+	if len(a.UserIDs) > MaxBulkUserIDs {
+		if distinct := len(slices.Compact(slices.Sorted(slices.Values(a.UserIDs)))); distinct > MaxBulkUserIDs {
+			return &jobs.FieldError{Field: "user_ids", Reason: fmt.Sprintf("holds %d distinct IDs, more than %d", distinct, MaxBulkUserIDs), Err: ErrTooManyUserIDs}
+		}
+	}
+	return nil
+}
 
 // MarshalJSON encodes the args, or refuses more than MaxBulkUserIDs IDs with
 // a *ValidationError matching ErrTooManyUserIDs. (The count is of the IDs as

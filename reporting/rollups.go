@@ -45,13 +45,22 @@ const RollupFundraiserDayKind = "reporting.rollup_fundraiser_day"
 // per (fundraiser, day).
 type RollupFundraiserDayArgs struct {
 	// FundraiserID is the fundraiser.
-	FundraiserID int64 `json:"fundraiser_id" jobs:"queue_lock"`
+	FundraiserID int64 `json:"fundraiser_id" jobs:"id,queue_lock"`
 	// Day is the UTC day, as "2006-01-02".
-	Day string `json:"day" jobs:"queue_lock"`
+	Day string `json:"day" jobs:"required,queue_lock"`
 }
 
 // Kind implements river.JobArgs.
 func (RollupFundraiserDayArgs) Kind() string { return RollupFundraiserDayKind }
+
+// Validate implements jobs.ArgsValidator: Day is a date such as
+// 2006-01-02. A job whose Day is not is cancelled at its first attempt.
+func (a RollupFundraiserDayArgs) Validate() error {
+	if _, err := time.Parse(time.DateOnly, a.Day); err != nil {
+		return &jobs.FieldError{Field: "day", Reason: fmt.Sprintf("must be a date such as 2006-01-02, got %q", a.Day), Err: ErrInvalidInput}
+	}
+	return nil
+}
 
 // RollupOutput is recorded as a rollup job's output, and returned by
 // Backfill: what the recount wrote.

@@ -232,7 +232,8 @@ func TestRollups(t *testing.T) {
 		}))
 		ev := b.waitJob(t, reporting.RollupFundraiserDayKind)
 		require.Equal(t, river.EventKindJobCancelled, ev.Kind)
-		require.Contains(t, ev.Job.Errors[0].Error, `reporting: invalid day: must be a date such as 2006-01-02, got "10/03/2026"`)
+		require.Equal(t, 1, ev.Job.Attempt, "cancelled at its first attempt")
+		require.Equal(t, `JobCancelError: reporting.rollup_fundraiser_day: args: day: must be a date such as 2006-01-02, got "10/03/2026"`, ev.Job.Errors[0].Error)
 		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM fundraiser_daily_totals`))
 	})
 

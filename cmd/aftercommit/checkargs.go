@@ -8,6 +8,7 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -22,19 +23,29 @@ func printCheckArgsUsage(w io.Writer, printFlags func(io.Writer)) {
   aftercommit check-args [flags]
 
 Checks, before a deploy, that the jobs already queued (available, scheduled,
-retryable, pending) decode with the job args types of this build: every kind
-has a worker, no field holds a value of the wrong type, no required field is
-missing. Unknown fields (data that will be dropped), nulls in optional fields
-and jobs in queues no domain declares are warnings.
+retryable, pending) decode with the job args types of this build, strictly,
+as its workers will: every kind has a worker; the args are a JSON object; no
+field holds a value of the wrong type; no required field is missing or null;
+no ID is 0 or negative; the args' Validate method accepts them. A worker
+cancels a job that fails any of these at its first attempt. Unknown fields
+(a newer producer's, or a typo: the job runs without them), nulls in
+optional fields and jobs in queues no domain declares are warnings.
 
-A field is optional when its json tag has omitempty or omitzero, its type is
-a pointer, or it is tagged jobs:"optional"; every other field is required.
+A field is required when tagged jobs:"required" (present, not null) or
+jobs:"id" (present, an integer above 0, or a list of them); every other
+field is optional.
+
+Then it lists the jobs that finished within --since whose worker recorded
+args problems: those cancelled for bad args (failures) and those that ran
+with unknown fields (warnings), with the problems recorded when they ran.
 
 Prints a summary per kind and one line per problem, or the report as JSON
 with --json. Reads one consistent snapshot; writes nothing.
 
-Exit codes: 0 no job would fail (warnings allowed), 1 some job would fail or
-the check could not run, 2 bad usage, 130 interrupted.
+Exit codes: 0 no queued job would fail and no job was cancelled for bad args
+within --since (warnings allowed), 1 otherwise or the check could not run,
+2 bad usage, 130 interrupted. Before a deploy, --since 0 checks the queued
+jobs alone.
 
 Flags:
 `)
@@ -49,6 +60,8 @@ func runCheckArgs(ctx context.Context, args []string, e *env) int {
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	maxProblems := fs.Int("max-problems", jobs.CheckArgsMaxProblemsDefault,
 		"list at most `N` problems, failures first (0: none); the counts stay exact")
+	since := fs.Duration("since", jobs.CheckArgsSinceDefault,
+		"also list the jobs that finished within `D` with args problems: cancelled for bad args, or run with unknown fields (0: queued jobs only)")
 	usage := commandUsage(fs, e, printCheckArgsUsage)
 
 	positional, code, ok := parseArgs(fs, e, name, usage, args)
@@ -60,6 +73,9 @@ func runCheckArgs(ctx context.Context, args []string, e *env) int {
 	}
 	if *maxProblems < 0 {
 		return usageError(e, name, fmt.Sprintf("--max-problems must be 0 or more, got %d", *maxProblems))
+	}
+	if *since < 0 {
+		return usageError(e, name, fmt.Sprintf("--since must be 0 or more, got %s", *since))
 	}
 	db.resolve(fs, e)
 
@@ -73,9 +89,12 @@ func runCheckArgs(ctx context.Context, args []string, e *env) int {
 	if err := reg.Err(); err != nil {
 		return reportError(ctx, e, fmt.Errorf("aftercommit check-args: the registry of this build is invalid: %w", err))
 	}
-	opts := &jobs.CheckArgsOpts{MaxProblems: *maxProblems}
+	opts := &jobs.CheckArgsOpts{MaxProblems: *maxProblems, Since: *since}
 	if *maxProblems == 0 {
 		opts.MaxProblems = -1 // none
+	}
+	if *since == 0 {
+		opts.Since = -1 // queued jobs only
 	}
 	report, err := checkQueuedArgs(ctx, pool, reg, opts)
 	if err != nil {
@@ -89,14 +108,34 @@ func runCheckArgs(ctx context.Context, args []string, e *env) int {
 			return reportError(ctx, e, fmt.Errorf("aftercommit check-args: writing the report: %w", err))
 		}
 	} else {
-		printArgsReport(e.stdout, report, *maxProblems)
+		printArgsReport(e.stdout, report, *maxProblems, *since)
 	}
 	if report.Failed() {
-		fmt.Fprintf(e.stderr, "aftercommit check-args: %d queued %s would fail with the args types of this build\n",
-			report.Failing, plural(report.Failing, "job", "jobs"))
+		var why []string
+		if report.Failing > 0 {
+			why = append(why, fmt.Sprintf("%d queued %s would fail with the args types of this build",
+				report.Failing, plural(report.Failing, "job", "jobs")))
+		}
+		if report.Cancelled > 0 {
+			why = append(why, fmt.Sprintf("%d %s cancelled for bad args in the last %s",
+				report.Cancelled, plural(report.Cancelled, "job was", "jobs were"), formatSince(*since)))
+		}
+		fmt.Fprintf(e.stderr, "aftercommit check-args: %s\n", strings.Join(why, "; "))
 		return exitFailure
 	}
 	return exitOK
+}
+
+// formatSince prints d without trailing zero units: 24h, 90m, 1h30m.
+func formatSince(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // checkQueuedArgs runs the check in a read-only REPEATABLE READ
@@ -126,17 +165,27 @@ func describeCheckArgsError(err error, schema string) error {
 }
 
 // printArgsReport prints the human form of the report: a table per kind,
-// one line per listed problem, and a summary line.
-func printArgsReport(w io.Writer, r *jobs.ArgsReport, maxProblems int) {
+// one line per listed problem, and a summary line. With since, the table
+// counts the finished jobs too: CANCELLED for bad args, RAN_WARNED with
+// warnings only.
+func printArgsReport(w io.Writer, r *jobs.ArgsReport, maxProblems int, since time.Duration) {
 	if len(r.Kinds) > 0 {
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "KIND\tCHECKED\tFAILING\tWARNED")
+		if since > 0 {
+			fmt.Fprintln(tw, "KIND\tCHECKED\tFAILING\tWARNED\tCANCELLED\tRAN_WARNED")
+		} else {
+			fmt.Fprintln(tw, "KIND\tCHECKED\tFAILING\tWARNED")
+		}
 		for _, k := range r.Kinds {
 			kind := k.Kind
 			if !k.Registered {
 				kind += " (no worker)"
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\n", kind, k.Checked, k.Failing, k.Warned)
+			if since > 0 {
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\n", kind, k.Checked, k.Failing, k.Warned, k.Cancelled, k.Finished-k.Cancelled)
+			} else {
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%d\n", kind, k.Checked, k.Failing, k.Warned)
+			}
 		}
 		_ = tw.Flush()
 	}
@@ -156,8 +205,13 @@ func printArgsReport(w io.Writer, r *jobs.ArgsReport, maxProblems int) {
 	if len(r.Kinds) > 0 {
 		fmt.Fprintln(w)
 	}
-	fmt.Fprintf(w, "checked %d queued %s: %d ok, %d with warnings only, %d failing; %d %s",
-		r.Checked, plural(r.Checked, "job", "jobs"), r.OK, r.Warned, r.Failing, r.ProblemCount, plural(r.ProblemCount, "problem", "problems"))
+	fmt.Fprintf(w, "checked %d queued %s: %d ok, %d with warnings only, %d failing; ",
+		r.Checked, plural(r.Checked, "job", "jobs"), r.OK, r.Warned, r.Failing)
+	if since > 0 {
+		fmt.Fprintf(w, "%d %s in the last %s with args problems, %d cancelled; ",
+			r.Finished, plural(r.Finished, "job finished", "jobs finished"), formatSince(since), r.Cancelled)
+	}
+	fmt.Fprintf(w, "%d %s", r.ProblemCount, plural(r.ProblemCount, "problem", "problems"))
 	if r.Truncated() {
 		fmt.Fprintf(w, ", %d listed (--max-problems %d)", len(r.Problems), maxProblems)
 	}

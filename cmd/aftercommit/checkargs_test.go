@@ -4,12 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
 	"github.com/stretchr/testify/require"
 
+	"github.com/aftercommit/aftercommit/donations"
+	"github.com/aftercommit/aftercommit/internal/app"
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/jobs"
 )
@@ -60,13 +65,13 @@ func TestCheckArgs(t *testing.T) {
 		)
 
 		res := b.run(ctx, t)
-		require.Equal(t, cliResult{code: exitOK, stdout: `KIND              CHECKED  FAILING  WARNED
-aftercommit.ping  2        0        1
+		require.Equal(t, cliResult{code: exitOK, stdout: `KIND              CHECKED  FAILING  WARNED  CANCELLED  RAN_WARNED
+aftercommit.ping  2        0        1       0          0
 
 JOB  KIND              STATE      QUEUE    SEVERITY  PROBLEM        FIELD  MESSAGE
-2    aftercommit.ping  scheduled  default  warning   unknown_field  note   field "note" is not in jobs.PingArgs: its value is dropped when the job is decoded
+2    aftercommit.ping  scheduled  default  warning   unknown_field  note   not a field of jobs.PingArgs: its value is dropped when the job is decoded
 
-checked 2 queued jobs: 1 ok, 1 with warnings only, 0 failing; 1 problem
+checked 2 queued jobs: 1 ok, 1 with warnings only, 0 failing; 0 jobs finished in the last 24h with args problems, 0 cancelled; 1 problem
 `}, res)
 	})
 
@@ -83,16 +88,16 @@ checked 2 queued jobs: 1 ok, 1 with warnings only, 0 failing; 1 problem
 		res := b.run(ctx, t)
 		require.Equal(t, cliResult{
 			code: exitFailure,
-			stdout: `KIND                               CHECKED  FAILING  WARNED
-aftercommit.ping                   3        2        0
-donations.send_thanks (no worker)  1        1        0
+			stdout: `KIND                               CHECKED  FAILING  WARNED  CANCELLED  RAN_WARNED
+aftercommit.ping                   3        2        0       0          0
+donations.send_thanks (no worker)  1        1        0       0          0
 
 JOB  KIND                   STATE      QUEUE    SEVERITY  PROBLEM        FIELD    MESSAGE
-2    aftercommit.ping       retryable  default  failure   type_mismatch  ping_id  field "ping_id" (PingID int64) holds a JSON string: every attempt fails
-3    aftercommit.ping       pending    default  failure   missing_field  ping_id  required field "ping_id" (PingID int64) is missing: the worker would get the zero value
+2    aftercommit.ping       retryable  default  failure   type_mismatch  ping_id  wrong type: a JSON string where int64 is expected
+3    aftercommit.ping       pending    default  failure   missing_field  ping_id  missing (required)
 4    donations.send_thanks  available  default  failure   unknown_kind   -        no worker is registered for kind "donations.send_thanks": every attempt fails (UnknownJobKindError) until River discards the job
 
-checked 4 queued jobs: 1 ok, 0 with warnings only, 3 failing; 3 problems
+checked 4 queued jobs: 1 ok, 0 with warnings only, 3 failing; 0 jobs finished in the last 24h with args problems, 0 cancelled; 3 problems
 `,
 			stderr: "aftercommit check-args: 3 queued jobs would fail with the args types of this build\n",
 		}, res)
@@ -121,7 +126,7 @@ checked 4 queued jobs: 1 ok, 0 with warnings only, 3 failing; 3 problems
 				{
 					JobID: 1, Kind: jobs.PingKind, State: "available", Queue: "default",
 					Problem: jobs.ArgsProblemUnknownField, Severity: jobs.ArgsSeverityWarning, Field: "note",
-					Message: `field "note" is not in jobs.PingArgs: its value is dropped when the job is decoded`,
+					Message: "not a field of jobs.PingArgs: its value is dropped when the job is decoded",
 				},
 				{
 					JobID: 2, Kind: "donations.send_thanks", State: "available", Queue: "default",
@@ -143,7 +148,7 @@ checked 4 queued jobs: 1 ok, 0 with warnings only, 3 failing; 3 problems
 		res := b.run(ctx, t, "--max-problems", "2")
 		require.Equal(t, exitFailure, res.code)
 		lines := strings.Split(strings.TrimSuffix(res.stdout, "\n"), "\n")
-		require.Equal(t, "checked 5 queued jobs: 0 ok, 0 with warnings only, 5 failing; 5 problems, 2 listed (--max-problems 2)", lines[len(lines)-1])
+		require.Equal(t, "checked 5 queued jobs: 0 ok, 0 with warnings only, 5 failing; 0 jobs finished in the last 24h with args problems, 0 cancelled; 5 problems, 2 listed (--max-problems 2)", lines[len(lines)-1])
 		require.Equal(t, 2, strings.Count(res.stdout, "missing_field"))
 
 		res = b.run(ctx, t, "--max-problems", "0", "--json")
@@ -154,10 +159,67 @@ checked 4 queued jobs: 1 ok, 0 with warnings only, 3 failing; 3 problems
 		require.Empty(t, got.Problems)
 	})
 
+	// The jobs a worker of this build cancelled for bad args, or ran with
+	// an unknown field, are listed after they ran, and fail the check.
+	t.Run("ListsJobsWorkersCancelledForBadArgs", func(t *testing.T) {
+		t.Parallel()
+		b := setupCheckArgs(ctx, t)
+		reg := app.Registry(b.schema.Pool)
+		queue, priority, ok := reg.KindDefaults(donations.UpdateEmailDonationKind)
+		require.True(t, ok)
+		require.Equal(t, "donations_default", queue)
+		var ids []int64 // 1, 2, 3 in a fresh schema
+		for _, args := range []string{`{"donationId": 1}`, `{"donation_id": 1, "v2_note": "x"}`, `{"donation_id": 0}`} {
+			var id int64
+			require.NoError(t, b.schema.Pool.QueryRow(ctx, `
+				INSERT INTO river_job (args, kind, max_attempts, priority, queue, state, scheduled_at)
+				VALUES ($1::jsonb, $2, 25, $3, $4, 'available', now()) RETURNING id`,
+				args, donations.UpdateEmailDonationKind, priority, queue).Scan(&id))
+			ids = append(ids, id)
+		}
+		require.Equal(t, []int64{1, 2, 3}, ids)
+		client, err := jobs.NewClient(b.schema.Pool, reg, &jobs.ClientConfig{
+			Schema: b.schema.Name,
+			Logger: slog.New(slog.DiscardHandler),
+			River:  &river.Config{FetchCooldown: 10 * time.Millisecond, FetchPollInterval: 50 * time.Millisecond},
+		})
+		require.NoError(t, err)
+		require.NoError(t, client.Start(ctx))
+		defer func() { require.NoError(t, client.Stop(context.WithoutCancel(ctx))) }()
+		require.Eventually(t, func() bool {
+			var left int
+			err := b.schema.Pool.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE id = ANY($1) AND finalized_at IS NULL`, ids).Scan(&left)
+			return err == nil && left == 0
+		}, 20*time.Second, 20*time.Millisecond)
+
+		res := b.run(ctx, t)
+		require.Equal(t, cliResult{
+			code: exitFailure,
+			stdout: `KIND                             CHECKED  FAILING  WARNED  CANCELLED  RAN_WARNED
+donations.update_email_donation  0        0        0       2          1
+
+JOB  KIND                             STATE      QUEUE              SEVERITY  PROBLEM        FIELD        MESSAGE
+1    donations.update_email_donation  cancelled  donations_default  failure   missing_field  donation_id  missing (required)
+1    donations.update_email_donation  cancelled  donations_default  warning   unknown_field  donationId   not a field of donations.UpdateEmailDonationArgs: its value is dropped when the job is decoded
+2    donations.update_email_donation  completed  donations_default  warning   unknown_field  v2_note      not a field of donations.UpdateEmailDonationArgs: its value is dropped when the job is decoded
+3    donations.update_email_donation  cancelled  donations_default  failure   invalid_id     donation_id  must be an ID above 0, got 0
+
+checked 0 queued jobs: 0 ok, 0 with warnings only, 0 failing; 3 jobs finished in the last 24h with args problems, 2 cancelled; 4 problems
+`,
+			stderr: "aftercommit check-args: 2 jobs were cancelled for bad args in the last 24h\n",
+		}, res)
+
+		// Before a deploy, the queued jobs alone.
+		res = b.run(ctx, t, "--since", "0")
+		require.Equal(t, cliResult{code: exitOK, stdout: "checked 0 queued jobs: 0 ok, 0 with warnings only, 0 failing; 0 problems\n"}, res)
+	})
+
 	t.Run("NothingQueued", func(t *testing.T) {
 		t.Parallel()
 		b := setupCheckArgs(ctx, t)
 		res := b.run(ctx, t)
+		require.Equal(t, cliResult{code: exitOK, stdout: "checked 0 queued jobs: 0 ok, 0 with warnings only, 0 failing; 0 jobs finished in the last 24h with args problems, 0 cancelled; 0 problems\n"}, res)
+		res = b.run(ctx, t, "--since", "0")
 		require.Equal(t, cliResult{code: exitOK, stdout: "checked 0 queued jobs: 0 ok, 0 with warnings only, 0 failing; 0 problems\n"}, res)
 	})
 
@@ -212,12 +274,13 @@ checked 4 queued jobs: 1 ok, 0 with warnings only, 3 failing; 3 problems
 			wantStdout []string
 			wantStderr []string
 		}{
-			{args: []string{"check-args", "--help"}, wantCode: exitOK, wantStdout: []string{"aftercommit check-args [flags]", "-json", "-max-problems N", "-schema", `jobs:"optional"`, "Exit codes"}},
+			{args: []string{"check-args", "--help"}, wantCode: exitOK, wantStdout: []string{"aftercommit check-args [flags]", "-json", "-max-problems N", "-schema", "-since D", `jobs:"required"`, `jobs:"id"`, "Exit codes"}},
 			{args: []string{"help", "check-args"}, wantCode: exitOK, wantStdout: []string{"aftercommit check-args [flags]"}},
 			{args: []string{"--help"}, wantCode: exitOK, wantStdout: []string{"check-args"}},
 			{args: []string{"check-args", "now"}, wantCode: exitUsage, wantStderr: []string{"check-args takes no arguments, got now", "aftercommit check-args --help"}},
 			{args: []string{"check-args", "--max-problems", "-1"}, wantCode: exitUsage, wantStderr: []string{"--max-problems must be 0 or more, got -1"}},
 			{args: []string{"check-args", "--max-problems", "many"}, wantCode: exitUsage, wantStderr: []string{"-max-problems"}},
+			{args: []string{"check-args", "--since", "-1h"}, wantCode: exitUsage, wantStderr: []string{"--since must be 0 or more, got -1h0m0s"}},
 		} {
 			res := runCLI(ctx, t, environ, tt.args...)
 			require.Equal(t, tt.wantCode, res.code, "%v: %+v", tt.args, res)
