@@ -97,9 +97,9 @@ var (
 	ErrPrivilegedRole = errors.New("dbroles: role cannot be restricted")
 	// ErrSchemaNotFound: the schema does not exist.
 	ErrSchemaNotFound = errors.New("dbroles: schema does not exist")
-	// ErrNotMigrated: the schema lacks a table, view, sequence or function
-	// grants.sql names: run `aftercommit migrate up` first (or this build
-	// is older than the schema's migrations).
+	// ErrNotMigrated: the schema lacks River's tables, the role grants of
+	// migration 0018_role_grants (RolesTable, ApplyGrantsFunction) or an
+	// object GrantsTable names: run `aftercommit migrate up` first.
 	ErrNotMigrated = errors.New("dbroles: schema is not migrated")
 )
 

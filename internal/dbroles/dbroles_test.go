@@ -428,3 +428,26 @@ func TestApplyGrantsSkipsDroppedRoles(t *testing.T) {
 	require.Equal(t, wantApp, privileges(ctx, t, s, app.Name))
 	require.Equal(t, wantWorker, privileges(ctx, t, s, worker.Name))
 }
+
+// TestGrantBeforeTheGrantsMigration: a schema migrated up to the kind guard
+// but not to 0018_role_grants is reported as not migrated, and nothing is
+// granted.
+func TestGrantBeforeTheGrantsMigration(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
+	app := dbrolestest.NewRole(ctx, t, s, "app")
+	worker := dbrolestest.NewRole(ctx, t, s, "worker")
+	tx, err := s.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	_, err = tx.Exec(ctx, `DROP FUNCTION aftercommit_apply_grants(); DROP TABLE aftercommit_roles, aftercommit_role_grants`)
+	require.NoError(t, err)
+
+	err = dbroles.Grant(ctx, tx, s.Name, app.Name, worker.Name)
+	require.ErrorIs(t, err, dbroles.ErrNotMigrated)
+	require.ErrorContains(t, err, "aftercommit_roles")
+	var usage bool
+	require.NoError(t, tx.QueryRow(ctx, `SELECT has_schema_privilege($2, $1, 'USAGE')`, s.Name, app.Name).Scan(&usage))
+	require.False(t, usage)
+}
