@@ -18,8 +18,8 @@ ENV CGO_ENABLED=0
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN go build -trimpath -ldflags="-s -w" -o /out/worker ./cmd/worker \
- && go build -trimpath -ldflags="-s -w" -o /out/aftercommit ./cmd/aftercommit
+RUN go build -trimpath -tags nodevdb -ldflags="-s -w" -o /out/worker ./cmd/worker \
+ && go build -trimpath -tags nodevdb -ldflags="-s -w" -o /out/aftercommit ./cmd/aftercommit
 
 # static-debian12 has CA certificates (sslmode=verify-full) and tzdata, and
 # no shell; :nonroot runs as uid 65532.
