@@ -345,7 +345,8 @@ func secretsOutbox(t *testing.T, pool *pgxpool.Pool) *outbox.Outbox {
 }
 
 // secretsSettled waits until no job is left to run: every job of a known
-// kind completed, the bad ones discarded after their two attempts.
+// kind completed; of the bad ones, the args of the wrong shape cancelled at
+// their first attempt, the unknown kind discarded after its two.
 func secretsSettled(ctx context.Context, t *testing.T, s *dbtest.Schema, log fmt.Stringer) {
 	t.Helper()
 	require.Eventually(t, func() bool {
@@ -355,9 +356,10 @@ SELECT count(*) FROM river_job
  WHERE state IN ('available', 'running', 'retryable', 'pending') OR state = 'scheduled' AND scheduled_at <= now()`).Scan(&left)
 		return err == nil && left == 0
 	}, 90*time.Second, 50*time.Millisecond, "every job settled; log:\n%s", log)
-	var discarded, completed int
+	var discarded, cancelled, completed int
 	require.NoError(t, s.Pool.QueryRow(ctx, `
-SELECT count(*) FILTER (WHERE state = 'discarded'), count(*) FILTER (WHERE state = 'completed') FROM river_job`).Scan(&discarded, &completed))
-	require.Equal(t, 2, discarded, "only the two bad jobs are discarded")
+SELECT count(*) FILTER (WHERE state = 'discarded'), count(*) FILTER (WHERE state = 'cancelled'), count(*) FILTER (WHERE state = 'completed')
+  FROM river_job`).Scan(&discarded, &cancelled, &completed))
+	require.Equal(t, [2]int{1, 1}, [2]int{cancelled, discarded}, "only the two bad jobs end without completing: the bad args cancelled, the unknown kind discarded")
 	require.Positive(t, completed)
 }
