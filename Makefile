@@ -3,7 +3,7 @@
 BENCH_ROUNDS ?= 6
 BENCH_TIME   ?= 2s
 
-.PHONY: help test test/race lint migrate worker bench/outbox bench/jobs bench/donations bench/inventory bench/reporting bench/pgbench-floor bench/claims-floor compose/check bench
+.PHONY: help generate test test/race lint migrate worker bench/outbox bench/jobs bench/donations bench/inventory bench/reporting bench/pgbench-floor bench/claims-floor compose/check bench
 
 help: ## list targets
 	@grep -E '^[a-zA-Z/_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "%-16s %s\n", $$1, $$2}'
@@ -12,6 +12,9 @@ test: ## run the tests (needs Postgres; see README)
 	go test -race ./...
 
 test/race: test ## same as test
+
+generate: ## regenerate River's migrations in migrations/ after changing River's version in go.mod
+	go generate ./migrations
 
 lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)

@@ -73,7 +73,7 @@
 // outbox_events in the business transaction, and the subscription's job is
 // written in the same commit — one round trip for rows, events and jobs. The
 // events pruner (RegisterEventPruner) deletes events past their retention;
-// migrations/0003_outbox_events.up.sql shows how an outside reader follows
+// migrations/0011_outbox_events.up.sql shows how an outside reader follows
 // the table without missing a late commit.
 //
 // # Args: strict where it matters
@@ -111,7 +111,13 @@
 //
 // Metrics is a Prometheus collector: install it with ClientConfig.Metrics
 // (a River plugin that wraps every middleware) and outbox.Config.OnFlush,
-// and register it on your own prometheus.Registry.
+// and register it on your own prometheus.Registry (a process that only
+// works jobs registers Metrics.JobCollector). Its histograms describe the
+// jobs of the job_kind_stats view, with its clocks, to within 9.3 % (see
+// Metrics for the one difference). QueueMetrics adds what waits in the
+// job table — the backlog per queue and state, the oldest available job's
+// age, the stuck jobs — read at scrape. deploy/prometheus has recording
+// rules and alerts over both.
 //
 // # Needed?
 //
