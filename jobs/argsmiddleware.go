@@ -136,7 +136,7 @@ func (m *argsMiddleware) see(kind, field string) (label string, first, overflowe
 func newArgsUnknownFieldsVec(c MetricsConfig) *prometheus.CounterVec {
 	return prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: c.Namespace, Subsystem: "job", Name: "args_unknown_fields_total", ConstLabels: c.ConstLabels,
-		Help: "Jobs whose args held a key their kind's type has no field for (the value is dropped; a typo or a newer producer), by kind and key. " +
+		Help: "Passes of jobs through the worker stack whose args held a key their kind's type has no field for (the value is dropped; a typo or a newer producer), by kind and key. " +
 			"At most 20 keys per kind and process; the others count as field=\"" + unknownFieldOther + "\".",
 	}, []string{"kind", "field"})
 }
