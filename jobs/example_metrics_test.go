@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riverqueue/river"
@@ -93,4 +94,63 @@ func ExampleMetrics() {
 	// aftercommit_outbox_jobs_enqueued_total: 3
 	// aftercommit_outbox_jobs_inserted_total: 2
 	// aftercommit_outbox_round_trips_total: 1
+}
+
+// QueueMetrics reads the backlog and the stuck jobs from River's job table
+// when scraped; cmd/worker registers it next to the job metrics
+// (Metrics.JobCollector), without the outbox counters of a process that
+// enqueues nothing.
+func ExampleQueueMetrics() {
+	ctx := context.Background()
+	s, release, err := dbtest.NewSchema(ctx, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer release()
+
+	reg := jobs.NewRegistry()
+	queue := reg.AddQueue("example", "default", 0, nil)
+	jobs.AddWorker(reg, queue, river.WorkFunc(func(context.Context, *river.Job[greetArgs]) error { return nil }))
+	// An insert-only client: nothing works the jobs, they wait.
+	client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{Schema: s.Name, Logger: discardLogger(), Queues: []string{}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, name := range []string{"ada", "grace"} {
+		if _, err := client.Insert(ctx, greetArgs{Name: name}, &river.InsertOpts{Queue: queue}); err != nil {
+			log.Fatal(err)
+		}
+	}
+
+	metrics := jobs.NewMetrics(nil)
+	queues, err := jobs.NewQueueMetrics(s.Pool, &jobs.QueueMetricsConfig{StuckAfter: time.Minute})
+	if err != nil {
+		log.Fatal(err)
+	}
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(metrics.JobCollector(), queues)
+
+	families, err := registry.Gather()
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "aftercommit_queue_jobs" && f.GetName() != "aftercommit_queue_stuck_jobs" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			fmt.Print(f.GetName())
+			for _, l := range m.GetLabel() {
+				fmt.Printf(" %s=%s", l.GetName(), l.GetValue())
+			}
+			fmt.Println(":", m.GetGauge().GetValue())
+		}
+	}
+	// Output:
+	// aftercommit_queue_jobs queue=example_default state=available: 2
+	// aftercommit_queue_jobs queue=example_default state=pending: 0
+	// aftercommit_queue_jobs queue=example_default state=retryable: 0
+	// aftercommit_queue_jobs queue=example_default state=running: 0
+	// aftercommit_queue_jobs queue=example_default state=scheduled: 0
+	// aftercommit_queue_stuck_jobs queue=example_default: 0
 }
