@@ -132,9 +132,14 @@ func basicAuth(user, password string, next http.Handler) http.Handler {
 type httpDeps struct {
 	// ready answers /readyz.
 	ready *readiness
-	// metrics is the job runtime's collector; the Go runtime and process
-	// collectors are added next to it.
+	// metrics is the job runtime's collector, of which the worker serves
+	// the job metrics only: it enqueues nothing through an outbox, so the
+	// outbox counters would stay at 0 (they live in the application that
+	// enqueues). The Go runtime and process collectors are added next to
+	// it.
 	metrics *jobs.Metrics
+	// queue, when set, adds the backlog and stuck-job gauges.
+	queue *jobs.QueueMetrics
 	// client backs the River UI.
 	client *river.Client[pgx.Tx]
 	// user and password, when user is set, guard /metrics and /riverui/.
@@ -147,11 +152,15 @@ type httpDeps struct {
 // done.
 func newHTTPHandler(ctx context.Context, deps *httpDeps) (http.Handler, error) {
 	reg := prometheus.NewRegistry()
-	for _, c := range []prometheus.Collector{
-		deps.metrics,
+	cs := []prometheus.Collector{
+		deps.metrics.JobCollector(),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	} {
+	}
+	if deps.queue != nil {
+		cs = append(cs, deps.queue)
+	}
+	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering metrics: %w", err)
 		}

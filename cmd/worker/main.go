@@ -42,9 +42,13 @@
 //	/readyz     200 when the database answers a ping within 1s and the River
 //	            client is started; 503 with a one-line reason otherwise,
 //	            including while shutting down (readiness)
-//	/metrics    Prometheus text format: the job and outbox metrics of
-//	            jobs.Metrics (aftercommit_job_…, aftercommit_outbox_…) plus
-//	            the Go runtime and process collectors
+//	/metrics    Prometheus text format: the job metrics of jobs.Metrics
+//	            (aftercommit_job_…; not its outbox counters, the worker
+//	            enqueues through no outbox), the backlog and stuck-job gauges
+//	            of jobs.QueueMetrics (aftercommit_queue_…, read from the
+//	            database at scrape by the worker River elected leader, at
+//	            most every 10 s), the Go runtime and process collectors;
+//	            deploy/prometheus has rules and alerts over them
 //	/riverui/   the River UI (riverqueue.com/riverui): jobs, queues, errors;
 //	            it can cancel, retry and delete jobs
 //

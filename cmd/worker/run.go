@@ -125,9 +125,21 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 		httpFailed <-chan struct{}
 	)
 	if cfg.httpAddr != "" {
+		// The backlog and stuck-job gauges, read from the database at
+		// scrape by River's leader only (one read per scrape interval
+		// whatever the number of workers); a job counts as stuck past the
+		// job timeout.
+		var queue *jobs.QueueMetrics
+		queue, err = jobs.NewQueueMetrics(pool, &jobs.QueueMetricsConfig{
+			StuckAfter: cfg.jobTimeout, LeaderClientID: client.ID(), Logger: logger,
+		})
+		if err != nil {
+			return fmt.Errorf("worker: %w", err)
+		}
 		srv, err = startHTTP(ctx, cfg.httpAddr, &httpDeps{
 			ready:    &readiness{db: pool, started: started.Load, timeout: readyPingTimeout, logger: logger},
 			metrics:  metrics,
+			queue:    queue,
 			client:   client,
 			user:     cfg.httpUser,
 			password: cfg.httpPassword,
