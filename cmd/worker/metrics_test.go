@@ -110,6 +110,13 @@ func TestRunMetricsAgreeWithJobKindStats(t *testing.T) {
 	})
 
 	families := promtest.Parse(t, text)
+	series := 0
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, "aftercommit_") {
+			series++
+		}
+	}
+	t.Logf("/metrics: %d bytes, %d aftercommit_ series", len(text), series)
 	for kind, k := range stats {
 		for i, q := range []float64{0.5, 0.95, 0.99} {
 			lat := promtest.Series(families, "aftercommit_job_queue_latency_seconds", map[string]string{"kind": kind})
