@@ -47,7 +47,9 @@ type ClientConfig struct {
 	// the connections' search_path.
 	Schema string
 
-	// Logger defaults to slog.Default().
+	// Logger receives the client's logs, River's and the middleware's.
+	// Defaults to nil, which is River's own default: warnings and errors
+	// written to os.Stdout. It is not slog.Default().
 	Logger *slog.Logger
 
 	// River, when set, is the base River configuration (fetch settings,

@@ -255,7 +255,10 @@ func (r *Registry) ArgsType(kind string) (reflect.Type, bool) {
 }
 
 // KindDefaults returns the queue and priority of kind's registration, for
-// outbox.Config.KindDefaults.
+// outbox.Config.KindDefaults and for producers that write job rows
+// themselves. The priority is always one River accepts (1–4): a kind on a
+// queue the registry did not declare (River's default queue) gets River's
+// default priority, river.PriorityDefault.
 func (r *Registry) KindDefaults(kind string) (queue string, priority int, ok bool) {
 	e, ok := r.kinds[kind]
 	if !ok {
@@ -264,7 +267,7 @@ func (r *Registry) KindDefaults(kind string) (queue string, priority int, ok boo
 	if q, ok := r.queues[e.queue]; ok {
 		return e.queue, q.Priority, true
 	}
-	return e.queue, 0, true
+	return e.queue, river.PriorityDefault, true
 }
 
 // argsSpec returns how the args of kind, or of the kind it is an alias of,

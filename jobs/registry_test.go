@@ -352,3 +352,38 @@ func (*brokenNeededWorker) Needed(context.Context, *river.Job[brokenArgs]) (bool
 }
 
 func (*brokenNeededWorker) Work(context.Context, *river.Job[brokenArgs]) error { return nil }
+
+// TestKindDefaultsGiveAPriorityRiverAccepts: a kind on River's default queue,
+// which no domain declares, gets River's default priority, so a producer
+// that writes the job row itself with the registry's defaults writes a row
+// River's check accepts (priority 1–4).
+func TestKindDefaultsGiveAPriorityRiverAccepts(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, nil)
+
+	reg := jobs.NewRegistry()
+	jobs.RegisterPing(reg, s.Pool)
+	q := reg.AddQueue("billing", "default", jobs.WeightHigh, nil)
+	jobs.AddWorker(reg, q, &invoiceWorker{})
+	require.NoError(t, reg.Err())
+
+	for _, tc := range []struct {
+		kind     string
+		queue    string
+		priority int
+	}{
+		{jobs.PingArgs{}.Kind(), river.QueueDefault, river.PriorityDefault},
+		{invoiceArgs{}.Kind(), "billing_default", 1},
+	} {
+		queue, priority, ok := reg.KindDefaults(tc.kind)
+		require.True(t, ok)
+		require.Equal(t, tc.queue, queue, tc.kind)
+		require.Equal(t, tc.priority, priority, tc.kind)
+		_, err := s.Pool.Exec(ctx, `INSERT INTO river_job (kind, args, queue, priority, max_attempts, state)
+			VALUES ($1, '{}', $2, $3, 25, 'available')`, tc.kind, queue, priority)
+		require.NoError(t, err, "a hand-inserted %s row with the registry's defaults", tc.kind)
+	}
+	_, _, ok := reg.KindDefaults("test.unknown")
+	require.False(t, ok)
+}
