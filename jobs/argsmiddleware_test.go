@@ -1,7 +1,6 @@
 package jobs_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/testlog"
 	"github.com/aftercommit/aftercommit/jobs"
 )
 
@@ -95,51 +95,20 @@ type amWideWorker struct {
 
 func (amWideWorker) Work(context.Context, *river.Job[amWideArgs]) error { return nil }
 
-// logBuffer is a JSON log sink safe for concurrent use.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// records returns the log records whose message contains msg.
-func (b *logBuffer) records(t *testing.T, msg string) []map[string]any {
-	t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []map[string]any
-	for line := range strings.SplitSeq(strings.TrimSpace(b.buf.String()), "\n") {
-		if line == "" {
-			continue
-		}
-		var rec map[string]any
-		require.NoError(t, json.Unmarshal([]byte(line), &rec), line)
-		if m, _ := rec["msg"].(string); strings.Contains(m, msg) {
-			out = append(out, rec)
-		}
-	}
-	return out
-}
-
 type amBundle struct {
 	schema  *dbtest.Schema
 	reg     *jobs.Registry
 	orders  *amOrderWorker
 	metrics *jobs.Metrics
 	promReg *prometheus.Registry
-	logs    *logBuffer
+	logs    *testlog.Buffer
 }
 
 func setupArgsMiddleware(ctx context.Context, t *testing.T) *amBundle {
 	t.Helper()
 	s := dbtest.TestSchema(ctx, t, nil)
 	b := &amBundle{schema: s, reg: jobs.NewRegistry(), orders: &amOrderWorker{}, metrics: jobs.NewMetrics(nil),
-		promReg: prometheus.NewRegistry(), logs: &logBuffer{}}
+		promReg: prometheus.NewRegistry(), logs: &testlog.Buffer{}}
 	b.promReg.MustRegister(b.metrics)
 	jobs.AddWorker(b.reg, river.QueueDefault, b.orders)
 	jobs.AddWorker(b.reg, river.QueueDefault, amMootWorker{})
@@ -277,7 +246,7 @@ func TestArgsMiddleware(t *testing.T) {
 		require.Zero(t, locks, "no lock was taken for bad args")
 
 		// Each cancel is logged at error level with the job and its error.
-		cancelled := b.logs.records(t, "cancelling a job whose args cannot mean anything")
+		cancelled := b.logs.Records(t, "cancelling a job whose args cannot mean anything")
 		require.Len(t, cancelled, len(bad))
 		for _, rec := range cancelled {
 			require.Equal(t, "ERROR", rec["level"])
@@ -343,7 +312,7 @@ func TestArgsMiddleware(t *testing.T) {
 
 		// Counted per job, logged once per kind and field.
 		require.Equal(t, map[string]float64{"test.am_order coupon": 3, "test.am_order gift": 1}, b.unknownFieldCounts(t))
-		logged := b.logs.records(t, "hold a field its kind does not know")
+		logged := b.logs.Records(t, "hold a field its kind does not know")
 		fields := []string{}
 		for _, rec := range logged {
 			require.Equal(t, "WARN", rec["level"])
@@ -387,8 +356,8 @@ func TestArgsMiddleware(t *testing.T) {
 		require.Len(t, counts, 21, "20 keys of their own and the rest together")
 		require.Equal(t, float64(5), counts["test.am_wide (other)"])
 		require.Equal(t, float64(1), counts["test.am_wide k00"])
-		require.Len(t, b.logs.records(t, "hold a field its kind does not know"), 20)
-		require.Len(t, b.logs.records(t, "too many distinct unknown args fields"), 1)
+		require.Len(t, b.logs.Records(t, "hold a field its kind does not know"), 20)
+		require.Len(t, b.logs.Records(t, "too many distinct unknown args fields"), 1)
 	})
 
 	t.Run("OldShapeJobsRunWithTheNewOptionalField", func(t *testing.T) {

@@ -1,12 +1,10 @@
 package jobs_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/testlog"
 	"github.com/aftercommit/aftercommit/jobs"
 )
 
@@ -53,24 +52,6 @@ func describeCount(c prometheus.Collector) int {
 	c.Describe(ch)
 	close(ch)
 	return len(ch)
-}
-
-// lockedBuffer is a bytes.Buffer safe for a logger's concurrent writes.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // queueGauges are the series of one queue in the order of the states.
@@ -111,7 +92,7 @@ func TestQueueMetrics(t *testing.T) {
 		INSERT INTO river_queue (name, metadata, created_at, updated_at) VALUES ('q_idle', '{}', now(), now())`)
 	require.NoError(t, err)
 
-	var logs lockedBuffer
+	var logs testlog.Buffer
 	fresh, err := jobs.NewQueueMetrics(s.Pool, &jobs.QueueMetricsConfig{
 		CacheFor:   -1,
 		StuckAfter: time.Minute,
@@ -161,7 +142,7 @@ func TestQueueMetricsReadFails(t *testing.T) {
 	ctx := context.Background()
 	s := dbtest.TestSchema(ctx, t, nil)
 
-	var logs lockedBuffer
+	var logs testlog.Buffer
 	qm, err := jobs.NewQueueMetrics(s.Pool, &jobs.QueueMetricsConfig{
 		CacheFor: -1,
 		Timeout:  200 * time.Millisecond,

@@ -25,6 +25,19 @@ import (
 	"github.com/aftercommit/aftercommit/outbox"
 )
 
+// commitPaths are the three ways InTx commits: INSERT and COMMIT in one
+// pipelined batch, River's insert then a COMMIT of its own, and a COMMIT
+// alone when nothing was enqueued.
+var commitPaths = []struct {
+	name string
+	cfg  *outbox.Config
+	jobs bool
+}{
+	{"Pipelined", nil, true},
+	{"PlainCommit", &outbox.Config{DisablePipelinedCommit: true}, true},
+	{"NoJobs", nil, false},
+}
+
 // TestCommitInDoubt cuts transactions with deadlines of 0–4 ms, so that some
 // expire while InTx waits for the answer to its COMMIT. Afterwards the
 // database is the judge: every transaction whose row (and job) exists but
@@ -37,15 +50,7 @@ func TestCommitInDoubt(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 
-	for _, tc := range []struct {
-		name string
-		cfg  *outbox.Config
-		jobs bool
-	}{
-		{"Pipelined", nil, true},
-		{"PlainCommit", &outbox.Config{DisablePipelinedCommit: true}, true},
-		{"NoJobs", nil, false},
-	} {
+	for _, tc := range commitPaths {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(ctx, t, &setupOpts{cfg: tc.cfg, maxConns: 4})
@@ -125,15 +130,7 @@ func TestCommitInDoubtAnswerLost(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 
-	for _, tc := range []struct {
-		name string
-		cfg  *outbox.Config
-		jobs bool
-	}{
-		{"Pipelined", nil, true},
-		{"PlainCommit", &outbox.Config{DisablePipelinedCommit: true}, true},
-		{"NoJobs", nil, false},
-	} {
+	for _, tc := range commitPaths {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			s := dbtest.TestSchema(ctx, t, nil)
@@ -285,13 +282,10 @@ func TestCommitOutcomeKnown(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 
-	for _, tc := range []struct {
-		name string
-		cfg  *outbox.Config
-	}{
-		{"Pipelined", nil},
-		{"PlainCommit", &outbox.Config{DisablePipelinedCommit: true}},
-	} {
+	for _, tc := range commitPaths {
+		if !tc.jobs {
+			continue // nothing to pipeline: the same COMMIT as PlainCommit's
+		}
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(ctx, t, &setupOpts{cfg: tc.cfg})

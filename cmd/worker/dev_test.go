@@ -17,6 +17,7 @@ import (
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/internal/devdb"
+	"github.com/aftercommit/aftercommit/internal/testlog"
 )
 
 // nothingAnswers is a URL where no server listens.
@@ -82,7 +83,7 @@ func tableCount(ctx context.Context, t *testing.T, schema string) int {
 
 // plainLogger logs like run's logger, without the time, so lines compare
 // exactly.
-func plainLogger(w *syncBuffer) *slog.Logger {
+func plainLogger(w *testlog.Buffer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
 		if a.Key == slog.TimeKey && len(groups) == 0 {
 			return slog.Attr{}
@@ -108,13 +109,13 @@ func TestParseConfigDev(t *testing.T) {
 		{"Environment", []string{"--dev"}, environ, true, true},
 		{"EnvironmentWithoutDev", nil, environ, false, true},
 	} {
-		cfg, err := parseConfig(tc.args, tc.getenv, &syncBuffer{})
+		cfg, err := parseConfig(tc.args, tc.getenv, &testlog.Buffer{})
 		require.NoError(t, err, tc.name)
 		require.Equal(t, tc.dev, cfg.dev, tc.name)
 		require.Equal(t, tc.urlGiven, cfg.urlGiven, tc.name)
 	}
 	// --dev is a flag only: the environment never turns it on.
-	cfg, err := parseConfig(nil, func(k string) string { return map[string]string{"AFTERCOMMIT_DEV": "1"}[k] }, &syncBuffer{})
+	cfg, err := parseConfig(nil, func(k string) string { return map[string]string{"AFTERCOMMIT_DEV": "1"}[k] }, &testlog.Buffer{})
 	require.NoError(t, err)
 	require.False(t, cfg.dev)
 }
@@ -125,7 +126,7 @@ func TestSetUpDev(t *testing.T) {
 
 	devConfig := func(t *testing.T, find *devdb.Config, args ...string) *config {
 		t.Helper()
-		cfg, err := parseConfig(append([]string{"--dev"}, args...), noEnv, &syncBuffer{})
+		cfg, err := parseConfig(append([]string{"--dev"}, args...), noEnv, &testlog.Buffer{})
 		require.NoError(t, err)
 		cfg.devFind = find
 		return cfg
@@ -134,7 +135,7 @@ func TestSetUpDev(t *testing.T) {
 	t.Run("NothingAnswersAndNoDocker", func(t *testing.T) {
 		t.Parallel()
 		docker := &fakeDocker{err: errors.New("run postgres: generic container: get provider: rootless Docker not found, failed to create Docker provider")}
-		var logs syncBuffer
+		var logs testlog.Buffer
 		stop, code, ok := setUpDev(ctx, devConfig(t, &devdb.Config{DefaultURL: nothingAnswers, Start: docker.start}), plainLogger(&logs))
 		require.False(t, ok)
 		require.Equal(t, exitFailure, code)
@@ -150,7 +151,7 @@ func TestSetUpDev(t *testing.T) {
 		rawURL, schema := emptySchema(ctx, t)
 		docker := &fakeDocker{url: rawURL}
 		cfg := devConfig(t, &devdb.Config{DefaultURL: nothingAnswers, Start: docker.start}, "--schema", schema)
-		var logs syncBuffer
+		var logs testlog.Buffer
 		stop, code, ok := setUpDev(ctx, cfg, plainLogger(&logs))
 		require.True(t, ok, logs.String())
 		require.Equal(t, exitOK, code)
@@ -171,7 +172,7 @@ func TestSetUpDev(t *testing.T) {
 		t.Parallel()
 		rawURL, schema := emptySchema(ctx, t)
 		cfg := devConfig(t, &devdb.Config{DefaultURL: rawURL, Start: (&fakeDocker{disabled: t}).start}, "--schema", schema)
-		var logs syncBuffer
+		var logs testlog.Buffer
 		stop, _, ok := setUpDev(ctx, cfg, plainLogger(&logs))
 		require.True(t, ok, logs.String())
 		defer stop()
@@ -186,7 +187,7 @@ func TestSetUpDev(t *testing.T) {
 			cancel() // SIGINT while the image is pulled
 			return "", nil, ctx.Err()
 		}
-		var logs syncBuffer
+		var logs testlog.Buffer
 		_, code, ok := setUpDev(ctx, devConfig(t, &devdb.Config{DefaultURL: nothingAnswers, Start: start}), plainLogger(&logs))
 		require.False(t, ok)
 		require.Equal(t, exitOK, code)
@@ -195,10 +196,10 @@ func TestSetUpDev(t *testing.T) {
 
 	t.Run("WithoutDevNothingHappens", func(t *testing.T) {
 		t.Parallel()
-		cfg, err := parseConfig([]string{"--database-url", nothingAnswers}, noEnv, &syncBuffer{})
+		cfg, err := parseConfig([]string{"--database-url", nothingAnswers}, noEnv, &testlog.Buffer{})
 		require.NoError(t, err)
 		cfg.devFind = &devdb.Config{Start: (&fakeDocker{disabled: t}).start}
-		var logs syncBuffer
+		var logs testlog.Buffer
 		stop, code, ok := setUpDev(ctx, cfg, plainLogger(&logs))
 		require.True(t, ok)
 		require.Equal(t, exitOK, code)
@@ -228,7 +229,7 @@ func TestRunDev(t *testing.T) {
 
 	t.Run("GivenURLNeverStartsAContainer", func(t *testing.T) {
 		t.Parallel()
-		var stdout, stderr syncBuffer
+		var stdout, stderr testlog.Buffer
 		environ := func(k string) string {
 			return map[string]string{"DATABASE_URL": nothingAnswers + "&connect_timeout=2"}[k]
 		}

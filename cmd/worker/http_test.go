@@ -24,6 +24,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/testlog"
 	"github.com/aftercommit/aftercommit/jobs"
 )
 
@@ -430,7 +431,7 @@ func TestReadiness(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			var logs syncBuffer
+			var logs testlog.Buffer
 			r := &readiness{db: tt.db, started: tt.started, timeout: readyPingTimeout,
 				logger: slog.New(slog.NewTextHandler(&logs, nil))}
 			start := time.Now()
@@ -493,7 +494,7 @@ func TestBasicAuth(t *testing.T) {
 }
 
 // testDeps are httpDeps whose client and pool never reach a database.
-func testDeps(t *testing.T, logs *syncBuffer, user, password string) *httpDeps {
+func testDeps(t *testing.T, logs *testlog.Buffer, user, password string) *httpDeps {
 	t.Helper()
 	pool, err := pgxpool.New(context.Background(), closedPortURL)
 	require.NoError(t, err)
@@ -528,7 +529,7 @@ func TestStartHTTP(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			var logs syncBuffer
+			var logs testlog.Buffer
 			srv, err := startHTTP(ctx, tt.addr, testDeps(t, &logs, tt.user, "pa55"))
 			require.NoError(t, err)
 			defer srv.shutdown(ctx)
@@ -566,7 +567,7 @@ func TestStartHTTP(t *testing.T) {
 		require.NoError(t, err)
 		defer taken.Close()
 
-		var logs syncBuffer
+		var logs testlog.Buffer
 		_, err = startHTTP(ctx, taken.Addr().String(), testDeps(t, &logs, "", ""))
 		require.Error(t, err)
 		require.Equal(t, "worker: cannot listen for HTTP on "+taken.Addr().String()+
@@ -587,7 +588,7 @@ func TestRunHTTPPortInUse(t *testing.T) {
 	defer taken.Close()
 	_, jobIDs := b.insertPings(ctx, t, 0)
 
-	var stdout, stderr syncBuffer
+	var stdout, stderr testlog.Buffer
 	code := run(ctx, b.args(t, "--http", taken.Addr().String()), noEnv, &stdout, &stderr)
 	require.Equal(t, exitFailure, code)
 	out := stderr.String()

@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,26 +16,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/testlog"
 	"github.com/aftercommit/aftercommit/jobs"
 )
-
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // noEnv keeps the test process's environment (DATABASE_URL, …) out of run.
 func noEnv(string) string { return "" }
@@ -47,15 +28,15 @@ type runHandle struct {
 	cancel   context.CancelFunc
 	finished chan struct{} // closed once run returned; code is set then
 	code     int
-	stdout   *syncBuffer
-	stderr   *syncBuffer
+	stdout   *testlog.Buffer
+	stderr   *testlog.Buffer
 }
 
 // startRun runs the worker with args until stop or the end of the test.
 func startRun(ctx context.Context, t *testing.T, args ...string) *runHandle {
 	t.Helper()
 	ctx, cancel := context.WithCancel(ctx)
-	h := &runHandle{cancel: cancel, finished: make(chan struct{}), stdout: &syncBuffer{}, stderr: &syncBuffer{}}
+	h := &runHandle{cancel: cancel, finished: make(chan struct{}), stdout: &testlog.Buffer{}, stderr: &testlog.Buffer{}}
 	go func() {
 		defer close(h.finished)
 		h.code = run(ctx, args, noEnv, h.stdout, h.stderr)
@@ -338,7 +319,7 @@ func TestRunBadFlags(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			var stdout, stderr syncBuffer
+			var stdout, stderr testlog.Buffer
 			code := run(context.Background(), tt.args, noEnv, &stdout, &stderr)
 			require.Equal(t, exitUsage, code)
 			require.Empty(t, stdout.String())
@@ -354,7 +335,7 @@ func TestRunBadEnvironment(t *testing.T) {
 	t.Parallel()
 
 	env := map[string]string{"AFTERCOMMIT_MAX_WORKERS": "lots"}
-	var stdout, stderr syncBuffer
+	var stdout, stderr testlog.Buffer
 	code := run(context.Background(), nil, func(k string) string { return env[k] }, &stdout, &stderr)
 	require.Equal(t, exitUsage, code)
 	require.Equal(t, `worker: invalid AFTERCOMMIT_MAX_WORKERS "lots": want a whole number from 0 (each queue's own) to 10000`+"\n", stderr.String())
@@ -363,7 +344,7 @@ func TestRunBadEnvironment(t *testing.T) {
 func TestRunHelp(t *testing.T) {
 	t.Parallel()
 
-	var stdout, stderr syncBuffer
+	var stdout, stderr testlog.Buffer
 	env := map[string]string{"DATABASE_URL": "postgres://u:s3cret@db/app"}
 	code := run(context.Background(), []string{"--help"}, func(k string) string { return env[k] }, &stdout, &stderr)
 	require.Equal(t, exitOK, code)
@@ -383,7 +364,7 @@ func TestRunHelp(t *testing.T) {
 func TestRunUnreachableDatabase(t *testing.T) {
 	t.Parallel()
 
-	var stdout, stderr syncBuffer
+	var stdout, stderr testlog.Buffer
 	code := run(context.Background(),
 		[]string{"--database-url", "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable&connect_timeout=2"},
 		noEnv, &stdout, &stderr)
@@ -399,7 +380,7 @@ func TestRunUnreachableDatabase(t *testing.T) {
 func TestRunSchemaNotMigrated(t *testing.T) {
 	t.Parallel()
 
-	var stdout, stderr syncBuffer
+	var stdout, stderr testlog.Buffer
 	// A schema that does not exist has no tables at all; nothing is created.
 	code := run(context.Background(),
 		[]string{"--database-url", dbtest.ServerURL(t), "--schema", "aftercommit_worker_test_not_migrated"},
@@ -416,7 +397,7 @@ func TestParseConfig(t *testing.T) {
 
 	t.Run("Defaults", func(t *testing.T) {
 		t.Parallel()
-		cfg, err := parseConfig(nil, noEnv, &syncBuffer{})
+		cfg, err := parseConfig(nil, noEnv, &testlog.Buffer{})
 		require.NoError(t, err)
 		require.Equal(t, "127.0.0.1", cfg.pool.ConnConfig.Host)
 		require.Equal(t, uint16(5432), cfg.pool.ConnConfig.Port)
@@ -452,7 +433,7 @@ func TestParseConfig(t *testing.T) {
 			"AFTERCOMMIT_RESCUE_AFTER":     "2m",
 			"AFTERCOMMIT_REINDEXER":        "off",
 		}
-		cfg, err := parseConfig(nil, func(k string) string { return env[k] }, &syncBuffer{})
+		cfg, err := parseConfig(nil, func(k string) string { return env[k] }, &testlog.Buffer{})
 		require.NoError(t, err)
 		require.Equal(t, "db.internal", cfg.pool.ConnConfig.Host)
 		require.Equal(t, uint16(6543), cfg.pool.ConnConfig.Port)
@@ -480,19 +461,19 @@ func TestParseConfig(t *testing.T) {
 	t.Run("HTTPOff", func(t *testing.T) {
 		t.Parallel()
 		for _, args := range [][]string{{"--http", ""}, {"--http", "off"}, {"--http=off"}} {
-			cfg, err := parseConfig(args, noEnv, &syncBuffer{})
+			cfg, err := parseConfig(args, noEnv, &testlog.Buffer{})
 			require.NoError(t, err)
 			require.Empty(t, cfg.httpAddr, "%q", args)
 		}
 		// An empty variable is unset; "off" is how the environment turns
 		// HTTP off.
 		cfg, err := parseConfig(nil, func(k string) string { return map[string]string{"AFTERCOMMIT_HTTP": "off"}[k] },
-			&syncBuffer{})
+			&testlog.Buffer{})
 		require.NoError(t, err)
 		require.Empty(t, cfg.httpAddr)
 		// The flag, even empty, overrides the environment.
 		cfg, err = parseConfig([]string{"--http", ""},
-			func(k string) string { return map[string]string{"AFTERCOMMIT_HTTP": ":9191"}[k] }, &syncBuffer{})
+			func(k string) string { return map[string]string{"AFTERCOMMIT_HTTP": ":9191"}[k] }, &testlog.Buffer{})
 		require.NoError(t, err)
 		require.Empty(t, cfg.httpAddr)
 	})
@@ -501,7 +482,7 @@ func TestParseConfig(t *testing.T) {
 		t.Parallel()
 		env := map[string]string{"AFTERCOMMIT_QUEUES": "mail", "AFTERCOMMIT_MAX_WORKERS": "0"}
 		cfg, err := parseConfig([]string{"--queues", "reports", "--max-workers", "3"},
-			func(k string) string { return env[k] }, &syncBuffer{})
+			func(k string) string { return env[k] }, &testlog.Buffer{})
 		require.NoError(t, err)
 		require.Equal(t, []string{"reports"}, cfg.queues)
 		require.Equal(t, 3, cfg.maxWorkers)
@@ -528,7 +509,7 @@ func TestRunAppTablesNotMigrated(t *testing.T) {
 	_, err = migrator.Migrate(ctx, rivermigrate.DirectionUp, nil)
 	require.NoError(t, err)
 
-	var stdout, stderr syncBuffer
+	var stdout, stderr testlog.Buffer
 	code := run(ctx, []string{"--database-url", dbtest.ServerURL(t), "--schema", schema}, noEnv, &stdout, &stderr)
 	require.Equal(t, exitFailure, code)
 	out := stderr.String()
@@ -544,7 +525,7 @@ func TestRunUndeclaredQueue(t *testing.T) {
 	ctx := context.Background()
 	b := setup(ctx, t)
 
-	var stdout, stderr syncBuffer
+	var stdout, stderr testlog.Buffer
 	code := run(ctx, b.args(t, "--queues", "default,mail"), noEnv, &stdout, &stderr)
 	require.Equal(t, exitFailure, code)
 	out := stderr.String()

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/testlog"
 	"github.com/aftercommit/aftercommit/jobs"
 )
 
@@ -29,7 +30,7 @@ func TestStartClientRetriesWhileTheDatabaseIsAway(t *testing.T) {
 	ctx := context.Background()
 	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
 
-	newClient := func(t *testing.T, url, schema string) (*pgxpool.Pool, *syncBuffer, func() error) {
+	newClient := func(t *testing.T, url, schema string) (*pgxpool.Pool, *testlog.Buffer, func() error) {
 		t.Helper()
 		cfg, err := pgxpool.ParseConfig(url)
 		require.NoError(t, err)
@@ -40,7 +41,7 @@ func TestStartClientRetriesWhileTheDatabaseIsAway(t *testing.T) {
 		t.Cleanup(pool.Close)
 		reg := jobs.NewRegistry()
 		jobs.RegisterPing(reg, pool)
-		logs := &syncBuffer{}
+		logs := &testlog.Buffer{}
 		logger := slog.New(slog.NewTextHandler(logs, nil))
 		client, err := jobs.NewClient(pool, reg, &jobs.ClientConfig{Schema: schema, Logger: logger, Queues: []string{"default"}})
 		require.NoError(t, err)

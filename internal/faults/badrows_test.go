@@ -1,7 +1,6 @@
 package faults_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"reflect"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 	"unicode"
@@ -23,6 +21,7 @@ import (
 
 	"github.com/aftercommit/aftercommit/internal/app"
 	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/testlog"
 	"github.com/aftercommit/aftercommit/jobs"
 	"github.com/aftercommit/aftercommit/reporting"
 )
@@ -66,7 +65,7 @@ func TestBadJobRows(t *testing.T) {
 	metrics := jobs.NewMetrics(nil)
 	promReg := prometheus.NewRegistry()
 	promReg.MustRegister(metrics)
-	logs := &logSink{}
+	logs := &testlog.Buffer{}
 
 	client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{
 		Schema:  s.Name,
@@ -180,14 +179,14 @@ func TestBadJobRows(t *testing.T) {
 	// Unknown fields: counted per job, logged once per kind and field.
 	require.Equal(t, wantUnknown, unknownFieldCounts(t, promReg))
 	logged := map[string]float64{}
-	for _, rec := range logs.records(t, "hold a field its kind does not know") {
+	for _, rec := range logs.Records(t, "hold a field its kind does not know") {
 		logged[fmt.Sprint(rec["kind"], " ", rec["field"])]++
 	}
 	require.Equal(t, slices.Sorted(maps.Keys(wantUnknown)), slices.Sorted(maps.Keys(logged)))
 	for k, n := range logged {
 		require.Equal(t, float64(1), n, "%s logged once", k)
 	}
-	require.Len(t, logs.records(t, "cancelling a job whose args cannot mean anything"), bad, "each cancel is logged")
+	require.Len(t, logs.Records(t, "cancelling a job whose args cannot mean anything"), bad, "each cancel is logged")
 
 	// failing_jobs: one row per kind, its latest error a bad-args cancel;
 	// and the unknown kind, discarded.
@@ -439,37 +438,6 @@ func unknownFieldCounts(t *testing.T, reg *prometheus.Registry) map[string]float
 				labels[l.GetName()] = l.GetValue()
 			}
 			out[labels["kind"]+" "+labels["field"]] = m.GetCounter().GetValue()
-		}
-	}
-	return out
-}
-
-// logSink collects JSON log lines; safe for concurrent use.
-type logSink struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *logSink) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-// records returns the records whose message contains msg.
-func (s *logSink) records(t *testing.T, msg string) []map[string]any {
-	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []map[string]any
-	for line := range strings.SplitSeq(strings.TrimSpace(s.buf.String()), "\n") {
-		if !strings.Contains(line, msg) {
-			continue
-		}
-		var rec map[string]any
-		require.NoError(t, json.Unmarshal([]byte(line), &rec))
-		if m, _ := rec["msg"].(string); strings.Contains(m, msg) {
-			out = append(out, rec)
 		}
 	}
 	return out

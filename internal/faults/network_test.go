@@ -20,6 +20,7 @@ import (
 
 	"github.com/aftercommit/aftercommit/internal/dbconn"
 	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/testlog"
 	"github.com/aftercommit/aftercommit/jobs"
 )
 
@@ -104,7 +105,7 @@ func TestNetworkFaults(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(wpool.Close)
 
-	var logBuf logBuffer
+	var logBuf testlog.Buffer
 	logger := slog.New(slog.NewTextHandler(&logBuf, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	reg := jobs.NewRegistry()
 	jobs.RegisterPing(reg, wpool)

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,33 +19,16 @@ import (
 	"github.com/aftercommit/aftercommit/donations"
 	"github.com/aftercommit/aftercommit/internal/app"
 	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/testlog"
 	"github.com/aftercommit/aftercommit/inventory"
 	"github.com/aftercommit/aftercommit/jobs"
 )
-
-// logBuffer is a goroutine-safe process log.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // workerProc is one cmd/worker process of the fault build.
 type workerProc struct {
 	name string
 	cmd  *exec.Cmd
-	log  *logBuffer
+	log  *testlog.Buffer
 	done chan struct{}
 	err  error // Wait's error, once done is closed
 }
@@ -63,7 +45,7 @@ func startWorker(t *testing.T, s *dbtest.Schema, name string, env []string, args
 	q.Set("application_name", "aftercommit-faults-"+name)
 	u.RawQuery = q.Encode()
 
-	p := &workerProc{name: name, log: &logBuffer{}, done: make(chan struct{})}
+	p := &workerProc{name: name, log: &testlog.Buffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(workerBinary(t), append([]string{"--schema", s.Name, "--http", "off"}, args...)...)
 	p.cmd.Env = append(append(os.Environ(), "DATABASE_URL="+u.String()), env...)
 	p.cmd.Stderr = p.log

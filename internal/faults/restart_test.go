@@ -23,6 +23,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/dbmigrate"
+	"github.com/aftercommit/aftercommit/internal/testlog"
 	"github.com/aftercommit/aftercommit/jobs"
 )
 
@@ -130,7 +131,7 @@ func TestPostgresRestartedUnderLoad(t *testing.T) {
 
 	worker := exec.Command(workerBinary(t), "--http", "off", "--queues", "default", "--max-workers", "20")
 	worker.Env = append(os.Environ(), "DATABASE_URL="+srv.url()+"&pool_max_conns=8")
-	wlog := &logBuffer{}
+	wlog := &testlog.Buffer{}
 	worker.Stderr = wlog
 	require.NoError(t, worker.Start())
 	defer func() { _ = worker.Process.Kill() }()

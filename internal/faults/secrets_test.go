@@ -22,6 +22,7 @@ import (
 	"github.com/aftercommit/aftercommit/donations"
 	"github.com/aftercommit/aftercommit/internal/app"
 	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/testlog"
 	"github.com/aftercommit/aftercommit/jobs"
 	"github.com/aftercommit/aftercommit/outbox"
 )
@@ -147,7 +148,7 @@ func TestSecretsNotInLogsOrErrors(t *testing.T) {
 		t.Parallel()
 		s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 4})
 		appName := "aftercommit-secrets-" + s.Name
-		var logs logBuffer
+		var logs testlog.Buffer
 		logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 
 		cfg, err := pgxpool.ParseConfig(secretURL(t, s, appName))
@@ -273,7 +274,7 @@ ALTER TABLE emails ADD CONSTRAINT secrets_block_emails CHECK (NOT donated AND op
 		u.RawQuery = q.Encode()
 		cmd := exec.Command(bin, "--schema", s.Name, "--http", "off", "--log-level", "debug", "--max-workers", "4")
 		cmd.Env = append(os.Environ(), "DATABASE_URL="+u.String())
-		var stderr logBuffer
+		var stderr testlog.Buffer
 		cmd.Stderr = &stderr
 		cmd.Stdout = &stderr
 		require.NoError(t, cmd.Start())
