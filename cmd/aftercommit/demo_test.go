@@ -4,15 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"log/slog"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/internal/devdb"
+	"github.com/aftercommit/aftercommit/internal/devdb/devdbtest"
 )
 
 func TestDemo(t *testing.T) {
@@ -68,31 +67,6 @@ func TestDemo(t *testing.T) {
 	})
 }
 
-// fakeDocker stands in for devdb.StartContainer: it hands out url (or fails
-// with err) and counts the containers started and removed.
-type fakeDocker struct {
-	url      string
-	err      error
-	onStart  func() // run when a container starts
-	started  atomic.Int32
-	removed  atomic.Int32
-	disabled *testing.T // when set, starting a container fails this test
-}
-
-func (d *fakeDocker) start(context.Context, *slog.Logger) (string, func(), error) {
-	if d.disabled != nil {
-		d.disabled.Error("a container was started")
-	}
-	d.started.Add(1)
-	if d.err != nil {
-		return "", nil, d.err
-	}
-	if d.onStart != nil {
-		d.onStart()
-	}
-	return d.url, func() { d.removed.Add(1) }, nil
-}
-
 // With no database named, the demo takes the local server, else starts a
 // container (here a fake one whose URL is a test schema), else says in one
 // line how to provide a database.
@@ -110,28 +84,28 @@ func TestDemoFindsADatabase(t *testing.T) {
 
 	t.Run("NothingAnswersAndNoDocker", func(t *testing.T) {
 		t.Parallel()
-		docker := &fakeDocker{err: errors.New("run postgres: generic container: get provider: rootless Docker not found, failed to create Docker provider")}
-		res := demoWith(ctx, noEnviron, &devdb.Config{DefaultURL: nothingAnswers, Start: docker.start}, "--scale", "0.01")
+		docker := &devdbtest.FakeDocker{Err: errors.New("run postgres: generic container: get provider: rootless Docker not found, failed to create Docker provider")}
+		res := demoWith(ctx, noEnviron, &devdb.Config{DefaultURL: nothingAnswers, Start: docker.Start}, "--scale", "0.01")
 		require.Equal(t, exitFailure, res.code)
 		require.Empty(t, res.stdout)
 		require.Equal(t, "aftercommit demo: no Postgres answers at 127.0.0.1:1 and Docker could not start postgres:16 "+
 			"(run postgres: generic container: get provider: rootless Docker not found, failed to create Docker provider): "+
 			"start Postgres there, or set DATABASE_URL (or --database-url) to your server\n", res.stderr)
-		require.Equal(t, int32(1), docker.started.Load())
+		require.Equal(t, 1, docker.Started())
 	})
 
 	t.Run("NothingAnswersStartsAContainer", func(t *testing.T) {
 		t.Parallel()
 		s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 1})
-		docker := &fakeDocker{url: s.URL}
-		res := demoWith(ctx, noEnviron, &devdb.Config{DefaultURL: nothingAnswers, Start: docker.start},
+		docker := &devdbtest.FakeDocker{URL: s.URL}
+		res := demoWith(ctx, noEnviron, &devdb.Config{DefaultURL: nothingAnswers, Start: docker.Start},
 			"--scale", "0.01", "--seed", "7", "--schema", s.Name)
 		require.Equal(t, exitOK, res.code, "stdout:\n%s\nstderr:\n%s", res.stdout, res.stderr)
 		require.True(t, strings.HasPrefix(res.stdout, "aftercommit demo: no Postgres answers at 127.0.0.1:1: started postgres:16 with testcontainers at "+
 			s.URL+"; it is removed on exit\nmigrate: already up to date\n"), res.stdout)
 		require.Contains(t, res.stdout, "all 18 invariants hold\n")
-		require.Equal(t, int32(1), docker.started.Load())
-		require.Equal(t, int32(1), docker.removed.Load(), "the container is removed when the demo ends")
+		require.Equal(t, 1, docker.Started())
+		require.Equal(t, 1, docker.Removed(), "the container is removed when the demo ends")
 	})
 
 	t.Run("InterruptedTheContainerIsRemoved", func(t *testing.T) {
@@ -139,11 +113,11 @@ func TestDemoFindsADatabase(t *testing.T) {
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 1})
-		docker := &fakeDocker{url: s.URL, onStart: cancel} // Ctrl-C once the container is up
-		res := demoWith(ctx, noEnviron, &devdb.Config{DefaultURL: nothingAnswers, Start: docker.start}, "--scale", "0.01", "--schema", s.Name)
+		docker := &devdbtest.FakeDocker{URL: s.URL, OnStart: cancel} // Ctrl-C once the container is up
+		res := demoWith(ctx, noEnviron, &devdb.Config{DefaultURL: nothingAnswers, Start: docker.Start}, "--scale", "0.01", "--schema", s.Name)
 		require.Equal(t, exitInterrupted, res.code, res.stderr)
 		require.Equal(t, "aftercommit: interrupted\n", res.stderr)
-		require.Equal(t, int32(1), docker.removed.Load())
+		require.Equal(t, 1, docker.Removed())
 	})
 
 	t.Run("DefaultServerAnswers", func(t *testing.T) {
@@ -151,7 +125,7 @@ func TestDemoFindsADatabase(t *testing.T) {
 		s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 1})
 		// Enqueue only, with no worker: the demo stops at the drain, which
 		// shows it ran against the default server.
-		res := demoWith(ctx, noEnviron, &devdb.Config{DefaultURL: s.URL, Start: (&fakeDocker{disabled: t}).start},
+		res := demoWith(ctx, noEnviron, &devdb.Config{DefaultURL: s.URL, Start: (&devdbtest.FakeDocker{Refuse: t}).Start},
 			"--scale", "0.01", "--external-workers", "--drain-timeout", "1s", "--schema", s.Name)
 		require.Equal(t, exitFailure, res.code, res.stderr)
 		require.True(t, strings.HasPrefix(res.stdout, "migrate: already up to date\n"), res.stdout)
@@ -169,7 +143,7 @@ func TestDemoFindsADatabase(t *testing.T) {
 			{"DATABASE_URL", func(k string) string { return map[string]string{"DATABASE_URL": unreachable}[k] }, nil},
 			{"--database-url", noEnviron, []string{"--database-url", unreachable}},
 		} {
-			res := demoWith(ctx, tc.environ, &devdb.Config{DefaultURL: nothingAnswers, Start: (&fakeDocker{disabled: t}).start}, tc.args...)
+			res := demoWith(ctx, tc.environ, &devdb.Config{DefaultURL: nothingAnswers, Start: (&devdbtest.FakeDocker{Refuse: t}).Start}, tc.args...)
 			require.Equal(t, exitFailure, res.code, tc.name)
 			requireOneLine(t, res.stderr)
 			require.Contains(t, res.stderr, "cannot reach", tc.name)

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/url"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,32 +16,12 @@ import (
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/internal/devdb"
+	"github.com/aftercommit/aftercommit/internal/devdb/devdbtest"
 	"github.com/aftercommit/aftercommit/internal/testlog"
 )
 
 // nothingAnswers is a URL where no server listens.
 const nothingAnswers = "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable"
-
-// fakeDocker stands in for devdb.StartContainer: it hands out url (or fails
-// with err) and counts the containers started and removed.
-type fakeDocker struct {
-	url      string
-	err      error
-	started  atomic.Int32
-	removed  atomic.Int32
-	disabled *testing.T // when set, starting a container fails this test
-}
-
-func (d *fakeDocker) start(context.Context, *slog.Logger) (string, func(), error) {
-	if d.disabled != nil {
-		d.disabled.Error("a container was started")
-	}
-	d.started.Add(1)
-	if d.err != nil {
-		return "", nil, d.err
-	}
-	return d.url, func() { d.removed.Add(1) }, nil
-}
 
 // emptySchema creates a schema with no table in it on the test server and
 // returns its URL (search_path set, a small pool) and name.
@@ -134,9 +113,9 @@ func TestSetUpDev(t *testing.T) {
 
 	t.Run("NothingAnswersAndNoDocker", func(t *testing.T) {
 		t.Parallel()
-		docker := &fakeDocker{err: errors.New("run postgres: generic container: get provider: rootless Docker not found, failed to create Docker provider")}
+		docker := &devdbtest.FakeDocker{Err: errors.New("run postgres: generic container: get provider: rootless Docker not found, failed to create Docker provider")}
 		var logs testlog.Buffer
-		stop, code, ok := setUpDev(ctx, devConfig(t, &devdb.Config{DefaultURL: nothingAnswers, Start: docker.start}), plainLogger(&logs))
+		stop, code, ok := setUpDev(ctx, devConfig(t, &devdb.Config{DefaultURL: nothingAnswers, Start: docker.Start}), plainLogger(&logs))
 		require.False(t, ok)
 		require.Equal(t, exitFailure, code)
 		stop()
@@ -149,8 +128,8 @@ func TestSetUpDev(t *testing.T) {
 		t.Parallel()
 		// The "container" is an empty schema of the test server.
 		rawURL, schema := emptySchema(ctx, t)
-		docker := &fakeDocker{url: rawURL}
-		cfg := devConfig(t, &devdb.Config{DefaultURL: nothingAnswers, Start: docker.start}, "--schema", schema)
+		docker := &devdbtest.FakeDocker{URL: rawURL}
+		cfg := devConfig(t, &devdb.Config{DefaultURL: nothingAnswers, Start: docker.Start}, "--schema", schema)
 		var logs testlog.Buffer
 		stop, code, ok := setUpDev(ctx, cfg, plainLogger(&logs))
 		require.True(t, ok, logs.String())
@@ -162,16 +141,16 @@ func TestSetUpDev(t *testing.T) {
 		require.Equal(t, int32(6), cfg.pool.MaxConns, "the pool comes from the container's URL (pool_max_conns=6)")
 		require.Equal(t, `"`+schema+`"`, cfg.pool.ConnConfig.RuntimeParams["search_path"])
 		require.Equal(t, 3, tableCount(ctx, t, schema))
-		require.Equal(t, int32(1), docker.started.Load())
-		require.Zero(t, docker.removed.Load())
+		require.Equal(t, 1, docker.Started())
+		require.Zero(t, docker.Removed())
 		stop()
-		require.Equal(t, int32(1), docker.removed.Load(), "run's deferred stop removes the container")
+		require.Equal(t, 1, docker.Removed(), "run's deferred stop removes the container")
 	})
 
 	t.Run("DefaultServerAnswers", func(t *testing.T) {
 		t.Parallel()
 		rawURL, schema := emptySchema(ctx, t)
-		cfg := devConfig(t, &devdb.Config{DefaultURL: rawURL, Start: (&fakeDocker{disabled: t}).start}, "--schema", schema)
+		cfg := devConfig(t, &devdb.Config{DefaultURL: rawURL, Start: (&devdbtest.FakeDocker{Refuse: t}).Start}, "--schema", schema)
 		var logs testlog.Buffer
 		stop, _, ok := setUpDev(ctx, cfg, plainLogger(&logs))
 		require.True(t, ok, logs.String())
@@ -198,7 +177,7 @@ func TestSetUpDev(t *testing.T) {
 		t.Parallel()
 		cfg, err := parseConfig([]string{"--database-url", nothingAnswers}, noEnv, &testlog.Buffer{})
 		require.NoError(t, err)
-		cfg.devFind = &devdb.Config{Start: (&fakeDocker{disabled: t}).start}
+		cfg.devFind = &devdb.Config{Start: (&devdbtest.FakeDocker{Refuse: t}).Start}
 		var logs testlog.Buffer
 		stop, code, ok := setUpDev(ctx, cfg, plainLogger(&logs))
 		require.True(t, ok)
