@@ -627,42 +627,70 @@ func (s *soakRun) sample(ctx context.Context, from, to time.Time) (*SoakSample, 
 	return sm, nil
 }
 
+// countJobs counts the jobs by state, and those still to run, in one
+// snapshot.
+func (s *soakRun) countJobs(ctx context.Context, t *SoakTotals) error {
+	return pgx.BeginTxFunc(ctx, s.env.Pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		t.Jobs, t.Completed, t.Cancelled, t.Discarded = 0, 0, 0, 0
+		rows, err := tx.Query(ctx, soakStatesSQL)
+		if err != nil {
+			return fmt.Errorf("bench: soak: counting the jobs: %w", err)
+		}
+		var (
+			state string
+			n     int64
+		)
+		if _, err := pgx.ForEachRow(rows, []any{&state, &n}, func() error {
+			t.Jobs += n
+			switch state {
+			case "completed":
+				t.Completed += n
+			case "cancelled":
+				t.Cancelled += n
+			case "discarded":
+				t.Discarded += n
+			}
+			return nil
+		}); err != nil {
+			return fmt.Errorf("bench: soak: counting the jobs: %w", err)
+		}
+		if err := tx.QueryRow(ctx, soakBacklogSQL).Scan(&t.Lost, &t.Timers); err != nil {
+			return fmt.Errorf("bench: soak: counting the jobs left: %w", err)
+		}
+		return nil
+	})
+}
+
 // totals reads the job states and errors once the queues drained.
 func (s *soakRun) totals(ctx context.Context, report *SoakReport) error {
 	t := &report.Totals
-	rows, err := s.env.Pool.Query(ctx, soakStatesSQL)
-	if err != nil {
-		return fmt.Errorf("bench: soak: counting the jobs: %w", err)
-	}
-	var (
-		state string
-		n     int64
-	)
-	if _, err := pgx.ForEachRow(rows, []any{&state, &n}, func() error {
-		t.Jobs += n
-		switch state {
-		case "completed":
-			t.Completed += n
-		case "cancelled":
-			t.Cancelled += n
-		case "discarded":
-			t.Discarded += n
+	// The worker goes on after the drain: a job snoozed for its worker
+	// lock, a timer coming due, a periodic job the leader enqueues can be
+	// due by now and still to run, for a moment. Lost is what is still to
+	// run once that moment had the drain timeout to pass.
+	deadline := time.Now().Add(s.cfg.DrainTimeout)
+	for {
+		if err := s.countJobs(ctx, t); err != nil {
+			return err
 		}
-		return nil
-	}); err != nil {
-		return fmt.Errorf("bench: soak: counting the jobs: %w", err)
-	}
-	if err := s.env.Pool.QueryRow(ctx, soakBacklogSQL).Scan(&t.Lost, &t.Timers); err != nil {
-		return fmt.Errorf("bench: soak: counting the jobs left: %w", err)
+		if t.Lost == 0 || !t.Drained || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("bench: soak: counting the jobs left: %w", context.Cause(ctx))
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 
-	rows, err = s.env.Pool.Query(ctx, soakErrorMessagesSQL)
+	rows, err := s.env.Pool.Query(ctx, soakErrorMessagesSQL)
 	if err != nil {
 		return fmt.Errorf("bench: soak: reading the job errors: %w", err)
 	}
 	var (
 		completed bool
 		msg       string
+		n         int64
 	)
 	s.mu.Lock()
 	defer s.mu.Unlock()
