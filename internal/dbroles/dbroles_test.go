@@ -49,13 +49,19 @@ SELECT c.relname,
 
 func privileges(ctx context.Context, t *testing.T, s *dbtest.Schema, role string) map[string]string {
 	t.Helper()
-	rows, err := s.Pool.Query(ctx, privilegesSQL, s.Name, role)
+	return queryMap(ctx, t, s, privilegesSQL, s.Name, role)
+}
+
+// queryMap runs sql, whose rows are (key, value) text pairs, as a map.
+func queryMap(ctx context.Context, t *testing.T, s *dbtest.Schema, sql string, args ...any) map[string]string {
+	t.Helper()
+	rows, err := s.Pool.Query(ctx, sql, args...)
 	require.NoError(t, err)
 	got := map[string]string{}
 	for rows.Next() {
-		var rel, privs string
-		require.NoError(t, rows.Scan(&rel, &privs))
-		got[rel] = privs
+		var k, v string
+		require.NoError(t, rows.Scan(&k, &v))
+		got[k] = v
 	}
 	require.NoError(t, rows.Err())
 	return got
@@ -280,16 +286,7 @@ func TestGrantSQLVariables(t *testing.T) {
 // registered reads the roles registered in s.
 func registered(ctx context.Context, t *testing.T, s *dbtest.Schema) map[string]string {
 	t.Helper()
-	rows, err := s.Pool.Query(ctx, `SELECT role_name, role_kind FROM aftercommit_roles`)
-	require.NoError(t, err)
-	got := map[string]string{}
-	for rows.Next() {
-		var name, kind string
-		require.NoError(t, rows.Scan(&name, &kind))
-		got[name] = kind
-	}
-	require.NoError(t, rows.Err())
-	return got
+	return queryMap(ctx, t, s, `SELECT role_name, role_kind FROM aftercommit_roles`)
 }
 
 // TestGrantCreateRolesConcurrently: eight sessions create the same two
