@@ -131,6 +131,7 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 		newArgsMiddleware(reg, cfg.Logger, cfg.Metrics),
 		lockMW,
 		newQueueLockMiddleware(reg, pool, cfg.Schema),
+		&outboxCreatedAtMiddleware{},
 		NewNeededMiddleware(reg.neededFunc),
 	}, rc.Middleware...)
 	if cfg.Queues == nil || len(cfg.Queues) > 0 {

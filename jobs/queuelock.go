@@ -96,6 +96,10 @@ func queueLockKeyFunc(t reflect.Type) func(args river.JobArgs) string {
 // queueLockKey returns the queue-lock key of args, if its kind has a lock
 // and the key is not empty.
 func (r *Registry) queueLockKey(args river.JobArgs) (string, bool) {
+	args = unwrapArgs(args)
+	if args == nil {
+		return "", false
+	}
 	e, ok := r.kinds[args.Kind()]
 	if !ok || e.queueLock == nil {
 		return "", false

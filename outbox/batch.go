@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
+
+	"github.com/aftercommit/aftercommit/outbox/internal/outboxrow"
 )
 
 // Deduper is implemented by job args that choose their own de-duplication
@@ -33,11 +35,25 @@ type Batch struct {
 	ob *Outbox
 
 	mu     sync.Mutex
-	params []river.InsertManyParams
+	jobs   []pendingJob
 	events []pendingEvent
 	keys   map[dedupeKind]map[string]struct{}
 	dups   int
 	err    error
+}
+
+// pendingJob is a job buffered until the flush.
+type pendingJob struct {
+	args river.JobArgs
+	// opts are the caller's options: the outbox row's columns hold only
+	// these (the relay applies the kind's defaults); the direct path merges
+	// the kind's defaults into them.
+	opts *river.InsertOpts
+	kind string
+	// encoded is the JSON of args, written to the outbox row.
+	encoded string
+	// cols are opts as the outbox row's nullable columns.
+	cols outboxrow.Opts
 }
 
 // dedupeKind separates keys of different kinds, and keys chosen by Deduper
@@ -123,6 +139,12 @@ func (b *Batch) Add(args river.JobArgs, opts *river.InsertOpts) error {
 	if !kind.custom {
 		key = encoded
 	}
+	var cols outboxrow.Opts
+	if !b.ob.cfg.DirectInsert {
+		if cols, err = outboxrow.FromInsertOpts(opts); err != nil {
+			return b.fail(fmt.Errorf("%w: kind %q: %w", ErrInvalidOptions, kind.kind, err))
+		}
+	}
 
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -141,7 +163,7 @@ func (b *Batch) Add(args river.JobArgs, opts *river.InsertOpts) error {
 		return nil
 	}
 	seen[string(key)] = struct{}{}
-	b.params = append(b.params, river.InsertManyParams{Args: args, InsertOpts: b.ob.withKindDefaults(kind.kind, opts)})
+	b.jobs = append(b.jobs, pendingJob{args: args, opts: opts, kind: kind.kind, encoded: string(encoded), cols: cols})
 	return nil
 }
 
@@ -170,7 +192,7 @@ func (b *Batch) fail(err error) error {
 func (b *Batch) Len() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return len(b.params)
+	return len(b.jobs)
 }
 
 // Duplicates is the number of Add calls dropped as duplicates.
@@ -187,24 +209,25 @@ func (b *Batch) Err() error {
 	return b.err
 }
 
-// Flush writes every buffered event and job in tx, in one round trip when
-// River's insert can be recorded (one statement for the events, one for the
-// jobs; River adds a NOTIFY for queues it has not woken recently), and
-// empties the batch. Jobs keep River's semantics: defaults from InsertOpts,
-// unique options, insert notifications. The caller commits tx.
+// Flush writes every buffered event and job in tx, in one round trip, and
+// empties the batch. The jobs go to the outbox table (one INSERT), to be
+// relayed into River once tx commits; with Config.DirectInsert they go to
+// River's job table through River's insert, keeping River's semantics at
+// once (defaults, unique options, insert notifications). The caller commits
+// tx.
 //
 // It returns the first Add or Publish error, if any, without writing. An
 // empty batch writes nothing.
 func (b *Batch) Flush(ctx context.Context, tx pgx.Tx) (FlushResult, error) {
-	params, events, dups, err := b.take()
-	if err != nil || (len(params) == 0 && len(events) == 0) {
+	jobs, events, dups, err := b.take()
+	if err != nil || (len(jobs) == 0 && len(events) == 0) {
 		return FlushResult{}, err
 	}
-	res, err := b.ob.write(ctx, tx, params, events, false)
+	res, err := b.ob.write(ctx, tx, jobs, events, false)
 	if err != nil {
 		return FlushResult{}, err
 	}
-	res.Enqueued, res.Duplicates = len(params)+dups, dups
+	res.Enqueued, res.Duplicates = len(jobs)+dups, dups
 	if b.ob.cfg.OnFlush != nil {
 		b.ob.cfg.OnFlush(ctx, res)
 	}
@@ -213,15 +236,15 @@ func (b *Batch) Flush(ctx context.Context, tx pgx.Tx) (FlushResult, error) {
 
 // take returns the buffered jobs and events and the number of duplicates
 // dropped, and empties the batch; or the first Add or Publish error.
-func (b *Batch) take() ([]river.InsertManyParams, []pendingEvent, int, error) {
+func (b *Batch) take() ([]pendingJob, []pendingEvent, int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.err != nil {
 		return nil, nil, 0, b.err
 	}
-	params, events, dups := b.params, b.events, b.dups
-	b.params, b.events, b.keys, b.dups = nil, nil, nil, 0
-	return params, events, dups, nil
+	jobs, events, dups := b.jobs, b.events, b.dups
+	b.jobs, b.events, b.keys, b.dups = nil, nil, nil, 0
+	return jobs, events, dups, nil
 }
 
 // Enqueue validates, de-duplicates and inserts jobs with default options in
@@ -262,26 +285,7 @@ func hasNUL(json []byte) bool {
 // 64 characters, lower-case letters and digits, single separators (_, - or |)
 // between them. It is River's `^(?:[a-z0-9])+(?:[_|\-]?[a-z0-9]+)*$` without
 // a regexp, which cost a fifth of a bulk enqueue.
-func ValidQueueName(name string) bool {
-	if name == "" || len(name) > 64 {
-		return false
-	}
-	prevSep := true // a name may not start with a separator
-	for i := 0; i < len(name); i++ {
-		switch c := name[i]; {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-			prevSep = false
-		case c == '_' || c == '-' || c == '|':
-			if prevSep {
-				return false
-			}
-			prevSep = true
-		default:
-			return false
-		}
-	}
-	return !prevSep
-}
+func ValidQueueName(name string) bool { return outboxrow.ValidQueueName(name) }
 
 // check validates what can be checked without encoding the args: nil args,
 // the kind, and the queue the job would go to.

@@ -28,6 +28,12 @@ var (
 	// ErrInvalidQueue is returned for a queue name River would refuse.
 	ErrInvalidQueue = errors.New("outbox: invalid queue name")
 
+	// ErrInvalidOptions is returned by Enqueue (and Add) for insert options
+	// River would refuse when the job is relayed: a priority outside 1–4,
+	// max attempts below 1, metadata that is not a JSON object, a malformed
+	// tag or a negative unique period.
+	ErrInvalidOptions = errors.New("outbox: invalid insert options")
+
 	// ErrUnknownQueue is returned for a queue that is not in Config.Queues.
 	ErrUnknownQueue = errors.New("outbox: unknown queue")
 

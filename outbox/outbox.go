@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -84,6 +85,30 @@ type Config struct {
 	// Defaults to CopyMinJobsDefault.
 	CopyMinJobs int
 
+	// DirectInsert writes jobs into River's job table (river_job) with
+	// River's own insert, in the transaction, instead of into the outbox
+	// table. Pick it only where the caller needs River's job row at
+	// COMMIT: River's unique options checked inside the transaction
+	// (FlushResult.UniqueSkipped), or the job visible to River's API before
+	// any relay ran. It costs the transaction River's full row and its
+	// seven indexes (BENCHMARKS.md, tx_one_job), and a queue-locked job
+	// makes writers of one key wait for each other.
+	//
+	// Defaults to false: jobs go to outbox_jobs, and a relay
+	// (package outbox/relay) moves the committed ones into river_job,
+	// applying the kind's defaults, queue locks and River's uniqueness
+	// there.
+	DirectInsert bool
+
+	// RelayNotifyInterval is the least time between two notifications
+	// this Outbox sends the relays with a COMMIT that wrote outbox rows
+	// (pg_notify on "<schema>.aftercommit_outbox"). Transactions in between
+	// send none: the relays poll the table adaptively. Negative: never
+	// notify.
+	//
+	// Defaults to RelayNotifyIntervalDefault (10 ms).
+	RelayNotifyInterval time.Duration
+
 	// DisablePipelinedCommit makes InTx insert jobs and then COMMIT in two
 	// round trips (River's InsertManyTx, then Commit) instead of sending the
 	// insert and the COMMIT together. Useful to compare the two.
@@ -104,6 +129,9 @@ func (c *Config) WithDefaults() Config {
 	}
 	if out.MaxPayloadBytes == 0 {
 		out.MaxPayloadBytes = MaxPayloadBytesDefault
+	}
+	if out.RelayNotifyInterval == 0 {
+		out.RelayNotifyInterval = RelayNotifyIntervalDefault
 	}
 	if out.CopyMinJobs == 0 {
 		out.CopyMinJobs = CopyMinJobsDefault
@@ -138,6 +166,8 @@ type Outbox struct {
 	pipelined atomic.Int64
 	fallbacks atomic.Int64
 	copied    atomic.Int64
+
+	lastNotify atomic.Int64 // UnixNano of the last relay notification
 }
 
 // New returns an Outbox that runs transactions on pool and inserts jobs with
@@ -283,18 +313,18 @@ func (o *Outbox) InTxOptions(ctx context.Context, opts pgx.TxOptions, fn func(ct
 	}
 	tx.close()
 
-	params, events, dups, err := tx.batch.take()
+	jobs, events, dups, err := tx.batch.take()
 	if err != nil {
 		_ = inner.Rollback(context.WithoutCancel(ctx))
 		return res, fmt.Errorf("%w: %w", ErrTxAborted, err)
 	}
-	if len(params) == 0 && len(events) == 0 {
+	if len(jobs) == 0 && len(events) == 0 {
 		if err := inner.Commit(ctx); err != nil {
 			return res, commitError(fmt.Errorf("outbox: committing: %w", err), true)
 		}
 		return res, nil
 	}
-	res, err = o.write(ctx, inner, params, events, true)
+	res, err = o.write(ctx, inner, jobs, events, true)
 	if err != nil {
 		// A COMMIT that went out ended the transaction on the server (the
 		// connection is idle); anything else is rolled back here, or the
@@ -304,7 +334,7 @@ func (o *Outbox) InTxOptions(ctx context.Context, opts pgx.TxOptions, fn func(ct
 		}
 		return FlushResult{}, err
 	}
-	res.Enqueued = len(params) + dups
+	res.Enqueued = len(jobs) + dups
 	res.Duplicates = dups
 	return res, nil
 }

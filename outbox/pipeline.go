@@ -47,10 +47,17 @@ var errNotRecordable = errors.New("outbox: statement cannot be pipelined")
 // sends everything in one round trip when River's insert can be recorded;
 // otherwise it runs the statements one by one. It never rolls back: on error
 // the caller does (InTx), or owns the transaction (Batch.Flush).
-func (o *Outbox) write(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams, events []pendingEvent, commit bool) (FlushResult, error) {
+func (o *Outbox) write(ctx context.Context, tx pgx.Tx, jobs []pendingJob, events []pendingEvent, commit bool) (FlushResult, error) {
 	var stmts []recordedStmt
 	if len(events) > 0 {
 		stmts = append(stmts, eventsInsert(events))
+	}
+	if !o.cfg.DirectInsert {
+		return o.writeOutbox(ctx, tx, jobs, stmts, len(events), commit)
+	}
+	params := make([]river.InsertManyParams, len(jobs))
+	for i, j := range jobs {
+		params[i] = river.InsertManyParams{Args: j.args, InsertOpts: o.withKindDefaults(j.kind, j.opts)}
 	}
 
 	if o.copySafe(params) {
@@ -229,8 +236,12 @@ func sendBatch(ctx context.Context, tx pgx.Tx, stmts []recordedStmt, commit bool
 	br := tx.SendBatch(ctx, batch)
 	for i := 0; i < len(stmts) && err == nil; i++ {
 		if !stmts[i].insert {
-			if _, execErr := br.Exec(); execErr != nil {
+			tag, execErr := br.Exec()
+			if execErr != nil {
 				err = inDoubt(fmt.Errorf("outbox: %s: %w", stmts[i].what(), execErr), false)
+			}
+			if stmts[i].outbox {
+				inserted += int(tag.RowsAffected())
 			}
 			continue
 		}
@@ -271,11 +282,18 @@ type recordedStmt struct {
 	sql    string
 	args   []any
 	insert bool // River's job insert, whose rows are counted
+	outbox bool // the outbox table's insert, whose rows are counted
+	notify bool // the relays' wake-up
 }
 
 func (s recordedStmt) what() string {
-	if s.sql == eventsInsertSQL {
+	switch {
+	case s.sql == eventsInsertSQL:
 		return "inserting events"
+	case s.outbox:
+		return "inserting jobs into the outbox"
+	case s.notify:
+		return "notifying the relays"
 	}
 	return "inserting jobs"
 }

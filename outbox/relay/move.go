@@ -1,0 +1,452 @@
+package relay
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/riverqueue/river"
+
+	"github.com/aftercommit/aftercommit/outbox/internal/outboxrow"
+)
+
+type statements struct {
+	take, dead string
+}
+
+func newStatements(schema string) statements {
+	table, deadTable := outboxrow.Table, outboxrow.DeadTable
+	if schema != "" {
+		table = pgx.Identifier{schema, table}.Sanitize()
+		deadTable = pgx.Identifier{schema, deadTable}.Sanitize()
+	}
+	return statements{
+		// Oldest first; rows another relay holds are skipped, not waited
+		// for; uncommitted rows are invisible.
+		take: `DELETE FROM ` + table + ` WHERE id IN (
+    SELECT id FROM ` + table + ` ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+RETURNING id, kind, args::text, queue, priority, max_attempts, scheduled_at,
+          metadata::text, options::text, tx_id::text, created_at`,
+		dead: `INSERT INTO ` + deadTable + ` (id, kind, args, queue, priority, max_attempts, scheduled_at, metadata, options, tx_id, created_at, reason)
+SELECT id, kind, args::jsonb, queue, priority, max_attempts, scheduled_at, metadata::jsonb, options::jsonb, tx_id::xid8, created_at, reason
+  FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::timestamptz[],
+              $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::text[])
+       AS d (id, kind, args, queue, priority, max_attempts, scheduled_at, metadata, options, tx_id, created_at, reason)`,
+	}
+}
+
+// row is one outbox_jobs row as taken.
+type row struct {
+	id        int64
+	kind      string
+	args      string
+	opts      outboxrow.Opts
+	metadata  *string
+	options   *string
+	txID      string
+	createdAt time.Time
+}
+
+func scanRows(rows pgx.Rows) ([]row, error) {
+	defer rows.Close()
+	var out []row
+	for rows.Next() {
+		var r row
+		if err := rows.Scan(&r.id, &r.kind, &r.args, &r.opts.Queue, &r.opts.Priority, &r.opts.MaxAttempts,
+			&r.opts.ScheduledAt, &r.metadata, &r.options, &r.txID, &r.createdAt); err != nil {
+			return nil, err
+		}
+		if r.metadata != nil {
+			r.opts.Metadata = []byte(*r.metadata)
+		}
+		if r.options != nil {
+			r.opts.Options = []byte(*r.options)
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	// DELETE … RETURNING has no order: oldest first, for the coalescing
+	// (the first row of a key wins) and for River's ids.
+	slices.SortFunc(out, func(a, b row) int { return cmp.Compare(a.id, b.id) })
+	return out, nil
+}
+
+// Args is what the relay hands River for one row: the row's JSON, inserted
+// as written (fields a newer producer added survive an older relay), with
+// the kind and, when Config.Decode is set, the decoded args behind it.
+type Args struct {
+	kind      string
+	raw       []byte
+	decoded   river.JobArgs
+	createdAt time.Time
+	row       row // the row it came from, for a dead row in careful mode
+}
+
+// Kind implements river.JobArgs.
+func (a *Args) Kind() string { return a.kind }
+
+// MarshalJSON returns the row's args.
+func (a *Args) MarshalJSON() ([]byte, error) { return a.raw, nil }
+
+// InsertOpts returns the decoded args' own InsertOpts, if any, so River
+// applies them as it would to the Go type.
+func (a *Args) InsertOpts() river.InsertOpts {
+	if o, ok := a.decoded.(river.JobArgsWithInsertOpts); ok {
+		return o.InsertOpts()
+	}
+	return river.InsertOpts{}
+}
+
+// Unwrap returns the decoded args (nil without Config.Decode): insert
+// middleware that needs the Go type (the queue lock's key) looks through
+// Args with it.
+func (a *Args) Unwrap() river.JobArgs { return a.decoded }
+
+// OutboxCreatedAt is when the row's transaction began: the job's
+// created_at, so queue latency counts the time spent in the outbox.
+func (a *Args) OutboxCreatedAt() time.Time { return a.createdAt }
+
+var _ river.JobArgsWithInsertOpts = (*Args)(nil)
+
+// plan is a batch's rows sorted by how they are inserted.
+type plan struct {
+	plain     []river.InsertManyParams // no uniqueness: COPY or one INSERT
+	locked    []lockedParams           // a queue-lock key: one unique INSERT, in key order
+	unique    []river.InsertManyParams // River's UniqueOpts: one INSERT each
+	dead      []deadRow
+	coalesced int
+}
+
+type lockedParams struct {
+	key    string
+	params river.InsertManyParams
+}
+
+type deadRow struct {
+	row    row
+	reason string
+}
+
+// prepare judges one row: the params River inserts, its lock key, or the
+// reason it is dead.
+func (r *Relay) prepare(rw row) (params river.InsertManyParams, lockKey string, hasLock, unique bool, reason string) {
+	if len(rw.args) > r.cfg.MaxPayloadBytes {
+		return params, "", false, false, fmt.Sprintf("args of %d bytes exceed the payload limit of %d bytes", len(rw.args), r.cfg.MaxPayloadBytes)
+	}
+	if rw.kind == "" {
+		return params, "", false, false, "empty kind"
+	}
+	a := &Args{kind: rw.kind, raw: []byte(rw.args), createdAt: rw.createdAt, row: rw}
+	if r.cfg.Decode != nil {
+		decoded, err := r.cfg.Decode(rw.kind, a.raw)
+		if err != nil {
+			return params, "", false, false, err.Error()
+		}
+		a.decoded = decoded
+	}
+	opts, err := rw.opts.InsertOpts(outboxrow.ValidQueueName)
+	if err != nil {
+		return params, "", false, false, err.Error()
+	}
+	if r.cfg.KindDefaults != nil && (opts.Queue == "" || opts.Priority == 0) {
+		if q, p, ok := r.cfg.KindDefaults(rw.kind); ok {
+			if opts.Queue == "" {
+				opts.Queue = q
+			}
+			if opts.Priority == 0 {
+				opts.Priority = p
+			}
+		}
+	}
+	if r.queues != nil {
+		queue := cmp.Or(opts.Queue, a.InsertOpts().Queue, river.QueueDefault)
+		if _, ok := r.queues[queue]; !ok {
+			return params, "", false, false, fmt.Sprintf("queue %q is not one of the configured queues", queue)
+		}
+	}
+	params = river.InsertManyParams{Args: a, InsertOpts: opts}
+	if outboxrow.HasUnique(opts) {
+		return params, "", false, true, ""
+	}
+	if typeOpts := a.InsertOpts(); outboxrow.HasUnique(&typeOpts) {
+		return params, "", false, true, ""
+	}
+	if r.cfg.LockKey != nil && a.decoded != nil {
+		if key, ok := r.cfg.LockKey(a.decoded); ok {
+			return params, key, true, false, ""
+		}
+	}
+	return params, "", false, false, ""
+}
+
+func (r *Relay) makePlan(rows []row) plan {
+	var p plan
+	type lockID struct{ kind, key string }
+	seen := map[lockID]struct{}{}
+	for _, rw := range rows {
+		params, key, hasLock, unique, reason := r.prepare(rw)
+		switch {
+		case reason != "":
+			p.dead = append(p.dead, deadRow{row: rw, reason: reason})
+		case unique:
+			p.unique = append(p.unique, params)
+		case hasLock:
+			id := lockID{rw.kind, key}
+			if _, dup := seen[id]; dup {
+				p.coalesced++
+				continue
+			}
+			seen[id] = struct{}{}
+			p.locked = append(p.locked, lockedParams{key: key, params: params})
+		default:
+			p.plain = append(p.plain, params)
+		}
+	}
+	// One order for every relay: two relays inserting the same keys wait
+	// for each other instead of deadlocking.
+	slices.SortStableFunc(p.locked, func(a, b lockedParams) int {
+		return cmp.Or(cmp.Compare(a.params.Args.Kind(), b.params.Args.Kind()), cmp.Compare(a.key, b.key))
+	})
+	return p
+}
+
+// MoveBatch moves up to Config.BatchSize committed rows in one transaction
+// and returns what it did. Rows another relay is moving are skipped. When
+// the batch's insert fails for a reason of its rows (River or Postgres
+// refused one), the batch is moved again row by row, each in a savepoint,
+// and the refused rows become dead rows; any other error (the connection,
+// a deadline) rolls back, leaving every row for the next try.
+func (r *Relay) MoveBatch(ctx context.Context) (MoveResult, error) {
+	res, err := r.moveBatch(ctx, false)
+	var rowErr *rowError
+	if errors.As(err, &rowErr) {
+		r.cfg.Logger.WarnContext(ctx, "relay: a row of the batch was refused; moving the batch row by row",
+			slog.String("err", rowErr.err.Error()))
+		res, err = r.moveBatch(ctx, true)
+	}
+	if err != nil {
+		r.errs.Add(1)
+		return MoveResult{}, err
+	}
+	if res.Rows > 0 {
+		r.batches.Add(1)
+		r.rows.Add(int64(res.Rows))
+		r.inserted.Add(int64(res.Inserted))
+		r.skipped.Add(int64(res.UniqueSkipped))
+		r.coalesced.Add(int64(res.Coalesced))
+		r.dead.Add(int64(res.Dead))
+		if r.cfg.OnMove != nil {
+			r.cfg.OnMove(ctx, res)
+		}
+	}
+	return res, nil
+}
+
+// rowError is an insert error caused by the batch's rows, not by the
+// connection: the batch is worth moving row by row.
+type rowError struct{ err error }
+
+func (e *rowError) Error() string { return e.err.Error() }
+func (e *rowError) Unwrap() error { return e.err }
+
+func (r *Relay) moveBatch(ctx context.Context, careful bool) (MoveResult, error) {
+	tx, err := r.pool.Begin(ctx)
+	if err != nil {
+		return MoveResult{}, fmt.Errorf("relay: beginning: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+
+	qrows, err := tx.Query(ctx, r.sql.take, r.cfg.BatchSize)
+	if err != nil {
+		return MoveResult{}, fmt.Errorf("relay: taking outbox rows: %w", err)
+	}
+	rows, err := scanRows(qrows)
+	if err != nil {
+		return MoveResult{}, fmt.Errorf("relay: taking outbox rows: %w", err)
+	}
+	if len(rows) == 0 {
+		return MoveResult{}, tx.Commit(ctx)
+	}
+	res := MoveResult{Rows: len(rows), OldestCreatedAt: rows[0].createdAt}
+	for _, rw := range rows[1:] {
+		if rw.createdAt.Before(res.OldestCreatedAt) {
+			res.OldestCreatedAt = rw.createdAt
+		}
+	}
+	p := r.makePlan(rows)
+	res.Coalesced = p.coalesced
+
+	if careful {
+		err = r.insertCareful(ctx, tx, &p, &res)
+	} else {
+		err = r.insert(ctx, tx, &p, &res)
+	}
+	if err != nil {
+		return MoveResult{}, err
+	}
+	if len(p.dead) > 0 {
+		if err := r.writeDead(ctx, tx, p.dead); err != nil {
+			return MoveResult{}, err
+		}
+		res.Dead = len(p.dead)
+		for _, d := range p.dead {
+			r.cfg.Logger.WarnContext(ctx, "relay: outbox row refused; moved to outbox_dead_jobs",
+				slog.Int64("outbox_id", d.row.id), slog.String("kind", d.row.kind), slog.String("reason", d.reason))
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return MoveResult{}, fmt.Errorf("relay: committing: %w", err)
+	}
+	return res, nil
+}
+
+// insert inserts the batch's jobs: the plain ones with COPY when they are
+// many, the queue-locked ones with one unique INSERT in key order, River's
+// unique ones one at a time (two equal ones in one statement would make
+// Postgres refuse it).
+func (r *Relay) insert(ctx context.Context, tx pgx.Tx, p *plan, res *MoveResult) error {
+	if len(p.plain) > 0 {
+		if r.cfg.CopyMinJobs >= 0 && len(p.plain) >= r.cfg.CopyMinJobs {
+			n, err := r.client.InsertManyFastTx(ctx, tx, p.plain)
+			if err != nil {
+				return classify(tx, fmt.Errorf("relay: inserting %d jobs with COPY: %w", len(p.plain), err))
+			}
+			res.Inserted += n
+		} else if err := r.insertMany(ctx, tx, p.plain, res); err != nil {
+			return err
+		}
+	}
+	if len(p.locked) > 0 {
+		params := make([]river.InsertManyParams, len(p.locked))
+		for i, l := range p.locked {
+			params[i] = l.params
+		}
+		if err := r.insertMany(ctx, tx, params, res); err != nil {
+			return err
+		}
+	}
+	for _, params := range p.unique {
+		if err := r.insertMany(ctx, tx, []river.InsertManyParams{params}, res); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *Relay) insertMany(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams, res *MoveResult) error {
+	results, err := r.client.InsertManyTx(ctx, tx, params)
+	if err != nil {
+		return classify(tx, fmt.Errorf("relay: inserting %d jobs: %w", len(params), err))
+	}
+	for _, x := range results {
+		if x.UniqueSkippedAsDuplicate {
+			res.UniqueSkipped++
+		} else {
+			res.Inserted++
+		}
+	}
+	return nil
+}
+
+// insertCareful inserts every job of the batch on its own, in a savepoint:
+// a job River or Postgres refuses for what it holds becomes a dead row.
+func (r *Relay) insertCareful(ctx context.Context, tx pgx.Tx, p *plan, res *MoveResult) error {
+	all := append([]river.InsertManyParams(nil), p.plain...)
+	for _, l := range p.locked {
+		all = append(all, l.params)
+	}
+	all = append(all, p.unique...)
+	p.plain, p.locked, p.unique = nil, nil, nil
+	for _, params := range all {
+		sp, err := tx.Begin(ctx)
+		if err != nil {
+			return fmt.Errorf("relay: savepoint: %w", err)
+		}
+		var one MoveResult
+		err = r.insertMany(ctx, sp, []river.InsertManyParams{params}, &one)
+		var rowErr *rowError
+		switch {
+		case err == nil:
+			if err := sp.Commit(ctx); err != nil {
+				return fmt.Errorf("relay: releasing a savepoint: %w", err)
+			}
+			res.Inserted += one.Inserted
+			res.UniqueSkipped += one.UniqueSkipped
+		case errors.As(err, &rowErr):
+			if rbErr := sp.Rollback(ctx); rbErr != nil {
+				return fmt.Errorf("relay: rolling back a savepoint: %w", rbErr)
+			}
+			a := params.Args.(*Args) //nolint:forcetypeassert // the relay built it
+			p.dead = append(p.dead, deadRow{row: a.row, reason: rowErr.err.Error()})
+		default:
+			return err
+		}
+	}
+	return nil
+}
+
+// classify marks err as caused by the rows when it is a refusal (River's
+// validation, or Postgres' data, integrity or limit errors) rather than the
+// connection or a deadline.
+func classify(tx pgx.Tx, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || tx.Conn().IsClosed() {
+		return err
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) {
+		return err
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code[:2] {
+		case "22", "23", "54": // data exception, integrity violation, program limit exceeded
+			return &rowError{err: err}
+		}
+		return err
+	}
+	if pgconn.Timeout(err) || pgconn.SafeToRetry(err) {
+		return err
+	}
+	return &rowError{err: err} // River refused the params before any SQL
+}
+
+func (r *Relay) writeDead(ctx context.Context, tx pgx.Tx, dead []deadRow) error {
+	n := len(dead)
+	var (
+		ids       = make([]int64, n)
+		kinds     = make([]string, n)
+		args      = make([]string, n)
+		queues    = make([]*string, n)
+		prios     = make([]*int32, n)
+		attempts  = make([]*int32, n)
+		scheduled = make([]*time.Time, n)
+		metadata  = make([]*string, n)
+		options   = make([]*string, n)
+		txIDs     = make([]string, n)
+		created   = make([]time.Time, n)
+		reasons   = make([]string, n)
+	)
+	for i, d := range dead {
+		rw := d.row
+		ids[i], kinds[i], args[i] = rw.id, rw.kind, rw.args
+		queues[i], prios[i], attempts[i], scheduled[i] = rw.opts.Queue, rw.opts.Priority, rw.opts.MaxAttempts, rw.opts.ScheduledAt
+		metadata[i], options[i], txIDs[i], created[i] = rw.metadata, rw.options, rw.txID, rw.createdAt
+		reasons[i] = d.reason
+	}
+	if _, err := tx.Exec(ctx, r.sql.dead, ids, kinds, args, queues, prios, attempts, scheduled,
+		metadata, options, txIDs, created, reasons); err != nil {
+		return fmt.Errorf("relay: writing %d dead rows: %w", n, err)
+	}
+	return nil
+}

@@ -1,0 +1,445 @@
+// Package relay moves committed rows of the outbox table (outbox_jobs) into
+// River's job table, exactly once.
+//
+// A business transaction writes its jobs as lean outbox rows (package
+// outbox, the SQL function aftercommit_enqueue, or a plain INSERT from any
+// language). A Relay takes committed rows oldest first with FOR UPDATE SKIP
+// LOCKED, turns each into River insert parameters — the kind's registered
+// defaults, the queue lock, the payload limit and a strict decode of the
+// args applied — inserts them through River's own insert path and deletes
+// them, all in ONE transaction per batch. A relay killed mid-batch leaves
+// every row in place; several relays share the rows without waiting for
+// each other or for River's leader. A row the relay cannot accept moves to
+// outbox_dead_jobs with the reason, and the rows behind it flow on.
+//
+// cmd/worker runs one in every process; jobs.NewRelay builds one from a
+// registry for an in-process client.
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+
+	"github.com/aftercommit/aftercommit/outbox"
+	"github.com/aftercommit/aftercommit/outbox/internal/outboxrow"
+)
+
+// Defaults of Config.
+const (
+	// BatchSizeDefault is the most rows one relay transaction moves.
+	BatchSizeDefault = 1000
+	// CopyMinJobsDefault is the batch size from which the jobs that no
+	// uniqueness concerns are written with River's COPY insert.
+	CopyMinJobsDefault = 200
+	// PollMinDefault is the wait before the next look at the table after a
+	// batch that moved rows but did not fill up.
+	PollMinDefault = time.Millisecond
+	// PollMaxDefault is the longest wait between two looks at the table
+	// while it stays empty and no notification comes.
+	PollMaxDefault = 100 * time.Millisecond
+)
+
+// Config tunes a Relay. A nil *Config takes every default: every kind is
+// accepted and its args inserted as written.
+type Config struct {
+	// Decode turns a row's kind and args into the args River inserts (the
+	// row's JSON is inserted as written; the decoded value gives River the
+	// type's InsertOpts and LockKey its key). An error makes the row dead
+	// with the error as its reason. jobs.NewRelay sets it to the registry's
+	// strict decode (jobs.Registry.DecodeArgs).
+	//
+	// Defaults to nil: any kind, args not checked.
+	Decode func(kind string, args []byte) (river.JobArgs, error)
+
+	// KindDefaults gives the queue and priority of a kind, used when the
+	// row leaves them NULL (as outbox.Config.KindDefaults).
+	//
+	// Defaults to nil.
+	KindDefaults func(kind string) (queue string, priority int, ok bool)
+
+	// Queues, when not empty, lists the only queues a job may go to; a row
+	// for another queue is dead.
+	//
+	// Defaults to empty: any well-formed queue.
+	Queues []string
+
+	// LockKey returns the queue-lock key of decoded args (ok false: no
+	// lock). Rows of one kind and key in a batch become one job, and the
+	// rows with a key are inserted through River's unique insert in key
+	// order (so two relays never deadlock), where the client's queue-lock
+	// middleware matches a waiting job. jobs.NewRelay sets it.
+	//
+	// Defaults to nil: no queue locks.
+	LockKey func(args river.JobArgs) (key string, ok bool)
+
+	// MaxPayloadBytes is the largest args a row may hold; a larger one is
+	// dead. Defaults to outbox.MaxPayloadBytesDefault (128 KiB).
+	MaxPayloadBytes int
+
+	// BatchSize is the most rows moved per transaction. Defaults to
+	// BatchSizeDefault.
+	BatchSize int
+
+	// CopyMinJobs: from this many jobs without uniqueness in a batch, they
+	// are inserted with River's InsertManyFastTx (COPY). Negative: never.
+	// Defaults to CopyMinJobsDefault.
+	CopyMinJobs int
+
+	// PollMin and PollMax bound the adaptive poll: after a batch that moved
+	// rows the relay looks again after PollMin; each empty look doubles the
+	// wait up to PollMax. A notification from a writer (outbox.Config's
+	// RelayNotifyInterval) ends a wait at once. Defaults to PollMinDefault
+	// and PollMaxDefault.
+	PollMin, PollMax time.Duration
+
+	// DisableListen makes the relay rely on its poll alone, holding no
+	// connection of its own for LISTEN (a relay behind a pooler in
+	// transaction mode).
+	//
+	// Defaults to false: one connection, outside the pool, listens.
+	DisableListen bool
+
+	// Schema qualifies the outbox tables and River's (the River client's
+	// Schema must match). Defaults to "": the search_path.
+	Schema string
+
+	// OnMove, when set, is called after every batch that moved rows, with
+	// what it did (metrics hook it here). It must be fast.
+	OnMove func(ctx context.Context, res MoveResult)
+
+	// Logger receives errors and dead rows. Defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *Config) withDefaults() Config {
+	var out Config
+	if c != nil {
+		out = *c
+	}
+	if out.MaxPayloadBytes == 0 {
+		out.MaxPayloadBytes = outbox.MaxPayloadBytesDefault
+	}
+	if out.BatchSize == 0 {
+		out.BatchSize = BatchSizeDefault
+	}
+	if out.CopyMinJobs == 0 {
+		out.CopyMinJobs = CopyMinJobsDefault
+	}
+	if out.PollMin == 0 {
+		out.PollMin = PollMinDefault
+	}
+	if out.PollMax == 0 {
+		out.PollMax = PollMaxDefault
+	}
+	if out.Logger == nil {
+		out.Logger = slog.Default()
+	}
+	return out
+}
+
+// Errors of New.
+var (
+	// ErrConfig is matched by every configuration error of New.
+	ErrConfig = errors.New("relay: invalid configuration")
+)
+
+// MoveResult is what one batch (or a Drain) did.
+type MoveResult struct {
+	// Rows is the number of outbox rows taken (and deleted).
+	Rows int
+	// Inserted counts the new river_job rows.
+	Inserted int
+	// UniqueSkipped counts the rows that matched a job already waiting
+	// (a queue lock, or River's unique options) and so added no job.
+	UniqueSkipped int
+	// Coalesced counts the rows dropped because a row of the same kind
+	// and queue-lock key came before them in the batch.
+	Coalesced int
+	// Dead counts the rows moved to outbox_dead_jobs.
+	Dead int
+	// OldestCreatedAt is the created_at (its transaction's start) of the
+	// oldest row taken; zero when Rows is 0.
+	OldestCreatedAt time.Time
+}
+
+func (r *MoveResult) add(o MoveResult) {
+	r.Rows += o.Rows
+	r.Inserted += o.Inserted
+	r.UniqueSkipped += o.UniqueSkipped
+	r.Coalesced += o.Coalesced
+	r.Dead += o.Dead
+	if !o.OldestCreatedAt.IsZero() && (r.OldestCreatedAt.IsZero() || o.OldestCreatedAt.Before(r.OldestCreatedAt)) {
+		r.OldestCreatedAt = o.OldestCreatedAt
+	}
+}
+
+// Stats are a relay's counters since New.
+type Stats struct {
+	Batches, Rows, Inserted, UniqueSkipped, Coalesced, Dead, Errors int64
+}
+
+// Relay moves committed outbox rows into River. It is safe for concurrent
+// use; MoveBatch and Drain may be called while it runs.
+type Relay struct {
+	pool   *pgxpool.Pool
+	client *river.Client[pgx.Tx]
+	cfg    Config
+	queues map[string]struct{}
+	sql    statements
+
+	wake chan struct{}
+
+	mu      sync.Mutex
+	cancel  context.CancelFunc // hard stop of the running loop
+	stopped chan struct{}      // closed when Stop asks the loop to end
+	done    chan struct{}      // closed when the loop and listener ended
+
+	batches, rows, inserted, skipped, coalesced, dead, errs atomic.Int64
+}
+
+// New returns a relay that moves rows with pool and inserts jobs with
+// client (insert-only is enough; jobs.NewClient's carries the queue-lock
+// middleware LockKey relies on). cfg may be nil.
+func New(pool *pgxpool.Pool, client *river.Client[pgx.Tx], cfg *Config) (*Relay, error) {
+	if pool == nil {
+		return nil, fmt.Errorf("%w: nil pool", ErrConfig)
+	}
+	if client == nil {
+		return nil, fmt.Errorf("%w: nil River client", ErrConfig)
+	}
+	c := cfg.withDefaults()
+	switch {
+	case c.MaxPayloadBytes < 0:
+		return nil, fmt.Errorf("%w: MaxPayloadBytes must not be negative, got %d", ErrConfig, c.MaxPayloadBytes)
+	case c.BatchSize < 1 || c.BatchSize > 100_000:
+		return nil, fmt.Errorf("%w: BatchSize must be 1 to 100000, got %d", ErrConfig, c.BatchSize)
+	case c.PollMin < 0 || c.PollMax < c.PollMin:
+		return nil, fmt.Errorf("%w: need 0 <= PollMin <= PollMax, got %s and %s", ErrConfig, c.PollMin, c.PollMax)
+	}
+	r := &Relay{pool: pool, client: client, cfg: c, sql: newStatements(c.Schema), wake: make(chan struct{}, 1)}
+	if len(c.Queues) > 0 {
+		r.queues = make(map[string]struct{}, len(c.Queues))
+		for _, q := range c.Queues {
+			if !outboxrow.ValidQueueName(q) {
+				return nil, fmt.Errorf("%w: Queues holds %q", ErrConfig, q)
+			}
+			r.queues[q] = struct{}{}
+		}
+	}
+	return r, nil
+}
+
+// Stats returns the relay's counters.
+func (r *Relay) Stats() Stats {
+	return Stats{
+		Batches: r.batches.Load(), Rows: r.rows.Load(), Inserted: r.inserted.Load(),
+		UniqueSkipped: r.skipped.Load(), Coalesced: r.coalesced.Load(), Dead: r.dead.Load(), Errors: r.errs.Load(),
+	}
+}
+
+// ErrRunning is returned by Start when the relay already runs.
+var ErrRunning = errors.New("relay: already running")
+
+// Start runs the relay in the background until Stop (or until ctx is
+// cancelled): it moves rows as they commit, woken by writers'
+// notifications and its adaptive poll. Errors are logged and retried with
+// a backoff; they never stop it.
+func (r *Relay) Start(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cancel != nil {
+		return ErrRunning
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	r.cancel = cancel
+	r.stopped = make(chan struct{})
+	r.done = make(chan struct{})
+	stopped, done := r.stopped, r.done
+	go func() {
+		// ctx ending is a hard stop, as Stop's own context running out.
+		select {
+		case <-ctx.Done():
+			cancel()
+		case <-done:
+		}
+	}()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); r.loop(runCtx, stopped) }()
+	if !r.cfg.DisableListen {
+		wg.Add(1)
+		go func() { defer wg.Done(); r.listen(runCtx, stopped) }()
+	}
+	go func() { wg.Wait(); close(done) }()
+	return nil
+}
+
+// Stop asks the relay to finish the batch under way and end, and waits
+// until it has, or until ctx is done: then the batch is cut short (its
+// transaction rolls back; its rows stay for the next relay) and ctx's error
+// is returned. Stopping a relay that does not run is a no-op.
+func (r *Relay) Stop(ctx context.Context) error {
+	r.mu.Lock()
+	cancel, stopped, done := r.cancel, r.stopped, r.done
+	if cancel != nil {
+		select {
+		case <-stopped:
+		default:
+			close(stopped)
+		}
+	}
+	r.mu.Unlock()
+	if cancel == nil {
+		return nil
+	}
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		cancel()
+		<-done
+		err = ctx.Err()
+	}
+	cancel()
+	r.mu.Lock()
+	if r.done == done {
+		r.cancel, r.stopped, r.done = nil, nil, nil
+	}
+	r.mu.Unlock()
+	return err
+}
+
+// Wake makes a running relay look at the table now (an in-process writer
+// may call it after a commit).
+func (r *Relay) Wake() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (r *Relay) loop(ctx context.Context, stopped <-chan struct{}) {
+	wait := r.cfg.PollMin
+	errWait := time.Duration(0)
+	for {
+		res, err := r.MoveBatch(ctx)
+		switch {
+		case err != nil:
+			if ctx.Err() != nil {
+				return
+			}
+			errWait = min(max(2*errWait, 50*time.Millisecond), 5*time.Second)
+			r.cfg.Logger.ErrorContext(ctx, "relay: moving outbox rows failed; retrying",
+				slog.String("err", err.Error()), slog.Duration("retry_in", errWait))
+			wait = errWait
+		case res.Rows >= r.cfg.BatchSize:
+			errWait = 0
+			wait = 0 // more rows are likely waiting
+		case res.Rows > 0:
+			errWait = 0
+			wait = r.cfg.PollMin
+		default:
+			errWait = 0
+			wait = min(max(2*wait, r.cfg.PollMin), r.cfg.PollMax)
+		}
+		if wait == 0 {
+			select {
+			case <-stopped:
+				return
+			default:
+				continue
+			}
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-stopped:
+			timer.Stop()
+			return
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-r.wake:
+			timer.Stop()
+			wait = r.cfg.PollMin // a writer just committed
+		case <-timer.C:
+		}
+	}
+}
+
+// listen holds a connection of its own (outside the pool, so a small pool
+// never waits for it) listening on the writers' channel, and wakes the loop
+// on each notification. It reconnects after an error.
+func (r *Relay) listen(ctx context.Context, stopped <-chan struct{}) {
+	backoff := 100 * time.Millisecond
+	for {
+		err := r.listenOnce(ctx)
+		select {
+		case <-stopped:
+			return
+		case <-ctx.Done():
+			return
+		default:
+		}
+		r.cfg.Logger.WarnContext(ctx, "relay: listening for outbox notifications failed; polling meanwhile",
+			slog.String("err", fmt.Sprint(err)), slog.Duration("retry_in", backoff))
+		select {
+		case <-stopped:
+			return
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+func (r *Relay) listenOnce(ctx context.Context) error {
+	conn, err := pgx.ConnectConfig(ctx, r.pool.Config().ConnConfig.Copy())
+	if err != nil {
+		return err
+	}
+	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
+	schema := r.cfg.Schema
+	if schema == "" {
+		if err := conn.QueryRow(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
+			return err
+		}
+	}
+	channel := schema + "." + outboxrow.Channel
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
+		return err
+	}
+	r.Wake() // rows may have committed before the LISTEN
+	for {
+		if _, err := conn.WaitForNotification(ctx); err != nil {
+			return err
+		}
+		r.Wake()
+	}
+}
+
+// Drain moves batches until none is left that this relay can take (rows
+// locked by another relay's batch are not waited for), and returns the
+// sum. Tests and tools call it to move what has committed, now.
+func (r *Relay) Drain(ctx context.Context) (MoveResult, error) {
+	var total MoveResult
+	for {
+		res, err := r.MoveBatch(ctx)
+		total.add(res)
+		if err != nil {
+			return total, err
+		}
+		if res.Rows == 0 {
+			return total, nil
+		}
+	}
+}
