@@ -129,17 +129,27 @@ func (c *QueueMetricsConfig) withDefaults() QueueMetricsConfig {
 //     worker fetches anything.
 //   - <ns>_queue_stuck_jobs{queue}: running jobs attempted more than
 //     StuckAfter ago, the rule of the stuck_jobs view.
+//   - <ns>_outbox_depth: rows waiting in outbox_jobs, committed and not
+//     yet relayed into River's job table (the outbox_depth view's depth).
+//   - <ns>_outbox_oldest_age_seconds: how long the oldest of them has
+//     waited (now() − created_at, its transaction's start); 0 when the
+//     outbox is empty. It grows while no relay runs.
+//   - <ns>_outbox_dead_rows: rows in outbox_dead_jobs, the outbox rows the
+//     relay refused, kept with their reason.
 //   - <ns>_queue_read_errors_total: reads that failed or timed out.
 //
 // Every queue River knows (river_queue, where each client working a queue
 // registers it) or that holds a live job has all its series, at 0 or not:
-// 7 series per queue.
+// 7 series per queue. The three outbox gauges are always there (when the
+// process reports at all).
 //
 // # Cost
 //
 // One read is one statement: a count per (queue, state) of the live jobs,
 // which Postgres answers from River's fetch index (state, queue, priority,
-// scheduled_at, id), plus the running jobs' attempted_at. Finalized jobs,
+// scheduled_at, id), plus the running jobs' attempted_at, plus the
+// outbox_depth view: a count and min(created_at) of outbox_jobs, which the
+// relay keeps near empty, and a count of outbox_dead_jobs. Finalized jobs,
 // which River keeps for a day and which the queue_depth view counts, are
 // never read. The cost grows with the backlog: 0.4–0.65 s for 200,000
 // available jobs on a busy two-core machine (the queue_depth view: 1.3–2.5
@@ -152,8 +162,9 @@ type QueueMetrics struct {
 	db  QueueMetricsDB
 	cfg QueueMetricsConfig
 
-	jobsDesc, oldestDesc, stuckDesc *prometheus.Desc
-	readErrors                      prometheus.Counter
+	jobsDesc, oldestDesc, stuckDesc                   *prometheus.Desc
+	outboxDepthDesc, outboxOldestDesc, outboxDeadDesc *prometheus.Desc
+	readErrors                                        prometheus.Counter
 
 	// mu serializes reads: a scrape that arrives during a read waits for
 	// it and uses its result.
@@ -168,6 +179,15 @@ var _ prometheus.Collector = (*QueueMetrics)(nil)
 // queueSnapshot is the result of one read.
 type queueSnapshot struct {
 	queues map[string]*queueRow
+	// outbox is nil when the process does not report (not the leader).
+	outbox *outboxRow
+}
+
+// outboxRow is what the outbox tables hold.
+type outboxRow struct {
+	depth     float64
+	oldestAge float64 // seconds
+	dead      float64
 }
 
 // queueRow is what one queue holds.
@@ -200,6 +220,15 @@ func NewQueueMetrics(db QueueMetricsDB, cfg *QueueMetricsConfig) (*QueueMetrics,
 		stuckDesc: prometheus.NewDesc(name("stuck_jobs"),
 			fmt.Sprintf("Running jobs of the queue attempted more than %s ago (the stuck_jobs view's rule).", c.StuckAfter),
 			[]string{"queue"}, c.ConstLabels),
+		outboxDepthDesc: prometheus.NewDesc(prometheus.BuildFQName(c.Namespace, "outbox", "depth"),
+			"Rows waiting in outbox_jobs, committed and not yet relayed into River's job table, read at scrape.",
+			nil, c.ConstLabels),
+		outboxOldestDesc: prometheus.NewDesc(prometheus.BuildFQName(c.Namespace, "outbox", "oldest_age_seconds"),
+			"How long the oldest row of outbox_jobs has waited (now() - created_at, its transaction's start), 0 when the outbox is empty; it grows while no relay runs.",
+			nil, c.ConstLabels),
+		outboxDeadDesc: prometheus.NewDesc(prometheus.BuildFQName(c.Namespace, "outbox", "dead_rows"),
+			"Rows in outbox_dead_jobs: outbox rows the relay refused (unknown kind, args that do not decode, a bad option, too large), kept with the reason until an operator re-enqueues or deletes them.",
+			nil, c.ConstLabels),
 		readErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: c.Namespace, Subsystem: "queue", Name: "read_errors_total", ConstLabels: c.ConstLabels,
 			Help: "Reads of the queue gauges that failed or timed out; their scrape had no queue gauges.",
@@ -212,6 +241,9 @@ func (q *QueueMetrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- q.jobsDesc
 	ch <- q.oldestDesc
 	ch <- q.stuckDesc
+	ch <- q.outboxDepthDesc
+	ch <- q.outboxOldestDesc
+	ch <- q.outboxDeadDesc
 	q.readErrors.Describe(ch)
 }
 
@@ -225,6 +257,11 @@ func (q *QueueMetrics) Collect(ch chan<- prometheus.Metric) {
 			}
 			ch <- prometheus.MustNewConstMetric(q.oldestDesc, prometheus.GaugeValue, row.oldestAge, queue)
 			ch <- prometheus.MustNewConstMetric(q.stuckDesc, prometheus.GaugeValue, row.stuck, queue)
+		}
+		if o := snap.outbox; o != nil {
+			ch <- prometheus.MustNewConstMetric(q.outboxDepthDesc, prometheus.GaugeValue, o.depth)
+			ch <- prometheus.MustNewConstMetric(q.outboxOldestDesc, prometheus.GaugeValue, o.oldestAge)
+			ch <- prometheus.MustNewConstMetric(q.outboxDeadDesc, prometheus.GaugeValue, o.dead)
 		}
 	}
 	q.readErrors.Collect(ch)
@@ -262,16 +299,22 @@ func (q *QueueMetrics) snapshot() *queueSnapshot {
 
 // queueMetricsSQL reads the live jobs per (queue, state), with the age of
 // the oldest available one, the stuck jobs per queue ($1: the stuck
-// threshold in microseconds) and the queues River knows, in one statement:
-// one snapshot and one now(). The live states are the index's leading
-// column, so the first part is an index-only scan of River's fetch index.
-// With $2, a River client ID, it reads nothing unless that client is the
-// leader, and then returns the one row (NULL, 'not_leader', 0, NULL).
+// threshold in microseconds), the queues River knows and the outbox (two
+// rows of the outbox_depth view: (NULL, 'outbox', depth, oldest age) and
+// (NULL, 'outbox_dead', dead rows, NULL)), in one statement: one snapshot
+// and one now(). The live states are the index's leading column, so the
+// first part is an index-only scan of River's fetch index. With $2, a River
+// client ID, it reads nothing unless that client is the leader, and then
+// returns the one row (NULL, 'not_leader', 0, NULL).
 const queueMetricsSQL = `
 WITH reporting AS (
     SELECT $2::text = '' OR EXISTS (
         SELECT 1 FROM river_leader WHERE leader_id = $2::text AND expires_at > now()
     ) AS yes
+), outbox AS (
+    SELECT depth, greatest(extract(epoch FROM oldest_age), 0)::float8 AS oldest_age, dead
+      FROM outbox_depth
+     WHERE (SELECT yes FROM reporting)
 )
 SELECT queue, state::text, count(*),
        CASE WHEN state = 'available'
@@ -288,6 +331,10 @@ SELECT queue, 'stuck', count(*), NULL
  GROUP BY queue
 UNION ALL
 SELECT name, NULL, 0, NULL FROM river_queue WHERE (SELECT yes FROM reporting)
+UNION ALL
+SELECT NULL, 'outbox', depth, oldest_age FROM outbox
+UNION ALL
+SELECT NULL, 'outbox_dead', dead, NULL FROM outbox
 UNION ALL
 SELECT NULL, 'not_leader', 0, NULL WHERE NOT (SELECT yes FROM reporting)`
 
@@ -308,7 +355,18 @@ func (q *QueueMetrics) read(ctx context.Context) (*queueSnapshot, error) {
 		if err := rows.Scan(&queue, &state, &n, &age); err != nil {
 			return nil, err
 		}
-		if queue == nil { // not the leader: nothing to report
+		if queue == nil {
+			// The outbox's two rows, else not the leader: nothing to report.
+			if st := deref(state); st == "outbox" || st == "outbox_dead" {
+				if snap.outbox == nil {
+					snap.outbox = &outboxRow{}
+				}
+				if st == "outbox" {
+					snap.outbox.depth, snap.outbox.oldestAge = float64(n), deref(age)
+				} else {
+					snap.outbox.dead = float64(n)
+				}
+			}
 			continue
 		}
 		row := snap.queues[*queue]

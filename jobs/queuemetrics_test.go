@@ -69,6 +69,18 @@ func queueGauges(queue string, available, pending, retryable, running, scheduled
 
 const oldestAgeKey = `aftercommit_queue_oldest_available_age_seconds{queue="q_alpha"}`
 
+// The outbox gauges' keys.
+const (
+	outboxDepthKey  = "aftercommit_outbox_depth"
+	outboxOldestKey = "aftercommit_outbox_oldest_age_seconds"
+	outboxDeadKey   = "aftercommit_outbox_dead_rows"
+)
+
+// emptyOutbox are the outbox gauges of an empty outbox: always reported.
+func emptyOutbox() map[string]float64 {
+	return map[string]float64{outboxDepthKey: 0, outboxOldestKey: 0, outboxDeadKey: 0}
+}
+
 func TestQueueMetrics(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -112,6 +124,9 @@ func TestQueueMetrics(t *testing.T) {
 	}
 	want[`aftercommit_queue_oldest_available_age_seconds{queue="q_idle"}`] = 0
 	want["aftercommit_queue_read_errors_total"] = 0
+	for k, v := range emptyOutbox() {
+		want[k] = v
+	}
 
 	got := gaugesAndCounters(t, reg)
 	// The oldest available job was due 10 s before the insert.
@@ -151,8 +166,15 @@ func TestQueueMetricsReadFails(t *testing.T) {
 	require.NoError(t, err)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(qm)
-	require.Equal(t, map[string]float64{"aftercommit_queue_read_errors_total": 0}, gaugesAndCounters(t, reg),
-		"no queue known, no job: only the error counter")
+	// A first read within the default timeout (a loaded machine's first
+	// read may exceed 200ms): no queue known, no job.
+	relaxed, err := jobs.NewQueueMetrics(s.Pool, &jobs.QueueMetricsConfig{CacheFor: -1})
+	require.NoError(t, err)
+	relaxedReg := prometheus.NewRegistry()
+	relaxedReg.MustRegister(relaxed)
+	want := emptyOutbox()
+	want["aftercommit_queue_read_errors_total"] = 0
+	require.Equal(t, want, gaugesAndCounters(t, relaxedReg), "no queue known, no job: the outbox gauges and the error counter")
 
 	// Another transaction holds river_job: reads time out.
 	tx, err := s.Pool.Begin(ctx)
@@ -210,9 +232,9 @@ func TestQueueMetricsLeaderOnly(t *testing.T) {
 		return gaugesAndCounters(t, reg)
 	}
 	require.InDelta(t, 1, collect("leader")[`aftercommit_queue_jobs{queue="q",state="available"}`], 0)
-	require.Len(t, collect("leader"), 8)
+	require.Len(t, collect("leader"), 11, "7 series of queue q, 3 of the outbox, the error counter")
 	require.Equal(t, map[string]float64{"aftercommit_queue_read_errors_total": 0}, collect("follower"))
-	require.Len(t, collect(""), 8, "no LeaderClientID: every process reports")
+	require.Len(t, collect(""), 11, "no LeaderClientID: every process reports")
 
 	// A lapsed term is nobody's.
 	_, err = s.Pool.Exec(ctx, `UPDATE river_leader SET expires_at = now() - interval '1 s'`)
@@ -230,14 +252,18 @@ func TestQueueMetricsConfig(t *testing.T) {
 
 	qm, err := jobs.NewQueueMetrics(s.Pool, &jobs.QueueMetricsConfig{Namespace: "acme", StuckAfter: 5 * time.Minute})
 	require.NoError(t, err)
-	require.Equal(t, 4, describeCount(qm))
+	require.Equal(t, 7, describeCount(qm))
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(qm)
 	families, err := reg.Gather()
 	require.NoError(t, err)
-	require.Len(t, families, 1)
-	require.Equal(t, "acme_queue_read_errors_total", families[0].GetName())
-	descs := make(chan *prometheus.Desc, 4)
+	var names []string
+	for _, f := range families {
+		names = append(names, f.GetName())
+	}
+	require.Equal(t, []string{"acme_outbox_dead_rows", "acme_outbox_depth", "acme_outbox_oldest_age_seconds", "acme_queue_read_errors_total"}, names,
+		"no queue: the outbox gauges and the error counter")
+	descs := make(chan *prometheus.Desc, 7)
 	qm.Describe(descs)
 	close(descs)
 	var all []string
@@ -245,4 +271,72 @@ func TestQueueMetricsConfig(t *testing.T) {
 		all = append(all, d.String())
 	}
 	require.Contains(t, strings.Join(all, "\n"), "attempted more than 5m0s ago")
+}
+
+// The outbox gauges read outbox_jobs and outbox_dead_jobs: committed rows
+// only, the oldest row's age, the dead rows; only when the process reports.
+func TestQueueMetricsOutbox(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, nil)
+
+	qm, err := jobs.NewQueueMetrics(s.Pool, &jobs.QueueMetricsConfig{CacheFor: -1})
+	require.NoError(t, err)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(qm)
+	outbox := func() map[string]float64 {
+		got := gaugesAndCounters(t, reg)
+		return map[string]float64{outboxDepthKey: got[outboxDepthKey], outboxOldestKey: got[outboxOldestKey], outboxDeadKey: got[outboxDeadKey]}
+	}
+	require.Equal(t, emptyOutbox(), outbox(), "an empty outbox: every gauge at 0")
+
+	// Three rows written 90 s, 30 s and 0 s before the insert's now(), two
+	// dead rows; a row of a transaction still open is not counted.
+	start := time.Now()
+	_, err = s.Pool.Exec(ctx, `
+		INSERT INTO outbox_jobs (kind, args, created_at)
+		VALUES ('k', '{"id": 1}', now() - interval '90 s'),
+		       ('k', '{"id": 2}', now() - interval '30 s'),
+		       ('k', '{"id": 3}', now());
+		INSERT INTO outbox_dead_jobs (id, kind, args, tx_id, created_at, reason)
+		VALUES (100, 'nope', '{}', pg_current_xact_id(), now() - interval '1 h', 'unknown kind "nope"'),
+		       (101, 'k', '{"id": "x"}', pg_current_xact_id(), now() - interval '1 h', 'args do not decode')`)
+	require.NoError(t, err)
+	open, err := s.Pool.Begin(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = open.Rollback(context.WithoutCancel(ctx)) })
+	_, err = open.Exec(ctx, `INSERT INTO outbox_jobs (kind, args, created_at) VALUES ('k', '{}', now() - interval '1 h')`)
+	require.NoError(t, err)
+
+	got := outbox()
+	elapsed := time.Since(start).Seconds()
+	// The oldest row's age is 90 s plus the time between the insert and
+	// the read, which this test measured around both.
+	require.GreaterOrEqual(t, got[outboxOldestKey], 90.0)
+	require.LessOrEqual(t, got[outboxOldestKey], 90+elapsed)
+	require.Equal(t, map[string]float64{outboxDepthKey: 3, outboxOldestKey: got[outboxOldestKey], outboxDeadKey: 2}, got)
+
+	// Committed, the open transaction's row (an hour old) is counted.
+	require.NoError(t, open.Commit(ctx))
+	got = outbox()
+	require.Equal(t, 4.0, got[outboxDepthKey])
+	require.GreaterOrEqual(t, got[outboxOldestKey], 3600.0)
+	require.LessOrEqual(t, got[outboxOldestKey], 3600+time.Since(start).Seconds())
+
+	// Relayed (deleted), the outbox is empty again: age 0, dead rows stay.
+	// A row dated in the future (another clock) has age 0, not negative.
+	_, err = s.Pool.Exec(ctx, `DELETE FROM outbox_jobs;
+		INSERT INTO outbox_jobs (kind, args, created_at) VALUES ('k', '{}', now() + interval '1 min')`)
+	require.NoError(t, err)
+	require.Equal(t, map[string]float64{outboxDepthKey: 1, outboxOldestKey: 0, outboxDeadKey: 2}, outbox())
+	_, err = s.Pool.Exec(ctx, `DELETE FROM outbox_jobs`)
+	require.NoError(t, err)
+	require.Equal(t, map[string]float64{outboxDepthKey: 0, outboxOldestKey: 0, outboxDeadKey: 2}, outbox())
+
+	// A process that does not lead reports no outbox gauge.
+	follower, err := jobs.NewQueueMetrics(s.Pool, &jobs.QueueMetricsConfig{CacheFor: -1, LeaderClientID: "follower"})
+	require.NoError(t, err)
+	followerReg := prometheus.NewRegistry()
+	followerReg.MustRegister(follower)
+	require.Equal(t, map[string]float64{"aftercommit_queue_read_errors_total": 0}, gaugesAndCounters(t, followerReg))
 }
