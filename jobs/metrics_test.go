@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/jobs"
 	"github.com/aftercommit/aftercommit/outbox"
+	"github.com/aftercommit/aftercommit/outbox/relay"
 )
 
 // One args type, and so one kind, per outcome.
@@ -456,13 +458,14 @@ func TestMetricsConfig(t *testing.T) {
 		m := jobs.NewMetrics(nil)
 		reg := prometheus.NewRegistry()
 		require.NoError(t, reg.Register(m))
-		// Describe lists all ten metrics, before any job ran.
+		// Describe lists all twelve metrics, before any job ran.
 		descs := make(chan *prometheus.Desc, 20)
 		m.Describe(descs)
 		close(descs)
-		require.Len(t, descs, 10)
-		// Its parts: the job metrics and the outbox counters.
-		require.Equal(t, 4, describeCount(m.JobCollector()))
+		require.Len(t, descs, 12)
+		// Its parts: the job metrics with the relay's two counters (the
+		// relay runs in the worker processes), and the outbox counters.
+		require.Equal(t, 6, describeCount(m.JobCollector()))
 		require.Equal(t, 6, describeCount(m.OutboxCollector()))
 		jobOnly := prometheus.NewRegistry()
 		require.NoError(t, jobOnly.Register(m.JobCollector()))
@@ -520,6 +523,138 @@ func TestMetricsConfig(t *testing.T) {
 		t.Parallel()
 		require.PanicsWithValue(t, "jobs: MetricsConfig.DurationBuckets must be strictly increasing, got [1 0.5]",
 			func() { jobs.NewMetrics(&jobs.MetricsConfig{DurationBuckets: []float64{1, 0.5}}) })
+	})
+}
+
+// relayCounters returns the relay's counters of g, zeros included.
+func relayCounters(t *testing.T, g prometheus.Gatherer, prefix string) map[string]float64 {
+	t.Helper()
+	out := map[string]float64{}
+	for k, v := range gaugesAndCounters(t, g) {
+		if strings.HasPrefix(k, prefix+"_relay_") {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// wantRelay is the relay's counters with these values.
+func wantRelay(batches, inserted, uniqueSkipped, coalesced, dead float64) map[string]float64 {
+	return map[string]float64{
+		"aftercommit_relay_batches_total":                       batches,
+		`aftercommit_relay_rows_total{result="inserted"}`:       inserted,
+		`aftercommit_relay_rows_total{result="unique_skipped"}`: uniqueSkipped,
+		`aftercommit_relay_rows_total{result="coalesced"}`:      coalesced,
+		`aftercommit_relay_rows_total{result="dead"}`:           dead,
+	}
+}
+
+// ObserveRelay counts batches and rows by result; all four result series
+// exist at 0 before the first batch, so rate() and increase() see the
+// first dead row.
+func TestMetricsRelay(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	t.Run("Counts", func(t *testing.T) {
+		t.Parallel()
+		m := jobs.NewMetrics(nil)
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(m)
+		require.Equal(t, wantRelay(0, 0, 0, 0, 0), relayCounters(t, reg, "aftercommit"), "every series from the start")
+
+		m.ObserveRelay(ctx, relay.MoveResult{Rows: 10, Inserted: 6, UniqueSkipped: 2, Coalesced: 1, Dead: 1, OldestCreatedAt: time.Now()})
+		require.Equal(t, wantRelay(1, 6, 2, 1, 1), relayCounters(t, reg, "aftercommit"))
+		m.ObserveRelay(ctx, relay.MoveResult{Rows: 3, Inserted: 3})
+		m.ObserveRelay(ctx, relay.MoveResult{Rows: 4, Dead: 4})
+		require.Equal(t, wantRelay(3, 9, 2, 1, 5), relayCounters(t, reg, "aftercommit"))
+	})
+
+	t.Run("Concurrent", func(t *testing.T) {
+		t.Parallel()
+		m := jobs.NewMetrics(nil)
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(m)
+		const goroutines, batches = 8, 200
+		var wg sync.WaitGroup
+		for range goroutines {
+			wg.Go(func() {
+				for range batches {
+					m.ObserveRelay(ctx, relay.MoveResult{Rows: 4, Inserted: 1, UniqueSkipped: 1, Coalesced: 1, Dead: 1})
+				}
+			})
+		}
+		// Scrapes while batches are counted: every series is there, none
+		// above what the goroutines observe in all.
+		for range 20 {
+			got := relayCounters(t, reg, "aftercommit")
+			require.Len(t, got, 5)
+			for k, v := range got {
+				require.LessOrEqual(t, v, float64(goroutines*batches), k)
+			}
+		}
+		wg.Wait()
+		const n = goroutines * batches
+		require.Equal(t, wantRelay(n, n, n, n, n), relayCounters(t, reg, "aftercommit"))
+	})
+
+	t.Run("NamespaceAndConstLabels", func(t *testing.T) {
+		t.Parallel()
+		m := jobs.NewMetrics(&jobs.MetricsConfig{Namespace: "acme", ConstLabels: prometheus.Labels{"service": "worker"}})
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(m.JobCollector())
+		m.ObserveRelay(ctx, relay.MoveResult{Rows: 2, Inserted: 1, Dead: 1})
+		require.Equal(t, map[string]float64{
+			`acme_relay_batches_total{service="worker"}`:                      1,
+			`acme_relay_rows_total{result="inserted",service="worker"}`:       1,
+			`acme_relay_rows_total{result="unique_skipped",service="worker"}`: 0,
+			`acme_relay_rows_total{result="coalesced",service="worker"}`:      0,
+			`acme_relay_rows_total{result="dead",service="worker"}`:           1,
+		}, relayCounters(t, reg, "acme"), "in the job collector")
+	})
+
+	// A real relay with OnMove = ObserveRelay: the counters say what
+	// MoveBatch returned, batch by batch.
+	t.Run("RelayOnMove", func(t *testing.T) {
+		t.Parallel()
+		s := dbtest.TestSchema(ctx, t, nil)
+		m := jobs.NewMetrics(nil)
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(m)
+
+		registry := jobs.NewRegistry()
+		q := registry.AddQueue("relay", "metrics", 0, nil)
+		jobs.AddWorker(registry, q, &metricsWorker[metricsCompleteArgs]{})
+		jobs.AddWorker(registry, q, &metricsWorker[metricsUniqueArgs]{})
+		client, err := jobs.NewClient(s.Pool, registry, &jobs.ClientConfig{Schema: s.Name, Queues: []string{}, Logger: discardLogger()})
+		require.NoError(t, err)
+		rl, err := jobs.NewRelay(s.Pool, client, registry, &relay.Config{
+			Schema: s.Name, OnMove: m.ObserveRelay, Logger: discardLogger(), DisableListen: true,
+		})
+		require.NoError(t, err)
+
+		// Three plain jobs, a River-unique job twice (one job), an unknown
+		// kind and args that do not decode (two dead rows).
+		_, err = s.Pool.Exec(ctx, `
+			INSERT INTO outbox_jobs (kind, args) VALUES
+			  ('test.metrics_complete', '{}'), ('test.metrics_complete', '{}'), ('test.metrics_complete', '{}'),
+			  ('test.metrics_unique', '{"id": 1}'), ('test.metrics_unique', '{"id": 1}'),
+			  ('test.nope', '{}'), ('test.metrics_unique', '{"id": "x"}')`)
+		require.NoError(t, err)
+		res, err := rl.MoveBatch(ctx)
+		require.NoError(t, err)
+		require.Equal(t, relay.MoveResult{Rows: 7, Inserted: 4, UniqueSkipped: 1, Dead: 2, OldestCreatedAt: res.OldestCreatedAt}, res)
+		var jobsInserted int
+		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*) FROM river_job`).Scan(&jobsInserted))
+		require.Equal(t, res.Inserted, jobsInserted)
+		require.Equal(t, 4, jobsInserted, "three plain jobs and one unique job")
+		require.Equal(t, wantRelay(1, 4, 1, 0, 2), relayCounters(t, reg, "aftercommit"))
+
+		// An empty outbox moves nothing and counts no batch.
+		res, err = rl.MoveBatch(ctx)
+		require.NoError(t, err)
+		require.Equal(t, relay.MoveResult{}, res)
+		require.InDelta(t, 1, relayCounters(t, reg, "aftercommit")["aftercommit_relay_batches_total"], 0)
 	})
 }
 
