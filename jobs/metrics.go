@@ -14,6 +14,7 @@ import (
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/aftercommit/aftercommit/outbox"
+	"github.com/aftercommit/aftercommit/outbox/relay"
 )
 
 // MetricsNamespaceDefault is the default MetricsConfig.Namespace, the prefix
@@ -263,6 +264,11 @@ type Metrics struct {
 	uniqueSkipped prometheus.Counter
 	roundTrips    prometheus.Counter
 
+	// The relay's counters (ObserveRelay), in the job collector: the relay
+	// runs in the worker processes.
+	relayBatches prometheus.Counter
+	relayRows    *prometheus.CounterVec
+
 	// series maps (kind, queue) to its resolved children. It is replaced,
 	// never modified, under seriesMu, so lookups take no lock.
 	series   atomic.Pointer[map[seriesKey]*jobSeries]
@@ -317,7 +323,18 @@ func NewMetrics(cfg *MetricsConfig) *Metrics {
 		roundTrips:    counter("round_trips_total", "Round trips outbox flushes spent writing jobs and committing."),
 	}
 	m.argsUnknownFields = newArgsUnknownFieldsVec(c)
-	m.jobCollector = collectorSet{m.executions, m.runTime, m.latency, m.argsUnknownFields}
+	m.relayBatches = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: c.Namespace, Subsystem: "relay", Name: "batches_total", ConstLabels: c.ConstLabels,
+		Help: "Relay transactions that moved outbox rows into River.",
+	})
+	m.relayRows = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: c.Namespace, Subsystem: "relay", Name: "rows_total", ConstLabels: c.ConstLabels,
+		Help: "Outbox rows the relay moved, by result: inserted (a new job), unique_skipped (matched a waiting job: queue lock or River unique), coalesced (same queue-lock key earlier in the batch), dead (refused; see outbox_dead_jobs).",
+	}, []string{"result"})
+	for _, r := range relayResults {
+		m.relayRows.WithLabelValues(r)
+	}
+	m.jobCollector = collectorSet{m.executions, m.runTime, m.latency, m.argsUnknownFields, m.relayBatches, m.relayRows}
 	m.outboxCollector = collectorSet{m.flushes, m.enqueued, m.duplicates, m.inserted, m.uniqueSkipped, m.roundTrips}
 	m.series.Store(&map[seriesKey]*jobSeries{})
 	m.plugin = &metricsPlugin{m: m}
@@ -407,6 +424,21 @@ func (m *Metrics) OnFlush(_ context.Context, res outbox.FlushResult) {
 	m.inserted.Add(float64(res.Inserted))
 	m.uniqueSkipped.Add(float64(res.UniqueSkipped))
 	m.roundTrips.Add(float64(res.RoundTrips))
+}
+
+// The result label values of <ns>_relay_rows_total.
+var relayResults = []string{"inserted", "unique_skipped", "coalesced", "dead"}
+
+// ObserveRelay records what one relay batch did. Pass it as
+// relay.Config.OnMove (cmd/worker does). It is safe for concurrent use and
+// does not block.
+func (m *Metrics) ObserveRelay(_ context.Context, res relay.MoveResult) {
+	m.relayBatches.Inc()
+	for i, n := range []int{res.Inserted, res.UniqueSkipped, res.Coalesced, res.Dead} {
+		if n > 0 {
+			m.relayRows.WithLabelValues(relayResults[i]).Add(float64(n))
+		}
+	}
 }
 
 // seriesFor returns the children of (kind, queue), creating them, at zero,

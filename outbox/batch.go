@@ -141,7 +141,7 @@ func (b *Batch) Add(args river.JobArgs, opts *river.InsertOpts) error {
 	}
 	var cols outboxrow.Opts
 	if !b.ob.cfg.DirectInsert {
-		if cols, err = outboxrow.FromInsertOpts(opts); err != nil {
+		if cols, err = outboxrow.FromInsertOpts(b.ob.rowOpts(args, opts)); err != nil {
 			return b.fail(fmt.Errorf("%w: kind %q: %w", ErrInvalidOptions, kind.kind, err))
 		}
 	}
@@ -335,6 +335,48 @@ func (o *Outbox) customKey(args river.JobArgs) (string, bool) {
 		return d.DedupeKey(), true
 	}
 	return "", false
+}
+
+// rowOpts are the options an outbox row records for args: the caller's.
+// Without Config.KindDefaults (no registry) the relay may not know the
+// args' Go type either, so the type's own InsertOpts() are recorded too,
+// under the caller's; with a registry the relay decodes the args and River
+// applies them itself, below the kind's defaults, as on the direct path.
+func (o *Outbox) rowOpts(args river.JobArgs, opts *river.InsertOpts) *river.InsertOpts {
+	withOpts, ok := args.(river.JobArgsWithInsertOpts)
+	if o.cfg.KindDefaults != nil || !ok {
+		return opts
+	}
+	merged := withOpts.InsertOpts()
+	if opts == nil {
+		return &merged
+	}
+	o2 := *opts
+	if o2.Queue == "" {
+		o2.Queue = merged.Queue
+	}
+	if o2.Priority == 0 {
+		o2.Priority = merged.Priority
+	}
+	if o2.MaxAttempts == 0 {
+		o2.MaxAttempts = merged.MaxAttempts
+	}
+	if o2.ScheduledAt.IsZero() {
+		o2.ScheduledAt = merged.ScheduledAt
+	}
+	if o2.Metadata == nil {
+		o2.Metadata = merged.Metadata
+	}
+	if o2.Tags == nil {
+		o2.Tags = merged.Tags
+	}
+	if !o2.Pending {
+		o2.Pending = merged.Pending
+	}
+	if reflect.ValueOf(o2.UniqueOpts).IsZero() {
+		o2.UniqueOpts = merged.UniqueOpts
+	}
+	return &o2
 }
 
 // withKindDefaults fills the queue and priority opts leave unset from

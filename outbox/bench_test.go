@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -23,10 +24,14 @@ import (
 // BENCHMARKS.md for the command and the figures.
 
 type benchBundle struct {
-	pool        *pgxpool.Pool
-	client      *river.Client[pgx.Tx]
-	ob          *outbox.Outbox
-	unpipelined *outbox.Outbox
+	pool   *pgxpool.Pool
+	client *river.Client[pgx.Tx]
+	// ob writes jobs to the outbox table (the default path); direct writes
+	// them to river_job with River's insert (Config.DirectInsert).
+	ob, direct *outbox.Outbox
+	// notifyNever and notifyEvery are ob with RelayNotifyInterval -1 (no
+	// notification) and 1ns (one with every transaction).
+	notifyNever, notifyEvery *outbox.Outbox
 }
 
 func benchSetup(ctx context.Context, b *testing.B) *benchBundle {
@@ -40,11 +45,20 @@ func benchSetup(ctx context.Context, b *testing.B) *benchBundle {
 	if err != nil {
 		b.Fatal(err)
 	}
-	unpipelined, err := outbox.New(s.Pool, client, &outbox.Config{DisablePipelinedCommit: true})
-	if err != nil {
-		b.Fatal(err)
+	bb := &benchBundle{pool: s.Pool, client: client, ob: ob}
+	for _, o := range []struct {
+		dst *(*outbox.Outbox)
+		cfg outbox.Config
+	}{
+		{&bb.direct, outbox.Config{DirectInsert: true}},
+		{&bb.notifyNever, outbox.Config{RelayNotifyInterval: -1}},
+		{&bb.notifyEvery, outbox.Config{RelayNotifyInterval: time.Nanosecond}},
+	} {
+		if *o.dst, err = outbox.New(s.Pool, client, &o.cfg); err != nil {
+			b.Fatal(err)
+		}
 	}
-	return &benchBundle{pool: s.Pool, client: client, ob: ob, unpipelined: unpipelined}
+	return bb
 }
 
 const benchInsertPing = `INSERT INTO pings (note) VALUES ('bench') RETURNING id`
@@ -71,8 +85,26 @@ func runConcurrent(b *testing.B, conc int, op func() error) {
 	})
 }
 
+// pingJobTx is a transaction of BenchmarkTxOneJob: one domain row and its
+// job, through ob.
+func pingJobTx(ctx context.Context, ob *outbox.Outbox) func() error {
+	return func() error {
+		return ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			var id int64
+			if err := tx.QueryRow(ctx, benchInsertPing).Scan(&id); err != nil {
+				return err
+			}
+			return tx.Enqueue(jobs.PingArgs{PingID: id}, nil)
+		})
+	}
+}
+
 // BenchmarkTxOneJob: one domain row per transaction, with and without one
-// enqueued job. Baseline: "plain" (pgx.BeginFunc, no job).
+// enqueued job. Baseline: "plain" (pgx.BeginFunc, no job). "outbox_job" is
+// the default path (one INSERT into outbox_jobs sent with the COMMIT; no
+// relay runs, the rows stay), "outbox_job_direct" the DirectInsert path
+// (River's insert into river_job sent with the COMMIT), "river_insert_tx"
+// River's InsertTx then COMMIT.
 func BenchmarkTxOneJob(b *testing.B) {
 	ctx := context.Background()
 	bb := benchSetup(ctx, b)
@@ -93,24 +125,8 @@ func BenchmarkTxOneJob(b *testing.B) {
 				return tx.QueryRow(ctx, benchInsertPing).Scan(&id)
 			})
 		}},
-		{"outbox_job", func() error {
-			return bb.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
-				var id int64
-				if err := tx.QueryRow(ctx, benchInsertPing).Scan(&id); err != nil {
-					return err
-				}
-				return tx.Enqueue(jobs.PingArgs{PingID: id}, nil)
-			})
-		}},
-		{"outbox_job_unpipelined", func() error {
-			return bb.unpipelined.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
-				var id int64
-				if err := tx.QueryRow(ctx, benchInsertPing).Scan(&id); err != nil {
-					return err
-				}
-				return tx.Enqueue(jobs.PingArgs{PingID: id}, nil)
-			})
-		}},
+		{"outbox_job", pingJobTx(ctx, bb.ob)},
+		{"outbox_job_direct", pingJobTx(ctx, bb.direct)},
 		{"river_insert_tx", func() error {
 			return pgx.BeginFunc(ctx, bb.pool, func(tx pgx.Tx) error {
 				var id int64
@@ -128,6 +144,22 @@ func BenchmarkTxOneJob(b *testing.B) {
 				runConcurrent(b, conc, v.op)
 			})
 		}
+	}
+}
+
+// BenchmarkRelayNotify: the cost of waking the relays from the writer, at 8
+// clients. Baseline: "interval_10ms" (RelayNotifyIntervalDefault: a
+// pg_notify with at most one COMMIT per 10 ms); "never" sends none (the
+// relays poll), "every_tx" one with every COMMIT (Postgres serializes
+// committing transactions that notify).
+func BenchmarkRelayNotify(b *testing.B) {
+	ctx := context.Background()
+	bb := benchSetup(ctx, b)
+	for _, v := range []struct {
+		name string
+		ob   *outbox.Outbox
+	}{{"interval_10ms", bb.ob}, {"never", bb.notifyNever}, {"every_tx", bb.notifyEvery}} {
+		b.Run("conc=8/"+v.name, func(b *testing.B) { runConcurrent(b, 8, pingJobTx(ctx, v.ob)) })
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/internal/testtrace"
 	"github.com/aftercommit/aftercommit/outbox"
+	"github.com/aftercommit/aftercommit/outbox/relay"
 )
 
 // noteArgs is a job whose de-duplication key is its JSON.
@@ -40,11 +41,17 @@ type testBundle struct {
 	tracer *testtrace.Tracer
 	client *river.Client[pgx.Tx]
 	ob     *outbox.Outbox
+	// relay moves the outbox rows into river_job: jobs and count drain it
+	// first, so a test reads River's rows whichever path wrote them.
+	relay *relay.Relay
 }
 
 type setupOpts struct {
 	cfg      *outbox.Config
 	maxConns int32
+	// direct sets Config.DirectInsert: the tests of River's insert path
+	// in the transaction.
+	direct bool
 }
 
 func setup(ctx context.Context, t testing.TB, opts *setupOpts) *testBundle {
@@ -68,9 +75,29 @@ func setup(ctx context.Context, t testing.TB, opts *setupOpts) *testBundle {
 
 	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{Schema: s.Name})
 	require.NoError(t, err)
-	ob, err := outbox.New(pool, client, opts.cfg)
+	obCfg := opts.cfg
+	if opts.direct {
+		c := outbox.Config{}
+		if obCfg != nil {
+			c = *obCfg
+		}
+		c.DirectInsert = true
+		obCfg = &c
+	}
+	ob, err := outbox.New(pool, client, obCfg)
 	require.NoError(t, err)
-	return &testBundle{schema: s, pool: pool, tracer: tracer, client: client, ob: ob}
+	// The relay reads with the schema's own pool: the traced pool's
+	// statements stay the test's.
+	rl, err := relay.New(s.Pool, client, &relay.Config{Schema: s.Name, Logger: discardLogger()})
+	require.NoError(t, err)
+	return &testBundle{schema: s, pool: pool, tracer: tracer, client: client, ob: ob, relay: rl}
+}
+
+// drain moves every committed outbox row into river_job.
+func (b *testBundle) drain(ctx context.Context, t testing.TB) {
+	t.Helper()
+	_, err := b.relay.Drain(ctx)
+	require.NoError(t, err)
 }
 
 type jobRow struct {
@@ -83,6 +110,7 @@ type jobRow struct {
 // jobs returns every river_job row, ordered by id.
 func (b *testBundle) jobs(ctx context.Context, t testing.TB) []jobRow {
 	t.Helper()
+	b.drain(ctx, t)
 	rows, err := b.schema.Pool.Query(ctx, `SELECT kind, args::text, queue, state::text FROM river_job ORDER BY id`)
 	require.NoError(t, err)
 	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[jobRow])
@@ -92,6 +120,7 @@ func (b *testBundle) jobs(ctx context.Context, t testing.TB) []jobRow {
 
 func (b *testBundle) count(ctx context.Context, t testing.TB, sql string, args ...any) int {
 	t.Helper()
+	b.drain(ctx, t)
 	var n int
 	require.NoError(t, b.schema.Pool.QueryRow(ctx, sql, args...).Scan(&n))
 	return n

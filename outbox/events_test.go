@@ -88,9 +88,10 @@ func TestPublish(t *testing.T) {
 				last = trip
 			}
 		}
-		require.Len(t, last, 4) // events, jobs, NOTIFY (River's first insert on this queue), COMMIT
+		require.Len(t, last, 4) // events, jobs, the relays' NOTIFY (the outbox's first), COMMIT
 		require.True(t, testtrace.Matches(last[0], "insert into outbox_events"))
-		require.True(t, testtrace.Matches(last[1], "insert into", "river_job"))
+		require.True(t, testtrace.Matches(last[1], "insert into outbox_jobs"))
+		require.True(t, testtrace.Matches(last[2], "pg_notify"))
 		require.Equal(t, "COMMIT", last[3])
 	})
 

@@ -15,10 +15,17 @@ import (
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/jobs"
 	"github.com/aftercommit/aftercommit/outbox"
+	"github.com/aftercommit/aftercommit/outbox/relay"
 )
 
 // exampleOutbox gives an example its own migrated schema and an Outbox on it.
 func exampleOutbox(ctx context.Context) (*outbox.Outbox, *dbtest.Schema, func()) {
+	ob, _, s, release := exampleOutboxClient(ctx)
+	return ob, s, release
+}
+
+// exampleOutboxClient is exampleOutbox with the River client, for a relay.
+func exampleOutboxClient(ctx context.Context) (*outbox.Outbox, *river.Client[pgx.Tx], *dbtest.Schema, func()) {
 	s, release, err := dbtest.NewSchema(ctx, nil)
 	if err != nil {
 		log.Fatal(err)
@@ -32,14 +39,16 @@ func exampleOutbox(ctx context.Context) (*outbox.Outbox, *dbtest.Schema, func())
 	if err != nil {
 		log.Fatal(err)
 	}
-	return ob, s, release
+	return ob, client, s, release
 }
 
 // A business row and its follow-up job commit together; the three enqueues
-// of the same job are written once, with the COMMIT, in one round trip.
+// of the same job are written once, with the COMMIT, in one round trip, as
+// one row of the outbox table. A relay (every cmd/worker runs one) then
+// moves the committed row into River's job table.
 func ExampleOutbox_InTx() {
 	ctx := context.Background()
-	ob, s, release := exampleOutbox(ctx)
+	ob, client, s, release := exampleOutboxClient(ctx)
 	defer release()
 
 	err := ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
@@ -59,11 +68,26 @@ func ExampleOutbox_InTx() {
 	}
 
 	var kind, args string
+	if err := s.Pool.QueryRow(ctx, `SELECT kind, args::text FROM outbox_jobs`).Scan(&kind, &args); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("outbox:", kind, args)
+
+	rl, err := relay.New(s.Pool, client, &relay.Config{Schema: s.Name})
+	if err != nil {
+		log.Fatal(err)
+	}
+	moved, err := rl.Drain(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
 	if err := s.Pool.QueryRow(ctx, `SELECT kind, args::text FROM river_job`).Scan(&kind, &args); err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println(kind, args)
-	// Output: aftercommit.ping {"ping_id": 1}
+	fmt.Println("relayed:", moved.Rows, "river_job:", kind, args)
+	// Output:
+	// outbox: aftercommit.ping {"ping_id": 1}
+	// relayed: 1 river_job: aftercommit.ping {"ping_id": 1}
 }
 
 // When the function returns an error, neither the row nor the job exists.
@@ -85,7 +109,7 @@ func ExampleOutbox_InTx_rollback() {
 	fmt.Println("error:", err)
 
 	var pings, jobRows int
-	_ = s.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM pings), (SELECT count(*) FROM river_job)`).Scan(&pings, &jobRows)
+	_ = s.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM pings), (SELECT count(*) FROM outbox_jobs)`).Scan(&pings, &jobRows)
 	fmt.Println("pings:", pings, "jobs:", jobRows)
 	// Output:
 	// error: card declined
@@ -127,7 +151,7 @@ func ExampleOutbox_InTxOptions() {
 		fmt.Println("SQLSTATE", pgErr.Code, pgErr.Message)
 	}
 	var jobRows int
-	_ = s.Pool.QueryRow(ctx, `SELECT count(*) FROM river_job`).Scan(&jobRows)
+	_ = s.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox_jobs`).Scan(&jobRows)
 	fmt.Println("jobs:", jobRows)
 	// Output:
 	// SQLSTATE 55P03 canceling statement due to lock timeout

@@ -25,18 +25,24 @@ import (
 	"github.com/aftercommit/aftercommit/outbox"
 )
 
-// commitPaths are the three ways InTx commits: INSERT and COMMIT in one
-// pipelined batch, River's insert then a COMMIT of its own, and a COMMIT
-// alone when nothing was enqueued.
+// commitPaths are the ways InTx commits: the outbox table's INSERT and
+// COMMIT in one pipelined batch (the default), River's insert and COMMIT in
+// one batch (DirectInsert), River's insert then a COMMIT of its own, and a
+// COMMIT alone when nothing was enqueued.
 var commitPaths = []struct {
 	name string
 	cfg  *outbox.Config
 	jobs bool
 }{
-	{"Pipelined", nil, true},
-	{"PlainCommit", &outbox.Config{DisablePipelinedCommit: true}, true},
+	{"OutboxTable", nil, true},
+	{"Direct", &outbox.Config{DirectInsert: true}, true},
+	{"DirectPlainCommit", &outbox.Config{DirectInsert: true, DisablePipelinedCommit: true}, true},
 	{"NoJobs", nil, false},
 }
+
+// jobNotesSQL reads the notes of the jobs written, by either path: relayed
+// or not, a job is a row in river_job or in outbox_jobs.
+const jobNotesSQL = `SELECT args->>'note' FROM river_job UNION ALL SELECT args->>'note' FROM outbox_jobs`
 
 // TestCommitInDoubt cuts transactions with deadlines of 0–4 ms, so that some
 // expire while InTx waits for the answer to its COMMIT. Afterwards the
@@ -93,7 +99,7 @@ func TestCommitInDoubt(t *testing.T) {
 				committed[note] = true
 			}
 			if tc.jobs {
-				rows, err := b.schema.Pool.Query(ctx, `SELECT args->>'note' FROM river_job`)
+				rows, err := b.schema.Pool.Query(ctx, jobNotesSQL)
 				require.NoError(t, err)
 				jobNotes, err := pgx.CollectRows(rows, pgx.RowTo[string])
 				require.NoError(t, err)
@@ -173,7 +179,7 @@ func TestCommitInDoubtAnswerLost(t *testing.T) {
 				})
 			}
 			require.NoError(t, write(ctx, "warm-up"))
-			_, err = s.Pool.Exec(ctx, `DELETE FROM pings; DELETE FROM river_job`)
+			_, err = s.Pool.Exec(ctx, `DELETE FROM pings; DELETE FROM river_job; DELETE FROM outbox_jobs`)
 			require.NoError(t, err)
 
 			armed.Store(true)
@@ -189,7 +195,7 @@ func TestCommitInDoubtAnswerLost(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, []string{"answer lost"}, notes, "the server committed")
 			var jobs int
-			require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE args->>'note' = 'answer lost'`).Scan(&jobs))
+			require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*) FROM (`+jobNotesSQL+`) AS j (note) WHERE note = 'answer lost'`).Scan(&jobs))
 			require.Equal(t, map[bool]int{true: 1, false: 0}[tc.jobs], jobs)
 		})
 	}

@@ -129,12 +129,12 @@ func TestInTx(t *testing.T) {
 		var insertTrips [][]string
 		for _, trip := range trips {
 			for _, sql := range trip {
-				if testtrace.Matches(sql, "insert into", "river_job") {
+				if testtrace.Matches(sql, "insert into outbox_jobs") {
 					insertTrips = append(insertTrips, trip)
 				}
 			}
 		}
-		require.Len(t, insertTrips, 1, "exactly one INSERT INTO river_job statement")
+		require.Len(t, insertTrips, 1, "exactly one INSERT INTO outbox_jobs statement")
 		last := insertTrips[0][len(insertTrips[0])-1]
 		require.Equal(t, "COMMIT", last, "the insert and the COMMIT share one round trip")
 		require.Equal(t, outbox.Stats{Pipelined: 1}, b.ob.Stats())
@@ -307,9 +307,9 @@ func TestInTx(t *testing.T) {
 	t.Run("InsertErrorInsideThePipelineRollsBack", func(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, nil)
-		// A check constraint River does not know about fails the job insert
-		// itself, inside the batch, before the COMMIT.
-		_, err := b.schema.Pool.Exec(ctx, `ALTER TABLE river_job ADD CONSTRAINT no_forbidden CHECK (args->>'note' IS DISTINCT FROM 'forbidden')`)
+		// A check constraint the outbox does not know about fails the job
+		// insert itself, inside the batch, before the COMMIT.
+		_, err := b.schema.Pool.Exec(ctx, `ALTER TABLE outbox_jobs ADD CONSTRAINT no_forbidden CHECK (args->>'note' IS DISTINCT FROM 'forbidden')`)
 		require.NoError(t, err)
 
 		err = b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
@@ -321,6 +321,7 @@ func TestInTx(t *testing.T) {
 		require.ErrorAs(t, err, &pgErr)
 		require.Equal(t, "no_forbidden", pgErr.ConstraintName)
 		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM river_job`))
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM outbox_jobs`))
 		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM pings`))
 	})
 }
@@ -382,7 +383,8 @@ func TestRiverSemanticsAreKept(t *testing.T) {
 			ScheduledAt time.Time
 			Unique      bool
 		}
-		rows, err := b.schema.Pool.Query(ctx, `SELECT kind, queue, state::text, priority, max_attempts, tags, scheduled_at, unique_key IS NOT NULL FROM river_job ORDER BY id`)
+		b.drain(ctx, t)
+		rows, err := b.schema.Pool.Query(ctx, `SELECT kind, queue, state::text, priority, max_attempts, tags, scheduled_at, unique_key IS NOT NULL FROM river_job ORDER BY kind DESC`)
 		require.NoError(t, err)
 		got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[row])
 		require.NoError(t, err)
@@ -396,7 +398,7 @@ func TestRiverSemanticsAreKept(t *testing.T) {
 
 	t.Run("InsertNotificationIsSentOnCommit", func(t *testing.T) {
 		t.Parallel()
-		b := setup(ctx, t, nil)
+		b := setup(ctx, t, &setupOpts{direct: true})
 
 		conn, err := b.schema.Pool.Acquire(ctx)
 		require.NoError(t, err)
@@ -420,7 +422,7 @@ func TestRiverSemanticsAreKept(t *testing.T) {
 
 	t.Run("AWorkingClientRunsTheCommittedJob", func(t *testing.T) {
 		t.Parallel()
-		b := setup(ctx, t, nil)
+		b := setup(ctx, t, &setupOpts{direct: true})
 
 		done := make(chan int64, 1)
 		workers := river.NewWorkers()
@@ -453,7 +455,7 @@ func TestRiverSemanticsAreKept(t *testing.T) {
 
 	t.Run("FallbackPathGivesTheSameRows", func(t *testing.T) {
 		t.Parallel()
-		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{DisablePipelinedCommit: true}})
+		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{DisablePipelinedCommit: true}, direct: true})
 
 		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
 			for i := range 10 {
@@ -475,7 +477,7 @@ func TestRiverSemanticsAreKept(t *testing.T) {
 
 	t.Run("RiverRefusalRollsBack", func(t *testing.T) {
 		t.Parallel()
-		b := setup(ctx, t, nil)
+		b := setup(ctx, t, &setupOpts{direct: true})
 
 		err := b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
 			insertPing(ctx, t, tx, "doomed")
@@ -519,7 +521,7 @@ func TestBatch(t *testing.T) {
 		res, err := batch.Flush(ctx, tx)
 		require.NoError(t, err)
 		require.Equal(t, outbox.FlushResult{Enqueued: 1000, Duplicates: 990, Inserted: 10, RoundTrips: 1}, res)
-		require.Equal(t, 1, b.tracer.Count("insert into", "river_job"))
+		require.Equal(t, 1, b.tracer.Count("insert into outbox_jobs"))
 		var trips [][]string
 		for _, trip := range b.tracer.RoundTrips() {
 			// River reads the server version once per client, on first use.
@@ -749,7 +751,7 @@ func TestFlushResult(t *testing.T) {
 			mu.Lock()
 			defer mu.Unlock()
 			flushed = append(flushed, res)
-		}}})
+		}}, direct: true})
 
 		enqueue := func(ctx context.Context, tx *outbox.Tx) error {
 			for i := range 10 {
@@ -790,7 +792,7 @@ func TestFlushResult(t *testing.T) {
 		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{
 			DisablePipelinedCommit: true,
 			OnFlush:                func(_ context.Context, res outbox.FlushResult) { last = res },
-		}})
+		}, direct: true})
 
 		res, err := b.ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {
 			require.NoError(t, tx.Enqueue(uniqueArgs{CarID: 2}, nil))
@@ -833,7 +835,7 @@ func TestCopy(t *testing.T) {
 
 	t.Run("ManyPlainJobsGoByCopy", func(t *testing.T) {
 		t.Parallel()
-		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{CopyMinJobs: 100}})
+		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{CopyMinJobs: 100}, direct: true})
 		res, err := b.ob.InTxResult(ctx, enqueue(150))
 		require.NoError(t, err)
 		require.Equal(t, outbox.FlushResult{Enqueued: 150, Inserted: 150, RoundTrips: 2}, res, "COPY, then COMMIT")
@@ -850,7 +852,7 @@ func TestCopy(t *testing.T) {
 
 	t.Run("OneUniqueJobKeepsTheInsert", func(t *testing.T) {
 		t.Parallel()
-		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{CopyMinJobs: 100}})
+		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{CopyMinJobs: 100}, direct: true})
 		res, err := b.ob.InTxResult(ctx, enqueue(150, uniqueArgs{CarID: 1}))
 		require.NoError(t, err)
 		require.Equal(t, outbox.FlushResult{Enqueued: 151, Inserted: 151, RoundTrips: 1}, res)
@@ -869,7 +871,7 @@ func TestCopy(t *testing.T) {
 					return k.Key, true // a queue lock's key, as jobs.NewOutbox sets it
 				}
 				return "", false
-			}}})
+			}}, direct: true})
 		_, err := b.ob.InTxResult(ctx, enqueue(150, keyedArgs{Key: "k"}))
 		require.NoError(t, err)
 		require.Equal(t, outbox.Stats{Pipelined: 1}, b.ob.Stats())
@@ -877,7 +879,7 @@ func TestCopy(t *testing.T) {
 
 	t.Run("NegativeNeverCopies", func(t *testing.T) {
 		t.Parallel()
-		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{CopyMinJobs: -1}})
+		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{CopyMinJobs: -1}, direct: true})
 		_, err := b.ob.InTxResult(ctx, enqueue(600))
 		require.NoError(t, err)
 		require.Equal(t, outbox.Stats{Pipelined: 1}, b.ob.Stats())
@@ -885,7 +887,7 @@ func TestCopy(t *testing.T) {
 
 	t.Run("DefaultThresholdWithEventsAndRollback", func(t *testing.T) {
 		t.Parallel()
-		b := setup(ctx, t, nil)
+		b := setup(ctx, t, &setupOpts{direct: true})
 		res, err := b.ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {
 			if err := enqueue(outbox.CopyMinJobsDefault)(ctx, tx); err != nil {
 				return err
@@ -940,6 +942,7 @@ func TestNULRefused(t *testing.T) {
 	require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
 		return tx.Enqueue(noteArgs{Note: `a\u0000b`}, nil)
 	}))
+	b.drain(ctx, t)
 	var note string
 	require.NoError(t, b.schema.Pool.QueryRow(ctx, `SELECT args->>'note' FROM river_job`).Scan(&note))
 	require.Equal(t, `a\u0000b`, note)

@@ -2,6 +2,7 @@ package outbox
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -109,7 +110,21 @@ func (o *Outbox) writeOutbox(ctx context.Context, tx pgx.Tx, jobs []pendingJob, 
 		if o.notifyDue() {
 			stmts = append(stmts, recordedStmt{sql: outboxNotifySQL, notify: true})
 		}
-		o.pipelined.Add(1)
+		if commit && o.cfg.DisablePipelinedCommit {
+			o.fallbacks.Add(1)
+		} else {
+			o.pipelined.Add(1)
+		}
+	}
+	if commit && o.cfg.DisablePipelinedCommit {
+		inserted, _, err := sendBatch(ctx, tx, stmts, false)
+		if err != nil {
+			return FlushResult{}, err
+		}
+		if err := tx.Commit(ctx); err != nil {
+			return FlushResult{}, commitError(fmt.Errorf("outbox: committing: %w", err), true)
+		}
+		return FlushResult{Events: events, Inserted: inserted, RoundTrips: 2}, nil
 	}
 	inserted, _, err := sendBatch(ctx, tx, stmts, commit)
 	if err != nil {

@@ -51,6 +51,8 @@ const (
 	rescueAfterDefault = 5 * time.Minute
 	// reindexerDefault keeps River's nightly REINDEX of its job indexes.
 	reindexerDefault = "on"
+	// relayDefault runs the outbox relay in every worker process.
+	relayDefault = "on"
 )
 
 // httpOff is the value of --http that turns HTTP off. An empty --http does
@@ -93,6 +95,9 @@ type config struct {
 	// reindexer is false when River's reindexer is off (a worker role that
 	// does not own River's tables cannot REINDEX them).
 	reindexer bool
+	// relay is false when this process does not relay outbox rows into
+	// River (some other process must).
+	relay bool
 	// dev is --dev: apply the migrations at start and, when no database
 	// was named, find one with devdb (see setUpDev).
 	dev bool
@@ -136,6 +141,8 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 			help: "how long a job may stay running before the leader takes it for stuck (its process died) and retries it; longer than --job-timeout"},
 		{flag: "reindexer", env: "AFTERCOMMIT_REINDEXER", def: reindexerDefault,
 			help: "on or off: River's nightly REINDEX of its job indexes, which needs table ownership; off for a worker role that does not own them"},
+		{flag: "relay", env: "AFTERCOMMIT_RELAY", def: relayDefault,
+			help: "on or off: move committed outbox rows (outbox_jobs) into River's job table from this process; any number of processes share the work"},
 		{flag: "log-level", env: "AFTERCOMMIT_LOG_LEVEL", def: logLevelDefault,
 			help: "debug, info, warn or error"},
 		{flag: "http", env: "AFTERCOMMIT_HTTP", def: httpAddrDefault,
@@ -209,6 +216,8 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 			cfg.rescueAfter, err = parsePositiveDuration(v, src)
 		case "reindexer":
 			cfg.reindexer, err = parseOnOff(v, src)
+		case "relay":
+			cfg.relay, err = parseOnOff(v, src)
 		case "log-level":
 			err = cfg.logLevel.UnmarshalText([]byte(v))
 			if err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/aftercommit/aftercommit/internal/app"
 	"github.com/aftercommit/aftercommit/internal/dbconn"
 	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/outbox/relay"
 )
 
 // Exit codes of run.
@@ -163,6 +164,21 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 		}
 		return fmt.Errorf("worker: starting the River client: %w", err)
 	}
+	// The relay needs no leader: it moves rows from the first moment, in
+	// every process, and stops before the client so its last batch's jobs
+	// are inserted while the client still runs.
+	var rl *relay.Relay
+	if cfg.relay {
+		rl, err = jobs.NewRelay(pool, client, reg, &relay.Config{Schema: cfg.schema, Logger: logger, OnMove: metrics.ObserveRelay})
+		if err != nil {
+			_ = client.Stop(context.WithoutCancel(ctx))
+			return fmt.Errorf("worker: %w", err)
+		}
+		if err := rl.Start(context.WithoutCancel(ctx)); err != nil {
+			_ = client.Stop(context.WithoutCancel(ctx))
+			return fmt.Errorf("worker: starting the relay: %w", err)
+		}
+	}
 	started.Store(true)
 	logger.InfoContext(ctx, "worker: started",
 		slog.String("client_id", client.ID()),
@@ -173,6 +189,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 		slog.Duration("job_timeout", cfg.jobTimeout),
 		slog.Duration("rescue_after", cfg.rescueAfter),
 		slog.Bool("reindexer", cfg.reindexer),
+		slog.Bool("relay", cfg.relay),
 	)
 
 	var httpErr error
@@ -189,6 +206,13 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 	}
 	started.Store(false)
 
+	if rl != nil {
+		relayCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
+		if err := rl.Stop(relayCtx); err != nil {
+			logger.WarnContext(ctx, "worker: the relay's last batch was cut short; its rows stay for another relay", slog.Any("err", err))
+		}
+		cancel()
+	}
 	err = shutdown(ctx, client, cfg.shutdownTimeout, logger)
 	if errors.Is(err, errHardStopTimeout) {
 		closePool = false

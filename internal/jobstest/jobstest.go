@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/outbox/relay"
 )
 
 // Opts choose how the client runs.
@@ -58,7 +60,25 @@ func Client(ctx context.Context, t testing.TB, s *dbtest.Schema, reg *jobs.Regis
 	t.Cleanup(cancel)
 	require.NoError(t, client.Start(ctx))
 	t.Cleanup(func() { require.NoError(t, client.Stop(context.WithoutCancel(ctx))) })
+	// The relay moves what the domain's transactions write to the outbox
+	// table; it stops before the client (cleanups run last first).
+	rl := Relay(t, s, client, reg)
+	require.NoError(t, rl.Start(ctx))
+	t.Cleanup(func() { require.NoError(t, rl.Stop(context.WithoutCancel(ctx))) })
 	return client, events
+}
+
+// Relay returns reg's relay on s, not started: a test that enqueues through
+// the outbox calls its Drain to move what committed into river_job now, or
+// Start to run it. It polls the table often (PollMax 20 ms), and logs
+// nothing.
+func Relay(t testing.TB, s *dbtest.Schema, client *river.Client[pgx.Tx], reg *jobs.Registry) *relay.Relay {
+	t.Helper()
+	rl, err := jobs.NewRelay(s.Pool, client, reg, &relay.Config{
+		Schema: s.Name, PollMax: 20 * time.Millisecond, Logger: slog.New(slog.DiscardHandler),
+	})
+	require.NoError(t, err)
+	return rl
 }
 
 // FailureInjector is a River worker middleware that marks a job's context
