@@ -34,6 +34,10 @@ const (
 // setting says otherwise: River's default JobTimeout.
 const StatsJobTimeoutDefault = time.Minute
 
+// StatsOutboxDeadRowsDefault is how many of the latest dead outbox rows
+// Stats reads when StatsOpts.OutboxDeadRows is 0.
+const StatsOutboxDeadRowsDefault = 5
+
 // StatsOpts are optional settings of Stats. A nil *StatsOpts takes every
 // default.
 type StatsOpts struct {
@@ -45,10 +49,17 @@ type StatsOpts struct {
 	// Defaults to the setting of the connection (e.g. ALTER DATABASE … SET
 	// aftercommit.job_timeout = '5 min'), else StatsJobTimeoutDefault.
 	JobTimeout time.Duration
+
+	// OutboxDeadRows is how many of the latest rows of outbox_dead_jobs
+	// StatsReport.Outbox.LatestDead holds.
+	//
+	// Defaults to StatsOutboxDeadRowsDefault (5). Negative: none.
+	OutboxDeadRows int
 }
 
 // StatsReport holds the four job views read in one transaction: the same
-// rows, in the same order, as SELECT * FROM each view.
+// rows, in the same order, as SELECT * FROM each view; and, in the same
+// transaction, the outbox: the outbox_depth view and the latest dead rows.
 type StatsReport struct {
 	// At is the database's now() when the report was taken: the end of
 	// every period and the reference of StuckJob.RunningFor.
@@ -62,6 +73,50 @@ type StatsReport struct {
 	Stuck []StuckJob
 	// Failing are the rows of failing_jobs, by kind.
 	Failing []FailingJob
+	// Outbox is what waits in the outbox and what died there.
+	Outbox OutboxStats
+}
+
+// OutboxStats is the outbox_depth view (one row) and the latest rows of
+// outbox_dead_jobs: the rows written by business transactions and not yet
+// relayed into River's job table, and the rows the relay refused.
+type OutboxStats struct {
+	// Depth counts the committed rows of outbox_jobs: jobs enqueued and not
+	// yet relayed. A relay keeps it near 0; it grows while none runs.
+	Depth int64
+	// OldestCreatedAt is the created_at (its transaction's start) of the
+	// oldest of them; zero when Depth is 0.
+	OldestCreatedAt time.Time
+	// OldestAge is StatsReport.At − OldestCreatedAt: how long the oldest
+	// row has waited; 0 when Depth is 0.
+	OldestAge time.Duration
+	// Dead counts the rows of outbox_dead_jobs.
+	Dead int64
+	// LastDeadAt is when the latest dead row died; zero when Dead is 0.
+	LastDeadAt time.Time
+	// LatestDead are the latest dead rows, newest first, at most
+	// StatsOpts.OutboxDeadRows.
+	LatestDead []OutboxDeadRow
+}
+
+// OutboxDeadRow is a row of outbox_dead_jobs: an outbox row the relay
+// refused, with the reason.
+type OutboxDeadRow struct {
+	// ID is the outbox_jobs id the row had.
+	ID int64
+	// Kind is the row's kind.
+	Kind string
+	// Queue is the queue the row asked for; "" when it left it to the
+	// kind's default.
+	Queue string
+	// Args are the row's args, as written.
+	Args []byte
+	// CreatedAt is when the row was written (its transaction's start).
+	CreatedAt time.Time
+	// DeadAt is when the relay refused it.
+	DeadAt time.Time
+	// Reason is why.
+	Reason string
 }
 
 // Kind returns the stats of kind in period, and false when the kind has no
@@ -166,8 +221,10 @@ type FailingJob struct {
 }
 
 // Stats reads the job views of migration 0007 — job_kind_stats,
-// queue_depth, stuck_jobs, failing_jobs — in one read-only, repeatable-read
-// transaction of db, so that they describe one moment. The views are found
+// queue_depth, stuck_jobs, failing_jobs — and the outbox of migration 0020
+// (the outbox_depth view, the latest rows of outbox_dead_jobs) in one
+// read-only, repeatable-read transaction of db, so that they describe one
+// moment. The views are found
 // through the connection's search_path, like every table of the project.
 func Stats(ctx context.Context, db StatsDB, opts *StatsOpts) (*StatsReport, error) {
 	if db == nil {
@@ -179,6 +236,11 @@ func Stats(ctx context.Context, db StatsDB, opts *StatsOpts) (*StatsReport, erro
 	if opts.JobTimeout < 0 {
 		return nil, fmt.Errorf("jobs: StatsOpts.JobTimeout %s is negative", opts.JobTimeout)
 	}
+	deadRows := opts.OutboxDeadRows
+	if deadRows == 0 {
+		deadRows = StatsOutboxDeadRowsDefault
+	}
+	deadRows = max(deadRows, 0)
 
 	tx, err := db.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
@@ -208,6 +270,13 @@ func Stats(ctx context.Context, db StatsDB, opts *StatsOpts) (*StatsReport, erro
 	})
 	batch.Queue(statsFailingSQL).Query(func(rows pgx.Rows) (err error) {
 		report.Failing, err = pgx.CollectRows(rows, scanFailingJob)
+		return err
+	})
+	batch.Queue(statsOutboxSQL).QueryRow(func(row pgx.Row) error {
+		return scanOutboxStats(row, &report.Outbox)
+	})
+	batch.Queue(statsOutboxDeadSQL, deadRows).Query(func(rows pgx.Rows) (err error) {
+		report.Outbox.LatestDead, err = pgx.CollectRows(rows, scanOutboxDeadRow)
 		return err
 	})
 	if err := tx.SendBatch(ctx, batch).Close(); err != nil {
@@ -249,6 +318,21 @@ func scanFailingJob(row pgx.CollectableRow) (FailingJob, error) {
 	err := row.Scan(&f.Kind, &f.JobID, &f.State, &attempt, &f.MaxAttempts, &errorAt, &msg, &trace)
 	f.Attempt, f.ErrorAt, f.Error, f.Trace = deref(attempt), deref(errorAt), deref(msg), deref(trace)
 	return f, err
+}
+
+func scanOutboxStats(row pgx.Row, o *OutboxStats) error {
+	var oldest, lastDead *time.Time
+	err := row.Scan(&o.Depth, &oldest, &o.OldestAge, &o.Dead, &lastDead)
+	o.OldestCreatedAt, o.LastDeadAt = deref(oldest), deref(lastDead)
+	return err
+}
+
+func scanOutboxDeadRow(row pgx.CollectableRow) (OutboxDeadRow, error) {
+	var d OutboxDeadRow
+	var queue *string
+	err := row.Scan(&d.ID, &d.Kind, &queue, &d.Args, &d.CreatedAt, &d.DeadAt, &d.Reason)
+	d.Queue = deref(queue)
+	return d, err
 }
 
 // deref returns *p, or the zero value for a NULL (nil) column.
@@ -294,3 +378,15 @@ const statsFailingSQL = `
 SELECT kind, job_id, state::text AS state, attempt, max_attempts, error_at, error, trace
   FROM failing_jobs
  ORDER BY failing_jobs.kind`
+
+// statsOutboxSQL reads the outbox_depth view of migration 0020: one row.
+const statsOutboxSQL = `
+SELECT depth, oldest_created_at, oldest_age, dead, last_dead_at FROM outbox_depth`
+
+// statsOutboxDeadSQL reads the latest $1 dead outbox rows, newest first
+// (outbox_dead_jobs_dead_at_idx).
+const statsOutboxDeadSQL = `
+SELECT id, kind, queue, args, created_at, dead_at, reason
+  FROM outbox_dead_jobs
+ ORDER BY dead_at DESC, id DESC
+ LIMIT $1`

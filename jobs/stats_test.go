@@ -3,6 +3,7 @@ package jobs_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -530,6 +531,69 @@ func TestStats(t *testing.T) {
 		require.Empty(t, r.Queues)
 		require.Empty(t, r.Stuck)
 		require.Empty(t, r.Failing)
+		require.Equal(t, jobs.OutboxStats{LatestDead: []jobs.OutboxDeadRow{}}, r.Outbox, "an empty outbox: zeros")
+	})
+
+	t.Run("Outbox", func(t *testing.T) {
+		t.Parallel()
+		s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 4})
+		var base time.Time
+		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT date_trunc('second', now())`).Scan(&base))
+		base = base.UTC()
+		ago := func(d time.Duration) time.Time { return base.Add(-d) }
+		// Three rows waiting, the oldest written 90 s before base; seven
+		// dead rows, dead 1..7 minutes before base (id 107 the latest); a
+		// row of a transaction still open, which Stats does not see.
+		_, err := s.Pool.Exec(ctx, `
+			INSERT INTO outbox_jobs (kind, args, queue, created_at)
+			VALUES ('k.a', '{"id": 1}', NULL, $1::timestamptz - interval '30 s'),
+			       ('k.a', '{"id": 2}', 'q', $1::timestamptz - interval '90 s'),
+			       ('k.b', '{"id": 3}', NULL, $1::timestamptz - interval '10 s')`, base)
+		require.NoError(t, err)
+		_, err = s.Pool.Exec(ctx, `
+			INSERT INTO outbox_dead_jobs (id, kind, args, queue, tx_id, created_at, dead_at, reason)
+			SELECT 100 + i, CASE WHEN i % 2 = 0 THEN 'k.nope' ELSE 'k.a' END,
+			       jsonb_build_object('id', i), CASE WHEN i = 7 THEN 'q' END, pg_current_xact_id(),
+			       $1::timestamptz - interval '1 h', $1::timestamptz - (8 - i) * interval '1 min', 'reason ' || i
+			  FROM generate_series(1, 7) AS i`, base)
+		require.NoError(t, err)
+		open, err := s.Pool.Begin(ctx)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = open.Rollback(context.WithoutCancel(ctx)) })
+		_, err = open.Exec(ctx, `INSERT INTO outbox_jobs (kind, args, created_at) VALUES ('k.a', '{}', now() - interval '1 day')`)
+		require.NoError(t, err)
+
+		deadRow := func(i int64, kind, queue string) jobs.OutboxDeadRow {
+			return jobs.OutboxDeadRow{
+				ID: 100 + i, Kind: kind, Queue: queue, Args: []byte(fmt.Sprintf(`{"id": %d}`, i)),
+				CreatedAt: ago(time.Hour), DeadAt: ago(time.Duration(8-i) * time.Minute), Reason: fmt.Sprintf("reason %d", i),
+			}
+		}
+		normalize := func(o jobs.OutboxStats) jobs.OutboxStats {
+			o.OldestCreatedAt, o.LastDeadAt = o.OldestCreatedAt.UTC(), o.LastDeadAt.UTC()
+			for i := range o.LatestDead {
+				o.LatestDead[i].CreatedAt, o.LatestDead[i].DeadAt = o.LatestDead[i].CreatedAt.UTC(), o.LatestDead[i].DeadAt.UTC()
+			}
+			return o
+		}
+
+		r, err := jobs.Stats(ctx, s.Pool, nil)
+		require.NoError(t, err)
+		require.Equal(t, jobs.OutboxStats{
+			Depth: 3, OldestCreatedAt: ago(90 * time.Second), OldestAge: r.At.Sub(ago(90 * time.Second)),
+			Dead: 7, LastDeadAt: ago(time.Minute),
+			LatestDead: []jobs.OutboxDeadRow{
+				deadRow(7, "k.a", "q"), deadRow(6, "k.nope", ""), deadRow(5, "k.a", ""), deadRow(4, "k.nope", ""), deadRow(3, "k.a", ""),
+			},
+		}, normalize(r.Outbox), "the default: the 5 latest dead rows")
+
+		r, err = jobs.Stats(ctx, s.Pool, &jobs.StatsOpts{OutboxDeadRows: 2})
+		require.NoError(t, err)
+		require.Equal(t, []jobs.OutboxDeadRow{deadRow(7, "k.a", "q"), deadRow(6, "k.nope", "")}, normalize(r.Outbox).LatestDead)
+		r, err = jobs.Stats(ctx, s.Pool, &jobs.StatsOpts{OutboxDeadRows: -1})
+		require.NoError(t, err)
+		require.Empty(t, r.Outbox.LatestDead)
+		require.Equal(t, int64(7), r.Outbox.Dead, "counted whatever the rows shown")
 	})
 
 	t.Run("Errors", func(t *testing.T) {
