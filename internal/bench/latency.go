@@ -45,87 +45,26 @@ type latencySide struct {
 	notify time.Duration
 }
 
+// latencyMetrics are the figures of a latency side, per rate.
+func latencyMetrics() []Metric {
+	var metrics []Metric
+	for _, r := range latencyRates {
+		rate := strconv.Itoa(r)
+		metrics = append(metrics, Metric{"p50 ms @" + rate + "/s", false}, Metric{"p95 ms @" + rate + "/s", false},
+			Metric{"p99 ms @" + rate + "/s", false}, Metric{"achieved/s @" + rate, true})
+	}
+	return metrics
+}
+
 // latencyScenario: enqueue-to-start latency of jobs enqueued one per
 // transaction at a steady rate, with River's default fetch settings, with
 // the ones the runtime ships, and through the outbox table with a relay
 // running beside the River client.
 func latencyScenario(Config) *Scenario {
 	var round atomic.Int64
-	metrics := []Metric{}
-	for _, r := range latencyRates {
-		rate := strconv.Itoa(r)
-		metrics = append(metrics, Metric{"p50 ms @" + rate + "/s", false}, Metric{"p95 ms @" + rate + "/s", false},
-			Metric{"p99 ms @" + rate + "/s", false}, Metric{"achieved/s @" + rate, true})
-	}
+	metrics := latencyMetrics()
 	run := func(side latencySide) func(ctx context.Context, env *Env) (Sample, error) {
-		return func(ctx context.Context, env *Env) (Sample, error) {
-			if err := env.Truncate(ctx, "river_job", "outbox_jobs"); err != nil {
-				return nil, err
-			}
-			reg := jobs.NewRegistry()
-			jobs.AddWorker(reg, river.QueueDefault, neededNoopWorker{})
-			client, err := jobs.NewClient(env.Pool, reg, &jobs.ClientConfig{
-				Queues: []string{river.QueueDefault}, MaxWorkers: 100, Schema: env.Schema, Logger: env.Logger,
-				River: side.river(env), Metrics: jobs.NewMetrics(nil),
-			})
-			if err != nil {
-				return nil, err
-			}
-			insert := func(ctx context.Context, tag int) error {
-				_, err := client.Insert(ctx, noopArgs{N: tag}, nil)
-				return err
-			}
-			var rl *relay.Relay
-			if side.path == outboxPath {
-				ob, err := jobs.NewOutbox(env.Pool, client, reg, &outbox.Config{RelayNotifyInterval: side.notify, Logger: env.Logger})
-				if err != nil {
-					return nil, err
-				}
-				rcfg := relay.Config{}
-				if side.relay != nil {
-					rcfg = *side.relay
-				}
-				rcfg.Schema, rcfg.Logger = env.Schema, env.Logger
-				if rl, err = jobs.NewRelay(env.Pool, client, reg, &rcfg); err != nil {
-					return nil, err
-				}
-				insert = func(ctx context.Context, tag int) error {
-					return ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
-						return tx.Enqueue(noopArgs{N: tag}, nil)
-					})
-				}
-			}
-			if err := client.Start(ctx); err != nil {
-				return nil, err
-			}
-			defer func() {
-				stopCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-				defer stop()
-				_ = client.Stop(stopCtx)
-			}()
-			if rl != nil {
-				if err := rl.Start(ctx); err != nil {
-					return nil, err
-				}
-				defer stopRelay(ctx, rl)
-			}
-			s := Sample{}
-			for _, rate := range latencyRates {
-				tag := int(round.Add(1))
-				achieved, err := produceWith(ctx, env.Pool, rate, env.Duration/time.Duration(len(latencyRates)), tag, insert)
-				if err != nil {
-					return nil, err
-				}
-				p, err := startLatency(ctx, env.Pool, tag)
-				if err != nil {
-					return nil, err
-				}
-				r := strconv.Itoa(rate)
-				s["p50 ms @"+r+"/s"], s["p95 ms @"+r+"/s"], s["p99 ms @"+r+"/s"] = p[0], p[1], p[2]
-				s["achieved/s @"+r] = achieved
-			}
-			return s, nil
-		}
+		return runLatency(side, &round)
 	}
 	return &Scenario{
 		Name:    "latency",
@@ -147,6 +86,79 @@ func latencyScenario(Config) *Scenario {
 			{Side: "outbox_relay", Metric: "p99 ms @200/s", Absolute: true, AtMost: 25, Text: "p99 ≤ 25 ms at 200/s, relay included"},
 			{Side: "outbox_relay", Metric: "p99 ms @2000/s", Absolute: true, AtMost: 50, Text: "p99 ≤ 50 ms at 2,000/s, relay included"},
 		},
+	}
+}
+
+// runLatency runs one side of a latency scenario; round numbers the tags
+// of the jobs of the scenario's loads.
+func runLatency(side latencySide, round *atomic.Int64) func(ctx context.Context, env *Env) (Sample, error) {
+	return func(ctx context.Context, env *Env) (Sample, error) {
+		if err := env.Truncate(ctx, "river_job", "outbox_jobs"); err != nil {
+			return nil, err
+		}
+		reg := jobs.NewRegistry()
+		jobs.AddWorker(reg, river.QueueDefault, neededNoopWorker{})
+		client, err := jobs.NewClient(env.Pool, reg, &jobs.ClientConfig{
+			Queues: []string{river.QueueDefault}, MaxWorkers: 100, Schema: env.Schema, Logger: env.Logger,
+			River: side.river(env), Metrics: jobs.NewMetrics(nil),
+		})
+		if err != nil {
+			return nil, err
+		}
+		insert := func(ctx context.Context, tag int) error {
+			_, err := client.Insert(ctx, noopArgs{N: tag}, nil)
+			return err
+		}
+		var rl *relay.Relay
+		if side.path == outboxPath {
+			ob, err := jobs.NewOutbox(env.Pool, client, reg, &outbox.Config{RelayNotifyInterval: side.notify, Logger: env.Logger})
+			if err != nil {
+				return nil, err
+			}
+			rcfg := relay.Config{}
+			if side.relay != nil {
+				rcfg = *side.relay
+			}
+			rcfg.Schema, rcfg.Logger = env.Schema, env.Logger
+			if rl, err = jobs.NewRelay(env.Pool, client, reg, &rcfg); err != nil {
+				return nil, err
+			}
+			insert = func(ctx context.Context, tag int) error {
+				return ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+					return tx.Enqueue(noopArgs{N: tag}, nil)
+				})
+			}
+		}
+		if err := client.Start(ctx); err != nil {
+			return nil, err
+		}
+		defer func() {
+			stopCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer stop()
+			_ = client.Stop(stopCtx)
+		}()
+		if rl != nil {
+			if err := rl.Start(ctx); err != nil {
+				return nil, err
+			}
+			defer stopRelay(ctx, rl)
+		}
+		s := Sample{}
+		for _, rate := range latencyRates {
+			tag := int(round.Add(1))
+			achieved, err := produceWith(ctx, env.Pool, rate, env.Duration/time.Duration(len(latencyRates)), tag, insert)
+			if err != nil {
+				return nil, err
+			}
+			p, err := startLatency(ctx, env.Pool, tag)
+			if err != nil {
+				return nil, err
+			}
+			r := strconv.Itoa(rate)
+			s["p50 ms @"+r+"/s"], s["p95 ms @"+r+"/s"], s["p99 ms @"+r+"/s"] = p[0], p[1], p[2]
+			s["achieved/s @"+r] = achieved
+		}
+		return s, nil
 	}
 }
 

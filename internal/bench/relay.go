@@ -20,7 +20,7 @@ import (
 // relay moves a backlog, what waking it costs the writers, the sustained
 // end-to-end rate, and one hot queue-lock key.
 func init() {
-	registry = append(registry, relayThroughputScenario, relayNotifyScenario, sustainedScenario, hotKeyScenario)
+	registry = append(registry, relayThroughputScenario, relayNotifyScenario, relayLatencyScenario, sustainedScenario, hotKeyScenario)
 }
 
 // Sizes of the relay scenarios.
@@ -236,6 +236,32 @@ func relayNotifyScenario(Config) *Scenario {
 	}
 }
 
+// relayLatencyScenario: the latency scenario's outbox side with the
+// settings that bound it turned: how often the writers notify the relays,
+// the relay's longest poll, River's fetch cooldown.
+func relayLatencyScenario(Config) *Scenario {
+	var round atomic.Int64
+	river1ms := func(env *Env) *river.Config {
+		c := shippedRiver(env)
+		c.FetchCooldown = time.Millisecond
+		return c
+	}
+	return &Scenario{
+		Name:    "relay_latency",
+		Title:   "enqueue-to-start latency through outbox_jobs and a relay (as latency/outbox_relay), with its settings turned",
+		Metrics: latencyMetrics(),
+		Sides: []Side{
+			{Name: "defaults", Note: fmt.Sprintf("notify every %s at most, relay poll %s…%s, FetchCooldown %s",
+				outbox.RelayNotifyIntervalDefault, relay.PollMinDefault, relay.PollMaxDefault, jobs.FetchCooldownDefault),
+				Run: runLatency(latencySide{path: outboxPath, river: shippedRiver}, &round)},
+			{Name: "notify_1ms", Note: "RelayNotifyInterval 1ms", Run: runLatency(latencySide{path: outboxPath, river: shippedRiver, notify: time.Millisecond}, &round)},
+			{Name: "poll_max_5ms", Note: "relay PollMax 5ms", Run: runLatency(latencySide{path: outboxPath, river: shippedRiver, relay: &relay.Config{PollMax: 5 * time.Millisecond}}, &round)},
+			{Name: "notify_1ms_cooldown_1ms", Note: "RelayNotifyInterval 1ms and River FetchCooldown 1ms",
+				Run: runLatency(latencySide{path: outboxPath, river: river1ms, notify: time.Millisecond}, &round)},
+		},
+	}
+}
+
 // countingPingWorker counts the ping jobs it works.
 type countingPingWorker struct {
 	river.WorkerDefaults[pingArgs]
@@ -428,4 +454,4 @@ func hotKeyScenario(Config) *Scenario {
 }
 
 // relayScenarioNames are the scenarios of this file, for the tests.
-var relayScenarioNames = []string{"relay_throughput", "relay_notify", "sustained", "hot_key"}
+var relayScenarioNames = []string{"relay_throughput", "relay_notify", "relay_latency", "sustained", "hot_key"}

@@ -46,6 +46,7 @@ func TestRelayScenarios(t *testing.T) {
 		"latency":          {"river_defaults", "shipped", "outbox_relay"},
 		"relay_throughput": {"insert_many_fast_1000", "relay_1000", "relay_1000_no_copy", "insert_many_fast_5000", "relay_5000"},
 		"relay_notify":     {"notify_10ms", "notify_never", "notify_every_tx"},
+		"relay_latency":    {"defaults", "notify_1ms", "poll_max_5ms", "notify_1ms_cooldown_1ms"},
 		"sustained":        {"direct", "outbox_relay"},
 		"hot_key":          {"no_job", "outbox", "direct"},
 	}, sides)
