@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strconv"
@@ -22,8 +23,12 @@ Prints the job views of the database as tables, read in one snapshot:
 job_kind_stats (per kind, the last hour and the last 24 hours: completed,
 failed attempts, discarded, cancelled, p50/p95/p99 run time and queue
 latency), queue_depth (jobs per queue and state), stuck_jobs (running
-longer than the job timeout) and failing_jobs (the last error of each kind).
---watch prints them again every --interval until interrupted.
+longer than the job timeout), failing_jobs (the last error of each kind),
+and the outbox: outbox_depth (jobs enqueued and not yet relayed into River's
+job table, how long the oldest has waited, dead rows) and the latest rows
+the relay refused, with their reasons ('aftercommit jobs list --outbox' and
+'--dead' list them all). --watch prints them again every --interval until
+interrupted.
 
 Exit codes: 0 done (also when --watch is interrupted), 1 failure, 2 bad
 usage, 130 interrupted.
@@ -151,6 +156,49 @@ func printStats(w io.Writer, r *jobs.StatsReport) {
 			formatTime(f.ErrorAt), truncate(oneLine(f.Error), 80)})
 	}
 	printTable(w, "Failing kinds (the last error of each)", []string{"KIND", "JOB", "STATE", "ATTEMPT", "AT", "ERROR"}, rows)
+
+	printOutbox(w, &r.Outbox)
+}
+
+// printOutbox writes the outbox: what waits, since when, what died.
+func printOutbox(w io.Writer, o *jobs.OutboxStats) {
+	fmt.Fprintln(w, "Outbox (jobs enqueued, not yet relayed into River's job table)")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "  waiting\t%d\n", o.Depth)
+	if o.Depth > 0 {
+		fmt.Fprintf(tw, "  oldest\t%s (%s ago)\n", formatTime(o.OldestCreatedAt), formatAge(o.OldestAge))
+	} else {
+		fmt.Fprint(tw, "  oldest\t-\n")
+	}
+	if o.Dead > 0 {
+		fmt.Fprintf(tw, "  dead\t%d (latest %s)\n", o.Dead, formatTime(o.LastDeadAt))
+	} else {
+		fmt.Fprint(tw, "  dead\t0\n")
+	}
+	_ = tw.Flush()
+	fmt.Fprintln(w)
+	if o.Dead == 0 {
+		return
+	}
+
+	rows := make([][]string, 0, len(o.LatestDead))
+	for _, d := range o.LatestDead {
+		rows = append(rows, []string{itoa(d.ID), d.Kind, orDash(d.Queue), formatTime(d.CreatedAt), formatTime(d.DeadAt),
+			truncate(oneLine(d.Reason), 80)})
+	}
+	printTable(w, fmt.Sprintf("Dead outbox rows (the latest %d of %d; all: aftercommit jobs list --dead)", len(o.LatestDead), o.Dead),
+		[]string{"ID", "KIND", "QUEUE", "CREATED", "DEAD AT", "REASON"}, rows)
+}
+
+// formatAge prints d to the second ("0s" under half a second).
+func formatAge(d time.Duration) string { return d.Round(time.Second).String() }
+
+// orDash returns s, or "-" when it is empty.
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // printTable writes a titled table whose first column is left-aligned and
@@ -187,6 +235,28 @@ type statsView struct {
 	Queues  []queueDepthView `json:"queues"`
 	Stuck   []stuckJobView   `json:"stuck"`
 	Failing []failingView    `json:"failing"`
+	Outbox  outboxStatsView  `json:"outbox"`
+}
+
+// outboxStatsView is the outbox in stats --json.
+type outboxStatsView struct {
+	Depth           int64            `json:"depth"`
+	OldestCreatedAt *time.Time       `json:"oldest_created_at"` // null when Depth is 0
+	OldestAgeMs     float64          `json:"oldest_age_ms"`
+	Dead            int64            `json:"dead"`
+	LastDeadAt      *time.Time       `json:"last_dead_at"` // null when Dead is 0
+	LatestDead      []outboxDeadView `json:"latest_dead"`
+}
+
+// outboxDeadView is one of the latest dead outbox rows in stats --json.
+type outboxDeadView struct {
+	ID        int64           `json:"id"`
+	Kind      string          `json:"kind"`
+	Queue     string          `json:"queue"` // "" when the row left it to the kind
+	Args      json.RawMessage `json:"args"`
+	CreatedAt time.Time       `json:"created_at"`
+	DeadAt    time.Time       `json:"dead_at"`
+	Reason    string          `json:"reason"`
 }
 
 type kindStatsView struct {
@@ -256,6 +326,18 @@ func newStatsView(r *jobs.StatsReport) statsView {
 	for _, f := range r.Failing {
 		v.Failing = append(v.Failing, failingView{Kind: f.Kind, JobID: f.JobID, State: string(f.State), Attempt: f.Attempt,
 			MaxAttempts: f.MaxAttempts, ErrorAt: f.ErrorAt.UTC(), Error: f.Error})
+	}
+	o := r.Outbox
+	v.Outbox = outboxStatsView{Depth: o.Depth, OldestAgeMs: msf(o.OldestAge), Dead: o.Dead, LatestDead: []outboxDeadView{}}
+	if !o.OldestCreatedAt.IsZero() {
+		v.Outbox.OldestCreatedAt = utcPtr(&o.OldestCreatedAt)
+	}
+	if !o.LastDeadAt.IsZero() {
+		v.Outbox.LastDeadAt = utcPtr(&o.LastDeadAt)
+	}
+	for _, d := range o.LatestDead {
+		v.Outbox.LatestDead = append(v.Outbox.LatestDead, outboxDeadView{ID: d.ID, Kind: d.Kind, Queue: d.Queue, Args: rawOrNull(d.Args),
+			CreatedAt: d.CreatedAt.UTC(), DeadAt: d.DeadAt.UTC(), Reason: d.Reason})
 	}
 	return v
 }

@@ -21,7 +21,10 @@ import (
 //   - test.beta: 1 job completed 2 hours ago (run 100 ms, latency 50 ms) and
 //     1 discarded 5 minutes ago whose only error dates from 2026-01-01;
 //   - 2 available jobs in q2, due since 2026-01-01;
-//   - 1 test.slow job running for 10 minutes.
+//   - 1 test.slow job running for 10 minutes;
+//   - 2 outbox rows waiting, written at 2026-01-01 00:00:00 and 00:00:30;
+//   - 2 dead outbox rows, dead at 2026-01-01 00:01:00 (id 41, a reason on
+//     two lines) and 00:02:00 (id 42, queue q9).
 func setupStats(ctx context.Context, t *testing.T) (*dbtest.Schema, []string) {
 	t.Helper()
 	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
@@ -45,8 +48,20 @@ SELECT '{}', 'test.gamma', 'q2', 'available', 0, 25, '2026-01-01T00:00:00Z'::tim
 UNION ALL
 SELECT '{}', 'test.slow', 'q1', 'running', 1, 25, now() - interval '10 minutes', now() - interval '10 minutes', NULL, NULL`)
 	require.NoError(t, err)
+	_, err = s.Pool.Exec(ctx, `
+INSERT INTO outbox_jobs (kind, args, created_at)
+VALUES ('test.gamma', '{"id": 1}', '2026-01-01T00:00:30Z'), ('test.gamma', '{"id": 2}', '2026-01-01T00:00:00Z')`)
+	require.NoError(t, err)
+	_, err = s.Pool.Exec(ctx, `
+INSERT INTO outbox_dead_jobs (id, kind, args, queue, tx_id, created_at, dead_at, reason)
+VALUES (41, 'test.nope', '{}', NULL, pg_current_xact_id(), '2026-01-01T00:00:00Z', '2026-01-01T00:01:00Z', E'unknown kind "test.nope":\nnot registered'),
+       (42, 'test.gamma', '{"id": "x"}', 'q9', pg_current_xact_id(), '2026-01-01T00:00:00Z', '2026-01-01T00:02:00Z', 'args do not decode')`)
+	require.NoError(t, err)
 	return s, []string{"--database-url", s.URL, "--schema", s.Name}
 }
+
+// ages matches the age stats prints after the oldest outbox row's time.
+var ages = regexp.MustCompile(`\(\w+ ago\)`)
 
 // timestamps matches formatTime's output of a time of today.
 var timestamps = regexp.MustCompile(time.Now().UTC().Format("2006-01-02") + ` \d\d:\d\d:\d\d|` +
@@ -66,7 +81,7 @@ func TestStats(t *testing.T) {
 		require.Equal(t, exitOK, res.code, res.stderr)
 		require.Empty(t, res.stderr)
 		// Timestamps relative to now() are masked; the JSON test checks them.
-		requireGolden(t, "stats.golden", timestamps.ReplaceAllString(res.stdout, "<time>"))
+		requireGolden(t, "stats.golden", ages.ReplaceAllString(timestamps.ReplaceAllString(res.stdout, "<time>"), "(<age> ago)"))
 	})
 
 	t.Run("JSON", func(t *testing.T) {
@@ -100,6 +115,43 @@ func TestStats(t *testing.T) {
 		require.InDelta(t, 60_000.0, got.Stuck[0].TimeoutMs, 1e-9)
 		require.Equal(t, []failingView{{Kind: "test.beta", JobID: got.Failing[0].JobID, State: "discarded", Attempt: 1, MaxAttempts: 1,
 			ErrorAt: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), Error: "invalid input"}}, got.Failing)
+
+		oldest := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+		lastDead := time.Date(2026, 1, 1, 0, 2, 0, 0, time.UTC)
+		require.Len(t, got.Outbox.LatestDead, 2)
+		// Args as JSON (the output is indented), then out of the comparison.
+		require.JSONEq(t, `{"id": "x"}`, string(got.Outbox.LatestDead[0].Args))
+		require.JSONEq(t, `{}`, string(got.Outbox.LatestDead[1].Args))
+		got.Outbox.LatestDead[0].Args, got.Outbox.LatestDead[1].Args = nil, nil
+		require.Equal(t, outboxStatsView{
+			Depth: 2, OldestCreatedAt: &oldest, OldestAgeMs: msf(got.At.Sub(oldest)), Dead: 2, LastDeadAt: &lastDead,
+			LatestDead: []outboxDeadView{
+				{ID: 42, Kind: "test.gamma", Queue: "q9", CreatedAt: oldest, DeadAt: lastDead, Reason: "args do not decode"},
+				{ID: 41, Kind: "test.nope", CreatedAt: oldest, DeadAt: oldest.Add(time.Minute),
+					Reason: "unknown kind \"test.nope\":\nnot registered"},
+			},
+		}, got.Outbox)
+	})
+
+	t.Run("EmptyOutbox", func(t *testing.T) {
+		t.Parallel()
+		s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
+		flags := []string{"--database-url", s.URL, "--schema", s.Name}
+		res := runCLI(ctx, t, environ, append([]string{"stats"}, flags...)...)
+		require.Equal(t, exitOK, res.code, res.stderr)
+		require.True(t, strings.HasSuffix(res.stdout, `
+Outbox (jobs enqueued, not yet relayed into River's job table)
+  waiting  0
+  oldest   -
+  dead     0
+
+`), res.stdout)
+		res = runCLI(ctx, t, environ, append([]string{"stats", "--json"}, flags...)...)
+		require.Equal(t, exitOK, res.code, res.stderr)
+		var got statsView
+		require.NoError(t, json.Unmarshal([]byte(res.stdout), &got))
+		require.Equal(t, outboxStatsView{LatestDead: []outboxDeadView{}}, got.Outbox)
+		require.Contains(t, res.stdout, `"oldest_created_at": null`)
 	})
 
 	t.Run("BadUsage", func(t *testing.T) {
@@ -121,7 +173,8 @@ func TestStats(t *testing.T) {
 	t.Run("WatchStopsOnInterrupt", func(t *testing.T) {
 		t.Parallel()
 		_, flags := setupStats(ctx, t)
-		wctx, cancel := context.WithTimeout(ctx, 700*time.Millisecond)
+		// 3 s for at least 3 prints 200ms apart: room for a loaded machine.
+		wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		defer cancel()
 		res := runCLI(wctx, t, environ, append([]string{"stats", "--watch", "--interval", "200ms", "--job-timeout", "1h"}, flags...)...)
 		require.Equal(t, exitOK, res.code, res.stderr)
