@@ -322,6 +322,45 @@ func TestDeadRows(t *testing.T) {
 	require.Equal(t, [2]int{0, n}, [2]int{depth, deadN})
 }
 
+// shipArgs is registered on a declared queue of weight high (priority 1).
+type shipArgs struct {
+	OrderID int64 `json:"order_id" jobs:"id"`
+}
+
+func (shipArgs) Kind() string { return "relaytest.ship" }
+
+// TestRegistryDefaults: a registry-wired relay gives a row that leaves its
+// queue and priority NULL the kind's registered queue and its priority,
+// keeps what a row chose, and dates the job from its outbox row.
+func TestRegistryDefaults(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, nil)
+	reg := testRegistry(t)
+	q := reg.AddQueue("shop", "shipping", jobs.WeightHigh, nil)
+	jobs.AddWorker(reg, q, river.WorkFunc(func(context.Context, *river.Job[shipArgs]) error { return nil }))
+	require.NoError(t, reg.Err())
+	rl, _ := registryRelay(ctx, t, s, reg, relay.Config{})
+
+	_, err := s.Pool.Exec(ctx, `INSERT INTO outbox_jobs (kind, args, queue, priority, created_at) VALUES
+    ('relaytest.ship', '{"order_id": 1}', NULL, NULL, '2026-01-02 03:04:05+00'),
+    ('relaytest.ship', '{"order_id": 2}', NULL, 3, '2026-01-02 03:04:06+00'),
+    ('relaytest.ship', '{"order_id": 3}', 'default', NULL, '2026-01-02 03:04:07+00'),
+    ('relaytest.order', '{"order_id": 4, "note": "x"}', NULL, NULL, '2026-01-02 03:04:08+00')`)
+	require.NoError(t, err)
+	res, err := rl.Drain(ctx)
+	require.NoError(t, err)
+	require.Equal(t, relay.MoveResult{Rows: 4, Inserted: 4, OldestCreatedAt: res.OldestCreatedAt}, res)
+	require.True(t, res.OldestCreatedAt.Equal(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)), "%v", res.OldestCreatedAt)
+	require.Equal(t, []string{
+		"1 shop_shipping 1 2026-01-02 03:04:05",
+		"2 shop_shipping 3 2026-01-02 03:04:06",
+		"3 default 1 2026-01-02 03:04:07",
+		"4 default 1 2026-01-02 03:04:08",
+	}, strs(ctx, t, s, `SELECT concat_ws(' ', args->>'order_id', queue, priority, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'))
+	  FROM river_job ORDER BY (args->>'order_id')::int`))
+}
+
 // TestRefusedByRiverMovesRowByRow: a row that passes the relay's checks but
 // that River (or Postgres) refuses makes the relay redo the batch row by
 // row: the refused row becomes dead, every other row a job.
@@ -476,7 +515,9 @@ func raceRelays(t *testing.T, nRelays int) {
 	ctx := context.Background()
 	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 12})
 	client := plainClient(t, s)
-	const preload, writerTxs, perTx = 50_000, 100, 100
+	// The writer commits 100 rows at a time from the start until the
+	// relays have moved half the preloaded rows (at most 15,000 rows).
+	const preload, maxWriterTxs, perTx = 50_000, 150, 100
 	require.NoError(t, insertN(ctx, s.Pool, 1, preload))
 
 	// committed: rows whose commit returned; started: rows whose commit was
@@ -494,10 +535,11 @@ func raceRelays(t *testing.T, nRelays int) {
 	}
 
 	writerDone := make(chan struct{})
+	var stopWriter atomic.Bool
 	go func() {
 		defer close(writerDone)
 		next := preload + 1
-		for range writerTxs {
+		for i := 0; i < maxWriterTxs && !stopWriter.Load(); i++ {
 			tx, err := s.Pool.Begin(ctx)
 			if err == nil {
 				err = insertN(ctx, tx, next, next+perTx-1)
@@ -513,7 +555,7 @@ func raceRelays(t *testing.T, nRelays int) {
 			}
 			committed.Add(perTx)
 			next += perTx
-			time.Sleep(time.Millisecond)
+			time.Sleep(5 * time.Millisecond)
 		}
 	}()
 
@@ -532,13 +574,19 @@ func raceRelays(t *testing.T, nRelays int) {
 		samples++
 		return jobs, outboxRows
 	}
-	want := preload + writerTxs*perTx
-	deadline := time.Now().Add(50 * time.Second)
+	// Not a timing: a backstop against a relay that stopped moving (about
+	// 20 s with -race on an idle 2-core machine).
+	deadline := time.Now().Add(2 * time.Minute)
+	var want int
 	for {
-		time.Sleep(25 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 		jobs, waiting := sample()
+		if jobs >= preload/2 {
+			stopWriter.Store(true)
+		}
 		select {
 		case <-writerDone:
+			want = int(committed.Load())
 			if jobs == want && waiting == 0 {
 				goto done
 			}
@@ -551,6 +599,7 @@ done:
 		stopRelay(t, rl)
 	}
 	require.Equal(t, int64(want), committed.Load())
+	require.Greater(t, want, preload, "the writer committed while the relays ran")
 	var total, distinct, minN, maxN, waiting int
 	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*), count(DISTINCT args->>'n'), min((args->>'n')::int), max((args->>'n')::int), (SELECT count(*) FROM outbox_jobs) FROM river_job`).
 		Scan(&total, &distinct, &minN, &maxN, &waiting))
@@ -564,7 +613,7 @@ done:
 		moved += st.Rows
 	}
 	require.Equal(t, int64(want), moved)
-	t.Logf("%d relays, %d rows, %d samples", nRelays, want, samples)
+	t.Logf("%d relays, %d rows (%d written while they ran), %d samples", nRelays, want, want-preload, samples)
 }
 
 // TestRelayWithoutLeader: the relay never waits for River's leader; rows
