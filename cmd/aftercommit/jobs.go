@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/rivertype"
@@ -27,12 +28,23 @@ const (
 func printJobsUsage(w io.Writer, printFlags func(io.Writer)) {
 	fmt.Fprint(w, `Usage:
   aftercommit jobs list [--state S] [--kind K] [--queue Q] [--limit N] [--json]
+  aftercommit jobs list --outbox [--kind K] [--queue Q] [--limit N] [--json]
+  aftercommit jobs list --dead [--kind K] [--queue Q] [--limit N] [--json]
   aftercommit jobs show ID [--json]
   aftercommit jobs retry ID
   aftercommit jobs cancel ID
 
 list    the newest jobs first, filtered by state, kind and queue (each flag
         may hold several values separated by commas)
+        --outbox: the rows of outbox_jobs instead, jobs enqueued and not yet
+        relayed into River's job table (no job ID yet), in the order the
+        relay takes them (by id), with how long each has waited; rows that
+        wait for long mean no worker process relays (cmd/worker --relay on)
+        --dead: the rows of outbox_dead_jobs, which the relay refused, newest
+        first, with the reason; fix and re-enqueue them with SQL (see
+        outbox_dead_jobs in migrations/0020_outbox_jobs.up.sql)
+        With --outbox and --dead, --queue matches the queue a row names (a
+        row that names none takes its kind's queue when relayed).
 show    one job: its args, metadata, attempts and errors
 retry   make a job available to run now (any state but running; a job that
         used all its attempts gets one more)
@@ -57,6 +69,8 @@ type jobsFlags struct {
 	queues string
 	limit  int
 	asJSON bool
+	outbox bool
+	dead   bool
 }
 
 func runJobs(ctx context.Context, args []string, e *env) int {
@@ -69,6 +83,8 @@ func runJobs(ctx context.Context, args []string, e *env) int {
 	fs.StringVar(&f.queues, "queue", "", "list: only jobs in these `queues` (comma-separated)")
 	fs.IntVar(&f.limit, "limit", jobsListLimitDefault, "list: at most `N` jobs (1.."+strconv.Itoa(jobsListLimitMax)+")")
 	fs.BoolVar(&f.asJSON, "json", false, "list, show: print JSON")
+	fs.BoolVar(&f.outbox, "outbox", false, "list: the outbox rows not yet relayed into River's job table, in the order the relay takes them")
+	fs.BoolVar(&f.dead, "dead", false, "list: the outbox rows the relay refused (outbox_dead_jobs), newest first, with the reason")
 	usage := commandUsage(fs, e, printJobsUsage)
 
 	positional, code, ok := parseArgs(fs, e, name, usage, args)
@@ -92,7 +108,16 @@ func runJobs(ctx context.Context, args []string, e *env) int {
 		if _, err := parseStates(f.states); err != nil {
 			return usageError(e, name, err.Error())
 		}
+		switch {
+		case f.outbox && f.dead:
+			return usageError(e, name, "--outbox and --dead list different tables: choose one")
+		case (f.outbox || f.dead) && f.states != "":
+			return usageError(e, name, "--state applies to River's jobs, not to outbox rows (--outbox, --dead)")
+		}
 	case "show", "retry", "cancel":
+		if f.outbox || f.dead {
+			return usageError(e, name, "--outbox and --dead apply to jobs list only")
+		}
 		if len(rest) != 1 {
 			return usageError(e, name, fmt.Sprintf("jobs %s takes one job ID", action))
 		}
@@ -111,6 +136,15 @@ func runJobs(ctx context.Context, args []string, e *env) int {
 		return code
 	}
 	defer pool.Close()
+	if f.outbox || f.dead {
+		if err := outboxList(ctx, pool, &f, e); err != nil {
+			if sqlState(err) == "42P01" {
+				err = fmt.Errorf("aftercommit jobs: the outbox tables are missing: run 'aftercommit migrate up' (%w)", err)
+			}
+			return reportError(ctx, e, err)
+		}
+		return exitOK
+	}
 	// An insert-only client: it runs no worker and no maintenance service,
 	// and reaches the tables through the pool's search_path.
 	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{Schema: f.db.schema})
@@ -387,4 +421,111 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return string(r[:n-1]) + "…"
+}
+
+// outboxRowView is a row of outbox_jobs (jobs list --outbox) or of
+// outbox_dead_jobs (jobs list --dead) as --json prints it. The columns a
+// row leaves to its kind's defaults are null.
+type outboxRowView struct {
+	ID          int64           `json:"id"`
+	Kind        string          `json:"kind"`
+	Args        json.RawMessage `json:"args"`
+	Queue       *string         `json:"queue"`
+	Priority    *int            `json:"priority"`
+	MaxAttempts *int            `json:"max_attempts"`
+	ScheduledAt *time.Time      `json:"scheduled_at"`
+	Metadata    json.RawMessage `json:"metadata"`
+	Options     json.RawMessage `json:"options"`
+	CreatedAt   time.Time       `json:"created_at"`
+	// AgeMs is how long the row has waited (now() - created_at) when
+	// listed; for a dead row, until it died (dead_at - created_at).
+	AgeMs  float64    `json:"age_ms"`
+	DeadAt *time.Time `json:"dead_at,omitempty"`
+	Reason string     `json:"reason,omitempty"`
+}
+
+// outboxListSQL lists outbox_jobs by id, the order the relay takes them
+// in; $1 kinds and $2 queues filter when not empty, $3 limits.
+const outboxListSQL = `
+SELECT id, kind, args, queue, priority, max_attempts, scheduled_at, metadata, options, created_at,
+       now() - created_at, NULL::timestamptz, NULL::text
+  FROM outbox_jobs
+ WHERE (cardinality($1::text[]) = 0 OR kind = ANY($1::text[]))
+   AND (cardinality($2::text[]) = 0 OR queue = ANY($2::text[]))
+ ORDER BY id
+ LIMIT $3`
+
+// outboxDeadListSQL lists outbox_dead_jobs newest dead first.
+const outboxDeadListSQL = `
+SELECT id, kind, args, queue, priority, max_attempts, scheduled_at, metadata, options, created_at,
+       dead_at - created_at, dead_at, reason
+  FROM outbox_dead_jobs
+ WHERE (cardinality($1::text[]) = 0 OR kind = ANY($1::text[]))
+   AND (cardinality($2::text[]) = 0 OR queue = ANY($2::text[]))
+ ORDER BY dead_at DESC, id DESC
+ LIMIT $3`
+
+// outboxList is jobs list --outbox and --dead.
+func outboxList(ctx context.Context, pool *pgxpool.Pool, f *jobsFlags, e *env) error {
+	query, what, order := outboxListSQL, "outbox", "first"
+	if f.dead {
+		query, what, order = outboxDeadListSQL, "dead", "newest"
+	}
+	kinds, queues := splitList(f.kinds), splitList(f.queues)
+	rows, err := pool.Query(ctx, query, nonNil(kinds), nonNil(queues), f.limit)
+	if err != nil {
+		return fmt.Errorf("aftercommit jobs list --%s: %w", what, err)
+	}
+	list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (outboxRowView, error) {
+		var v outboxRowView
+		var args, metadata, options []byte
+		var age time.Duration
+		var reason *string
+		err := row.Scan(&v.ID, &v.Kind, &args, &v.Queue, &v.Priority, &v.MaxAttempts, &v.ScheduledAt, &metadata, &options,
+			&v.CreatedAt, &age, &v.DeadAt, &reason)
+		v.Args, v.Metadata, v.Options = rawOrNull(args), rawOrNull(metadata), rawOrNull(options)
+		v.CreatedAt, v.ScheduledAt, v.DeadAt = v.CreatedAt.UTC(), utcPtr(v.ScheduledAt), utcPtr(v.DeadAt)
+		v.AgeMs, v.Reason = msf(age), deref(reason)
+		return v, err
+	})
+	if err != nil {
+		return fmt.Errorf("aftercommit jobs list --%s: %w", what, err)
+	}
+	if len(list) == f.limit {
+		defer fmt.Fprintf(e.stderr, "aftercommit jobs list: showing the %s %d; raise --limit or narrow the filters for more\n", order, f.limit)
+	}
+	if f.asJSON {
+		return writeJSON(e.stdout, list)
+	}
+
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	if f.dead {
+		fmt.Fprintln(tw, "ID\tKIND\tQUEUE\tARGS\tCREATED\tDEAD AT\tREASON")
+	} else {
+		fmt.Fprintln(tw, "ID\tKIND\tQUEUE\tARGS\tCREATED\tAGE")
+	}
+	for _, v := range list {
+		queue := "-"
+		if v.Queue != nil {
+			queue = *v.Queue
+		}
+		args := truncate(oneLine(string(v.Args)), 40)
+		if f.dead {
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", v.ID, v.Kind, queue, args, formatTime(v.CreatedAt),
+				formatTimePtr(v.DeadAt), truncate(oneLine(v.Reason), 80))
+			continue
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", v.ID, v.Kind, queue, args, formatTime(v.CreatedAt),
+			formatAge(time.Duration(v.AgeMs*float64(time.Millisecond))))
+	}
+	return tw.Flush()
+}
+
+// deref returns *p, or the zero value when p is nil.
+func deref[T any](p *T) T {
+	if p == nil {
+		var zero T
+		return zero
+	}
+	return *p
 }

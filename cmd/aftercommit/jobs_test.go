@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -66,6 +69,34 @@ VALUES
 	require.NoError(t, err)
 	return &jobsBundle{schema: s, flags: []string{"--database-url", s.URL, "--schema", s.Name}}
 }
+
+// setupOutbox adds to setupJobs' jobs three outbox rows (ids 1..3, written
+// at jobsT0 + 1, 0 and 2 minutes; row 2 names queue q1 and priority 3) and
+// three dead rows (ids 7..9, dead at jobsT0 + 5, 7 and 6 minutes).
+func setupOutbox(ctx context.Context, t *testing.T) *jobsBundle {
+	t.Helper()
+	b := setupJobs(ctx, t)
+	_, err := b.schema.Pool.Exec(ctx, `
+INSERT INTO outbox_jobs (id, kind, args, queue, priority, created_at) OVERRIDING SYSTEM VALUE
+VALUES (1, 'test.alpha', '{"id": 10}', NULL, NULL, $1::timestamptz + interval '1 minute'),
+       (2, 'test.beta', '{"id": 11, "note": "a long note that the table cuts short"}', 'q1', 3, $1::timestamptz),
+       (3, 'test.alpha', '{"id": 12}', NULL, NULL, $1::timestamptz + interval '2 minutes')`, jobsT0)
+	require.NoError(t, err)
+	_, err = b.schema.Pool.Exec(ctx, `
+INSERT INTO outbox_dead_jobs (id, kind, args, queue, tx_id, created_at, dead_at, reason)
+VALUES (7, 'test.nope', '{}', NULL, pg_current_xact_id(), $1::timestamptz, $1::timestamptz + interval '5 minutes',
+        'unknown kind "test.nope"'),
+       (8, 'test.alpha', '{"id": "x"}', 'q1', pg_current_xact_id(), $1::timestamptz, $1::timestamptz + interval '7 minutes',
+        E'args do not decode:\njson: cannot unmarshal string into Go struct field .id of type int64'),
+       (9, 'test.alpha', '{"id": 0}', NULL, pg_current_xact_id(), $1::timestamptz, $1::timestamptz + interval '6 minutes',
+        'too large')`, jobsT0)
+	require.NoError(t, err)
+	return b
+}
+
+// outboxAges matches the AGE column of jobs list --outbox, which depends
+// on the clock.
+var outboxAges = regexp.MustCompile(`(?m)  \d+h\d+m\d+s$`)
 
 func (b *jobsBundle) run(ctx context.Context, t *testing.T, args ...string) cliResult {
 	t.Helper()
@@ -199,6 +230,88 @@ func TestJobs(t *testing.T) {
 		require.Equal(t, "aftercommit jobs cancel: no job 999999\n", res.stderr)
 	})
 
+	t.Run("ListOutbox", func(t *testing.T) {
+		t.Parallel()
+		b := setupOutbox(ctx, t)
+		res := b.run(ctx, t, "list", "--outbox")
+		require.Equal(t, exitOK, res.code, res.stderr)
+		require.Empty(t, res.stderr)
+		require.Equal(t, `ID  KIND        QUEUE  ARGS                                      CREATED              AGE
+1   test.alpha  -      {"id": 10}                                2026-11-26 09:31:00  <age>
+2   test.beta   q1     {"id": 11, "note": "a long note that th…  2026-11-26 09:30:00  <age>
+3   test.alpha  -      {"id": 12}                                2026-11-26 09:32:00  <age>
+`, outboxAges.ReplaceAllString(res.stdout, "  <age>"), "by id, the order the relay takes them (not created_at's)")
+		require.Len(t, outboxAges.FindAllString(res.stdout, -1), 3)
+
+		start := time.Now()
+		res = b.run(ctx, t, "list", "--outbox", "--kind", "test.alpha", "--json")
+		end := time.Now()
+		require.Equal(t, exitOK, res.code, res.stderr)
+		var got []outboxRowView
+		require.NoError(t, json.Unmarshal([]byte(res.stdout), &got))
+		require.Len(t, got, 2)
+		for i, want := range []struct {
+			id      int64
+			created time.Time
+		}{{1, jobsT0.Add(time.Minute)}, {3, jobsT0.Add(2 * time.Minute)}} {
+			// The age is now() - created_at at the read, between the
+			// command's start and end.
+			require.GreaterOrEqual(t, got[i].AgeMs, msf(start.Sub(want.created))-1)
+			require.LessOrEqual(t, got[i].AgeMs, msf(end.Sub(want.created))+1)
+			require.JSONEq(t, fmt.Sprintf(`{"id": %d}`, 9+want.id), string(got[i].Args))
+			got[i].Args, got[i].AgeMs = nil, 0
+			require.Equal(t, outboxRowView{ID: want.id, Kind: "test.alpha", Metadata: json.RawMessage("null"),
+				Options: json.RawMessage("null"), CreatedAt: want.created}, got[i])
+		}
+
+		res = b.run(ctx, t, "list", "--outbox", "--queue", "q1", "--json")
+		require.Equal(t, exitOK, res.code, res.stderr)
+		require.NoError(t, json.Unmarshal([]byte(res.stdout), &got))
+		require.Len(t, got, 1)
+		require.Equal(t, int64(2), got[0].ID)
+		require.Equal(t, "q1", *got[0].Queue)
+		require.Equal(t, 3, *got[0].Priority)
+
+		res = b.run(ctx, t, "list", "--outbox", "--limit", "1")
+		require.Equal(t, exitOK, res.code, res.stderr)
+		require.Equal(t, 2, strings.Count(res.stdout, "\n"), res.stdout)
+		require.Equal(t, "aftercommit jobs list: showing the first 1; raise --limit or narrow the filters for more\n", res.stderr)
+
+		// An empty outbox: the header alone.
+		_, err := b.schema.Pool.Exec(ctx, `DELETE FROM outbox_jobs`)
+		require.NoError(t, err)
+		res = b.run(ctx, t, "list", "--outbox")
+		require.Equal(t, exitOK, res.code, res.stderr)
+		require.Equal(t, "ID  KIND  QUEUE  ARGS  CREATED  AGE\n", res.stdout)
+	})
+
+	t.Run("ListDead", func(t *testing.T) {
+		t.Parallel()
+		b := setupOutbox(ctx, t)
+		res := b.run(ctx, t, "list", "--dead")
+		require.Equal(t, exitOK, res.code, res.stderr)
+		require.Empty(t, res.stderr)
+		require.Equal(t, `ID  KIND        QUEUE  ARGS         CREATED              DEAD AT              REASON
+8   test.alpha  q1     {"id": "x"}  2026-11-26 09:30:00  2026-11-26 09:37:00  args do not decode: json: cannot unmarshal string into Go struct field .id of t…
+9   test.alpha  -      {"id": 0}    2026-11-26 09:30:00  2026-11-26 09:36:00  too large
+7   test.nope   -      {}           2026-11-26 09:30:00  2026-11-26 09:35:00  unknown kind "test.nope"
+`, res.stdout, "newest dead first")
+
+		res = b.run(ctx, t, "list", "--dead", "--kind", "test.alpha", "--queue", "q1", "--json")
+		require.Equal(t, exitOK, res.code, res.stderr)
+		var got []outboxRowView
+		require.NoError(t, json.Unmarshal([]byte(res.stdout), &got))
+		require.Len(t, got, 1)
+		require.JSONEq(t, `{"id": "x"}`, string(got[0].Args))
+		got[0].Args = nil
+		q1, deadAt := "q1", jobsT0.Add(7*time.Minute)
+		require.Equal(t, []outboxRowView{{
+			ID: 8, Kind: "test.alpha", Queue: &q1, Metadata: json.RawMessage("null"), Options: json.RawMessage("null"),
+			CreatedAt: jobsT0, AgeMs: 7 * 60 * 1000, DeadAt: &deadAt,
+			Reason: "args do not decode:\njson: cannot unmarshal string into Go struct field .id of type int64",
+		}}, got, "a dead row's age is how long it waited until it died")
+	})
+
 	t.Run("BadUsage", func(t *testing.T) {
 		t.Parallel()
 		environ := map[string]string{"DATABASE_URL": "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable"}
@@ -215,6 +328,9 @@ func TestJobs(t *testing.T) {
 			{[]string{"jobs", "list", "x"}, "aftercommit jobs: jobs list takes no arguments, got x\n"},
 			{[]string{"jobs", "list", "--limit", "0"}, "aftercommit jobs: --limit must be in 1..10000, got 0\n"},
 			{[]string{"jobs", "list", "--state", "done"}, `aftercommit jobs: unknown state "done": want one of available, cancelled, completed, discarded, pending, retryable, running, scheduled` + "\n"},
+			{[]string{"jobs", "list", "--outbox", "--dead"}, "aftercommit jobs: --outbox and --dead list different tables: choose one\n"},
+			{[]string{"jobs", "list", "--dead", "--state", "available"}, "aftercommit jobs: --state applies to River's jobs, not to outbox rows (--outbox, --dead)\n"},
+			{[]string{"jobs", "show", "1", "--outbox"}, "aftercommit jobs: --outbox and --dead apply to jobs list only\n"},
 		} {
 			res := runCLI(ctx, t, environ, tc.args...)
 			require.Equal(t, exitUsage, res.code, "%v", tc.args)
@@ -229,6 +345,8 @@ func TestJobs(t *testing.T) {
 		require.Equal(t, exitOK, res.code)
 		require.Contains(t, res.stdout, "aftercommit jobs show ID [--json]")
 		require.Contains(t, res.stdout, "-state")
+		require.Contains(t, res.stdout, "aftercommit jobs list --outbox [--kind K] [--queue Q] [--limit N] [--json]")
+		require.Contains(t, res.stdout, "aftercommit jobs list --dead [--kind K] [--queue Q] [--limit N] [--json]")
 	})
 
 	t.Run("UnreachableDatabase", func(t *testing.T) {
