@@ -823,3 +823,34 @@ func TestNewRefusesBadConfig(t *testing.T) {
 	_, err = relay.New(s.Pool, nil, nil)
 	require.ErrorIs(t, err, relay.ErrConfig)
 }
+
+// listArgs holds a list: jsonb's text form (what the relay reads) puts a
+// space after every comma, the writer's JSON does not.
+type listArgs struct {
+	L []int `json:"l"`
+}
+
+func (listArgs) Kind() string { return "relaytest.list" }
+
+// TestPayloadLimitAsTheWriterMeasures: args the outbox accepted under its
+// payload limit are not refused by a relay with the same limit. The writer
+// measures its compact JSON; jsonb's text form of the same args is longer
+// (a space after each ':' and ','), and must not count.
+func TestPayloadLimitAsTheWriterMeasures(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, nil)
+	client := plainClient(t, s)
+	const limit = 200
+	ob, err := outbox.New(s.Pool, client, &outbox.Config{MaxPayloadBytes: limit})
+	require.NoError(t, err)
+	rl := plainRelay(t, s, client, relay.Config{MaxPayloadBytes: limit})
+
+	args := listArgs{L: make([]int, 90)} // {"l":[0,0,…]}: 187 bytes, under the limit
+	require.NoError(t, ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error { return tx.Enqueue(args, nil) }))
+	require.Equal(t, 187+1+89, count(ctx, t, s, `SELECT octet_length(args::text) FROM outbox_jobs`), "jsonb's text adds a space after ':' and each ','")
+	res, err := rl.Drain(ctx)
+	require.NoError(t, err)
+	require.Equal(t, relay.MoveResult{Rows: 1, Inserted: 1, OldestCreatedAt: res.OldestCreatedAt}, res,
+		"dead: %v", strs(ctx, t, s, `SELECT reason FROM outbox_dead_jobs`))
+}
