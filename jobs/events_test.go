@@ -60,7 +60,7 @@ func TestSubscriptions(t *testing.T) {
 
 		client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{Queues: []string{}, Schema: s.Name})
 		require.NoError(t, err)
-		ob, err := jobs.NewOutbox(s.Pool, client, reg, nil)
+		ob, err := jobs.NewOutbox(s.Pool, client, reg, directInsert)
 		require.NoError(t, err)
 
 		res, err := ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {

@@ -14,6 +14,7 @@ import (
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/jobs"
 	"github.com/aftercommit/aftercommit/outbox"
+	"github.com/aftercommit/aftercommit/outbox/relay"
 )
 
 // chargeArgs asks to charge one invoice.
@@ -94,6 +95,15 @@ func ExampleNewLockMiddleware() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	// The relay moves committed outbox rows into River's job table.
+	rl, err := relay.New(s.Pool, client, &relay.Config{Schema: s.Name})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := rl.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+	defer func() { _ = rl.Stop(ctx) }()
 	err = ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
 		for id := int64(1); id <= 3; id++ {
 			if err := tx.Enqueue(chargeArgs{InvoiceID: id}, nil); err != nil {

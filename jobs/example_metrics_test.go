@@ -13,6 +13,7 @@ import (
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/jobs"
 	"github.com/aftercommit/aftercommit/outbox"
+	"github.com/aftercommit/aftercommit/outbox/relay"
 )
 
 type greetArgs struct {
@@ -58,6 +59,15 @@ func ExampleMetrics() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	// The relay moves committed outbox rows into River's job table.
+	rl, err := jobs.NewRelay(s.Pool, client, reg, &relay.Config{Schema: s.Name})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := rl.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+	defer func() { _ = rl.Stop(ctx) }()
 	err = ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
 		for _, name := range []string{"ada", "ada", "grace"} {
 			if err := tx.Enqueue(greetArgs{Name: name}, nil); err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/jobs"
 	"github.com/aftercommit/aftercommit/outbox"
+	"github.com/aftercommit/aftercommit/outbox/relay"
 )
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
@@ -48,6 +49,15 @@ func ExampleAddPingWorker() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	// The relay moves committed outbox rows into River's job table.
+	rl, err := relay.New(s.Pool, client, &relay.Config{Schema: s.Name})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := rl.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+	defer func() { _ = rl.Stop(ctx) }()
 	var pingID int64
 	err = ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
 		if err := tx.QueryRow(ctx, `INSERT INTO pings (note) VALUES ('hello') RETURNING id`).Scan(&pingID); err != nil {

@@ -73,7 +73,7 @@ func TestRegistryInstallsTheWorkerLock(t *testing.T) {
 		require.NoError(t, client.Start(ctx))
 		t.Cleanup(func() { require.NoError(t, client.Stop(context.WithoutCancel(ctx))) })
 		if i == 0 {
-			ob, err = jobs.NewOutbox(s.Pool, client, reg, nil)
+			ob, err = jobs.NewOutbox(s.Pool, client, reg, directInsert)
 			require.NoError(t, err)
 		}
 	}

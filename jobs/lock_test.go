@@ -257,7 +257,7 @@ func setupLock(ctx context.Context, t *testing.T, limit int64) *lockBundle {
 		}
 	})
 
-	ob, err := outbox.New(s.Pool, b.procs[0].client, nil)
+	ob, err := outbox.New(s.Pool, b.procs[0].client, directInsert)
 	require.NoError(t, err)
 	b.ob = ob
 	return b

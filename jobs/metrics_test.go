@@ -192,7 +192,7 @@ func setupMetrics(ctx context.Context, t *testing.T, insertOnly bool) *metricsBu
 		b.events = events
 	}
 
-	b.ob, err = jobs.NewOutbox(s.Pool, client, reg, &outbox.Config{OnFlush: b.metrics.OnFlush})
+	b.ob, err = jobs.NewOutbox(s.Pool, client, reg, &outbox.Config{OnFlush: b.metrics.OnFlush, DirectInsert: true})
 	require.NoError(t, err)
 	return b
 }

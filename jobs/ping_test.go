@@ -42,7 +42,7 @@ func setup(ctx context.Context, t *testing.T) *testBundle {
 	require.NoError(t, client.Start(ctx))
 	t.Cleanup(func() { require.NoError(t, client.Stop(context.WithoutCancel(ctx))) })
 
-	ob, err := outbox.New(s.Pool, client, nil)
+	ob, err := outbox.New(s.Pool, client, directInsert)
 	require.NoError(t, err)
 	return &testBundle{schema: s, client: client, ob: ob, events: events}
 }

@@ -89,7 +89,7 @@ func setupQueueLock(ctx context.Context, t *testing.T, work bool) *queueLockBund
 			require.NoError(t, client.Stop(context.WithoutCancel(ctx)))
 		})
 	}
-	ob, err := jobs.NewOutbox(s.Pool, client, reg, nil)
+	ob, err := jobs.NewOutbox(s.Pool, client, reg, directInsert)
 	require.NoError(t, err)
 	return &queueLockBundle{schema: s, ob: ob, reports: reports, client: client}
 }

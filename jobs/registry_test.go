@@ -168,7 +168,7 @@ func setupRegistry(ctx context.Context, t *testing.T, queues []string) *registry
 		t.Cleanup(func() { require.NoError(t, client.Stop(context.WithoutCancel(ctx))) })
 	}
 
-	ob, err := jobs.NewOutbox(s.Pool, client, reg, nil)
+	ob, err := jobs.NewOutbox(s.Pool, client, reg, directInsert)
 	require.NoError(t, err)
 	return &registryBundle{schema: s, worker: w, client: client, ob: ob, events: events}
 }
@@ -319,7 +319,7 @@ func TestRegistryClientAndOutbox(t *testing.T) {
 		defer cancel()
 		require.NoError(t, client.Start(ctx))
 		defer func() { require.NoError(t, client.Stop(context.WithoutCancel(ctx))) }()
-		ob, err := jobs.NewOutbox(s.Pool, client, reg, nil)
+		ob, err := jobs.NewOutbox(s.Pool, client, reg, directInsert)
 		require.NoError(t, err)
 
 		require.NoError(t, ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {

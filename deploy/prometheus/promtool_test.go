@@ -5,7 +5,8 @@
 //   - rules.yml: recording rules (jobs/s, p50/p99 run time and queue latency
 //     per kind, backlog, oldest waiting job, stuck jobs) and alerts (queue
 //     latency, a stalled backlog, stuck jobs, discarded jobs, a worker down,
-//     no worker up, queue gauges failing);
+//     no worker up, queue gauges failing, a stalled outbox relay, dead outbox
+//     rows);
 //   - rules_test.yml: their unit tests;
 //   - prometheus.yml: an example configuration that scrapes the workers
 //     under the job name the alerts expect and loads the rules.
@@ -27,7 +28,7 @@ func TestPromtoolCheckRules(t *testing.T) {
 	t.Parallel()
 	out, ok := promtest.RunPromtool(t, "", "check", "rules", "rules.yml")
 	require.True(t, ok, out)
-	require.Equal(t, "Checking rules.yml\n  SUCCESS: 17 rules found\n\n", out)
+	require.Equal(t, "Checking rules.yml\n  SUCCESS: 19 rules found\n\n", out)
 }
 
 func TestPromtoolTestRules(t *testing.T) {
@@ -43,5 +44,5 @@ func TestPromtoolCheckConfig(t *testing.T) {
 	out, ok := promtest.RunPromtool(t, "", "check", "config", "prometheus.yml")
 	require.True(t, ok, out)
 	require.Equal(t, 3, strings.Count(out, "SUCCESS"), out)
-	require.Contains(t, out, "SUCCESS: 17 rules found")
+	require.Contains(t, out, "SUCCESS: 19 rules found")
 }

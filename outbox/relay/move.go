@@ -1,8 +1,10 @@
 package relay
 
 import (
+	"bytes"
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -141,7 +143,16 @@ type deadRow struct {
 // reason it is dead.
 func (r *Relay) prepare(rw row) (params river.InsertManyParams, lockKey string, hasLock, unique bool, reason string) {
 	if len(rw.args) > r.cfg.MaxPayloadBytes {
-		return params, "", false, false, fmt.Sprintf("args of %d bytes exceed the payload limit of %d bytes", len(rw.args), r.cfg.MaxPayloadBytes)
+		// args::text is jsonb's text form, with a space after every ':'
+		// and ','; the writer measured compact JSON: measure the same.
+		size := len(rw.args)
+		var compact bytes.Buffer
+		if err := json.Compact(&compact, []byte(rw.args)); err == nil {
+			size = compact.Len()
+		}
+		if size > r.cfg.MaxPayloadBytes {
+			return params, "", false, false, fmt.Sprintf("args of %d bytes exceed the payload limit of %d bytes", size, r.cfg.MaxPayloadBytes)
+		}
 	}
 	if rw.kind == "" {
 		return params, "", false, false, "empty kind"

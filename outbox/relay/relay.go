@@ -379,6 +379,17 @@ func (r *Relay) loop(ctx context.Context, stopped <-chan struct{}) {
 // never waits for it) listening on the writers' channel, and wakes the loop
 // on each notification. It reconnects after an error.
 func (r *Relay) listen(ctx context.Context, stopped <-chan struct{}) {
+	// Stop ends the wait for a notification at once: the loop finishes its
+	// batch, the listener has none.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-stopped:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	backoff := 100 * time.Millisecond
 	for {
 		err := r.listenOnce(ctx)
