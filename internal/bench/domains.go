@@ -18,6 +18,7 @@ import (
 	"github.com/aftercommit/aftercommit/internal/dbconn"
 	"github.com/aftercommit/aftercommit/inventory"
 	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/outbox/relay"
 	"github.com/aftercommit/aftercommit/reporting"
 )
 
@@ -116,7 +117,8 @@ func queryIDs(ctx context.Context, pool *pgxpool.Pool, sql string, args ...any) 
 // domain's queues, as cmd/worker runs by default, or queues) with the
 // shipped fetch settings, and returns its stop function.
 func startWorker(ctx context.Context, env *Env, pool *pgxpool.Pool, queues []string) (*river.Client[pgx.Tx], func(), error) {
-	client, err := jobs.NewClient(pool, app.Registry(pool), &jobs.ClientConfig{
+	reg := app.Registry(pool)
+	client, err := jobs.NewClient(pool, reg, &jobs.ClientConfig{
 		Queues: queues, Schema: env.Schema, Logger: env.Logger, River: shippedRiver(env), Metrics: jobs.NewMetrics(nil),
 	})
 	if err != nil {
@@ -125,10 +127,33 @@ func startWorker(ctx context.Context, env *Env, pool *pgxpool.Pool, queues []str
 	if err := client.Start(ctx); err != nil {
 		return nil, nil, err
 	}
+	stopRelay, err := startAppRelay(ctx, env, pool, client, reg)
+	if err != nil {
+		_ = client.Stop(context.WithoutCancel(ctx))
+		return nil, nil, err
+	}
 	return client, func() {
+		stopRelay()
 		stopCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer stop()
 		_ = client.Stop(stopCtx)
+	}, nil
+}
+
+// startAppRelay starts reg's relay beside client, as every cmd/worker runs
+// one, and returns its stop function.
+func startAppRelay(ctx context.Context, env *Env, pool *pgxpool.Pool, client *river.Client[pgx.Tx], reg *jobs.Registry) (func(), error) {
+	rl, err := jobs.NewRelay(pool, client, reg, &relay.Config{Schema: env.Schema, Logger: env.Logger})
+	if err != nil {
+		return nil, err
+	}
+	if err := rl.Start(context.WithoutCancel(ctx)); err != nil {
+		return nil, err
+	}
+	return func() {
+		stopCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer stop()
+		_ = rl.Stop(stopCtx)
 	}, nil
 }
 

@@ -344,7 +344,8 @@ func (s *soakRun) run(ctx context.Context) (*SoakReport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bench: soak: %w", err)
 	}
-	client, err := jobs.NewClient(env.Pool, app.Registry(env.Pool), &jobs.ClientConfig{
+	reg := app.Registry(env.Pool)
+	client, err := jobs.NewClient(env.Pool, reg, &jobs.ClientConfig{
 		Schema: env.Schema, Logger: env.Logger, River: shippedRiver(env), MaxWorkers: cfg.MaxWorkers,
 	})
 	if err != nil {
@@ -360,6 +361,11 @@ func (s *soakRun) run(ctx context.Context) (*SoakReport, error) {
 			_ = client.StopAndCancel(stopCtx)
 		}
 	}()
+	stopRelay, err := startAppRelay(ctx, env, env.Pool, client, reg)
+	if err != nil {
+		return nil, fmt.Errorf("bench: soak: starting the relay: %w", err)
+	}
+	defer stopRelay()
 
 	report := &SoakReport{Started: time.Now(), Duration: cfg.Duration.String(), Interval: cfg.Interval.String(),
 		Scale: cfg.Scale, Server: env.server}

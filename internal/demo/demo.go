@@ -33,6 +33,7 @@ import (
 	"github.com/aftercommit/aftercommit/internal/app"
 	"github.com/aftercommit/aftercommit/inventory"
 	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/outbox/relay"
 	"github.com/aftercommit/aftercommit/outbox"
 	"github.com/aftercommit/aftercommit/reporting"
 )
@@ -188,6 +189,21 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Summary, error) 
 			if err := client.Stop(stopCtx); err != nil {
 				_ = client.StopAndCancel(stopCtx)
 			}
+		}()
+		// The in-process relay moves the committed outbox rows into River
+		// (external workers run their own); deferred after the client's
+		// Stop, so it stops first.
+		rl, err := jobs.NewRelay(pool, client, reg, &relay.Config{Schema: cfg.Schema, Logger: cfg.Logger})
+		if err != nil {
+			return nil, fmt.Errorf("demo: %w", err)
+		}
+		if err := rl.Start(context.WithoutCancel(ctx)); err != nil {
+			return nil, fmt.Errorf("demo: starting the relay: %w", err)
+		}
+		defer func() {
+			stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			_ = rl.Stop(stopCtx)
 		}()
 	}
 	if r.ob, err = jobs.NewOutbox(pool, client, reg, nil); err != nil {
