@@ -88,8 +88,10 @@ func BenchmarkRelayDrain(b *testing.B) {
 				b.StopTimer()
 				truncate(b)
 				if _, err := s.Pool.Exec(ctx, `
-INSERT INTO outbox_jobs (kind, args) SELECT 'bench.noop', jsonb_build_object('n', i) FROM generate_series(1, $1) i;
-ANALYZE outbox_jobs`, benchBacklog); err != nil {
+INSERT INTO outbox_jobs (kind, args) SELECT 'bench.noop', jsonb_build_object('n', i) FROM generate_series(1, $1) i`, benchBacklog); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := s.Pool.Exec(ctx, `ANALYZE outbox_jobs`); err != nil {
 					b.Fatal(err)
 				}
 				b.StartTimer()
