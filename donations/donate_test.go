@@ -82,7 +82,7 @@ func setupDonate(ctx context.Context, t testing.TB, opts *donateSetupOpts) *dona
 		require.NoError(t, err)
 		t.Cleanup(pool.Close)
 	}
-	ob, err := jobs.NewOutbox(pool, b.client, reg, nil)
+	ob, err := jobs.NewOutbox(pool, b.client, reg, directInsert)
 	require.NoError(t, err)
 	b.ob = ob
 	b.svc = donations.NewService(pool, ob)

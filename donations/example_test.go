@@ -12,6 +12,7 @@ import (
 	"github.com/aftercommit/aftercommit/donations"
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/outbox/relay"
 )
 
 // A donation that came from an email's link is recorded with its
@@ -45,6 +46,15 @@ func ExampleService_Donate() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	// The relay moves committed outbox rows into River's job table.
+	rl, err := jobs.NewRelay(s.Pool, client, reg, &relay.Config{Schema: s.Name})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := rl.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+	defer func() { _ = rl.Stop(ctx) }()
 	svc := donations.NewService(s.Pool, ob)
 
 	// A fundraiser sent Ada an email.

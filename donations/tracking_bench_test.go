@@ -94,7 +94,7 @@ func benchTracking(b *testing.B, kind string, batch int, track func(ctx context.
 	if err != nil {
 		b.Fatal(err)
 	}
-	ob, err := jobs.NewOutbox(s.Pool, client, reg, nil)
+	ob, err := jobs.NewOutbox(s.Pool, client, reg, directInsert)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -90,7 +90,7 @@ func setupCounterTest(ctx context.Context, t *testing.T, opts counterOpts) *coun
 	donations.Register(reg, s.Pool)
 	inject := &jobstest.FailureInjector{Fail: opts.fail, Inject: func(ctx context.Context) context.Context { return donations.WithInjectedFailure(ctx, errInjected) }}
 	client := newCounterClient(ctx, t, s.Pool, reg, s.Name, opts, inject)
-	ob, err := jobs.NewOutbox(s.Pool, client, reg, nil)
+	ob, err := jobs.NewOutbox(s.Pool, client, reg, directInsert)
 	require.NoError(t, err)
 	return &counterBundle{schema: s, client: client, svc: donations.NewService(s.Pool, ob), inject: inject}
 }

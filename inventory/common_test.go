@@ -56,7 +56,7 @@ func setup(ctx context.Context, t testing.TB, opts *setupOpts) *testBundle {
 			FetchPollInterval: 20 * time.Millisecond,
 		},
 	})
-	ob, err := jobs.NewOutbox(s.Pool, b.client, reg, nil)
+	ob, err := jobs.NewOutbox(s.Pool, b.client, reg, directInsert)
 	require.NoError(t, err)
 	b.svc, err = inventory.NewServiceConfig(s.Pool, ob, opts.cfg)
 	require.NoError(t, err)

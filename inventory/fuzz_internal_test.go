@@ -63,7 +63,7 @@ func FuzzBeginCheckoutInput(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	ob, err := outbox.New(pool, client, nil)
+	ob, err := outbox.New(pool, client, &outbox.Config{DirectInsert: true})
 	if err != nil {
 		f.Fatal(err)
 	}

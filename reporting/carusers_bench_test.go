@@ -85,7 +85,7 @@ func benchCarUsers(b *testing.B, n int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ob, err := jobs.NewOutbox(svcPool, inserter, reg, nil)
+	ob, err := jobs.NewOutbox(svcPool, inserter, reg, directInsert)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -64,7 +64,7 @@ func TestCreateCarUsersInBulk(t *testing.T) {
 		for i, trip := range trips {
 			t.Logf("round trip %d: %d statements: %.60q", i, len(trip), trip)
 		}
-		require.Equal(t, 1, b.trace.Count("JobInsertFastMany"), "one report-job insert")
+		require.Equal(t, 1, b.trace.Count("INSERT INTO outbox_jobs"), "one report-job insert, into the outbox table")
 		require.Equal(t, 1, b.trace.Count("INSERT INTO car_users"), "one insert of the pairs")
 		require.Len(t, trips, 4, "BEGIN; checks and insert; completion; report job and COMMIT")
 		require.Equal(t, []string{"begin"}, trips[0])
@@ -74,10 +74,10 @@ func TestCreateCarUsersInBulk(t *testing.T) {
 		require.True(t, testtrace.Matches(trips[1][2], "INSERT INTO car_users"))
 		require.Len(t, trips[2], 1)
 		require.True(t, testtrace.Matches(trips[2][0], "JobSetStateIfRunningMany"), "the job completes in the transaction")
-		require.True(t, testtrace.Matches(trips[3][0], "JobInsertFastMany"))
+		require.True(t, testtrace.Matches(trips[3][0], "INSERT INTO outbox_jobs"))
 		require.Equal(t, "COMMIT", trips[3][len(trips[3])-1])
 		for _, stmt := range trips[3][1 : len(trips[3])-1] {
-			require.True(t, testtrace.Matches(stmt, "PGNotifyMany"), "River's wake-up of the reports queue, nothing else")
+			require.True(t, testtrace.Matches(stmt, "pg_notify"), "the relays' wake-up, nothing else")
 		}
 
 		require.Equal(t, 10_000, b.count(ctx, t, `SELECT count(*) FROM car_users WHERE car_id = $1`, car))

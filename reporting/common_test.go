@@ -101,7 +101,7 @@ func setup(ctx context.Context, t testing.TB, opts *setupOpts) *bundle {
 	}
 
 	svcPool := pick(opts.traceService)
-	b.ob, err = jobs.NewOutbox(svcPool, b.client, reg, nil)
+	b.ob, err = jobs.NewOutbox(svcPool, b.client, reg, directInsert)
 	require.NoError(t, err)
 	b.svc = reporting.NewService(svcPool, b.ob)
 	return b
@@ -141,6 +141,11 @@ func (b *bundle) start(ctx context.Context, t testing.TB, queues []string) {
 	b.events = events
 	require.NoError(t, client.Start(ctx))
 	t.Cleanup(func() { require.NoError(t, client.Stop(context.WithoutCancel(ctx))) })
+	// The bulk job enqueues its report through the outbox table: a relay
+	// moves it, and stops before the client.
+	rl := jobstest.Relay(t, b.schema, client, b.reg)
+	require.NoError(t, rl.Start(ctx))
+	t.Cleanup(func() { require.NoError(t, rl.Stop(context.WithoutCancel(ctx))) })
 }
 
 // errInjected is the failure the tests inject into report and rollup jobs.
@@ -230,7 +235,10 @@ func (b *bundle) waitDrained(ctx context.Context, t testing.TB) {
 	require.Eventually(t, func() bool {
 		var n int64
 		err := b.schema.Pool.QueryRow(ctx,
-			`SELECT count(*) FROM river_job WHERE state NOT IN ('completed', 'discarded', 'cancelled')`).Scan(&n)
+			// One snapshot: a job's completion and the outbox row it
+			// enqueued commit together.
+			`SELECT (SELECT count(*) FROM river_job WHERE state NOT IN ('completed', 'discarded', 'cancelled'))
+			      + (SELECT count(*) FROM outbox_jobs)`).Scan(&n)
 		return err == nil && n == 0
 	}, 2*time.Minute, 20*time.Millisecond, "jobs still pending")
 	require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM river_job WHERE state IN ('discarded', 'cancelled')`),

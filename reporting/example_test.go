@@ -13,6 +13,7 @@ import (
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/outbox/relay"
 	"github.com/aftercommit/aftercommit/reporting"
 )
 
@@ -49,6 +50,15 @@ func ExampleService_EnqueueCarUsersInBulk() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	// The relay moves committed outbox rows into River's job table.
+	rl, err := jobs.NewRelay(s.Pool, client, reg, &relay.Config{Schema: s.Name})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := rl.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+	defer func() { _ = rl.Stop(ctx) }()
 	svc := reporting.NewService(s.Pool, ob)
 
 	car, err := svc.CreateCar(ctx, "Minibus")

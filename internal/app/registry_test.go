@@ -66,7 +66,7 @@ func TestDonationsFeedReportingRollups(t *testing.T) {
 		MaxWorkers: 4,
 		River:      &river.Config{FetchCooldown: 10 * time.Millisecond, FetchPollInterval: 50 * time.Millisecond},
 	})
-	ob, err := jobs.NewOutbox(s.Pool, client, reg, nil)
+	ob, err := jobs.NewOutbox(s.Pool, client, reg, directInsert)
 	require.NoError(t, err)
 	svc := donations.NewService(s.Pool, ob)
 

@@ -109,7 +109,7 @@ func TestPrivilegeRoles(t *testing.T) {
 	reg := app.Registry(appPool)
 	client, err := jobs.NewClient(appPool, reg, &jobs.ClientConfig{Queues: []string{}, Schema: s.Name})
 	require.NoError(t, err)
-	ob, err := jobs.NewOutbox(appPool, client, reg, nil)
+	ob, err := jobs.NewOutbox(appPool, client, reg, directInsert)
 	require.NoError(t, err)
 	svc := donations.NewService(appPool, ob)
 
