@@ -33,8 +33,8 @@ import (
 	"github.com/aftercommit/aftercommit/internal/app"
 	"github.com/aftercommit/aftercommit/inventory"
 	"github.com/aftercommit/aftercommit/jobs"
-	"github.com/aftercommit/aftercommit/outbox/relay"
 	"github.com/aftercommit/aftercommit/outbox"
+	"github.com/aftercommit/aftercommit/outbox/relay"
 	"github.com/aftercommit/aftercommit/reporting"
 )
 
