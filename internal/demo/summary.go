@@ -79,12 +79,15 @@ func (s *Summary) Failed() []Invariant {
 
 // drainStatesSQL counts the run's work still waiting: jobs available,
 // running, retryable or pending, and scheduled jobs already due (River's
-// scheduler promotes them every few seconds). Scheduled jobs due later (a
-// checkout's expiry, ten minutes out) are not waited for.
+// scheduler promotes them every few seconds), plus the outbox rows no relay
+// has moved yet, in the same snapshot (a job's completion and the outbox
+// rows it enqueued commit together). Scheduled jobs due later (a checkout's
+// expiry, ten minutes out) are not waited for.
 const drainStatesSQL = `
-SELECT count(*) FROM river_job
- WHERE state IN ('available', 'running', 'retryable', 'pending')
-    OR (state = 'scheduled' AND scheduled_at <= now())`
+SELECT (SELECT count(*) FROM river_job
+         WHERE state IN ('available', 'running', 'retryable', 'pending')
+            OR (state = 'scheduled' AND scheduled_at <= now()))
+     + (SELECT count(*) FROM outbox_jobs)`
 
 // drain waits until no job is left to run now, or cfg.DrainTimeout.
 func (r *run) drain(ctx context.Context) error {
