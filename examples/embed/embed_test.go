@@ -26,8 +26,8 @@ func TestEmbed(t *testing.T) {
 
 	a, err := newApp(ctx, s.Pool, s.Name, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
-	require.NoError(t, a.client.Start(ctx))
-	t.Cleanup(func() { require.NoError(t, a.client.Stop(context.WithoutCancel(ctx))) })
+	require.NoError(t, a.start(ctx))
+	t.Cleanup(func() { require.NoError(t, a.stop(context.WithoutCancel(ctx))) })
 	srv := httptest.NewServer(a.routes())
 	t.Cleanup(srv.Close)
 

@@ -34,6 +34,7 @@ import (
 	"github.com/aftercommit/aftercommit"
 	"github.com/aftercommit/aftercommit/jobs"
 	"github.com/aftercommit/aftercommit/outbox"
+	"github.com/aftercommit/aftercommit/outbox/relay"
 )
 
 func main() {
@@ -56,10 +57,10 @@ func run(ctx context.Context, databaseURL, addr string) error {
 		return err
 	}
 	// The worker: the application's queue and every queue of aftercommit.
-	if err := app.client.Start(ctx); err != nil {
+	if err := app.start(ctx); err != nil {
 		return err
 	}
-	defer func() { _ = app.client.Stop(context.WithoutCancel(ctx)) }()
+	defer func() { _ = app.stop(context.WithoutCancel(ctx)) }()
 
 	srv := &http.Server{Addr: addr, Handler: app.routes(), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
@@ -79,7 +80,21 @@ type app struct {
 	pool   *pgxpool.Pool
 	client *river.Client[pgx.Tx]
 	ob     *outbox.Outbox
+	relay  *relay.Relay
 	logger *slog.Logger
+}
+
+// start starts the worker and the relay that moves the committed outbox
+// rows into River's job table; stop stops them, the relay first.
+func (a *app) start(ctx context.Context) error {
+	if err := a.client.Start(ctx); err != nil {
+		return err
+	}
+	return a.relay.Start(ctx)
+}
+
+func (a *app) stop(ctx context.Context) error {
+	return errors.Join(a.relay.Stop(ctx), a.client.Stop(ctx))
 }
 
 // createInvoicesSQL is the application's own table, made after aftercommit's
@@ -118,5 +133,9 @@ func newApp(ctx context.Context, pool *pgxpool.Pool, schema string, logger *slog
 	if err != nil {
 		return nil, err
 	}
-	return &app{pool: pool, client: client, ob: ob, logger: logger}, nil
+	rl, err := jobs.NewRelay(pool, client, reg, &relay.Config{Schema: schema, Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	return &app{pool: pool, client: client, ob: ob, relay: rl, logger: logger}, nil
 }
