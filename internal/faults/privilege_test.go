@@ -67,6 +67,12 @@ func privilegeCases() []privilegeCase {
 		add(role, "REINDEX INDEX river_job_args_index", `REINDEX INDEX river_job_args_index`, false)
 		cases = append(cases, privilegeCase{role: role, what: "REINDEX INDEX CONCURRENTLY (River's reindexer)",
 			sql: `REINDEX INDEX CONCURRENTLY river_job_args_index`, noTx: true})
+		add(role, "INSERT a job into the outbox (outbox_jobs)", `INSERT INTO outbox_jobs (kind, args) VALUES ('aftercommit.ping', '{"ping_id": 0}')`, true)
+		add(role, "SELECT aftercommit_enqueue(…)", `SELECT aftercommit_enqueue('aftercommit.ping', '{"ping_id": 0}')`, true)
+		add(role, "SELECT outbox rows, dead rows, outbox_depth", `SELECT (SELECT count(*) FROM outbox_jobs) + (SELECT count(*) FROM outbox_dead_jobs) + (SELECT depth FROM outbox_depth)`, true)
+		add(role, "DELETE outbox rows (the relay)", `DELETE FROM outbox_jobs`, worker)
+		add(role, "UPDATE an outbox row", `UPDATE outbox_jobs SET kind = 'x'`, false)
+		add(role, "INSERT a dead row (the relay)", `INSERT INTO outbox_dead_jobs (id, kind, args, tx_id, created_at, reason) VALUES (1, 'k', '{}', '1', now(), 'r')`, worker)
 		add(role, "INSERT an event (outbox_events)", insertEvent, true)
 		add(role, "SELECT events", `SELECT count(*) FROM outbox_events`, true)
 		add(role, "UPDATE an event", `UPDATE outbox_events SET topic = 'x'`, false)
@@ -168,6 +174,24 @@ INSERT INTO emails (user_id, fundraiser_id) SELECT u.id, f.id FROM u, f RETURNIN
 	require.Equal(t, nCopy, copyRes.Inserted)
 	require.Equal(t, int64(1), ob.Stats().Copied)
 
+	// Five pings through the outbox table (the default path): the worker
+	// role's relay moves them.
+	const nOutboxed = 5
+	obTable, err := jobs.NewOutbox(appPool, client, reg, nil)
+	require.NoError(t, err)
+	require.NoError(t, obTable.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		for range nOutboxed {
+			var id int64
+			if err := tx.QueryRow(ctx, `INSERT INTO pings (note) VALUES ('outboxed') RETURNING id`).Scan(&id); err != nil {
+				return err
+			}
+			if err := tx.Enqueue(jobs.PingArgs{PingID: id}, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	}), "the outbox table as the app role")
+
 	// A job due in a second: River's scheduler (the leader) makes it
 	// available.
 	var laterID int64
@@ -205,7 +229,8 @@ SELECT (SELECT count(*) FROM river_job), (SELECT count(*) FROM outbox_events),
 	require.Eventually(t, func() bool {
 		err := s.Pool.QueryRow(ctx, `
 SELECT count(*) FILTER (WHERE state IN ('available', 'running', 'retryable', 'pending')
-                           OR state = 'scheduled' AND (scheduled_at <= now() OR kind = $1)),
+                           OR state = 'scheduled' AND (scheduled_at <= now() OR kind = $1))
+         + (SELECT count(*) FROM outbox_jobs),
        count(*) FILTER (WHERE state IN ('discarded', 'cancelled') OR cardinality(errors) > 0)
   FROM river_job`, jobs.PingKind).Scan(&left, &failed)
 		return err == nil && (left == 0 || failed > 0)
@@ -219,7 +244,7 @@ SELECT count(*) FILTER (WHERE state IN ('available', 'running', 'retryable', 'pe
 SELECT (SELECT count(*) FROM pings WHERE ping_count = 1),
        (SELECT count(*) FROM emails WHERE donated),
        (SELECT opens FROM emails WHERE id = $1)`, emailID).Scan(&pingsDone, &emailDonated, &opens))
-	require.Equal(t, 1+nCopy+1, pingsDone, "every ping marked once")
+	require.Equal(t, 1+nCopy+nOutboxed+1, pingsDone, "every ping marked once, the relayed ones too")
 	require.Equal(t, 1, emailDonated, "the email flagged donated")
 	require.Equal(t, 2, opens, "both opens folded by one job")
 	require.Eventually(t, func() bool {
