@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -163,9 +164,11 @@ func waitJobs(ctx context.Context, pool *pgxpool.Pool, kind string) error {
 	deadline := time.Now().Add(drainTimeout)
 	for {
 		var left int
+		// The outbox rows not yet relayed count too, in the same snapshot.
 		if err := pool.QueryRow(ctx, `
-SELECT count(*) FROM river_job
- WHERE state IN ('available', 'pending', 'retryable', 'running', 'scheduled') AND kind = $1`, kind).Scan(&left); err != nil {
+SELECT (SELECT count(*) FROM river_job
+         WHERE state IN ('available', 'pending', 'retryable', 'running', 'scheduled') AND kind = $1)
+     + (SELECT count(*) FROM outbox_jobs WHERE kind = $1)`, kind).Scan(&left); err != nil {
 			return err
 		}
 		if left == 0 {
@@ -453,7 +456,7 @@ func carUsersScenario(cfg Config) *Scenario {
 			took := time.Since(start)
 
 			var pairs, reportJobs int
-			if err := env.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM car_users), (SELECT count(*) FROM river_job WHERE kind = $1)`,
+			if err := env.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM car_users), (SELECT count(*) FROM river_job WHERE kind = $1) + (SELECT count(*) FROM outbox_jobs WHERE kind = $1)`,
 				reporting.CarReportKind).Scan(&pairs, &reportJobs); err != nil {
 				return nil, err
 			}
@@ -516,9 +519,10 @@ RETURNING id`, n)
 func waitBulkJob(ctx context.Context, pool *pgxpool.Pool, car int64) error {
 	deadline := time.Now().Add(drainTimeout)
 	for {
+		// No row yet: the job still waits in the outbox for the relay.
 		var state string
 		if err := pool.QueryRow(ctx, `SELECT state FROM river_job WHERE kind = $1 AND (args->>'car_id')::bigint = $2`,
-			reporting.CreateCarUsersInBulkKind, car).Scan(&state); err != nil {
+			reporting.CreateCarUsersInBulkKind, car).Scan(&state); err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
 		switch {

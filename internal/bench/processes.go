@@ -300,7 +300,8 @@ func waitPings(ctx context.Context, env *Env, n int) (time.Time, error) {
 		if err := env.Pool.QueryRow(ctx, `
 SELECT EXISTS (SELECT 1 FROM river_job
                 WHERE state IN ('available', 'pending', 'retryable', 'running', 'scheduled')
-                  AND queue = $1 AND kind = $2)`, river.QueueDefault, jobs.PingKind).Scan(&left); err != nil {
+                  AND queue = $1 AND kind = $2)
+    OR EXISTS (SELECT 1 FROM outbox_jobs WHERE kind = $2)`, river.QueueDefault, jobs.PingKind).Scan(&left); err != nil {
 			return end, err
 		}
 		if !left {

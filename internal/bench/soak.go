@@ -589,16 +589,18 @@ SELECT count(*) FILTER (WHERE state = 'completed'),
 SELECT count(*) FROM river_job j CROSS JOIN LATERAL unnest(j.errors) AS e
  WHERE j.errors IS NOT NULL AND (e->>'at')::timestamptz > $1 AND (e->>'at')::timestamptz <= $2`
 	soakBacklogSQL = `
-SELECT count(*) FILTER (WHERE state <> 'scheduled' OR scheduled_at <= now()),
+SELECT count(*) FILTER (WHERE state <> 'scheduled' OR scheduled_at <= now())
+         + (SELECT count(*) FROM outbox_jobs),
        count(*) FILTER (WHERE state = 'scheduled' AND scheduled_at > now())
   FROM river_job WHERE state IN ('available', 'running', 'retryable', 'pending', 'scheduled')`
 	soakSizesSQL = `
 SELECT pg_total_relation_size('river_job'), pg_total_relation_size('outbox_events'), pg_total_relation_size('job_locks'),
        coalesce((SELECT n_dead_tup FROM pg_stat_user_tables WHERE schemaname = current_schema() AND relname = 'river_job'), 0)`
 	soakBehindSQL = `
-SELECT count(*) FROM river_job
- WHERE created_at <= $1
-   AND (state IN ('available', 'running', 'retryable', 'pending') OR (state = 'scheduled' AND scheduled_at <= now()))`
+SELECT (SELECT count(*) FROM river_job
+         WHERE created_at <= $1
+           AND (state IN ('available', 'running', 'retryable', 'pending') OR (state = 'scheduled' AND scheduled_at <= now())))
+     + (SELECT count(*) FROM outbox_jobs WHERE created_at <= $1)`
 	soakStatesSQL        = `SELECT state::text, count(*) FROM river_job GROUP BY 1`
 	soakErrorMessagesSQL = `
 SELECT j.state = 'completed', e->>'error', count(*)
