@@ -327,7 +327,7 @@ func TestPrivilegeInsertNeedsUpdateOfKind(t *testing.T) {
 	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
 	appRole, _ := dbrolestest.Roles(ctx, t, s)
 	appPool := dbrolestest.Pool(ctx, t, appRole, 2)
-	ob := newOutbox(t, appPool)
+	ob := newOutbox(t, appPool, directInsert) // River's insert is what this test is about
 
 	enqueue := func(n int, opts *river.InsertOpts) (outbox.FlushResult, error) {
 		return ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/aftercommit/aftercommit/donations"
 	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/jobstest"
 	"github.com/aftercommit/aftercommit/inventory"
 	"github.com/aftercommit/aftercommit/jobs"
 )
@@ -171,17 +172,21 @@ func TestTimeoutsAreRetryableInJobs(t *testing.T) {
 			require.NoError(t, err)
 			require.NoError(t, client.Start(ctx))
 			t.Cleanup(func() { require.NoError(t, client.Stop(context.WithoutCancel(ctx))) })
+			rl := jobstest.Relay(t, s, client, reg)
+			require.NoError(t, rl.Start(ctx))
+			t.Cleanup(func() { require.NoError(t, rl.Stop(context.WithoutCancel(ctx))) })
 
 			var (
 				state string
 				errs  []string
 			)
+			// No row until the relay moved the job from the outbox.
 			require.Eventually(t, func() bool {
-				require.NoError(t, s.Pool.QueryRow(ctx, `
+				err := s.Pool.QueryRow(ctx, `
 SELECT state::text, coalesce(array_agg(e->>'error') FILTER (WHERE e IS NOT NULL), '{}')
   FROM river_job LEFT JOIN unnest(errors) AS e ON true
- WHERE kind = $1 GROUP BY state`, inventory.CompleteCheckoutKind).Scan(&state, &errs))
-				return len(errs) > 0
+ WHERE kind = $1 GROUP BY state`, inventory.CompleteCheckoutKind).Scan(&state, &errs)
+				return err == nil && len(errs) > 0
 			}, 30*time.Second, 20*time.Millisecond)
 			// Retryable; River makes a retry due within seconds available at
 			// once, and it may already be running its second attempt.

@@ -22,6 +22,7 @@ import (
 	"github.com/aftercommit/aftercommit/donations"
 	"github.com/aftercommit/aftercommit/internal/app"
 	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/jobstest"
 	"github.com/aftercommit/aftercommit/internal/testlog"
 	"github.com/aftercommit/aftercommit/jobs"
 	"github.com/aftercommit/aftercommit/outbox"
@@ -194,6 +195,9 @@ ALTER TABLE emails ADD CONSTRAINT secrets_block_emails CHECK (NOT donated AND op
 		require.NotContains(t, err.Error(), "@", "pgconn's error text leaves the DETAIL out")
 		require.NoError(t, client.Start(ctx))
 		defer func() { require.NoError(t, client.Stop(context.WithoutCancel(ctx))) }()
+		rl := jobstest.Relay(t, s, client, reg)
+		require.NoError(t, rl.Start(ctx))
+		defer func() { require.NoError(t, rl.Stop(context.WithoutCancel(ctx))) }()
 		jobErrors := func(like string) int {
 			var n int
 			require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*) FROM river_job j, unnest(j.errors) e WHERE e->>'error' LIKE $1`, like).Scan(&n))

@@ -33,8 +33,12 @@ func newStatements(schema string) statements {
 	return statements{
 		// Oldest first; rows another relay holds are skipped, not waited
 		// for; uncommitted rows are invisible.
-		take: `DELETE FROM ` + table + ` WHERE id IN (
-    SELECT id FROM ` + table + ` ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+		// = ANY (ARRAY(…)) makes the planner look ids up by the primary
+		// key; IN (SELECT …) was planned as a hash semi join over a
+		// sequential scan of the whole table, every batch: a backlog
+		// drained in quadratic time.
+		take: `DELETE FROM ` + table + ` WHERE id = ANY (ARRAY(
+    SELECT id FROM ` + table + ` ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
 RETURNING id, kind, args::text, queue, priority, max_attempts, scheduled_at,
           metadata::text, options::text, tx_id::text, created_at`,
 		dead: `INSERT INTO ` + deadTable + ` (id, kind, args, queue, priority, max_attempts, scheduled_at, metadata, options, tx_id, created_at, reason)
