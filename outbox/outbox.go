@@ -13,6 +13,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
+
+	"github.com/aftercommit/aftercommit/outbox/internal/wake"
 )
 
 // MaxPayloadBytesDefault is the default limit on the JSON size of one job's
@@ -168,6 +170,7 @@ type Outbox struct {
 	copied    atomic.Int64
 
 	lastNotify atomic.Int64 // UnixNano of the last relay notification
+	wakeKey    string       // this process's relays of the same schema (package wake)
 }
 
 // New returns an Outbox that runs transactions on pool and inserts jobs with
@@ -184,7 +187,7 @@ func New(pool *pgxpool.Pool, client *river.Client[pgx.Tx], cfg *Config) (*Outbox
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
-	o := &Outbox{pool: pool, client: client, cfg: c}
+	o := &Outbox{pool: pool, client: client, cfg: c, wakeKey: wake.Key(pool)}
 	if c.Topics != nil {
 		o.topics = make(map[string]struct{}, len(c.Topics))
 		for _, t := range c.Topics {
@@ -336,6 +339,10 @@ func (o *Outbox) InTxOptions(ctx context.Context, opts pgx.TxOptions, fn func(ct
 	}
 	res.Enqueued = len(jobs) + dups
 	res.Duplicates = dups
+	if len(jobs) > 0 && !o.cfg.DirectInsert {
+		// The relays of this process look now, at no cost to Postgres.
+		wake.Notify(o.wakeKey)
+	}
 	return res, nil
 }
 

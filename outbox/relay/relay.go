@@ -31,6 +31,7 @@ import (
 
 	"github.com/aftercommit/aftercommit/outbox"
 	"github.com/aftercommit/aftercommit/outbox/internal/outboxrow"
+	"github.com/aftercommit/aftercommit/outbox/internal/wake"
 )
 
 // Defaults of Config.
@@ -275,6 +276,32 @@ func (r *Relay) Start(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); r.loop(runCtx, stopped) }()
+	// Writers of this process wake the relay at once after a commit
+	// (package wake): by the pool's search path, and by Config.Schema.
+	keys := []string{wake.Key(r.pool)}
+	if r.cfg.Schema != "" {
+		if k := wake.KeyFor(r.pool, r.cfg.Schema); k != keys[0] {
+			keys = append(keys, k)
+		}
+	}
+	for _, key := range keys {
+		ch, unsubscribe := wake.Subscribe(key)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer unsubscribe()
+			for {
+				select {
+				case <-ch:
+					r.Wake()
+				case <-stopped:
+					return
+				case <-runCtx.Done():
+					return
+				}
+			}
+		}()
+	}
 	if !r.cfg.DisableListen {
 		wg.Add(1)
 		go func() { defer wg.Done(); r.listen(runCtx, stopped) }()

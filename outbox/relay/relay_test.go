@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
@@ -748,6 +749,31 @@ func TestWake(t *testing.T) {
 	require.Equal(t, relay.Stats{Batches: 2, Rows: 2, Inserted: 2}, rl.Stats())
 }
 
+// TestInProcessWake: a writer's commit wakes a relay of the same schema in
+// its process at once, with no notification sent (RelayNotifyInterval < 0)
+// and no listener: a relay that polls every 10 s moves the row within 2 s.
+// A rollback wakes nothing to move.
+func TestInProcessWake(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, nil)
+	client := plainClient(t, s)
+	ob, err := outbox.New(s.Pool, client, &outbox.Config{RelayNotifyInterval: -1})
+	require.NoError(t, err)
+	rl := plainRelay(t, s, client, relay.Config{PollMin: 10 * time.Second, PollMax: 10 * time.Second, DisableListen: true})
+	require.NoError(t, rl.Start(ctx))
+	t.Cleanup(func() { stopRelay(t, rl) })
+	// The first look finds nothing; the next is 10 s away.
+	require.Eventually(t, func() bool { return rl.Stats().Batches == 0 && rl.Stats().Errors == 0 }, time.Second, 5*time.Millisecond)
+	time.Sleep(200 * time.Millisecond)
+
+	require.NoError(t, ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error { return tx.Enqueue(nArgs{N: 1}, nil) }))
+	require.Eventually(t, func() bool {
+		return count(ctx, t, s, `SELECT count(*) FROM river_job`) == 1
+	}, 2*time.Second, 5*time.Millisecond, "woken in process")
+	require.Equal(t, relay.Stats{Batches: 1, Rows: 1, Inserted: 1}, rl.Stats())
+}
+
 // stopRelay stops rl, failing t if that takes over 10 s.
 func stopRelay(t testing.TB, rl *relay.Relay) {
 	t.Helper()
@@ -764,7 +790,16 @@ func TestListeningRelay(t *testing.T) {
 	ctx := context.Background()
 	s := dbtest.TestSchema(ctx, t, nil)
 	client := plainClient(t, s)
-	ob, err := outbox.New(s.Pool, client, &outbox.Config{RelayNotifyInterval: time.Millisecond})
+	// The writer's pool spells the search path differently, so it is not
+	// the relay's in this process (package wake): only the notification can
+	// wake the relay.
+	pcfg, err := pgxpool.ParseConfig(s.URL)
+	require.NoError(t, err)
+	pcfg.ConnConfig.RuntimeParams["search_path"] = s.Name + ", public"
+	writerPool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	require.NoError(t, err)
+	t.Cleanup(writerPool.Close)
+	ob, err := outbox.New(writerPool, client, &outbox.Config{RelayNotifyInterval: time.Millisecond})
 	require.NoError(t, err)
 	rl := plainRelay(t, s, client, relay.Config{PollMin: 10 * time.Second, PollMax: 10 * time.Second})
 	require.NoError(t, rl.Start(ctx))
