@@ -130,8 +130,9 @@ INSERT INTO aftercommit_role_grants (role_kind, on_object, privileges) VALUES
     ('app', 'FUNCTION aftercommit_enqueue(text, jsonb, text, integer, integer, timestamptz, jsonb, jsonb)', 'EXECUTE'),
     -- The relay: read and delete what it moves, write dead rows. Its
     -- SELECT … FOR UPDATE SKIP LOCKED needs the UPDATE privilege of one
-    -- column: id's, which an identity column GENERATED ALWAYS refuses to
-    -- change (only "SET id = DEFAULT" passes), so it lets no row change.
+    -- column: id's. An identity column GENERATED ALWAYS refuses any value
+    -- but "SET id = DEFAULT" (a new number, which nothing does), so the
+    -- worker can change no kind, args or option.
     ('worker', 'TABLE outbox_jobs', 'SELECT, INSERT, DELETE, UPDATE (id)'),
     ('worker', 'TABLE outbox_dead_jobs', 'SELECT, INSERT, DELETE'),
     ('worker', 'TABLE outbox_depth', 'SELECT'),
