@@ -306,7 +306,18 @@ func (r *Relay) Start(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); r.listen(runCtx, stopped) }()
 	}
-	go func() { wg.Wait(); close(done) }()
+	go func() {
+		wg.Wait()
+		close(done)
+		// Ended by Start's context rather than by Stop: the relay no
+		// longer runs, and may be started again.
+		r.mu.Lock()
+		if r.done == done {
+			cancel()
+			r.cancel, r.stopped, r.done = nil, nil, nil
+		}
+		r.mu.Unlock()
+	}()
 	return nil
 }
 

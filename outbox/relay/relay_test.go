@@ -774,6 +774,26 @@ func TestInProcessWake(t *testing.T) {
 	require.Equal(t, relay.Stats{Batches: 1, Rows: 1, Inserted: 1}, rl.Stats())
 }
 
+// TestStartContextEnds: a relay whose Start context is cancelled stops, and
+// may be started again without Stop (it returned ErrRunning forever).
+func TestStartContextEnds(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, nil)
+	rl := plainRelay(t, s, plainClient(t, s), relay.Config{DisableListen: true})
+	runCtx, cancel := context.WithCancel(ctx)
+	require.NoError(t, rl.Start(runCtx))
+	cancel()
+	require.Eventually(t, func() bool {
+		err := rl.Start(ctx)
+		require.True(t, err == nil || errors.Is(err, relay.ErrRunning), "%v", err)
+		return err == nil
+	}, 10*time.Second, 10*time.Millisecond, "startable again once its context ended")
+	require.NoError(t, insertN(ctx, s.Pool, 1, 3))
+	require.Eventually(t, func() bool { return count(ctx, t, s, `SELECT count(*) FROM river_job`) == 3 }, 10*time.Second, 5*time.Millisecond)
+	stopRelay(t, rl)
+}
+
 // stopRelay stops rl, failing t if that takes over 10 s.
 func stopRelay(t testing.TB, rl *relay.Relay) {
 	t.Helper()
