@@ -46,17 +46,18 @@ func pgbench(ctx context.Context, env *Env, script string, clients int, d time.D
 		return 0, err
 	}
 	// A run in which no transaction finished (a second on a machine
-	// crushed by other work) measured nothing: it is run again for twice as
-	// long, up to three times; an aborted run is run again as it was.
+	// crushed by other work) measured nothing, and an aborted run (a
+	// claim's lock wait outlasting its lock_timeout there) measured
+	// nothing either: either is run again for twice as long, up to five
+	// times.
+	const retries = 5
 	secs := max(1, int(d.Round(time.Second)/time.Second))
-	for try := 0; ; try++ {
+	for try := 0; ; try, secs = try+1, secs*2 {
 		cmd := exec.CommandContext(ctx, bin, "-n", "-M", "prepared", "-f", file,
 			"-c", strconv.Itoa(clients), "-j", strconv.Itoa(min(clients, 2)), "-T", strconv.Itoa(secs), env.url)
 		cmd.Env = append(os.Environ(), "PGOPTIONS=-c search_path="+env.Schema)
 		out, err := cmd.CombinedOutput()
-		if err != nil && try < 3 && strings.Contains(string(out), "Run was aborted") {
-			// A client failed, as a claim whose lock wait outlasts the
-			// script's lock_timeout does on a machine crushed by other work.
+		if err != nil && try < retries && strings.Contains(string(out), "Run was aborted") {
 			continue
 		}
 		if err != nil {
@@ -65,10 +66,9 @@ func pgbench(ctx context.Context, env *Env, script string, clients int, d time.D
 		if m := tpsLine.FindStringSubmatch(string(out)); m != nil {
 			return strconv.ParseFloat(m[1], 64)
 		}
-		if try == 3 || !strings.Contains(string(out), "actually processed: 0") {
-			return 0, fmt.Errorf("pgbench -f %s printed no tps: %s", script, lastLines(string(out), 3))
+		if try == retries || !strings.Contains(string(out), "actually processed: 0") {
+			return 0, fmt.Errorf("pgbench -f %s printed no tps after %d tries: %s", script, try+1, lastLines(string(out), 3))
 		}
-		secs *= 2
 	}
 }
 
