@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -202,11 +203,20 @@ func TestRunHTTP(t *testing.T) {
 		} `json:"data"`
 	}
 	require.NoError(t, json.Unmarshal([]byte(body), &list), body)
-	require.Len(t, list.Data, 1, body)
-	require.Equal(t, jobIDs[0], list.Data[0].ID)
-	require.Equal(t, jobs.PingKind, list.Data[0].Kind)
-	require.Equal(t, "default", list.Data[0].Queue)
-	require.Equal(t, "completed", list.Data[0].State)
+	// The leader's periodic event pruner may have run meanwhile: only the
+	// test's kind is the test's.
+	pings := slices.DeleteFunc(list.Data, func(j struct {
+		ID    int64  `json:"id"`
+		Kind  string `json:"kind"`
+		Queue string `json:"queue"`
+		State string `json:"state"`
+	}) bool {
+		return j.Kind != jobs.PingKind
+	})
+	require.Len(t, pings, 1, body)
+	require.Equal(t, jobIDs[0], pings[0].ID)
+	require.Equal(t, "default", pings[0].Queue)
+	require.Equal(t, "completed", pings[0].State)
 	resp, body = authed.get(t, "/riverui/api/queues", "application/json")
 	require.Equal(t, http.StatusOK, resp.StatusCode, body)
 	require.Contains(t, body, `"name":"default"`)
