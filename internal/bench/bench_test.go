@@ -48,7 +48,7 @@ func TestRunEveryScenario(t *testing.T) {
 	require.Equal(t, map[string][]string{
 		"tx_one_job":        {"plain", "outbox_job", "outbox_direct", "river_insert_tx", "pgbench_plain", "pgbench_outbox"},
 		"tx_floor":          {"pgbench_plain", "pgbench_job"},
-		"claims_floor":      {"pgbench_single_row", "pgbench_buckets_32"},
+		"claims_floor":      {"pgbench_single_row", "pgbench_buckets_32", "pgbench_buckets_32_outbox"},
 		"donations":         {"plain_insert", "donate", "donate_flagged"},
 		"claims":            {"single_row", "buckets_8", "buckets_32"},
 		"car_users":         {"naive", "bulk", "bulk_job"},

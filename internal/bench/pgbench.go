@@ -117,7 +117,7 @@ func txFloorScenario(Config) *Scenario {
 // clients: the single-row lock against 32 buckets, with no Go at all.
 func claimsFloorScenario(Config) *Scenario {
 	const reset = `
-TRUNCATE inventory_claims, checkouts, product_buckets, products, river_job;
+TRUNCATE inventory_claims, checkouts, product_buckets, products, river_job, outbox_jobs;
 INSERT INTO products (sku, stock) VALUES ('ROW', 1000000000);
 INSERT INTO products (sku, stock, claim_strategy) VALUES ('BKT', 1000000000 / 32 * 32, 'buckets');
 INSERT INTO product_buckets (product_id, bucket, stock)
@@ -143,7 +143,8 @@ SELECT id, i, 1000000000 / 32 FROM products, generate_series(0, 31) i WHERE sku 
 		Metrics: []Metric{{"claims/s", true}},
 		Sides: []Side{
 			side("pgbench_single_row", "lock the product row, count, insert (pgbench/claim_single_row.sql)", "claim_single_row.sql"),
-			side("pgbench_buckets_32", "one statement taking a free bucket of 32 (pgbench/claim_buckets.sql)", "claim_buckets.sql"),
+			side("pgbench_buckets_32", "one statement taking a free bucket of 32, the expiry job's river_job row with the COMMIT (pgbench/claim_buckets.sql)", "claim_buckets.sql"),
+			side("pgbench_buckets_32_outbox", "the same with the expiry job as an outbox_jobs row, as the default path writes it (pgbench/claim_buckets_outbox.sql)", "claim_buckets_outbox.sql"),
 		},
 	}
 }
