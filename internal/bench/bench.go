@@ -158,6 +158,7 @@ var registry = []func(Config) *Scenario{
 	workerThroughputScenario,
 	latencyScenario,
 	donationsScenario,
+	donateHotScenario,
 	claimsScenario,
 	claimsFloorScenario,
 	carUsersScenario,

@@ -50,6 +50,7 @@ func TestRunEveryScenario(t *testing.T) {
 		"tx_floor":          {"pgbench_plain", "pgbench_job"},
 		"claims_floor":      {"pgbench_single_row", "pgbench_buckets_32", "pgbench_buckets_32_outbox"},
 		"donations":         {"plain_insert", "donate", "donate_flagged"},
+		"donate_hot":        {"direct", "outbox", "row_only"},
 		"claims":            {"single_row", "buckets_8", "buckets_32"},
 		"car_users":         {"naive", "bulk", "bulk_job"},
 		"processes":         {"workers_1", "workers_2", "workers_4"},
@@ -64,7 +65,7 @@ func TestRunEveryScenario(t *testing.T) {
 		"sustained":         {"direct", "outbox_relay"},
 		"hot_key":           {"no_job", "outbox", "direct"},
 	}, sides)
-	require.Equal(t, []string{"tx_one_job", "tx_floor", "tx_bulk", "bulk_insert", "worker_throughput", "latency", "donations", "claims", "claims_floor", "car_users", "processes", "growth", "relay_throughput", "relay_notify", "relay_latency", "sustained", "hot_key"}, bench.Names())
+	require.Equal(t, []string{"tx_one_job", "tx_floor", "tx_bulk", "bulk_insert", "worker_throughput", "latency", "donations", "donate_hot", "claims", "claims_floor", "car_users", "processes", "growth", "relay_throughput", "relay_notify", "relay_latency", "sustained", "hot_key"}, bench.Names())
 
 	var goals int
 	for _, r := range report.Results {
@@ -101,7 +102,7 @@ func TestValidate(t *testing.T) {
 		{bench.Config{Rounds: 101}, "bench: invalid config: --rounds must be in 1…100, got 101"},
 		{bench.Config{Duration: time.Millisecond}, "bench: invalid config: --duration must be at least 10ms, got 1ms"},
 		{bench.Config{Scale: -1}, "bench: invalid config: --scale must be in (0, 100], got -1"},
-		{bench.Config{Scenarios: []string{"nope"}}, `bench: invalid config: unknown scenario "nope": want one of tx_one_job, tx_floor, tx_bulk, bulk_insert, worker_throughput, latency, donations, claims, claims_floor, car_users, processes, growth, relay_throughput, relay_notify, relay_latency, sustained, hot_key`},
+		{bench.Config{Scenarios: []string{"nope"}}, `bench: invalid config: unknown scenario "nope": want one of tx_one_job, tx_floor, tx_bulk, bulk_insert, worker_throughput, latency, donations, donate_hot, claims, claims_floor, car_users, processes, growth, relay_throughput, relay_notify, relay_latency, sustained, hot_key`},
 	} {
 		err := bench.Validate(tc.cfg)
 		require.ErrorIs(t, err, bench.ErrInvalidConfig)

@@ -19,6 +19,7 @@ import (
 	"github.com/aftercommit/aftercommit/internal/dbconn"
 	"github.com/aftercommit/aftercommit/inventory"
 	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/outbox"
 	"github.com/aftercommit/aftercommit/outbox/relay"
 	"github.com/aftercommit/aftercommit/reporting"
 )
@@ -32,6 +33,13 @@ const (
 	// donationClients is how many goroutines donate at once.
 	donationClients = 8
 )
+
+// insertDonationSQL is a succeeded donation's row alone, as a plain
+// transaction writes it: the baseline of the donation scenarios.
+const insertDonationSQL = `
+INSERT INTO donations (user_id, fundraiser_id, email_id, donor_email, amount_cents, currency, status, note)
+VALUES ($1, $2, $3, $4, $5, $6, 'succeeded', $7)
+RETURNING id, created_at`
 
 // drainTimeout bounds the wait for a round's jobs to complete.
 const drainTimeout = 2 * time.Minute
@@ -218,10 +226,6 @@ func donationsScenario(Config) *Scenario {
 		seed *donationSeed
 		svc  *donations.Service
 	)
-	const insertDonation = `
-INSERT INTO donations (user_id, fundraiser_id, email_id, donor_email, amount_cents, currency, status, note)
-VALUES ($1, $2, $3, $4, $5, $6, 'succeeded', $7)
-RETURNING id, created_at`
 	// reset empties what a round writes, so every round starts alike.
 	reset := func(ctx context.Context, env *Env) error {
 		if err := env.Truncate(ctx, "donations", "river_job", "outbox_events", "job_locks", "fundraiser_daily_totals"); err != nil {
@@ -274,7 +278,7 @@ RETURNING id, created_at`
 								id int64
 								at time.Time
 							)
-							return tx.QueryRow(ctx, insertDonation, seed.userIDs[i], in.FundraiserID, in.EmailID, in.DonorEmail,
+							return tx.QueryRow(ctx, insertDonationSQL, seed.userIDs[i], in.FundraiserID, in.EmailID, in.DonorEmail,
 								in.AmountCents, in.Currency, in.Note).Scan(&id, &at)
 						})
 					}
@@ -314,6 +318,89 @@ SELECT (SELECT count(*) FROM donations d JOIN emails e ON e.id = d.email_id WHER
 					return Sample{"donations/s": float64(flagged) / took.Seconds()}, nil
 				}},
 		},
+	}
+}
+
+// hotDonors is how many clients donate to the one fundraiser of donate_hot.
+const hotDonors = 32
+
+// donateHotScenario: Donate by 32 clients at once, every donation for the
+// SAME fundraiser, on the outbox table (the default) and on the direct path.
+// Each donation's subscribers enqueue the fundraiser's counter job under a
+// queue lock on the fundraiser: the direct path upserts the one waiting job
+// in every transaction, so the donations of one fundraiser queue behind
+// each other's locks; the outbox table takes one append-only row, and the
+// relay coalesces. Both sides run a relay and no worker, so the waiting job
+// stays and every later enqueue meets it.
+func donateHotScenario(Config) *Scenario {
+	var (
+		seed *donationSeed
+		hot  []int // the emails of the first fundraiser
+	)
+	run := func(direct, rowOnly bool) func(ctx context.Context, env *Env) (Sample, error) {
+		return func(ctx context.Context, env *Env) (Sample, error) {
+			if err := env.Truncate(ctx, "donations", "river_job", "outbox_jobs", "outbox_events", "job_locks"); err != nil {
+				return nil, err
+			}
+			if _, err := env.Pool.Exec(ctx, `UPDATE emails SET donated = false WHERE donated`); err != nil {
+				return nil, err
+			}
+			reg := app.Registry(env.Pool)
+			client, err := jobs.NewClient(env.Pool, reg, &jobs.ClientConfig{Queues: []string{}, Schema: env.Schema, Logger: env.Logger})
+			if err != nil {
+				return nil, err
+			}
+			ob, err := jobs.NewOutbox(env.Pool, client, reg, &outbox.Config{DirectInsert: direct, Logger: env.Logger})
+			if err != nil {
+				return nil, err
+			}
+			stop, err := startAppRelay(ctx, env, env.Pool, client, reg)
+			if err != nil {
+				return nil, err
+			}
+			defer stop()
+			svc := donations.NewService(env.Pool, ob)
+			v, err := loop(ctx, hotDonors, env.Duration, func(ctx context.Context) error {
+				in := seed.input(hot[rand.IntN(len(hot))])
+				if rowOnly {
+					return pgx.BeginFunc(ctx, env.Pool, func(tx pgx.Tx) error {
+						_, err := tx.Exec(ctx, insertDonationSQL, seed.userIDs[0], in.FundraiserID, in.EmailID, in.DonorEmail,
+							in.AmountCents, in.Currency, in.Note)
+						return err
+					})
+				}
+				_, err := svc.Donate(ctx, in)
+				return err
+			})
+			if err != nil {
+				return nil, err
+			}
+			return Sample{"donations/s": v}, nil
+		}
+	}
+	return &Scenario{
+		Name:    "donate_hot",
+		Title:   fmt.Sprintf("Service.Donate by %d clients at once, every donation for ONE fundraiser; a relay runs, no worker", hotDonors),
+		Metrics: []Metric{{"donations/s", true}},
+		Setup: func(ctx context.Context, env *Env) error {
+			var err error
+			if seed, err = seedDonations(ctx, env.Pool); err != nil {
+				return err
+			}
+			hot = hot[:0]
+			for i, f := range seed.fundraiserIDs {
+				if f == seed.fundraiserIDs[0] {
+					hot = append(hot, i)
+				}
+			}
+			return nil
+		},
+		Sides: []Side{
+			{Name: "direct", Note: "outbox.Config.DirectInsert: River's insert into river_job in the transaction (the fundraiser's queue-lock upsert)", Run: run(true, false)},
+			{Name: "outbox", Note: "the default: one outbox_jobs INSERT with the COMMIT; the relay coalesces the fundraiser's jobs", Run: run(false, false)},
+			{Name: "row_only", Note: "the donation row alone (pgx transaction, as donations/plain_insert): the business SQL's own ceiling", Run: run(false, true)},
+		},
+		Goals: []Goal{{Side: "outbox", AtLeast: 3, Text: "≥ 3× the direct path's donations/s on one fundraiser"}},
 	}
 }
 

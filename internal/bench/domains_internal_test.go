@@ -51,6 +51,11 @@ func TestDomainScenarios(t *testing.T) {
 		got := run(t, donationsScenario(cfg))
 		require.Contains(t, got, "donate_flagged")
 	})
+	t.Run("donate_hot", func(t *testing.T) {
+		t.Parallel()
+		got := run(t, donateHotScenario(cfg))
+		require.Contains(t, got, "outbox")
+	})
 	t.Run("claims", func(t *testing.T) {
 		t.Parallel()
 		got := run(t, claimsScenario(cfg))
