@@ -98,10 +98,7 @@ func runLatency(side latencySide, round *atomic.Int64) func(ctx context.Context,
 		}
 		reg := jobs.NewRegistry()
 		jobs.AddWorker(reg, river.QueueDefault, neededNoopWorker{})
-		client, err := jobs.NewClient(env.Pool, reg, &jobs.ClientConfig{
-			Queues: []string{river.QueueDefault}, MaxWorkers: 100, Schema: env.Schema, Logger: env.Logger,
-			River: side.river(env), Metrics: jobs.NewMetrics(nil),
-		})
+		client, err := defaultQueueClient(env, reg, 100, side.river(env))
 		if err != nil {
 			return nil, err
 		}
@@ -175,6 +172,31 @@ func produce(ctx context.Context, client *river.Client[pgx.Tx], pool *pgxpool.Po
 // produceWith is produce with insert enqueueing one job tagged tag in a
 // transaction of its own.
 func produceWith(ctx context.Context, pool *pgxpool.Pool, rate int, d time.Duration, tag int, insert func(ctx context.Context, tag int) error) (float64, error) {
+	achieved, err := paced(ctx, rate, d, func(ctx context.Context) error { return insert(ctx, tag) })
+	if err != nil {
+		return 0, err
+	}
+	// Wait for the last ones to be relayed and run.
+	for waited := time.Duration(0); ; waited += 20 * time.Millisecond {
+		var left int
+		if err := pool.QueryRow(ctx, `
+SELECT (SELECT count(*) FROM river_job WHERE (args->>'n')::int = $1 AND state <> 'completed')
+     + (SELECT count(*) FROM outbox_jobs WHERE (args->>'n')::int = $1)`, tag).Scan(&left); err != nil {
+			return 0, err
+		}
+		if left == 0 {
+			return achieved, nil
+		}
+		if waited > time.Minute {
+			return 0, fmt.Errorf("%d jobs still not completed a minute after the load", left)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// paced runs op at rate per second for d, from latencyProducers goroutines
+// each keeping its own schedule, and returns the rate achieved.
+func paced(ctx context.Context, rate int, d time.Duration, op func(ctx context.Context) error) (float64, error) {
 	producers := latencyProducers(rate)
 	interval := time.Duration(float64(time.Second) * float64(producers) / float64(rate))
 	var (
@@ -192,7 +214,7 @@ func produceWith(ctx context.Context, pool *pgxpool.Pool, rate int, d time.Durat
 				if wait := time.Until(next); wait > 0 {
 					time.Sleep(wait)
 				}
-				if err := insert(ctx, tag); err != nil {
+				if err := op(ctx); err != nil {
 					errOnce.Do(func() { failure = err })
 					return
 				}
@@ -205,23 +227,7 @@ func produceWith(ctx context.Context, pool *pgxpool.Pool, rate int, d time.Durat
 	if failure != nil {
 		return 0, failure
 	}
-	achieved := float64(inserted.Load()) / time.Since(start).Seconds()
-	// Wait for the last ones to be relayed and run.
-	for waited := time.Duration(0); ; waited += 20 * time.Millisecond {
-		var left int
-		if err := pool.QueryRow(ctx, `
-SELECT (SELECT count(*) FROM river_job WHERE (args->>'n')::int = $1 AND state <> 'completed')
-     + (SELECT count(*) FROM outbox_jobs WHERE (args->>'n')::int = $1)`, tag).Scan(&left); err != nil {
-			return 0, err
-		}
-		if left == 0 {
-			return achieved, nil
-		}
-		if waited > time.Minute {
-			return 0, fmt.Errorf("%d jobs still not completed a minute after the load", left)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return float64(inserted.Load()) / time.Since(start).Seconds(), nil
 }
 
 // startLatency returns p50, p95, p99 in milliseconds of attempted_at −

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"sync"
@@ -20,7 +21,8 @@ import (
 // relay moves a backlog, what waking it costs the writers, the sustained
 // end-to-end rate, and one hot queue-lock key.
 func init() {
-	registry = append(registry, relayThroughputScenario, relayNotifyScenario, relayLatencyScenario, sustainedScenario, hotKeyScenario)
+	registry = append(registry, relayThroughputScenario, relayNotifyScenario, relayLatencyScenario, sustainedScenario, hotKeyScenario,
+		outboxSizeScenario)
 }
 
 // Sizes of the relay scenarios.
@@ -87,7 +89,7 @@ func relayThroughputScenario(cfg Config) *Scenario {
 			return Sample{"jobs/s": float64(n) / took.Seconds()}, count(ctx, env)
 		}
 	}
-	drain := func(rc relay.Config) func(ctx context.Context, env *Env) (Sample, error) {
+	drain := func(rc relay.Config, relays int) func(ctx context.Context, env *Env) (Sample, error) {
 		return func(ctx context.Context, env *Env) (Sample, error) {
 			if err := env.Truncate(ctx, "river_job", "outbox_jobs"); err != nil {
 				return nil, err
@@ -101,14 +103,34 @@ INSERT INTO outbox_jobs (kind, args) SELECT 'bench.noop', jsonb_build_object('n'
 				return nil, err
 			}
 			rc.Schema, rc.Logger = env.Schema, env.Logger
-			rl, err := jobs.NewRelay(env.Pool, client, reg, &rc)
-			if err != nil {
-				return nil, err
+			rls := make([]*relay.Relay, relays)
+			for i := range rls {
+				var err error
+				if rls[i], err = jobs.NewRelay(env.Pool, client, reg, &rc); err != nil {
+					return nil, err
+				}
 			}
+			// Relays share a backlog as several cmd/worker processes do:
+			// each takes the oldest rows no other relay holds.
+			var (
+				mu      sync.Mutex
+				wg      sync.WaitGroup
+				res     relay.MoveResult
+				failure error
+			)
 			start := time.Now()
-			res, err := rl.Drain(ctx)
-			if err != nil {
-				return nil, err
+			for _, rl := range rls {
+				wg.Go(func() {
+					r, err := rl.Drain(ctx)
+					mu.Lock()
+					defer mu.Unlock()
+					res.Rows, res.Inserted = res.Rows+r.Rows, res.Inserted+r.Inserted
+					failure = cmp.Or(failure, err)
+				})
+			}
+			wg.Wait()
+			if failure != nil {
+				return nil, failure
 			}
 			took := time.Since(start)
 			if res.Rows != n || res.Inserted != n {
@@ -131,11 +153,13 @@ INSERT INTO outbox_jobs (kind, args) SELECT 'bench.noop', jsonb_build_object('n'
 		Sides: []Side{
 			{Name: "insert_many_fast_1000", Note: "River InsertManyFastTx (COPY), 1,000 jobs per transaction", Run: insertManyFast(1000)},
 			{Name: "relay_1000", Note: fmt.Sprintf("relay.Drain, BatchSize 1000, CopyMinJobs %d (the defaults)", relay.CopyMinJobsDefault),
-				Run: drain(relay.Config{BatchSize: 1000})},
+				Run: drain(relay.Config{BatchSize: 1000}, 1)},
 			{Name: "relay_1000_no_copy", Note: "relay.Drain, BatchSize 1000, CopyMinJobs -1 (River's multi-row InsertManyTx)",
-				Run: drain(relay.Config{BatchSize: 1000, CopyMinJobs: -1})},
+				Run: drain(relay.Config{BatchSize: 1000, CopyMinJobs: -1}, 1)},
+			{Name: "relay_1000_2_relays", Note: "two relays (two cmd/worker processes) draining the backlog at once, BatchSize 1000",
+				Run: drain(relay.Config{BatchSize: 1000}, 2)},
 			{Name: "insert_many_fast_5000", Note: "River InsertManyFastTx (COPY), 5,000 jobs per transaction", Run: insertManyFast(5000)},
-			{Name: "relay_5000", Note: "relay.Drain, BatchSize 5000, COPY", Run: drain(relay.Config{BatchSize: 5000})},
+			{Name: "relay_5000", Note: "relay.Drain, BatchSize 5000, COPY", Run: drain(relay.Config{BatchSize: 5000}, 1)},
 		},
 		Goals: []Goal{{Side: "relay_1000", AtLeast: 0.8, Text: "≥ 0.8× InsertManyFast in batches of the same size"}},
 	}
@@ -161,6 +185,25 @@ func startRelay(ctx context.Context, env *Env, client *river.Client[pgx.Tx], reg
 // not watch the stop channel): without a bound, Stop after the load takes
 // all of its context's time.
 const relayStopWait = 200 * time.Millisecond
+
+// startWorking starts client and, with withRelay, a relay of reg's defaults
+// beside it, as a cmd/worker process runs them; stop stops both.
+func startWorking(ctx context.Context, env *Env, client *river.Client[pgx.Tx], reg *jobs.Registry, withRelay bool) (stop func(), err error) {
+	if err := client.Start(ctx); err != nil {
+		return nil, err
+	}
+	stopRelay := func() {}
+	if withRelay {
+		if stopRelay, err = startRelay(ctx, env, client, reg, relay.Config{}); err != nil {
+			stopAfter(ctx, client.Stop)
+			return nil, err
+		}
+	}
+	return func() {
+		stopRelay()
+		stopAfter(ctx, client.Stop)
+	}, nil
+}
 
 // stopRelay stops rl, cutting its listener off after relayStopWait.
 func stopRelay(ctx context.Context, rl *relay.Relay) {
@@ -318,10 +361,7 @@ func sustainedScenario(Config) *Scenario {
 			var worked atomic.Int64
 			reg := jobs.NewRegistry()
 			jobs.AddWorker(reg, river.QueueDefault, countingPingWorker{worked: &worked})
-			client, err := jobs.NewClient(env.Pool, reg, &jobs.ClientConfig{
-				Queues: []string{river.QueueDefault}, MaxWorkers: 100, Schema: env.Schema, Logger: env.Logger,
-				River: shippedRiver(env), Metrics: jobs.NewMetrics(nil),
-			})
+			client, err := defaultQueueClient(env, reg, 100, nil)
 			if err != nil {
 				return nil, err
 			}
@@ -329,17 +369,11 @@ func sustainedScenario(Config) *Scenario {
 			if err != nil {
 				return nil, err
 			}
-			if err := client.Start(ctx); err != nil {
+			stop, err := startWorking(ctx, env, client, reg, !direct)
+			if err != nil {
 				return nil, err
 			}
-			defer stopAfter(ctx, client.Stop)
-			if !direct {
-				stop, err := startRelay(ctx, env, client, reg, relay.Config{})
-				if err != nil {
-					return nil, err
-				}
-				defer stop()
-			}
+			defer stop()
 			depth, stopSampling := sampleMax(ctx, env.Pool, depthSampleEvery, `SELECT count(*) FROM outbox_jobs`)
 			before, start := worked.Load(), time.Now()
 			enqueued, err := loop(ctx, sustainedClients, env.Duration, pingTx(ob, env.Pool, pingJob))
@@ -397,10 +431,7 @@ func hotKeyScenario(Config) *Scenario {
 			}
 			reg := jobs.NewRegistry()
 			jobs.AddWorker(reg, river.QueueDefault, hotKeyWorker{})
-			client, err := jobs.NewClient(env.Pool, reg, &jobs.ClientConfig{
-				Queues: []string{river.QueueDefault}, MaxWorkers: 10, Schema: env.Schema, Logger: env.Logger,
-				River: shippedRiver(env), Metrics: jobs.NewMetrics(nil),
-			})
+			client, err := defaultQueueClient(env, reg, 10, nil)
 			if err != nil {
 				return nil, err
 			}
@@ -411,13 +442,9 @@ func hotKeyScenario(Config) *Scenario {
 			if !withJob {
 				ob = nil
 			}
-			if err := client.Start(ctx); err != nil {
-				return nil, err
-			}
-			defer stopAfter(ctx, client.Stop)
 			// Every side runs the relay, so that they differ only in the
 			// transactions.
-			stop, err := startRelay(ctx, env, client, reg, relay.Config{})
+			stop, err := startWorking(ctx, env, client, reg, true)
 			if err != nil {
 				return nil, err
 			}
@@ -453,5 +480,6 @@ func hotKeyScenario(Config) *Scenario {
 	}
 }
 
-// relayScenarioNames are the scenarios of this file, for the tests.
-var relayScenarioNames = []string{"relay_throughput", "relay_notify", "relay_latency", "sustained", "hot_key"}
+// relayScenarioNames are the scenarios of this file and outboxsize.go, for
+// the tests.
+var relayScenarioNames = []string{"relay_throughput", "relay_notify", "relay_latency", "sustained", "hot_key", "outbox_size"}

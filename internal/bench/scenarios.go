@@ -81,6 +81,19 @@ func insertOnly(env *Env, reg *jobs.Registry) (*river.Client[pgx.Tx], *outbox.Ou
 	return client, ob, err
 }
 
+// defaultQueueClient is a River client working reg's default queue with
+// maxWorkers workers and River settings rc (nil: the shipped ones), with
+// metrics on, as cmd/worker runs it.
+func defaultQueueClient(env *Env, reg *jobs.Registry, maxWorkers int, rc *river.Config) (*river.Client[pgx.Tx], error) {
+	if rc == nil {
+		rc = shippedRiver(env)
+	}
+	return jobs.NewClient(env.Pool, reg, &jobs.ClientConfig{
+		Queues: []string{river.QueueDefault}, MaxWorkers: maxWorkers, Schema: env.Schema, Logger: env.Logger,
+		River: rc, Metrics: jobs.NewMetrics(nil),
+	})
+}
+
 // loopMaxWait bounds how long loop waits past its duration for a first
 // finished operation.
 const loopMaxWait = 30 * time.Second
