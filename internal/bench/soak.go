@@ -179,7 +179,8 @@ type SoakSample struct {
 	// the interval (an enqueue or a domain call returned an error).
 	AppErrors int64 `json:"app_errors"`
 	// Backlog counts the jobs to run now: available, running, retryable,
-	// pending, and scheduled ones already due. Timers counts the scheduled
+	// pending, and scheduled ones already due, plus the outbox rows not yet
+	// relayed. Timers counts the scheduled
 	// jobs due later (a checkout's expiry, ten minutes out).
 	Backlog int64 `json:"backlog"`
 	Timers  int64 `json:"timers"`
