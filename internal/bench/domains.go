@@ -346,7 +346,7 @@ func donateHotScenario(Config) *Scenario {
 				return nil, err
 			}
 			reg := app.Registry(env.Pool)
-			client, err := jobs.NewClient(env.Pool, reg, &jobs.ClientConfig{Queues: []string{}, Schema: env.Schema, Logger: env.Logger})
+			client, _, err := insertOnly(env, reg)
 			if err != nil {
 				return nil, err
 			}
@@ -361,10 +361,11 @@ func donateHotScenario(Config) *Scenario {
 			defer stop()
 			svc := donations.NewService(env.Pool, ob)
 			v, err := loop(ctx, hotDonors, env.Duration, func(ctx context.Context) error {
-				in := seed.input(hot[rand.IntN(len(hot))])
+				i := hot[rand.IntN(len(hot))]
+				in := seed.input(i)
 				if rowOnly {
 					return pgx.BeginFunc(ctx, env.Pool, func(tx pgx.Tx) error {
-						_, err := tx.Exec(ctx, insertDonationSQL, seed.userIDs[0], in.FundraiserID, in.EmailID, in.DonorEmail,
+						_, err := tx.Exec(ctx, insertDonationSQL, seed.userIDs[i], in.FundraiserID, in.EmailID, in.DonorEmail,
 							in.AmountCents, in.Currency, in.Note)
 						return err
 					})
