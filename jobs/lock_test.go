@@ -547,7 +547,10 @@ func TestLockMiddleware(t *testing.T) {
 	t.Run("LeaseIsRenewedWhileTheJobRuns", func(t *testing.T) {
 		t.Parallel()
 		b := setupLock(ctx, t, 1)
-		const lease = 300 * time.Millisecond
+		// A lease of 1 s is renewed every 333 ms: only a stall of more
+		// than 667 ms lets it lapse. With 300 ms, a loaded CI run under
+		// -race once stalled the renewals past the lease (holder 2).
+		const lease = time.Second
 		b.enqueue(ctx, t, lockedArgs{Key: "payer-1", LeaseMS: int(lease / time.Millisecond), Mode: "gate"})
 		waitUntil(t, 15*time.Second, "the first job running", func() (bool, error) { return b.probe.running.Load() == 1, nil })
 		b.enqueue(ctx, t, lockedArgs{Key: "payer-1", LeaseMS: int(lease / time.Millisecond), Seq: 1})
