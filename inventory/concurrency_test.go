@@ -70,10 +70,16 @@ func flashSale(t *testing.T, strategy inventory.Strategy, buckets int) {
 				return
 			default:
 			}
+			// Live claims are judged by clock_timestamp(), read after the
+			// statement's snapshot: now() is the statement's start, which
+			// can precede its snapshot. A claimer that committed in between,
+			// reusing the unit of a claim expired by its own clock, would
+			// make that claim look live beside the new one (a loaded -race
+			// run once saw "stock 86, claimed 87" that way).
 			var stock, claimed, completed, bucketStock, badBuckets int
 			err := b.schema.Pool.QueryRow(ctx, `
 SELECT p.stock,
-       coalesce((SELECT sum(quantity) FROM inventory_claims WHERE product_id = p.id AND expires_at > now()), 0),
+       coalesce((SELECT sum(quantity) FROM inventory_claims WHERE product_id = p.id AND expires_at > clock_timestamp()), 0),
        coalesce((SELECT sum(quantity) FROM checkouts WHERE product_id = p.id AND state = 'completed'), 0),
        coalesce((SELECT sum(stock) FROM product_buckets WHERE product_id = p.id), 0),
        (SELECT count(*) FROM product_buckets pb
