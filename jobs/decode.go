@@ -267,7 +267,10 @@ func (s *argsSpec) decode(raw []byte) (river.JobArgs, []argsIssue) {
 	decodeErr := json.Unmarshal(raw, v.Interface())
 
 	mismatches := 0
-	if s.object {
+	// A decoded object the walk would find nothing in (the usual job) is
+	// told by one scan of its keys; anything else is walked, to name
+	// every problem.
+	if s.object && (decodeErr != nil || !s.shape.clean(raw)) {
 		var obj map[string]json.RawMessage
 		if err := json.Unmarshal(raw, &obj); err == nil {
 			mismatches = walkArgs(&issues, obj, s.shape, "", "", decodeErr != nil, 0)
@@ -499,6 +502,147 @@ func joinPath(prefix, name string) string {
 		return name
 	}
 	return prefix + "." + name
+}
+
+// clean reports whether walkArgs, given raw (a JSON object that decoded
+// into the shape's struct), would find no problem in it: every key names a
+// field exactly, once, with a value that is not null and not an object
+// walked into; every ID field holds an ID; every required field is
+// present. It scans the top level of raw once, without allocating. false
+// says only that the walk must look: it is what the walk reports.
+func (s *argsShape) clean(raw []byte) bool {
+	if len(s.fields) > 64 {
+		return false
+	}
+	var seen uint64
+	i := skipSpace(raw, 0)
+	if i >= len(raw) || raw[i] != '{' {
+		return false
+	}
+	i = skipSpace(raw, i+1)
+	if i < len(raw) && raw[i] == '}' {
+		i++
+	} else {
+		for {
+			if i >= len(raw) || raw[i] != '"' {
+				return false
+			}
+			end := skipString(raw, i)
+			if end < 0 {
+				return false
+			}
+			key := raw[i+1 : end-1]
+			if bytes.IndexByte(key, '\\') >= 0 {
+				return false // an escaped key: the walk unescapes it
+			}
+			fi, ok := s.exact[string(key)]
+			if !ok || seen&(1<<fi) != 0 {
+				return false // unknown, matched ignoring case, or repeated
+			}
+			seen |= 1 << fi
+			i = skipSpace(raw, end)
+			if i >= len(raw) || raw[i] != ':' {
+				return false
+			}
+			i = skipSpace(raw, i+1)
+			vend := skipValue(raw, i)
+			if vend < 0 {
+				return false
+			}
+			value := raw[i:vend]
+			f := &s.fields[fi]
+			if value[0] == 'n' || f.nested != nil {
+				return false // null, or a struct to walk into
+			}
+			if f.id {
+				decoded, err := f.decodeValue(value)
+				if err != nil || notAnID(decoded) != "" {
+					return false
+				}
+			}
+			i = skipSpace(raw, vend)
+			if i < len(raw) && raw[i] == ',' {
+				i = skipSpace(raw, i+1)
+				continue
+			}
+			if i >= len(raw) || raw[i] != '}' {
+				return false
+			}
+			i++
+			break
+		}
+	}
+	if skipSpace(raw, i) != len(raw) {
+		return false
+	}
+	for fi := range s.fields {
+		if s.fields[fi].required && seen&(1<<fi) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// skipSpace returns the index of the first byte of raw at or after i that
+// is not JSON white space.
+func skipSpace(raw []byte, i int) int {
+	for i < len(raw) && (raw[i] == ' ' || raw[i] == '\t' || raw[i] == '\n' || raw[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipString returns the index just past the JSON string that starts at
+// raw[i] (a quote), or -1 when it does not end.
+func skipString(raw []byte, i int) int {
+	for j := i + 1; j < len(raw); j++ {
+		switch raw[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1
+		}
+	}
+	return -1
+}
+
+// skipValue returns the index just past the JSON value that starts at
+// raw[i], or -1 when there is none. raw is valid JSON (it decoded): a
+// literal or number ends at the next delimiter.
+func skipValue(raw []byte, i int) int {
+	if i >= len(raw) {
+		return -1
+	}
+	switch raw[i] {
+	case '"':
+		return skipString(raw, i)
+	case '{', '[':
+		depth := 0
+		for j := i; j < len(raw); j++ {
+			switch raw[j] {
+			case '"':
+				if j = skipString(raw, j); j < 0 {
+					return -1
+				}
+				j--
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return j + 1
+				}
+			}
+		}
+		return -1
+	}
+	j := i
+	for j < len(raw) && !strings.ContainsRune(",}] \t\r\n", rune(raw[j])) {
+		j++
+	}
+	if j == i {
+		return -1
+	}
+	return j
 }
 
 func isJSONNull(raw json.RawMessage) bool {
