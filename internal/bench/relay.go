@@ -89,17 +89,55 @@ func relayThroughputScenario(cfg Config) *Scenario {
 			return Sample{"jobs/s": float64(n) / took.Seconds()}, count(ctx, env)
 		}
 	}
+	// takeAndCopy is the least any relay does, one batch at a time: take
+	// rows with the relay's statement (its shape: DELETE … RETURNING the
+	// columns a job needs) and COPY as many jobs, built beforehand, in the
+	// same transaction. No decode, no plan, no River per-row work beyond
+	// the baseline's.
+	takeAndCopy := func(batch int) func(ctx context.Context, env *Env) (Sample, error) {
+		return func(ctx context.Context, env *Env) (Sample, error) {
+			if err := writeBacklog(ctx, env, n); err != nil {
+				return nil, err
+			}
+			params := make([]river.InsertManyParams, batch)
+			for i := range params {
+				params[i] = river.InsertManyParams{Args: noopArgs{N: i}}
+			}
+			take := `DELETE FROM outbox_jobs WHERE id = ANY (ARRAY(
+    SELECT id FROM outbox_jobs ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
+RETURNING id, kind, args::text, queue, priority, max_attempts, scheduled_at,
+          metadata::text, options::text, tx_id::text, created_at`
+			start := time.Now()
+			for moved := 0; moved < n; {
+				if err := pgx.BeginFunc(ctx, env.Pool, func(tx pgx.Tx) error {
+					rows, err := tx.Query(ctx, take, batch)
+					if err != nil {
+						return err
+					}
+					taken := 0
+					for rows.Next() {
+						taken++
+					}
+					if rows.Err() != nil {
+						return rows.Err()
+					}
+					if taken == 0 {
+						return fmt.Errorf("the backlog ran out after %d of %d rows", moved, n)
+					}
+					moved += taken
+					_, err = client.InsertManyFastTx(ctx, tx, params[:taken])
+					return err
+				}); err != nil {
+					return nil, err
+				}
+			}
+			took := time.Since(start)
+			return Sample{"jobs/s": float64(n) / took.Seconds()}, count(ctx, env)
+		}
+	}
 	drain := func(rc relay.Config, relays int) func(ctx context.Context, env *Env) (Sample, error) {
 		return func(ctx context.Context, env *Env) (Sample, error) {
-			if err := env.Truncate(ctx, "river_job", "outbox_jobs"); err != nil {
-				return nil, err
-			}
-			// The backlog, written fast and not timed.
-			if _, err := env.Pool.Exec(ctx, `
-INSERT INTO outbox_jobs (kind, args) SELECT 'bench.noop', jsonb_build_object('n', i) FROM generate_series(1, $1) i`, n); err != nil {
-				return nil, err
-			}
-			if _, err := env.Pool.Exec(ctx, `ANALYZE outbox_jobs`); err != nil {
+			if err := writeBacklog(ctx, env, n); err != nil {
 				return nil, err
 			}
 			rc.Schema, rc.Logger = env.Schema, env.Logger
@@ -152,8 +190,12 @@ INSERT INTO outbox_jobs (kind, args) SELECT 'bench.noop', jsonb_build_object('n'
 		},
 		Sides: []Side{
 			{Name: "insert_many_fast_1000", Note: "River InsertManyFastTx (COPY), 1,000 jobs per transaction", Run: insertManyFast(1000)},
-			{Name: "relay_1000", Note: fmt.Sprintf("relay.Drain, BatchSize 1000, CopyMinJobs %d (the defaults)", relay.CopyMinJobsDefault),
+			{Name: "relay_1000", Note: fmt.Sprintf("relay.Drain, BatchSize 1000, CopyMinJobs %d, Movers %d (the defaults)", relay.CopyMinJobsDefault, relay.MoversDefault),
 				Run: drain(relay.Config{BatchSize: 1000}, 1)},
+			{Name: "relay_1000_1_mover", Note: "relay.Drain, BatchSize 1000, Movers 1 (one batch at a time)",
+				Run: drain(relay.Config{BatchSize: 1000, Movers: 1}, 1)},
+			{Name: "take_copy_floor_1000", Note: "the floor of one mover: the relay's take and a COPY of ready-made jobs per transaction, nothing else",
+				Run: takeAndCopy(1000)},
 			{Name: "relay_1000_no_copy", Note: "relay.Drain, BatchSize 1000, CopyMinJobs -1 (River's multi-row InsertManyTx)",
 				Run: drain(relay.Config{BatchSize: 1000, CopyMinJobs: -1}, 1)},
 			{Name: "relay_1000_2_relays", Note: "two relays (two cmd/worker processes) draining the backlog at once, BatchSize 1000",
@@ -163,6 +205,20 @@ INSERT INTO outbox_jobs (kind, args) SELECT 'bench.noop', jsonb_build_object('n'
 		},
 		Goals: []Goal{{Side: "relay_1000", AtLeast: 0.8, Text: "≥ 0.8× InsertManyFast in batches of the same size"}},
 	}
+}
+
+// writeBacklog empties river_job and outbox_jobs and writes n outbox rows
+// of noopArgs, fast and untimed.
+func writeBacklog(ctx context.Context, env *Env, n int) error {
+	if err := env.Truncate(ctx, "river_job", "outbox_jobs"); err != nil {
+		return err
+	}
+	if _, err := env.Pool.Exec(ctx, `
+INSERT INTO outbox_jobs (kind, args) SELECT 'bench.noop', jsonb_build_object('n', i) FROM generate_series(1, $1) i`, n); err != nil {
+		return err
+	}
+	_, err := env.Pool.Exec(ctx, `ANALYZE outbox_jobs`)
+	return err
 }
 
 // startRelay starts a relay of reg on env's schema with rc (whose Schema

@@ -44,7 +44,7 @@ func TestRelayScenarios(t *testing.T) {
 	require.Equal(t, map[string][]string{
 		"tx_one_job":       {"plain", "outbox_job", "outbox_direct", "river_insert_tx", "pgbench_plain", "pgbench_outbox"},
 		"latency":          {"river_defaults", "shipped", "outbox_relay"},
-		"relay_throughput": {"insert_many_fast_1000", "relay_1000", "relay_1000_no_copy", "relay_1000_2_relays", "insert_many_fast_5000", "relay_5000"},
+		"relay_throughput": {"insert_many_fast_1000", "relay_1000", "relay_1000_1_mover", "take_copy_floor_1000", "relay_1000_no_copy", "relay_1000_2_relays", "insert_many_fast_5000", "relay_5000"},
 		"relay_notify":     {"notify_10ms", "notify_never", "notify_every_tx"},
 		"relay_latency":    {"defaults", "notify_1ms", "poll_max_5ms", "notify_1ms_cooldown_1ms"},
 		"sustained":        {"direct", "outbox_relay"},

@@ -17,6 +17,7 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -41,6 +42,8 @@ const (
 	// CopyMinJobsDefault is the batch size from which the jobs that no
 	// uniqueness concerns are written with River's COPY insert.
 	CopyMinJobsDefault = 200
+	// MoversDefault is the most batches a relay moves at once.
+	MoversDefault = 2
 	// PollMinDefault is the wait before the next look at the table after a
 	// batch that moved rows but did not fill up.
 	PollMinDefault = time.Millisecond
@@ -95,6 +98,18 @@ type Config struct {
 	// Defaults to CopyMinJobsDefault.
 	CopyMinJobs int
 
+	// Movers is the most batches the relay moves at once. While batches
+	// come back full (a backlog), the relay adds a mover, up to Movers;
+	// each moves its own batch in its own transaction on its own
+	// connection of the pool, so one batch's take overlaps another's
+	// insert, and ends at the first batch that is not full. Movers never
+	// wait for each other's rows (SKIP LOCKED). Rows of one batch reach
+	// river_job oldest first; with more than one mover two batches may
+	// commit out of their rows' order.
+	//
+	// Defaults to MoversDefault. 1: one batch at a time.
+	Movers int
+
 	// PollMin and PollMax bound the adaptive poll: after a batch that moved
 	// rows the relay looks again after PollMin; each empty look doubles the
 	// wait up to PollMax. A notification from a writer (outbox.Config's
@@ -114,7 +129,8 @@ type Config struct {
 	Schema string
 
 	// OnMove, when set, is called after every batch that moved rows, with
-	// what it did (metrics hook it here). It must be fast.
+	// what it did (metrics hook it here). It must be fast, and safe for
+	// concurrent use: movers call it at once.
 	OnMove func(ctx context.Context, res MoveResult)
 
 	// Logger receives errors and dead rows. Defaults to slog.Default().
@@ -134,6 +150,9 @@ func (c *Config) withDefaults() Config {
 	}
 	if out.CopyMinJobs == 0 {
 		out.CopyMinJobs = CopyMinJobsDefault
+	}
+	if out.Movers == 0 {
+		out.Movers = MoversDefault
 	}
 	if out.PollMin == 0 {
 		out.PollMin = PollMinDefault
@@ -205,6 +224,8 @@ type Relay struct {
 	done    chan struct{}      // closed when the loop and listener ended
 
 	batches, rows, inserted, skipped, coalesced, dead, errs atomic.Int64
+
+	movers atomic.Int32 // movers running beside the loop
 }
 
 // New returns a relay that moves rows with pool and inserts jobs with
@@ -223,6 +244,8 @@ func New(pool *pgxpool.Pool, client *river.Client[pgx.Tx], cfg *Config) (*Relay,
 		return nil, fmt.Errorf("%w: MaxPayloadBytes must not be negative, got %d", ErrConfig, c.MaxPayloadBytes)
 	case c.BatchSize < 1 || c.BatchSize > 100_000:
 		return nil, fmt.Errorf("%w: BatchSize must be 1 to 100000, got %d", ErrConfig, c.BatchSize)
+	case c.Movers < 1 || c.Movers > 64:
+		return nil, fmt.Errorf("%w: Movers must be 1 to 64, got %d", ErrConfig, c.Movers)
 	case c.PollMin < 0 || c.PollMax < c.PollMin:
 		return nil, fmt.Errorf("%w: need 0 <= PollMin <= PollMax, got %s and %s", ErrConfig, c.PollMin, c.PollMax)
 	}
@@ -275,7 +298,7 @@ func (r *Relay) Start(ctx context.Context) error {
 	}()
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); r.loop(runCtx, stopped) }()
+	go func() { defer wg.Done(); r.loop(runCtx, stopped, &wg) }()
 	// Writers of this process wake the relay at once after a commit
 	// (package wake): by the pool's search path, and by Config.Schema.
 	keys := []string{wake.Key(r.pool)}
@@ -365,7 +388,7 @@ func (r *Relay) Wake() {
 	}
 }
 
-func (r *Relay) loop(ctx context.Context, stopped <-chan struct{}) {
+func (r *Relay) loop(ctx context.Context, stopped <-chan struct{}, wg *sync.WaitGroup) {
 	wait := r.cfg.PollMin
 	errWait := time.Duration(0)
 	for {
@@ -382,6 +405,7 @@ func (r *Relay) loop(ctx context.Context, stopped <-chan struct{}) {
 		case res.Rows >= r.cfg.BatchSize:
 			errWait = 0
 			wait = 0 // more rows are likely waiting
+			r.addMovers(ctx, stopped, wg)
 		case res.Rows > 0:
 			errWait = 0
 			wait = r.cfg.PollMin
@@ -410,6 +434,32 @@ func (r *Relay) loop(ctx context.Context, stopped <-chan struct{}) {
 			wait = r.cfg.PollMin // a writer just committed
 		case <-timer.C:
 		}
+	}
+}
+
+// addMovers starts movers beside the loop until Config.Movers move. Each
+// moves batches until one is not full, an error (the loop logs and
+// retries what it meets too) or a stop.
+func (r *Relay) addMovers(ctx context.Context, stopped <-chan struct{}, wg *sync.WaitGroup) {
+	for {
+		if n := r.movers.Add(1); int(n) >= r.cfg.Movers {
+			r.movers.Add(-1)
+			return
+		}
+		wg.Go(func() {
+			defer r.movers.Add(-1)
+			for {
+				select {
+				case <-stopped:
+					return
+				default:
+				}
+				res, err := r.MoveBatch(ctx)
+				if err != nil || res.Rows < r.cfg.BatchSize {
+					return
+				}
+			}
+		})
 	}
 }
 
@@ -478,17 +528,41 @@ func (r *Relay) listenOnce(ctx context.Context) error {
 
 // Drain moves batches until none is left that this relay can take (rows
 // locked by another relay's batch are not waited for), and returns the
-// sum. Tests and tools call it to move what has committed, now.
+// sum. After a full batch it moves with Config.Movers at once. Tests and
+// tools call it to move what has committed, now.
 func (r *Relay) Drain(ctx context.Context) (MoveResult, error) {
-	var total MoveResult
-	for {
-		res, err := r.MoveBatch(ctx)
-		total.add(res)
-		if err != nil {
-			return total, err
-		}
-		if res.Rows == 0 {
-			return total, nil
+	var (
+		mu     sync.Mutex
+		total  MoveResult
+		failed error
+	)
+	// drain moves batches until there is none, or a mover failed.
+	drain := func() {
+		for {
+			res, err := r.MoveBatch(ctx)
+			mu.Lock()
+			total.add(res)
+			failed = cmp.Or(failed, err)
+			stop := failed != nil
+			mu.Unlock()
+			if stop || res.Rows == 0 {
+				return
+			}
 		}
 	}
+	first, err := r.MoveBatch(ctx)
+	total.add(first)
+	if err != nil || first.Rows < r.cfg.BatchSize {
+		if err == nil && first.Rows > 0 {
+			drain()
+		}
+		return total, cmp.Or(err, failed)
+	}
+	var wg sync.WaitGroup
+	for range r.cfg.Movers - 1 {
+		wg.Go(drain)
+	}
+	drain()
+	wg.Wait()
+	return total, failed
 }

@@ -866,6 +866,8 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		{relay.Config{BatchSize: -1}, "BatchSize must be 1 to 100000, got -1"},
 		{relay.Config{BatchSize: 100_001}, "BatchSize must be 1 to 100000, got 100001"},
 		{relay.Config{MaxPayloadBytes: -1}, "MaxPayloadBytes must not be negative"},
+		{relay.Config{Movers: -1}, "Movers must be 1 to 64, got -1"},
+		{relay.Config{Movers: 65}, "Movers must be 1 to 64, got 65"},
 		{relay.Config{PollMin: time.Second, PollMax: time.Millisecond}, "need 0 <= PollMin <= PollMax"},
 		{relay.Config{Queues: []string{"Bad Queue"}}, `Queues holds "Bad Queue"`},
 	} {
@@ -908,4 +910,74 @@ func TestPayloadLimitAsTheWriterMeasures(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, relay.MoveResult{Rows: 1, Inserted: 1, OldestCreatedAt: res.OldestCreatedAt}, res,
 		"dead: %v", strs(ctx, t, s, `SELECT reason FROM outbox_dead_jobs`))
+}
+
+// meetingMiddleware lets its first insert through, then holds the next
+// `at` inserts until all of them are under way at once (or fails the
+// test after a while); the later ones pass.
+type meetingMiddleware struct {
+	river.MiddlewareDefaults
+	t    testing.TB
+	at   int
+	mu   sync.Mutex
+	seen int
+	met  chan struct{}
+}
+
+func (m *meetingMiddleware) InsertMany(ctx context.Context, _ []*rivertype.JobInsertParams, doInner func(context.Context) ([]*rivertype.JobInsertResult, error)) ([]*rivertype.JobInsertResult, error) {
+	m.mu.Lock()
+	m.seen++
+	n := m.seen
+	if n == m.at+1 {
+		close(m.met)
+	}
+	m.mu.Unlock()
+	if n > 1 && n <= m.at+1 {
+		select {
+		case <-m.met:
+		case <-time.After(30 * time.Second):
+			m.t.Errorf("insert %d: %d movers never ran at once", n, m.at)
+		}
+	}
+	return doInner(ctx)
+}
+
+// TestMovers: after a full batch, Drain and a running relay move with
+// Config.Movers batches at once (the inserts of Movers batches are under
+// way together), and every row still becomes exactly one job.
+func TestMovers(t *testing.T) {
+	t.Parallel()
+	for _, started := range []bool{false, true} {
+		t.Run(map[bool]string{false: "Drain", true: "Start"}[started], func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 8})
+			const rows, batch, movers = 10_000, 100, 3
+			require.NoError(t, insertN(ctx, s.Pool, 1, rows))
+			mw := &meetingMiddleware{t: t, at: movers, met: make(chan struct{})}
+			rl := plainRelay(t, s, plainClient(t, s, mw), relay.Config{BatchSize: batch, Movers: movers, DisableListen: true})
+			if started {
+				require.NoError(t, rl.Start(ctx))
+				require.Eventually(t, func() bool {
+					return count(ctx, t, s, `SELECT count(*) FROM river_job`) == rows
+				}, time.Minute, 10*time.Millisecond)
+				stopRelay(t, rl)
+			} else {
+				res, err := rl.Drain(ctx)
+				require.NoError(t, err)
+				require.Equal(t, rows, res.Rows)
+				require.Equal(t, rows, res.Inserted)
+			}
+			select {
+			case <-mw.met:
+			default:
+				t.Fatalf("%d movers never ran at once", movers)
+			}
+			var total, distinct, minN, maxN, waiting int
+			require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*), count(DISTINCT args->>'n'), min((args->>'n')::int), max((args->>'n')::int), (SELECT count(*) FROM outbox_jobs) FROM river_job`).
+				Scan(&total, &distinct, &minN, &maxN, &waiting))
+			require.Equal(t, [5]int{rows, rows, 1, rows, 0}, [5]int{total, distinct, minN, maxN, waiting})
+			require.Equal(t, relay.Stats{Batches: rows / batch, Rows: rows, Inserted: rows}, rl.Stats())
+		})
+	}
 }
