@@ -63,7 +63,7 @@ func TestRunEveryScenario(t *testing.T) {
 		"relay_notify":      {"notify_10ms", "notify_never", "notify_every_tx"},
 		"relay_latency":     {"defaults", "notify_1ms", "poll_max_5ms", "notify_1ms_cooldown_1ms"},
 		"sustained":         {"direct", "outbox_relay"},
-		"hot_key":           {"no_job", "outbox", "direct"},
+		"hot_key":           {"no_job", "outbox", "outbox_write_only", "direct"},
 		"outbox_size":       {"outbox_relay"},
 	}, sides)
 	require.Equal(t, []string{"tx_one_job", "tx_floor", "tx_bulk", "bulk_insert", "worker_throughput", "latency", "donations", "donate_hot", "claims", "claims_floor", "car_users", "processes", "growth", "relay_throughput", "relay_notify", "relay_latency", "sustained", "hot_key", "outbox_size"}, bench.Names())

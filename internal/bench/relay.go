@@ -480,7 +480,7 @@ func hotKeyJob(id int64) river.JobArgs { return hotKeyArgs{Key: "hot", PingID: i
 // counted.
 func hotKeyScenario(Config) *Scenario {
 	const waiting = `SELECT count(*) FROM river_job WHERE kind = 'bench.hot_key' AND state IN ('available', 'scheduled', 'retryable', 'pending')`
-	run := func(withJob, direct bool) func(ctx context.Context, env *Env) (Sample, error) {
+	run := func(withJob, direct, working bool) func(ctx context.Context, env *Env) (Sample, error) {
 		return func(ctx context.Context, env *Env) (Sample, error) {
 			if err := env.Truncate(ctx, "pings", "river_job", "outbox_jobs"); err != nil {
 				return nil, err
@@ -498,13 +498,15 @@ func hotKeyScenario(Config) *Scenario {
 			if !withJob {
 				ob = nil
 			}
-			// Every side runs the relay, so that they differ only in the
-			// transactions.
-			stop, err := startWorking(ctx, env, client, reg, true)
-			if err != nil {
-				return nil, err
+			// Every side but the write's floor runs the relay and the
+			// worker, so that they differ only in the transactions.
+			if working {
+				stop, err := startWorking(ctx, env, client, reg, true)
+				if err != nil {
+					return nil, err
+				}
+				defer stop()
 			}
-			defer stop()
 			most, stopSampling := sampleMax(ctx, env.Pool, waitingSampleEvery, waiting)
 			v, err := loop(ctx, hotKeyClients, env.Duration, pingTx(ob, env.Pool, hotKeyJob))
 			close(stopSampling)
@@ -524,9 +526,10 @@ func hotKeyScenario(Config) *Scenario {
 			hotKeyClients, waitingSampleEvery),
 		Metrics: []Metric{{"tx/s", true}, {"max waiting jobs", false}},
 		Sides: []Side{
-			{Name: "no_job", Note: "the row alone (pgx transaction)", Run: run(false, false)},
-			{Name: "outbox", Note: "outbox.InTx: the row + Enqueue into outbox_jobs; the relay coalesces the key", Run: run(true, false)},
-			{Name: "direct", Note: "outbox.InTx with DirectInsert: the row + the queue-locked insert into river_job", Run: run(true, true)},
+			{Name: "no_job", Note: "the row alone (pgx transaction)", Run: run(false, false, true)},
+			{Name: "outbox", Note: "outbox.InTx: the row + Enqueue into outbox_jobs; the relay coalesces the key", Run: run(true, false, true)},
+			{Name: "outbox_write_only", Note: "the same transactions with no relay nor worker running (the rows pile up): what the write alone costs", Run: run(true, false, false)},
+			{Name: "direct", Note: "outbox.InTx with DirectInsert: the row + the queue-locked insert into river_job", Run: run(true, true, true)},
 		},
 		Goals: []Goal{
 			{Side: "outbox", AtLeast: 0.9, Text: "≥ 0.9× the tx/s without the job"},

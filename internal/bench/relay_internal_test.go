@@ -48,7 +48,7 @@ func TestRelayScenarios(t *testing.T) {
 		"relay_notify":     {"notify_10ms", "notify_never", "notify_every_tx"},
 		"relay_latency":    {"defaults", "notify_1ms", "poll_max_5ms", "notify_1ms_cooldown_1ms"},
 		"sustained":        {"direct", "outbox_relay"},
-		"hot_key":          {"no_job", "outbox", "direct"},
+		"hot_key":          {"no_job", "outbox", "outbox_write_only", "direct"},
 		"outbox_size":      {"outbox_relay"},
 	}, sides)
 
@@ -57,6 +57,7 @@ func TestRelayScenarios(t *testing.T) {
 	require.LessOrEqual(t, values["hot_key/outbox/max waiting jobs"], 1.0)
 	require.LessOrEqual(t, values["hot_key/direct/max waiting jobs"], 1.0)
 	require.Zero(t, values["hot_key/no_job/max waiting jobs"])
+	require.Zero(t, values["hot_key/outbox_write_only/max waiting jobs"], "no relay runs: no job")
 	// The direct path writes no outbox row.
 	require.Zero(t, values["sustained/direct/max outbox depth"])
 }
