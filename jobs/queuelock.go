@@ -36,6 +36,8 @@ type QueueLocker interface {
 const queueLockTag = "queue_lock"
 
 // queueLockStates are the states in which a job holds its kind's queue lock.
+// Their bits in unique_states, River's unique index and its ON CONFLICT
+// match are River internals, watched by internal/riverseam's canary.
 // Running is included on purpose: the worker middleware clears the key as
 // the job starts, and until it does, a concurrent enqueue must match the
 // job's row — it then waits on that row's lock until the clearing

@@ -13,6 +13,8 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
+
+	"github.com/aftercommit/aftercommit/internal/riverseam"
 )
 
 // How the pipelined commit works
@@ -33,11 +35,12 @@ import (
 // and the jobs are inserted the ordinary way (InsertManyTx on the real
 // transaction, then COMMIT). Slower, never wrong.
 
-// Statement names that River's sqlc queries start with.
+// Statement names that River's sqlc queries start with: River internals,
+// watched by internal/riverseam's upgrade canary.
 const (
-	riverInsertPrefix   = "-- name: JobInsertFastMany "
-	riverNotifyPrefix   = "-- name: PGNotifyMany "
-	riverVersionPrefix  = "-- name: PGGetProductAndVersion "
+	riverInsertPrefix   = riverseam.InsertFastManyPrefix
+	riverNotifyPrefix   = riverseam.NotifyManyPrefix
+	riverVersionPrefix  = riverseam.ProductVersionPrefix
 	commitStatementText = "COMMIT"
 )
 
