@@ -14,7 +14,7 @@ const Domain = "donations"
 const TopicDonationCreated = "donation.created"
 
 // Queue names (River names are "donations_<name>").
-var (
+const (
 	// QueueDefault runs the email flag: a donor is waiting for the thank-you
 	// flow to notice.
 	QueueDefault = Domain + "_default"

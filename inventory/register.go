@@ -17,7 +17,7 @@ import (
 const Domain = "inventory"
 
 // Queue names (River names are "inventory_<name>").
-var (
+const (
 	// QueueCheckout runs checkout completions and expiries: buyers and
 	// stock wait on them.
 	QueueCheckout = Domain + "_checkout"

@@ -17,7 +17,7 @@ const Domain = "reporting"
 const TopicDonationCreated = "donation.created"
 
 // Queue names (River names are "reporting_<name>").
-var (
+const (
 	// QueueBulk runs bulk car-user creations: large transactions, a few at
 	// a time per worker process (BulkMaxWorkers).
 	QueueBulk = Domain + "_bulk"
