@@ -8,7 +8,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/aftercommit/aftercommit/jobs"
 )
@@ -108,13 +107,7 @@ func (w *UpdateEmailDonationWorker) Work(ctx context.Context, job *river.Job[Upd
 		if err != nil {
 			return err
 		}
-		if err := river.RecordOutput(ctx, out); err != nil {
-			return err
-		}
-		if _, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job); err != nil {
-			return fmt.Errorf("donations: completing %s job %d: %w", job.Kind, job.ID, err)
-		}
-		return nil
+		return jobs.CompleteTx(ctx, tx, job, out)
 	})
 }
 

@@ -12,7 +12,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/aftercommit/aftercommit/jobs"
 	"github.com/aftercommit/aftercommit/outbox"
@@ -73,11 +72,7 @@ func (w *FoldEmailCountersWorker) Work(ctx context.Context, job *river.Job[FoldE
 		if err := injectedFailure(ctx); err != nil {
 			return err
 		}
-		if err := river.RecordOutput(ctx, out); err != nil {
-			return err
-		}
-		_, err = river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job)
-		return err
+		return jobs.CompleteTx(ctx, tx, job, out)
 	})
 }
 

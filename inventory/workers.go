@@ -8,7 +8,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/aftercommit/aftercommit/jobs"
 )
@@ -106,7 +105,7 @@ func (w *CompleteCheckoutWorker) Work(ctx context.Context, job *river.Job[Comple
 		if err != nil {
 			return err
 		}
-		return completeJob(ctx, tx, job, out)
+		return jobs.CompleteTx(ctx, tx, job, out)
 	})
 	return translate(ctx, "completing a checkout", err)
 }
@@ -174,31 +173,20 @@ func (w *ExpireCheckoutWorker) Work(ctx context.Context, job *river.Job[ExpireCh
 		var claimExpired bool
 		err := lockCheckout(ctx, tx, &c, &claimExpired, false)
 		if errors.Is(err, ErrUnknownCheckout) {
-			return completeJob(ctx, tx, job, CheckoutOutput{Result: ResultUnchanged})
+			return jobs.CompleteTx(ctx, tx, job, CheckoutOutput{Result: ResultUnchanged})
 		}
 		if err != nil {
 			return err
 		}
 		if !c.State.holdsClaim() || !claimExpired {
-			return completeJob(ctx, tx, job, CheckoutOutput{Result: ResultUnchanged, State: c.State})
+			return jobs.CompleteTx(ctx, tx, job, CheckoutOutput{Result: ResultUnchanged, State: c.State})
 		}
 		if err := tx.QueryRow(ctx, releaseClaimSQL, c.ID, StateExpired).Scan(&c.UpdatedAt); err != nil {
 			return fmt.Errorf("inventory: expiring checkout %d: %w", c.ID, err)
 		}
-		return completeJob(ctx, tx, job, CheckoutOutput{Result: ResultExpired, State: StateExpired})
+		return jobs.CompleteTx(ctx, tx, job, CheckoutOutput{Result: ResultExpired, State: StateExpired})
 	})
 	return translate(ctx, "expiring a checkout", err)
-}
-
-// completeJob records out and completes job in tx.
-func completeJob[T river.JobArgs](ctx context.Context, tx pgx.Tx, job *river.Job[T], out any) error {
-	if err := river.RecordOutput(ctx, out); err != nil {
-		return err
-	}
-	if _, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job); err != nil {
-		return fmt.Errorf("inventory: completing %s job %d: %w", job.Kind, job.ID, err)
-	}
-	return nil
 }
 
 // PruneExpiredClaimsWorker works PruneExpiredClaimsArgs.

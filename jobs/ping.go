@@ -9,7 +9,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 )
 
 // PingKind is the River kind of PingArgs. It never changes.
@@ -101,11 +100,7 @@ func (w *PingWorker) Work(ctx context.Context, job *river.Job[PingArgs]) error {
 		if tag.RowsAffected() == 0 {
 			outcome.Result = "not_needed"
 		}
-		if err := river.RecordOutput(ctx, outcome); err != nil {
-			return err
-		}
-		_, err = river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job)
-		return err
+		return CompleteTx(ctx, tx, job, outcome)
 	})
 }
 

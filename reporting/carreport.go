@@ -9,7 +9,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/aftercommit/aftercommit/jobs"
 	"github.com/aftercommit/aftercommit/outbox"
@@ -80,11 +79,7 @@ func (w *CarReportWorker) Work(ctx context.Context, job *river.Job[CarReportArgs
 		if err := injectedFailure(ctx); err != nil {
 			return err
 		}
-		if err := river.RecordOutput(ctx, out); err != nil {
-			return err
-		}
-		_, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job)
-		return err
+		return jobs.CompleteTx(ctx, tx, job, out)
 	})
 }
 

@@ -14,7 +14,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/aftercommit/aftercommit/jobs"
 	"github.com/aftercommit/aftercommit/outbox"
@@ -137,11 +136,7 @@ func (w *CreateCarUsersInBulkWorker) Work(ctx context.Context, job *river.Job[Cr
 		if err != nil {
 			return err
 		}
-		if err := river.RecordOutput(ctx, res); err != nil {
-			return err
-		}
-		_, err = river.JobCompleteTx[*riverpgxv5.Driver, pgx.Tx](ctx, tx, job)
-		return err
+		return jobs.CompleteTx(ctx, tx, job, res)
 	})
 	if errors.Is(err, ErrInvalidInput) {
 		return river.JobCancel(err)

@@ -11,8 +11,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
+	"github.com/aftercommit/aftercommit/jobs"
 	"github.com/aftercommit/aftercommit/outbox"
 )
 
@@ -39,8 +39,7 @@ func (w *sendInvoiceWorker) Work(ctx context.Context, job *river.Job[sendInvoice
 		if err != nil {
 			return err
 		}
-		_, err = river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job)
-		return err
+		return jobs.CompleteTx(ctx, tx, job, nil)
 	})
 }
 
