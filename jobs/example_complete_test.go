@@ -4,12 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/jobs"
@@ -51,23 +49,8 @@ func ExampleCompleteTx() {
 
 	workers := river.NewWorkers()
 	river.AddWorker(workers, &markWorker{pool: s.Pool})
-	client, err := river.NewClient(riverpgxv5.New(s.Pool), &river.Config{
-		Schema:            s.Name,
-		Queues:            map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 1}},
-		Workers:           workers,
-		FetchCooldown:     20 * time.Millisecond,
-		FetchPollInterval: 50 * time.Millisecond,
-		Logger:            discardLogger(),
-	})
-	if err != nil {
-		log.Fatal(err)
-	}
-	completed, cancel := client.Subscribe(river.EventKindJobCompleted)
-	defer cancel()
-	if err := client.Start(ctx); err != nil {
-		log.Fatal(err)
-	}
-	defer func() { _ = client.Stop(ctx) }()
+	client, completed, stop := startExampleClient(ctx, s, workers, 1)
+	defer stop()
 
 	var pingID int64
 	if err := s.Pool.QueryRow(ctx, `INSERT INTO pings (note) VALUES ('example') RETURNING id`).Scan(&pingID); err != nil {

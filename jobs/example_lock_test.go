@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
-	"github.com/riverqueue/river/rivertype"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/jobs"
@@ -72,24 +70,8 @@ func ExampleNewLockMiddleware() {
 		log.Fatal(err)
 	}
 
-	client, err := river.NewClient(riverpgxv5.New(s.Pool), &river.Config{
-		Schema:            s.Name,
-		Queues:            map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 10}},
-		Workers:           workers,
-		Middleware:        []rivertype.Middleware{mw},
-		FetchCooldown:     20 * time.Millisecond,
-		FetchPollInterval: 50 * time.Millisecond,
-		Logger:            discardLogger(),
-	})
-	if err != nil {
-		log.Fatal(err)
-	}
-	completed, cancel := client.Subscribe(river.EventKindJobCompleted)
-	defer cancel()
-	if err := client.Start(ctx); err != nil {
-		log.Fatal(err)
-	}
-	defer func() { _ = client.Stop(ctx) }()
+	client, completed, stop := startExampleClient(ctx, s, workers, 10, mw)
+	defer stop()
 
 	ob, err := outbox.New(s.Pool, client, nil)
 	if err != nil {

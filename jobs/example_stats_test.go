@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/jobs"
@@ -49,23 +48,8 @@ func ExampleStats() {
 
 	workers := river.NewWorkers()
 	river.AddWorker(workers, thumbnailWorker{})
-	client, err := river.NewClient(riverpgxv5.New(s.Pool), &river.Config{
-		Schema:            s.Name,
-		Queues:            map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 3}},
-		Workers:           workers,
-		FetchCooldown:     20 * time.Millisecond,
-		FetchPollInterval: 50 * time.Millisecond,
-		Logger:            discardLogger(),
-	})
-	if err != nil {
-		log.Fatal(err)
-	}
-	completed, cancel := client.Subscribe(river.EventKindJobCompleted)
-	defer cancel()
-	if err := client.Start(ctx); err != nil {
-		log.Fatal(err)
-	}
-	defer func() { _ = client.Stop(ctx) }()
+	client, completed, stop := startExampleClient(ctx, s, workers, 3)
+	defer stop()
 
 	_, err = client.InsertMany(ctx, []river.InsertManyParams{
 		{Args: thumbnailArgs{ImageID: 1}},

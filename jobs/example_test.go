@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivertype"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/jobs"
@@ -16,6 +19,32 @@ import (
 )
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// startExampleClient starts a River client of workers on s, working the
+// default queue with maxWorkers and fetching quickly, with mw, and returns
+// it with its completed-job events and its stop: the examples' setup.
+func startExampleClient(ctx context.Context, s *dbtest.Schema, workers *river.Workers, maxWorkers int, mw ...rivertype.Middleware) (*river.Client[pgx.Tx], <-chan *river.Event, func()) {
+	client, err := river.NewClient(riverpgxv5.New(s.Pool), &river.Config{
+		Schema:            s.Name,
+		Queues:            map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: maxWorkers}},
+		Workers:           workers,
+		Middleware:        mw,
+		FetchCooldown:     20 * time.Millisecond,
+		FetchPollInterval: 50 * time.Millisecond,
+		Logger:            discardLogger(),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	completed, cancel := client.Subscribe(river.EventKindJobCompleted)
+	if err := client.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+	return client, completed, func() {
+		_ = client.Stop(ctx)
+		cancel()
+	}
+}
 
 // A ping row and its job commit together; a worker marks the row and
 // completes the job in one transaction.
@@ -29,21 +58,8 @@ func ExampleAddPingWorker() {
 
 	workers := river.NewWorkers()
 	jobs.AddPingWorker(workers, s.Pool)
-	client, err := river.NewClient(riverpgxv5.New(s.Pool), &river.Config{
-		Schema:  s.Name,
-		Queues:  map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 10}},
-		Workers: workers,
-		Logger:  discardLogger(),
-	})
-	if err != nil {
-		log.Fatal(err)
-	}
-	completed, cancel := client.Subscribe(river.EventKindJobCompleted)
-	defer cancel()
-	if err := client.Start(ctx); err != nil {
-		log.Fatal(err)
-	}
-	defer func() { _ = client.Stop(ctx) }()
+	client, completed, stop := startExampleClient(ctx, s, workers, 10)
+	defer stop()
 
 	ob, err := outbox.New(s.Pool, client, nil)
 	if err != nil {
