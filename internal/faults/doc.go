@@ -5,6 +5,8 @@
 // least-privilege roles — against the real database, and check that nothing
 // is lost, nothing is done twice and nobody is let in. The worker processes
 // are the fault build of cmd/worker (go build -tags faults), whose hooks
-// the tests drive through AFTERCOMMIT_FAULT_… variables. RELIABILITY.md
-// lists every scenario, its command and the figures of the last run.
+// the tests drive through AFTERCOMMIT_FAULT_… variables. The suite is
+// behind the build tag long (go test -race -tags long ./internal/faults);
+// RELIABILITY.md lists every scenario, its command and the figures of the
+// last run.
 package faults
