@@ -132,11 +132,18 @@
 // job; its Needed check runs when it comes due, so a reminder for an invoice
 // paid in the meantime is skipped.
 //
+// # Completing in the worker's transaction
+//
+// A worker that writes to the database ends its transaction with
+// CompleteTx(ctx, tx, job, output): the output and the job's completion
+// (river.JobCompleteTx) commit with its writes, so a worker that dies
+// before the COMMIT leaves the job to run again with none of them.
+//
 // # Ping
 //
 // Insert a pings row and enqueue PingArgs{PingID: id} in the same outbox
 // transaction; the PingWorker (RegisterPing) sets pinged_at and adds one to
-// ping_count in the transaction that completes the job (river.JobCompleteTx),
+// ping_count in the transaction that completes the job (CompleteTx),
 // so a retry or a second delivery never counts twice. PingID 0 is a no-op
 // ping used to measure the queue alone.
 package jobs
