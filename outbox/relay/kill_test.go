@@ -72,7 +72,9 @@ func TestKillHelperProcess(t *testing.T) {
 		Middleware: []rivertype.Middleware{&killAfterInsert{batch: batch}},
 	})
 	require.NoError(t, err)
-	rl, err := relay.New(pool, client, &relay.Config{Schema: os.Getenv(killEnvSchema), BatchSize: killBatchSize, Logger: discard})
+	// One mover: the batches commit one after another, so the killed one
+	// is exactly the third (TestMovers covers several at once).
+	rl, err := relay.New(pool, client, &relay.Config{Schema: os.Getenv(killEnvSchema), BatchSize: killBatchSize, Movers: 1, Logger: discard})
 	require.NoError(t, err)
 	res, err := rl.Drain(ctx)
 	t.Fatalf("the relay was not killed: Drain returned %+v, %v", res, err)

@@ -104,8 +104,9 @@ type Config struct {
 	// connection of the pool, so one batch's take overlaps another's
 	// insert, and ends at the first batch that is not full. Movers never
 	// wait for each other's rows (SKIP LOCKED). Rows of one batch reach
-	// river_job oldest first; with more than one mover two batches may
-	// commit out of their rows' order.
+	// river_job oldest first; with more than one mover, movers taking at
+	// once may interleave their rows, and two batches may commit out of
+	// their rows' order.
 	//
 	// Defaults to MoversDefault. 1: one batch at a time.
 	Movers int
