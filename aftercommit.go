@@ -12,7 +12,7 @@
 //	reg := jobs.NewRegistry()
 //	jobs.AddWorker(reg, river.QueueDefault, &SendInvoiceWorker{pool: pool}) // the app's own kinds
 //	aftercommit.Register(reg, pool, nil)                                   // every kind of aftercommit
-//	client, err := jobs.NewClient(pool, reg, nil)                          // checks reg.Err()
+//	client, err := jobs.NewClient(pool, reg, nil)                          // insert-only; checks reg.Err()
 //	ob, err := jobs.NewOutbox(pool, client, reg, nil)
 //
 // examples/embed is a complete, tested application built this way: its own

@@ -197,7 +197,7 @@ func (s *Service) RecountUser(ctx context.Context, userID int64) error {
 // enqueueIfExists enqueues args when existsSQL finds row id, else returns
 // unknown.
 func (s *Service) enqueueIfExists(ctx context.Context, existsSQL string, id int64, unknown error, args river.JobArgs) error {
-	return s.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := s.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		var exists bool
 		if err := tx.QueryRow(ctx, existsSQL, id).Scan(&exists); err != nil {
 			return fmt.Errorf("donations: enqueueing %s: %w", args.Kind(), err)
@@ -207,6 +207,7 @@ func (s *Service) enqueueIfExists(ctx context.Context, existsSQL string, id int6
 		}
 		return tx.Enqueue(args, nil)
 	})
+	return err
 }
 
 // RecountAllFundraisers enqueues a recount of every fundraiser, a page of
@@ -236,7 +237,7 @@ func enqueueForEach(ctx context.Context, s *Service, pageSQL string, mk func(id 
 	total := 0
 	for last := int64(0); ; {
 		var ids []int64
-		err := s.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := s.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			rows, err := tx.Query(ctx, pageSQL, last, recountPage)
 			if err != nil {
 				return err

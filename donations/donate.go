@@ -212,7 +212,7 @@ func (s *Service) Donate(ctx context.Context, in DonateInput) (Donation, error) 
 		d.Status = StatusSucceeded
 	}
 
-	err = s.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = s.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		var userID *int64
 		err := tx.QueryRow(ctx, donateInsertSQL,
 			in.FundraiserID, in.DonorEmail, in.DonorName, in.EmailID,

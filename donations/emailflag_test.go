@@ -275,9 +275,10 @@ func TestUpdateEmailDonation(t *testing.T) {
 		require.NoError(t, err)
 
 		for _, id := range []int64{424242, failed.ID} {
-			require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 				return tx.Enqueue(donations.UpdateEmailDonationArgs{DonationID: id}, nil)
-			}))
+			})
+			require.NoError(t, err)
 			ev := b.waitFlagJob(t)
 			require.Equal(t, river.EventKindJobCompleted, ev.Kind)
 			var out jobs.SkippedOutput

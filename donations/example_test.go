@@ -29,6 +29,7 @@ func ExampleService_Donate() {
 	reg := jobs.NewRegistry()
 	donations.Register(reg, s.Pool)
 	client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{
+		Queues: []string{jobs.AllQueues},
 		Schema: s.Name,
 		Logger: slog.New(slog.DiscardHandler),
 		River:  &river.Config{FetchCooldown: 10 * time.Millisecond, FetchPollInterval: 50 * time.Millisecond},

@@ -90,7 +90,7 @@ func (s *Service) TrackClick(ctx context.Context, emailID int64) error {
 }
 
 func (s *Service) trackOne(ctx context.Context, sql string, emailID int64) error {
-	return s.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := s.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		if _, err := tx.Exec(ctx, sql, emailID); err != nil {
 			if isUnknownEmail(err) {
 				return fmt.Errorf("%w: %d", ErrUnknownEmail, emailID)
@@ -99,6 +99,7 @@ func (s *Service) trackOne(ctx context.Context, sql string, emailID int64) error
 		}
 		return tx.Enqueue(FoldEmailCountersArgs{EmailID: emailID}, nil)
 	})
+	return err
 }
 
 // TrackOpens records one open per element of emailIDs (an ID may repeat)
@@ -148,7 +149,7 @@ func (s *Service) TrackBatch(ctx context.Context, opens, clicks []int64) error {
 	for i, id := range ids {
 		openCol[i], clickCol[i] = byEmail[id].opens, byEmail[id].clicks
 	}
-	return s.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := s.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		if _, err := tx.Exec(ctx, insertDeltasSQL, ids, openCol, clickCol); err != nil {
 			if isUnknownEmail(err) {
 				return fmt.Errorf("%w: %s", ErrUnknownEmail, unknownEmailDetail(err))
@@ -162,6 +163,7 @@ func (s *Service) TrackBatch(ctx context.Context, opens, clicks []int64) error {
 		}
 		return nil
 	})
+	return err
 }
 
 // RefoldPending enqueues a fold for every email that has pending deltas and

@@ -59,9 +59,10 @@ func (w *naiveOpenWorker) Work(ctx context.Context, job *river.Job[naiveOpenArgs
 func BenchmarkTrackOpen(b *testing.B) {
 	b.Run("naive", func(b *testing.B) {
 		benchTracking(b, "bench.naive_open", 1, func(ctx context.Context, _ *donations.Service, ob *outbox.Outbox, ids []int64) error {
-			return ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			_, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 				return tx.Enqueue(naiveOpenArgs{EmailID: ids[0]}, nil)
 			})
+			return err
 		})
 	})
 	b.Run("coalesced", func(b *testing.B) {
@@ -90,7 +91,7 @@ func benchTracking(b *testing.B, kind string, batch int, track func(ctx context.
 	reg := jobs.NewRegistry()
 	donations.Register(reg, s.Pool)
 	jobs.AddWorker(reg, donations.QueueCounters, &naiveOpenWorker{pool: s.Pool})
-	client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{Schema: s.Name, Logger: slog.New(slog.DiscardHandler)})
+	client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{Queues: []string{jobs.AllQueues}, Schema: s.Name, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -55,9 +55,9 @@ type counterOpts struct {
 // settings; it is started unless opts.insertOnly.
 func newCounterClient(ctx context.Context, t *testing.T, pool *pgxpool.Pool, reg *jobs.Registry, schema string, opts counterOpts, inject *jobstest.FailureInjector) *river.Client[pgx.Tx] {
 	t.Helper()
-	var queues []string
+	queues := []string{jobs.AllQueues}
 	if opts.insertOnly {
-		queues = []string{}
+		queues = nil
 	}
 	client, err := jobs.NewClient(pool, reg, &jobs.ClientConfig{
 		Queues: queues,

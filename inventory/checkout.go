@@ -311,7 +311,7 @@ func (s *Service) PaymentAuthorized(ctx context.Context, checkoutID int64) (Chec
 // inTx runs fn in an outbox transaction that begins with the domain's
 // lock and statement timeouts.
 func (s *Service) inTx(ctx context.Context, fn func(ctx context.Context, tx *outbox.Tx) error) error {
-	_, err := s.ob.InTxOptions(ctx, s.cfg.txOptions(), fn)
+	_, err := s.ob.InTx(ctx, &outbox.InTxOpts{TxOptions: s.cfg.txOptions()}, fn)
 	return err
 }
 

@@ -117,6 +117,7 @@ func setupArgsMiddleware(ctx context.Context, t *testing.T) *amBundle {
 	require.NoError(t, b.reg.Err())
 
 	client, err := jobs.NewClient(s.Pool, b.reg, &jobs.ClientConfig{
+		Queues:  []string{jobs.AllQueues},
 		Schema:  s.Name,
 		Logger:  slog.New(slog.NewJSONHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Metrics: b.metrics,

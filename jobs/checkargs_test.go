@@ -587,6 +587,7 @@ func TestCheckQueuedArgsPredictsWhatTheWorkerDoes(t *testing.T) {
 	require.Equal(t, before, problemsOf(r))
 
 	client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{
+		Queues: []string{jobs.AllQueues},
 		Schema: s.Name,
 		Logger: discardLogger(),
 		River:  &river.Config{FetchCooldown: 20 * time.Millisecond, FetchPollInterval: 50 * time.Millisecond},

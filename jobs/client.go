@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -13,18 +14,20 @@ import (
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/rivertype"
 
+	"github.com/aftercommit/aftercommit/internal/outboxseam"
 	"github.com/aftercommit/aftercommit/outbox"
 )
 
 // ClientConfig tunes the River client NewClient builds. A nil *ClientConfig
 // takes every default.
 type ClientConfig struct {
-	// Queues lists the queues this process works. Every kind and every
-	// periodic job is registered regardless, because River's rescuer and
-	// periodic enqueuer run on whichever process is leader.
+	// Queues lists the queues this process works; []string{AllQueues}
+	// works every declared queue plus River's default queue. Every kind and
+	// every periodic job is registered regardless, because River's rescuer
+	// and periodic enqueuer run on whichever process is leader.
 	//
-	// Defaults to nil: every declared queue plus River's default queue. An
-	// empty non-nil slice makes an insert-only client that works nothing.
+	// Defaults to nil, as in River: an insert-only client that works
+	// nothing (and cannot Start). Nil and empty are the same.
 	Queues []string
 
 	// MaxWorkers, when above zero, replaces the MaxWorkers of every selected
@@ -57,6 +60,11 @@ type ClientConfig struct {
 	// Logger are set by NewClient; Middleware is appended to.
 	River *river.Config
 }
+
+// AllQueues, alone in ClientConfig.Queues, selects every queue the registry
+// declares plus River's default queue. It is not a valid queue name, so it
+// cannot clash with one.
+const AllQueues = "*"
 
 // The fetch settings NewClient ships with, where ClientConfig.River leaves
 // them zero. River's own defaults (100 ms cooldown, 1 s poll) put about
@@ -134,8 +142,15 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 		&outboxCreatedAtMiddleware{},
 		NewNeededMiddleware(reg.neededFunc),
 	}, rc.Middleware...)
-	if cfg.Queues == nil || len(cfg.Queues) > 0 {
-		queues, err := reg.selectQueues(cfg.Queues)
+	if len(cfg.Queues) > 0 {
+		names := cfg.Queues
+		if slices.Contains(names, AllQueues) {
+			if len(names) > 1 {
+				return nil, fmt.Errorf("%w: ClientConfig.Queues: AllQueues must stand alone, got %q", ErrRegistry, names)
+			}
+			names = nil // selectQueues: every declared queue
+		}
+		queues, err := reg.selectQueues(names)
 		if err != nil {
 			return nil, err
 		}
@@ -145,8 +160,8 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 			}
 		}
 		rc.Queues = queues
-	} else {
-		rc.Queues = nil
+	} else if cfg.MaxWorkers > 0 {
+		return nil, fmt.Errorf("%w: ClientConfig.MaxWorkers is set but Queues is empty (an insert-only client); use []string{jobs.AllQueues} to work every queue", ErrRegistry)
 	}
 
 	client, err := river.NewClient(riverpgxv5.New(pool), &rc)
@@ -160,10 +175,9 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 // reg, may only go to reg's queues, and are de-duplicated inside a
 // transaction by their queue-lock key when their kind has one; events may
 // only be published on reg's topics, and reg's subscriptions turn them into
-// jobs in the same commit. cfg may be nil; its Queues, Topics, Subscribers,
-// KindDefaults and DedupeKey are replaced. client must be
-// built by NewClient from the same reg (it carries the queue-lock insert
-// middleware).
+// jobs in the same commit. cfg may be nil; its Queues and Topics, when set,
+// restrict further. client must be built by NewClient from the same reg (it
+// carries the queue-lock insert middleware).
 func NewOutbox(pool *pgxpool.Pool, client *river.Client[pgx.Tx], reg *Registry, cfg *outbox.Config) (*outbox.Outbox, error) {
 	if reg == nil {
 		return nil, errors.New("jobs: nil registry")
@@ -172,10 +186,12 @@ func NewOutbox(pool *pgxpool.Pool, client *river.Client[pgx.Tx], reg *Registry, 
 	if cfg != nil {
 		c = *cfg
 	}
-	c.Queues = reg.QueueNames()
-	c.Topics = reg.TopicNames()
-	c.Subscribers = reg.subscribers
-	c.KindDefaults = reg.KindDefaults
-	c.DedupeKey = reg.queueLockKey
+	outboxseam.Attach(&c, &outboxseam.Registry{
+		Queues:       reg.QueueNames(),
+		Topics:       reg.TopicNames(),
+		Subscribers:  reg.subscribers,
+		KindDefaults: reg.KindDefaults,
+		DedupeKey:    reg.queueLockKey,
+	})
 	return outbox.New(pool, client, &c)
 }

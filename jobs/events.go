@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 
+	"github.com/aftercommit/aftercommit/internal/outboxseam"
 	"github.com/aftercommit/aftercommit/outbox"
 )
 
@@ -17,7 +18,7 @@ import (
 type subscription struct {
 	topic string
 	kind  string
-	sub   outbox.Subscriber
+	sub   outboxseam.Subscriber
 }
 
 // AddTopic declares that domain publishes events on topic (for example
@@ -48,8 +49,8 @@ func Subscribe[T river.JobArgs](r *Registry, topic string, fn func(ev outbox.Eve
 	r.subscriptions = append(r.subscriptions, subscription{
 		topic: topic,
 		kind:  zero.Kind(),
-		sub: func(ev outbox.Event) (river.JobArgs, *river.InsertOpts, error) {
-			args, ok, err := fn(ev)
+		sub: func(topic string, payload []byte) (river.JobArgs, *river.InsertOpts, error) {
+			args, ok, err := fn(outbox.Event{Topic: topic, Payload: payload})
 			if err != nil || !ok {
 				return nil, nil, err
 			}
@@ -73,9 +74,9 @@ func (r *Registry) checkSubscriptions() []error {
 	return errs
 }
 
-// subscribers returns the subscribers of topic, for outbox.Config.
-func (r *Registry) subscribers(topic string) []outbox.Subscriber {
-	var out []outbox.Subscriber
+// subscribers returns the subscribers of topic, for NewOutbox.
+func (r *Registry) subscribers(topic string) []outboxseam.Subscriber {
+	var out []outboxseam.Subscriber
 	for _, s := range r.subscriptions {
 		if s.topic == topic {
 			out = append(out, s.sub)

@@ -86,7 +86,7 @@ func ExampleNewLockMiddleware() {
 		log.Fatal(err)
 	}
 	defer func() { _ = rl.Stop(ctx) }()
-	err = ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		for id := int64(1); id <= 3; id++ {
 			if err := tx.Enqueue(chargeArgs{InvoiceID: id}, nil); err != nil {
 				return err

@@ -41,6 +41,7 @@ func ExampleMetrics() {
 	queue := reg.AddQueue("example", "default", 0, nil)
 	jobs.AddWorker(reg, queue, river.WorkFunc(func(context.Context, *river.Job[greetArgs]) error { return nil }))
 	client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{
+		Queues: []string{jobs.AllQueues},
 		Schema: s.Name,
 		Logger: discardLogger(),
 		River:  &river.Config{Plugins: []rivertype.Plugin{metrics.Plugin()}},
@@ -68,7 +69,7 @@ func ExampleMetrics() {
 		log.Fatal(err)
 	}
 	defer func() { _ = rl.Stop(ctx) }()
-	err = ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		for _, name := range []string{"ada", "ada", "grace"} {
 			if err := tx.Enqueue(greetArgs{Name: name}, nil); err != nil {
 				return err

@@ -75,7 +75,7 @@ func ExampleAddPingWorker() {
 	}
 	defer func() { _ = rl.Stop(ctx) }()
 	var pingID int64
-	err = ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		if err := tx.QueryRow(ctx, `INSERT INTO pings (note) VALUES ('hello') RETURNING id`).Scan(&pingID); err != nil {
 			return err
 		}

@@ -65,6 +65,7 @@ func TestRegistryInstallsTheWorkerLock(t *testing.T) {
 		q := reg.AddQueue("billing", "charges", 0, nil)
 		jobs.AddWorker(reg, q, w)
 		client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{
+			Queues: []string{jobs.AllQueues},
 			Schema: s.Name, Logger: discardLogger(),
 			Lock:  &jobs.LockConfig{SnoozeBase: 20 * time.Millisecond},
 			River: &river.Config{FetchCooldown: 10 * time.Millisecond, FetchPollInterval: 20 * time.Millisecond},
@@ -78,14 +79,15 @@ func TestRegistryInstallsTheWorkerLock(t *testing.T) {
 		}
 	}
 
-	require.NoError(t, ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		for i := range 12 {
 			if err := tx.Enqueue(payerChargeArgs{PayerID: 1, Seq: i}, nil); err != nil {
 				return err
 			}
 		}
 		return nil
-	}))
+	})
+	require.NoError(t, err)
 	// Completed rows, not done bodies: the lease is released after the body
 	// returns and before River records the completion.
 	require.Eventually(t, func() bool {

@@ -282,14 +282,15 @@ func secondPool(ctx context.Context, t *testing.T, s *dbtest.Schema) *pgxpool.Po
 // enqueue commits all args in one transaction.
 func (b *lockBundle) enqueue(ctx context.Context, t *testing.T, args ...river.JobArgs) {
 	t.Helper()
-	require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		for _, a := range args {
 			if err := tx.Enqueue(a, nil); err != nil {
 				return err
 			}
 		}
 		return nil
-	}))
+	})
+	require.NoError(t, err)
 }
 
 // waitUntil polls cond every 10 ms until it holds, failing t after timeout.

@@ -199,6 +199,7 @@ func TestMetricsQuantilesAgreeWithJobKindStats(t *testing.T) {
 	jobs.AddWorker(reg, q, &sleepWorker[sleepArgs]{sleepUS: func(a sleepArgs) int64 { return a.SleepUS }})
 	jobs.AddWorker(reg, q, &sleepWorker[sleepTailArgs]{sleepUS: func(a sleepTailArgs) int64 { return a.SleepUS }})
 	client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{
+		Queues:  []string{jobs.AllQueues},
 		Schema:  s.Name,
 		Logger:  discardLogger(),
 		Metrics: metrics,

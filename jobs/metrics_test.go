@@ -290,7 +290,7 @@ func TestMetricsJobOutcomes(t *testing.T) {
 	b := setupMetrics(ctx, t, false)
 
 	const lateBy = 2 * time.Second
-	require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		for _, args := range []river.JobArgs{
 			metricsCompleteArgs{}, metricsRetryArgs{}, metricsSnoozeArgs{}, metricsCancelArgs{},
 			metricsDiscardArgs{}, metricsSkipArgs{},
@@ -299,7 +299,8 @@ func TestMetricsJobOutcomes(t *testing.T) {
 		}
 		// Due 2 s ago: it waited at least that long after it was due.
 		return tx.Enqueue(metricsLateArgs{}, &river.InsertOpts{ScheduledAt: time.Now().Add(-lateBy)})
-	}))
+	})
+	require.NoError(t, err)
 	final := b.waitFinal(t, 7)
 
 	// The needed-check recorded its verdict on the job; Metrics agrees.
@@ -363,9 +364,10 @@ func TestMetricsRemoteCancelAndStop(t *testing.T) {
 	b := setupMetrics(ctx, t, false)
 
 	enqueueBlock := func(n int) {
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			return tx.Enqueue(metricsBlockArgs{N: n}, nil)
-		}))
+		})
+		require.NoError(t, err)
 	}
 	waitStarted := func() int64 {
 		select {
@@ -408,7 +410,7 @@ func TestMetricsOutboxFlushes(t *testing.T) {
 	b := setupMetrics(ctx, t, true)
 
 	// 10 enqueues over 3 keys: 7 duplicates dropped, 3 rows.
-	res, err := b.ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	res, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		for i := range 10 {
 			require.NoError(t, tx.Enqueue(metricsFlushArgs{Key: i % 3}, nil))
 		}
@@ -420,16 +422,19 @@ func TestMetricsOutboxFlushes(t *testing.T) {
 	// A unique job, then the same one again: River matches it to the row
 	// the first transaction wrote.
 	for range 2 {
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			return tx.Enqueue(metricsUniqueArgs{ID: 1}, nil)
-		}))
+		})
+		require.NoError(t, err)
 	}
 	// No jobs, or rolled back: no flush.
-	require.NoError(t, b.ob.InTx(ctx, func(context.Context, *outbox.Tx) error { return nil }))
-	require.Error(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = b.ob.InTx(ctx, nil, func(context.Context, *outbox.Tx) error { return nil })
+	require.NoError(t, err)
+	_, err = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		require.NoError(t, tx.Enqueue(metricsFlushArgs{Key: 9}, nil))
 		return errors.New("roll back")
-	}))
+	})
+	require.Error(t, err)
 
 	require.Equal(t, map[string]float64{
 		"aftercommit_outbox_flushes_total":             3,

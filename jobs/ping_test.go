@@ -74,10 +74,11 @@ func TestPingWorker(t *testing.T) {
 		b := setup(ctx, t)
 
 		var id int64
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			require.NoError(t, tx.QueryRow(ctx, `INSERT INTO pings (note) VALUES ('p') RETURNING id`).Scan(&id))
 			return tx.Enqueue(jobs.PingArgs{PingID: id}, nil)
-		}))
+		})
+		require.NoError(t, err)
 
 		ev := b.waitEvent(t)
 		require.Equal(t, river.EventKindJobCompleted, ev.Kind)
@@ -97,9 +98,10 @@ func TestPingWorker(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t)
 
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			return tx.Enqueue(jobs.PingArgs{PingID: 424242}, nil)
-		}))
+		})
+		require.NoError(t, err)
 		ev := b.waitEvent(t)
 		require.Equal(t, river.EventKindJobCompleted, ev.Kind)
 		require.Equal(t, jobs.PingOutcome{Result: "not_needed"}, output(t, ev.Job))
@@ -109,11 +111,12 @@ func TestPingWorker(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t)
 
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			_, err := tx.Exec(ctx, `INSERT INTO pings (note) VALUES ('untouched')`)
 			require.NoError(t, err)
 			return tx.Enqueue(jobs.PingArgs{}, nil)
-		}))
+		})
+		require.NoError(t, err)
 		ev := b.waitEvent(t)
 		require.Equal(t, river.EventKindJobCompleted, ev.Kind)
 		require.Equal(t, jobs.PingOutcome{Result: "noop"}, output(t, ev.Job))
@@ -126,9 +129,10 @@ func TestPingWorker(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t)
 
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			return tx.Enqueue(jobs.PingArgs{SleepMS: int(jobs.PingMaxSleep/time.Millisecond) + 1}, nil)
-		}))
+		})
+		require.NoError(t, err)
 		ev := b.waitEvent(t)
 		require.Equal(t, river.EventKindJobCancelled, ev.Kind)
 		require.Len(t, ev.Job.Errors, 1)

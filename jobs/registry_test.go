@@ -140,7 +140,7 @@ type registryBundle struct {
 }
 
 // setupRegistry builds a registry with a billing domain and starts a client
-// working the given queues (nil: all).
+// working the given queues.
 func setupRegistry(ctx context.Context, t *testing.T, queues []string) *registryBundle {
 	t.Helper()
 	s := dbtest.TestSchema(ctx, t, nil)
@@ -200,12 +200,13 @@ func TestRegistryClientAndOutbox(t *testing.T) {
 		t.Parallel()
 		b := setupRegistry(ctx, t, []string{}) // insert-only: nothing runs
 
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			require.NoError(t, tx.Enqueue(invoiceArgs{InvoiceID: 1}, nil))
 			require.NoError(t, tx.Enqueue(otherArgs{}, nil))
 			// Explicit options still win.
 			return tx.Enqueue(invoiceArgs{InvoiceID: 2}, &river.InsertOpts{Queue: "billing_slow", Priority: 3})
-		}))
+		})
+		require.NoError(t, err)
 		type row struct {
 			Kind     string
 			Queue    string
@@ -221,7 +222,7 @@ func TestRegistryClientAndOutbox(t *testing.T) {
 			{"test.invoice", "billing_slow", 3},
 		}, got)
 
-		err = b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			return tx.Enqueue(invoiceArgs{}, &river.InsertOpts{Queue: "billing_typo"})
 		})
 		require.ErrorIs(t, err, outbox.ErrUnknownQueue)
@@ -231,10 +232,11 @@ func TestRegistryClientAndOutbox(t *testing.T) {
 		t.Parallel()
 		b := setupRegistry(ctx, t, []string{"billing_fast"})
 
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			require.NoError(t, tx.Enqueue(otherArgs{}, nil)) // billing_slow: not worked here
 			return tx.Enqueue(invoiceArgs{InvoiceID: b.pending(ctx, t, tx)}, nil)
-		}))
+		})
+		require.NoError(t, err)
 		job := b.waitCompleted(t)
 		require.Equal(t, "test.invoice", job.Kind)
 		var state string
@@ -244,13 +246,14 @@ func TestRegistryClientAndOutbox(t *testing.T) {
 
 	t.Run("NotNeededJobCompletesWithoutWorkAndIsRecorded", func(t *testing.T) {
 		t.Parallel()
-		b := setupRegistry(ctx, t, nil)
+		b := setupRegistry(ctx, t, []string{jobs.AllQueues})
 
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			var done int64
 			require.NoError(t, tx.QueryRow(ctx, `INSERT INTO pings (note) VALUES ('paid') RETURNING id`).Scan(&done))
 			return tx.Enqueue(invoiceArgs{InvoiceID: done}, nil)
-		}))
+		})
+		require.NoError(t, err)
 		job := b.waitCompleted(t)
 		var out jobs.SkippedOutput
 		require.NoError(t, json.Unmarshal(job.Output(), &out))
@@ -261,15 +264,16 @@ func TestRegistryClientAndOutbox(t *testing.T) {
 
 	t.Run("ScheduledDayAheadIsSkippedWhenTheSourceChanged", func(t *testing.T) {
 		t.Parallel()
-		b := setupRegistry(ctx, t, nil)
+		b := setupRegistry(ctx, t, []string{jobs.AllQueues})
 
 		var stillPending, paid int64
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			stillPending = b.pending(ctx, t, tx)
 			paid = b.pending(ctx, t, tx)
 			require.NoError(t, tx.Enqueue(invoiceArgs{InvoiceID: stillPending, Reason: "reminder"}, jobs.In(24*time.Hour)))
 			return tx.Enqueue(invoiceArgs{InvoiceID: paid, Reason: "reminder"}, jobs.At(time.Now().Add(24*time.Hour)))
-		}))
+		})
+		require.NoError(t, err)
 		var scheduled int
 		require.NoError(t, b.schema.Pool.QueryRow(ctx, `
 			SELECT count(*) FROM river_job
@@ -277,7 +281,7 @@ func TestRegistryClientAndOutbox(t *testing.T) {
 		require.Equal(t, 2, scheduled)
 
 		// The invoice is paid meanwhile; then a day passes.
-		_, err := b.schema.Pool.Exec(ctx, `UPDATE pings SET note = 'paid' WHERE id = $1`, paid)
+		_, err = b.schema.Pool.Exec(ctx, `UPDATE pings SET note = 'paid' WHERE id = $1`, paid)
 		require.NoError(t, err)
 		_, err = b.schema.Pool.Exec(ctx, `UPDATE river_job SET scheduled_at = now() - interval '1 second'`)
 		require.NoError(t, err)
@@ -295,7 +299,7 @@ func TestRegistryClientAndOutbox(t *testing.T) {
 
 	t.Run("JobQueuedWithAnOlderArgsShapeRunsWithTheDefault", func(t *testing.T) {
 		t.Parallel()
-		b := setupRegistry(ctx, t, nil)
+		b := setupRegistry(ctx, t, []string{jobs.AllQueues})
 
 		var id int64
 		require.NoError(t, b.schema.Pool.QueryRow(ctx, `INSERT INTO pings (note) VALUES ('pending') RETURNING id`).Scan(&id))
@@ -313,7 +317,7 @@ func TestRegistryClientAndOutbox(t *testing.T) {
 		s := dbtest.TestSchema(ctx, t, nil)
 		reg := jobs.NewRegistry()
 		jobs.AddWorker(reg, river.QueueDefault, &brokenNeededWorker{})
-		client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{Schema: s.Name, Logger: discardLogger()})
+		client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{Queues: []string{jobs.AllQueues}, Schema: s.Name, Logger: discardLogger()})
 		require.NoError(t, err)
 		events, cancel := client.Subscribe(river.EventKindJobFailed)
 		defer cancel()
@@ -322,9 +326,10 @@ func TestRegistryClientAndOutbox(t *testing.T) {
 		ob, err := jobs.NewOutbox(s.Pool, client, reg, directInsert)
 		require.NoError(t, err)
 
-		require.NoError(t, ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			return tx.Enqueue(brokenArgs{}, nil)
-		}))
+		})
+		require.NoError(t, err)
 		select {
 		case ev := <-events:
 			// River makes a job whose retry is due within seconds available at once.

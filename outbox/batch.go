@@ -247,12 +247,26 @@ func (b *Batch) take() ([]pendingJob, []pendingEvent, int, error) {
 	return jobs, events, dups, nil
 }
 
-// Enqueue validates, de-duplicates and inserts jobs with default options in
-// tx, a transaction the caller owns and commits, in one round trip.
-func (o *Outbox) Enqueue(ctx context.Context, tx pgx.Tx, args ...river.JobArgs) (FlushResult, error) {
+// Enqueue validates and inserts one job in tx (any pgx.Tx, not only an
+// InTx one), with the same options and checks as Tx.Enqueue, in one round
+// trip. opts may be nil. It is River's InsertTx for the outbox: the job is
+// written where InTx would write it (the outbox table, or River's table
+// with Config.DirectInsert).
+func (o *Outbox) Enqueue(ctx context.Context, tx pgx.Tx, args river.JobArgs, opts *river.InsertOpts) (FlushResult, error) {
 	b := o.NewBatch()
-	for _, a := range args {
-		if err := b.Add(a, nil); err != nil {
+	if err := b.Add(args, opts); err != nil {
+		return FlushResult{}, err
+	}
+	return b.Flush(ctx, tx)
+}
+
+// EnqueueMany validates, de-duplicates and inserts jobs in tx in one round
+// trip, as Enqueue does one. It is River's InsertManyTx for the outbox. No
+// job is written when any of them is refused.
+func (o *Outbox) EnqueueMany(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams) (FlushResult, error) {
+	b := o.NewBatch()
+	for _, p := range params {
+		if err := b.Add(p.Args, p.InsertOpts); err != nil {
 			return FlushResult{}, err
 		}
 	}
@@ -304,8 +318,8 @@ func (o *Outbox) check(args river.JobArgs, opts *river.InsertOpts) (dedupeKind, 
 			queue = q
 		}
 	}
-	if o.cfg.KindDefaults != nil {
-		if q, _, ok := o.cfg.KindDefaults(kind); ok && q != "" {
+	if o.kindDefaults != nil {
+		if q, _, ok := o.kindDefaults(kind); ok && q != "" {
 			queue = q
 		}
 	}
@@ -315,19 +329,17 @@ func (o *Outbox) check(args river.JobArgs, opts *river.InsertOpts) (dedupeKind, 
 	if !ValidQueueName(queue) {
 		return dedupeKind{}, fmt.Errorf("%w: %q (kind %q): use lower-case letters and digits separated by _ or -, at most 64 characters", ErrInvalidQueue, queue, kind)
 	}
-	if o.queues != nil {
-		if _, ok := o.queues[queue]; !ok {
-			return dedupeKind{}, fmt.Errorf("%w: %q (kind %q) is not one of the configured queues", ErrUnknownQueue, queue, kind)
-		}
+	if !allowed(queue, o.queues, o.regQueues) {
+		return dedupeKind{}, fmt.Errorf("%w: %q (kind %q) is not one of the configured queues", ErrUnknownQueue, queue, kind)
 	}
 	return dedupeKind{kind: kind}, nil
 }
 
-// customKey is the de-duplication key chosen by Config.DedupeKey or by the
+// customKey is the de-duplication key chosen by the registry or by the
 // args' own DedupeKey method, if any.
 func (o *Outbox) customKey(args river.JobArgs) (string, bool) {
-	if o.cfg.DedupeKey != nil {
-		if key, ok := o.cfg.DedupeKey(args); ok {
+	if o.dedupeKey != nil {
+		if key, ok := o.dedupeKey(args); ok {
 			return key, true
 		}
 	}
@@ -338,13 +350,13 @@ func (o *Outbox) customKey(args river.JobArgs) (string, bool) {
 }
 
 // rowOpts are the options an outbox row records for args: the caller's.
-// Without Config.KindDefaults (no registry) the relay may not know the
+// Without a registry's kind defaults the relay may not know the
 // args' Go type either, so the type's own InsertOpts() are recorded too,
 // under the caller's; with a registry the relay decodes the args and River
 // applies them itself, below the kind's defaults, as on the direct path.
 func (o *Outbox) rowOpts(args river.JobArgs, opts *river.InsertOpts) *river.InsertOpts {
 	withOpts, ok := args.(river.JobArgsWithInsertOpts)
-	if o.cfg.KindDefaults != nil || !ok {
+	if o.kindDefaults != nil || !ok {
 		return opts
 	}
 	merged := withOpts.InsertOpts()
@@ -380,12 +392,12 @@ func (o *Outbox) rowOpts(args river.JobArgs, opts *river.InsertOpts) *river.Inse
 }
 
 // withKindDefaults fills the queue and priority opts leave unset from
-// Config.KindDefaults. opts is not modified; a copy is returned.
+// the registry's kind defaults. opts is not modified; a copy is returned.
 func (o *Outbox) withKindDefaults(kind string, opts *river.InsertOpts) *river.InsertOpts {
-	if o.cfg.KindDefaults == nil {
+	if o.kindDefaults == nil {
 		return opts
 	}
-	queue, priority, ok := o.cfg.KindDefaults(kind)
+	queue, priority, ok := o.kindDefaults(kind)
 	if !ok || (opts != nil && (opts.Queue != "" || queue == "") && (opts.Priority != 0 || priority == 0)) {
 		return opts
 	}

@@ -89,13 +89,14 @@ func runConcurrent(b *testing.B, conc int, op func() error) {
 // job, through ob.
 func pingJobTx(ctx context.Context, ob *outbox.Outbox) func() error {
 	return func() error {
-		return ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			var id int64
 			if err := tx.QueryRow(ctx, benchInsertPing).Scan(&id); err != nil {
 				return err
 			}
 			return tx.Enqueue(jobs.PingArgs{PingID: id}, nil)
 		})
+		return err
 	}
 }
 
@@ -120,10 +121,11 @@ func BenchmarkTxOneJob(b *testing.B) {
 			})
 		}},
 		{"outbox_no_job", func() error {
-			return bb.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			_, err := bb.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 				var id int64
 				return tx.QueryRow(ctx, benchInsertPing).Scan(&id)
 			})
+			return err
 		}},
 		{"outbox_job", pingJobTx(ctx, bb.ob)},
 		{"outbox_job_direct", pingJobTx(ctx, bb.direct)},
@@ -209,7 +211,7 @@ func BenchmarkTxBulk(b *testing.B) {
 		})
 		b.Run(w.name+"/rows_and_jobs", func(b *testing.B) {
 			runConcurrent(b, 1, func() error {
-				return bb.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+				_, err := bb.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 					ids, err := w.fn(ctx, tx)
 					if err != nil {
 						return err
@@ -221,6 +223,7 @@ func BenchmarkTxBulk(b *testing.B) {
 					}
 					return nil
 				})
+				return err
 			})
 		})
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/outboxseam"
 	"github.com/aftercommit/aftercommit/internal/testtrace"
 	"github.com/aftercommit/aftercommit/outbox"
 	"github.com/aftercommit/aftercommit/outbox/relay"
@@ -155,3 +156,10 @@ func canonical(t testing.TB, v any) string {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// withRegistry attaches reg to cfg as jobs.NewOutbox attaches its registry,
+// and returns cfg.
+func withRegistry(cfg *outbox.Config, reg *outboxseam.Registry) *outbox.Config {
+	outboxseam.Attach(cfg, reg)
+	return cfg
+}

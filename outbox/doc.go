@@ -8,7 +8,7 @@
 // Outbox.InTx runs a function in a transaction and hands it a *Tx, which is a
 // pgx.Tx for the caller's own SQL plus Enqueue for jobs:
 //
-//	err := ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+//	_, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 //		var id int64
 //		if err := tx.QueryRow(ctx, `INSERT INTO donations ... RETURNING id`).Scan(&id); err != nil {
 //			return err

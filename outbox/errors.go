@@ -34,7 +34,8 @@ var (
 	// tag or a negative unique period.
 	ErrInvalidOptions = errors.New("outbox: invalid insert options")
 
-	// ErrUnknownQueue is returned for a queue that is not in Config.Queues.
+	// ErrUnknownQueue is returned for a queue that is not in Config.Queues
+	// (or not one of the registry's, for jobs.NewOutbox).
 	ErrUnknownQueue = errors.New("outbox: unknown queue")
 
 	// ErrInvalidEvent is returned by Publish for a malformed topic or a nil
@@ -42,7 +43,7 @@ var (
 	ErrInvalidEvent = errors.New("outbox: invalid event")
 
 	// ErrUnknownTopic is returned by Publish for a topic that is not in
-	// Config.Topics.
+	// Config.Topics (or not one of the registry's, for jobs.NewOutbox).
 	ErrUnknownTopic = errors.New("outbox: unknown topic")
 
 	// ErrManagedTx is returned by Tx.Commit and Tx.Rollback: InTx owns the

@@ -4,24 +4,18 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/riverqueue/river"
 )
 
 // Event is a domain event published in a transaction with Tx.Publish (or
 // Batch.Publish). It is written to the outbox_events table with the
-// transaction, and every Subscriber of its topic may turn it into a job that
-// is written in the same commit.
+// transaction, and every subscription of its topic (jobs.Subscribe) may turn
+// it into a job that is written in the same commit.
 type Event struct {
 	// Topic names what happened, e.g. "donation.created".
 	Topic string
 	// Payload is the event's JSON, typically the IDs of the rows involved.
 	Payload []byte
 }
-
-// Subscriber turns an event into a job. It returns nil args when the event
-// needs no job. It runs inside Publish, so it must be quick and must not do
-// I/O: the job's worker reads the source of truth.
-type Subscriber func(ev Event) (river.JobArgs, *river.InsertOpts, error)
 
 // pendingEvent is an event buffered until the flush.
 type pendingEvent struct {
@@ -69,10 +63,8 @@ func (b *Batch) Publish(topic string, payload any) error {
 	if !validTopic(topic) {
 		return b.fail(fmt.Errorf("%w: topic %q: use 1 to 255 lower-case letters, digits, '.', '_' or '-'", ErrInvalidEvent, topic))
 	}
-	if b.ob.topics != nil {
-		if _, ok := b.ob.topics[topic]; !ok {
-			return b.fail(fmt.Errorf("%w: %q is not one of the configured topics", ErrUnknownTopic, topic))
-		}
+	if !allowed(topic, b.ob.topics, b.ob.regTopics) {
+		return b.fail(fmt.Errorf("%w: %q is not one of the configured topics", ErrUnknownTopic, topic))
 	}
 	if payload == nil {
 		return b.fail(fmt.Errorf("%w: topic %q: nil payload", ErrInvalidEvent, topic))
@@ -89,17 +81,15 @@ func (b *Batch) Publish(topic string, payload any) error {
 	if hasNUL(raw) {
 		return b.fail(fmt.Errorf("%w: topic %q: a string holds a NUL character (\\u0000), which Postgres' jsonb refuses", ErrInvalidEvent, topic))
 	}
-	ev := Event{Topic: topic, Payload: append([]byte(nil), raw...)}
-
 	b.mu.Lock()
 	b.events = append(b.events, pendingEvent{topic: topic, payload: string(raw)})
 	b.mu.Unlock()
 
-	if b.ob.cfg.Subscribers == nil {
+	if b.ob.subscribers == nil {
 		return nil
 	}
-	for _, sub := range b.ob.cfg.Subscribers(topic) {
-		args, opts, err := sub(ev)
+	for _, sub := range b.ob.subscribers(topic) {
+		args, opts, err := sub(topic, append([]byte(nil), raw...))
 		if err != nil {
 			return b.fail(fmt.Errorf("outbox: a subscriber of %q: %w", topic, err))
 		}

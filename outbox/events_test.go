@@ -12,6 +12,7 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/stretchr/testify/require"
 
+	"github.com/aftercommit/aftercommit/internal/outboxseam"
 	"github.com/aftercommit/aftercommit/internal/testtrace"
 	"github.com/aftercommit/aftercommit/outbox"
 )
@@ -23,13 +24,13 @@ type donationEvent struct {
 
 // subscribers turns donation.created into a rollup job per day (de-duplicated
 // in the transaction) and ignores events without a day.
-func subscribers(topic string) []outbox.Subscriber {
+func subscribers(topic string) []outboxseam.Subscriber {
 	if topic != "donation.created" {
 		return nil
 	}
-	return []outbox.Subscriber{func(ev outbox.Event) (river.JobArgs, *river.InsertOpts, error) {
+	return []outboxseam.Subscriber{func(_ string, payload []byte) (river.JobArgs, *river.InsertOpts, error) {
 		var d donationEvent
-		if err := json.Unmarshal(ev.Payload, &d); err != nil {
+		if err := json.Unmarshal(payload, &d); err != nil {
 			return nil, nil, err
 		}
 		if d.DayKey == "" {
@@ -59,10 +60,10 @@ func TestPublish(t *testing.T) {
 
 	t.Run("EventsAndTheirJobsCommitInOneRoundTrip", func(t *testing.T) {
 		t.Parallel()
-		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{Subscribers: subscribers}})
+		b := setup(ctx, t, &setupOpts{cfg: withRegistry(&outbox.Config{}, &outboxseam.Registry{Subscribers: subscribers})})
 
 		b.tracer.Reset()
-		res, err := b.ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		res, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			insertPing(ctx, t, tx, "donation")
 			require.NoError(t, tx.Publish("donation.created", donationEvent{DonationID: 1, DayKey: "2026-11-25"}))
 			require.NoError(t, tx.Publish("donation.created", donationEvent{DonationID: 2, DayKey: "2026-11-25"}))
@@ -99,7 +100,7 @@ func TestPublish(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, nil)
 
-		res, err := b.ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		res, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			return tx.Publish("email.opened", map[string]int64{"email_id": 1})
 		})
 		require.NoError(t, err)
@@ -109,9 +110,9 @@ func TestPublish(t *testing.T) {
 
 	t.Run("RollbackLeavesNoEvent", func(t *testing.T) {
 		t.Parallel()
-		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{Subscribers: subscribers}})
+		b := setup(ctx, t, &setupOpts{cfg: withRegistry(&outbox.Config{}, &outboxseam.Registry{Subscribers: subscribers})})
 
-		err := b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			require.NoError(t, tx.Publish("donation.created", donationEvent{DonationID: 1, DayKey: "d"}))
 			return errors.New("declined")
 		})
@@ -122,7 +123,7 @@ func TestPublish(t *testing.T) {
 
 	t.Run("BatchFlushWritesEventsInTheCallersTransaction", func(t *testing.T) {
 		t.Parallel()
-		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{Subscribers: subscribers}})
+		b := setup(ctx, t, &setupOpts{cfg: withRegistry(&outbox.Config{}, &outboxseam.Registry{Subscribers: subscribers})})
 
 		tx, err := b.pool.Begin(ctx)
 		require.NoError(t, err)
@@ -139,13 +140,13 @@ func TestPublish(t *testing.T) {
 
 	t.Run("BadEventsAreRefusedAndNothingCommits", func(t *testing.T) {
 		t.Parallel()
-		failing := func(string) []outbox.Subscriber {
-			return []outbox.Subscriber{func(outbox.Event) (river.JobArgs, *river.InsertOpts, error) {
+		failing := func(string) []outboxseam.Subscriber {
+			return []outboxseam.Subscriber{func(string, []byte) (river.JobArgs, *river.InsertOpts, error) {
 				return nil, nil, errors.New("cannot route")
 			}}
 		}
 		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{Topics: []string{"donation.created", "email.opened"}}})
-		bf := setup(ctx, t, &setupOpts{cfg: &outbox.Config{Subscribers: failing}})
+		bf := setup(ctx, t, &setupOpts{cfg: withRegistry(&outbox.Config{}, &outboxseam.Registry{Subscribers: failing})})
 
 		cases := []struct {
 			name    string
@@ -166,7 +167,7 @@ func TestPublish(t *testing.T) {
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
 				var pubErr error
-				err := tc.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+				_, err := tc.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 					require.NoError(t, tx.Enqueue(noteArgs{Note: "good"}, nil))
 					pubErr = tx.Publish(tc.topic, tc.payload)
 					return nil // a careless caller: the transaction still rolls back
@@ -214,9 +215,10 @@ func TestPublish(t *testing.T) {
 		_, err = early.Flush(ctx, slow)
 		require.NoError(t, err)
 
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			return tx.Publish("fast.one", 2)
-		}))
+		})
+		require.NoError(t, err)
 		// The fast event has a larger id but must wait: the slow
 		// transaction, older, is still running.
 		topics, txid, id := read("0", 0)

@@ -51,7 +51,7 @@ func ExampleOutbox_InTx() {
 	ob, client, s, release := exampleOutboxClient(ctx)
 	defer release()
 
-	err := ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		var pingID int64
 		if err := tx.QueryRow(ctx, `INSERT INTO pings (note) VALUES ('hello') RETURNING id`).Scan(&pingID); err != nil {
 			return err
@@ -97,7 +97,7 @@ func ExampleOutbox_InTx_rollback() {
 	defer release()
 
 	errDeclined := errors.New("card declined")
-	err := ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		if _, err := tx.Exec(ctx, `INSERT INTO pings (note) VALUES ('doomed')`); err != nil {
 			return err
 		}
@@ -119,7 +119,7 @@ func ExampleOutbox_InTx_rollback() {
 // Transaction-local settings ride on the BEGIN: a lock wait in the
 // function fails after 50 ms instead of hanging, and the transaction, its
 // row and its job are rolled back.
-func ExampleOutbox_InTxOptions() {
+func ExampleOutbox_InTx_txOptions() {
 	ctx := context.Background()
 	ob, s, release := exampleOutbox(ctx)
 	defer release()
@@ -139,7 +139,7 @@ func ExampleOutbox_InTxOptions() {
 	}
 
 	opts := pgx.TxOptions{BeginQuery: "BEGIN; SET LOCAL lock_timeout = '50ms'"}
-	_, err = ob.InTxOptions(ctx, opts, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = ob.InTx(ctx, &outbox.InTxOpts{TxOptions: opts}, func(ctx context.Context, tx *outbox.Tx) error {
 		if err := tx.Enqueue(jobs.PingArgs{PingID: pingID}, nil); err != nil {
 			return err
 		}
@@ -165,7 +165,7 @@ func ExampleOutbox_InTx_payloadTooLarge() {
 	ob, _, release := exampleOutbox(ctx)
 	defer release()
 
-	err := ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		return tx.Enqueue(exportArgs{CSV: strings.Repeat("x", 200<<10)}, nil)
 	})
 	var tooLarge *outbox.PayloadTooLargeError

@@ -68,7 +68,7 @@ func TestCommitInDoubt(t *testing.T) {
 				for i := n; i < n+batch; i++ {
 					note := fmt.Sprint("tx-", i)
 					txCtx, cancel := context.WithTimeout(ctx, time.Duration(rand.IntN(4001))*time.Microsecond)
-					errs[note] = b.ob.InTx(txCtx, func(ctx context.Context, tx *outbox.Tx) error {
+					_, errs[note] = b.ob.InTx(txCtx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 						if _, err := tx.Exec(ctx, `INSERT INTO pings (note) VALUES ($1)`, note); err != nil {
 							return err
 						}
@@ -168,7 +168,7 @@ func TestCommitInDoubtAnswerLost(t *testing.T) {
 			require.NoError(t, err)
 
 			write := func(ctx context.Context, note string) error {
-				return ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+				_, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 					if _, err := tx.Exec(ctx, `INSERT INTO pings (note) VALUES ($1)`, note); err != nil {
 						return err
 					}
@@ -177,6 +177,7 @@ func TestCommitInDoubtAnswerLost(t *testing.T) {
 					}
 					return tx.Enqueue(noteArgs{Note: note}, nil)
 				})
+				return err
 			}
 			require.NoError(t, write(ctx, "warm-up"))
 			_, err = s.Pool.Exec(ctx, `DELETE FROM pings; DELETE FROM river_job; DELETE FROM outbox_jobs`)
@@ -301,7 +302,7 @@ func TestCommitOutcomeKnown(t *testing.T) {
 
 			// A deferred constraint fails at COMMIT: the server answered,
 			// the transaction rolled back.
-			err = b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			_, err = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 				insertPing(ctx, t, tx, "deferred")
 				if _, err := tx.Exec(ctx, `INSERT INTO ping_notes VALUES (-1)`); err != nil {
 					return err
@@ -315,7 +316,7 @@ func TestCommitOutcomeKnown(t *testing.T) {
 
 			// The function fails: rolled back before any COMMIT.
 			boom := errors.New("boom")
-			err = b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			_, err = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 				insertPing(ctx, t, tx, "fn failed")
 				if err := tx.Enqueue(noteArgs{Note: "fn failed"}, nil); err != nil {
 					return err
@@ -327,7 +328,7 @@ func TestCommitOutcomeKnown(t *testing.T) {
 
 			// The deadline expired before the COMMIT could be sent.
 			expired, cancel := context.WithCancel(ctx)
-			err = b.ob.InTx(expired, func(ctx context.Context, tx *outbox.Tx) error {
+			_, err = b.ob.InTx(expired, nil, func(ctx context.Context, tx *outbox.Tx) error {
 				insertPing(ctx, t, tx, "expired")
 				cancel()
 				return tx.Enqueue(noteArgs{Note: "expired"}, nil)

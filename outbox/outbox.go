@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 
+	"github.com/aftercommit/aftercommit/internal/outboxseam"
 	"github.com/aftercommit/aftercommit/outbox/internal/wake"
 )
 
@@ -36,39 +37,18 @@ type Config struct {
 
 	// Queues, when not empty, lists the only queues jobs may be enqueued
 	// to; any other queue is refused with ErrUnknownQueue at Enqueue.
+	// (jobs.NewOutbox also refuses the queues its registry lacks.)
 	//
-	// Defaults to empty: any well-formed queue name is accepted.
+	// Defaults to nil: any well-formed queue name. Nil and empty are the
+	// same.
 	Queues []string
 
-	// Topics, when not nil, lists the only topics events may be published
-	// to (an empty list: none); any other is refused with ErrUnknownTopic.
+	// Topics, when not empty, lists the only topics events may be published
+	// to; any other is refused with ErrUnknownTopic. (jobs.NewOutbox also
+	// refuses the topics its registry lacks.)
 	//
-	// Defaults to nil: any well-formed topic.
+	// Defaults to nil: any well-formed topic. Nil and empty are the same.
 	Topics []string
-
-	// Subscribers, when set, returns the subscribers of a topic; each may
-	// turn a published event into a job written in the same commit.
-	// jobs.NewOutbox sets it from the registry.
-	//
-	// Defaults to nil: events are written, no job follows from them.
-	Subscribers func(topic string) []Subscriber
-
-	// KindDefaults, when set, gives a job kind the queue and priority it is
-	// enqueued with when the caller's InsertOpts leave them unset (ok false:
-	// no defaults for that kind). They win over the args' own InsertOpts();
-	// explicit InsertOpts win over them. jobs.NewOutbox sets it from the
-	// registry, so callers never repeat a kind's queue.
-	//
-	// Defaults to nil: River's rules alone.
-	KindDefaults func(kind string) (queue string, priority int, ok bool)
-
-	// DedupeKey, when set and returning ok, gives the de-duplication key of
-	// args in place of Deduper and the JSON encoding. jobs.NewOutbox sets it
-	// to the queue-lock key of queue-locked kinds, so that two jobs that
-	// share a lock are never written by one INSERT.
-	//
-	// Defaults to nil.
-	DedupeKey func(args river.JobArgs) (key string, ok bool)
 
 	// OnFlush, when set, is called after every successful InTx commit and
 	// Batch.Flush that wrote jobs, with what it wrote (metrics hook it here). It must be fast
@@ -121,6 +101,19 @@ type Config struct {
 	// Logger receives the outbox's rare warnings. Defaults to
 	// slog.Default().
 	Logger *slog.Logger
+
+	// registry is set by jobs.NewOutbox through package outboxseam.
+	registry *outboxseam.Registry
+}
+
+func init() {
+	outboxseam.Attach = func(cfg any, reg *outboxseam.Registry) {
+		c, ok := cfg.(*Config)
+		if !ok {
+			panic(fmt.Sprintf("outboxseam.Attach: want *outbox.Config, got %T", cfg))
+		}
+		c.registry = reg
+	}
 }
 
 // WithDefaults returns a copy of c (which may be nil) with defaults filled in.
@@ -162,8 +155,15 @@ type Outbox struct {
 	pool   *pgxpool.Pool
 	client *river.Client[pgx.Tx]
 	cfg    Config
-	queues map[string]struct{}
-	topics map[string]struct{}
+	// The allowed queues and topics: each list that is not nil must hold
+	// a name (the Config's and the registry's).
+	queues, regQueues map[string]struct{}
+	topics, regTopics map[string]struct{}
+
+	// From the registry (package outboxseam); nil without one.
+	kindDefaults func(kind string) (queue string, priority int, ok bool)
+	dedupeKey    func(args river.JobArgs) (key string, ok bool)
+	subscribers  func(topic string) []outboxseam.Subscriber
 
 	pipelined atomic.Int64
 	fallbacks atomic.Int64
@@ -188,22 +188,49 @@ func New(pool *pgxpool.Pool, client *river.Client[pgx.Tx], cfg *Config) (*Outbox
 		return nil, err
 	}
 	o := &Outbox{pool: pool, client: client, cfg: c, wakeKey: wake.Key(pool)}
-	if c.Topics != nil {
-		o.topics = make(map[string]struct{}, len(c.Topics))
-		for _, t := range c.Topics {
-			if !validTopic(t) {
-				return nil, fmt.Errorf("%w: Config.Topics holds %q", ErrInvalidEvent, t)
-			}
-			o.topics[t] = struct{}{}
+	for _, t := range c.Topics {
+		if !validTopic(t) {
+			return nil, fmt.Errorf("%w: Config.Topics holds %q", ErrInvalidEvent, t)
 		}
 	}
-	if len(c.Queues) > 0 {
-		o.queues = make(map[string]struct{}, len(c.Queues))
-		for _, q := range c.Queues {
-			o.queues[q] = struct{}{}
+	o.queues, o.topics = nameSet(c.Queues), nameSet(c.Topics)
+	if r := c.registry; r != nil {
+		// A registry's empty list allows nothing; nil (tests) allows all.
+		o.regQueues, o.regTopics = nameSet(r.Queues), nameSet(r.Topics)
+		if o.regQueues == nil && r.Queues != nil {
+			o.regQueues = map[string]struct{}{}
 		}
+		if o.regTopics == nil && r.Topics != nil {
+			o.regTopics = map[string]struct{}{}
+		}
+		o.kindDefaults, o.dedupeKey, o.subscribers = r.KindDefaults, r.DedupeKey, r.Subscribers
 	}
 	return o, nil
+}
+
+// nameSet is names as a set; nil when names is empty.
+func nameSet(names []string) map[string]struct{} {
+	if len(names) == 0 {
+		return nil
+	}
+	set := make(map[string]struct{}, len(names))
+	for _, n := range names {
+		set[n] = struct{}{}
+	}
+	return set
+}
+
+// allowed reports whether name is in every set that is not nil.
+func allowed(name string, sets ...map[string]struct{}) bool {
+	for _, set := range sets {
+		if set == nil {
+			continue
+		}
+		if _, ok := set[name]; !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // Stats counts how InTx committed transactions that held jobs.
@@ -224,26 +251,18 @@ func (o *Outbox) Stats() Stats {
 	return Stats{Pipelined: o.pipelined.Load(), Fallbacks: o.fallbacks.Load(), Copied: o.copied.Load()}
 }
 
-// InTx runs fn in a new transaction and commits it, with every job fn
-// enqueued, when fn returns nil.
-//
-// Jobs enqueued with tx.Enqueue are buffered and de-duplicated; nothing is
-// written until fn returns. Then all of them are inserted with one statement
-// sent in the same round trip as the COMMIT. If fn returns an error, if an
-// Enqueue failed, or if fn panics, the transaction is rolled back and no job
-// exists; a panic is raised again after the rollback. An Enqueue failure that
-// fn ignored is returned wrapped in ErrTxAborted.
-//
-// An error matching ErrCommitInDoubt means the COMMIT was sent but its answer
-// was lost (the deadline expired, the connection broke): the transaction may
-// have committed. Check the source of truth before retrying. Any other error
-// means nothing was committed.
-//
-// tx must not be used after InTx returns; its methods then return
-// pgx.ErrTxClosed.
-func (o *Outbox) InTx(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) error {
-	_, err := o.InTxResult(ctx, fn)
-	return err
+// InTxOpts tune one InTx. A nil *InTxOpts takes every default.
+type InTxOpts struct {
+	// TxOptions are the transaction's options, as pgx's BeginTx takes them:
+	// an isolation level, a read-only mode (which refuses the job insert),
+	// or a BeginQuery. A BeginQuery without parameters may hold several
+	// statements, so transaction-local settings cost no round trip of their
+	// own:
+	//
+	//	pgx.TxOptions{BeginQuery: "BEGIN; SET LOCAL lock_timeout = '2s'"}
+	//
+	// Defaults to the zero pgx.TxOptions: the server's defaults.
+	TxOptions pgx.TxOptions
 }
 
 // FlushResult describes the jobs one transaction (or one Batch.Flush) wrote.
@@ -266,20 +285,29 @@ type FlushResult struct {
 	RoundTrips int
 }
 
-// InTxResult is InTx returning what the commit wrote. The result is zero
-// when err is not nil.
-func (o *Outbox) InTxResult(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) (FlushResult, error) {
-	return o.InTxOptions(ctx, pgx.TxOptions{}, fn)
-}
-
-// InTxOptions is InTxResult with the transaction's options, as pgx's
-// BeginTx takes them: an isolation level, a read-only mode (which refuses
-// the job insert), or a BeginQuery. A BeginQuery without parameters may
-// hold several statements, so transaction-local settings cost no round trip
-// of their own:
+// InTx runs fn in a new transaction and commits it, with every job fn
+// enqueued, when fn returns nil. It returns what the commit wrote (zero when
+// err is not nil). opts may be nil.
 //
-//	pgx.TxOptions{BeginQuery: "BEGIN; SET LOCAL lock_timeout = '2s'"}
-func (o *Outbox) InTxOptions(ctx context.Context, opts pgx.TxOptions, fn func(ctx context.Context, tx *Tx) error) (res FlushResult, err error) {
+// Jobs enqueued with tx.Enqueue are buffered and de-duplicated; nothing is
+// written until fn returns. Then all of them are inserted with one statement
+// sent in the same round trip as the COMMIT. If fn returns an error, if an
+// Enqueue failed, or if fn panics, the transaction is rolled back and no job
+// exists; a panic is raised again after the rollback. An Enqueue failure that
+// fn ignored is returned wrapped in ErrTxAborted.
+//
+// An error matching ErrCommitInDoubt means the COMMIT was sent but its answer
+// was lost (the deadline expired, the connection broke): the transaction may
+// have committed. Check the source of truth before retrying. Any other error
+// means nothing was committed.
+//
+// tx must not be used after InTx returns; its methods then return
+// pgx.ErrTxClosed.
+func (o *Outbox) InTx(ctx context.Context, opts *InTxOpts, fn func(ctx context.Context, tx *Tx) error) (res FlushResult, err error) {
+	var txOpts pgx.TxOptions
+	if opts != nil {
+		txOpts = opts.TxOptions
+	}
 	defer func() {
 		if err == nil && (res.Enqueued > 0 || res.Events > 0) && o.cfg.OnFlush != nil {
 			o.cfg.OnFlush(ctx, res)
@@ -293,7 +321,7 @@ func (o *Outbox) InTxOptions(ctx context.Context, opts pgx.TxOptions, fn func(ct
 	// idle, and the pool destroys it on release instead of reusing it.
 	defer conn.Release()
 
-	inner, err := conn.BeginTx(ctx, opts)
+	inner, err := conn.BeginTx(ctx, txOpts)
 	if err != nil {
 		return res, fmt.Errorf("outbox: beginning a transaction: %w", err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/aftercommit/aftercommit/internal/outboxseam"
 	"github.com/aftercommit/aftercommit/internal/testtrace"
 	"github.com/aftercommit/aftercommit/outbox"
 )
@@ -29,7 +30,7 @@ func TestInTx(t *testing.T) {
 		b := setup(ctx, t, nil)
 
 		var pingID int64
-		err := b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			pingID = insertPing(ctx, t, tx, "first")
 			require.NoError(t, tx.Enqueue(noteArgs{PingID: pingID, Note: "a"}, nil))
 			require.NoError(t, tx.Enqueue(noteArgs{PingID: pingID, Note: "a"}, nil)) // same JSON
@@ -58,10 +59,11 @@ func TestInTx(t *testing.T) {
 		b := setup(ctx, t, nil)
 
 		// keyedArgs and otherKeyedArgs share a key but not a kind.
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			require.NoError(t, tx.Enqueue(keyedArgs{Key: "same"}, nil))
 			return tx.Enqueue(otherKeyedArgs{Key: "same"}, nil)
-		}))
+		})
+		require.NoError(t, err)
 		require.Equal(t, 2, b.count(ctx, t, `SELECT count(*) FROM river_job`))
 	})
 
@@ -70,7 +72,7 @@ func TestInTx(t *testing.T) {
 		b := setup(ctx, t, nil)
 		errBusiness := errors.New("card declined")
 
-		err := b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			id := insertPing(ctx, t, tx, "doomed")
 			require.NoError(t, tx.Enqueue(noteArgs{PingID: id}, nil))
 			return fmt.Errorf("charging: %w", errBusiness)
@@ -88,7 +90,7 @@ func TestInTx(t *testing.T) {
 
 		recovered := func() (p any) {
 			defer func() { p = recover() }()
-			_ = b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			_, _ = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 				id := insertPing(ctx, t, tx, "doomed")
 				require.NoError(t, tx.Enqueue(noteArgs{PingID: id}, nil))
 				panic("boom")
@@ -100,10 +102,11 @@ func TestInTx(t *testing.T) {
 		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM pings`))
 
 		// The connection went back to the pool usable, outside a transaction.
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			insertPing(ctx, t, tx, "after")
 			return nil
-		}))
+		})
+		require.NoError(t, err)
 		require.Equal(t, 1, b.count(ctx, t, `SELECT count(*) FROM pings`))
 	})
 
@@ -111,7 +114,7 @@ func TestInTx(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, nil)
 
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			for i := range 10_000 {
 				if err := tx.Enqueue(noteArgs{PingID: int64(i % 100)}, nil); err != nil {
 					return err
@@ -120,7 +123,8 @@ func TestInTx(t *testing.T) {
 			require.Equal(t, 100, tx.Pending())
 			require.Equal(t, 9_900, tx.Duplicates())
 			return nil
-		}))
+		})
+		require.NoError(t, err)
 
 		require.Equal(t, 100, b.count(ctx, t, `SELECT count(*) FROM river_job`))
 		require.Equal(t, 100, b.count(ctx, t, `SELECT count(DISTINCT args->>'ping_id') FROM river_job`))
@@ -144,7 +148,7 @@ func TestInTx(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, &setupOpts{maxConns: 1}) // one connection: the next call reuses it
 
-		res, err := b.ob.InTxOptions(ctx, pgx.TxOptions{BeginQuery: "BEGIN; SET LOCAL lock_timeout = '1234ms'"},
+		res, err := b.ob.InTx(ctx, &outbox.InTxOpts{TxOptions: pgx.TxOptions{BeginQuery: "BEGIN; SET LOCAL lock_timeout = '1234ms'"}},
 			func(ctx context.Context, tx *outbox.Tx) error {
 				var lt string
 				require.NoError(t, tx.QueryRow(ctx, `SHOW lock_timeout`).Scan(&lt))
@@ -168,7 +172,7 @@ func TestInTx(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, nil)
 
-		_, err := b.ob.InTxOptions(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly},
+		_, err := b.ob.InTx(ctx, &outbox.InTxOpts{TxOptions: pgx.TxOptions{AccessMode: pgx.ReadOnly}},
 			func(ctx context.Context, tx *outbox.Tx) error {
 				return tx.Enqueue(noteArgs{PingID: 1}, nil)
 			})
@@ -187,7 +191,7 @@ func TestInTx(t *testing.T) {
 		errs := make(chan error, n)
 		for g := range n {
 			wg.Go(func() {
-				errs <- b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+				_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 					var id int64
 					if err := tx.QueryRow(ctx, `INSERT INTO pings (note) VALUES ($1) RETURNING id`, fmt.Sprint(g)).Scan(&id); err != nil {
 						return err
@@ -199,6 +203,7 @@ func TestInTx(t *testing.T) {
 					}
 					return tx.Enqueue(keyedArgs{Key: fmt.Sprint(g)}, nil)
 				})
+				errs <- err
 			})
 		}
 		wg.Wait()
@@ -224,10 +229,11 @@ func TestInTx(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, nil)
 
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			insertPing(ctx, t, tx, "alone")
 			return nil
-		}))
+		})
+		require.NoError(t, err)
 		require.Equal(t, 1, b.count(ctx, t, `SELECT count(*) FROM pings`))
 		require.Zero(t, b.tracer.Count("river_job"))
 		require.Equal(t, outbox.Stats{}, b.ob.Stats())
@@ -238,13 +244,14 @@ func TestInTx(t *testing.T) {
 		b := setup(ctx, t, nil)
 
 		var leaked *outbox.Tx
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			require.ErrorIs(t, tx.Commit(ctx), outbox.ErrManagedTx)
 			require.ErrorIs(t, tx.Rollback(ctx), outbox.ErrManagedTx)
 			leaked = tx
 			return nil
-		}))
-		_, err := leaked.Exec(ctx, `INSERT INTO pings (note) VALUES ('late')`)
+		})
+		require.NoError(t, err)
+		_, err = leaked.Exec(ctx, `INSERT INTO pings (note) VALUES ('late')`)
 		require.ErrorIs(t, err, pgx.ErrTxClosed)
 		require.ErrorIs(t, leaked.QueryRow(ctx, `SELECT 1`).Scan(new(int)), pgx.ErrTxClosed)
 		_, err = leaked.Query(ctx, `SELECT 1`)
@@ -258,14 +265,15 @@ func TestInTx(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, nil)
 
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			insertPing(ctx, t, tx, "kept")
 			sp, err := tx.Begin(ctx)
 			require.NoError(t, err)
 			insertPing(ctx, t, sp, "undone")
 			require.NoError(t, sp.Rollback(ctx))
 			return tx.Enqueue(noteArgs{Note: "x"}, nil)
-		}))
+		})
+		require.NoError(t, err)
 		rows, err := b.schema.Pool.Query(ctx, `SELECT note FROM pings ORDER BY id`)
 		require.NoError(t, err)
 		notes, err := pgx.CollectRows(rows, pgx.RowTo[string])
@@ -283,7 +291,7 @@ func TestInTx(t *testing.T) {
 
 		// The duplicate is only detected at COMMIT, in the same round trip
 		// as the job insert.
-		err = b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			_, err := tx.Exec(ctx, `INSERT INTO deferred_unique VALUES (1), (1)`)
 			require.NoError(t, err)
 			return tx.Enqueue(noteArgs{Note: "never"}, nil)
@@ -297,9 +305,10 @@ func TestInTx(t *testing.T) {
 
 		// Every connection of the pool is still usable.
 		for range 15 {
-			require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 				return tx.Enqueue(noteArgs{Note: "after"}, nil)
-			}))
+			})
+			require.NoError(t, err)
 		}
 		require.Equal(t, 15, b.count(ctx, t, `SELECT count(*) FROM river_job`), "de-duplication is per transaction: fifteen transactions write fifteen jobs")
 	})
@@ -312,7 +321,7 @@ func TestInTx(t *testing.T) {
 		_, err := b.schema.Pool.Exec(ctx, `ALTER TABLE outbox_jobs ADD CONSTRAINT no_forbidden CHECK (args->>'note' IS DISTINCT FROM 'forbidden')`)
 		require.NoError(t, err)
 
-		err = b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			insertPing(ctx, t, tx, "doomed")
 			require.NoError(t, tx.Enqueue(noteArgs{Note: "fine"}, nil))
 			return tx.Enqueue(noteArgs{Note: "forbidden"}, nil)
@@ -354,9 +363,10 @@ func TestRiverSemanticsAreKept(t *testing.T) {
 		b := setup(ctx, t, nil)
 
 		for range 3 {
-			require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 				return tx.Enqueue(uniqueArgs{CarID: 7}, nil)
-			}))
+			})
+			require.NoError(t, err)
 		}
 		require.Equal(t, 1, b.count(ctx, t, `SELECT count(*) FROM river_job`))
 		require.Equal(t, outbox.Stats{Pipelined: 3}, b.ob.Stats())
@@ -367,12 +377,13 @@ func TestRiverSemanticsAreKept(t *testing.T) {
 		b := setup(ctx, t, nil)
 		at := time.Now().Add(time.Hour).UTC().Truncate(time.Microsecond)
 
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			require.NoError(t, tx.Enqueue(uniqueArgs{CarID: 1}, nil))
 			return tx.Enqueue(noteArgs{Note: "later"}, &river.InsertOpts{
 				ScheduledAt: at, Priority: 3, MaxAttempts: 5, Tags: []string{"tag1"},
 			})
-		}))
+		})
+		require.NoError(t, err)
 		type row struct {
 			Kind        string
 			Queue       string
@@ -408,9 +419,10 @@ func TestRiverSemanticsAreKept(t *testing.T) {
 		require.NoError(t, err)
 		defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), "UNLISTEN *") }()
 
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			return tx.Enqueue(noteArgs{Note: "wake up"}, &river.InsertOpts{Queue: "wakeful"})
-		}))
+		})
+		require.NoError(t, err)
 
 		waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
@@ -441,10 +453,11 @@ func TestRiverSemanticsAreKept(t *testing.T) {
 		defer func() { require.NoError(t, worker.Stop(context.WithoutCancel(ctx))) }()
 
 		var id int64
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			id = insertPing(ctx, t, tx, "work me")
 			return tx.Enqueue(noteArgs{PingID: id}, nil)
-		}))
+		})
+		require.NoError(t, err)
 		select {
 		case got := <-done:
 			require.Equal(t, id, got)
@@ -457,12 +470,13 @@ func TestRiverSemanticsAreKept(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{DisablePipelinedCommit: true}, direct: true})
 
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			for i := range 10 {
 				require.NoError(t, tx.Enqueue(noteArgs{PingID: int64(i % 3)}, nil))
 			}
 			return nil
-		}))
+		})
+		require.NoError(t, err)
 		require.Equal(t, 3, b.count(ctx, t, `SELECT count(*) FROM river_job`))
 		require.Equal(t, 1, b.tracer.Count("insert into", "river_job"))
 		require.Equal(t, outbox.Stats{Fallbacks: 1}, b.ob.Stats())
@@ -479,7 +493,7 @@ func TestRiverSemanticsAreKept(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, &setupOpts{direct: true})
 
-		err := b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			insertPing(ctx, t, tx, "doomed")
 			return tx.Enqueue(noteArgs{}, &river.InsertOpts{Priority: 9})
 		})
@@ -546,7 +560,7 @@ func TestBatch(t *testing.T) {
 
 		tx, err := b.pool.Begin(ctx)
 		require.NoError(t, err)
-		res, err := b.ob.Enqueue(ctx, tx, noteArgs{Note: "a"}, noteArgs{Note: "a"}, noteArgs{Note: "b"})
+		res, err := b.ob.EnqueueMany(ctx, tx, []river.InsertManyParams{{Args: noteArgs{Note: "a"}}, {Args: noteArgs{Note: "a"}}, {Args: noteArgs{Note: "b"}}})
 		require.NoError(t, err)
 		require.Equal(t, outbox.FlushResult{Enqueued: 3, Duplicates: 1, Inserted: 2, RoundTrips: 1}, res)
 		require.NoError(t, tx.Rollback(ctx))
@@ -611,7 +625,7 @@ func TestBadInput(t *testing.T) {
 		b := setup(ctx, t, nil)
 		big := noteArgs{Note: strings.Repeat("x", 200<<10)}
 
-		err := b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			insertPing(ctx, t, tx, "with a big job")
 			require.NoError(t, tx.Enqueue(noteArgs{Note: "small"}, nil))
 			return tx.Enqueue(big, nil)
@@ -629,7 +643,7 @@ func TestBadInput(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, nil)
 
-		err := b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			insertPing(ctx, t, tx, "half")
 			require.NoError(t, tx.Enqueue(noteArgs{Note: "small"}, nil))
 			_ = tx.Enqueue(noteArgs{Note: strings.Repeat("x", 200<<10)}, nil) // ignored by a careless caller
@@ -674,7 +688,7 @@ func TestBadInput(t *testing.T) {
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
 				var enqueueErr error
-				err := b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+				_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 					insertPing(ctx, t, tx, tc.name)
 					require.NoError(t, tx.Enqueue(noteArgs{Note: "good"}, &river.InsertOpts{Queue: "mail"}))
 					enqueueErr = tx.Enqueue(tc.args, tc.opts)
@@ -709,7 +723,7 @@ func TestBadInput(t *testing.T) {
 		cancel()
 
 		called := false
-		err := b.ob.InTx(cancelled, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(cancelled, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			called = true
 			return nil
 		})
@@ -759,20 +773,20 @@ func TestFlushResult(t *testing.T) {
 			}
 			return tx.Enqueue(uniqueArgs{CarID: 1}, nil)
 		}
-		res, err := b.ob.InTxResult(ctx, enqueue)
+		res, err := b.ob.InTx(ctx, nil, enqueue)
 		require.NoError(t, err)
 		require.Equal(t, outbox.FlushResult{Enqueued: 11, Duplicates: 7, Inserted: 4, RoundTrips: 1}, res)
 
 		// The unique job exists already: River matches it instead of inserting.
-		res, err = b.ob.InTxResult(ctx, enqueue)
+		res, err = b.ob.InTx(ctx, nil, enqueue)
 		require.NoError(t, err)
 		require.Equal(t, outbox.FlushResult{Enqueued: 11, Duplicates: 7, Inserted: 3, UniqueSkipped: 1, RoundTrips: 1}, res)
 
 		// No jobs, no flush report; a failed transaction reports nothing.
-		res, err = b.ob.InTxResult(ctx, func(context.Context, *outbox.Tx) error { return nil })
+		res, err = b.ob.InTx(ctx, nil, func(context.Context, *outbox.Tx) error { return nil })
 		require.NoError(t, err)
 		require.Equal(t, outbox.FlushResult{}, res)
-		_, err = b.ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			require.NoError(t, tx.Enqueue(noteArgs{}, nil))
 			return errors.New("no")
 		})
@@ -794,7 +808,7 @@ func TestFlushResult(t *testing.T) {
 			OnFlush:                func(_ context.Context, res outbox.FlushResult) { last = res },
 		}, direct: true})
 
-		res, err := b.ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		res, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			require.NoError(t, tx.Enqueue(uniqueArgs{CarID: 2}, nil))
 			return tx.Enqueue(uniqueArgs{CarID: 2}, nil)
 		})
@@ -836,7 +850,7 @@ func TestCopy(t *testing.T) {
 	t.Run("ManyPlainJobsGoByCopy", func(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{CopyMinJobs: 100}, direct: true})
-		res, err := b.ob.InTxResult(ctx, enqueue(150))
+		res, err := b.ob.InTx(ctx, nil, enqueue(150))
 		require.NoError(t, err)
 		require.Equal(t, outbox.FlushResult{Enqueued: 150, Inserted: 150, RoundTrips: 2}, res, "COPY, then COMMIT")
 		require.Equal(t, outbox.Stats{Copied: 1}, b.ob.Stats())
@@ -844,7 +858,7 @@ func TestCopy(t *testing.T) {
 		require.Equal(t, 150, b.count(ctx, t, `SELECT count(DISTINCT args->>'ping_id') FROM river_job`))
 
 		// Fewer than CopyMinJobs: the pipelined INSERT.
-		res, err = b.ob.InTxResult(ctx, enqueue(99))
+		res, err = b.ob.InTx(ctx, nil, enqueue(99))
 		require.NoError(t, err)
 		require.Equal(t, 1, res.RoundTrips)
 		require.Equal(t, outbox.Stats{Copied: 1, Pipelined: 1}, b.ob.Stats())
@@ -853,11 +867,11 @@ func TestCopy(t *testing.T) {
 	t.Run("OneUniqueJobKeepsTheInsert", func(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{CopyMinJobs: 100}, direct: true})
-		res, err := b.ob.InTxResult(ctx, enqueue(150, uniqueArgs{CarID: 1}))
+		res, err := b.ob.InTx(ctx, nil, enqueue(150, uniqueArgs{CarID: 1}))
 		require.NoError(t, err)
 		require.Equal(t, outbox.FlushResult{Enqueued: 151, Inserted: 151, RoundTrips: 1}, res)
 		// Again: the unique job matches the waiting one, no error.
-		res, err = b.ob.InTxResult(ctx, enqueue(150, uniqueArgs{CarID: 1}))
+		res, err = b.ob.InTx(ctx, nil, enqueue(150, uniqueArgs{CarID: 1}))
 		require.NoError(t, err)
 		require.Equal(t, outbox.FlushResult{Enqueued: 151, Inserted: 150, UniqueSkipped: 1, RoundTrips: 1}, res)
 		require.Equal(t, outbox.Stats{Pipelined: 2}, b.ob.Stats())
@@ -865,14 +879,14 @@ func TestCopy(t *testing.T) {
 
 	t.Run("ADedupeKeyKeepsTheInsert", func(t *testing.T) {
 		t.Parallel()
-		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{CopyMinJobs: 100,
+		b := setup(ctx, t, &setupOpts{cfg: withRegistry(&outbox.Config{CopyMinJobs: 100}, &outboxseam.Registry{
 			DedupeKey: func(args river.JobArgs) (string, bool) {
 				if k, ok := args.(keyedArgs); ok {
 					return k.Key, true // a queue lock's key, as jobs.NewOutbox sets it
 				}
 				return "", false
-			}}, direct: true})
-		_, err := b.ob.InTxResult(ctx, enqueue(150, keyedArgs{Key: "k"}))
+			}}), direct: true})
+		_, err := b.ob.InTx(ctx, nil, enqueue(150, keyedArgs{Key: "k"}))
 		require.NoError(t, err)
 		require.Equal(t, outbox.Stats{Pipelined: 1}, b.ob.Stats())
 	})
@@ -880,7 +894,7 @@ func TestCopy(t *testing.T) {
 	t.Run("NegativeNeverCopies", func(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{CopyMinJobs: -1}, direct: true})
-		_, err := b.ob.InTxResult(ctx, enqueue(600))
+		_, err := b.ob.InTx(ctx, nil, enqueue(600))
 		require.NoError(t, err)
 		require.Equal(t, outbox.Stats{Pipelined: 1}, b.ob.Stats())
 	})
@@ -888,7 +902,7 @@ func TestCopy(t *testing.T) {
 	t.Run("DefaultThresholdWithEventsAndRollback", func(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, &setupOpts{direct: true})
-		res, err := b.ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		res, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			if err := enqueue(outbox.CopyMinJobsDefault)(ctx, tx); err != nil {
 				return err
 			}
@@ -923,14 +937,14 @@ func TestNULRefused(t *testing.T) {
 	ctx := context.Background()
 	b := setup(ctx, t, nil)
 
-	err := b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		insertPing(ctx, t, tx, "nul")
 		return tx.Enqueue(noteArgs{Note: "a\x00b"}, nil)
 	})
 	require.ErrorIs(t, err, outbox.ErrInvalidArgs)
 	require.EqualError(t, err, `outbox: invalid job args: kind "test.note": a string holds a NUL character (\u0000), which Postgres' jsonb refuses`)
 
-	err = b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		return tx.Publish("test.topic", json.RawMessage(`{"x":"a\u0000b"}`))
 	})
 	require.ErrorIs(t, err, outbox.ErrInvalidEvent)
@@ -939,9 +953,10 @@ func TestNULRefused(t *testing.T) {
 	require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM outbox_events`))
 
 	// A backslash followed by "u0000" is text: written as such.
-	require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		return tx.Enqueue(noteArgs{Note: `a\u0000b`}, nil)
-	}))
+	})
+	require.NoError(t, err)
 	b.drain(ctx, t)
 	var note string
 	require.NoError(t, b.schema.Pool.QueryRow(ctx, `SELECT args->>'note' FROM river_job`).Scan(&note))

@@ -135,8 +135,8 @@ func (o *Outbox) copySafe(params []river.InsertManyParams) bool {
 		if a, ok := p.Args.(river.JobArgsWithInsertOpts); ok && !reflect.ValueOf(a.InsertOpts().UniqueOpts).IsZero() {
 			return false
 		}
-		if o.cfg.DedupeKey != nil {
-			if _, ok := o.cfg.DedupeKey(p.Args); ok {
+		if o.dedupeKey != nil {
+			if _, ok := o.dedupeKey(p.Args); ok {
 				return false
 			}
 		}

@@ -89,7 +89,7 @@ func (w *CarReportWorker) Work(ctx context.Context, job *river.Job[CarReportArgs
 // *ValidationError matching ErrUnknownCar, with nothing enqueued, when the
 // car does not exist.
 func (s *Service) RecountCar(ctx context.Context, carID int64) error {
-	return s.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := s.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		var exists bool
 		if err := tx.QueryRow(ctx, carExistsSQL, carID).Scan(&exists); err != nil {
 			return fmt.Errorf("reporting: checking car %d: %w", carID, err)
@@ -99,6 +99,7 @@ func (s *Service) RecountCar(ctx context.Context, carID int64) error {
 		}
 		return tx.Enqueue(CarReportArgs{CarID: carID}, nil)
 	})
+	return err
 }
 
 // CarReport is a car's report as last computed.

@@ -105,7 +105,7 @@ func TestCarReport(t *testing.T) {
 		require.NoError(t, err)
 		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM car_users`), "the pairs went with the car")
 
-		b.start(ctx, t, nil)
+		b.start(ctx, t, allQueues)
 		ev := b.waitJob(t, reporting.CarReportKind)
 		require.Equal(t, river.EventKindJobCompleted, ev.Kind)
 		require.Equal(t, 1, ev.Job.Attempt)
@@ -122,7 +122,7 @@ func TestCarReport(t *testing.T) {
 			_, err := b.svc.AddCarUser(ctx, car, u)
 			require.NoError(t, err)
 		}
-		b.start(ctx, t, nil)
+		b.start(ctx, t, allQueues)
 		ev := b.waitJob(t, reporting.CarReportKind)
 		require.Equal(t, river.EventKindJobCompleted, ev.Kind)
 		require.JSONEq(t, `{"result": "reported", "users_count": 3}`, string(ev.Job.Output()))

@@ -131,7 +131,7 @@ func (w *CreateCarUsersInBulkWorker) Work(ctx context.Context, job *river.Job[Cr
 	if err != nil {
 		return err
 	}
-	err = ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		res, err := createCarUsersTx(ctx, tx, job.Args.CarID, job.Args.UserIDs)
 		if err != nil {
 			return err
@@ -176,9 +176,10 @@ func (s *Service) EnqueueCarUsersInBulk(ctx context.Context, carID int64, userID
 	if err != nil {
 		return err
 	}
-	return s.ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error {
+	_, err = s.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		return tx.Enqueue(args, nil)
 	})
+	return err
 }
 
 // EnqueueCarUsersInBulkTx is EnqueueCarUsersInBulk in the caller's
@@ -221,7 +222,7 @@ func (s *Service) CreateCarUsersInBulk(ctx context.Context, carID int64, userIDs
 		return BulkResult{}, err
 	}
 	var res BulkResult
-	err := s.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := s.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		var err error
 		res, err = createCarUsersTx(ctx, tx, carID, userIDs)
 		return err
@@ -310,7 +311,7 @@ func normalizeUserIDs(ids []int64) ([]int64, error) {
 // *ValidationError matching ErrUnknownCar or ErrUnknownUsers, with nothing
 // written.
 func (s *Service) AddCarUser(ctx context.Context, carID, userID int64) (added bool, err error) {
-	err = s.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = s.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		added, err = s.AddCarUserTx(ctx, tx, carID, userID)
 		return err
 	})

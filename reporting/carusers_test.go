@@ -215,7 +215,7 @@ func TestCreateCarUsersInBulk(t *testing.T) {
 
 		// In an outbox transaction: the enqueue fails, and the car inserted
 		// before it is rolled back with the rest.
-		err := b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			if _, err := tx.Exec(ctx, `INSERT INTO cars (name) VALUES ('Bus')`); err != nil {
 				return err
 			}
@@ -233,7 +233,8 @@ func TestCreateCarUsersInBulk(t *testing.T) {
 
 		// Exactly MaxBulkUserIDs is accepted.
 		args.UserIDs = args.UserIDs[:reporting.MaxBulkUserIDs]
-		require.NoError(t, b.ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error { return tx.Enqueue(args, nil) }))
+		_, err = b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error { return tx.Enqueue(args, nil) })
+		require.NoError(t, err)
 
 		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM cars`))
 		require.Equal(t, 1, b.count(ctx, t, `SELECT count(*) FROM river_job`))

@@ -45,7 +45,7 @@ type bundle struct {
 // setupOpts are the options of setup. The zero value is an insert-only
 // client, nothing traced.
 type setupOpts struct {
-	// work starts the client on queues (every queue when nil).
+	// work starts the client on queues (every queue when nil: jobs.AllQueues).
 	work   bool
 	queues []string
 	// traceWorkers gives the workers a pool of their own whose statements
@@ -97,7 +97,11 @@ func setup(ctx context.Context, t testing.TB, opts *setupOpts) *bundle {
 	b.client, err = jobs.NewClient(s.Pool, reg, b.clientConfig([]string{})) // insert-only
 	require.NoError(t, err)
 	if opts.work {
-		b.start(ctx, t, opts.queues)
+		queues := opts.queues
+		if queues == nil {
+			queues = []string{jobs.AllQueues}
+		}
+		b.start(ctx, t, queues)
 	}
 
 	svcPool := pick(opts.traceService)
@@ -108,7 +112,7 @@ func setup(ctx context.Context, t testing.TB, opts *setupOpts) *bundle {
 }
 
 // clientConfig is the tests' River client configuration, working queues
-// (every queue when nil, none when empty).
+// (none when empty).
 func (b *bundle) clientConfig(queues []string) *jobs.ClientConfig {
 	return &jobs.ClientConfig{
 		Queues: queues,
@@ -273,3 +277,6 @@ func (b *bundle) roundTrips() [][]string {
 	}
 	return out
 }
+
+// allQueues works every queue.
+var allQueues = []string{jobs.AllQueues}

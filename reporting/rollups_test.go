@@ -28,7 +28,7 @@ RETURNING id`
 // donate records a donation and publishes its donation.created event in one
 // outbox transaction, with the payload the donations domain publishes.
 func (b *bundle) donate(ctx context.Context, fundraiserID, cents int64, status string) error {
-	return b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		var id int64
 		if err := tx.QueryRow(ctx, insertDonationSQL, fundraiserID, cents, status, nil).Scan(&id); err != nil {
 			return err
@@ -38,6 +38,7 @@ func (b *bundle) donate(ctx context.Context, fundraiserID, cents int64, status s
 			"amount_cents": cents, "currency": "USD", "status": status,
 		})
 	})
+	return err
 }
 
 // insertDonation writes a donation at a given time, without an event.
@@ -200,9 +201,10 @@ func TestRollups(t *testing.T) {
 			VALUES ($1, '2026-03-11', 99, 99), ($1, '2026-03-07', 42, 42)`, f[0])
 		require.NoError(t, err)
 
-		require.NoError(t, b.ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error {
+		_, err = b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			return tx.Enqueue(reporting.RollupFundraiserDayArgs{FundraiserID: f[0], Day: "2026-03-10"}, nil)
-		}))
+		})
+		require.NoError(t, err)
 		ev := b.waitJob(t, reporting.RollupFundraiserDayKind)
 		require.JSONEq(t, `{"written": 3, "emptied": 0, "donations": 4}`, string(ev.Job.Output()))
 		require.Equal(t, []string{
@@ -216,9 +218,10 @@ func TestRollups(t *testing.T) {
 		_, err = b.schema.Pool.Exec(ctx, `
 			INSERT INTO fundraiser_daily_totals (fundraiser_id, day, donations_count, total_cents) VALUES ($1, '2026-06-01', 5, 5)`, f[1])
 		require.NoError(t, err)
-		require.NoError(t, b.ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error {
+		_, err = b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			return tx.Enqueue(reporting.RollupFundraiserDayArgs{FundraiserID: f[1], Day: "2026-06-02"}, nil)
-		}))
+		})
+		require.NoError(t, err)
 		ev = b.waitJob(t, reporting.RollupFundraiserDayKind)
 		require.JSONEq(t, `{"written": 0, "emptied": 3, "donations": 0}`, string(ev.Job.Output()))
 		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM fundraiser_daily_totals WHERE fundraiser_id = $1`, f[1]))
@@ -227,9 +230,10 @@ func TestRollups(t *testing.T) {
 	t.Run("AMalformedDayCancelsTheJob", func(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, &setupOpts{work: true})
-		require.NoError(t, b.ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			return tx.Enqueue(reporting.RollupFundraiserDayArgs{FundraiserID: 1, Day: "10/03/2026"}, nil)
-		}))
+		})
+		require.NoError(t, err)
 		ev := b.waitJob(t, reporting.RollupFundraiserDayKind)
 		require.Equal(t, river.EventKindJobCancelled, ev.Kind)
 		require.Equal(t, 1, ev.Job.Attempt, "cancelled at its first attempt")
@@ -246,7 +250,7 @@ func TestRollups(t *testing.T) {
 			map[string]any{"donation_id": 1, "status": "succeeded"},         // no fundraiser
 			map[string]any{"fundraiser_id": "seven", "status": "succeeded"}, // not a number
 		} {
-			err := b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 				if _, err := tx.Exec(ctx, insertDonationSQL, f, 500, "succeeded", nil); err != nil {
 					return err
 				}

@@ -179,6 +179,7 @@ checked 4 queued jobs: 1 ok, 0 with warnings only, 3 failing; 0 jobs finished in
 		}
 		require.Equal(t, []int64{1, 2, 3}, ids)
 		client, err := jobs.NewClient(b.schema.Pool, reg, &jobs.ClientConfig{
+			Queues: []string{jobs.AllQueues},
 			Schema: b.schema.Name,
 			Logger: slog.New(slog.DiscardHandler),
 			River:  &river.Config{FetchCooldown: 10 * time.Millisecond, FetchPollInterval: 50 * time.Millisecond},

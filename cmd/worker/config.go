@@ -276,7 +276,7 @@ var queueNameRE = regexp.MustCompile(`^(?:[a-z0-9])+(?:[_|\-]?[a-z0-9]+)*$`)
 // queueNameMaxLen is River's limit on a queue name.
 const queueNameMaxLen = 64
 
-// queuesAll names every declared queue (jobs.ClientConfig.Queues nil).
+// queuesAll names every declared queue (jobs.AllQueues).
 const queuesAll = "all"
 
 // parseQueues returns the queues to work; nil for "all".

@@ -102,8 +102,12 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 	if faultHooks != nil {
 		reg = faultHooks(pool, rc, logger)
 	}
+	queues := cfg.queues
+	if queues == nil {
+		queues = []string{jobs.AllQueues}
+	}
 	client, err := jobs.NewClient(pool, reg, &jobs.ClientConfig{
-		Queues:     cfg.queues,
+		Queues:     queues,
 		MaxWorkers: cfg.maxWorkers,
 		Metrics:    metrics,
 		Schema:     cfg.schema,

@@ -62,7 +62,7 @@ func (a *app) createInvoice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var id int64
-	err := a.ob.InTx(r.Context(), func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := a.ob.InTx(r.Context(), nil, func(ctx context.Context, tx *outbox.Tx) error {
 		err := tx.QueryRow(ctx, `INSERT INTO invoices (customer, amount_cents) VALUES ($1, $2) RETURNING id`,
 			in.Customer, in.AmountCents).Scan(&id)
 		if err != nil {

@@ -125,7 +125,7 @@ func newApp(ctx context.Context, pool *pgxpool.Pool, schema string, logger *slog
 	jobs.AddWorker(reg, billing, &sendInvoiceWorker{pool: pool})
 	aftercommit.Register(reg, pool, nil)
 
-	client, err := jobs.NewClient(pool, reg, &jobs.ClientConfig{Schema: schema, Logger: logger})
+	client, err := jobs.NewClient(pool, reg, &jobs.ClientConfig{Queues: []string{jobs.AllQueues}, Schema: schema, Logger: logger})
 	if err != nil {
 		return nil, err
 	}

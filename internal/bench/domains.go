@@ -291,7 +291,7 @@ func donationsScenario(Config) *Scenario {
 					if err := reset(ctx, env); err != nil {
 						return nil, err
 					}
-					_, stop, err := startWorker(ctx, env, env.Pool, nil)
+					_, stop, err := startWorker(ctx, env, env.Pool, []string{jobs.AllQueues})
 					if err != nil {
 						return nil, err
 					}

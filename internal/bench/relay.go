@@ -281,13 +281,14 @@ func pingTx(ob *outbox.Outbox, pool *pgxpool.Pool, args func(id int64) river.Job
 		}
 	}
 	return func(ctx context.Context) error {
-		return ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			var id int64
 			if err := tx.QueryRow(ctx, insertPing).Scan(&id); err != nil {
 				return err
 			}
 			return tx.Enqueue(args(id), nil)
 		})
+		return err
 	}
 }
 

@@ -191,13 +191,14 @@ func txOneJobScenario(Config) *Scenario {
 	}
 	withJob := func(ob **outbox.Outbox) func(ctx context.Context) error {
 		return func(ctx context.Context) error {
-			return (*ob).InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			_, err := (*ob).InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 				var id int64
 				if err := tx.QueryRow(ctx, insertPing).Scan(&id); err != nil {
 					return err
 				}
 				return tx.Enqueue(pingArgs{PingID: id}, nil)
 			})
+			return err
 		}
 	}
 	var envp *Env
@@ -289,7 +290,7 @@ func txBulkScenario(Config) *Scenario {
 			}},
 			{Name: "rows_and_jobs", Note: "the same + 1,000 Enqueue of 10 distinct jobs (outbox.InTx)", Run: func(ctx context.Context, env *Env) (Sample, error) {
 				return run(func(ctx context.Context) error {
-					return ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+					_, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 						ids, err := rows(ctx, tx)
 						if err != nil {
 							return err
@@ -301,6 +302,7 @@ func txBulkScenario(Config) *Scenario {
 						}
 						return nil
 					})
+					return err
 				})(ctx, env)
 			}},
 		},

@@ -347,6 +347,7 @@ func (s *soakRun) run(ctx context.Context) (*SoakReport, error) {
 	}
 	reg := app.Registry(env.Pool)
 	client, err := jobs.NewClient(env.Pool, reg, &jobs.ClientConfig{
+		Queues: []string{jobs.AllQueues},
 		Schema: env.Schema, Logger: env.Logger, River: shippedRiver(env), MaxWorkers: cfg.MaxWorkers,
 	})
 	if err != nil {

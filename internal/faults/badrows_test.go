@@ -70,6 +70,7 @@ func TestBadJobRows(t *testing.T) {
 	logs := &testlog.Buffer{}
 
 	client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{
+		Queues:  []string{jobs.AllQueues},
 		Schema:  s.Name,
 		Logger:  slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Metrics: metrics,

@@ -61,14 +61,14 @@ func TestEnqueuerChild(t *testing.T) {
 	pool, err := pgxpool.New(ctx, url)
 	require.NoError(t, err)
 	ob := newOutbox(t, pool, nil)
-	_ = ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, _ = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		var id int64
 		require.NoError(t, tx.QueryRow(ctx, `INSERT INTO pings (note) VALUES ('doomed') RETURNING id`).Scan(&id))
 		if os.Getenv(childPointEnv) == "after_enqueue" {
 			require.NoError(t, tx.Enqueue(jobs.PingArgs{PingID: id}, nil))
 			// The job's INSERT is buffered: force it to the server now, in
 			// this transaction, to kill the process with it sent.
-			_, err := ob.Enqueue(ctx, tx, jobs.PingArgs{PingID: id + 1_000_000})
+			_, err := ob.Enqueue(ctx, tx, jobs.PingArgs{PingID: id + 1_000_000}, nil)
 			require.NoError(t, err)
 		}
 		var pid int
@@ -176,7 +176,7 @@ func TestRandomCommitsAndRollbacks(t *testing.T) {
 							err = fmt.Errorf("panicked: %v", p)
 						}
 					}()
-					return ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+					_, err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 						if err := tx.QueryRow(ctx, `INSERT INTO pings (note) VALUES ('fault') RETURNING id`).Scan(&id); err != nil {
 							return err
 						}
@@ -191,6 +191,7 @@ func TestRandomCommitsAndRollbacks(t *testing.T) {
 						}
 						return nil
 					})
+					return err
 				}()
 				if mode < 2 {
 					if err != nil {

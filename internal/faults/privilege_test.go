@@ -146,7 +146,7 @@ INSERT INTO emails (user_id, fundraiser_id) SELECT u.id, f.id FROM u, f RETURNIN
 	uniqueOpts := &river.InsertOpts{UniqueOpts: river.UniqueOpts{ByArgs: true}}
 	var uniqueRes [2]outbox.FlushResult
 	for i := range uniqueRes {
-		uniqueRes[i], err = ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		uniqueRes[i], err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			return tx.Enqueue(jobs.PingArgs{PingID: pingID}, uniqueOpts)
 		})
 		require.NoError(t, err, "unique insert %d as the app role", i)
@@ -156,7 +156,7 @@ INSERT INTO emails (user_id, fundraiser_id) SELECT u.id, f.id FROM u, f RETURNIN
 
 	// 600 pings and their jobs in one transaction: the COPY path.
 	const nCopy = 600
-	copyRes, err := ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	copyRes, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		rows, err := tx.Query(ctx, `INSERT INTO pings (note) SELECT 'copy' FROM generate_series(1, $1) RETURNING id`, nCopy)
 		if err != nil {
 			return err
@@ -181,7 +181,7 @@ INSERT INTO emails (user_id, fundraiser_id) SELECT u.id, f.id FROM u, f RETURNIN
 	const nOutboxed = 5
 	obTable, err := jobs.NewOutbox(appPool, client, reg, nil)
 	require.NoError(t, err)
-	require.NoError(t, obTable.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = obTable.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		for range nOutboxed {
 			var id int64
 			if err := tx.QueryRow(ctx, `INSERT INTO pings (note) VALUES ('outboxed') RETURNING id`).Scan(&id); err != nil {
@@ -192,7 +192,8 @@ INSERT INTO emails (user_id, fundraiser_id) SELECT u.id, f.id FROM u, f RETURNIN
 			}
 		}
 		return nil
-	}), "the outbox table as the app role")
+	})
+	require.NoError(t, err, "the outbox table as the app role")
 
 	// A job due in a second: River's scheduler (the leader) makes it
 	// available.
@@ -332,7 +333,7 @@ func TestPrivilegeInsertNeedsUpdateOfKind(t *testing.T) {
 	ob := newOutbox(t, appPool, directInsert) // River's insert is what this test is about
 
 	enqueue := func(n int, opts *river.InsertOpts) (outbox.FlushResult, error) {
-		return ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		return ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			for i := range n {
 				if err := tx.Enqueue(jobs.PingArgs{PingID: int64(i + 1)}, opts); err != nil {
 					return err

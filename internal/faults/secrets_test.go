@@ -172,6 +172,7 @@ func TestSecretsNotInLogsOrErrors(t *testing.T) {
 
 		reg := app.Registry(pool)
 		client, err := jobs.NewClient(pool, reg, &jobs.ClientConfig{
+			Queues: []string{jobs.AllQueues},
 			Schema: s.Name, Logger: logger, MaxWorkers: 4,
 			River: &river.Config{RetryPolicy: secretsRetry{}, JobTimeout: 500 * time.Millisecond},
 		})
