@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
@@ -129,6 +130,54 @@ jobs: registry: nil periodic job`, err.Error())
 	good.AddQueue("billing", "invoices", 0, nil)
 	_, err = jobs.NewClient(s.Pool, good, &jobs.ClientConfig{Queues: []string{"billing_invoices", "billing_typo"}})
 	require.EqualError(t, err, "jobs: registry: unknown queue(s) billing_typo; declared: billing_invoices, default")
+	_, err = jobs.NewClient(s.Pool, good, &jobs.ClientConfig{Queues: []string{jobs.AllQueues, "billing_invoices"}})
+	require.EqualError(t, err, `jobs: registry: ClientConfig.Queues: AllQueues must stand alone, got ["*" "billing_invoices"]`)
+	_, err = jobs.NewClient(s.Pool, good, &jobs.ClientConfig{MaxWorkers: 4})
+	require.EqualError(t, err, "jobs: registry: ClientConfig.MaxWorkers is set but Queues is empty (an insert-only client); use []string{jobs.AllQueues} to work every queue")
+}
+
+// TestClientQueues checks River's reading of ClientConfig.Queues: nil and
+// empty make an insert-only client (which cannot start), AllQueues works
+// every declared queue and River's default, a list works those queues.
+func TestClientQueues(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	reg := jobs.NewRegistry()
+	q := reg.AddQueue("billing", "invoices", 0, nil)
+	reg.AddQueue("billing", "refunds", 0, nil)
+	jobs.AddWorker(reg, q, &invoiceWorker{})
+
+	for _, tc := range []struct {
+		name   string
+		queues []string
+		want   []string // nil: insert-only
+	}{
+		{"Nil", nil, nil},
+		{"Empty", []string{}, nil},
+		{"All", []string{jobs.AllQueues}, []string{"billing_invoices", "billing_refunds", "default"}},
+		{"Listed", []string{"billing_refunds"}, []string{"billing_refunds"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := dbtest.TestSchema(ctx, t, nil)
+			client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{Queues: tc.queues, Schema: s.Name, Logger: discardLogger()})
+			require.NoError(t, err)
+			if tc.want == nil {
+				require.EqualError(t, client.Start(ctx), "client Queues and Workers must be configured for a client to start working")
+				return
+			}
+			require.NoError(t, client.Start(ctx))
+			t.Cleanup(func() { require.NoError(t, client.Stop(context.WithoutCancel(ctx))) })
+			// A started producer records its queue in river_queue.
+			require.EventuallyWithT(t, func(c *assert.CollectT) {
+				rows, err := s.Pool.Query(ctx, `SELECT name FROM river_queue ORDER BY name`)
+				require.NoError(c, err)
+				got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+				require.NoError(c, err)
+				assert.Equal(c, tc.want, got)
+			}, 10*time.Second, 10*time.Millisecond)
+		})
+	}
 }
 
 type registryBundle struct {

@@ -702,6 +702,61 @@ func TestBadInput(t *testing.T) {
 		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM pings`))
 	})
 
+	t.Run("AllowLists", func(t *testing.T) {
+		t.Parallel()
+		base := setup(ctx, t, nil)
+		newOutbox := func(cfg *outbox.Config) *outbox.Outbox {
+			ob, err := outbox.New(base.pool, base.client, cfg)
+			require.NoError(t, err)
+			return ob
+		}
+		// try enqueues to queue and publishes on topic, rolling back.
+		try := func(ob *outbox.Outbox, queue, topic string) (enqueueErr, publishErr error) {
+			_, _ = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+				enqueueErr = tx.Enqueue(noteArgs{Note: "x"}, &river.InsertOpts{Queue: queue})
+				publishErr = tx.Publish(topic, map[string]int{"id": 1})
+				return errors.New("roll back")
+			})
+			return enqueueErr, publishErr
+		}
+		registry := &outboxseam.Registry{Queues: []string{"mail", "sms"}, Topics: []string{"a.b", "c.d"}}
+		empty := &outboxseam.Registry{Queues: []string{}, Topics: []string{}}
+		for _, tc := range []struct {
+			name         string
+			ob           *outbox.Outbox
+			queue, topic string
+			queueErr     error
+			topicErr     error
+		}{
+			// Nil and empty Config lists both allow any name.
+			{"NilLists", newOutbox(&outbox.Config{}), "anything", "any.topic", nil, nil},
+			{"EmptyLists", newOutbox(&outbox.Config{Queues: []string{}, Topics: []string{}}), "anything", "any.topic", nil, nil},
+			{"ConfigRefuses", newOutbox(&outbox.Config{Queues: []string{"mail"}, Topics: []string{"a.b"}}), "sms", "c.d", outbox.ErrUnknownQueue, outbox.ErrUnknownTopic},
+			// A registry's lists restrict, an empty one to nothing.
+			{"RegistryAllows", newOutbox(withRegistry(&outbox.Config{}, registry)), "sms", "c.d", nil, nil},
+			{"RegistryRefuses", newOutbox(withRegistry(&outbox.Config{}, registry)), "push", "e.f", outbox.ErrUnknownQueue, outbox.ErrUnknownTopic},
+			{"EmptyRegistryRefuses", newOutbox(withRegistry(&outbox.Config{}, empty)), "mail", "a.b", outbox.ErrUnknownQueue, outbox.ErrUnknownTopic},
+			// With both, a name must be in both.
+			{"BothAllow", newOutbox(withRegistry(&outbox.Config{Queues: []string{"mail"}, Topics: []string{"a.b"}}, registry)), "mail", "a.b", nil, nil},
+			{"ConfigNarrowsRegistry", newOutbox(withRegistry(&outbox.Config{Queues: []string{"mail"}, Topics: []string{"a.b"}}, registry)), "sms", "c.d", outbox.ErrUnknownQueue, outbox.ErrUnknownTopic},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				enqueueErr, publishErr := try(tc.ob, tc.queue, tc.topic)
+				if tc.queueErr == nil {
+					require.NoError(t, enqueueErr)
+				} else {
+					require.ErrorIs(t, enqueueErr, tc.queueErr)
+				}
+				if tc.topicErr == nil {
+					require.NoError(t, publishErr)
+				} else {
+					require.ErrorIs(t, publishErr, tc.topicErr)
+				}
+			})
+		}
+		require.Zero(t, base.count(ctx, t, `SELECT count(*) FROM outbox_jobs`))
+	})
+
 	t.Run("New", func(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, nil)
