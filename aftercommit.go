@@ -45,7 +45,7 @@ type Config struct {
 
 	// Inventory tunes the inventory domain: claim lifetimes, lock and
 	// statement timeouts, the checkout completion semaphore, the claim
-	// pruner (inventory.RegisterConfig). Give inventory.NewServiceConfig the
+	// pruner (inventory.Register). Give inventory.NewService the
 	// same Config.
 	//
 	// Defaults to nil: inventory.Config's defaults.
@@ -73,7 +73,7 @@ func Register(reg *jobs.Registry, pool *pgxpool.Pool, cfg *Config) {
 	jobs.RegisterPing(reg, pool)
 	jobs.RegisterEventPruner(reg, pool, cfg.EventPruner)
 	donations.Register(reg, pool)
-	inventory.RegisterConfig(reg, pool, cfg.Inventory)
+	inventory.Register(reg, pool, cfg.Inventory)
 	reporting.Register(reg, pool)
 }
 

@@ -258,10 +258,10 @@ func TestConfig(t *testing.T) {
 		CompletionConcurrency: 4, PruneInterval: time.Minute, PruneBatchSize: 1000,
 	}, (*inventory.Config)(nil).WithDefaults())
 
-	_, err := inventory.NewServiceConfig(nil, nil, &inventory.Config{ClaimTTL: -time.Second, CompletionConcurrency: -1})
+	_, err := inventory.NewService(nil, nil, &inventory.Config{ClaimTTL: -time.Second, CompletionConcurrency: -1})
 	require.ErrorContains(t, err, "Config.ClaimTTL must be at least 1ms")
 	require.ErrorContains(t, err, "Config.CompletionConcurrency must be in 1…1000, got -1")
 	require.Panics(t, func() {
-		inventory.RegisterConfig(jobs.NewRegistry(), nil, &inventory.Config{PruneBatchSize: -1})
+		inventory.Register(jobs.NewRegistry(), nil, &inventory.Config{PruneBatchSize: -1})
 	})
 }

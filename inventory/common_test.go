@@ -45,7 +45,7 @@ func setup(ctx context.Context, t testing.TB, opts *setupOpts) *testBundle {
 	b := &testBundle{schema: s}
 
 	reg := jobs.NewRegistry()
-	inventory.RegisterConfig(reg, s.Pool, opts.cfg)
+	inventory.Register(reg, s.Pool, opts.cfg)
 	// No more completions per process than the semaphore's permits, so none
 	// snoozes (a snoozed job waits for River's 5 s scheduler).
 	b.client, b.events = jobstest.Client(ctx, t, s, reg, jobstest.Opts{
@@ -58,7 +58,7 @@ func setup(ctx context.Context, t testing.TB, opts *setupOpts) *testBundle {
 	})
 	ob, err := jobs.NewOutbox(s.Pool, b.client, reg, directInsert)
 	require.NoError(t, err)
-	b.svc, err = inventory.NewServiceConfig(s.Pool, ob, opts.cfg)
+	b.svc, err = inventory.NewService(s.Pool, ob, opts.cfg)
 	require.NoError(t, err)
 	return b
 }

@@ -67,7 +67,10 @@ func FuzzBeginCheckoutInput(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	s := NewService(pool, ob)
+	s, err := NewService(pool, ob, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(f.Context())
 	cancel()
 

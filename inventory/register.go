@@ -140,16 +140,12 @@ func (c Config) validate() error {
 	return errors.Join(errs...)
 }
 
-// Register declares the inventory domain on reg with the default Config:
-// its queues, its workers and the periodic claim pruner. pool is the
-// database the workers read and write.
-func Register(reg *jobs.Registry, pool *pgxpool.Pool) {
-	RegisterConfig(reg, pool, nil)
-}
-
-// RegisterConfig is Register with a Config (nil for the defaults). It
-// panics on a Config out of range: a programming error, found at startup.
-func RegisterConfig(reg *jobs.Registry, pool *pgxpool.Pool, cfg *Config) {
+// Register declares the inventory domain on reg: its queues, its workers and
+// the periodic claim pruner. pool is the database the workers read and
+// write; cfg may be nil for the defaults. It panics on a Config out of
+// range: a programming error, found at startup (NewService returns the same
+// check as an error).
+func Register(reg *jobs.Registry, pool *pgxpool.Pool, cfg *Config) {
 	c := cfg.WithDefaults()
 	if err := c.validate(); err != nil {
 		panic(err)
@@ -174,15 +170,10 @@ type Service struct {
 	cfg  Config
 }
 
-// NewService returns the domain's service with the default Config. ob must
-// be built with jobs.NewOutbox from a registry that Register filled.
-func NewService(pool *pgxpool.Pool, ob *outbox.Outbox) *Service {
-	return &Service{pool: pool, ob: ob, cfg: (*Config)(nil).WithDefaults()}
-}
-
-// NewServiceConfig is NewService with a Config (nil for the defaults). It
-// fails when a field is out of range.
-func NewServiceConfig(pool *pgxpool.Pool, ob *outbox.Outbox, cfg *Config) (*Service, error) {
+// NewService returns the domain's service. ob must be built with
+// jobs.NewOutbox from a registry that Register filled; cfg may be nil for
+// the defaults. It fails when a field of cfg is out of range.
+func NewService(pool *pgxpool.Pool, ob *outbox.Outbox, cfg *Config) (*Service, error) {
 	c := cfg.WithDefaults()
 	if err := c.validate(); err != nil {
 		return nil, err

@@ -72,7 +72,7 @@ func runBackfill(ctx context.Context, args []string, e *env) int {
 		return code
 	}
 	defer pool.Close()
-	reg := app.Registry(pool)
+	reg := app.Registry(pool, nil)
 	client, err := jobs.NewClient(pool, reg, &jobs.ClientConfig{Queues: []string{}, Schema: db.schema}) // insert only
 	if err != nil {
 		return reportError(ctx, e, fmt.Errorf("aftercommit backfill: %w", err))

@@ -85,7 +85,7 @@ func runCheckArgs(ctx context.Context, args []string, e *env) int {
 	}
 	defer pool.Close()
 
-	reg := app.Registry(pool)
+	reg := app.Registry(pool, nil)
 	if err := reg.Err(); err != nil {
 		return reportError(ctx, e, fmt.Errorf("aftercommit check-args: the registry of this build is invalid: %w", err))
 	}

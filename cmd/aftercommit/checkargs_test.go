@@ -164,7 +164,7 @@ checked 4 queued jobs: 1 ok, 0 with warnings only, 3 failing; 0 jobs finished in
 	t.Run("ListsJobsWorkersCancelledForBadArgs", func(t *testing.T) {
 		t.Parallel()
 		b := setupCheckArgs(ctx, t)
-		reg := app.Registry(b.schema.Pool)
+		reg := app.Registry(b.schema.Pool, nil)
 		queue, priority, ok := reg.KindDefaults(donations.UpdateEmailDonationKind)
 		require.True(t, ok)
 		require.Equal(t, "donations_default", queue)

@@ -51,7 +51,7 @@ func installFaultHooks(pool *pgxpool.Pool, rc *river.Config, logger *slog.Logger
 		inv.CompletionConcurrency = n
 	}
 	inv.PruneInterval = envDuration("AFTERCOMMIT_FAULT_PRUNE_INTERVAL")
-	reg := app.RegistryConfig(pool, &app.Config{Inventory: inv})
+	reg := app.Registry(pool, &app.Config{Inventory: inv})
 	jobs.AddWorker(reg, river.QueueDefault, &markNoTxWorker{pool: pool})
 
 	mw := &faultMiddleware{

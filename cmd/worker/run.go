@@ -98,7 +98,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 	// process works: the leader's rescuer must know them all.
 	metrics := jobs.NewMetrics(nil)
 	rc := riverConfig(cfg)
-	reg := app.Registry(pool)
+	reg := app.Registry(pool, nil)
 	if faultHooks != nil {
 		reg = faultHooks(pool, rc, logger)
 	}

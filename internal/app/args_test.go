@@ -27,7 +27,7 @@ var stringFields = map[string]string{
 // interface — fails until it is moved to a table or reviewed here.
 func TestArgsCarryIDsOnly(t *testing.T) {
 	t.Parallel()
-	reg := app.Registry(nil)
+	reg := app.Registry(nil, nil)
 	require.NoError(t, reg.Err())
 
 	var problems []string
@@ -115,7 +115,7 @@ var idExceptions = map[string]string{
 // automatically.
 func TestArgsDeclareTheirIDs(t *testing.T) {
 	t.Parallel()
-	reg := app.Registry(nil)
+	reg := app.Registry(nil, nil)
 	require.NoError(t, reg.Err())
 
 	var problems, ids []string

@@ -50,7 +50,7 @@ type producerBundle struct {
 func producerSetup(ctx context.Context, t *testing.T) *producerBundle {
 	t.Helper()
 	s := dbtest.TestSchema(ctx, t, nil)
-	reg := app.Registry(s.Pool)
+	reg := app.Registry(s.Pool, nil)
 	require.NoError(t, reg.Err())
 	client, _ := jobstest.Client(ctx, t, s, reg, jobstest.Opts{
 		Work:  true,

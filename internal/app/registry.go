@@ -12,20 +12,15 @@ import (
 	"github.com/aftercommit/aftercommit/jobs"
 )
 
-// Registry returns a new registry filled by aftercommit.Register with the
-// default Config. Workers keep pool for their work; a command that only
-// inspects the registry (check-args) never runs them. Check reg.Err() before
-// use.
-func Registry(pool *pgxpool.Pool) *jobs.Registry {
-	return RegistryConfig(pool, nil)
-}
-
 // Config is aftercommit.Config: a nil *Config takes every default.
 type Config = aftercommit.Config
 
-// RegistryConfig is Registry with a Config. It panics when a domain's
-// configuration is out of range (see aftercommit.Register).
-func RegistryConfig(pool *pgxpool.Pool, cfg *Config) *jobs.Registry {
+// Registry returns a new registry filled by aftercommit.Register with cfg
+// (nil: the defaults). Workers keep pool for their work; a command that only
+// inspects the registry (check-args) never runs them. Check reg.Err() before
+// use. It panics when a domain's configuration is out of range (see
+// aftercommit.Register).
+func Registry(pool *pgxpool.Pool, cfg *Config) *jobs.Registry {
 	reg := jobs.NewRegistry()
 	aftercommit.Register(reg, pool, cfg)
 	return reg

@@ -26,7 +26,7 @@ import (
 func TestRegistry(t *testing.T) {
 	t.Parallel()
 
-	reg := app.Registry(nil)
+	reg := app.Registry(nil, nil)
 	require.NoError(t, reg.Err())
 	require.Equal(t, []string{
 		jobs.PingKind,
@@ -60,7 +60,7 @@ func TestDonationsFeedReportingRollups(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 8})
-	reg := app.Registry(s.Pool)
+	reg := app.Registry(s.Pool, nil)
 	client, _ := jobstest.Client(ctx, t, s, reg, jobstest.Opts{
 		Work:       true,
 		MaxWorkers: 4,

@@ -126,7 +126,7 @@ func queryIDs(ctx context.Context, pool *pgxpool.Pool, sql string, args ...any) 
 // domain's queues, as cmd/worker runs by default, or queues) with the
 // shipped fetch settings, and returns its stop function.
 func startWorker(ctx context.Context, env *Env, pool *pgxpool.Pool, queues []string) (*river.Client[pgx.Tx], func(), error) {
-	reg := app.Registry(pool)
+	reg := app.Registry(pool, nil)
 	client, err := jobs.NewClient(pool, reg, &jobs.ClientConfig{
 		Queues: queues, Schema: env.Schema, Logger: env.Logger, River: shippedRiver(env), Metrics: jobs.NewMetrics(nil),
 	})
@@ -260,7 +260,7 @@ func donationsScenario(Config) *Scenario {
 			if seed, err = seedDonations(ctx, env.Pool); err != nil {
 				return err
 			}
-			_, ob, err := insertOnly(env, app.Registry(env.Pool))
+			_, ob, err := insertOnly(env, app.Registry(env.Pool, nil))
 			if err != nil {
 				return err
 			}
@@ -345,7 +345,7 @@ func donateHotScenario(Config) *Scenario {
 			if _, err := env.Pool.Exec(ctx, `UPDATE emails SET donated = false WHERE donated`); err != nil {
 				return nil, err
 			}
-			reg := app.Registry(env.Pool)
+			reg := app.Registry(env.Pool, nil)
 			client, _, err := insertOnly(env, reg)
 			if err != nil {
 				return nil, err
@@ -444,12 +444,12 @@ func claimsScenario(Config) *Scenario {
 		Setup: func(ctx context.Context, env *Env) error {
 			cfg := &inventory.Config{ClaimTTL: time.Second}
 			reg := jobs.NewRegistry()
-			inventory.RegisterConfig(reg, env.Pool, cfg)
+			inventory.Register(reg, env.Pool, cfg)
 			_, ob, err := insertOnly(env, reg)
 			if err != nil {
 				return err
 			}
-			svc, err = inventory.NewServiceConfig(env.Pool, ob, cfg)
+			svc, err = inventory.NewService(env.Pool, ob, cfg)
 			return err
 		},
 		Sides: []Side{
@@ -550,7 +550,7 @@ func carUsersScenario(cfg Config) *Scenario {
 				return nil, err
 			}
 			defer a.pool.Close()
-			reg := app.Registry(a.pool)
+			reg := app.Registry(a.pool, nil)
 			if a.inserter, err = jobs.NewClient(a.pool, reg, &jobs.ClientConfig{Queues: []string{}, Schema: env.Schema, Logger: env.Logger}); err != nil {
 				return nil, err
 			}

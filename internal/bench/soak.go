@@ -345,7 +345,7 @@ func (s *soakRun) run(ctx context.Context) (*SoakReport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bench: soak: %w", err)
 	}
-	reg := app.Registry(env.Pool)
+	reg := app.Registry(env.Pool, nil)
 	client, err := jobs.NewClient(env.Pool, reg, &jobs.ClientConfig{
 		Queues: []string{jobs.AllQueues},
 		Schema: env.Schema, Logger: env.Logger, River: shippedRiver(env), MaxWorkers: cfg.MaxWorkers,

@@ -158,7 +158,7 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Summary, error) 
 	}
 	r.summary.Tag = r.tag
 
-	reg := app.Registry(pool)
+	reg := app.Registry(pool, nil)
 	if err := reg.Err(); err != nil {
 		return nil, fmt.Errorf("demo: the registry is invalid: %w", err)
 	}
@@ -210,7 +210,9 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Summary, error) 
 		return nil, fmt.Errorf("demo: %w", err)
 	}
 	r.donations = donations.NewService(pool, r.ob)
-	r.inventory = inventory.NewService(pool, r.ob)
+	if r.inventory, err = inventory.NewService(pool, r.ob, nil); err != nil {
+		return nil, fmt.Errorf("demo: %w", err)
+	}
 	r.reporting = reporting.NewService(pool, r.ob)
 
 	for _, p := range []struct {

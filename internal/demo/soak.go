@@ -79,7 +79,7 @@ func NewSoak(pool *pgxpool.Pool, cfg Config) (*Soak, error) {
 	}
 	cfg.Out, cfg.Bars, cfg.ExternalWorkers = io.Discard, false, true
 
-	reg := app.Registry(pool)
+	reg := app.Registry(pool, nil)
 	if err := reg.Err(); err != nil {
 		return nil, fmt.Errorf("demo: the registry is invalid: %w", err)
 	}
@@ -92,7 +92,9 @@ func NewSoak(pool *pgxpool.Pool, cfg Config) (*Soak, error) {
 		return nil, fmt.Errorf("demo: %w", err)
 	}
 	base.donations = donations.NewService(pool, base.ob)
-	base.inventory = inventory.NewService(pool, base.ob)
+	if base.inventory, err = inventory.NewService(pool, base.ob, nil); err != nil {
+		return nil, fmt.Errorf("demo: %w", err)
+	}
 	base.reporting = reporting.NewService(pool, base.ob)
 	tag := strconv.FormatUint(cfg.Seed%1_000_000_007, 36) + strconv.FormatInt(time.Now().UnixMilli()%1_000_000, 36)
 	return &Soak{cfg: cfg, pool: pool, base: base, tag: tag, held: map[string]int{}, failed: map[string]string{}}, nil

@@ -63,7 +63,7 @@ func TestBadJobRows(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 8})
-	reg := app.Registry(s.Pool)
+	reg := app.Registry(s.Pool, nil)
 	metrics := jobs.NewMetrics(nil)
 	promReg := prometheus.NewRegistry()
 	promReg.MustRegister(metrics)

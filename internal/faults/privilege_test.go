@@ -114,7 +114,7 @@ func TestPrivilegeRoles(t *testing.T) {
 	appPool := dbrolestest.Pool(ctx, t, appRole, 3)
 
 	// The application, entirely as the app role.
-	reg := app.Registry(appPool)
+	reg := app.Registry(appPool, nil)
 	client, err := jobs.NewClient(appPool, reg, &jobs.ClientConfig{Queues: []string{}, Schema: s.Name})
 	require.NoError(t, err)
 	ob, err := jobs.NewOutbox(appPool, client, reg, directInsert)

@@ -149,13 +149,15 @@ func newFixture(ctx context.Context, t *testing.T, s *dbtest.Schema, stock int) 
 	t.Helper()
 	_, err := s.Pool.Exec(ctx, effectsSQL)
 	require.NoError(t, err)
-	reg := app.Registry(s.Pool)
+	reg := app.Registry(s.Pool, nil)
 	require.NoError(t, reg.Err())
 	client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{Schema: s.Name, Queues: []string{}})
 	require.NoError(t, err)
 	ob, err := jobs.NewOutbox(s.Pool, client, reg, nil)
 	require.NoError(t, err)
-	f := &fixture{s: s, donations: donations.NewService(s.Pool, ob), inventory: inventory.NewService(s.Pool, ob), sku: "FAULT-1", stock0: stock}
+	inv, err := inventory.NewService(s.Pool, ob, nil)
+	require.NoError(t, err)
+	f := &fixture{s: s, donations: donations.NewService(s.Pool, ob), inventory: inv, sku: "FAULT-1", stock0: stock}
 	require.NoError(t, s.Pool.QueryRow(ctx,
 		`INSERT INTO products (sku, stock) VALUES ($1, $2) RETURNING id`, f.sku, stock).Scan(&f.productID))
 	return f

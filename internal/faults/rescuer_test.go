@@ -167,7 +167,7 @@ func TestTimeoutsAreRetryableInJobs(t *testing.T) {
 
 			reg := jobs.NewRegistry()
 			cfg := tc.cfg
-			inventory.RegisterConfig(reg, s.Pool, &cfg)
+			inventory.Register(reg, s.Pool, &cfg)
 			client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{
 				Schema: s.Name, Queues: []string{inventory.QueueCheckout}, Logger: discardLogger(),
 			})

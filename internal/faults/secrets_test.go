@@ -170,7 +170,7 @@ func TestSecretsNotInLogsOrErrors(t *testing.T) {
 		require.NoError(t, err)
 		defer appPool.Close()
 
-		reg := app.Registry(pool)
+		reg := app.Registry(pool, nil)
 		client, err := jobs.NewClient(pool, reg, &jobs.ClientConfig{
 			Queues: []string{jobs.AllQueues},
 			Schema: s.Name, Logger: logger, MaxWorkers: 4,
@@ -344,7 +344,7 @@ func secretsWithURL(t *testing.T, raw string, change func(*url.URL)) string {
 // kinds, an insert-only client.
 func secretsOutbox(t *testing.T, pool *pgxpool.Pool) *outbox.Outbox {
 	t.Helper()
-	reg := app.Registry(pool)
+	reg := app.Registry(pool, nil)
 	client, err := jobs.NewClient(pool, reg, &jobs.ClientConfig{Queues: []string{}})
 	require.NoError(t, err)
 	ob, err := jobs.NewOutbox(pool, client, reg, nil)
