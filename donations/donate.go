@@ -196,6 +196,21 @@ type DonationCreatedEvent struct {
 // and reported as a *ValidationError matching ErrUnknownFundraiser; nothing
 // is written then. Other errors are the database's, wrapped.
 func (s *Service) Donate(ctx context.Context, in DonateInput) (Donation, error) {
+	return s.DonateTx(ctx, nil, in)
+}
+
+// DonateTx is Donate in the caller's transaction tx, with the business rows
+// it writes itself: the donation, its job and its event commit or roll back
+// with them. In a transaction from Outbox.InTx the job and event are written
+// with its COMMIT; in any other pgx.Tx they are written before DonateTx
+// returns, in one more round trip (outbox.Outbox.JoinTx). After an error
+// other than a validation error the transaction is aborted and must be
+// rolled back. A nil tx is a transaction of its own, as Donate.
+//
+// Run it at READ COMMITTED (Postgres' default): a donor's user created by a
+// concurrent transaction is found by a second statement, which a
+// REPEATABLE READ snapshot would not see.
+func (s *Service) DonateTx(ctx context.Context, tx pgx.Tx, in DonateInput) (Donation, error) {
 	in, err := in.normalize()
 	if err != nil {
 		return Donation{}, err
@@ -212,7 +227,7 @@ func (s *Service) Donate(ctx context.Context, in DonateInput) (Donation, error) 
 		d.Status = StatusSucceeded
 	}
 
-	_, err = s.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = s.ob.JoinTx(ctx, tx, func(ctx context.Context, tx *outbox.Tx) error {
 		var userID *int64
 		err := tx.QueryRow(ctx, donateInsertSQL,
 			in.FundraiserID, in.DonorEmail, in.DonorName, in.EmailID,

@@ -81,16 +81,28 @@ func (w *FoldEmailCountersWorker) Work(ctx context.Context, job *river.Job[FoldE
 // opens counter includes it once the fold has run. It returns
 // ErrUnknownEmail, with nothing written, when the email does not exist.
 func (s *Service) TrackOpen(ctx context.Context, emailID int64) error {
-	return s.trackOne(ctx, insertOpenDeltaSQL, emailID)
+	return s.trackOne(ctx, nil, insertOpenDeltaSQL, emailID)
+}
+
+// TrackOpenTx is TrackOpen in the caller's transaction tx (see DonateTx for
+// how its job is written). A nil tx is a transaction of its own.
+func (s *Service) TrackOpenTx(ctx context.Context, tx pgx.Tx, emailID int64) error {
+	return s.trackOne(ctx, tx, insertOpenDeltaSQL, emailID)
 }
 
 // TrackClick records a click in an email the way TrackOpen records an open.
 func (s *Service) TrackClick(ctx context.Context, emailID int64) error {
-	return s.trackOne(ctx, insertClickDeltaSQL, emailID)
+	return s.trackOne(ctx, nil, insertClickDeltaSQL, emailID)
 }
 
-func (s *Service) trackOne(ctx context.Context, sql string, emailID int64) error {
-	_, err := s.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+// TrackClickTx is TrackClick in the caller's transaction tx, like
+// TrackOpenTx.
+func (s *Service) TrackClickTx(ctx context.Context, tx pgx.Tx, emailID int64) error {
+	return s.trackOne(ctx, tx, insertClickDeltaSQL, emailID)
+}
+
+func (s *Service) trackOne(ctx context.Context, tx pgx.Tx, sql string, emailID int64) error {
+	_, err := s.ob.JoinTx(ctx, tx, func(ctx context.Context, tx *outbox.Tx) error {
 		if _, err := tx.Exec(ctx, sql, emailID); err != nil {
 			if isUnknownEmail(err) {
 				return fmt.Errorf("%w: %d", ErrUnknownEmail, emailID)
@@ -119,6 +131,12 @@ func (s *Service) TrackClicks(ctx context.Context, emailIDs []int64) error {
 // TrackBatch records one open per element of opens and one click per
 // element of clicks, in one transaction, like TrackOpens.
 func (s *Service) TrackBatch(ctx context.Context, opens, clicks []int64) error {
+	return s.TrackBatchTx(ctx, nil, opens, clicks)
+}
+
+// TrackBatchTx is TrackBatch in the caller's transaction tx (see DonateTx
+// for how its jobs are written). A nil tx is a transaction of its own.
+func (s *Service) TrackBatchTx(ctx context.Context, tx pgx.Tx, opens, clicks []int64) error {
 	if len(opens) > math.MaxInt32 || len(clicks) > math.MaxInt32 {
 		return errors.New("donations: tracking batch too large") // a delta counts in an integer column
 	}
@@ -149,7 +167,7 @@ func (s *Service) TrackBatch(ctx context.Context, opens, clicks []int64) error {
 	for i, id := range ids {
 		openCol[i], clickCol[i] = byEmail[id].opens, byEmail[id].clicks
 	}
-	_, err := s.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := s.ob.JoinTx(ctx, tx, func(ctx context.Context, tx *outbox.Tx) error {
 		if _, err := tx.Exec(ctx, insertDeltasSQL, ids, openCol, clickCol); err != nil {
 			if isUnknownEmail(err) {
 				return fmt.Errorf("%w: %s", ErrUnknownEmail, unknownEmailDetail(err))

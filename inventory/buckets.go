@@ -70,7 +70,7 @@ func (s *Service) SetStrategy(ctx context.Context, sku string, strategy Strategy
 	case strategy != StrategySingleRow && strategy != StrategyBuckets:
 		return &ValidationError{Field: "strategy", Message: fmt.Sprintf("must be %q or %q, got %q", StrategySingleRow, StrategyBuckets, strategy)}
 	}
-	err := s.inTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	err := s.inTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		id, _, err := s.lockProductAndBuckets(ctx, tx, sku)
 		if err != nil {
 			return err
@@ -107,7 +107,7 @@ func (s *Service) Rebalance(ctx context.Context, sku string) ([]Bucket, error) {
 		return nil, err
 	}
 	var out []Bucket
-	err := s.inTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	err := s.inTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		id, buckets, err := s.lockProductAndBuckets(ctx, tx, sku)
 		if err != nil {
 			return err

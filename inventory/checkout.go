@@ -82,6 +82,22 @@ func (s State) holdsClaim() bool { return s == StateOpen || s == StatePaymentFai
 // or statement timeout is a *BusyError (ErrBusy). Nothing is written when
 // an error is returned.
 func (s *Service) BeginCheckout(ctx context.Context, sku string, quantity int) (Checkout, error) {
+	return s.BeginCheckoutTx(ctx, nil, sku, quantity)
+}
+
+// BeginCheckoutTx is BeginCheckout in the caller's transaction tx: the
+// checkout, its claim and its expiry job commit or roll back with the
+// caller's rows. In a transaction from Outbox.InTx the job is written with
+// its COMMIT; in any other pgx.Tx before BeginCheckoutTx returns, in one
+// more round trip (outbox.Outbox.JoinTx). The claim's locks are held until
+// the caller ends tx, so keep the rest of it short. Config's lock and
+// statement timeouts are not set on a caller's transaction: set them in
+// its BEGIN if it needs them. A bucket claim that must start over under
+// the product lock rolls back to a savepoint, not the caller's work. After
+// an error other than a *ValidationError, *SoldOutError or
+// ErrUnknownProduct the transaction is aborted and must be rolled back. A
+// nil tx is a transaction of its own, as BeginCheckout.
+func (s *Service) BeginCheckoutTx(ctx context.Context, tx pgx.Tx, sku string, quantity int) (Checkout, error) {
 	if err := validSKU(sku); err != nil {
 		return Checkout{}, err
 	}
@@ -93,17 +109,33 @@ func (s *Service) BeginCheckout(ctx context.Context, sku string, quantity int) (
 	}
 
 	c := Checkout{SKU: sku, Quantity: quantity}
-	begin := func(claim func(context.Context, pgx.Tx, *Checkout) error) error {
-		return s.inTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
-			if err := claim(ctx, tx, &c); err != nil {
+	var err error
+	if tx == nil {
+		begin := func(claim func(context.Context, pgx.Tx, *Checkout) error) error {
+			return s.inTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+				if err := claim(ctx, tx, &c); err != nil {
+					return err
+				}
+				return tx.Enqueue(ExpireCheckoutArgs{CheckoutID: c.ID}, jobs.At(c.ExpiresAt))
+			})
+		}
+		err = begin(s.claim)
+		if errors.Is(err, errStartOver) {
+			err = begin(s.claimLocked)
+		}
+	} else {
+		err = s.inTx(ctx, tx, func(ctx context.Context, tx *outbox.Tx) error {
+			// Rolling back to the savepoint releases the bucket lock the
+			// first try may hold, as the rollback of a whole transaction does.
+			err := pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) error { return s.claim(ctx, sp, &c) })
+			if errors.Is(err, errStartOver) {
+				err = s.claimLocked(ctx, tx, &c)
+			}
+			if err != nil {
 				return err
 			}
 			return tx.Enqueue(ExpireCheckoutArgs{CheckoutID: c.ID}, jobs.At(c.ExpiresAt))
 		})
-	}
-	err := begin(s.claim)
-	if errors.Is(err, errStartOver) {
-		err = begin(s.claimLocked)
 	}
 	if err != nil {
 		return Checkout{}, translate(ctx, "beginning a checkout", err)
@@ -252,7 +284,13 @@ func (n *newCheckout) fill(c *Checkout) bool {
 // and be skipped). A checkout that is not open or payment_failed, or whose
 // claim has already run out, is a *StateError (ErrCheckoutClosed).
 func (s *Service) PaymentFailed(ctx context.Context, checkoutID int64) (Checkout, error) {
-	c, err := s.change(ctx, checkoutID, "record a failed payment of", func(ctx context.Context, tx *outbox.Tx, c *Checkout, claimExpired bool) error {
+	return s.PaymentFailedTx(ctx, nil, checkoutID)
+}
+
+// PaymentFailedTx is PaymentFailed in the caller's transaction tx, as
+// BeginCheckoutTx is BeginCheckout. A nil tx is a transaction of its own.
+func (s *Service) PaymentFailedTx(ctx context.Context, tx pgx.Tx, checkoutID int64) (Checkout, error) {
+	c, err := s.change(ctx, tx, checkoutID, "record a failed payment of", func(ctx context.Context, tx *outbox.Tx, c *Checkout, claimExpired bool) error {
 		if !c.State.holdsClaim() || claimExpired {
 			return stateError(c, claimExpired, "record a failed payment of")
 		}
@@ -270,7 +308,13 @@ func (s *Service) PaymentFailed(ctx context.Context, checkoutID int64) (Checkout
 // its state becomes abandoned. Abandoning an abandoned checkout changes
 // nothing; a paid, completed or expired one is a *StateError.
 func (s *Service) Abandon(ctx context.Context, checkoutID int64) (Checkout, error) {
-	return s.change(ctx, checkoutID, "abandon", func(ctx context.Context, tx *outbox.Tx, c *Checkout, claimExpired bool) error {
+	return s.AbandonTx(ctx, nil, checkoutID)
+}
+
+// AbandonTx is Abandon in the caller's transaction tx, as BeginCheckoutTx is
+// BeginCheckout. A nil tx is a transaction of its own.
+func (s *Service) AbandonTx(ctx context.Context, tx pgx.Tx, checkoutID int64) (Checkout, error) {
+	return s.change(ctx, tx, checkoutID, "abandon", func(ctx context.Context, tx *outbox.Tx, c *Checkout, claimExpired bool) error {
 		if c.State == StateAbandoned {
 			return nil
 		}
@@ -293,7 +337,14 @@ func (s *Service) Abandon(ctx context.Context, checkoutID int64) (Checkout, erro
 // claim has run out, is a *StateError: its units may have been sold to
 // someone else.
 func (s *Service) PaymentAuthorized(ctx context.Context, checkoutID int64) (Checkout, error) {
-	return s.change(ctx, checkoutID, "pay", func(ctx context.Context, tx *outbox.Tx, c *Checkout, claimExpired bool) error {
+	return s.PaymentAuthorizedTx(ctx, nil, checkoutID)
+}
+
+// PaymentAuthorizedTx is PaymentAuthorized in the caller's transaction tx,
+// as BeginCheckoutTx is BeginCheckout: the order the caller marks paid and
+// the completion job commit together. A nil tx is a transaction of its own.
+func (s *Service) PaymentAuthorizedTx(ctx context.Context, tx pgx.Tx, checkoutID int64) (Checkout, error) {
+	return s.change(ctx, tx, checkoutID, "pay", func(ctx context.Context, tx *outbox.Tx, c *Checkout, claimExpired bool) error {
 		if c.State == StatePaid || c.State == StateCompleted {
 			return nil
 		}
@@ -308,19 +359,24 @@ func (s *Service) PaymentAuthorized(ctx context.Context, checkoutID int64) (Chec
 	})
 }
 
-// inTx runs fn in an outbox transaction that begins with the domain's
-// lock and statement timeouts.
-func (s *Service) inTx(ctx context.Context, fn func(ctx context.Context, tx *outbox.Tx) error) error {
+// inTx runs fn in the caller's transaction tx (outbox.Outbox.JoinTx) or,
+// when tx is nil, in an outbox transaction of its own that begins with the
+// domain's lock and statement timeouts.
+func (s *Service) inTx(ctx context.Context, tx pgx.Tx, fn func(ctx context.Context, tx *outbox.Tx) error) error {
+	if tx != nil {
+		_, err := s.ob.JoinTx(ctx, tx, fn)
+		return err
+	}
 	_, err := s.ob.InTx(ctx, &outbox.InTxOpts{TxOptions: s.cfg.txOptions()}, fn)
 	return err
 }
 
-// change runs fn in an outbox transaction on checkout id, locked after its
-// product (single_row) or its claim's bucket (buckets), and returns the
-// checkout as fn left it.
-func (s *Service) change(ctx context.Context, id int64, op string, fn func(ctx context.Context, tx *outbox.Tx, c *Checkout, claimExpired bool) error) (Checkout, error) {
+// change runs fn on checkout id in tx (nil: an outbox transaction of its
+// own), locked after its product (single_row) or its claim's bucket
+// (buckets), and returns the checkout as fn left it.
+func (s *Service) change(ctx context.Context, tx pgx.Tx, id int64, op string, fn func(ctx context.Context, tx *outbox.Tx, c *Checkout, claimExpired bool) error) (Checkout, error) {
 	var c Checkout
-	err := s.inTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	err := s.inTx(ctx, tx, func(ctx context.Context, tx *outbox.Tx) error {
 		var claimExpired bool
 		c = Checkout{ID: id}
 		if err := lockCheckout(ctx, tx, &c, &claimExpired, false); err != nil {

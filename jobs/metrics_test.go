@@ -177,8 +177,8 @@ func setupMetrics(ctx context.Context, t *testing.T, insertOnly bool) *metricsBu
 			Plugins:           []rivertype.Plugin{b.metrics.Plugin()},
 		},
 	}
-	if insertOnly {
-		cfg.Queues = []string{}
+	if !insertOnly {
+		cfg.Queues = []string{jobs.AllQueues}
 	}
 	client, err := jobs.NewClient(s.Pool, reg, cfg)
 	require.NoError(t, err)

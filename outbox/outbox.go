@@ -374,6 +374,36 @@ func (o *Outbox) InTx(ctx context.Context, opts *InTxOpts, fn func(ctx context.C
 	return res, nil
 }
 
+// JoinTx runs fn in the caller's transaction tx, for code written once for
+// both InTx and a transaction the caller owns (the domains' …Tx methods).
+// When tx is a *Tx of this Outbox (fn runs inside InTx) it is handed to fn
+// as it is, and fn's jobs and events are written with that InTx's commit
+// (JoinTx's result is then zero). Any other pgx.Tx is wrapped in a *Tx whose
+// jobs and events are written into tx in one round trip when fn returns
+// nil, de-duplicated as in InTx; the caller commits or rolls back tx.
+//
+// When fn returns an error nothing is written, and tx is left to the caller
+// to roll back (a failed statement has aborted it anyway). A nil tx makes
+// JoinTx InTx with default options: a transaction of its own, committed.
+func (o *Outbox) JoinTx(ctx context.Context, tx pgx.Tx, fn func(ctx context.Context, tx *Tx) error) (FlushResult, error) {
+	if tx == nil {
+		return o.InTx(ctx, nil, fn)
+	}
+	if own, ok := tx.(*Tx); ok && own.batch.ob == o {
+		if own.isClosed() {
+			return FlushResult{}, pgx.ErrTxClosed
+		}
+		return FlushResult{}, fn(ctx, own)
+	}
+	joined := &Tx{inner: tx, batch: o.NewBatch()}
+	err := fn(ctx, joined)
+	joined.close()
+	if err != nil {
+		return FlushResult{}, err
+	}
+	return joined.batch.Flush(ctx, tx)
+}
+
 // Tx is the transaction InTx hands to its function. It implements pgx.Tx for
 // the caller's own SQL (so it can be passed to sqlc queries, River's InsertTx
 // or anything else that takes a pgx.Tx) and buffers jobs with Enqueue.

@@ -172,24 +172,23 @@ func (w *CreateCarUsersInBulkWorker) outbox(ctx context.Context) (*outbox.Outbox
 // the job, which is cancelled when they are unknown; CreateCarUsersInBulk
 // does the same work at once and returns those errors.
 func (s *Service) EnqueueCarUsersInBulk(ctx context.Context, carID int64, userIDs []int64) error {
-	args, err := bulkArgs(carID, userIDs)
-	if err != nil {
-		return err
-	}
-	_, err = s.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
-		return tx.Enqueue(args, nil)
-	})
-	return err
+	return s.EnqueueCarUsersInBulkTx(ctx, nil, carID, userIDs)
 }
 
 // EnqueueCarUsersInBulkTx is EnqueueCarUsersInBulk in the caller's
-// transaction: the job is written with its commit.
-func (s *Service) EnqueueCarUsersInBulkTx(tx *outbox.Tx, carID int64, userIDs []int64) error {
+// transaction tx: the job commits or rolls back with the caller's rows. In
+// a transaction from Outbox.InTx it is written with its COMMIT; in any other
+// pgx.Tx before EnqueueCarUsersInBulkTx returns, in one round trip
+// (outbox.Outbox.JoinTx). A nil tx is a transaction of its own.
+func (s *Service) EnqueueCarUsersInBulkTx(ctx context.Context, tx pgx.Tx, carID int64, userIDs []int64) error {
 	args, err := bulkArgs(carID, userIDs)
 	if err != nil {
 		return err
 	}
-	return tx.Enqueue(args, nil)
+	_, err = s.ob.JoinTx(ctx, tx, func(_ context.Context, tx *outbox.Tx) error {
+		return tx.Enqueue(args, nil)
+	})
+	return err
 }
 
 // bulkArgs checks the input of a bulk creation and returns its args, IDs
@@ -218,11 +217,19 @@ func bulkArgs(carID int64, userIDs []int64) (CreateCarUsersInBulkArgs, error) {
 // *ValidationError values matching ErrInvalidInput, and nothing is written
 // then.
 func (s *Service) CreateCarUsersInBulk(ctx context.Context, carID int64, userIDs []int64) (BulkResult, error) {
+	return s.CreateCarUsersInBulkTx(ctx, nil, carID, userIDs)
+}
+
+// CreateCarUsersInBulkTx is CreateCarUsersInBulk in the caller's transaction
+// tx, as EnqueueCarUsersInBulkTx is EnqueueCarUsersInBulk. After an error
+// other than a *ValidationError the transaction is aborted and must be
+// rolled back. A nil tx is a transaction of its own.
+func (s *Service) CreateCarUsersInBulkTx(ctx context.Context, tx pgx.Tx, carID int64, userIDs []int64) (BulkResult, error) {
 	if _, err := bulkArgs(carID, userIDs); err != nil {
 		return BulkResult{}, err
 	}
 	var res BulkResult
-	_, err := s.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := s.ob.JoinTx(ctx, tx, func(ctx context.Context, tx *outbox.Tx) error {
 		var err error
 		res, err = createCarUsersTx(ctx, tx, carID, userIDs)
 		return err
@@ -311,23 +318,30 @@ func normalizeUserIDs(ids []int64) ([]int64, error) {
 // *ValidationError matching ErrUnknownCar or ErrUnknownUsers, with nothing
 // written.
 func (s *Service) AddCarUser(ctx context.Context, carID, userID int64) (added bool, err error) {
-	_, err = s.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
-		added, err = s.AddCarUserTx(ctx, tx, carID, userID)
-		return err
-	})
-	return added, err
+	return s.AddCarUserTx(ctx, nil, carID, userID)
 }
 
-// AddCarUserTx is AddCarUser in the caller's transaction: the pair and the
-// report job are written with its commit. After an error the caller must
-// roll back (return the error from its InTx function).
-func (s *Service) AddCarUserTx(ctx context.Context, tx *outbox.Tx, carID, userID int64) (bool, error) {
+// AddCarUserTx is AddCarUser in the caller's transaction tx, as
+// EnqueueCarUsersInBulkTx is EnqueueCarUsersInBulk: the pair and the report
+// job commit or roll back with the caller's rows. After an error other than
+// a *ValidationError the caller must roll back. A nil tx is a transaction of
+// its own.
+func (s *Service) AddCarUserTx(ctx context.Context, tx pgx.Tx, carID, userID int64) (added bool, err error) {
 	switch {
 	case carID <= 0:
 		return false, &ValidationError{Field: "car_id", Message: fmt.Sprintf("must name a car, got %d", carID)}
 	case userID <= 0:
 		return false, &ValidationError{Field: "user_id", Message: fmt.Sprintf("must name a user, got %d", userID)}
 	}
+	_, err = s.ob.JoinTx(ctx, tx, func(ctx context.Context, tx *outbox.Tx) error {
+		added, err = addCarUser(ctx, tx, carID, userID)
+		return err
+	})
+	return added, err
+}
+
+// addCarUser adds the pair and enqueues the car's report in tx.
+func addCarUser(ctx context.Context, tx *outbox.Tx, carID, userID int64) (bool, error) {
 	tag, err := tx.Exec(ctx, insertCarUserSQL, carID, userID)
 	switch {
 	case isForeignKey(err, fkCarUsersCar):
@@ -345,6 +359,11 @@ func (s *Service) AddCarUserTx(ctx context.Context, tx *outbox.Tx, carID, userID
 // CreateCar creates a car and returns its ID. Its report appears with its
 // first user.
 func (s *Service) CreateCar(ctx context.Context, name string) (int64, error) {
+	return s.CreateCarTx(ctx, nil, name)
+}
+
+// CreateCarTx is CreateCar in the caller's transaction tx (nil: on its own).
+func (s *Service) CreateCarTx(ctx context.Context, tx pgx.Tx, name string) (int64, error) {
 	name = strings.TrimSpace(name)
 	switch {
 	case name == "":
@@ -354,8 +373,14 @@ func (s *Service) CreateCar(ctx context.Context, name string) (int64, error) {
 	case !utf8.ValidString(name) || strings.ContainsRune(name, 0):
 		return 0, &ValidationError{Field: "name", Message: "must be text (UTF-8 without NUL characters)"}
 	}
+	var db interface {
+		QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	} = s.pool
+	if tx != nil {
+		db = tx
+	}
 	var id int64
-	if err := s.pool.QueryRow(ctx, insertCarSQL, name).Scan(&id); err != nil {
+	if err := db.QueryRow(ctx, insertCarSQL, name).Scan(&id); err != nil {
 		return 0, fmt.Errorf("reporting: creating a car: %w", err)
 	}
 	return id, nil

@@ -172,8 +172,8 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Summary, error) 
 			FetchPollInterval: 50 * time.Millisecond,
 		},
 	}
-	if cfg.ExternalWorkers {
-		clientCfg.Queues = []string{} // insert only
+	if !cfg.ExternalWorkers {
+		clientCfg.Queues = []string{jobs.AllQueues} // else insert-only
 	}
 	client, err := jobs.NewClient(pool, reg, clientCfg)
 	if err != nil {

@@ -42,8 +42,8 @@ func Client(ctx context.Context, t testing.TB, s *dbtest.Schema, reg *jobs.Regis
 		MaxWorkers: opts.MaxWorkers,
 		River:      opts.River,
 	}
-	if !opts.Work {
-		cfg.Queues = []string{} // insert-only
+	if opts.Work {
+		cfg.Queues = []string{jobs.AllQueues}
 	}
 	client, err := jobs.NewClient(s.Pool, reg, cfg)
 	require.NoError(t, err)
