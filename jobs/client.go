@@ -160,8 +160,6 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 			}
 		}
 		rc.Queues = queues
-	} else if cfg.MaxWorkers > 0 {
-		return nil, fmt.Errorf("%w: ClientConfig.MaxWorkers is set but Queues is empty (an insert-only client); use []string{jobs.AllQueues} to work every queue", ErrRegistry)
 	}
 
 	client, err := river.NewClient(riverpgxv5.New(pool), &rc)

@@ -132,8 +132,6 @@ jobs: registry: nil periodic job`, err.Error())
 	require.EqualError(t, err, "jobs: registry: unknown queue(s) billing_typo; declared: billing_invoices, default")
 	_, err = jobs.NewClient(s.Pool, good, &jobs.ClientConfig{Queues: []string{jobs.AllQueues, "billing_invoices"}})
 	require.EqualError(t, err, `jobs: registry: ClientConfig.Queues: AllQueues must stand alone, got ["*" "billing_invoices"]`)
-	_, err = jobs.NewClient(s.Pool, good, &jobs.ClientConfig{MaxWorkers: 4})
-	require.EqualError(t, err, "jobs: registry: ClientConfig.MaxWorkers is set but Queues is empty (an insert-only client); use []string{jobs.AllQueues} to work every queue")
 }
 
 // TestClientQueues checks River's reading of ClientConfig.Queues: nil and
