@@ -167,9 +167,6 @@ func recount[T river.JobArgs](ctx context.Context, pool *pgxpool.Pool, job *rive
 				return fmt.Errorf("recounting for %s %d: %w", job.Kind, id, err)
 			}
 		}
-		if err := injectedFailure(ctx); err != nil {
-			return err
-		}
 		return jobs.CompleteTx(ctx, tx, job, out)
 	})
 }
@@ -261,15 +258,4 @@ func enqueueForEach(ctx context.Context, s *Service, pageSQL string, mk func(id 
 		}
 		last = ids[len(ids)-1]
 	}
-}
-
-// injectedFailureKey carries an error that a test wants a worker to return
-// inside its transaction, after its write and before its completion, so
-// that both roll back. Only tests put it in a context (export_test files).
-type injectedFailureKey struct{}
-
-// injectedFailure returns the error a test injected into ctx, if any.
-func injectedFailure(ctx context.Context) error {
-	err, _ := ctx.Value(injectedFailureKey{}).(error)
-	return err
 }

@@ -1,15 +1,5 @@
 package donations
 
-import "context"
-
-// WithInjectedFailure returns ctx carrying err: the fold and recount
-// workers run with it return err after their write, inside their
-// transaction, so that the write and the job's completion roll back. Tests
-// put it in the job's context with a River worker middleware.
-func WithInjectedFailure(ctx context.Context, err error) context.Context {
-	return context.WithValue(ctx, injectedFailureKey{}, err)
-}
-
 // FoldEmailCountersSQL is the fold statement, for tests that race two folds
 // by hand.
 const FoldEmailCountersSQL = foldEmailCountersSQL

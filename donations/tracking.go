@@ -69,9 +69,6 @@ func (w *FoldEmailCountersWorker) Work(ctx context.Context, job *river.Job[FoldE
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) { // no rows: nothing was pending
 			return fmt.Errorf("folding the counters of email %d: %w", job.Args.EmailID, err)
 		}
-		if err := injectedFailure(ctx); err != nil {
-			return err
-		}
 		return jobs.CompleteTx(ctx, tx, job, out)
 	})
 }

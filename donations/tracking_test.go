@@ -2,7 +2,6 @@ package donations_test
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
@@ -22,8 +21,6 @@ import (
 	"github.com/aftercommit/aftercommit/jobs"
 )
 
-// errInjected is the failure the tests inject into fold and recount jobs.
-var errInjected = errors.New("injected failure after the write")
 
 // fastRetryPolicy retries a failed job 10 ms later (River's default waits
 // attempt⁴ seconds).
@@ -88,7 +85,7 @@ func setupCounterTest(ctx context.Context, t *testing.T, opts counterOpts) *coun
 	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: opts.maxConns})
 	reg := jobs.NewRegistry()
 	donations.Register(reg, s.Pool)
-	inject := &jobstest.FailureInjector{Fail: opts.fail, Inject: func(ctx context.Context) context.Context { return donations.WithInjectedFailure(ctx, errInjected) }}
+	inject := jobstest.NewFailureInjector(ctx, t, s, opts.fail)
 	client := newCounterClient(ctx, t, s.Pool, reg, s.Name, opts, inject)
 	ob, err := jobs.NewOutbox(s.Pool, client, reg, directInsert)
 	require.NoError(t, err)

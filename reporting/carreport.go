@@ -76,9 +76,6 @@ func (w *CarReportWorker) Work(ctx context.Context, job *river.Job[CarReportArgs
 				return fmt.Errorf("reporting: recounting car %d: %w", job.Args.CarID, err)
 			}
 		}
-		if err := injectedFailure(ctx); err != nil {
-			return err
-		}
 		return jobs.CompleteTx(ctx, tx, job, out)
 	})
 }
@@ -137,15 +134,4 @@ func (s *Service) CarReport(ctx context.Context, carID int64) (CarReport, error)
 		r.ComputedAt = *computed
 	}
 	return r, nil
-}
-
-// injectedFailureKey carries an error that a test wants a worker to return
-// inside its transaction, after its write and before its completion, so
-// that both roll back. Only tests put it in a context (export_test.go).
-type injectedFailureKey struct{}
-
-// injectedFailure returns the error a test injected into ctx, if any.
-func injectedFailure(ctx context.Context) error {
-	err, _ := ctx.Value(injectedFailureKey{}).(error)
-	return err
 }

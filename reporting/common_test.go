@@ -2,7 +2,6 @@ package reporting_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
@@ -69,7 +68,7 @@ func setup(ctx context.Context, t testing.TB, opts *setupOpts) *bundle {
 		opts.maxConns = 6
 	}
 	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: opts.maxConns})
-	b := &bundle{schema: s, trace: &testtrace.Tracer{}, inject: &jobstest.FailureInjector{Fail: opts.fail, Inject: func(ctx context.Context) context.Context { return reporting.WithInjectedFailure(ctx, errInjected) }}}
+	b := &bundle{schema: s, trace: &testtrace.Tracer{}, inject: jobstest.NewFailureInjector(ctx, t, s, opts.fail)}
 
 	var traced *pgxpool.Pool
 	if opts.traceWorkers || opts.traceService {
@@ -152,8 +151,6 @@ func (b *bundle) start(ctx context.Context, t testing.TB, queues []string) {
 	t.Cleanup(func() { require.NoError(t, rl.Stop(context.WithoutCancel(ctx))) })
 }
 
-// errInjected is the failure the tests inject into report and rollup jobs.
-var errInjected = errors.New("injected failure after the write")
 
 // failOneInFive fails about 20% of the attempts of the given kinds, chosen
 // by a hash of the job and its attempt, so a job may fail several times in a

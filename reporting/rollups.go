@@ -130,9 +130,6 @@ func (w *RollupFundraiserDayWorker) Work(ctx context.Context, job *river.Job[Rol
 		if err != nil {
 			return fmt.Errorf("reporting: rolling up fundraiser %d around %s: %w", job.Args.FundraiserID, job.Args.Day, err)
 		}
-		if err := injectedFailure(ctx); err != nil {
-			return err
-		}
 		return jobs.CompleteTx(ctx, tx, job, out)
 	})
 }

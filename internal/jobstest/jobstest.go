@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
 	"github.com/stretchr/testify/require"
@@ -81,27 +82,56 @@ func Relay(t testing.TB, s *dbtest.Schema, client *river.Client[pgx.Tx], reg *jo
 	return rl
 }
 
-// FailureInjector is a River worker middleware that marks a job's context
-// with Inject whenever Fail says so, so that the domain's worker fails after
-// its write, inside its transaction (the write rolls back), and River
-// retries the job. Injected counts the marked attempts.
+// FailureInjector is a River worker middleware that makes the attempts Fail
+// picks fail at their completion: the job's UPDATE to completed, which
+// jobs.CompleteTx runs inside the worker's transaction after its write,
+// raises "injected failure after the write", so the write and the
+// completion roll back together and River retries the job. It works from
+// outside, with a trigger on river_job, as a failed COMMIT would: no
+// production code knows of it. Injected counts the attempts picked.
+//
+// Fail must pick only jobs whose worker completes with jobs.CompleteTx: a
+// job completed by River's own completer would make its batch fail.
 type FailureInjector struct {
 	river.MiddlewareDefaults
 
-	// Fail chooses the attempts to fail; nil fails none.
-	Fail func(job *rivertype.JobRow) bool
-	// Inject returns ctx marked for failure (the domain's
-	// WithInjectedFailure).
-	Inject func(ctx context.Context) context.Context
-	// Injected counts the attempts marked.
+	fail func(job *rivertype.JobRow) bool
+	pool *pgxpool.Pool
+	// Injected counts the attempts picked.
 	Injected atomic.Int64
+}
+
+// injectFailureSQL installs the trigger in the schema of the connection's
+// search_path. The table changes the schema's structure, so dbtest drops
+// the schema instead of reusing it.
+const injectFailureSQL = `
+CREATE TABLE test_injected_failures (job_id bigint NOT NULL, attempt smallint NOT NULL, PRIMARY KEY (job_id, attempt));
+CREATE FUNCTION test_inject_failure() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF EXISTS (SELECT FROM test_injected_failures WHERE job_id = NEW.id AND attempt = NEW.attempt) THEN
+		RAISE EXCEPTION 'injected failure after the write (job %, attempt %)', NEW.id, NEW.attempt;
+	END IF;
+	RETURN NEW;
+END $$;
+CREATE TRIGGER test_inject_failure BEFORE UPDATE ON river_job FOR EACH ROW
+	WHEN (OLD.state = 'running' AND NEW.state = 'completed') EXECUTE FUNCTION test_inject_failure();`
+
+// NewFailureInjector installs the trigger in s and returns the middleware
+// that picks attempts with fail (nil: none).
+func NewFailureInjector(ctx context.Context, t testing.TB, s *dbtest.Schema, fail func(job *rivertype.JobRow) bool) *FailureInjector {
+	t.Helper()
+	_, err := s.Pool.Exec(ctx, injectFailureSQL)
+	require.NoError(t, err)
+	return &FailureInjector{fail: fail, pool: s.Pool}
 }
 
 // Work implements rivertype.WorkerMiddleware.
 func (m *FailureInjector) Work(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
-	if m.Fail != nil && m.Fail(job) {
+	if m.fail != nil && m.fail(job) {
+		if _, err := m.pool.Exec(ctx, `INSERT INTO test_injected_failures (job_id, attempt) VALUES ($1, $2) ON CONFLICT DO NOTHING`, job.ID, job.Attempt); err != nil {
+			return err
+		}
 		m.Injected.Add(1)
-		ctx = m.Inject(ctx)
 	}
 	return doInner(ctx)
 }
