@@ -125,7 +125,7 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 	if lockCfg == nil {
 		lockCfg = &LockConfig{Logger: cfg.Logger}
 	}
-	lockMW, err := NewLockMiddleware(pool, reg.lockFunc, lockCfg)
+	lockMW, err := newLockMiddleware(pool, reg.lockFunc, lockCfg)
 	if err != nil {
 		return nil, err
 	}
@@ -140,7 +140,7 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 		lockMW,
 		newQueueLockMiddleware(reg, pool, cfg.Schema),
 		&outboxCreatedAtMiddleware{},
-		NewNeededMiddleware(reg.neededFunc),
+		newNeededMiddleware(reg.neededFunc),
 	}, rc.Middleware...)
 	if len(cfg.Queues) > 0 {
 		names := cfg.Queues

@@ -49,7 +49,7 @@
 // additions to one car leaves one waiting report.
 //
 // The lock is River's unique-key column and its unique index:
-// QueueLockMiddleware gives the job a key on insert (River's INSERT … ON
+// an insert middleware of NewClient's client gives the job a key on insert (River's INSERT … ON
 // CONFLICT then matches a waiting job; a concurrent transaction waits for
 // the first one's commit and then matches it, and neither fails) and clears
 // the key as the job starts. Cancelled or deleted jobs leave the index by
@@ -64,7 +64,9 @@
 // renewed while the job runs; a job that finds every slot taken snoozes with
 // jitter and keeps its attempt; a process that dies holds the key at most
 // until its lease expires. The namespace defaults to the kind; a shared
-// namespace makes two kinds exclude each other. See LockMiddleware.
+// namespace makes two kinds exclude each other. NewClient installs the
+// lock for every kind whose worker implements Locker; ClientConfig.Lock
+// tunes it.
 //
 // # Publish / subscribe
 //

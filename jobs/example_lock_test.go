@@ -49,9 +49,10 @@ func (w *chargeWorker) Work(ctx context.Context, job *river.Job[chargeArgs]) err
 	}
 }
 
-// Three invoices of one payer are enqueued together; the lock middleware
-// runs them one at a time, and the jobs that waited did not use up attempts.
-func ExampleNewLockMiddleware() {
+// A worker that implements Locker gets a worker lock from NewClient: three
+// invoices of one payer are enqueued together and run one at a time, and
+// the jobs that waited did not use up attempts.
+func ExampleLocker() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, nil)
 	if err != nil {
@@ -60,25 +61,31 @@ func ExampleNewLockMiddleware() {
 	defer release()
 
 	worker := &chargeWorker{payerOf: map[int64]int64{1: 7, 2: 7, 3: 7}}
-	workers := river.NewWorkers()
-	river.AddWorker(workers, worker)
-	lockFor, _ := jobs.LockFuncFor[chargeArgs](worker)
-	mw, err := jobs.NewLockMiddleware(s.Pool, func(kind string) (jobs.LockFunc, bool) {
-		return lockFor, kind == chargeArgs{}.Kind()
-	}, &jobs.LockConfig{SnoozeBase: 50 * time.Millisecond})
+	reg := jobs.NewRegistry()
+	jobs.AddWorker(reg, reg.AddQueue("billing", "charges", 0, nil), worker)
+	client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{
+		Queues: []string{jobs.AllQueues},
+		Schema: s.Name,
+		Logger: discardLogger(),
+		Lock:   &jobs.LockConfig{SnoozeBase: 50 * time.Millisecond},
+		River:  &river.Config{FetchCooldown: 20 * time.Millisecond, FetchPollInterval: 50 * time.Millisecond},
+	})
 	if err != nil {
 		log.Fatal(err)
 	}
+	completed, cancel := client.Subscribe(river.EventKindJobCompleted)
+	defer cancel()
+	if err := client.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+	defer func() { _ = client.Stop(ctx) }()
 
-	client, completed, stop := startExampleClient(ctx, s, workers, 10, mw)
-	defer stop()
-
-	ob, err := outbox.New(s.Pool, client, nil)
+	ob, err := jobs.NewOutbox(s.Pool, client, reg, nil)
 	if err != nil {
 		log.Fatal(err)
 	}
 	// The relay moves committed outbox rows into River's job table.
-	rl, err := relay.New(s.Pool, client, &relay.Config{Schema: s.Name})
+	rl, err := jobs.NewRelay(s.Pool, client, reg, &relay.Config{Schema: s.Name, Logger: discardLogger()})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -62,8 +62,8 @@ type Lock struct {
 	Permits int
 	// Lease is how long the lock outlives its holder's process if that
 	// process dies; while the job runs the lease is renewed every Lease/3.
-	// Defaults to the worker's Timeout when it has one (LockFuncFor fills it
-	// in), else to LockConfig.Lease. At least LockLeaseMin.
+	// Defaults to the worker's Timeout when it has one, else to
+	// LockConfig.Lease. At least LockLeaseMin.
 	Lease time.Duration
 }
 
@@ -75,13 +75,13 @@ type Locker[T river.JobArgs] interface {
 	LockFor(ctx context.Context, job *river.Job[T]) (Lock, error)
 }
 
-// LockFunc is the untyped form of Locker that LockMiddleware calls.
-type LockFunc func(ctx context.Context, job *rivertype.JobRow) (Lock, error)
+// lockFunc is the untyped form of Locker that lockMiddleware calls.
+type lockFunc func(ctx context.Context, job *rivertype.JobRow) (Lock, error)
 
-// LockFuncFor returns w's LockFunc, which decodes the row's args into T and
+// lockFuncFor returns w's lockFunc, which decodes the row's args into T and
 // calls w.LockFor, and true when w implements Locker[T]. A Lock without a
 // Lease gets w.Timeout(job) when that is positive.
-func LockFuncFor[T river.JobArgs](w river.Worker[T]) (LockFunc, bool) {
+func lockFuncFor[T river.JobArgs](w river.Worker[T]) (lockFunc, bool) {
 	locker, ok := w.(Locker[T])
 	if !ok {
 		return nil, false
@@ -105,7 +105,8 @@ func LockFuncFor[T river.JobArgs](w river.Worker[T]) (LockFunc, bool) {
 	}, true
 }
 
-// LockConfig tunes a LockMiddleware. A nil *LockConfig takes the defaults.
+// LockConfig tunes the worker lock NewClient installs
+// (ClientConfig.Lock). A nil *LockConfig takes the defaults.
 type LockConfig struct {
 	// Lease is the lease of a Lock that sets none and whose worker has no
 	// Timeout. Set it to the client's JobTimeout when that is not River's
@@ -158,11 +159,11 @@ func (c *LockConfig) validate() error {
 	return nil
 }
 
-// LockMiddleware runs each job whose worker asks for a Lock only while it
+// lockMiddleware runs each job whose worker asks for a Lock only while it
 // holds that lock: the worker lock and the global semaphore. It is River
 // worker middleware (river.Config.Middleware).
 //
-// Before a job runs, the middleware calls the kind's LockFunc. When the Lock
+// Before a job runs, the middleware calls the kind's lockFunc. When the Lock
 // has a Key, it takes a free (or expired) slot of the key in one statement;
 // when every slot is held it returns river.JobSnooze(SnoozeBase + jitter),
 // which puts the job back without using up an attempt (River stores the
@@ -184,11 +185,11 @@ func (c *LockConfig) validate() error {
 //
 //	SELECT id, kind, state, scheduled_at, metadata->>'snoozes' AS snoozes
 //	  FROM river_job WHERE state IN ('available', 'scheduled') AND metadata ? 'snoozes';
-type LockMiddleware struct {
+type lockMiddleware struct {
 	river.MiddlewareDefaults
 
 	pool   *pgxpool.Pool
-	lookup func(kind string) (LockFunc, bool)
+	lookup func(kind string) (lockFunc, bool)
 	cfg    LockConfig
 
 	acquired atomic.Int64
@@ -196,33 +197,33 @@ type LockMiddleware struct {
 	lost     atomic.Int64
 }
 
-var _ rivertype.WorkerMiddleware = (*LockMiddleware)(nil)
+var _ rivertype.WorkerMiddleware = (*lockMiddleware)(nil)
 
-// NewLockMiddleware returns a middleware that takes, for each job, the Lock
-// that lookup(kind)'s LockFunc asks for, in the job_locks table of pool.
+// newLockMiddleware returns a middleware that takes, for each job, the Lock
+// that lookup(kind)'s lockFunc asks for, in the job_locks table of pool.
 // Kinds that lookup does not know run without a lock.
-func NewLockMiddleware(pool *pgxpool.Pool, lookup func(kind string) (LockFunc, bool), cfg *LockConfig) (*LockMiddleware, error) {
+func newLockMiddleware(pool *pgxpool.Pool, lookup func(kind string) (lockFunc, bool), cfg *LockConfig) (*lockMiddleware, error) {
 	if pool == nil {
-		return nil, errors.New("jobs: NewLockMiddleware needs a pool")
+		return nil, errors.New("jobs: the worker lock needs a pool")
 	}
 	if lookup == nil {
-		return nil, errors.New("jobs: NewLockMiddleware needs a lookup function")
+		return nil, errors.New("jobs: the worker lock needs a lookup function")
 	}
 	c := cfg.WithDefaults()
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
-	return &LockMiddleware{pool: pool, lookup: lookup, cfg: c}, nil
+	return &lockMiddleware{pool: pool, lookup: lookup, cfg: c}, nil
 }
 
 // Acquired is the number of locks taken since start.
-func (m *LockMiddleware) Acquired() int64 { return m.acquired.Load() }
+func (m *lockMiddleware) Acquired() int64 { return m.acquired.Load() }
 
 // Snoozed is the number of times a job was snoozed because its lock was held.
-func (m *LockMiddleware) Snoozed() int64 { return m.snoozed.Load() }
+func (m *lockMiddleware) Snoozed() int64 { return m.snoozed.Load() }
 
 // Lost is the number of leases lost while their job ran (see ErrLockLost).
-func (m *LockMiddleware) Lost() int64 { return m.lost.Load() }
+func (m *lockMiddleware) Lost() int64 { return m.lost.Load() }
 
 // heldLock is one slot a job holds.
 type heldLock struct {
@@ -234,7 +235,7 @@ type heldLock struct {
 }
 
 // Work implements rivertype.WorkerMiddleware.
-func (m *LockMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
+func (m *lockMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
 	lockFor, ok := m.lookup(job.Kind)
 	if !ok {
 		return doInner(ctx)
@@ -287,7 +288,7 @@ func (m *LockMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInne
 }
 
 // complete fills in the defaults of lock and checks its fields.
-func (m *LockMiddleware) complete(job *rivertype.JobRow, lock Lock) (Lock, error) {
+func (m *lockMiddleware) complete(job *rivertype.JobRow, lock Lock) (Lock, error) {
 	if lock.Namespace == "" {
 		lock.Namespace = job.Kind
 	}
@@ -307,7 +308,7 @@ func (m *LockMiddleware) complete(job *rivertype.JobRow, lock Lock) (Lock, error
 }
 
 // snooze returns SnoozeBase plus up to half of it at random.
-func (m *LockMiddleware) snooze() time.Duration {
+func (m *lockMiddleware) snooze() time.Duration {
 	base := m.cfg.SnoozeBase
 	if base <= 1 {
 		return base
@@ -318,7 +319,7 @@ func (m *LockMiddleware) snooze() time.Duration {
 // acquire takes a slot of lock for job, or returns nil when all are held. It
 // tries again while it lost a race for a slot that looked free, at most
 // Permits times: each lost race means another job took a different slot.
-func (m *LockMiddleware) acquire(ctx context.Context, job *rivertype.JobRow, lock Lock) (*heldLock, error) {
+func (m *lockMiddleware) acquire(ctx context.Context, job *rivertype.JobRow, lock Lock) (*heldLock, error) {
 	holderClient := ""
 	if n := len(job.AttemptedBy); n > 0 {
 		holderClient = job.AttemptedBy[n-1]
@@ -345,7 +346,7 @@ func (m *LockMiddleware) acquire(ctx context.Context, job *rivertype.JobRow, loc
 // renew extends the lease every lease/3 until stop is closed. When the
 // lease runs out before a renewal succeeded, or the row is no longer this
 // job's, it cancels the job with ErrLockLost and stops.
-func (m *LockMiddleware) renew(ctx context.Context, held *heldLock, stop <-chan struct{}, cancelJob context.CancelCauseFunc) {
+func (m *lockMiddleware) renew(ctx context.Context, held *heldLock, stop <-chan struct{}, cancelJob context.CancelCauseFunc) {
 	every := held.lease / 3
 	ticker := time.NewTicker(every)
 	defer ticker.Stop()
@@ -380,7 +381,7 @@ func (m *LockMiddleware) renew(ctx context.Context, held *heldLock, stop <-chan 
 	}
 }
 
-func (m *LockMiddleware) lose(ctx context.Context, held *heldLock, cancelJob context.CancelCauseFunc, msg string, attrs ...any) {
+func (m *lockMiddleware) lose(ctx context.Context, held *heldLock, cancelJob context.CancelCauseFunc, msg string, attrs ...any) {
 	m.lost.Add(1)
 	attrs = append(attrs, "namespace", held.namespace, "lock_key", held.key, "slot", held.slot, "job_id", held.jobID)
 	m.logger(ctx).WarnContext(ctx, msg, attrs...)
@@ -389,7 +390,7 @@ func (m *LockMiddleware) lose(ctx context.Context, held *heldLock, cancelJob con
 
 // release deletes held's row if it is still this job's. It does not use the
 // job's context, which may be cancelled by then.
-func (m *LockMiddleware) release(ctx context.Context, held *heldLock) {
+func (m *lockMiddleware) release(ctx context.Context, held *heldLock) {
 	releaseCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.ReleaseTimeout)
 	defer cancel()
 	if _, err := m.pool.Exec(releaseCtx, lockReleaseSQL, held.namespace, held.key, held.slot, held.jobID); err != nil {
@@ -401,7 +402,7 @@ func (m *LockMiddleware) release(ctx context.Context, held *heldLock) {
 
 // logger is the job's riverlog logger when there is one, so warnings show up
 // with the job in River UI, else the configured one.
-func (m *LockMiddleware) logger(ctx context.Context) *slog.Logger {
+func (m *lockMiddleware) logger(ctx context.Context) *slog.Logger {
 	if l, ok := riverlog.LoggerSafely(ctx); ok {
 		return l
 	}

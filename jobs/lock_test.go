@@ -711,9 +711,9 @@ func TestNewLockMiddlewareValidates(t *testing.T) {
 	lookup := func(string) (jobs.LockFunc, bool) { return nil, false }
 
 	_, err := jobs.NewLockMiddleware(nil, lookup, nil)
-	require.EqualError(t, err, "jobs: NewLockMiddleware needs a pool")
+	require.EqualError(t, err, "jobs: the worker lock needs a pool")
 	_, err = jobs.NewLockMiddleware(s.Pool, nil, nil)
-	require.EqualError(t, err, "jobs: NewLockMiddleware needs a lookup function")
+	require.EqualError(t, err, "jobs: the worker lock needs a lookup function")
 	_, err = jobs.NewLockMiddleware(s.Pool, lookup, &jobs.LockConfig{Lease: time.Millisecond})
 	require.EqualError(t, err, "jobs: LockConfig.Lease 1ms is under the minimum 100ms")
 

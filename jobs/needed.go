@@ -19,8 +19,8 @@ type Needed[T river.JobArgs] interface {
 	Needed(ctx context.Context, job *river.Job[T]) (bool, error)
 }
 
-// NeededFunc is the untyped form of Needed that the middleware calls.
-type NeededFunc func(ctx context.Context, job *rivertype.JobRow) (bool, error)
+// neededFunc is the untyped form of Needed that the middleware calls.
+type neededFunc func(ctx context.Context, job *rivertype.JobRow) (bool, error)
 
 // SkippedOutput is recorded as the output of a job its worker found not
 // needed.
@@ -31,28 +31,28 @@ type SkippedOutput struct {
 // skippedNotNeeded is the output of a skipped job.
 var skippedNotNeeded = SkippedOutput{Skipped: "not needed"}
 
-// NeededMiddleware asks a job's worker whether the job is still needed
+// neededMiddleware asks a job's worker whether the job is still needed
 // before running it. NewClient installs it.
-type NeededMiddleware struct {
+type neededMiddleware struct {
 	river.MiddlewareDefaults
 
-	lookup  func(kind string) (NeededFunc, bool)
+	lookup  func(kind string) (neededFunc, bool)
 	skipped atomic.Int64
 }
 
-var _ rivertype.WorkerMiddleware = (*NeededMiddleware)(nil)
+var _ rivertype.WorkerMiddleware = (*neededMiddleware)(nil)
 
-// NewNeededMiddleware returns a middleware that calls lookup(kind)'s
-// NeededFunc, when there is one, before each job.
-func NewNeededMiddleware(lookup func(kind string) (NeededFunc, bool)) *NeededMiddleware {
-	return &NeededMiddleware{lookup: lookup}
+// newNeededMiddleware returns a middleware that calls lookup(kind)'s
+// neededFunc, when there is one, before each job.
+func newNeededMiddleware(lookup func(kind string) (neededFunc, bool)) *neededMiddleware {
+	return &neededMiddleware{lookup: lookup}
 }
 
 // Skipped is the number of jobs completed as not needed since start.
-func (m *NeededMiddleware) Skipped() int64 { return m.skipped.Load() }
+func (m *neededMiddleware) Skipped() int64 { return m.skipped.Load() }
 
 // Work implements rivertype.WorkerMiddleware.
-func (m *NeededMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
+func (m *neededMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
 	needed, ok := m.lookup(job.Kind)
 	if !ok {
 		return doInner(ctx)

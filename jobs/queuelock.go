@@ -110,7 +110,7 @@ func (r *Registry) queueLockKey(args river.JobArgs) (string, bool) {
 	return key, key != ""
 }
 
-// QueueLockMiddleware implements queue locks on River's unique-key column,
+// queueLockMiddleware implements queue locks on River's unique-key column,
 // which a unique index guards: on insert it gives jobs of queue-locked kinds
 // a key derived from their lock key and the waiting states, so River's
 // INSERT … ON CONFLICT matches a waiting job instead of adding one (race-safe
@@ -123,7 +123,7 @@ func (r *Registry) queueLockKey(args river.JobArgs) (string, bool) {
 //
 //	SELECT id, kind, state, metadata->>'queue_lock' AS lock_key
 //	  FROM river_job WHERE unique_key IS NOT NULL AND metadata ? 'queue_lock';
-type QueueLockMiddleware struct {
+type queueLockMiddleware struct {
 	river.MiddlewareDefaults
 
 	reg      *Registry
@@ -132,18 +132,18 @@ type QueueLockMiddleware struct {
 }
 
 var (
-	_ rivertype.JobInsertMiddleware = (*QueueLockMiddleware)(nil)
-	_ rivertype.WorkerMiddleware    = (*QueueLockMiddleware)(nil)
+	_ rivertype.JobInsertMiddleware = (*queueLockMiddleware)(nil)
+	_ rivertype.WorkerMiddleware    = (*queueLockMiddleware)(nil)
 )
 
 // newQueueLockMiddleware returns the middleware for reg's kinds; schema is
 // River's schema ("" for the search_path).
-func newQueueLockMiddleware(reg *Registry, pool *pgxpool.Pool, schema string) *QueueLockMiddleware {
+func newQueueLockMiddleware(reg *Registry, pool *pgxpool.Pool, schema string) *queueLockMiddleware {
 	table := "river_job"
 	if schema != "" {
 		table = pgx.Identifier{schema, "river_job"}.Sanitize()
 	}
-	return &QueueLockMiddleware{
+	return &queueLockMiddleware{
 		reg:  reg,
 		pool: pool,
 		// The table name is configuration, sanitized as an identifier. The
@@ -155,7 +155,7 @@ func newQueueLockMiddleware(reg *Registry, pool *pgxpool.Pool, schema string) *Q
 
 // InsertMany gives queue-locked jobs their unique key before River inserts
 // them.
-func (m *QueueLockMiddleware) InsertMany(ctx context.Context, manyParams []*rivertype.JobInsertParams, doInner func(context.Context) ([]*rivertype.JobInsertResult, error)) ([]*rivertype.JobInsertResult, error) {
+func (m *queueLockMiddleware) InsertMany(ctx context.Context, manyParams []*rivertype.JobInsertParams, doInner func(context.Context) ([]*rivertype.JobInsertResult, error)) ([]*rivertype.JobInsertResult, error) {
 	for _, p := range manyParams {
 		if len(p.UniqueKey) > 0 {
 			continue // the caller's own River UniqueOpts: River's uniqueness, not ours
@@ -188,7 +188,7 @@ func (m *QueueLockMiddleware) InsertMany(ctx context.Context, manyParams []*rive
 // own UniqueOpts (by River's client in any language, or through NewClient's
 // client with explicit UniqueOpts) keeps its key, so River's uniqueness
 // holds as River promises.
-func (m *QueueLockMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
+func (m *queueLockMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
 	if !ownsUniqueKey(job) {
 		return doInner(ctx)
 	}

@@ -71,8 +71,8 @@ type kindEntry struct {
 	queue     string
 	argsType  reflect.Type // T of AddWorker[T]
 	args      *argsSpec    // how its args are decoded strictly
-	needed    NeededFunc
-	lock      LockFunc                   // nil: the kind takes no worker lock
+	needed    neededFunc
+	lock      lockFunc                   // nil: the kind takes no worker lock
 	queueLock func(river.JobArgs) string // nil: the kind has no queue lock
 }
 
@@ -195,7 +195,7 @@ func AddWorker[T river.JobArgs](r *Registry, queue string, w river.Worker[T]) {
 			return n.Needed(ctx, &river.Job[T]{JobRow: job, Args: args})
 		}
 	}
-	if lock, ok := LockFuncFor(w); ok {
+	if lock, ok := lockFuncFor(w); ok {
 		e.lock = lock
 	}
 	r.kinds[kind] = e
@@ -286,7 +286,7 @@ func (r *Registry) argsSpec(kind string) (*argsSpec, bool) {
 }
 
 // neededFunc returns the needed-check of kind, if its worker has one.
-func (r *Registry) neededFunc(kind string) (NeededFunc, bool) {
+func (r *Registry) neededFunc(kind string) (neededFunc, bool) {
 	e, ok := r.kinds[kind]
 	if !ok || e.needed == nil {
 		return nil, false
@@ -295,7 +295,7 @@ func (r *Registry) neededFunc(kind string) (NeededFunc, bool) {
 }
 
 // lockFunc returns the worker-lock function of kind, if its worker has one.
-func (r *Registry) lockFunc(kind string) (LockFunc, bool) {
+func (r *Registry) lockFunc(kind string) (lockFunc, bool) {
 	e, ok := r.kinds[kind]
 	if !ok || e.lock == nil {
 		return nil, false
