@@ -21,7 +21,6 @@ import (
 	"github.com/aftercommit/aftercommit/jobs"
 )
 
-
 // fastRetryPolicy retries a failed job 10 ms later (River's default waits
 // attempt⁴ seconds).
 type fastRetryPolicy struct{}

@@ -151,7 +151,6 @@ func (b *bundle) start(ctx context.Context, t testing.TB, queues []string) {
 	t.Cleanup(func() { require.NoError(t, rl.Stop(context.WithoutCancel(ctx))) })
 }
 
-
 // failOneInFive fails about 20% of the attempts of the given kinds, chosen
 // by a hash of the job and its attempt, so a job may fail several times in a
 // row.
