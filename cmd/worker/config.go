@@ -168,7 +168,7 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 	fs.BoolVar(&dev, "dev", false, "development: apply the migrations at start and, when neither --database-url nor DATABASE_URL\nnames a database and nothing answers at the default URL, start postgres:16 with Docker (testcontainers)\nfor this run, removed on exit (no environment variable: never in production by accident)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stdout, "Usage: worker [flags]\n\nRuns aftercommit's River workers until SIGINT or SIGTERM.\n\nFlags:")
+			_, _ = fmt.Fprintln(stdout, "Usage: worker [flags]\n\nRuns aftercommit's River workers until SIGINT or SIGTERM.\n\nFlags:")
 			fs.SetOutput(stdout)
 			fs.PrintDefaults()
 			return nil, errHelp

@@ -125,7 +125,7 @@ RETURNING id`, users, camps, sentAt)
 	e.opens, e.clicks = map[int64]int64{}, map[int64]int64{}
 	took := time.Since(start)
 	r.summary.Phases = append(r.summary.Phases, Phase{Name: "seed users and emails", Ops: s.users + s.fundraisers + s.emails, Took: took})
-	fmt.Fprintf(r.cfg.Out, "%-28s %7d in %6.2fs\n", "seed users and emails", s.users+s.fundraisers+s.emails, took.Seconds())
+	_, _ = fmt.Fprintf(r.cfg.Out, "%-28s %7d in %6.2fs\n", "seed users and emails", s.users+s.fundraisers+s.emails, took.Seconds())
 	return nil
 }
 
