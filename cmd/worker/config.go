@@ -173,7 +173,7 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 			fs.PrintDefaults()
 			return nil, errHelp
 		}
-		return nil, fmt.Errorf("worker: %v (see worker --help)", err)
+		return nil, fmt.Errorf("worker: %w (see worker --help)", err)
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("worker: unexpected argument %q: the worker takes flags only (see worker --help)", fs.Arg(0))

@@ -4,6 +4,7 @@ package faults_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -397,7 +398,7 @@ func leaderRecovery(ctx context.Context, t *testing.T, pool *pgxpool.Pool, clien
 	var id string
 	var expires time.Time
 	err := pool.QueryRow(ctx, `SELECT leader_id, expires_at FROM river_leader`).Scan(&id, &expires)
-	if err == pgx.ErrNoRows {
+	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, false
 	}
 	require.NoError(t, err)
