@@ -99,7 +99,7 @@ func TestPublish(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, nil)
 
-		res, err := b.ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		res, err := b.ob.InTxResult(ctx, func(_ context.Context, tx *outbox.Tx) error {
 			return tx.Publish("email.opened", map[string]int64{"email_id": 1})
 		})
 		require.NoError(t, err)
@@ -111,7 +111,7 @@ func TestPublish(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{Subscribers: subscribers}})
 
-		err := b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		err := b.ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error {
 			require.NoError(t, tx.Publish("donation.created", donationEvent{DonationID: 1, DayKey: "d"}))
 			return errors.New("declined")
 		})
@@ -166,7 +166,7 @@ func TestPublish(t *testing.T) {
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
 				var pubErr error
-				err := tc.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+				err := tc.ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error {
 					require.NoError(t, tx.Enqueue(noteArgs{Note: "good"}, nil))
 					pubErr = tx.Publish(tc.topic, tc.payload)
 					return nil // a careless caller: the transaction still rolls back
@@ -214,7 +214,7 @@ func TestPublish(t *testing.T) {
 		_, err = early.Flush(ctx, slow)
 		require.NoError(t, err)
 
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		require.NoError(t, b.ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error {
 			return tx.Publish("fast.one", 2)
 		}))
 		// The fast event has a larger id but must wait: the slow

@@ -165,7 +165,7 @@ func ExampleOutbox_InTx_payloadTooLarge() {
 	ob, _, release := exampleOutbox(ctx)
 	defer release()
 
-	err := ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	err := ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error {
 		return tx.Enqueue(exportArgs{CSV: strings.Repeat("x", 200<<10)}, nil)
 	})
 	var tooLarge *outbox.PayloadTooLargeError

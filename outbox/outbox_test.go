@@ -58,7 +58,7 @@ func TestInTx(t *testing.T) {
 		b := setup(ctx, t, nil)
 
 		// keyedArgs and otherKeyedArgs share a key but not a kind.
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		require.NoError(t, b.ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error {
 			require.NoError(t, tx.Enqueue(keyedArgs{Key: "same"}, nil))
 			return tx.Enqueue(otherKeyedArgs{Key: "same"}, nil)
 		}))
@@ -111,7 +111,7 @@ func TestInTx(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, nil)
 
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		require.NoError(t, b.ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error {
 			for i := range 10_000 {
 				if err := tx.Enqueue(noteArgs{PingID: int64(i % 100)}, nil); err != nil {
 					return err
@@ -169,7 +169,7 @@ func TestInTx(t *testing.T) {
 		b := setup(ctx, t, nil)
 
 		_, err := b.ob.InTxOptions(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly},
-			func(ctx context.Context, tx *outbox.Tx) error {
+			func(_ context.Context, tx *outbox.Tx) error {
 				return tx.Enqueue(noteArgs{PingID: 1}, nil)
 			})
 		var pgErr *pgconn.PgError
@@ -297,7 +297,7 @@ func TestInTx(t *testing.T) {
 
 		// Every connection of the pool is still usable.
 		for range 15 {
-			require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			require.NoError(t, b.ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error {
 				return tx.Enqueue(noteArgs{Note: "after"}, nil)
 			}))
 		}
@@ -354,7 +354,7 @@ func TestRiverSemanticsAreKept(t *testing.T) {
 		b := setup(ctx, t, nil)
 
 		for range 3 {
-			require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+			require.NoError(t, b.ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error {
 				return tx.Enqueue(uniqueArgs{CarID: 7}, nil)
 			}))
 		}
@@ -367,7 +367,7 @@ func TestRiverSemanticsAreKept(t *testing.T) {
 		b := setup(ctx, t, nil)
 		at := time.Now().Add(time.Hour).UTC().Truncate(time.Microsecond)
 
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		require.NoError(t, b.ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error {
 			require.NoError(t, tx.Enqueue(uniqueArgs{CarID: 1}, nil))
 			return tx.Enqueue(noteArgs{Note: "later"}, &river.InsertOpts{
 				ScheduledAt: at, Priority: 3, MaxAttempts: 5, Tags: []string{"tag1"},
@@ -408,7 +408,7 @@ func TestRiverSemanticsAreKept(t *testing.T) {
 		require.NoError(t, err)
 		defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), "UNLISTEN *") }()
 
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		require.NoError(t, b.ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error {
 			return tx.Enqueue(noteArgs{Note: "wake up"}, &river.InsertOpts{Queue: "wakeful"})
 		}))
 
@@ -426,7 +426,7 @@ func TestRiverSemanticsAreKept(t *testing.T) {
 
 		done := make(chan int64, 1)
 		workers := river.NewWorkers()
-		river.AddWorker(workers, river.WorkFunc(func(ctx context.Context, job *river.Job[noteArgs]) error {
+		river.AddWorker(workers, river.WorkFunc(func(_ context.Context, job *river.Job[noteArgs]) error {
 			done <- job.Args.PingID
 			return nil
 		}))
@@ -457,7 +457,7 @@ func TestRiverSemanticsAreKept(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{DisablePipelinedCommit: true}, direct: true})
 
-		require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		require.NoError(t, b.ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error {
 			for i := range 10 {
 				require.NoError(t, tx.Enqueue(noteArgs{PingID: int64(i % 3)}, nil))
 			}
@@ -709,7 +709,7 @@ func TestBadInput(t *testing.T) {
 		cancel()
 
 		called := false
-		err := b.ob.InTx(cancelled, func(ctx context.Context, tx *outbox.Tx) error {
+		err := b.ob.InTx(cancelled, func(context.Context, *outbox.Tx) error {
 			called = true
 			return nil
 		})
@@ -753,7 +753,7 @@ func TestFlushResult(t *testing.T) {
 			flushed = append(flushed, res)
 		}}, direct: true})
 
-		enqueue := func(ctx context.Context, tx *outbox.Tx) error {
+		enqueue := func(_ context.Context, tx *outbox.Tx) error {
 			for i := range 10 {
 				require.NoError(t, tx.Enqueue(noteArgs{PingID: int64(i % 3)}, nil))
 			}
@@ -772,7 +772,7 @@ func TestFlushResult(t *testing.T) {
 		res, err = b.ob.InTxResult(ctx, func(context.Context, *outbox.Tx) error { return nil })
 		require.NoError(t, err)
 		require.Equal(t, outbox.FlushResult{}, res)
-		_, err = b.ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err = b.ob.InTxResult(ctx, func(_ context.Context, tx *outbox.Tx) error {
 			require.NoError(t, tx.Enqueue(noteArgs{}, nil))
 			return errors.New("no")
 		})
@@ -794,7 +794,7 @@ func TestFlushResult(t *testing.T) {
 			OnFlush:                func(_ context.Context, res outbox.FlushResult) { last = res },
 		}, direct: true})
 
-		res, err := b.ob.InTxResult(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+		res, err := b.ob.InTxResult(ctx, func(_ context.Context, tx *outbox.Tx) error {
 			require.NoError(t, tx.Enqueue(uniqueArgs{CarID: 2}, nil))
 			return tx.Enqueue(uniqueArgs{CarID: 2}, nil)
 		})
@@ -818,7 +818,7 @@ func TestCopy(t *testing.T) {
 	ctx := context.Background()
 
 	enqueue := func(n int, extra ...river.JobArgs) func(ctx context.Context, tx *outbox.Tx) error {
-		return func(ctx context.Context, tx *outbox.Tx) error {
+		return func(_ context.Context, tx *outbox.Tx) error {
 			for i := range n {
 				if err := tx.Enqueue(noteArgs{PingID: int64(i)}, nil); err != nil {
 					return err
@@ -930,7 +930,7 @@ func TestNULRefused(t *testing.T) {
 	require.ErrorIs(t, err, outbox.ErrInvalidArgs)
 	require.EqualError(t, err, `outbox: invalid job args: kind "test.note": a string holds a NUL character (\u0000), which Postgres' jsonb refuses`)
 
-	err = b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	err = b.ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error {
 		return tx.Publish("test.topic", json.RawMessage(`{"x":"a\u0000b"}`))
 	})
 	require.ErrorIs(t, err, outbox.ErrInvalidEvent)
@@ -939,7 +939,7 @@ func TestNULRefused(t *testing.T) {
 	require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM outbox_events`))
 
 	// A backslash followed by "u0000" is text: written as such.
-	require.NoError(t, b.ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	require.NoError(t, b.ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error {
 		return tx.Enqueue(noteArgs{Note: `a\u0000b`}, nil)
 	}))
 	b.drain(ctx, t)

@@ -441,7 +441,7 @@ func claimsScenario(Config) *Scenario {
 		Title: fmt.Sprintf("BeginCheckout of one unit of ONE hot product (stock never runs out, claims live 1 s) by %d buyers at once",
 			claimBuyers),
 		Metrics: []Metric{{"claims/s", true}},
-		Setup: func(ctx context.Context, env *Env) error {
+		Setup: func(_ context.Context, env *Env) error {
 			cfg := &inventory.Config{ClaimTTL: time.Second}
 			reg := jobs.NewRegistry()
 			inventory.RegisterConfig(reg, env.Pool, cfg)

@@ -117,7 +117,7 @@ func outboxSizeScenario(cfg Config) *Scenario {
 					}
 				})
 				achieved, err := paced(ctx, outboxSizeRate, env.Duration, func(ctx context.Context) error {
-					return ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+					return ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error {
 						return tx.Enqueue(noopArgs{N: 1}, nil)
 					})
 				})

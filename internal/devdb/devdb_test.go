@@ -26,7 +26,7 @@ type starter struct {
 	stopped int
 }
 
-func (s *starter) start(ctx context.Context, logger *slog.Logger) (string, func(), error) {
+func (s *starter) start(_ context.Context, _ *slog.Logger) (string, func(), error) {
 	s.calls++
 	if s.err != nil {
 		return "", nil, s.err

@@ -43,7 +43,7 @@ func ExampleRelay_Drain() {
 	s, client, ob, release := exampleSetup(ctx)
 	defer release()
 
-	err := ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	err := ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error {
 		if err := tx.Enqueue(jobs.PingArgs{PingID: 1}, nil); err != nil {
 			return err
 		}
@@ -104,7 +104,7 @@ func ExampleRelay_Start() {
 	if err := rl.Start(ctx); err != nil {
 		log.Fatal(err)
 	}
-	if err := ob.InTx(ctx, func(ctx context.Context, tx *outbox.Tx) error {
+	if err := ob.InTx(ctx, func(_ context.Context, tx *outbox.Tx) error {
 		return tx.Enqueue(jobs.PingArgs{PingID: 7}, nil)
 	}); err != nil {
 		log.Fatal(err)
