@@ -238,7 +238,7 @@ func runScenario(ctx context.Context, cfg Config, runID string, s *Scenario) ([]
 	if err != nil {
 		return nil, "", err
 	}
-	defer env.close()
+	defer env.close(ctx)
 	if s.Setup != nil {
 		if err := s.Setup(ctx, env); err != nil {
 			return nil, "", fmt.Errorf("setup: %w", err)

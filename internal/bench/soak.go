@@ -307,7 +307,7 @@ func Soak(ctx context.Context, cfg SoakConfig) (*SoakReport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bench: soak: %w", err)
 	}
-	defer env.close()
+	defer env.close(ctx)
 	// newEnv's pool is sized for the scenarios: swap it for a small one.
 	env.Pool.Close()
 	env.Pool = nil

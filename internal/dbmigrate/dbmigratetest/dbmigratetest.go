@@ -46,7 +46,7 @@ func EmptySchema(ctx context.Context, t testing.TB, base *dbtest.Schema, suffix 
 	ident := pgx.Identifier{name}.Sanitize()
 	_, err := base.Pool.Exec(ctx, "CREATE SCHEMA "+ident)
 	require.NoError(t, err)
-	u, err := url.Parse(dbtest.ServerURL(t))
+	u, err := url.Parse(dbtest.ServerURL(t)) //nolint:contextcheck // dbtest sets up the test server once per process (sync.Once) on its own context; no one test's ctx may bound that
 	require.NoError(t, err, "these tests need the test database as a URL")
 	q := u.Query()
 	q.Set("search_path", name)
