@@ -110,8 +110,3 @@ func (e *Env) Truncate(ctx context.Context, tables ...string) error {
 	_, err := e.Pool.Exec(ctx, "TRUNCATE "+strings.Join(tables, ", ")+" RESTART IDENTITY")
 	return err
 }
-
-// scaled returns n times the run's scale, at least 1.
-func (e *Env) scaled(n int) int {
-	return max(1, int(float64(n)*e.Scale))
-}

@@ -31,12 +31,11 @@ type expectations struct {
 	// donors[user index] counts the user's succeeded donations, by the
 	// run's users only (new donors are counted in newDonors).
 	succeededByFundraiser map[int64]fundraiserTotal
-	newDonorAddresses     []string
 
 	opens, clicks map[int64]int64
 
-	initialStock, paid, sold int
-	sku                      string
+	initialStock, paid int
+	sku                string
 
 	cars       []int64
 	carUsers   map[int64]int // the number of distinct users per car
