@@ -225,7 +225,7 @@ func TestNetworkFaults(t *testing.T) {
 		p := begin("after " + f.name)
 		var notifierOK, leaderOK bool
 		deadline := time.Now().Add(netRecoveryTimeout)
-		for !(notifierOK && leaderOK) {
+		for !notifierOK || !leaderOK {
 			checkAlive()
 			require.True(t, time.Now().Before(deadline),
 				"%s: not recovered %s after the fault was removed (notifier %t, leader %t); log:\n%s",
