@@ -125,14 +125,14 @@ func TestRiverBookkeeping(t *testing.T) {
 	theirs := dbmigratetest.EmptySchema(ctx, t, s, "river")
 
 	db := stdlib.OpenDBFromPool(ours.Pool)
-	defer db.Close()
+	defer func() { _ = db.Close() }() // hands the connection back to ours.Pool
 	drv, err := migratepgx.WithInstance(db, &migratepgx.Config{SchemaName: ours.Name})
 	require.NoError(t, err)
 	src, err := iofs.New(migrations.FS, ".")
 	require.NoError(t, err)
 	gm, err := migrate.NewWithInstance("iofs", src, "pgx5", drv)
 	require.NoError(t, err)
-	defer gm.Close()
+	defer func() { _, _ = gm.Close() }() // the embedded source and db, above
 
 	rmOurs, err := rivermigrate.New(riverpgxv5.New(ours.Pool), &rivermigrate.Config{Schema: ours.Name})
 	require.NoError(t, err)

@@ -46,6 +46,8 @@ func exampleOutboxClient(ctx context.Context) (*outbox.Outbox, *river.Client[pgx
 // of the same job are written once, with the COMMIT, in one round trip, as
 // one row of the outbox table. A relay (every cmd/worker runs one) then
 // moves the committed row into River's job table.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleOutbox_InTx() {
 	ctx := context.Background()
 	ob, client, s, release := exampleOutboxClient(ctx)
@@ -185,6 +187,8 @@ func (exportArgs) Kind() string { return "example.export" }
 
 // A transaction owned by the caller (here a plain pgx transaction) gets the
 // same validation and de-duplication from a Batch; the caller commits.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleBatch() {
 	ctx := context.Background()
 	ob, s, release := exampleOutbox(ctx)

@@ -244,7 +244,8 @@ func startHoldingProxy(t *testing.T, rawURL string) *holdingProxy {
 		_ = ln.Close()
 		conns.Wait()
 	})
-	addr := ln.Addr().(*net.TCPAddr) //nolint:forcetypeassert
+	addr, ok := ln.Addr().(*net.TCPAddr)
+	require.True(t, ok, "a tcp listener's address is a *net.TCPAddr")
 	p := &holdingProxy{host: "127.0.0.1", port: uint16(addr.Port)}
 	go func() {
 		for {
@@ -253,12 +254,12 @@ func startHoldingProxy(t *testing.T, rawURL string) *holdingProxy {
 				return
 			}
 			conns.Go(func() {
-				defer client.Close()
+				defer func() { _ = client.Close() }() // the proxied connection is done either way
 				upstream, err := net.Dial("tcp", server)
 				if err != nil {
 					return
 				}
-				defer upstream.Close()
+				defer func() { _ = upstream.Close() }()
 				done := make(chan struct{}, 2)
 				go func() { _, _ = io.Copy(upstream, client); done <- struct{}{} }()
 				go func() {

@@ -438,7 +438,7 @@ func TestRiverSemanticsAreKept(t *testing.T) {
 
 		done := make(chan int64, 1)
 		workers := river.NewWorkers()
-		river.AddWorker(workers, river.WorkFunc(func(ctx context.Context, job *river.Job[noteArgs]) error {
+		river.AddWorker(workers, river.WorkFunc(func(_ context.Context, job *river.Job[noteArgs]) error {
 			done <- job.Args.PingID
 			return nil
 		}))
@@ -822,7 +822,7 @@ func TestFlushResult(t *testing.T) {
 			flushed = append(flushed, res)
 		}}, direct: true})
 
-		enqueue := func(ctx context.Context, tx *outbox.Tx) error {
+		enqueue := func(_ context.Context, tx *outbox.Tx) error {
 			for i := range 10 {
 				require.NoError(t, tx.Enqueue(noteArgs{PingID: int64(i % 3)}, nil))
 			}
@@ -887,7 +887,7 @@ func TestCopy(t *testing.T) {
 	ctx := context.Background()
 
 	enqueue := func(n int, extra ...river.JobArgs) func(ctx context.Context, tx *outbox.Tx) error {
-		return func(ctx context.Context, tx *outbox.Tx) error {
+		return func(_ context.Context, tx *outbox.Tx) error {
 			for i := range n {
 				if err := tx.Enqueue(noteArgs{PingID: int64(i)}, nil); err != nil {
 					return err

@@ -168,12 +168,12 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 	fs.BoolVar(&dev, "dev", false, "development: apply the migrations at start and, when neither --database-url nor DATABASE_URL\nnames a database and nothing answers at the default URL, start postgres:16 with Docker (testcontainers)\nfor this run, removed on exit (no environment variable: never in production by accident)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stdout, "Usage: worker [flags]\n\nRuns aftercommit's River workers until SIGINT or SIGTERM.\n\nFlags:")
+			_, _ = fmt.Fprintln(stdout, "Usage: worker [flags]\n\nRuns aftercommit's River workers until SIGINT or SIGTERM.\n\nFlags:")
 			fs.SetOutput(stdout)
 			fs.PrintDefaults()
 			return nil, errHelp
 		}
-		return nil, fmt.Errorf("worker: %v (see worker --help)", err)
+		return nil, fmt.Errorf("worker: %w (see worker --help)", err)
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("worker: unexpected argument %q: the worker takes flags only (see worker --help)", fs.Arg(0))

@@ -41,7 +41,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return exitOK
 	}
 	if err != nil {
-		fmt.Fprintln(stderr, err.Error())
+		_, _ = fmt.Fprintln(stderr, err.Error())
 		return exitUsage
 	}
 
@@ -202,7 +202,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 	case <-httpFailed:
 		// The probes and metrics are gone: stop gracefully and exit 1
 		// rather than work on unobserved.
-		httpErr = fmt.Errorf("worker: the HTTP server failed (%v); stopped the worker", srv.serveErr)
+		httpErr = fmt.Errorf("worker: the HTTP server failed (%w); stopped the worker", srv.serveErr)
 		logger.ErrorContext(ctx, "worker: the HTTP server failed; stopping the worker", slog.Any("err", srv.serveErr))
 	case <-client.Stopped():
 		started.Store(false)

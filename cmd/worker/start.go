@@ -22,12 +22,12 @@ import (
 
 // How long a failed start is retried when the database went away between
 // the worker's first connection and the River client's start (a restart,
-// a failover, connections cut): the backoff doubles from startBackoffMin
-// up to startBackoffMax, for at most startRetryFor in all.
+// a failover, connections cut): the backoff doubles from minStartBackoff
+// up to maxStartBackoff, for at most startRetryFor in all.
 const (
 	startRetryFor   = time.Minute
-	startBackoffMin = 100 * time.Millisecond
-	startBackoffMax = 2 * time.Second
+	minStartBackoff = 100 * time.Millisecond
+	maxStartBackoff = 2 * time.Second
 )
 
 // startClient starts client, retrying while the failure is the database's
@@ -43,12 +43,12 @@ func startClient(ctx context.Context, client *river.Client[pgx.Tx], logger *slog
 
 // retryTransient runs fn until it succeeds, fails for a reason that is not
 // transient, or retryFor has passed, waiting between tries with a backoff
-// from startBackoffMin doubling up to startBackoffMax. while names what fn
+// from minStartBackoff doubling up to maxStartBackoff. while names what fn
 // does in the log line of a retry. It returns ctx's error when ctx ends
 // while it waits.
 func retryTransient(ctx context.Context, logger *slog.Logger, while string, retryFor time.Duration, fn func() error) error {
 	deadline := time.Now().Add(retryFor)
-	backoff := startBackoffMin
+	backoff := minStartBackoff
 	for {
 		err := fn()
 		if err == nil || !transient(err) || time.Now().Add(backoff).After(deadline) {
@@ -61,7 +61,7 @@ func retryTransient(ctx context.Context, logger *slog.Logger, while string, retr
 			return ctx.Err()
 		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, startBackoffMax)
+		backoff = min(2*backoff, maxStartBackoff)
 	}
 }
 

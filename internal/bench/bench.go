@@ -238,7 +238,7 @@ func runScenario(ctx context.Context, cfg Config, runID string, s *Scenario) ([]
 	if err != nil {
 		return nil, "", err
 	}
-	defer env.close()
+	defer env.close(ctx)
 	if s.Setup != nil {
 		if err := s.Setup(ctx, env); err != nil {
 			return nil, "", fmt.Errorf("setup: %w", err)
@@ -255,7 +255,7 @@ func runScenario(ctx context.Context, cfg Config, runID string, s *Scenario) ([]
 				return nil, "", fmt.Errorf("%s, round %d: %w", side.Name, round+1, err)
 			}
 			samples[i] = append(samples[i], sample)
-			fmt.Fprintf(cfg.Out, "%s/%s round %d: %s\n", s.Name, side.Name, round+1, formatSample(s.Metrics, sample))
+			_, _ = fmt.Fprintf(cfg.Out, "%s/%s round %d: %s\n", s.Name, side.Name, round+1, formatSample(s.Metrics, sample))
 		}
 	}
 
@@ -335,7 +335,7 @@ func formatValue(v float64) string {
 
 // Print writes the report as one table per scenario and metric.
 func (r *Report) Print(w io.Writer) {
-	fmt.Fprintf(w, "aftercommit bench: %d rounds, %s per timed side, scale %g, %s; took %s\n",
+	_, _ = fmt.Fprintf(w, "aftercommit bench: %d rounds, %s per timed side, scale %g, %s; took %s\n",
 		r.Rounds, r.Duration, r.Scale, r.Server, r.Took)
 	var last string
 	var tw *tabwriter.Writer
@@ -345,9 +345,9 @@ func (r *Report) Print(w io.Writer) {
 			if tw != nil {
 				_ = tw.Flush()
 			}
-			fmt.Fprintf(w, "\n%s — %s\n", res.Scenario, res.Metric)
+			_, _ = fmt.Fprintf(w, "\n%s — %s\n", res.Scenario, res.Metric)
 			tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "  SIDE\tMEDIAN\tMIN\tMAX\tRATIO\tGOAL\tNOTE")
+			_, _ = fmt.Fprintln(tw, "  SIDE\tMEDIAN\tMIN\tMAX\tRATIO\tGOAL\tNOTE")
 			last = key
 		}
 		ratio := formatValue(res.Ratio)
@@ -362,7 +362,7 @@ func (r *Report) Print(w io.Writer) {
 			}
 			goal += " (" + res.Goal + ")"
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", res.Side, formatValue(res.Median), formatValue(res.Min),
+		_, _ = fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", res.Side, formatValue(res.Median), formatValue(res.Min),
 			formatValue(res.Max), ratio, goal, res.Note)
 	}
 	if tw != nil {

@@ -35,7 +35,7 @@ func TestWriteGrowthChart(t *testing.T) {
 		})))
 		f, err := os.Open(path)
 		require.NoError(t, err)
-		defer f.Close()
+		defer func() { _ = f.Close() }() // read-only: nothing to lose
 		img, err := png.Decode(f)
 		require.NoError(t, err)
 		require.Equal(t, 960, img.Bounds().Dx())

@@ -125,25 +125,25 @@ func queryIDs(ctx context.Context, pool *pgxpool.Pool, sql string, args ...any) 
 // startWorker starts an in-process worker of the whole application (every
 // domain's queues, as cmd/worker runs by default, or queues) with the
 // shipped fetch settings, and returns its stop function.
-func startWorker(ctx context.Context, env *Env, pool *pgxpool.Pool, queues []string) (*river.Client[pgx.Tx], func(), error) {
+func startWorker(ctx context.Context, env *Env, pool *pgxpool.Pool, queues []string) (func(), error) {
 	reg := app.Registry(pool, nil)
 	client, err := jobs.NewClient(pool, reg, &jobs.ClientConfig{
 		Queues: queues, Schema: env.Schema, Logger: env.Logger, River: shippedRiver(env), Metrics: jobs.NewMetrics(nil),
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if err := client.Start(ctx); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	// The relay works on the bench's own pool: a side's traced pool
 	// counts only what the application and its workers write.
 	stopRelay, err := startAppRelay(ctx, env, env.Pool, client, reg)
 	if err != nil {
 		_ = client.Stop(context.WithoutCancel(ctx))
-		return nil, nil, err
+		return nil, err
 	}
-	return client, func() {
+	return func() {
 		stopRelay()
 		stopCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer stop()
@@ -291,7 +291,7 @@ func donationsScenario(Config) *Scenario {
 					if err := reset(ctx, env); err != nil {
 						return nil, err
 					}
-					_, stop, err := startWorker(ctx, env, env.Pool, []string{jobs.AllQueues})
+					stop, err := startWorker(ctx, env, env.Pool, []string{jobs.AllQueues})
 					if err != nil {
 						return nil, err
 					}
@@ -441,7 +441,7 @@ func claimsScenario(Config) *Scenario {
 		Title: fmt.Sprintf("BeginCheckout of one unit of ONE hot product (stock never runs out, claims live 1 s) by %d buyers at once",
 			claimBuyers),
 		Metrics: []Metric{{"claims/s", true}},
-		Setup: func(ctx context.Context, env *Env) error {
+		Setup: func(_ context.Context, env *Env) error {
 			cfg := &inventory.Config{ClaimTTL: time.Second}
 			reg := jobs.NewRegistry()
 			inventory.Register(reg, env.Pool, cfg)
@@ -560,7 +560,7 @@ func carUsersScenario(cfg Config) *Scenario {
 			}
 			a.svc = reporting.NewService(a.pool, ob)
 			if queues != nil {
-				_, stop, err := startWorker(ctx, env, a.pool, queues)
+				stop, err := startWorker(ctx, env, a.pool, queues)
 				if err != nil {
 					return nil, err
 				}

@@ -80,26 +80,26 @@ func newEnv(ctx context.Context, cfg Config, runID, scenario string) (*Env, erro
 
 	pcfg, err := dbconn.ParseConfig(cfg.DatabaseURL, &dbconn.Opts{Component: "bench", Schema: schema, MaxConns: maxConns})
 	if err != nil {
-		env.close()
+		env.close(ctx)
 		return nil, err
 	}
 	if env.Pool, err = dbconn.Connect(ctx, pcfg, "bench"); err != nil {
-		env.close()
+		env.close(ctx)
 		return nil, err
 	}
 	if _, err := dbmigrate.Up(ctx, env.Pool, &dbmigrate.Options{Schema: schema}); err != nil {
-		env.close()
+		env.close(ctx)
 		return nil, fmt.Errorf("migrating %s: %w", schema, err)
 	}
 	return env, nil
 }
 
-// close drops the scratch schema.
-func (e *Env) close() {
+// close drops the scratch schema, also after ctx ended.
+func (e *Env) close(ctx context.Context) {
 	if e.Pool != nil {
 		e.Pool.Close()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	_, _ = e.admin.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{e.Schema}.Sanitize()+" CASCADE")
 	e.admin.Close()
@@ -109,9 +109,4 @@ func (e *Env) close() {
 func (e *Env) Truncate(ctx context.Context, tables ...string) error {
 	_, err := e.Pool.Exec(ctx, "TRUNCATE "+strings.Join(tables, ", ")+" RESTART IDENTITY")
 	return err
-}
-
-// scaled returns n times the run's scale, at least 1.
-func (e *Env) scaled(n int) int {
-	return max(1, int(float64(n)*e.Scale))
 }

@@ -111,7 +111,7 @@ func outboxSizeScenario(cfg Config) *Scenario {
 						}
 						s.at = time.Since(start).Round(time.Second)
 						samples = append(samples, s)
-						fmt.Fprintf(out, "outbox_size/outbox_relay %s: %.2f MB, %d rows waiting, %d live and %d dead tuples, %d vacuums (%d auto)\n",
+						_, _ = fmt.Fprintf(out, "outbox_size/outbox_relay %s: %.2f MB, %d rows waiting, %d live and %d dead tuples, %d vacuums (%d auto)\n",
 							s.at, float64(s.bytes)/(1<<20), s.rows, s.live, s.dead,
 							s.vacuums+s.autovacuums-first.vacuums-first.autovacuums, s.autovacuums-first.autovacuums)
 					}

@@ -76,7 +76,7 @@ func pgbench(ctx context.Context, env *Env, script string, clients int, d time.D
 	if err != nil {
 		return 0, err
 	}
-	defer os.RemoveAll(dir)
+	defer func() { _ = os.RemoveAll(dir) }() // best effort: a temp dir left behind is harmless
 	file := filepath.Join(dir, script)
 	if err := os.WriteFile(file, body, 0o600); err != nil {
 		return 0, err

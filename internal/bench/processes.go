@@ -165,7 +165,7 @@ func startWorkers(ctx context.Context, bin, databaseURL string, args []string, k
 		case <-p.log.seen:
 		case <-p.done:
 			_ = stopWorkers(procs)
-			return nil, fmt.Errorf("worker %d of %d exited at start (%v): %s", i+1, k, p.err, p.log.tail())
+			return nil, fmt.Errorf("worker %d of %d exited at start (%w): %s", i+1, k, p.err, p.log.tail())
 		case <-timeout:
 			_ = stopWorkers(procs)
 			return nil, fmt.Errorf("worker %d of %d not started after %s: %s", i+1, k, workerStartTimeout, p.log.tail())

@@ -181,7 +181,7 @@ RETURNING id, kind, args::text, queue, priority, max_attempts, scheduled_at,
 		Name:    "relay_throughput",
 		Title:   fmt.Sprintf("a backlog of %d outbox rows moved into river_job by relay.Drain (jobs.NewRelay), vs River's InsertManyFastTx of the same jobs in transactions of the same size", n),
 		Metrics: []Metric{{"jobs/s", true}},
-		Setup: func(ctx context.Context, env *Env) error {
+		Setup: func(_ context.Context, env *Env) error {
 			reg = jobs.NewRegistry()
 			jobs.AddWorker(reg, river.QueueDefault, noopWorker{})
 			var err error

@@ -206,7 +206,7 @@ func txOneJobScenario(Config) *Scenario {
 		Name:    "tx_one_job",
 		Title:   "a one-row business transaction with one enqueued job, vs the same transaction without",
 		Metrics: []Metric{{"tx/s @1", true}, {"tx/s @8", true}},
-		Setup: func(ctx context.Context, env *Env) error {
+		Setup: func(_ context.Context, env *Env) error {
 			envp = env
 			reg := jobs.NewRegistry()
 			jobs.AddWorker(reg, river.QueueDefault, pingWorker{})
@@ -274,7 +274,7 @@ func txBulkScenario(Config) *Scenario {
 		Name:    "tx_bulk",
 		Title:   "1,000 rows and 1,000 enqueues de-duplicated to 10 jobs in one transaction, vs the rows alone",
 		Metrics: []Metric{{"tx/s", true}},
-		Setup: func(ctx context.Context, env *Env) error {
+		Setup: func(_ context.Context, env *Env) error {
 			envp = env
 			reg := jobs.NewRegistry()
 			jobs.AddWorker(reg, river.QueueDefault, pingWorker{})
@@ -350,7 +350,7 @@ func bulkInsertScenario(cfg Config) *Scenario {
 		Name:    "bulk_insert",
 		Title:   fmt.Sprintf("%d jobs inserted in one transaction", n),
 		Metrics: []Metric{{"jobs/s", true}},
-		Setup: func(ctx context.Context, env *Env) error {
+		Setup: func(_ context.Context, env *Env) error {
 			envp = env
 			reg := jobs.NewRegistry()
 			jobs.AddWorker(reg, river.QueueDefault, noopWorker{})

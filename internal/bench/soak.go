@@ -307,7 +307,7 @@ func Soak(ctx context.Context, cfg SoakConfig) (*SoakReport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bench: soak: %w", err)
 	}
-	defer env.close()
+	defer env.close(ctx)
 	// newEnv's pool is sized for the scenarios: swap it for a small one.
 	env.Pool.Close()
 	env.Pool = nil
@@ -506,9 +506,9 @@ func (s *soakRun) run(ctx context.Context) (*SoakReport, error) {
 		s.mu.Unlock()
 		report.Samples = append(report.Samples, *sm)
 		if len(report.Samples) == 1 {
-			fmt.Fprintln(cfg.Out, strings.ReplaceAll(soakHeader, "\t", "  "))
+			_, _ = fmt.Fprintln(cfg.Out, strings.ReplaceAll(soakHeader, "\t", "  "))
 		}
-		fmt.Fprintln(cfg.Out, strings.ReplaceAll(sm.row(), "\t", "  "))
+		_, _ = fmt.Fprintln(cfg.Out, strings.ReplaceAll(sm.row(), "\t", "  "))
 		prev = next
 		if !next.Before(end) {
 			break
@@ -862,20 +862,20 @@ func (s *soakRun) vacuum(ctx context.Context) error {
 // Print writes the report: the samples, the totals, the verdict, the
 // invariants and the result.
 func (r *SoakReport) Print(w io.Writer) {
-	fmt.Fprintf(w, "aftercommit bench --soak: %s of the demo workload at scale %g, a sample every %s, %s; took %s\n",
+	_, _ = fmt.Fprintf(w, "aftercommit bench --soak: %s of the demo workload at scale %g, a sample every %s, %s; took %s\n",
 		r.Duration, r.Scale, r.Interval, r.Server, r.Took)
 	switch {
 	case r.Autovacuum != "off":
-		fmt.Fprintf(w, "autovacuum: %s\n\n", r.Autovacuum)
+		_, _ = fmt.Fprintf(w, "autovacuum: %s\n\n", r.Autovacuum)
 	case r.Vacuums > 0:
-		fmt.Fprintf(w, "autovacuum: off on this server; the soak ran VACUUM (ANALYZE) on its tables %d times in its place\n\n", r.Vacuums)
+		_, _ = fmt.Fprintf(w, "autovacuum: off on this server; the soak ran VACUUM (ANALYZE) on its tables %d times in its place\n\n", r.Vacuums)
 	default:
-		fmt.Fprintf(w, "autovacuum: off on this server and not stood in for: dead tuples pile up, figures are not a production server's\n\n")
+		_, _ = fmt.Fprintf(w, "autovacuum: off on this server and not stood in for: dead tuples pile up, figures are not a production server's\n\n")
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, soakHeader+"\t")
+	_, _ = fmt.Fprintln(tw, soakHeader+"\t")
 	for _, s := range r.Samples {
-		fmt.Fprintln(tw, s.row()+"\t")
+		_, _ = fmt.Fprintln(tw, s.row()+"\t")
 	}
 	_ = tw.Flush()
 
@@ -884,35 +884,35 @@ func (r *SoakReport) Print(w io.Writer) {
 	if !t.Drained {
 		drained = "did NOT drain"
 	}
-	fmt.Fprintf(w, "\nRounds: %d played, %d checked (the last one ended after the deadline); queues %s after it\n",
+	_, _ = fmt.Fprintf(w, "\nRounds: %d played, %d checked (the last one ended after the deadline); queues %s after it\n",
 		t.Rounds, t.RoundsChecked, drained)
-	fmt.Fprintf(w, "Jobs: %d inserted: %d completed, %d timers due later, %d lost, %d discarded, %d cancelled\n",
+	_, _ = fmt.Fprintf(w, "Jobs: %d inserted: %d completed, %d timers due later, %d lost, %d discarded, %d cancelled\n",
 		t.Jobs, t.Completed, t.Timers, t.Lost, t.Discarded, t.Cancelled)
-	fmt.Fprintf(w, "Errors: %d job errors (%d transient, retried and completed; %d unexpected), %d application errors\n",
+	_, _ = fmt.Fprintf(w, "Errors: %d job errors (%d transient, retried and completed; %d unexpected), %d application errors\n",
 		t.JobErrors, t.TransientErrors, t.UnexpectedErrors, t.AppErrors)
 	for _, e := range t.Errors {
-		fmt.Fprintf(w, "  %s\n", e)
+		_, _ = fmt.Fprintf(w, "  %s\n", e)
 	}
 	v := r.Verdict
-	fmt.Fprintf(w, "Load held? %s\n", v.Text)
+	_, _ = fmt.Fprintf(w, "Load held? %s\n", v.Text)
 	if v.Text != "" && !strings.HasPrefix(v.Text, "too few") {
-		fmt.Fprintf(w, "  %d warm-up samples left out; backlog mean %.0f → %.0f; river_job +%.2f MB/min (first third %.2f, last third %.2f)\n",
+		_, _ = fmt.Fprintf(w, "  %d warm-up samples left out; backlog mean %.0f → %.0f; river_job +%.2f MB/min (first third %.2f, last third %.2f)\n",
 			v.WarmupSamples, v.BacklogFirst, v.BacklogLast, v.GrowthMBPerMin, v.GrowthFirst, v.GrowthLast)
 	}
 
-	fmt.Fprintf(w, "\nInvariants over the %d rounds checked\n", t.RoundsChecked)
+	_, _ = fmt.Fprintf(w, "\nInvariants over the %d rounds checked\n", t.RoundsChecked)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, inv := range r.Invariants {
 		mark := "ok  "
 		if !inv.OK {
 			mark = "FAIL"
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\n", mark, inv.Name, inv.Got)
+		_, _ = fmt.Fprintf(tw, "  %s\t%s\t%s\n", mark, inv.Name, inv.Got)
 	}
 	_ = tw.Flush()
 	if r.OK {
-		fmt.Fprintf(w, "\nOK: no job lost, no unexpected error, all %d invariants hold\n", len(r.Invariants))
+		_, _ = fmt.Fprintf(w, "\nOK: no job lost, no unexpected error, all %d invariants hold\n", len(r.Invariants))
 	} else {
-		fmt.Fprintf(w, "\nFAILED: %s\n", strings.Join(r.Failures, "; "))
+		_, _ = fmt.Fprintf(w, "\nFAILED: %s\n", strings.Join(r.Failures, "; "))
 	}
 }

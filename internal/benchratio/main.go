@@ -62,8 +62,10 @@ func run(in io.Reader, out io.Writer) error {
 	}
 
 	baseline := map[string]*series{}
-	fmt.Fprintln(out, "| benchmark | runs | median µs/op | min | max | ratio to baseline |")
-	fmt.Fprintln(out, "|---|---:|---:|---:|---:|---:|")
+	// The table is this tool's whole output: a failed write is its failure.
+	if _, err := fmt.Fprint(out, "| benchmark | runs | median µs/op | min | max | ratio to baseline |\n|---|---:|---:|---:|---:|---:|\n"); err != nil {
+		return err
+	}
 	for _, name := range order {
 		s := byName[name]
 		group := name
@@ -79,8 +81,10 @@ func run(in io.Reader, out io.Writer) error {
 		if base != s {
 			ratio = fmt.Sprintf("%.2f", median(s.ns)/median(base.ns))
 		}
-		fmt.Fprintf(out, "| %s | %d | %.0f | %.0f | %.0f | %s |\n", name, len(s.ns),
-			median(s.ns)/1e3, slices.Min(s.ns)/1e3, slices.Max(s.ns)/1e3, ratio)
+		if _, err := fmt.Fprintf(out, "| %s | %d | %.0f | %.0f | %.0f | %s |\n", name, len(s.ns),
+			median(s.ns)/1e3, slices.Min(s.ns)/1e3, slices.Max(s.ns)/1e3, ratio); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -510,7 +510,9 @@ func prepare(ctx context.Context, pool *pgxpool.Pool, schema string, all []Migra
 
 func withMigrator(ctx context.Context, pool *pgxpool.Pool, schema string, done func(uint), fn func(*migrate.Migrate) error) error {
 	db := stdlib.OpenDBFromPool(pool)
-	defer db.Close()
+	// Closing only hands the connection back to pool; the migrations' outcome
+	// is fn's error.
+	defer func() { _ = db.Close() }()
 
 	pgDrv, err := migratepgx.WithInstance(db, &migratepgx.Config{SchemaName: schema})
 	if err != nil {
@@ -525,7 +527,7 @@ func withMigrator(ctx context.Context, pool *pgxpool.Pool, schema string, done f
 	if err != nil {
 		return fmt.Errorf("dbmigrate: building golang-migrate: %w", err)
 	}
-	defer m.Close()
+	defer func() { _, _ = m.Close() }() // closes the embedded source and db, above
 
 	// golang-migrate has no context API; stop it between migrations when
 	// ctx ends.

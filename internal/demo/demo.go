@@ -267,7 +267,7 @@ func (r *run) phase(ctx context.Context, name string, total int, fn func(ctx con
 			progressbar.OptionShowIts(),
 			progressbar.OptionSetWidth(30),
 			progressbar.OptionThrottle(100*time.Millisecond),
-			progressbar.OptionOnCompletion(func() { fmt.Fprintln(r.cfg.Out) }),
+			progressbar.OptionOnCompletion(func() { _, _ = fmt.Fprintln(r.cfg.Out) }),
 		)
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -304,7 +304,7 @@ func (r *run) phase(ctx context.Context, name string, total int, fn func(ctx con
 	took := time.Since(start)
 	r.summary.Phases = append(r.summary.Phases, Phase{Name: name, Ops: total, Took: took})
 	if bar == nil {
-		fmt.Fprintf(r.cfg.Out, "%-28s %7d in %6.2fs (%.0f/s)\n", name, total, took.Seconds(), float64(total)/took.Seconds())
+		_, _ = fmt.Fprintf(r.cfg.Out, "%-28s %7d in %6.2fs (%.0f/s)\n", name, total, took.Seconds(), float64(total)/took.Seconds())
 	}
 	return nil
 }

@@ -31,12 +31,11 @@ type expectations struct {
 	// donors[user index] counts the user's succeeded donations, by the
 	// run's users only (new donors are counted in newDonors).
 	succeededByFundraiser map[int64]fundraiserTotal
-	newDonorAddresses     []string
 
 	opens, clicks map[int64]int64
 
-	initialStock, paid, sold int
-	sku                      string
+	initialStock, paid int
+	sku                string
 
 	cars       []int64
 	carUsers   map[int64]int // the number of distinct users per car
@@ -125,7 +124,7 @@ RETURNING id`, users, camps, sentAt)
 	e.opens, e.clicks = map[int64]int64{}, map[int64]int64{}
 	took := time.Since(start)
 	r.summary.Phases = append(r.summary.Phases, Phase{Name: "seed users and emails", Ops: s.users + s.fundraisers + s.emails, Took: took})
-	fmt.Fprintf(r.cfg.Out, "%-28s %7d in %6.2fs\n", "seed users and emails", s.users+s.fundraisers+s.emails, took.Seconds())
+	_, _ = fmt.Fprintf(r.cfg.Out, "%-28s %7d in %6.2fs\n", "seed users and emails", s.users+s.fundraisers+s.emails, took.Seconds())
 	return nil
 }
 

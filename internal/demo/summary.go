@@ -100,7 +100,7 @@ func (r *run) drain(ctx context.Context) error {
 		}
 		if left == 0 {
 			r.summary.Drain = time.Since(start)
-			fmt.Fprintf(r.cfg.Out, "%-28s %7s in %6.2fs\n", "queues drained", "", r.summary.Drain.Seconds())
+			_, _ = fmt.Fprintf(r.cfg.Out, "%-28s %7s in %6.2fs\n", "queues drained", "", r.summary.Drain.Seconds())
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -318,20 +318,20 @@ func (r *run) collectJobStats(ctx context.Context) error {
 
 // Print writes the summary for a person.
 func (s *Summary) Print(w io.Writer) {
-	fmt.Fprintf(w, "\naftercommit demo: scale %g, seed %d, tag %s, %.1fs in all (queues drained %.1fs after the last phase)\n\n",
+	_, _ = fmt.Fprintf(w, "\naftercommit demo: scale %g, seed %d, tag %s, %.1fs in all (queues drained %.1fs after the last phase)\n\n",
 		s.Scale, s.Seed, s.Tag, s.Took.Seconds(), s.Drain.Seconds())
 
-	fmt.Fprintln(w, "Jobs in the last hour, per kind")
+	_, _ = fmt.Fprintln(w, "Jobs in the last hour, per kind")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  KIND\tCOMPLETED\tFAILED\tDISCARDED\tRUN p50\tp95\tp99\tLATENCY p50\tp95\tp99")
+	_, _ = fmt.Fprintln(tw, "  KIND\tCOMPLETED\tFAILED\tDISCARDED\tRUN p50\tp95\tp99\tLATENCY p50\tp95\tp99")
 	for _, k := range s.Kinds {
-		fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Kind, k.Completed, k.Failed, k.Discarded,
+		_, _ = fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Kind, k.Completed, k.Failed, k.Discarded,
 			msOf(k.RunTimeP50, k.Completed), msOf(k.RunTimeP95, k.Completed), msOf(k.RunTimeP99, k.Completed),
 			msOf(k.QueueLatencyP50, k.Completed), msOf(k.QueueLatencyP95, k.Completed), msOf(k.QueueLatencyP99, k.Completed))
 	}
 	_ = tw.Flush()
 
-	fmt.Fprintln(w, "\nInvariants, checked against the source of truth")
+	_, _ = fmt.Fprintln(w, "\nInvariants, checked against the source of truth")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, inv := range s.Invariants {
 		mark := "ok  "
@@ -342,17 +342,17 @@ func (s *Summary) Print(w io.Writer) {
 		if !inv.OK {
 			detail = "got " + inv.Got + ", want " + inv.Want
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\n", mark, inv.Name, detail)
+		_, _ = fmt.Fprintf(tw, "  %s\t%s\t%s\n", mark, inv.Name, detail)
 	}
 	_ = tw.Flush()
 	if s.OK() {
-		fmt.Fprintf(w, "\nall %d invariants hold\n", len(s.Invariants))
+		_, _ = fmt.Fprintf(w, "\nall %d invariants hold\n", len(s.Invariants))
 	} else {
 		names := make([]string, 0)
 		for _, inv := range s.Failed() {
 			names = append(names, inv.Name)
 		}
-		fmt.Fprintf(w, "\n%d of %d invariants FAILED: %s\n", len(names), len(s.Invariants), strings.Join(names, "; "))
+		_, _ = fmt.Fprintf(w, "\n%d of %d invariants FAILED: %s\n", len(names), len(s.Invariants), strings.Join(names, "; "))
 	}
 }
 

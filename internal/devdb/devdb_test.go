@@ -26,7 +26,7 @@ type starter struct {
 	stopped int
 }
 
-func (s *starter) start(ctx context.Context, logger *slog.Logger) (string, func(), error) {
+func (s *starter) start(_ context.Context, _ *slog.Logger) (string, func(), error) {
 	s.calls++
 	if s.err != nil {
 		return "", nil, s.err
@@ -58,7 +58,7 @@ func TestFind(t *testing.T) {
 
 	t.Run("DefaultServerAnswers", func(t *testing.T) {
 		t.Parallel()
-		server := dbtest.ServerURL(t)
+		server := dbtest.ServerURL(t) //nolint:contextcheck // dbtest sets up the test server once per process (sync.Once) on its own context; no one test's ctx may bound that
 		db, err := devdb.Find(ctx, &devdb.Config{DefaultURL: server, Start: mustNotStart(t)})
 		require.NoError(t, err)
 		require.Equal(t, server, db.URL)
@@ -69,7 +69,7 @@ func TestFind(t *testing.T) {
 		t.Parallel()
 		// A server that refuses (here: no such database) is a server: the
 		// command reports its error rather than start another one.
-		u, err := url.Parse(dbtest.ServerURL(t))
+		u, err := url.Parse(dbtest.ServerURL(t)) //nolint:contextcheck // dbtest sets up the test server once per process (sync.Once) on its own context; no one test's ctx may bound that
 		require.NoError(t, err, "this test needs the test server as a URL")
 		u.Path = "/devdb_no_such_database"
 		db, err := devdb.Find(ctx, &devdb.Config{DefaultURL: u.String(), Start: mustNotStart(t)})

@@ -84,5 +84,5 @@ SELECT count(*) FILTER (WHERE ping_count = 1), count(*) FILTER (WHERE ping_count
 
 	// Still the same process: it reconnected on its own; it stops cleanly.
 	require.NoError(t, w.cmd.Process.Signal(syscall.SIGTERM))
-	require.Equal(t, 0, w.wait(t, 30*time.Second), "log:\n%s", w.log)
+	require.Equal(t, 0, w.wait(t), "log:\n%s", w.log)
 }

@@ -68,7 +68,7 @@ func TestWorkerKilledMidJob(t *testing.T) {
 	}, "--max-workers", "100", "--job-timeout", deadJobTimeout.String(), "--rescue-after", "25s")
 	aID := a.clientID(t)
 	require.Eventually(t, func() bool {
-		id, _, err := leader(ctx, s)
+		id, err := leader(ctx, s)
 		return err == nil && id == aID
 	}, 30*time.Second, 20*time.Millisecond, "worker a is the leader")
 	require.Eventually(t, func() bool {
@@ -96,7 +96,7 @@ func TestWorkerKilledMidJob(t *testing.T) {
 		require.Zero(t, count(ctx, t, s, `SELECT count(*) FROM river_job WHERE kind = ANY($1) AND state IN ('discarded', 'cancelled')`, slowKinds),
 			"a job lost: %s", jobStates(ctx, t, s, slowKinds...))
 		if leaderAt == 0 {
-			if id, _, err := leader(ctx, s); err == nil && id == bID {
+			if id, err := leader(ctx, s); err == nil && id == bID {
 				leaderAt = time.Since(killedAt)
 			}
 		}
@@ -150,7 +150,7 @@ func TestExitAfterEffectCommitted(t *testing.T) {
 		_, err := inserter.Insert(ctx, args, nil)
 		require.NoError(t, err)
 		p := startWorker(t, s, "exit-"+args.Kind(), exitEnv, workerArgs...)
-		require.Equal(t, 3, p.wait(t, 30*time.Second), "the worker exits right after the work")
+		require.Equal(t, 3, p.wait(t), "the worker exits right after the work")
 	}
 	state, attempt := jobOf(jobs.PingArgs{})
 	require.Equal(t, "completed", state, "completed in the transaction of its effect")
@@ -222,7 +222,7 @@ func TestLateFinisher(t *testing.T) {
 		}
 		return false
 	}, 90*time.Second, 200*time.Millisecond, "both jobs rescued and rerun: %s", jobStates(ctx, t, s, slowKinds...))
-	newLeader, _, err := leader(ctx, s)
+	newLeader, err := leader(ctx, s)
 	require.NoError(t, err)
 	require.Contains(t, []string{aID, bID}, newLeader)
 	require.Equal(t, 2, count(ctx, t, s, `SELECT count(*) FROM river_job WHERE kind = ANY($1) AND attempt = 2`, slowKinds), "rerun once each")
@@ -233,7 +233,7 @@ func TestLateFinisher(t *testing.T) {
 	require.NoError(t, os.WriteFile(hold, nil, 0o600))
 	time.Sleep(500 * time.Millisecond)
 	require.NoError(t, a.cmd.Process.Signal(os.Interrupt))
-	require.Equal(t, 0, a.wait(t, 30*time.Second))
+	require.Equal(t, 0, a.wait(t))
 	require.Equal(t, 2, strings.Count(a.log.String(), `msg="faults: held job worked after its release" job_id=`), "both held jobs worked late; log:\n%s", a.log)
 	require.Equal(t, 2, strings.Count(a.log.String(), `attempt=1 err=<nil>`), "their late work succeeded; log:\n%s", a.log)
 

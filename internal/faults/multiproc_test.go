@@ -140,7 +140,7 @@ SELECT (SELECT count(*) FROM river_leader WHERE expires_at > now()),
 
 	require.NoError(t, procs[second].cmd.Process.Signal(syscall.SIGTERM))
 	third, stopMove := waitLeader("leadership moves after the leader stops", func(id string) bool { return id != first && id != second })
-	require.Equal(t, 0, procs[second].wait(t, 30*time.Second))
+	require.Equal(t, 0, procs[second].wait(t))
 	before = len(prunes())
 	require.Eventually(t, func() bool { return len(prunes()) >= before+2 }, 30*time.Second, 50*time.Millisecond, "the third leader enqueues the pruner")
 

@@ -4,6 +4,7 @@ package faults_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -224,7 +225,7 @@ func TestNetworkFaults(t *testing.T) {
 		p := begin("after " + f.name)
 		var notifierOK, leaderOK bool
 		deadline := time.Now().Add(netRecoveryTimeout)
-		for !(notifierOK && leaderOK) {
+		for !notifierOK || !leaderOK {
 			checkAlive()
 			require.True(t, time.Now().Before(deadline),
 				"%s: not recovered %s after the fault was removed (notifier %t, leader %t); log:\n%s",
@@ -397,7 +398,7 @@ func leaderRecovery(ctx context.Context, t *testing.T, pool *pgxpool.Pool, clien
 	var id string
 	var expires time.Time
 	err := pool.QueryRow(ctx, `SELECT leader_id, expires_at FROM river_leader`).Scan(&id, &expires)
-	if err == pgx.ErrNoRows {
+	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, false
 	}
 	require.NoError(t, err)

@@ -89,9 +89,10 @@ func (p *workerProc) kill(t *testing.T) {
 	<-p.done
 }
 
-// wait waits up to d for the process to end and returns its exit code.
-func (p *workerProc) wait(t *testing.T, d time.Duration) int {
+// wait waits up to 30 s for the process to end and returns its exit code.
+func (p *workerProc) wait(t *testing.T) int {
 	t.Helper()
+	const d = 30 * time.Second
 	select {
 	case <-p.done:
 	case <-time.After(d):
@@ -263,19 +264,19 @@ SELECT state::text || '=' || count(*) FROM river_job WHERE kind = ANY($1) GROUP 
 }
 
 // leader returns the current leader's client ID, or "" when none is elected.
-func leader(ctx context.Context, s *dbtest.Schema) (string, int, error) {
+func leader(ctx context.Context, s *dbtest.Schema) (string, error) {
 	rows, err := s.Pool.Query(ctx, `SELECT leader_id FROM river_leader WHERE expires_at > now()`)
 	if err != nil {
-		return "", 0, err
+		return "", err
 	}
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return "", 0, err
+		return "", err
 	}
 	if len(ids) == 0 {
-		return "", 0, nil
+		return "", nil
 	}
-	return ids[0], len(ids), nil
+	return ids[0], nil
 }
 
 func fmtDur(d time.Duration) string { return fmt.Sprintf("%.1f s", d.Seconds()) }

@@ -79,7 +79,9 @@ func startPrivateServer(t *testing.T) *privateServer {
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	srv.port = l.Addr().(*net.TCPAddr).Port
+	tcpAddr, ok := l.Addr().(*net.TCPAddr)
+	require.True(t, ok, "a tcp listener's address is a *net.TCPAddr")
+	srv.port = tcpAddr.Port
 	require.NoError(t, l.Close())
 
 	srv.run(t, "initdb", "-D", srv.data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")

@@ -162,7 +162,7 @@ func Plan(names []string, all []rivermigrate.Migration) (map[int]uint, error) {
 		}
 		v, err := strconv.ParseUint(sub[1], 10, 32)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %v", ErrLayout, n, err)
+			return nil, fmt.Errorf("%w: %s: %w", ErrLayout, n, err)
 		}
 		highest = max(highest, uint(v))
 		if sub[2] == "" {

@@ -2,6 +2,7 @@ package riversql_test
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -70,7 +71,7 @@ func TestPlan(t *testing.T) {
 
 	t.Run("ANewRiverVersionFollowsTheHighestFile", func(t *testing.T) {
 		t.Parallel()
-		next := append(all[:len(all):len(all)], rivermigrate.Migration{Version: 9, Name: "something new", SQLUp: "SELECT 1;", SQLDown: "SELECT 1;"})
+		next := append(slices.Clone(all), rivermigrate.Migration{Version: 9, Name: "something new", SQLUp: "SELECT 1;", SQLDown: "SELECT 1;"})
 		plan, err := riversql.Plan(names(current), next)
 		require.NoError(t, err)
 		require.Equal(t, uint(20), plan[9])

@@ -38,6 +38,8 @@ func exampleSetup(ctx context.Context) (*dbtest.Schema, *river.Client[pgx.Tx], *
 
 // A transaction writes its jobs to the outbox table; Drain moves what has
 // committed into River's job table now.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleRelay_Drain() {
 	ctx := context.Background()
 	s, client, ob, release := exampleSetup(ctx)
@@ -88,6 +90,8 @@ func ExampleRelay_Drain() {
 
 // A running relay moves rows as they commit; Stop lets the batch under way
 // finish.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleRelay_Start() {
 	ctx := context.Background()
 	s, client, ob, release := exampleSetup(ctx)

@@ -41,7 +41,7 @@ type killAfterInsert struct {
 	calls atomic.Int64
 }
 
-func (m *killAfterInsert) InsertMany(ctx context.Context, params []*rivertype.JobInsertParams, doInner func(context.Context) ([]*rivertype.JobInsertResult, error)) ([]*rivertype.JobInsertResult, error) {
+func (m *killAfterInsert) InsertMany(ctx context.Context, _ []*rivertype.JobInsertParams, doInner func(context.Context) ([]*rivertype.JobInsertResult, error)) ([]*rivertype.JobInsertResult, error) {
 	res, err := doInner(ctx)
 	if m.calls.Add(1) == m.batch && err == nil {
 		fmt.Fprintf(os.Stderr, "relay helper: inserted %d jobs of batch %d; SIGKILL\n", len(res), m.batch)

@@ -401,7 +401,7 @@ func (r *Relay) insertCareful(ctx context.Context, tx pgx.Tx, p *plan, res *Move
 			if rbErr := sp.Rollback(ctx); rbErr != nil {
 				return fmt.Errorf("relay: rolling back a savepoint: %w", rbErr)
 			}
-			a := params.Args.(*Args) //nolint:forcetypeassert // the relay built it
+			a := params.Args.(*Args) //nolint:errcheck,forcetypeassert // the relay built every params.Args as *Args: anything else is a bug to panic on
 			p.dead = append(p.dead, deadRow{row: a.row, reason: rowErr.err.Error()})
 		default:
 			return err

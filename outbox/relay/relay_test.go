@@ -92,9 +92,9 @@ func count(ctx context.Context, t testing.TB, s *dbtest.Schema, sql string, args
 }
 
 // strs returns the single text column of sql's rows.
-func strs(ctx context.Context, t testing.TB, s *dbtest.Schema, sql string, args ...any) []string {
+func strs(ctx context.Context, t testing.TB, s *dbtest.Schema, sql string) []string {
 	t.Helper()
-	rows, err := s.Pool.Query(ctx, sql, args...)
+	rows, err := s.Pool.Query(ctx, sql)
 	require.NoError(t, err)
 	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	require.NoError(t, err)

@@ -46,7 +46,7 @@ func EmptySchema(ctx context.Context, t testing.TB, base *dbtest.Schema, suffix 
 	ident := pgx.Identifier{name}.Sanitize()
 	_, err := base.Pool.Exec(ctx, "CREATE SCHEMA "+ident)
 	require.NoError(t, err)
-	u, err := url.Parse(dbtest.ServerURL(t))
+	u, err := url.Parse(dbtest.ServerURL(t)) //nolint:contextcheck // dbtest sets up the test server once per process (sync.Once) on its own context; no one test's ctx may bound that
 	require.NoError(t, err, "these tests need the test database as a URL")
 	q := u.Query()
 	q.Set("search_path", name)
@@ -241,14 +241,14 @@ func OldLayout(ctx context.Context, t testing.TB, target *Target) {
 	require.NoError(t, err)
 
 	db := stdlib.OpenDBFromPool(target.Pool)
-	defer db.Close()
+	defer func() { _ = db.Close() }() // hands the connection back to target.Pool
 	drv, err := migratepgx.WithInstance(db, &migratepgx.Config{SchemaName: target.Name})
 	require.NoError(t, err)
 	src, err := iofs.New(ad3d8b2, "ad3d8b2")
 	require.NoError(t, err)
 	m, err := migrate.NewWithInstance("iofs", src, "pgx5", drv)
 	require.NoError(t, err)
-	defer m.Close()
+	defer func() { _, _ = m.Close() }() // the embedded source and db, above
 	require.NoError(t, m.Up())
 	v, dirty, err := m.Version()
 	require.NoError(t, err)

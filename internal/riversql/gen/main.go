@@ -34,11 +34,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	changed, err := sync(*dir, *check, stdout)
 	if err != nil {
-		fmt.Fprintln(stderr, "riversql gen:", err)
+		_, _ = fmt.Fprintln(stderr, "riversql gen:", err)
 		return 1
 	}
 	if *check && changed > 0 {
-		fmt.Fprintf(stderr, "riversql gen: %d River files out of date: run %s\n", changed, riversql.RegenerateCommand)
+		_, _ = fmt.Fprintf(stderr, "riversql gen: %d River files out of date: run %s\n", changed, riversql.RegenerateCommand)
 		return 1
 	}
 	return 0
@@ -72,7 +72,7 @@ func sync(dir string, check bool, stdout io.Writer) (int, error) {
 	stale := riversql.Diff(have, want)
 	if check {
 		for _, s := range stale {
-			fmt.Fprintln(stdout, s)
+			_, _ = fmt.Fprintln(stdout, s)
 		}
 		return len(stale), nil
 	}
@@ -84,7 +84,7 @@ func sync(dir string, check bool, stdout io.Writer) (int, error) {
 		if err := os.WriteFile(filepath.Join(dir, f.Name), []byte(f.Content), 0o644); err != nil {
 			return written, err
 		}
-		fmt.Fprintln(stdout, "wrote", filepath.Join(dir, f.Name))
+		_, _ = fmt.Fprintln(stdout, "wrote", filepath.Join(dir, f.Name))
 		written++
 	}
 	return written, nil
