@@ -113,8 +113,9 @@
 // (a River plugin that wraps every middleware) and outbox.Config.OnFlush,
 // and register it on your own prometheus.Registry (a process that only
 // works jobs registers Metrics.JobCollector). Its histograms describe the
-// jobs of the job_kind_stats view, with its clocks, to within 9.3 % (see
-// Metrics for the one difference). QueueMetrics adds what waits in the
+// jobs of the job_kind_stats view (which package jobs/jobstats reads, with
+// the other job views, for `aftercommit stats`), with its clocks, to within
+// 9.3 % (see Metrics for the one difference). QueueMetrics adds what waits in the
 // job table — the backlog per queue and state, the oldest available job's
 // age, the stuck jobs — read at scrape. deploy/prometheus has recording
 // rules and alerts over both.
