@@ -88,7 +88,7 @@ type ArgsError struct {
 	Kind string
 	// Problems are every problem found, failures and warnings (unknown
 	// fields, which alone would not stop the job), in the order of
-	// CheckQueuedArgs; at least one is a failure.
+	// Registry.CheckArgs; at least one is a failure.
 	Problems []ArgsProblem
 
 	cause error // the Validate error, if any
@@ -162,9 +162,9 @@ func (e *ArgsError) UnknownFields() []string {
 // does before it runs a job, and returns the args: a value of the T that
 // AddWorker[T] registered. When the worker would cancel the job it returns
 // an *ArgsError matching ErrBadArgs instead; an unknown field alone is no
-// error (the job runs; CheckQueuedArgs and the worker report it). It
-// returns an error matching ErrUnknownKind when no worker is registered for
-// kind.
+// error (the job runs; CheckArgs, argcheck.Check and the worker report
+// it). It returns an error matching ErrUnknownKind when no worker is
+// registered for kind.
 //
 // A producer in another language can run its fixtures through it in a
 // test, to learn before a deploy what a worker will make of its jobs.
@@ -200,7 +200,8 @@ func (r *Registry) DecodeArgs(kind string, raw []byte) (river.JobArgs, error) {
 // worker is registered for: it matches ErrUnknownKind, and no args are
 // checked. Whether the job's queue is worked, and what to report for an
 // unknown kind (ArgsProblemUnknownQueue, ArgsProblemUnknownKind), is for
-// the caller to say: the queued-args check (CheckQueuedArgs) reports both.
+// the caller to say: the queued-args check of package jobs/argcheck
+// (argcheck.Check) reports both.
 //
 // Unlike DecodeArgs, which answers whether a job would run, CheckArgs
 // answers what is wrong with it, warnings included: it is what a tool that

@@ -101,11 +101,11 @@
 //
 // Adding an optional field is safe: older jobs run without it, with its
 // zero value, so give it a default in the worker. A new required field
-// cancels every job queued before it existed; CheckQueuedArgs —
-// `aftercommit check-args` — decodes every waiting job with today's types
-// before a deploy, reports the jobs today's code would cancel, and lists
-// the jobs workers recently cancelled for bad args or ran with unknown
-// fields.
+// cancels every job queued before it existed; the queued-args check of
+// package jobs/argcheck — `aftercommit check-args` — decodes every waiting
+// job with today's types (Registry.CheckArgs) before a deploy, reports the
+// jobs today's code would cancel, and lists the jobs workers recently
+// cancelled for bad args or ran with unknown fields.
 //
 // # Metrics
 //
