@@ -19,6 +19,7 @@ import (
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/internal/testlog"
 	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/jobs/argcheck"
 )
 
 // amOrderArgs is the current release of a kind: order_id is required,
@@ -274,7 +275,7 @@ func TestArgsMiddleware(t *testing.T) {
 		}
 
 		// check-args lists every cancelled job with what was wrong.
-		r, err := jobs.CheckQueuedArgs(ctx, b.schema.Pool, b.reg, nil)
+		r, err := argcheck.Check(ctx, b.schema.Pool, b.reg, nil)
 		require.NoError(t, err)
 		require.True(t, r.Failed())
 		require.Equal(t, len(bad), r.Cancelled)
@@ -324,7 +325,7 @@ func TestArgsMiddleware(t *testing.T) {
 
 		// check-args reports the jobs that ran with unknown fields, as
 		// warnings: no failure.
-		r, err := jobs.CheckQueuedArgs(ctx, b.schema.Pool, b.reg, nil)
+		r, err := argcheck.Check(ctx, b.schema.Pool, b.reg, nil)
 		require.NoError(t, err)
 		require.False(t, r.Failed())
 		require.Equal(t, 3, r.Finished)
@@ -335,9 +336,9 @@ func TestArgsMiddleware(t *testing.T) {
 			fmt.Sprintf("%d warning unknown_field coupon", ids[2]),
 			fmt.Sprintf("%d warning unknown_field gift", ids[2]),
 		}, problemsOf(r))
-		require.Equal(t, []jobs.ArgsKindSummary{{Kind: "test.am_order", Registered: true, Finished: 3}}, r.Kinds)
+		require.Equal(t, []argcheck.KindSummary{{Kind: "test.am_order", Registered: true, Finished: 3}}, r.Kinds)
 		// Without finished jobs: the pre-deploy check of queued jobs only.
-		r, err = jobs.CheckQueuedArgs(ctx, b.schema.Pool, b.reg, &jobs.CheckArgsOpts{Since: -1})
+		r, err = argcheck.Check(ctx, b.schema.Pool, b.reg, &argcheck.Opts{Since: -1})
 		require.NoError(t, err)
 		require.Empty(t, r.Problems)
 	})
@@ -374,4 +375,14 @@ func TestArgsMiddleware(t *testing.T) {
 		require.ElementsMatch(t, []amOrderArgs{{OrderID: 4}, {OrderID: 5, Channel: "web"}}, b.orders.args())
 		require.Empty(t, b.unknownFieldCounts(t))
 	})
+}
+
+// problemsOf returns job id, severity, problem and field of every problem
+// r lists (as the tests of package argcheck compare them).
+func problemsOf(r *argcheck.Report) []string {
+	out := []string{}
+	for _, p := range r.Problems {
+		out = append(out, fmt.Sprintf("%d %s %s %s", p.JobID, p.Severity, p.Problem, p.Field))
+	}
+	return out
 }

@@ -88,7 +88,7 @@ type ArgsError struct {
 	Kind string
 	// Problems are every problem found, failures and warnings (unknown
 	// fields, which alone would not stop the job), in the order of
-	// CheckQueuedArgs; at least one is a failure.
+	// Registry.CheckArgs; at least one is a failure.
 	Problems []ArgsProblem
 
 	cause error // the Validate error, if any
@@ -162,9 +162,9 @@ func (e *ArgsError) UnknownFields() []string {
 // does before it runs a job, and returns the args: a value of the T that
 // AddWorker[T] registered. When the worker would cancel the job it returns
 // an *ArgsError matching ErrBadArgs instead; an unknown field alone is no
-// error (the job runs; CheckQueuedArgs and the worker report it). It
-// returns an error matching ErrUnknownKind when no worker is registered for
-// kind.
+// error (the job runs; CheckArgs, argcheck.Check and the worker report
+// it). It returns an error matching ErrUnknownKind when no worker is
+// registered for kind.
 //
 // A producer in another language can run its fixtures through it in a
 // test, to learn before a deploy what a worker will make of its jobs.
@@ -178,6 +178,48 @@ func (r *Registry) DecodeArgs(kind string, raw []byte) (river.JobArgs, error) {
 		return nil, spec.error(kind, issues)
 	}
 	return args, nil
+}
+
+// CheckArgs returns every problem the worker of a client built by
+// NewClient would find in raw as the args of kind (or of one of its
+// KindAliases): the failures it would cancel the job for, and the warnings
+// it would run the job with (unknown fields, optional fields that are null)
+// — what it records in the job's metadata (MetadataKeyArgsProblems). It
+// decodes raw as DecodeArgs does, strictly, with the type AddWorker
+// registered for kind, that type's jobs tags and its Validate method
+// (called, as by the worker, only on args that decode without failure).
+//
+// The problems come in the order of ArgsError.Problems: the fields in
+// declaration order (the problems of a nested object in place of its field,
+// and each object's unknown keys, sorted, after its fields), then
+// undecodable, then invalid. Each has Kind set to kind; JobID, State and
+// Queue are left zero, for a caller that knows the job to fill in. Args a
+// worker takes as written have none: the result is nil.
+//
+// A problem of the args is never an error. The only error is for a kind no
+// worker is registered for: it matches ErrUnknownKind, and no args are
+// checked. Whether the job's queue is worked, and what to report for an
+// unknown kind (ArgsProblemUnknownQueue, ArgsProblemUnknownKind), is for
+// the caller to say: the queued-args check of package jobs/argcheck
+// (argcheck.Check) reports both.
+//
+// Unlike DecodeArgs, which answers whether a job would run, CheckArgs
+// answers what is wrong with it, warnings included: it is what a tool that
+// lists the problems of many jobs calls for each.
+func (r *Registry) CheckArgs(kind string, raw []byte) ([]ArgsProblem, error) {
+	spec, ok := r.argsSpec(kind)
+	if !ok {
+		return nil, fmt.Errorf("%w: no worker is registered for kind %q", ErrUnknownKind, kind)
+	}
+	_, issues := spec.decode(raw)
+	if len(issues) == 0 {
+		return nil, nil
+	}
+	problems := make([]ArgsProblem, len(issues))
+	for i, is := range issues {
+		problems[i] = ArgsProblem{Kind: kind, Problem: is.Problem, Severity: is.Severity, Field: is.Field, Message: is.Message}
+	}
+	return problems, nil
 }
 
 // argsIssue is one problem of a job's args, without the job. It is what a

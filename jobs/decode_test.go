@@ -350,3 +350,75 @@ func BenchmarkDecodeArgs(b *testing.B) {
 		}
 	})
 }
+
+// TestRegistryCheckArgs checks that CheckArgs returns every problem the
+// worker finds, warnings included, in the order of ArgsError.Problems, and
+// ErrUnknownKind alone for a kind without a worker.
+func TestRegistryCheckArgs(t *testing.T) {
+	t.Parallel()
+	reg := dcRegistry(t)
+	const kind = "test.good_gift"
+
+	t.Run("Clean", func(t *testing.T) {
+		t.Parallel()
+		problems, err := reg.CheckArgs(kind, []byte(`{"gift_id": 7, "item_ids": [1, 2], "currency": "EUR", "wrap": {"paper": "red"}, "seller": "9"}`))
+		require.NoError(t, err)
+		require.Nil(t, problems)
+	})
+
+	t.Run("WarningsOnly", func(t *testing.T) {
+		t.Parallel()
+		// The job runs (DecodeArgs returns no error), with an unknown key
+		// at the top and one nested, and an optional string that is null.
+		raw := []byte(`{"gift_id": 7, "item_ids": [1], "currency": "EUR", "note": null, "ribbon": true, "wrap": {"paper": "red", "glitter": 1}}`)
+		_, err := reg.DecodeArgs(kind, raw)
+		require.NoError(t, err)
+		problems, err := reg.CheckArgs(kind, raw)
+		require.NoError(t, err)
+		require.Equal(t, []jobs.ArgsProblem{
+			{Kind: kind, Problem: jobs.ArgsProblemNullField, Severity: jobs.ArgsSeverityWarning, Field: "note", Message: "null where string cannot be nil: taken as the zero value"},
+			{Kind: kind, Problem: jobs.ArgsProblemUnknownField, Severity: jobs.ArgsSeverityWarning, Field: "wrap.glitter", Message: "not a field of jobs_test.dcWrapping: its value is dropped when the job is decoded"},
+			{Kind: kind, Problem: jobs.ArgsProblemUnknownField, Severity: jobs.ArgsSeverityWarning, Field: "ribbon", Message: "not a field of jobs_test.dcGoodArgs: its value is dropped when the job is decoded"},
+		}, problems)
+	})
+
+	t.Run("Failing", func(t *testing.T) {
+		t.Parallel()
+		// The problems of DecodeArgs's ArgsError, through an alias, which
+		// names the kind as asked.
+		raw := []byte(`{"giftId": 7, "item_ids": [0], "currency": "EUR"}`)
+		problems, err := reg.CheckArgs("test.gift_v0", raw)
+		require.NoError(t, err)
+		want := []jobs.ArgsProblem{
+			{Kind: "test.gift_v0", Problem: jobs.ArgsProblemMissingField, Severity: jobs.ArgsSeverityFailure, Field: "gift_id", Message: "missing (required)"},
+			{Kind: "test.gift_v0", Problem: jobs.ArgsProblemInvalidID, Severity: jobs.ArgsSeverityFailure, Field: "item_ids", Message: "[0] must be an ID above 0, got 0"},
+			{Kind: "test.gift_v0", Problem: jobs.ArgsProblemUnknownField, Severity: jobs.ArgsSeverityWarning, Field: "giftId", Message: "not a field of jobs_test.dcGoodArgs: its value is dropped when the job is decoded"},
+		}
+		require.Equal(t, want, problems)
+		_, err = reg.DecodeArgs("test.gift_v0", raw)
+		var argsErr *jobs.ArgsError
+		require.ErrorAs(t, err, &argsErr)
+		require.Equal(t, want, argsErr.Problems)
+
+		// Validate runs on args that decode, as the worker runs it.
+		problems, err = reg.CheckArgs(kind, []byte(`{"gift_id": 1, "item_ids": [1], "currency": "euro"}`))
+		require.NoError(t, err)
+		require.Equal(t, []jobs.ArgsProblem{
+			{Kind: kind, Problem: jobs.ArgsProblemInvalid, Severity: jobs.ArgsSeverityFailure, Field: "currency", Message: `must be an ISO 4217 code such as EUR, got "euro"`},
+		}, problems)
+
+		problems, err = reg.CheckArgs(kind, []byte(`[1]`))
+		require.NoError(t, err)
+		require.Equal(t, []jobs.ArgsProblem{
+			{Kind: kind, Problem: jobs.ArgsProblemUndecodable, Severity: jobs.ArgsSeverityFailure, Message: "must be a JSON object, got an array"},
+		}, problems)
+	})
+
+	t.Run("UnknownKind", func(t *testing.T) {
+		t.Parallel()
+		problems, err := reg.CheckArgs("test.nobody", []byte(`{}`))
+		require.Nil(t, problems)
+		require.ErrorIs(t, err, jobs.ErrUnknownKind)
+		require.EqualError(t, err, `jobs: unknown kind: no worker is registered for kind "test.nobody"`)
+	})
+}

@@ -103,11 +103,11 @@
 //
 // Adding an optional field is safe: older jobs run without it, with its
 // zero value, so give it a default in the worker. A new required field
-// cancels every job queued before it existed; CheckQueuedArgs —
-// `aftercommit check-args` — decodes every waiting job with today's types
-// before a deploy, reports the jobs today's code would cancel, and lists
-// the jobs workers recently cancelled for bad args or ran with unknown
-// fields.
+// cancels every job queued before it existed; the queued-args check of
+// package jobs/argcheck — `aftercommit check-args` — decodes every waiting
+// job with today's types (Registry.CheckArgs) before a deploy, reports the
+// jobs today's code would cancel, and lists the jobs workers recently
+// cancelled for bad args or ran with unknown fields.
 //
 // # Metrics
 //
@@ -115,8 +115,9 @@
 // (a River plugin that wraps every middleware) and outbox.Config.OnFlush,
 // and register it on your own prometheus.Registry (a process that only
 // works jobs registers Metrics.JobCollector). Its histograms describe the
-// jobs of the job_kind_stats view, with its clocks, to within 9.3 % (see
-// Metrics for the one difference). QueueMetrics adds what waits in the
+// jobs of the job_kind_stats view (which package jobs/jobstats reads, with
+// the other job views, for `aftercommit stats`), with its clocks, to within
+// 9.3 % (see Metrics for the one difference). QueueMetrics adds what waits in the
 // job table — the backlog per queue and state, the oldest available job's
 // age, the stuck jobs — read at scrape. deploy/prometheus has recording
 // rules and alerts over both.

@@ -387,3 +387,12 @@ func (q *QueueMetrics) read(ctx context.Context) (*queueSnapshot, error) {
 	}
 	return snap, rows.Err()
 }
+
+// deref returns *p, or the zero value for a NULL (nil) column.
+func deref[T any](p *T) T {
+	if p == nil {
+		var zero T
+		return zero
+	}
+	return *p
+}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/aftercommit/aftercommit/internal/app"
 	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/jobs/argcheck"
 )
 
 func printCheckArgsUsage(w io.Writer, printFlags func(io.Writer)) {
@@ -58,9 +59,9 @@ func runCheckArgs(ctx context.Context, args []string, e *env) int {
 	var db dbFlags
 	db.register(fs)
 	asJSON := fs.Bool("json", false, "print the report as JSON")
-	maxProblems := fs.Int("max-problems", jobs.CheckArgsMaxProblemsDefault,
+	maxProblems := fs.Int("max-problems", argcheck.MaxProblemsDefault,
 		"list at most `N` problems, failures first (0: none); the counts stay exact")
-	since := fs.Duration("since", jobs.CheckArgsSinceDefault,
+	since := fs.Duration("since", argcheck.SinceDefault,
 		"also list the jobs that finished within `D` with args problems: cancelled for bad args, or run with unknown fields (0: queued jobs only)")
 	usage := commandUsage(fs, e, printCheckArgsUsage)
 
@@ -89,7 +90,7 @@ func runCheckArgs(ctx context.Context, args []string, e *env) int {
 	if err := reg.Err(); err != nil {
 		return reportError(ctx, e, fmt.Errorf("aftercommit check-args: the registry of this build is invalid: %w", err))
 	}
-	opts := &jobs.CheckArgsOpts{MaxProblems: *maxProblems, Since: *since}
+	opts := &argcheck.Opts{MaxProblems: *maxProblems, Since: *since}
 	if *maxProblems == 0 {
 		opts.MaxProblems = -1 // none
 	}
@@ -140,13 +141,13 @@ func formatSince(d time.Duration) string {
 
 // checkQueuedArgs runs the check in a read-only REPEATABLE READ
 // transaction, so that its counts describe one snapshot.
-func checkQueuedArgs(ctx context.Context, pool *pgxpool.Pool, reg *jobs.Registry, opts *jobs.CheckArgsOpts) (*jobs.ArgsReport, error) {
+func checkQueuedArgs(ctx context.Context, pool *pgxpool.Pool, reg *jobs.Registry, opts *argcheck.Opts) (*argcheck.Report, error) {
 	tx, err := pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return nil, fmt.Errorf("beginning a read-only transaction: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	return jobs.CheckQueuedArgs(ctx, tx, reg, opts)
+	return argcheck.Check(ctx, tx, reg, opts)
 }
 
 // describeCheckArgsError gives a database error of the check its one line,
@@ -168,7 +169,7 @@ func describeCheckArgsError(err error, schema string) error {
 // one line per listed problem, and a summary line. With since, the table
 // counts the finished jobs too: CANCELLED for bad args, RAN_WARNED with
 // warnings only.
-func printArgsReport(w io.Writer, r *jobs.ArgsReport, maxProblems int, since time.Duration) {
+func printArgsReport(w io.Writer, r *argcheck.Report, maxProblems int, since time.Duration) {
 	if len(r.Kinds) > 0 {
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		if since > 0 {

@@ -17,6 +17,7 @@ import (
 	"github.com/aftercommit/aftercommit/internal/app"
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/jobs/argcheck"
 )
 
 type checkArgsBundle struct {
@@ -114,11 +115,11 @@ checked 4 queued jobs: 1 ok, 0 with warnings only, 3 failing; 0 jobs finished in
 		res := b.run(ctx, t, "--json")
 		require.Equal(t, exitFailure, res.code)
 		require.Equal(t, "aftercommit check-args: 1 queued job would fail with the args types of this build\n", res.stderr)
-		var got jobs.ArgsReport
+		var got argcheck.Report
 		require.NoError(t, json.Unmarshal([]byte(res.stdout), &got))
-		require.Equal(t, jobs.ArgsReport{
+		require.Equal(t, argcheck.Report{
 			Checked: 2, OK: 0, Warned: 1, Failing: 1, ProblemCount: 2,
-			Kinds: []jobs.ArgsKindSummary{
+			Kinds: []argcheck.KindSummary{
 				{Kind: jobs.PingKind, Registered: true, Checked: 1, Warned: 1},
 				{Kind: "donations.send_thanks", Registered: false, Checked: 1, Failing: 1},
 			},
@@ -153,7 +154,7 @@ checked 4 queued jobs: 1 ok, 0 with warnings only, 3 failing; 0 jobs finished in
 
 		res = b.run(ctx, t, "--max-problems", "0", "--json")
 		require.Equal(t, exitFailure, res.code)
-		var got jobs.ArgsReport
+		var got argcheck.Report
 		require.NoError(t, json.Unmarshal([]byte(res.stdout), &got))
 		require.Equal(t, 5, got.ProblemCount)
 		require.Empty(t, got.Problems)

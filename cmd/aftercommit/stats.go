@@ -12,7 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/jobs/jobstats"
 )
 
 func printStatsUsage(w io.Writer, printFlags func(io.Writer)) {
@@ -106,8 +106,8 @@ func runStats(ctx context.Context, args []string, e *env) int {
 	}
 }
 
-func readStats(ctx context.Context, pool *pgxpool.Pool, timeout time.Duration) (*jobs.StatsReport, error) {
-	report, err := jobs.Stats(ctx, pool, &jobs.StatsOpts{JobTimeout: timeout})
+func readStats(ctx context.Context, pool *pgxpool.Pool, timeout time.Duration) (*jobstats.Report, error) {
+	report, err := jobstats.Collect(ctx, pool, &jobstats.Opts{JobTimeout: timeout})
 	if err != nil {
 		if sqlState(err) == "42P01" {
 			return nil, fmt.Errorf("aftercommit stats: the job views are missing: run 'aftercommit migrate up' (%w)", err)
@@ -118,11 +118,11 @@ func readStats(ctx context.Context, pool *pgxpool.Pool, timeout time.Duration) (
 }
 
 // printStats writes report as tables.
-func printStats(w io.Writer, r *jobs.StatsReport) {
+func printStats(w io.Writer, r *jobstats.Report) {
 	for _, p := range []struct {
-		period jobs.StatsPeriod
+		period jobstats.Period
 		title  string
-	}{{jobs.StatsPeriodHour, "Jobs by kind, last hour"}, {jobs.StatsPeriodDay, "Jobs by kind, last 24 hours"}} {
+	}{{jobstats.PeriodHour, "Jobs by kind, last hour"}, {jobstats.PeriodDay, "Jobs by kind, last 24 hours"}} {
 		var rows [][]string
 		for _, k := range r.Kinds {
 			if k.Period != p.period {
@@ -161,7 +161,7 @@ func printStats(w io.Writer, r *jobs.StatsReport) {
 }
 
 // printOutbox writes the outbox: what waits, since when, what died.
-func printOutbox(w io.Writer, o *jobs.OutboxStats) {
+func printOutbox(w io.Writer, o *jobstats.OutboxStats) {
 	fmt.Fprintln(w, "Outbox (jobs enqueued, not yet relayed into River's job table)")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "  waiting\t%d\n", o.Depth)
@@ -306,7 +306,7 @@ type failingView struct {
 
 func msf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-func newStatsView(r *jobs.StatsReport) statsView {
+func newStatsView(r *jobstats.Report) statsView {
 	v := statsView{At: r.At.UTC(), Kinds: []kindStatsView{}, Queues: []queueDepthView{}, Stuck: []stuckJobView{}, Failing: []failingView{}}
 	for _, k := range r.Kinds {
 		v.Kinds = append(v.Kinds, kindStatsView{

@@ -12,7 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/jobs/jobstats"
 )
 
 // Summary is what a run did and found.
@@ -31,7 +31,7 @@ type Summary struct {
 	Drain time.Duration
 	// Kinds are the job statistics of the last hour, per kind (from the
 	// job_kind_stats view, so they include earlier runs of the last hour).
-	Kinds []jobs.KindStats
+	Kinds []jobstats.KindStats
 	// Invariants are the checks against the source of truth.
 	Invariants []Invariant
 }
@@ -304,12 +304,12 @@ func emailIDs(e *expectations) []int64 {
 
 // collectJobStats reads the job statistics of the last hour.
 func (r *run) collectJobStats(ctx context.Context) error {
-	report, err := jobs.Stats(ctx, r.pool, nil)
+	report, err := jobstats.Collect(ctx, r.pool, nil)
 	if err != nil {
 		return fmt.Errorf("demo: reading the job statistics: %w", err)
 	}
 	for _, k := range report.Kinds {
-		if k.Period == jobs.StatsPeriodHour {
+		if k.Period == jobstats.PeriodHour {
 			r.summary.Kinds = append(r.summary.Kinds, k)
 		}
 	}

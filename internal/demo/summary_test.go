@@ -9,7 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/demo"
-	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/jobs/jobstats"
 )
 
 // TestSummaryPrintsNoPercentileWithoutCompletedJobs: a kind with no
@@ -17,10 +17,10 @@ import (
 // stats` does, not 0.0ms.
 func TestSummaryPrintsNoPercentileWithoutCompletedJobs(t *testing.T) {
 	t.Parallel()
-	s := &demo.Summary{Kinds: []jobs.KindStats{
-		{Kind: "test.done", Period: jobs.StatsPeriodHour, Completed: 2, RunTimeP50: 1500 * time.Microsecond, RunTimeP95: 2 * time.Millisecond,
+	s := &demo.Summary{Kinds: []jobstats.KindStats{
+		{Kind: "test.done", Period: jobstats.PeriodHour, Completed: 2, RunTimeP50: 1500 * time.Microsecond, RunTimeP95: 2 * time.Millisecond,
 			RunTimeP99: 2 * time.Millisecond, QueueLatencyP50: 3 * time.Millisecond, QueueLatencyP95: 4 * time.Millisecond, QueueLatencyP99: 4 * time.Millisecond},
-		{Kind: "test.failing", Period: jobs.StatsPeriodHour, Failed: 3, Discarded: 1},
+		{Kind: "test.failing", Period: jobstats.PeriodHour, Failed: 3, Discarded: 1},
 	}}
 	var out bytes.Buffer
 	s.Print(&out)

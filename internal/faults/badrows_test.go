@@ -25,6 +25,7 @@ import (
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/internal/testlog"
 	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/jobs/argcheck"
 	"github.com/aftercommit/aftercommit/reporting"
 )
 
@@ -218,7 +219,7 @@ func TestBadJobRows(t *testing.T) {
 
 	// check-args lists every cancelled row with its field, and every row
 	// that ran with an unknown field.
-	report, err := jobs.CheckQueuedArgs(ctx, s.Pool, reg, &jobs.CheckArgsOpts{MaxProblems: 10_000})
+	report, err := argcheck.Check(ctx, s.Pool, reg, &argcheck.Opts{MaxProblems: 10_000})
 	require.NoError(t, err)
 	require.True(t, report.Failed())
 	require.Equal(t, bad, report.Cancelled)

@@ -1,4 +1,4 @@
-package jobs_test
+package jobstats_test
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 	"github.com/riverqueue/river"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
-	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/jobs/jobstats"
 )
 
 // thumbnailArgs asks for the thumbnail of one image.
@@ -36,9 +36,9 @@ func (thumbnailWorker) Work(_ context.Context, job *river.Job[thumbnailArgs]) er
 func (thumbnailWorker) NextRetry(*river.Job[thumbnailArgs]) time.Time { return time.Now() }
 
 // Three thumbnails are made, one after a failed attempt, and one job waits
-// in another queue for an hour. Stats reads the job views: what the kind
+// in another queue for an hour. Collect reads the job views: what the kind
 // did in the last hour, its last error, and the depth of each queue.
-func ExampleStats() {
+func ExampleCollect() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, &dbtest.Opts{MaxConns: 4})
 	if err != nil {
@@ -64,11 +64,11 @@ func ExampleStats() {
 		<-completed
 	}
 
-	report, err := jobs.Stats(ctx, s.Pool, nil)
+	report, err := jobstats.Collect(ctx, s.Pool, nil)
 	if err != nil {
 		log.Fatal(err)
 	}
-	k, _ := report.Kind("example.thumbnail", jobs.StatsPeriodHour)
+	k, _ := report.Kind("example.thumbnail", jobstats.PeriodHour)
 	fmt.Printf("%s, last hour: completed %d, failed attempts %d\n", k.Kind, k.Completed, k.Failed)
 	fmt.Println("run time p50 <= p95 <= p99:", k.RunTimeP50 <= k.RunTimeP95 && k.RunTimeP95 <= k.RunTimeP99)
 	for _, f := range report.Failing {

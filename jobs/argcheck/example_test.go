@@ -1,8 +1,7 @@
-package jobs_test
+package argcheck_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log"
 
@@ -10,6 +9,7 @@ import (
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/jobs/argcheck"
 )
 
 // sendReceiptArgs is the release about to be deployed. Its first release
@@ -31,7 +31,7 @@ func (sendReceiptWorker) Work(context.Context, *river.Job[sendReceiptArgs]) erro
 
 // Before deploying a release, check that the jobs already queued decode
 // with its args types: the jobs it would cancel fail the check.
-func ExampleCheckQueuedArgs() {
+func ExampleCheck() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, nil)
 	if err != nil {
@@ -55,7 +55,7 @@ func ExampleCheckQueuedArgs() {
 	reg := jobs.NewRegistry()
 	jobs.AddWorker(reg, river.QueueDefault, sendReceiptWorker{})
 
-	report, err := jobs.CheckQueuedArgs(ctx, s.Pool, reg, &jobs.CheckArgsOpts{Since: -1}) // queued jobs only
+	report, err := argcheck.Check(ctx, s.Pool, reg, &argcheck.Opts{Since: -1}) // queued jobs only
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -74,38 +74,9 @@ func ExampleCheckQueuedArgs() {
 	// donations.send_receipt: 4 checked, 3 failing
 	// donations.send_thanks: 1 checked, 1 failing
 	// job 2 failure missing_field "language": missing (required)
-	// job 2 warning unknown_field "template": not a field of jobs_test.sendReceiptArgs: its value is dropped when the job is decoded
+	// job 2 warning unknown_field "template": not a field of argcheck_test.sendReceiptArgs: its value is dropped when the job is decoded
 	// job 3 failure type_mismatch "donation_id": wrong type: a JSON string where int64 is expected
 	// job 4 failure invalid_id "donation_id": must be an ID above 0, got 0
 	// job 5 failure unknown_kind "": no worker is registered for kind "donations.send_thanks": every attempt fails (UnknownJobKindError) until River discards the job
 	// do not deploy yet
-}
-
-// A producer — in Go or in another language — checks its fixtures the way
-// the worker will decode them: a job with such args is cancelled at its
-// first attempt with this very error.
-func ExampleRegistry_DecodeArgs() {
-	reg := jobs.NewRegistry()
-	jobs.AddWorker(reg, river.QueueDefault, sendReceiptWorker{})
-
-	for _, raw := range []string{
-		`{"donation_id": 1, "language": "en"}`,
-		`{"donation_id": 2, "language": "en", "sent_by": "v3"}`,
-		`{"donationId": 3, "language": "en"}`,
-		`{"donation_id": -1, "language": "en", "copy_to": 7}`,
-		`[{"donation_id": 1}]`,
-	} {
-		args, err := reg.DecodeArgs("donations.send_receipt", []byte(raw))
-		if errors.Is(err, jobs.ErrBadArgs) {
-			fmt.Println("cancelled:", err)
-			continue
-		}
-		fmt.Printf("runs: %+v\n", args)
-	}
-	// Output:
-	// runs: {DonationID:1 Language:en CopyTo:}
-	// runs: {DonationID:2 Language:en CopyTo:}
-	// cancelled: donations.send_receipt: args: donation_id: missing (required); unknown field "donationId" (ignored)
-	// cancelled: donations.send_receipt: args: donation_id: must be an ID above 0, got -1; copy_to: wrong type: a JSON number where string is expected
-	// cancelled: donations.send_receipt: args: must be a JSON object, got an array
 }

@@ -1,4 +1,4 @@
-package jobs_test
+package argcheck_test
 
 import (
 	"context"
@@ -17,6 +17,7 @@ import (
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/jobs/argcheck"
 )
 
 // caOrderArgs is today's shape of a kind that evolved over three releases:
@@ -155,16 +156,16 @@ func (b *caBundle) insert(ctx context.Context, t *testing.T, jobsToInsert ...caJ
 	return ids
 }
 
-func (b *caBundle) check(ctx context.Context, t *testing.T, opts *jobs.CheckArgsOpts) *jobs.ArgsReport {
+func (b *caBundle) check(ctx context.Context, t *testing.T, opts *argcheck.Opts) *argcheck.Report {
 	t.Helper()
-	report, err := jobs.CheckQueuedArgs(ctx, b.schema.Pool, b.reg, opts)
+	report, err := argcheck.Check(ctx, b.schema.Pool, b.reg, opts)
 	require.NoError(t, err)
 	return report
 }
 
 // problemsOf returns problem, field and severity of every listed problem,
 // the compact form most subtests compare.
-func problemsOf(r *jobs.ArgsReport) []string {
+func problemsOf(r *argcheck.Report) []string {
 	out := []string{}
 	for _, p := range r.Problems {
 		out = append(out, fmt.Sprintf("%d %s %s %s", p.JobID, p.Severity, p.Problem, p.Field))
@@ -173,9 +174,9 @@ func problemsOf(r *jobs.ArgsReport) []string {
 }
 
 // counts is Checked, OK, Warned and Failing of r.
-func counts(r *jobs.ArgsReport) [4]int { return [4]int{r.Checked, r.OK, r.Warned, r.Failing} }
+func counts(r *argcheck.Report) [4]int { return [4]int{r.Checked, r.OK, r.Warned, r.Failing} }
 
-func TestCheckQueuedArgs(t *testing.T) {
+func TestCheck(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 
@@ -190,7 +191,7 @@ func TestCheckQueuedArgs(t *testing.T) {
 		require.Equal(t, [4]int{1, 1, 0, 0}, counts(r))
 		require.Empty(t, r.Problems)
 		require.False(t, r.Failed())
-		require.Equal(t, []jobs.ArgsKindSummary{{Kind: "test.order", Registered: true, Checked: 1}}, r.Kinds)
+		require.Equal(t, []argcheck.KindSummary{{Kind: "test.order", Registered: true, Checked: 1}}, r.Kinds)
 	})
 
 	t.Run("MissingRequiredFieldFails", func(t *testing.T) {
@@ -221,7 +222,7 @@ func TestCheckQueuedArgs(t *testing.T) {
 		require.Equal(t, []jobs.ArgsProblem{{
 			JobID: ids[0], Kind: "test.order", State: rivertype.JobStateAvailable, Queue: "shop_orders",
 			Problem: jobs.ArgsProblemUnknownField, Severity: jobs.ArgsSeverityWarning, Field: "note",
-			Message: "not a field of jobs_test.caOrderArgs: its value is dropped when the job is decoded",
+			Message: "not a field of argcheck_test.caOrderArgs: its value is dropped when the job is decoded",
 		}}, r.Warnings())
 	})
 
@@ -260,7 +261,7 @@ func TestCheckQueuedArgs(t *testing.T) {
 			Problem: jobs.ArgsProblemUnknownKind, Severity: jobs.ArgsSeverityFailure,
 			Message: `no worker is registered for kind "test.gone": every attempt fails (UnknownJobKindError) until River discards the job`,
 		}}, r.Problems)
-		require.Equal(t, []jobs.ArgsKindSummary{{Kind: "test.gone", Registered: false, Checked: 1, Failing: 1}}, r.Kinds)
+		require.Equal(t, []argcheck.KindSummary{{Kind: "test.gone", Registered: false, Checked: 1, Failing: 1}}, r.Kinds)
 	})
 
 	t.Run("OnlyJobsAWorkerWillDecodeAreChecked", func(t *testing.T) {
@@ -313,21 +314,21 @@ func TestCheckQueuedArgs(t *testing.T) {
 		}
 		require.Equal(t, 2500, want)
 
-		db := &countingDB{DBTX: b.schema.Pool}
-		r, err := jobs.CheckQueuedArgs(ctx, db, b.reg, &jobs.CheckArgsOpts{PageSize: 1000})
+		db := &countingDB{DB: b.schema.Pool}
+		r, err := argcheck.Check(ctx, db, b.reg, &argcheck.Opts{PageSize: 1000})
 		require.NoError(t, err)
 		require.Equal(t, [4]int{2500, 2500 - wantFailing, 0, wantFailing}, counts(r))
 		require.Equal(t, wantFailing, r.ProblemCount)
 		require.Len(t, r.Problems, wantFailing)
-		require.Equal(t, []jobs.ArgsKindSummary{{Kind: "test.order", Registered: true, Checked: 2500, Failing: wantFailing}}, r.Kinds)
+		require.Equal(t, []argcheck.KindSummary{{Kind: "test.order", Registered: true, Checked: 2500, Failing: wantFailing}}, r.Kinds)
 		require.Equal(t, int64(4), db.queries.Load(), "pages of 1,000, 1,000 and 500, then one of finished jobs")
 		for i := 1; i < len(r.Problems); i++ {
 			require.Less(t, r.Problems[i-1].JobID, r.Problems[i].JobID)
 		}
 
 		// Pages of 500 read exactly 2,500 jobs: a last, empty page.
-		db = &countingDB{DBTX: b.schema.Pool}
-		r2, err := jobs.CheckQueuedArgs(ctx, db, b.reg, &jobs.CheckArgsOpts{PageSize: 500})
+		db = &countingDB{DB: b.schema.Pool}
+		r2, err := argcheck.Check(ctx, db, b.reg, &argcheck.Opts{PageSize: 500})
 		require.NoError(t, err)
 		require.Equal(t, r, r2)
 		require.Equal(t, int64(7), db.queries.Load())
@@ -369,13 +370,13 @@ func TestCheckQueuedArgs(t *testing.T) {
 		}
 
 		r := b.check(ctx, t, nil)
-		require.Equal(t, &jobs.ArgsReport{
+		require.Equal(t, &argcheck.Report{
 			Checked:      8,
 			OK:           2, // ids[0], and ids[5] through its kind alias
 			Warned:       1, // ids[4]
 			Failing:      5,
 			ProblemCount: 8,
-			Kinds: []jobs.ArgsKindSummary{
+			Kinds: []argcheck.KindSummary{
 				{Kind: "test.gone", Registered: false, Checked: 1, Failing: 1},
 				{Kind: "test.old_name", Registered: true, Checked: 1},
 				{Kind: "test.order", Registered: true, Checked: 6, Failing: 4, Warned: 1},
@@ -383,7 +384,7 @@ func TestCheckQueuedArgs(t *testing.T) {
 			Problems: []jobs.ArgsProblem{
 				missing(j1, "currency"),
 				with(j1, jobs.ArgsProblemUnknownField, warn, "note",
-					"not a field of jobs_test.caOrderArgs: its value is dropped when the job is decoded"),
+					"not a field of argcheck_test.caOrderArgs: its value is dropped when the job is decoded"),
 				with(j2, jobs.ArgsProblemUnknownKind, fail, "",
 					`no worker is registered for kind "test.gone": every attempt fails (UnknownJobKindError) until River discards the job`),
 				with(j3, jobs.ArgsProblemNullField, fail, "customer_id", "null (required)"),
@@ -433,13 +434,13 @@ func TestCheckQueuedArgs(t *testing.T) {
 		}
 		require.Equal(t, map[string]string{
 			fmt.Sprintf("%d ship.street", ids[1]): "missing (required)",
-			fmt.Sprintf("%d ship.floor", ids[1]):  "not a field of jobs_test.caAddress: its value is dropped when the job is decoded",
+			fmt.Sprintf("%d ship.floor", ids[1]):  "not a field of argcheck_test.caAddress: its value is dropped when the job is decoded",
 			fmt.Sprintf("%d bill.street", ids[1]): "missing (required)",
 			fmt.Sprintf("%d lines", ids[2]):       "wrong type: a JSON string at qty where int is expected",
 			fmt.Sprintf("%d tenant_id", ids[3]):   "missing (required)",
 			fmt.Sprintf("%d ship", ids[3]):        "null (required)",
-			fmt.Sprintf("%d bill", ids[3]):        "wrong type: a JSON string where jobs_test.caAddress is expected",
-			fmt.Sprintf("%d Internal", ids[3]):    "not a field of jobs_test.caNestedArgs: its value is dropped when the job is decoded",
+			fmt.Sprintf("%d bill", ids[3]):        "wrong type: a JSON string where argcheck_test.caAddress is expected",
+			fmt.Sprintf("%d Internal", ids[3]):    "not a field of argcheck_test.caNestedArgs: its value is dropped when the job is decoded",
 		}, without(messages, fmt.Sprintf("%d at", ids[2]), fmt.Sprintf("%d count", ids[2])))
 		// Errors of other decoders are quoted as they come.
 		require.Regexp(t, `^does not decode into time.Time: .*"yesterday".*$`, messages[fmt.Sprintf("%d at", ids[2])])
@@ -470,7 +471,7 @@ func TestCheckQueuedArgs(t *testing.T) {
 		}
 		ids := b.insert(ctx, t, jobsToInsert...)
 
-		r := b.check(ctx, t, &jobs.CheckArgsOpts{MaxProblems: 12})
+		r := b.check(ctx, t, &argcheck.Opts{MaxProblems: 12})
 		require.Equal(t, [4]int{30, 0, 20, 10}, counts(r))
 		require.Equal(t, 30, r.ProblemCount)
 		require.True(t, r.Truncated())
@@ -479,12 +480,12 @@ func TestCheckQueuedArgs(t *testing.T) {
 		require.Equal(t, []int64{ids[0], ids[1]}, []int64{r.Problems[0].JobID, r.Problems[1].JobID}, "then the first warnings")
 		require.Equal(t, ids[20], r.Problems[2].JobID)
 
-		r = b.check(ctx, t, &jobs.CheckArgsOpts{MaxProblems: 5})
+		r = b.check(ctx, t, &argcheck.Opts{MaxProblems: 5})
 		require.Len(t, r.Problems, 5)
 		require.Len(t, r.Failures(), 5)
 		require.Equal(t, ids[20], r.Problems[0].JobID)
 
-		r = b.check(ctx, t, &jobs.CheckArgsOpts{MaxProblems: -1})
+		r = b.check(ctx, t, &argcheck.Opts{MaxProblems: -1})
 		require.Equal(t, [4]int{30, 0, 20, 10}, counts(r))
 		require.Equal(t, 30, r.ProblemCount)
 		require.Empty(t, r.Problems)
@@ -495,7 +496,7 @@ func TestCheckQueuedArgs(t *testing.T) {
 		t.Parallel()
 		b := setupCheckArgs(ctx, t)
 		r := b.check(ctx, t, nil)
-		require.Equal(t, &jobs.ArgsReport{Kinds: []jobs.ArgsKindSummary{}, Problems: []jobs.ArgsProblem{}}, r)
+		require.Equal(t, &argcheck.Report{Kinds: []argcheck.KindSummary{}, Problems: []jobs.ArgsProblem{}}, r)
 	})
 
 	t.Run("InATransactionAndAnotherSchema", func(t *testing.T) {
@@ -509,7 +510,7 @@ func TestCheckQueuedArgs(t *testing.T) {
 		_, err = tx.Exec(ctx, `SET LOCAL search_path TO pg_catalog`)
 		require.NoError(t, err)
 
-		r, err := jobs.CheckQueuedArgs(ctx, tx, b.reg, &jobs.CheckArgsOpts{Schema: b.schema.Name})
+		r, err := argcheck.Check(ctx, tx, b.reg, &argcheck.Opts{Schema: b.schema.Name})
 		require.NoError(t, err)
 		require.Equal(t, 1, r.Failing)
 	})
@@ -518,22 +519,22 @@ func TestCheckQueuedArgs(t *testing.T) {
 		t.Parallel()
 		b := setupCheckArgs(ctx, t)
 
-		_, err := jobs.CheckQueuedArgs(ctx, b.schema.Pool, nil, nil)
-		require.EqualError(t, err, "jobs: CheckQueuedArgs: nil registry")
-		_, err = jobs.CheckQueuedArgs(ctx, nil, b.reg, nil)
-		require.EqualError(t, err, "jobs: CheckQueuedArgs: nil database")
-		_, err = jobs.CheckQueuedArgs(ctx, b.schema.Pool, b.reg, &jobs.CheckArgsOpts{PageSize: -1})
-		require.EqualError(t, err, "jobs: CheckQueuedArgs: PageSize must be positive, got -1")
+		_, err := argcheck.Check(ctx, b.schema.Pool, nil, nil)
+		require.EqualError(t, err, "argcheck: Check: nil registry")
+		_, err = argcheck.Check(ctx, nil, b.reg, nil)
+		require.EqualError(t, err, "argcheck: Check: nil database")
+		_, err = argcheck.Check(ctx, b.schema.Pool, b.reg, &argcheck.Opts{PageSize: -1})
+		require.EqualError(t, err, "argcheck: Check: PageSize must be positive, got -1")
 
-		_, err = jobs.CheckQueuedArgs(ctx, b.schema.Pool, b.reg, &jobs.CheckArgsOpts{Schema: b.schema.Name + "_missing"})
+		_, err = argcheck.Check(ctx, b.schema.Pool, b.reg, &argcheck.Opts{Schema: b.schema.Name + "_missing"})
 		var pgErr *pgconn.PgError
 		require.ErrorAs(t, err, &pgErr)
 		require.Equal(t, "42P01", pgErr.Code) // undefined_table
-		require.True(t, strings.HasPrefix(err.Error(), "jobs: reading queued jobs after id 0: "), err.Error())
+		require.True(t, strings.HasPrefix(err.Error(), "argcheck: reading queued jobs after id 0: "), err.Error())
 
 		canceled, cancel := context.WithCancel(ctx)
 		cancel()
-		_, err = jobs.CheckQueuedArgs(canceled, b.schema.Pool, b.reg, nil)
+		_, err = argcheck.Check(canceled, b.schema.Pool, b.reg, nil)
 		require.ErrorIs(t, err, context.Canceled)
 	})
 }
@@ -549,20 +550,20 @@ func without(m map[string]string, keys ...string) map[string]string {
 
 // countingDB counts the queries made through it.
 type countingDB struct {
-	jobs.DBTX
+	argcheck.DB
 	queries atomic.Int64
 }
 
 func (d *countingDB) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
 	d.queries.Add(1)
-	return d.DBTX.Query(ctx, sql, args...)
+	return d.DB.Query(ctx, sql, args...)
 }
 
 // The checker's verdicts are the worker's: a job it passes runs (with the
 // default of a field the job lacks), one it fails is cancelled at its first
 // attempt (or fails, for an unknown kind); and once they ran, it lists what
 // the worker recorded.
-func TestCheckQueuedArgsPredictsWhatTheWorkerDoes(t *testing.T) {
+func TestCheckPredictsWhatTheWorkerDoes(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	s := dbtest.TestSchema(ctx, t, nil)
@@ -642,15 +643,15 @@ func TestCheckQueuedArgsPredictsWhatTheWorkerDoes(t *testing.T) {
 	require.Equal(t, rivertype.JobStateCancelled, r.Problems[1].State)
 	require.Contains(t, []rivertype.JobState{rivertype.JobStateRetryable, rivertype.JobStateAvailable}, r.Problems[2].State)
 	require.Equal(t, rivertype.JobStateCancelled, r.Problems[3].State)
-	require.Equal(t, []jobs.ArgsKindSummary{
+	require.Equal(t, []argcheck.KindSummary{
 		{Kind: "test.gone", Registered: false, Checked: 1, Failing: 1},
 		{Kind: "test.order", Registered: true, Finished: 3, Cancelled: 2},
 	}, r.Kinds)
 }
 
 // Finished jobs are read from the problems recorded in their metadata,
-// within CheckArgsOpts.Since, in pages.
-func TestCheckQueuedArgsFinishedJobs(t *testing.T) {
+// within Opts.Since, in pages.
+func TestCheckFinishedJobs(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	b := setupCheckArgs(ctx, t)
@@ -677,8 +678,8 @@ func TestCheckQueuedArgsFinishedJobs(t *testing.T) {
 		insert("cancelled", failure, "23 hours"),
 	}
 
-	db := &countingDB{DBTX: b.schema.Pool}
-	r, err := jobs.CheckQueuedArgs(ctx, db, b.reg, &jobs.CheckArgsOpts{PageSize: 2})
+	db := &countingDB{DB: b.schema.Pool}
+	r, err := argcheck.Check(ctx, db, b.reg, &argcheck.Opts{PageSize: 2})
 	require.NoError(t, err)
 	require.Equal(t, int64(1+3), db.queries.Load(), "one empty page of queued jobs, pages of 2, 2 and 1 finished ones")
 	require.Equal(t, [4]int{0, 0, 0, 0}, counts(r))
@@ -692,13 +693,13 @@ func TestCheckQueuedArgsFinishedJobs(t *testing.T) {
 		fmt.Sprintf("%d warning undecodable ", ids[5]),
 		fmt.Sprintf("%d failure missing_field currency", ids[6]),
 	}, problemsOf(r))
-	require.Equal(t, []jobs.ArgsKindSummary{{Kind: "test.order", Registered: true, Finished: 5, Cancelled: 2}}, r.Kinds)
+	require.Equal(t, []argcheck.KindSummary{{Kind: "test.order", Registered: true, Finished: 5, Cancelled: 2}}, r.Kinds)
 
-	r, err = jobs.CheckQueuedArgs(ctx, b.schema.Pool, b.reg, &jobs.CheckArgsOpts{Since: 90 * time.Minute})
+	r, err = argcheck.Check(ctx, b.schema.Pool, b.reg, &argcheck.Opts{Since: 90 * time.Minute})
 	require.NoError(t, err)
 	require.Equal(t, 3, r.Finished, "finished within 90 minutes")
 
-	r, err = jobs.CheckQueuedArgs(ctx, b.schema.Pool, b.reg, &jobs.CheckArgsOpts{Since: -1})
+	r, err = argcheck.Check(ctx, b.schema.Pool, b.reg, &argcheck.Opts{Since: -1})
 	require.NoError(t, err)
 	require.Zero(t, r.Finished)
 	require.False(t, r.Failed(), "queued jobs only")

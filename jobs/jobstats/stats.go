@@ -1,4 +1,9 @@
-package jobs
+// Package jobstats reads what the jobs did and what waits: the job views of
+// the project's migrations (job_kind_stats, queue_depth, stuck_jobs,
+// failing_jobs) and the outbox (outbox_depth, outbox_dead_jobs), in one
+// transaction, so that they describe one moment. Collect is what the
+// `aftercommit stats` command prints.
+package jobstats
 
 import (
 	"context"
@@ -10,57 +15,57 @@ import (
 	"github.com/riverqueue/river/rivertype"
 )
 
-// StatsDB is what Stats needs of a database: *pgxpool.Pool and *pgx.Conn
-// satisfy it. Stats reads in a transaction of its own so that every view
+// DB is what Collect needs of a database: *pgxpool.Pool and *pgx.Conn
+// satisfy it. Collect reads in a transaction of its own so that every view
 // sees the same snapshot and the same now().
-type StatsDB interface {
+type DB interface {
 	BeginTx(ctx context.Context, txOptions pgx.TxOptions) (pgx.Tx, error)
 }
 
-// StatsPeriod names a window of job_kind_stats, which ends at the time the
+// Period names a window of job_kind_stats, which ends at the time the
 // report was taken.
-type StatsPeriod string
+type Period string
 
 // The periods of job_kind_stats.
 const (
-	// StatsPeriodHour is the last hour.
-	StatsPeriodHour StatsPeriod = "hour"
-	// StatsPeriodDay is the last 24 hours.
-	StatsPeriodDay StatsPeriod = "day"
+	// PeriodHour is the last hour.
+	PeriodHour Period = "hour"
+	// PeriodDay is the last 24 hours.
+	PeriodDay Period = "day"
 )
 
-// StatsJobTimeoutDefault is the running time after which stuck_jobs lists a
-// job when neither StatsOpts.JobTimeout nor the aftercommit.job_timeout
+// JobTimeoutDefault is the running time after which stuck_jobs lists a
+// job when neither Opts.JobTimeout nor the aftercommit.job_timeout
 // setting says otherwise: River's default JobTimeout.
-const StatsJobTimeoutDefault = time.Minute
+const JobTimeoutDefault = time.Minute
 
-// StatsOutboxDeadRowsDefault is how many of the latest dead outbox rows
-// Stats reads when StatsOpts.OutboxDeadRows is 0.
-const StatsOutboxDeadRowsDefault = 5
+// OutboxDeadRowsDefault is how many of the latest dead outbox rows
+// Collect reads when Opts.OutboxDeadRows is 0.
+const OutboxDeadRowsDefault = 5
 
-// StatsOpts are optional settings of Stats. A nil *StatsOpts takes every
+// Opts are optional settings of Collect. A nil *Opts takes every
 // default.
-type StatsOpts struct {
+type Opts struct {
 	// JobTimeout is the running time after which a job counts as stuck. Set
 	// it to the client's JobTimeout when that is not River's default. It is
-	// applied as the aftercommit.job_timeout setting of Stats' transaction,
+	// applied as the aftercommit.job_timeout setting of Collect's transaction,
 	// which is what the stuck_jobs view reads.
 	//
 	// Defaults to the setting of the connection (e.g. ALTER DATABASE … SET
-	// aftercommit.job_timeout = '5 min'), else StatsJobTimeoutDefault.
+	// aftercommit.job_timeout = '5 min'), else JobTimeoutDefault.
 	JobTimeout time.Duration
 
 	// OutboxDeadRows is how many of the latest rows of outbox_dead_jobs
-	// StatsReport.Outbox.LatestDead holds.
+	// Report.Outbox.LatestDead holds.
 	//
-	// Defaults to StatsOutboxDeadRowsDefault (5). Negative: none.
+	// Defaults to OutboxDeadRowsDefault (5). Negative: none.
 	OutboxDeadRows int
 }
 
-// StatsReport holds the four job views read in one transaction: the same
+// Report holds the four job views read in one transaction: the same
 // rows, in the same order, as SELECT * FROM each view; and, in the same
 // transaction, the outbox: the outbox_depth view and the latest dead rows.
-type StatsReport struct {
+type Report struct {
 	// At is the database's now() when the report was taken: the end of
 	// every period and the reference of StuckJob.RunningFor.
 	At time.Time
@@ -87,7 +92,7 @@ type OutboxStats struct {
 	// OldestCreatedAt is the created_at (its transaction's start) of the
 	// oldest of them; zero when Depth is 0.
 	OldestCreatedAt time.Time
-	// OldestAge is StatsReport.At − OldestCreatedAt: how long the oldest
+	// OldestAge is Report.At − OldestCreatedAt: how long the oldest
 	// row has waited; 0 when Depth is 0.
 	OldestAge time.Duration
 	// Dead counts the rows of outbox_dead_jobs.
@@ -95,7 +100,7 @@ type OutboxStats struct {
 	// LastDeadAt is when the latest dead row died; zero when Dead is 0.
 	LastDeadAt time.Time
 	// LatestDead are the latest dead rows, newest first, at most
-	// StatsOpts.OutboxDeadRows.
+	// Opts.OutboxDeadRows.
 	LatestDead []OutboxDeadRow
 }
 
@@ -121,7 +126,7 @@ type OutboxDeadRow struct {
 
 // Kind returns the stats of kind in period, and false when the kind has no
 // row for it (nothing finalized and no failed attempt in the window).
-func (r *StatsReport) Kind(kind string, period StatsPeriod) (KindStats, bool) {
+func (r *Report) Kind(kind string, period Period) (KindStats, bool) {
 	for _, k := range r.Kinds {
 		if k.Kind == kind && k.Period == period {
 			return k, true
@@ -135,8 +140,8 @@ type KindStats struct {
 	// Kind is the job kind.
 	Kind string
 	// Period is the window: the last hour or the last 24 hours.
-	Period StatsPeriod
-	// Since is where the window starts: StatsReport.At minus the period.
+	Period Period
+	// Since is where the window starts: Report.At minus the period.
 	Since time.Time
 
 	// Completed counts the jobs completed (finalized_at) in the window.
@@ -192,9 +197,9 @@ type StuckJob struct {
 	AttemptedAt time.Time
 	// AttemptedBy is the client running it ("" when River recorded none).
 	AttemptedBy string
-	// RunningFor is StatsReport.At − AttemptedAt.
+	// RunningFor is Report.At − AttemptedAt.
 	RunningFor time.Duration
-	// Timeout is the threshold the job exceeded (see StatsOpts.JobTimeout).
+	// Timeout is the threshold the job exceeded (see Opts.JobTimeout).
 	Timeout time.Duration
 }
 
@@ -220,35 +225,35 @@ type FailingJob struct {
 	Trace string
 }
 
-// Stats reads the job views of migration 0007 — job_kind_stats,
+// Collect reads the job views of migration 0015 — job_kind_stats,
 // queue_depth, stuck_jobs, failing_jobs — and the outbox of migration 0020
 // (the outbox_depth view, the latest rows of outbox_dead_jobs) in one
 // read-only, repeatable-read transaction of db, so that they describe one
 // moment. The views are found
 // through the connection's search_path, like every table of the project.
-func Stats(ctx context.Context, db StatsDB, opts *StatsOpts) (*StatsReport, error) {
+func Collect(ctx context.Context, db DB, opts *Opts) (*Report, error) {
 	if db == nil {
-		return nil, errors.New("jobs: Stats needs a database")
+		return nil, errors.New("jobstats: Collect needs a database")
 	}
 	if opts == nil {
-		opts = &StatsOpts{}
+		opts = &Opts{}
 	}
 	if opts.JobTimeout < 0 {
-		return nil, fmt.Errorf("jobs: StatsOpts.JobTimeout %s is negative", opts.JobTimeout)
+		return nil, fmt.Errorf("jobstats: Opts.JobTimeout %s is negative", opts.JobTimeout)
 	}
 	deadRows := opts.OutboxDeadRows
 	if deadRows == 0 {
-		deadRows = StatsOutboxDeadRowsDefault
+		deadRows = OutboxDeadRowsDefault
 	}
 	deadRows = max(deadRows, 0)
 
 	tx, err := db.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
-		return nil, fmt.Errorf("jobs: reading job stats: %w", err)
+		return nil, fmt.Errorf("jobstats: reading job stats: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 
-	report := &StatsReport{}
+	report := &Report{}
 	batch := &pgx.Batch{}
 	if opts.JobTimeout > 0 {
 		batch.Queue(statsSetJobTimeoutSQL, opts.JobTimeout.Microseconds())
@@ -280,7 +285,7 @@ func Stats(ctx context.Context, db StatsDB, opts *StatsOpts) (*StatsReport, erro
 		return err
 	})
 	if err := tx.SendBatch(ctx, batch).Close(); err != nil {
-		return nil, fmt.Errorf("jobs: reading job stats: %w", err)
+		return nil, fmt.Errorf("jobstats: reading job stats: %w", err)
 	}
 	return report, nil
 }
@@ -352,7 +357,7 @@ SELECT set_config('aftercommit.job_timeout', ($1::bigint * interval '1 microseco
 // statsNowSQL is the transaction's now(), which every view uses.
 const statsNowSQL = `SELECT now()`
 
-// The views of migration 0007, each in the order of its definition (an
+// The views of migration 0015, each in the order of its definition (an
 // ORDER BY in a view does not bind the queries that read it). Qualified
 // names in ORDER BY sort by the view's column (the state enum's order), not
 // by the text of the select list.

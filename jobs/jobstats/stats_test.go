@@ -1,4 +1,4 @@
-package jobs_test
+package jobstats_test
 
 import (
 	"context"
@@ -16,7 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
-	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/jobs/jobstats"
 )
 
 const ms = time.Millisecond
@@ -198,12 +198,12 @@ func setupStatsFixture(ctx context.Context, t *testing.T) *statsFixture {
 }
 
 // requireKinds checks r.Kinds against the fixture, row by row.
-func (f *statsFixture) requireKinds(t *testing.T, r *jobs.StatsReport) {
+func (f *statsFixture) requireKinds(t *testing.T, r *jobstats.Report) {
 	t.Helper()
 	hour, day := r.At.UTC().Add(-time.Hour), r.At.UTC().Add(-24*time.Hour)
-	require.Equal(t, []jobs.KindStats{
+	require.Equal(t, []jobstats.KindStats{
 		{
-			Kind: "stats.a", Period: jobs.StatsPeriodHour, Since: hour,
+			Kind: "stats.a", Period: jobstats.PeriodHour, Since: hour,
 			Completed: 100, Failed: 1, Discarded: 1,
 			// percentile_disc of 1..100 ms: the 50th, 95th and 99th values
 			// (percentile_cont would give 50.5, 95.05 and 99.01 ms; counting
@@ -212,7 +212,7 @@ func (f *statsFixture) requireKinds(t *testing.T, r *jobs.StatsReport) {
 			QueueLatencyP50: 500 * ms, QueueLatencyP95: 950 * ms, QueueLatencyP99: 990 * ms,
 		},
 		{
-			Kind: "stats.a", Period: jobs.StatsPeriodDay, Since: day,
+			Kind: "stats.a", Period: jobstats.PeriodDay, Since: day,
 			Completed: 110, Failed: 1, Discarded: 1,
 			// 110 values, 1..100 ms then 200..1100 ms: the 55th, the 105th
 			// (the 5th of the older ones) and the 109th (the 9th).
@@ -221,23 +221,23 @@ func (f *statsFixture) requireKinds(t *testing.T, r *jobs.StatsReport) {
 		},
 		// Errors 50, 10 and 20 minutes ago; 3 h and 2.5 h ago in the day
 		// only; the one 30 hours ago in neither.
-		{Kind: "stats.b", Period: jobs.StatsPeriodHour, Since: hour, Failed: 3, Discarded: 1},
-		{Kind: "stats.b", Period: jobs.StatsPeriodDay, Since: day, Failed: 5, Discarded: 1},
-		{Kind: "stats.c", Period: jobs.StatsPeriodHour, Since: hour, Cancelled: 1},
-		{Kind: "stats.c", Period: jobs.StatsPeriodDay, Since: day, Cancelled: 1},
+		{Kind: "stats.b", Period: jobstats.PeriodHour, Since: hour, Failed: 3, Discarded: 1},
+		{Kind: "stats.b", Period: jobstats.PeriodDay, Since: day, Failed: 5, Discarded: 1},
+		{Kind: "stats.c", Period: jobstats.PeriodHour, Since: hour, Cancelled: 1},
+		{Kind: "stats.c", Period: jobstats.PeriodDay, Since: day, Cancelled: 1},
 		// A running job's earlier failed attempt.
-		{Kind: "stats.d", Period: jobs.StatsPeriodHour, Since: hour, Failed: 1},
-		{Kind: "stats.d", Period: jobs.StatsPeriodDay, Since: day, Failed: 1},
+		{Kind: "stats.d", Period: jobstats.PeriodHour, Since: hour, Failed: 1},
+		{Kind: "stats.d", Period: jobstats.PeriodDay, Since: day, Failed: 1},
 	}, normalizeKinds(r.Kinds))
-	_, ok := r.Kind("stats.e", jobs.StatsPeriodDay)
+	_, ok := r.Kind("stats.e", jobstats.PeriodDay)
 	require.False(t, ok, "a kind that finalized nothing and failed nothing has no row")
 }
 
 // requireQueues checks r.Queues against the fixture.
-func (f *statsFixture) requireQueues(t *testing.T, r *jobs.StatsReport) {
+func (f *statsFixture) requireQueues(t *testing.T, r *jobstats.Report) {
 	t.Helper()
 	ago := func(d time.Duration) time.Time { return f.base.Add(-d) }
-	require.Equal(t, []jobs.QueueDepth{
+	require.Equal(t, []jobstats.QueueDepth{
 		{Queue: "stats_a", State: rivertype.JobStateCancelled, Jobs: 1, OldestScheduledAt: f.cSched},
 		{Queue: "stats_a", State: rivertype.JobStateCompleted, Jobs: 111, OldestScheduledAt: f.aAncientSched},
 		{Queue: "stats_a", State: rivertype.JobStateDiscarded, Jobs: 1, OldestScheduledAt: f.aDiscardedSched},
@@ -252,15 +252,15 @@ func (f *statsFixture) requireQueues(t *testing.T, r *jobs.StatsReport) {
 
 // requireStuck checks r.Stuck for a job timeout of timeout: 1 minute
 // catches the jobs running for 5 and 3 minutes, 4 minutes only the first.
-func (f *statsFixture) requireStuck(t *testing.T, r *jobs.StatsReport, timeout time.Duration) {
+func (f *statsFixture) requireStuck(t *testing.T, r *jobstats.Report, timeout time.Duration) {
 	t.Helper()
 	at5m, at3m := f.base.Add(-5*time.Minute), f.base.Add(-3*time.Minute)
-	want := []jobs.StuckJob{{
+	want := []jobstats.StuckJob{{
 		ID: f.dRunning5m, Kind: "stats.d", Queue: "stats_b", Attempt: 2, MaxAttempts: 25,
 		AttemptedAt: at5m, AttemptedBy: "host-2", RunningFor: r.At.Sub(at5m), Timeout: timeout,
 	}}
 	if timeout < 3*time.Minute {
-		want = append(want, jobs.StuckJob{
+		want = append(want, jobstats.StuckJob{
 			ID: f.dRunning3m, Kind: "stats.d", Queue: "stats_b", Attempt: 1, MaxAttempts: 25,
 			AttemptedAt: at3m, RunningFor: r.At.Sub(at3m), Timeout: timeout,
 		})
@@ -269,10 +269,10 @@ func (f *statsFixture) requireStuck(t *testing.T, r *jobs.StatsReport, timeout t
 }
 
 // requireFailing checks r.Failing against the fixture.
-func (f *statsFixture) requireFailing(t *testing.T, r *jobs.StatsReport) {
+func (f *statsFixture) requireFailing(t *testing.T, r *jobstats.Report) {
 	t.Helper()
 	ago := func(d time.Duration) time.Time { return f.base.Add(-d) }
-	require.Equal(t, []jobs.FailingJob{
+	require.Equal(t, []jobstats.FailingJob{
 		{
 			Kind: "stats.a", JobID: f.aDiscarded, State: rivertype.JobStateDiscarded, Attempt: 1, MaxAttempts: 1,
 			ErrorAt: ago(15 * time.Minute), Error: "a: panic: boom", Trace: "goroutine 7 [running]:\nstats.a()",
@@ -290,7 +290,7 @@ func (f *statsFixture) requireFailing(t *testing.T, r *jobs.StatsReport) {
 	}, normalizeFailing(r.Failing))
 }
 
-func (f *statsFixture) requireReport(t *testing.T, r *jobs.StatsReport, timeout time.Duration) {
+func (f *statsFixture) requireReport(t *testing.T, r *jobstats.Report, timeout time.Duration) {
 	t.Helper()
 	require.WithinDuration(t, time.Now(), r.At, time.Minute)
 	require.False(t, r.At.Before(f.base))
@@ -303,28 +303,28 @@ func (f *statsFixture) requireReport(t *testing.T, r *jobs.StatsReport, timeout 
 // The normalize functions put every time in UTC, so that require.Equal
 // compares instants whatever the location pgx decoded them in.
 
-func normalizeKinds(ks []jobs.KindStats) []jobs.KindStats {
+func normalizeKinds(ks []jobstats.KindStats) []jobstats.KindStats {
 	for i := range ks {
 		ks[i].Since = ks[i].Since.UTC()
 	}
 	return ks
 }
 
-func normalizeQueues(qs []jobs.QueueDepth) []jobs.QueueDepth {
+func normalizeQueues(qs []jobstats.QueueDepth) []jobstats.QueueDepth {
 	for i := range qs {
 		qs[i].OldestScheduledAt = qs[i].OldestScheduledAt.UTC()
 	}
 	return qs
 }
 
-func normalizeStuck(ss []jobs.StuckJob) []jobs.StuckJob {
+func normalizeStuck(ss []jobstats.StuckJob) []jobstats.StuckJob {
 	for i := range ss {
 		ss[i].AttemptedAt = ss[i].AttemptedAt.UTC()
 	}
 	return ss
 }
 
-func normalizeFailing(fs []jobs.FailingJob) []jobs.FailingJob {
+func normalizeFailing(fs []jobstats.FailingJob) []jobstats.FailingJob {
 	for i := range fs {
 		fs[i].ErrorAt = fs[i].ErrorAt.UTC()
 	}
@@ -333,8 +333,8 @@ func normalizeFailing(fs []jobs.FailingJob) []jobs.FailingJob {
 
 // readViews reads the four views with SELECT * in one transaction, with
 // aftercommit.job_timeout set to jobTimeout unless it is "", and converts
-// the generic rows into a report. It shares no code with jobs.Stats.
-func readViews(ctx context.Context, t *testing.T, pool *pgxpool.Pool, jobTimeout string) *jobs.StatsReport {
+// the generic rows into a report. It shares no code with jobstats.Collect.
+func readViews(ctx context.Context, t *testing.T, pool *pgxpool.Pool, jobTimeout string) *jobstats.Report {
 	t.Helper()
 	tx, err := pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	require.NoError(t, err)
@@ -343,13 +343,13 @@ func readViews(ctx context.Context, t *testing.T, pool *pgxpool.Pool, jobTimeout
 		_, err := tx.Exec(ctx, `SET LOCAL aftercommit.job_timeout = '`+jobTimeout+`'`)
 		require.NoError(t, err)
 	}
-	r := &jobs.StatsReport{}
+	r := &jobstats.Report{}
 	require.NoError(t, tx.QueryRow(ctx, `SELECT now()`).Scan(&r.At))
 
 	for _, m := range selectAll(ctx, t, tx, "job_kind_stats") {
 		require.Len(t, m, 13)
-		r.Kinds = append(r.Kinds, jobs.KindStats{
-			Kind: m["kind"].(string), Period: jobs.StatsPeriod(m["period"].(string)), Since: m["since"].(time.Time),
+		r.Kinds = append(r.Kinds, jobstats.KindStats{
+			Kind: m["kind"].(string), Period: jobstats.Period(m["period"].(string)), Since: m["since"].(time.Time),
 			Completed: m["completed"].(int64), Failed: m["failed"].(int64),
 			Discarded: m["discarded"].(int64), Cancelled: m["cancelled"].(int64),
 			RunTimeP50: viewDuration(t, m["run_time_p50"]), RunTimeP95: viewDuration(t, m["run_time_p95"]),
@@ -359,14 +359,14 @@ func readViews(ctx context.Context, t *testing.T, pool *pgxpool.Pool, jobTimeout
 	}
 	for _, m := range selectAll(ctx, t, tx, "queue_depth") {
 		require.Len(t, m, 4)
-		r.Queues = append(r.Queues, jobs.QueueDepth{
+		r.Queues = append(r.Queues, jobstats.QueueDepth{
 			Queue: m["queue"].(string), State: rivertype.JobState(viewText(t, m["state"])),
 			Jobs: m["jobs"].(int64), OldestScheduledAt: m["oldest_scheduled_at"].(time.Time),
 		})
 	}
 	for _, m := range selectAll(ctx, t, tx, "stuck_jobs") {
 		require.Len(t, m, 9)
-		r.Stuck = append(r.Stuck, jobs.StuckJob{
+		r.Stuck = append(r.Stuck, jobstats.StuckJob{
 			ID: m["id"].(int64), Kind: m["kind"].(string), Queue: m["queue"].(string),
 			Attempt: int(m["attempt"].(int16)), MaxAttempts: int(m["max_attempts"].(int16)),
 			AttemptedAt: m["attempted_at"].(time.Time), AttemptedBy: viewText(t, m["attempted_by"]),
@@ -375,7 +375,7 @@ func readViews(ctx context.Context, t *testing.T, pool *pgxpool.Pool, jobTimeout
 	}
 	for _, m := range selectAll(ctx, t, tx, "failing_jobs") {
 		require.Len(t, m, 8)
-		r.Failing = append(r.Failing, jobs.FailingJob{
+		r.Failing = append(r.Failing, jobstats.FailingJob{
 			Kind: m["kind"].(string), JobID: m["job_id"].(int64), State: rivertype.JobState(viewText(t, m["state"])),
 			Attempt: int(m["attempt"].(int32)), MaxAttempts: int(m["max_attempts"].(int16)),
 			ErrorAt: m["error_at"].(time.Time), Error: viewText(t, m["error"]), Trace: viewText(t, m["trace"]),
@@ -420,7 +420,7 @@ func viewText(t *testing.T, v any) string {
 	return ""
 }
 
-func TestStats(t *testing.T) {
+func TestCollect(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 
@@ -433,11 +433,11 @@ func TestStats(t *testing.T) {
 	t.Run("StatsReturnsWhatTheViewsReturn", func(t *testing.T) {
 		t.Parallel()
 		f := setupStatsFixture(ctx, t)
-		r, err := jobs.Stats(ctx, f.schema.Pool, nil)
+		r, err := jobstats.Collect(ctx, f.schema.Pool, nil)
 		require.NoError(t, err)
-		f.requireReport(t, r, jobs.StatsJobTimeoutDefault)
+		f.requireReport(t, r, jobstats.JobTimeoutDefault)
 
-		k, ok := r.Kind("stats.a", jobs.StatsPeriodHour)
+		k, ok := r.Kind("stats.a", jobstats.PeriodHour)
 		require.True(t, ok)
 		require.Equal(t, 99*ms, k.RunTimeP99)
 	})
@@ -449,22 +449,22 @@ func TestStats(t *testing.T) {
 		f.requireStuck(t, readViews(ctx, t, f.schema.Pool, "4 min"), 4*time.Minute)
 		require.Empty(t, readViews(ctx, t, f.schema.Pool, "10 min").Stuck)
 
-		r, err := jobs.Stats(ctx, f.schema.Pool, &jobs.StatsOpts{JobTimeout: 4 * time.Minute})
+		r, err := jobstats.Collect(ctx, f.schema.Pool, &jobstats.Opts{JobTimeout: 4 * time.Minute})
 		require.NoError(t, err)
 		f.requireStuck(t, r, 4*time.Minute)
-		r, err = jobs.Stats(ctx, f.schema.Pool, &jobs.StatsOpts{JobTimeout: 90 * time.Second})
+		r, err = jobstats.Collect(ctx, f.schema.Pool, &jobstats.Opts{JobTimeout: 90 * time.Second})
 		require.NoError(t, err)
 		f.requireStuck(t, r, 90*time.Second)
 
-		// The setting lasts for Stats' transaction only; a connection's own
-		// setting applies when StatsOpts has none.
-		r, err = jobs.Stats(ctx, f.schema.Pool, nil)
+		// The setting lasts for Collect's transaction only; a connection's own
+		// setting applies when Opts has none.
+		r, err = jobstats.Collect(ctx, f.schema.Pool, nil)
 		require.NoError(t, err)
 		f.requireStuck(t, r, time.Minute)
 		conn, err := pgx.Connect(ctx, f.schema.URL+"&aftercommit.job_timeout=4min")
 		require.NoError(t, err)
 		t.Cleanup(func() { require.NoError(t, conn.Close(context.WithoutCancel(ctx))) })
-		r, err = jobs.Stats(ctx, conn, nil)
+		r, err = jobstats.Collect(ctx, conn, nil)
 		require.NoError(t, err)
 		f.requireStuck(t, r, 4*time.Minute)
 	})
@@ -487,17 +487,17 @@ func TestStats(t *testing.T) {
 			completed("small.four", 30*ms), completed("small.four", 20*ms),
 			completed("small.one", 1500*time.Microsecond),
 		)
-		r, err := jobs.Stats(ctx, s.Pool, nil)
+		r, err := jobstats.Collect(ctx, s.Pool, nil)
 		require.NoError(t, err)
 		require.Len(t, r.Kinds, 4)
 
-		k, ok := r.Kind("small.four", jobs.StatsPeriodHour)
+		k, ok := r.Kind("small.four", jobstats.PeriodHour)
 		require.True(t, ok)
 		require.Equal(t, int64(4), k.Completed)
 		require.Equal(t, [6]time.Duration{20 * ms, 40 * ms, 40 * ms, 40 * ms, 80 * ms, 80 * ms},
 			[6]time.Duration{k.RunTimeP50, k.RunTimeP95, k.RunTimeP99, k.QueueLatencyP50, k.QueueLatencyP95, k.QueueLatencyP99})
 
-		k, ok = r.Kind("small.one", jobs.StatsPeriodDay)
+		k, ok = r.Kind("small.one", jobstats.PeriodDay)
 		require.True(t, ok)
 		require.Equal(t, [6]time.Duration{1500 * time.Microsecond, 1500 * time.Microsecond, 1500 * time.Microsecond, 3 * ms, 3 * ms, 3 * ms},
 			[6]time.Duration{k.RunTimeP50, k.RunTimeP95, k.RunTimeP99, k.QueueLatencyP50, k.QueueLatencyP95, k.QueueLatencyP99})
@@ -513,9 +513,9 @@ func TestStats(t *testing.T) {
 			kind: "long", queue: "long", state: rivertype.JobStateCompleted, attempt: 1,
 			scheduledAt: base.Add(-27 * time.Hour), attemptedAt: base.Add(-26 * time.Hour), finalizedAt: base.Add(-time.Hour / 2),
 		})
-		r, err := jobs.Stats(ctx, s.Pool, nil)
+		r, err := jobstats.Collect(ctx, s.Pool, nil)
 		require.NoError(t, err)
-		k, ok := r.Kind("long", jobs.StatsPeriodHour)
+		k, ok := r.Kind("long", jobstats.PeriodHour)
 		require.True(t, ok)
 		require.Equal(t, 25*time.Hour+30*time.Minute, k.RunTimeP50)
 		require.Equal(t, time.Hour, k.QueueLatencyP99)
@@ -524,14 +524,14 @@ func TestStats(t *testing.T) {
 	t.Run("EmptySchema", func(t *testing.T) {
 		t.Parallel()
 		s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 4})
-		r, err := jobs.Stats(ctx, s.Pool, nil)
+		r, err := jobstats.Collect(ctx, s.Pool, nil)
 		require.NoError(t, err)
 		require.WithinDuration(t, time.Now(), r.At, time.Minute)
 		require.Empty(t, r.Kinds)
 		require.Empty(t, r.Queues)
 		require.Empty(t, r.Stuck)
 		require.Empty(t, r.Failing)
-		require.Equal(t, jobs.OutboxStats{LatestDead: []jobs.OutboxDeadRow{}}, r.Outbox, "an empty outbox: zeros")
+		require.Equal(t, jobstats.OutboxStats{LatestDead: []jobstats.OutboxDeadRow{}}, r.Outbox, "an empty outbox: zeros")
 	})
 
 	t.Run("Outbox", func(t *testing.T) {
@@ -543,7 +543,7 @@ func TestStats(t *testing.T) {
 		ago := func(d time.Duration) time.Time { return base.Add(-d) }
 		// Three rows waiting, the oldest written 90 s before base; seven
 		// dead rows, dead 1..7 minutes before base (id 107 the latest); a
-		// row of a transaction still open, which Stats does not see.
+		// row of a transaction still open, which Collect does not see.
 		_, err := s.Pool.Exec(ctx, `
 			INSERT INTO outbox_jobs (kind, args, queue, created_at)
 			VALUES ('k.a', '{"id": 1}', NULL, $1::timestamptz - interval '30 s'),
@@ -563,13 +563,13 @@ func TestStats(t *testing.T) {
 		_, err = open.Exec(ctx, `INSERT INTO outbox_jobs (kind, args, created_at) VALUES ('k.a', '{}', now() - interval '1 day')`)
 		require.NoError(t, err)
 
-		deadRow := func(i int64, kind, queue string) jobs.OutboxDeadRow {
-			return jobs.OutboxDeadRow{
+		deadRow := func(i int64, kind, queue string) jobstats.OutboxDeadRow {
+			return jobstats.OutboxDeadRow{
 				ID: 100 + i, Kind: kind, Queue: queue, Args: []byte(fmt.Sprintf(`{"id": %d}`, i)),
 				CreatedAt: ago(time.Hour), DeadAt: ago(time.Duration(8-i) * time.Minute), Reason: fmt.Sprintf("reason %d", i),
 			}
 		}
-		normalize := func(o jobs.OutboxStats) jobs.OutboxStats {
+		normalize := func(o jobstats.OutboxStats) jobstats.OutboxStats {
 			o.OldestCreatedAt, o.LastDeadAt = o.OldestCreatedAt.UTC(), o.LastDeadAt.UTC()
 			for i := range o.LatestDead {
 				o.LatestDead[i].CreatedAt, o.LatestDead[i].DeadAt = o.LatestDead[i].CreatedAt.UTC(), o.LatestDead[i].DeadAt.UTC()
@@ -577,20 +577,20 @@ func TestStats(t *testing.T) {
 			return o
 		}
 
-		r, err := jobs.Stats(ctx, s.Pool, nil)
+		r, err := jobstats.Collect(ctx, s.Pool, nil)
 		require.NoError(t, err)
-		require.Equal(t, jobs.OutboxStats{
+		require.Equal(t, jobstats.OutboxStats{
 			Depth: 3, OldestCreatedAt: ago(90 * time.Second), OldestAge: r.At.Sub(ago(90 * time.Second)),
 			Dead: 7, LastDeadAt: ago(time.Minute),
-			LatestDead: []jobs.OutboxDeadRow{
+			LatestDead: []jobstats.OutboxDeadRow{
 				deadRow(7, "k.a", "q"), deadRow(6, "k.nope", ""), deadRow(5, "k.a", ""), deadRow(4, "k.nope", ""), deadRow(3, "k.a", ""),
 			},
 		}, normalize(r.Outbox), "the default: the 5 latest dead rows")
 
-		r, err = jobs.Stats(ctx, s.Pool, &jobs.StatsOpts{OutboxDeadRows: 2})
+		r, err = jobstats.Collect(ctx, s.Pool, &jobstats.Opts{OutboxDeadRows: 2})
 		require.NoError(t, err)
-		require.Equal(t, []jobs.OutboxDeadRow{deadRow(7, "k.a", "q"), deadRow(6, "k.nope", "")}, normalize(r.Outbox).LatestDead)
-		r, err = jobs.Stats(ctx, s.Pool, &jobs.StatsOpts{OutboxDeadRows: -1})
+		require.Equal(t, []jobstats.OutboxDeadRow{deadRow(7, "k.a", "q"), deadRow(6, "k.nope", "")}, normalize(r.Outbox).LatestDead)
+		r, err = jobstats.Collect(ctx, s.Pool, &jobstats.Opts{OutboxDeadRows: -1})
 		require.NoError(t, err)
 		require.Empty(t, r.Outbox.LatestDead)
 		require.Equal(t, int64(7), r.Outbox.Dead, "counted whatever the rows shown")
@@ -600,26 +600,26 @@ func TestStats(t *testing.T) {
 		t.Parallel()
 		s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 4})
 
-		_, err := jobs.Stats(ctx, nil, nil)
-		require.EqualError(t, err, "jobs: Stats needs a database")
+		_, err := jobstats.Collect(ctx, nil, nil)
+		require.EqualError(t, err, "jobstats: Collect needs a database")
 
-		_, err = jobs.Stats(ctx, s.Pool, &jobs.StatsOpts{JobTimeout: -time.Second})
-		require.EqualError(t, err, "jobs: StatsOpts.JobTimeout -1s is negative")
+		_, err = jobstats.Collect(ctx, s.Pool, &jobstats.Opts{JobTimeout: -time.Second})
+		require.EqualError(t, err, "jobstats: Opts.JobTimeout -1s is negative")
 
 		cancelled, cancel := context.WithCancel(ctx)
 		cancel()
-		_, err = jobs.Stats(cancelled, s.Pool, nil)
+		_, err = jobstats.Collect(cancelled, s.Pool, nil)
 		require.ErrorIs(t, err, context.Canceled)
 
-		// Without the views (a database not migrated to 0007), the error
+		// Without the views (a database not migrated to 0015), the error
 		// names the missing relation and wraps the driver's error.
 		conn, err := pgx.Connect(ctx, s.URL)
 		require.NoError(t, err)
 		t.Cleanup(func() { require.NoError(t, conn.Close(context.WithoutCancel(ctx))) })
 		_, err = conn.Exec(ctx, `SET search_path TO pg_catalog`)
 		require.NoError(t, err)
-		_, err = jobs.Stats(ctx, conn, nil)
-		require.ErrorContains(t, err, "jobs: reading job stats: ")
+		_, err = jobstats.Collect(ctx, conn, nil)
+		require.ErrorContains(t, err, "jobstats: reading job stats: ")
 		var pgErr *pgconn.PgError
 		require.ErrorAs(t, err, &pgErr)
 		require.Equal(t, "42P01", pgErr.Code) // undefined_table
@@ -627,8 +627,8 @@ func TestStats(t *testing.T) {
 	})
 }
 
-// Stats reads pools and single connections alike.
+// Collect reads pools and single connections alike.
 var (
-	_ jobs.StatsDB = (*pgxpool.Pool)(nil)
-	_ jobs.StatsDB = (*pgx.Conn)(nil)
+	_ jobstats.DB = (*pgxpool.Pool)(nil)
+	_ jobstats.DB = (*pgx.Conn)(nil)
 )

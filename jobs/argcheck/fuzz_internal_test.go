@@ -1,4 +1,4 @@
-package jobs
+package argcheck
 
 import (
 	"context"
@@ -11,7 +11,12 @@ import (
 
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
+
+	"github.com/aftercommit/aftercommit/jobs"
 )
+
+// The fuzzed args types are a copy of those of package jobs' internal
+// tests (fzargs_internal_test.go), which fuzz the strict decoder alone.
 
 // fzCustomer is a nested struct of the fuzzed args.
 type fzCustomer struct {
@@ -84,23 +89,23 @@ var fzKinds = []fzKind{
 	{"fz.unknown", nil, nil, nil},
 }
 
-// fzSeverities is CheckQueuedArgs's documented severity of each problem
+// fzSeverities is Check's documented severity of each problem
 // ("" for null_field, which may be either).
-var fzSeverities = map[ArgsProblemKind]ArgsSeverity{
-	ArgsProblemUnknownKind:  ArgsSeverityFailure,
-	ArgsProblemUnknownQueue: ArgsSeverityWarning,
-	ArgsProblemTypeMismatch: ArgsSeverityFailure,
-	ArgsProblemUndecodable:  ArgsSeverityFailure,
-	ArgsProblemMissingField: ArgsSeverityFailure,
-	ArgsProblemNullField:    "",
-	ArgsProblemInvalidID:    ArgsSeverityFailure,
-	ArgsProblemInvalid:      ArgsSeverityFailure,
-	ArgsProblemUnknownField: ArgsSeverityWarning,
+var fzSeverities = map[jobs.ArgsProblemKind]jobs.ArgsSeverity{
+	jobs.ArgsProblemUnknownKind:  jobs.ArgsSeverityFailure,
+	jobs.ArgsProblemUnknownQueue: jobs.ArgsSeverityWarning,
+	jobs.ArgsProblemTypeMismatch: jobs.ArgsSeverityFailure,
+	jobs.ArgsProblemUndecodable:  jobs.ArgsSeverityFailure,
+	jobs.ArgsProblemMissingField: jobs.ArgsSeverityFailure,
+	jobs.ArgsProblemNullField:    "",
+	jobs.ArgsProblemInvalidID:    jobs.ArgsSeverityFailure,
+	jobs.ArgsProblemInvalid:      jobs.ArgsSeverityFailure,
+	jobs.ArgsProblemUnknownField: jobs.ArgsSeverityWarning,
 }
 
-// FuzzCheckArgs feeds the queued-args checker (the part of CheckQueuedArgs
-// that runs on each job's kind, queue and JSON, without a database) any
-// bytes as args. It must never panic, and its report must keep the
+// FuzzCheckArgs feeds the queued-args checker (the part of Check that runs
+// on each job's kind, queue and JSON, without a database) any bytes as
+// args. It must never panic, and its report must keep the
 // documented promises: one job counted once; only the documented problems,
 // with their severities; a type_mismatch or undecodable problem exactly
 // when encoding/json (as River) fails to decode the args or they are not a
@@ -109,10 +114,10 @@ var fzSeverities = map[ArgsProblemKind]ArgsSeverity{
 // missing_field problem exactly for the required fields no key names (for
 // a JSON object); an unknown_field problem for every key no field takes.
 func FuzzCheckArgs(f *testing.F) {
-	reg := NewRegistry()
+	reg := jobs.NewRegistry()
 	queue := reg.AddQueue("fz", "main", 1, nil)
-	AddWorker(reg, queue, fzWorker[fzOrderArgs]{})
-	AddWorker(reg, queue, fzWorker[fzNestedArgs]{})
+	jobs.AddWorker(reg, queue, fzWorker[fzOrderArgs]{})
+	jobs.AddWorker(reg, queue, fzWorker[fzNestedArgs]{})
 	if err := reg.Err(); err != nil {
 		f.Fatal(err)
 	}
@@ -139,70 +144,70 @@ func FuzzCheckArgs(f *testing.F) {
 		if len(r.Kinds) != 1 || r.Kinds[0].Kind != k.name || r.Kinds[0].Registered != (k.newArgs != nil) || r.Kinds[0].Checked != 1 {
 			t.Fatalf("kind summaries %+v for kind %q", r.Kinds, k.name)
 		}
-		has := map[ArgsProblemKind]int{}
+		has := map[jobs.ArgsProblemKind]int{}
 		failed := false
 		for _, p := range r.Problems {
 			sev, documented := fzSeverities[p.Problem]
-			if !documented || (sev != "" && p.Severity != sev) || (p.Severity != ArgsSeverityFailure && p.Severity != ArgsSeverityWarning) {
+			if !documented || (sev != "" && p.Severity != sev) || (p.Severity != jobs.ArgsSeverityFailure && p.Severity != jobs.ArgsSeverityWarning) {
 				t.Fatalf("undocumented problem %q of severity %q: %+v", p.Problem, p.Severity, p)
 			}
 			if p.JobID != job.id || p.Kind != job.kind || p.State != job.state || p.Queue != job.queue || p.Message == "" {
 				t.Fatalf("problem does not name the job: %+v", p)
 			}
 			has[p.Problem]++
-			failed = failed || p.Severity == ArgsSeverityFailure
+			failed = failed || p.Severity == jobs.ArgsSeverityFailure
 		}
 		if failed != (r.Failing == 1) || (!failed && len(r.Problems) > 0) != (r.Warned == 1) {
 			t.Fatalf("failing %d, warned %d, but problems %+v", r.Failing, r.Warned, r.Problems)
 		}
-		if (has[ArgsProblemUnknownQueue] == 1) != (jobQueue != queue) || has[ArgsProblemUnknownQueue] > 1 {
-			t.Fatalf("queue %q: %d unknown_queue problems", jobQueue, has[ArgsProblemUnknownQueue])
+		if (has[jobs.ArgsProblemUnknownQueue] == 1) != (jobQueue != queue) || has[jobs.ArgsProblemUnknownQueue] > 1 {
+			t.Fatalf("queue %q: %d unknown_queue problems", jobQueue, has[jobs.ArgsProblemUnknownQueue])
 		}
 		// Problems of one job: kind, queue, then fields, then undecodable,
 		// then invalid.
-		order := func(p ArgsProblem) int {
+		order := func(p jobs.ArgsProblem) int {
 			switch p.Problem {
-			case ArgsProblemUnknownKind:
+			case jobs.ArgsProblemUnknownKind:
 				return 0
-			case ArgsProblemUnknownQueue:
+			case jobs.ArgsProblemUnknownQueue:
 				return 1
-			case ArgsProblemUndecodable:
+			case jobs.ArgsProblemUndecodable:
 				return 3
-			case ArgsProblemInvalid:
+			case jobs.ArgsProblemInvalid:
 				return 4
 			}
 			return 2
 		}
-		if !slices.IsSortedFunc(r.Problems, func(a, b ArgsProblem) int { return order(a) - order(b) }) {
+		if !slices.IsSortedFunc(r.Problems, func(a, b jobs.ArgsProblem) int { return order(a) - order(b) }) {
 			t.Fatalf("problems out of the documented order: %+v", r.Problems)
 		}
 
 		if k.newArgs == nil {
-			if has[ArgsProblemUnknownKind] != 1 || len(r.Problems) != 1+has[ArgsProblemUnknownQueue] {
+			if has[jobs.ArgsProblemUnknownKind] != 1 || len(r.Problems) != 1+has[jobs.ArgsProblemUnknownQueue] {
 				t.Fatalf("unknown kind: want unknown_kind alone, got %+v", r.Problems)
 			}
 			return
 		}
-		if has[ArgsProblemUnknownKind] != 0 {
+		if has[jobs.ArgsProblemUnknownKind] != 0 {
 			t.Fatalf("registered kind %q reported unknown", k.name)
 		}
 
 		decodeErr := json.Unmarshal(raw, k.newArgs())
 		var obj map[string]json.RawMessage
 		isObject := json.Unmarshal(raw, &obj) == nil && obj != nil
-		blamed := has[ArgsProblemTypeMismatch] + has[ArgsProblemUndecodable]
+		blamed := has[jobs.ArgsProblemTypeMismatch] + has[jobs.ArgsProblemUndecodable]
 		if (decodeErr != nil || !isObject) != (blamed > 0) {
 			t.Fatalf("River's decode error %v, object %v, but %d type_mismatch/undecodable problems: %+v", decodeErr, isObject, blamed, r.Problems)
 		}
-		if has[ArgsProblemUndecodable] > 1 || has[ArgsProblemUndecodable] == 1 && has[ArgsProblemTypeMismatch] > 0 {
+		if has[jobs.ArgsProblemUndecodable] > 1 || has[jobs.ArgsProblemUndecodable] == 1 && has[jobs.ArgsProblemTypeMismatch] > 0 {
 			t.Fatalf("undecodable is reported once, and only when no field is blamed: %+v", r.Problems)
 		}
 
 		if !isObject {
 			return // not an object: nothing more is checked
 		}
-		problemAt := func(kind ArgsProblemKind, field string) bool {
-			return slices.ContainsFunc(r.Problems, func(p ArgsProblem) bool { return p.Problem == kind && p.Field == field })
+		problemAt := func(kind jobs.ArgsProblemKind, field string) bool {
+			return slices.ContainsFunc(r.Problems, func(p jobs.ArgsProblem) bool { return p.Problem == kind && p.Field == field })
 		}
 		named := func(name string) bool {
 			for key := range obj {
@@ -213,19 +218,19 @@ func FuzzCheckArgs(f *testing.F) {
 			return false
 		}
 		for _, name := range k.required {
-			if problemAt(ArgsProblemMissingField, name) == named(name) {
+			if problemAt(jobs.ArgsProblemMissingField, name) == named(name) {
 				t.Fatalf("required field %q: named by a key %v, reported missing %v (keys %v)", name, named(name), !named(name), reflect.ValueOf(obj).MapKeys())
 			}
 		}
 		for _, name := range k.fields {
-			if !slices.Contains(k.required, name) && problemAt(ArgsProblemMissingField, name) {
+			if !slices.Contains(k.required, name) && problemAt(jobs.ArgsProblemMissingField, name) {
 				t.Fatalf("optional field %q reported missing", name)
 			}
 		}
 		for key := range obj {
 			// A key over 100 bytes is reported cut, marked with "…".
-			reported := func(p ArgsProblem) bool {
-				return p.Problem == ArgsProblemUnknownField &&
+			reported := func(p jobs.ArgsProblem) bool {
+				return p.Problem == jobs.ArgsProblemUnknownField &&
 					(p.Field == key || len(key) > 100 && strings.HasSuffix(p.Field, "…") && strings.HasPrefix(key, strings.TrimSuffix(p.Field, "…")))
 			}
 			if !slices.ContainsFunc(k.fields, func(name string) bool { return strings.EqualFold(key, name) }) &&
