@@ -61,7 +61,7 @@ type ClientConfig struct {
 	River *river.Config
 }
 
-// AllQueues, alone in ClientConfig.Queues, selects every queue the registry
+// AllQueues selects, alone in ClientConfig.Queues, every queue the registry
 // declares plus River's default queue. It is not a valid queue name, so it
 // cannot clash with one.
 const AllQueues = "*"

@@ -100,7 +100,7 @@ func TestPublish(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, nil)
 
-		res, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		res, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			return tx.Publish("email.opened", map[string]int64{"email_id": 1})
 		})
 		require.NoError(t, err)
@@ -112,7 +112,7 @@ func TestPublish(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, &setupOpts{cfg: withRegistry(&outbox.Config{}, &outboxseam.Registry{Subscribers: subscribers})})
 
-		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			require.NoError(t, tx.Publish("donation.created", donationEvent{DonationID: 1, DayKey: "d"}))
 			return errors.New("declined")
 		})
@@ -167,7 +167,7 @@ func TestPublish(t *testing.T) {
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
 				var pubErr error
-				_, err := tc.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+				_, err := tc.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 					require.NoError(t, tx.Enqueue(noteArgs{Note: "good"}, nil))
 					pubErr = tx.Publish(tc.topic, tc.payload)
 					return nil // a careless caller: the transaction still rolls back
@@ -215,7 +215,7 @@ func TestPublish(t *testing.T) {
 		_, err = early.Flush(ctx, slow)
 		require.NoError(t, err)
 
-		_, err = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err = b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			return tx.Publish("fast.one", 2)
 		})
 		require.NoError(t, err)

@@ -167,7 +167,7 @@ func ExampleOutbox_InTx_payloadTooLarge() {
 	ob, _, release := exampleOutbox(ctx)
 	defer release()
 
-	_, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		return tx.Enqueue(exportArgs{CSV: strings.Repeat("x", 200<<10)}, nil)
 	})
 	var tooLarge *outbox.PayloadTooLargeError

@@ -59,7 +59,7 @@ func TestInTx(t *testing.T) {
 		b := setup(ctx, t, nil)
 
 		// keyedArgs and otherKeyedArgs share a key but not a kind.
-		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			require.NoError(t, tx.Enqueue(keyedArgs{Key: "same"}, nil))
 			return tx.Enqueue(otherKeyedArgs{Key: "same"}, nil)
 		})
@@ -114,7 +114,7 @@ func TestInTx(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, nil)
 
-		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			for i := range 10_000 {
 				if err := tx.Enqueue(noteArgs{PingID: int64(i % 100)}, nil); err != nil {
 					return err
@@ -173,7 +173,7 @@ func TestInTx(t *testing.T) {
 		b := setup(ctx, t, nil)
 
 		_, err := b.ob.InTx(ctx, &outbox.InTxOpts{TxOptions: pgx.TxOptions{AccessMode: pgx.ReadOnly}},
-			func(ctx context.Context, tx *outbox.Tx) error {
+			func(_ context.Context, tx *outbox.Tx) error {
 				return tx.Enqueue(noteArgs{PingID: 1}, nil)
 			})
 		var pgErr *pgconn.PgError
@@ -305,7 +305,7 @@ func TestInTx(t *testing.T) {
 
 		// Every connection of the pool is still usable.
 		for range 15 {
-			_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+			_, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 				return tx.Enqueue(noteArgs{Note: "after"}, nil)
 			})
 			require.NoError(t, err)
@@ -363,7 +363,7 @@ func TestRiverSemanticsAreKept(t *testing.T) {
 		b := setup(ctx, t, nil)
 
 		for range 3 {
-			_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+			_, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 				return tx.Enqueue(uniqueArgs{CarID: 7}, nil)
 			})
 			require.NoError(t, err)
@@ -377,7 +377,7 @@ func TestRiverSemanticsAreKept(t *testing.T) {
 		b := setup(ctx, t, nil)
 		at := time.Now().Add(time.Hour).UTC().Truncate(time.Microsecond)
 
-		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			require.NoError(t, tx.Enqueue(uniqueArgs{CarID: 1}, nil))
 			return tx.Enqueue(noteArgs{Note: "later"}, &river.InsertOpts{
 				ScheduledAt: at, Priority: 3, MaxAttempts: 5, Tags: []string{"tag1"},
@@ -419,7 +419,7 @@ func TestRiverSemanticsAreKept(t *testing.T) {
 		require.NoError(t, err)
 		defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), "UNLISTEN *") }()
 
-		_, err = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err = b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			return tx.Enqueue(noteArgs{Note: "wake up"}, &river.InsertOpts{Queue: "wakeful"})
 		})
 		require.NoError(t, err)
@@ -470,7 +470,7 @@ func TestRiverSemanticsAreKept(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, &setupOpts{cfg: &outbox.Config{DisablePipelinedCommit: true}, direct: true})
 
-		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			for i := range 10 {
 				require.NoError(t, tx.Enqueue(noteArgs{PingID: int64(i % 3)}, nil))
 			}
@@ -712,7 +712,7 @@ func TestBadInput(t *testing.T) {
 		}
 		// try enqueues to queue and publishes on topic, rolling back.
 		try := func(ob *outbox.Outbox, queue, topic string) (enqueueErr, publishErr error) {
-			_, _ = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+			_, _ = ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 				enqueueErr = tx.Enqueue(noteArgs{Note: "x"}, &river.InsertOpts{Queue: queue})
 				publishErr = tx.Publish(topic, map[string]int{"id": 1})
 				return errors.New("roll back")
@@ -778,7 +778,7 @@ func TestBadInput(t *testing.T) {
 		cancel()
 
 		called := false
-		_, err := b.ob.InTx(cancelled, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(cancelled, nil, func(_ context.Context, tx *outbox.Tx) error {
 			called = true
 			return nil
 		})
@@ -841,7 +841,7 @@ func TestFlushResult(t *testing.T) {
 		res, err = b.ob.InTx(ctx, nil, func(context.Context, *outbox.Tx) error { return nil })
 		require.NoError(t, err)
 		require.Equal(t, outbox.FlushResult{}, res)
-		_, err = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err = b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			require.NoError(t, tx.Enqueue(noteArgs{}, nil))
 			return errors.New("no")
 		})
@@ -863,7 +863,7 @@ func TestFlushResult(t *testing.T) {
 			OnFlush:                func(_ context.Context, res outbox.FlushResult) { last = res },
 		}, direct: true})
 
-		res, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		res, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			require.NoError(t, tx.Enqueue(uniqueArgs{CarID: 2}, nil))
 			return tx.Enqueue(uniqueArgs{CarID: 2}, nil)
 		})
@@ -999,7 +999,7 @@ func TestNULRefused(t *testing.T) {
 	require.ErrorIs(t, err, outbox.ErrInvalidArgs)
 	require.EqualError(t, err, `outbox: invalid job args: kind "test.note": a string holds a NUL character (\u0000), which Postgres' jsonb refuses`)
 
-	_, err = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		return tx.Publish("test.topic", json.RawMessage(`{"x":"a\u0000b"}`))
 	})
 	require.ErrorIs(t, err, outbox.ErrInvalidEvent)
@@ -1008,7 +1008,7 @@ func TestNULRefused(t *testing.T) {
 	require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM outbox_events`))
 
 	// A backslash followed by "u0000" is text: written as such.
-	_, err = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		return tx.Enqueue(noteArgs{Note: `a\u0000b`}, nil)
 	})
 	require.NoError(t, err)

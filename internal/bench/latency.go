@@ -121,7 +121,7 @@ func runLatency(side latencySide, round *atomic.Int64) func(ctx context.Context,
 				return nil, err
 			}
 			insert = func(ctx context.Context, tag int) error {
-				_, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+				_, err := ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 					return tx.Enqueue(noopArgs{N: tag}, nil)
 				})
 				return err

@@ -117,7 +117,7 @@ func outboxSizeScenario(cfg Config) *Scenario {
 					}
 				})
 				achieved, err := paced(ctx, outboxSizeRate, env.Duration, func(ctx context.Context) error {
-					_, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+					_, err := ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 						return tx.Enqueue(noopArgs{N: 1}, nil)
 					})
 					return err

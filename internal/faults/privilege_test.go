@@ -146,7 +146,7 @@ INSERT INTO emails (user_id, fundraiser_id) SELECT u.id, f.id FROM u, f RETURNIN
 	uniqueOpts := &river.InsertOpts{UniqueOpts: river.UniqueOpts{ByArgs: true}}
 	var uniqueRes [2]outbox.FlushResult
 	for i := range uniqueRes {
-		uniqueRes[i], err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		uniqueRes[i], err = ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			return tx.Enqueue(jobs.PingArgs{PingID: pingID}, uniqueOpts)
 		})
 		require.NoError(t, err, "unique insert %d as the app role", i)
@@ -333,7 +333,7 @@ func TestPrivilegeInsertNeedsUpdateOfKind(t *testing.T) {
 	ob := newOutbox(t, appPool, directInsert) // River's insert is what this test is about
 
 	enqueue := func(n int, opts *river.InsertOpts) (outbox.FlushResult, error) {
-		return ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		return ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			for i := range n {
 				if err := tx.Enqueue(jobs.PingArgs{PingID: int64(i + 1)}, opts); err != nil {
 					return err

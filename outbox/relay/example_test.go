@@ -45,7 +45,7 @@ func ExampleRelay_Drain() {
 	s, client, ob, release := exampleSetup(ctx)
 	defer release()
 
-	_, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		if err := tx.Enqueue(jobs.PingArgs{PingID: 1}, nil); err != nil {
 			return err
 		}
@@ -108,7 +108,7 @@ func ExampleRelay_Start() {
 	if err := rl.Start(ctx); err != nil {
 		log.Fatal(err)
 	}
-	if _, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	if _, err := ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		return tx.Enqueue(jobs.PingArgs{PingID: 7}, nil)
 	}); err != nil {
 		log.Fatal(err)

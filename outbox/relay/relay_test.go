@@ -125,7 +125,7 @@ func TestRollbackRelaysNothing(t *testing.T) {
 	rl := plainRelay(t, s, client, relay.Config{})
 
 	errRollback := errors.New("roll back")
-	_, err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		for i := range 5 {
 			if err := tx.Enqueue(nArgs{N: i}, nil); err != nil {
 				return err
@@ -150,7 +150,7 @@ func TestRollbackRelaysNothing(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 0, res.Rows)
 
-	fr, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	fr, err := ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		for i := range 3 {
 			if err := tx.Enqueue(nArgs{N: i}, nil); err != nil {
 				return err
@@ -191,7 +191,7 @@ func TestOptionsRoundTrip(t *testing.T) {
 	at := time.Date(2031, 5, 6, 7, 8, 9, 0, time.UTC)
 	enqueue := func() {
 		t.Helper()
-		_, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			return errors.Join(
 				tx.Enqueue(nArgs{N: 1}, nil),
 				tx.Enqueue(nArgs{N: 2}, &river.InsertOpts{
@@ -771,7 +771,7 @@ func TestInProcessWake(t *testing.T) {
 	require.Eventually(t, func() bool { return rl.Stats().Batches == 0 && rl.Stats().Errors == 0 }, time.Second, 5*time.Millisecond)
 	time.Sleep(200 * time.Millisecond)
 
-	_, err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error { return tx.Enqueue(nArgs{N: 1}, nil) })
+	_, err = ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error { return tx.Enqueue(nArgs{N: 1}, nil) })
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
 		return count(ctx, t, s, `SELECT count(*) FROM river_job`) == 1
@@ -838,7 +838,7 @@ func TestListeningRelay(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 
 	committed := time.Now()
-	_, err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error { return tx.Enqueue(nArgs{N: 1}, nil) })
+	_, err = ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error { return tx.Enqueue(nArgs{N: 1}, nil) })
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
 		return count(ctx, t, s, `SELECT count(*) FROM river_job`) == 1
@@ -910,7 +910,7 @@ func TestPayloadLimitAsTheWriterMeasures(t *testing.T) {
 	rl := plainRelay(t, s, client, relay.Config{MaxPayloadBytes: limit})
 
 	args := listArgs{L: make([]int, 90)} // {"l":[0,0,…]}: 187 bytes, under the limit
-	_, err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error { return tx.Enqueue(args, nil) })
+	_, err = ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error { return tx.Enqueue(args, nil) })
 	require.NoError(t, err)
 	require.Equal(t, 187+1+89, count(ctx, t, s, `SELECT octet_length(args::text) FROM outbox_jobs`), "jsonb's text adds a space after ':' and each ','")
 	res, err := rl.Drain(ctx)
