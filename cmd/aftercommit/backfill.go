@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/aftercommit/aftercommit/internal/app"
@@ -31,49 +30,42 @@ Flags:
 }
 
 func runBackfill(ctx context.Context, args []string, e *env) int {
-	const name = "backfill"
-	fs := newFlagSet(name, e)
-	var db dbFlags
-	db.register(fs)
+	c := newFrame("backfill", e, printBackfillUsage)
+	fs := c.fs
 	from := fs.String("from", "", "first UTC `day` to recompute (YYYY-MM-DD)")
 	to := fs.String("to", "", "last UTC `day` to recompute (YYYY-MM-DD; default: --from)")
-	usage := commandUsage(fs, e, printBackfillUsage)
 
-	positional, code, ok := parseArgs(fs, e, name, usage, args)
-	if !ok {
+	if _, code, ok := c.parse(args, true); !ok {
 		return code
 	}
-	if len(positional) > 0 {
-		return usageError(e, name, fmt.Sprintf("backfill takes no arguments, got %s", strings.Join(positional, " ")))
-	}
 	if *from == "" {
-		return usageError(e, name, "--from is required")
+		return c.usageError("--from is required")
 	}
 	first, err := time.Parse(time.DateOnly, *from)
 	if err != nil {
-		return usageError(e, name, fmt.Sprintf("--from %q is not a day (YYYY-MM-DD)", *from))
+		return c.usageError(fmt.Sprintf("--from %q is not a day (YYYY-MM-DD)", *from))
 	}
 	last := first
 	if *to != "" {
 		if last, err = time.Parse(time.DateOnly, *to); err != nil {
-			return usageError(e, name, fmt.Sprintf("--to %q is not a day (YYYY-MM-DD)", *to))
+			return c.usageError(fmt.Sprintf("--to %q is not a day (YYYY-MM-DD)", *to))
 		}
 	}
 	if last.Before(first) {
-		return usageError(e, name, fmt.Sprintf("--to %s is before --from %s", *to, *from))
+		return c.usageError(fmt.Sprintf("--to %s is before --from %s", *to, *from))
 	}
 	if days := int(last.Sub(first).Hours()/24) + 1; days > reporting.MaxBackfillDays {
-		return usageError(e, name, fmt.Sprintf("%d days is more than %d: split the range", days, reporting.MaxBackfillDays))
+		return c.usageError(fmt.Sprintf("%d days is more than %d: split the range", days, reporting.MaxBackfillDays))
 	}
-	db.resolve(fs, e)
+	c.resolveDB()
 
-	pool, code, ok := db.connect(ctx, e, 0)
+	pool, code, ok := c.connect(ctx, 0)
 	if !ok {
 		return code
 	}
 	defer pool.Close()
 	reg := app.Registry(pool, nil)
-	client, err := jobs.NewClient(pool, reg, &jobs.ClientConfig{Queues: []string{}, Schema: db.schema}) // insert only
+	client, err := jobs.NewClient(pool, reg, &jobs.ClientConfig{Queues: []string{}, Schema: c.db.schema}) // insert only
 	if err != nil {
 		return reportError(ctx, e, fmt.Errorf("aftercommit backfill: %w", err))
 	}

@@ -53,10 +53,8 @@ Flags:
 }
 
 func runBench(ctx context.Context, args []string, e *env) int {
-	const name = "bench"
-	fs := newFlagSet(name, e)
-	var db dbFlags
-	db.register(fs)
+	c := newFrame("bench", e, printBenchUsage)
+	fs := c.fs
 	scenarios := fs.String("scenario", "", "comma-separated scenarios to run (default: all)")
 	rounds := fs.Int("rounds", bench.RoundsDefault, "rounds of each side, alternated")
 	duration := fs.Duration("duration", bench.DurationDefault, "how long each timed side runs per round")
@@ -66,40 +64,35 @@ func runBench(ctx context.Context, args []string, e *env) int {
 	chart := fs.String("chart", "", "write the growth scenario's chart to this PNG file (its directory is created)")
 	soak := fs.Duration("soak", 0, "run the demo workload for this long and sample it (the soak mode; see above)")
 	interval := fs.Duration("interval", bench.SoakIntervalDefault, "with --soak: how often to sample")
-	usage := commandUsage(fs, e, printBenchUsage)
 
-	positional, code, ok := parseArgs(fs, e, name, usage, args)
-	if !ok {
+	if _, code, ok := c.parse(args, true); !ok {
 		return code
-	}
-	if len(positional) > 0 {
-		return usageError(e, name, fmt.Sprintf("bench takes no arguments, got %s", strings.Join(positional, " ")))
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if set["soak"] {
 		for _, other := range []string{"scenario", "rounds", "duration", "chart"} {
 			if set[other] {
-				return usageError(e, name, fmt.Sprintf("--soak runs the demo workload, not the scenarios: drop --%s", other))
+				return c.usageError(fmt.Sprintf("--soak runs the demo workload, not the scenarios: drop --%s", other))
 			}
 		}
 		cfg := bench.SoakConfig{Duration: *soak, Interval: *interval, Scale: bench.SoakScaleDefault}
 		if set["scale"] {
 			cfg.Scale = *scale
 		}
-		return runSoak(ctx, fs, e, &db, cfg, *asJSON, *verbose)
+		return runSoak(ctx, c, cfg, *asJSON, *verbose)
 	}
 	if set["interval"] {
-		return usageError(e, name, "--interval goes with --soak")
+		return c.usageError("--interval goes with --soak")
 	}
 	// Zero means "default" to bench.Config, not on the command line.
 	switch {
 	case *rounds < 1:
-		return usageError(e, name, fmt.Sprintf("--rounds must be in 1…100, got %d", *rounds))
+		return c.usageError(fmt.Sprintf("--rounds must be in 1…100, got %d", *rounds))
 	case *duration <= 0:
-		return usageError(e, name, fmt.Sprintf("--duration must be at least 10ms, got %s", *duration))
+		return c.usageError(fmt.Sprintf("--duration must be at least 10ms, got %s", *duration))
 	case !(*scale > 0):
-		return usageError(e, name, fmt.Sprintf("--scale must be in (0, 100], got %g", *scale))
+		return c.usageError(fmt.Sprintf("--scale must be in (0, 100], got %g", *scale))
 	}
 	cfg := bench.Config{Rounds: *rounds, Duration: *duration, Scale: *scale}
 	if *scenarios != "" {
@@ -108,20 +101,20 @@ func runBench(ctx context.Context, args []string, e *env) int {
 	if *verbose {
 		cfg.Out = e.stderr
 	}
-	db.resolve(fs, e)
-	cfg.DatabaseURL = db.url
+	c.resolveDB()
+	cfg.DatabaseURL = c.db.url
 	// Check the configuration before touching the database.
 	if err := bench.Validate(cfg); err != nil {
-		return usageError(e, name, strings.TrimPrefix(err.Error(), bench.ErrInvalidConfig.Error()+": "))
+		return c.usageError(strings.TrimPrefix(err.Error(), bench.ErrInvalidConfig.Error()+": "))
 	}
 	if *chart != "" && cfg.Scenarios != nil && !slices.Contains(cfg.Scenarios, bench.GrowthScenario) {
-		return usageError(e, name, fmt.Sprintf("--chart draws the %s scenario, which --scenario %s leaves out", bench.GrowthScenario, *scenarios))
+		return c.usageError(fmt.Sprintf("--chart draws the %s scenario, which --scenario %s leaves out", bench.GrowthScenario, *scenarios))
 	}
 
 	report, err := bench.Run(ctx, cfg)
 	if err != nil {
 		if errors.Is(err, bench.ErrInvalidConfig) {
-			return usageError(e, name, err.Error())
+			return c.usageError(err.Error())
 		}
 		return reportError(ctx, e, fmt.Errorf("aftercommit %w", err))
 	}
@@ -145,21 +138,21 @@ func runBench(ctx context.Context, args []string, e *env) int {
 }
 
 // runSoak runs `aftercommit bench --soak`.
-func runSoak(ctx context.Context, fs *flag.FlagSet, e *env, db *dbFlags, cfg bench.SoakConfig, asJSON, verbose bool) int {
-	const name = "bench"
+func runSoak(ctx context.Context, c *frame, cfg bench.SoakConfig, asJSON, verbose bool) int {
+	e := c.e
 	// Zero means "default" to bench.SoakConfig, not on the command line.
 	switch {
 	case cfg.Duration <= 0:
-		return usageError(e, name, fmt.Sprintf("--soak must be at least 1s, got %s", cfg.Duration))
+		return c.usageError(fmt.Sprintf("--soak must be at least 1s, got %s", cfg.Duration))
 	case cfg.Interval <= 0:
-		return usageError(e, name, fmt.Sprintf("--interval must be in 100ms…the --soak duration, got %s", cfg.Interval))
+		return c.usageError(fmt.Sprintf("--interval must be in 100ms…the --soak duration, got %s", cfg.Interval))
 	case !(cfg.Scale > 0):
-		return usageError(e, name, fmt.Sprintf("--scale must be in (0, 100], got %g", cfg.Scale))
+		return c.usageError(fmt.Sprintf("--scale must be in (0, 100], got %g", cfg.Scale))
 	}
-	db.resolve(fs, e)
-	cfg.DatabaseURL = db.url
+	c.resolveDB()
+	cfg.DatabaseURL = c.db.url
 	if err := bench.ValidateSoak(cfg); err != nil {
-		return usageError(e, name, strings.TrimPrefix(err.Error(), bench.ErrInvalidConfig.Error()+": "))
+		return c.usageError(strings.TrimPrefix(err.Error(), bench.ErrInvalidConfig.Error()+": "))
 	}
 	if !asJSON || verbose {
 		cfg.Out = e.stderr // the samples as they come; the report goes to stdout
@@ -167,7 +160,7 @@ func runSoak(ctx context.Context, fs *flag.FlagSet, e *env, db *dbFlags, cfg ben
 	report, err := bench.Soak(ctx, cfg)
 	if err != nil {
 		if errors.Is(err, bench.ErrInvalidConfig) {
-			return usageError(e, name, err.Error())
+			return c.usageError(err.Error())
 		}
 		return reportError(ctx, e, fmt.Errorf("aftercommit %w", err))
 	}

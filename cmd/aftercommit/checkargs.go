@@ -54,33 +54,26 @@ Flags:
 }
 
 func runCheckArgs(ctx context.Context, args []string, e *env) int {
-	const name = "check-args"
-	fs := newFlagSet(name, e)
-	var db dbFlags
-	db.register(fs)
+	c := newFrame("check-args", e, printCheckArgsUsage)
+	fs := c.fs
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	maxProblems := fs.Int("max-problems", argcheck.MaxProblemsDefault,
 		"list at most `N` problems, failures first (0: none); the counts stay exact")
 	since := fs.Duration("since", argcheck.SinceDefault,
 		"also list the jobs that finished within `D` with args problems: cancelled for bad args, or run with unknown fields (0: queued jobs only)")
-	usage := commandUsage(fs, e, printCheckArgsUsage)
 
-	positional, code, ok := parseArgs(fs, e, name, usage, args)
-	if !ok {
+	if _, code, ok := c.parse(args, true); !ok {
 		return code
 	}
-	if len(positional) > 0 {
-		return usageError(e, name, fmt.Sprintf("check-args takes no arguments, got %s", strings.Join(positional, " ")))
-	}
 	if *maxProblems < 0 {
-		return usageError(e, name, fmt.Sprintf("--max-problems must be 0 or more, got %d", *maxProblems))
+		return c.usageError(fmt.Sprintf("--max-problems must be 0 or more, got %d", *maxProblems))
 	}
 	if *since < 0 {
-		return usageError(e, name, fmt.Sprintf("--since must be 0 or more, got %s", *since))
+		return c.usageError(fmt.Sprintf("--since must be 0 or more, got %s", *since))
 	}
-	db.resolve(fs, e)
+	c.resolveDB()
 
-	pool, code, ok := db.connect(ctx, e, 0)
+	pool, code, ok := c.connect(ctx, 0)
 	if !ok {
 		return code
 	}
@@ -99,7 +92,7 @@ func runCheckArgs(ctx context.Context, args []string, e *env) int {
 	}
 	report, err := checkQueuedArgs(ctx, pool, reg, opts)
 	if err != nil {
-		return reportError(ctx, e, describeCheckArgsError(err, db.schema))
+		return reportError(ctx, e, describeCheckArgsError(err, c.db.schema))
 	}
 
 	if *asJSON {

@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"strings"
 
 	"golang.org/x/term"
 
@@ -55,27 +54,21 @@ func runDemo(ctx context.Context, args []string, e *env) int {
 // neither --database-url nor DATABASE_URL names one (nil: devdb's defaults,
 // the local server, else a postgres:16 container). Its URL field is ignored.
 func runDemoWith(ctx context.Context, args []string, e *env, dev *devdb.Config) int {
-	const name = "demo"
-	fs := newFlagSet(name, e)
-	var db dbFlags
-	db.register(fs)
+	c := newFrame("demo", e, printDemoUsage)
+	fs := c.fs
 	scale := fs.Float64("scale", demo.ScaleDefault, fmt.Sprintf("multiply every size of the scenario by `X` (0 < X ≤ %g)", demo.ScaleMax))
 	external := fs.Bool("external-workers", false, "leave the jobs to cmd/worker processes already running against the database")
 	drain := fs.Duration("drain-timeout", demo.DrainTimeoutDefault, "how long to wait for the queues to drain")
 	seed := fs.Uint64("seed", 0, "seed of the scenario's random choices (0: random)")
-	usage := commandUsage(fs, e, printDemoUsage)
 
-	positional, code, ok := parseArgs(fs, e, name, usage, args)
-	if !ok {
+	if _, code, ok := c.parse(args, true); !ok {
 		return code
 	}
 	switch {
-	case len(positional) > 0:
-		return usageError(e, name, fmt.Sprintf("demo takes no arguments, got %s", strings.Join(positional, " ")))
 	case !(*scale > 0 && *scale <= demo.ScaleMax):
-		return usageError(e, name, fmt.Sprintf("--scale must be in (0, %g], got %g", demo.ScaleMax, *scale))
+		return c.usageError(fmt.Sprintf("--scale must be in (0, %g], got %g", demo.ScaleMax, *scale))
 	case *drain <= 0:
-		return usageError(e, name, fmt.Sprintf("--drain-timeout must be positive, got %s", *drain))
+		return c.usageError(fmt.Sprintf("--drain-timeout must be positive, got %s", *drain))
 	}
 	// With no database named, the demo finds one: the local server, else a
 	// throw-away postgres:16 container, removed on exit (Ctrl-C included).
@@ -83,7 +76,7 @@ func runDemoWith(ctx context.Context, args []string, e *env, dev *devdb.Config) 
 	if dev != nil {
 		find = *dev
 	}
-	find.URL = cmp.Or(db.url, e.getenv("DATABASE_URL"))
+	find.URL = cmp.Or(c.db.url, e.getenv("DATABASE_URL"))
 	find.DefaultURL = cmp.Or(find.DefaultURL, defaultDatabaseURL)
 	found, err := devdb.Find(ctx, &find)
 	if noServer := (*devdb.NoServerError)(nil); errors.As(err, &noServer) {
@@ -97,16 +90,16 @@ func runDemoWith(ctx context.Context, args []string, e *env, dev *devdb.Config) 
 	if note := found.Note(); note != "" {
 		fmt.Fprintln(e.stdout, "aftercommit demo: "+note)
 	}
-	db.url = found.URL
-	db.resolve(fs, e)
+	c.db.url = found.URL
+	c.resolveDB()
 
 	// The scenario's goroutines, the in-process worker and its services.
-	pool, code, ok := db.connect(ctx, e, demo.ConcurrencyDefault+12)
+	pool, code, ok := c.connect(ctx, demo.ConcurrencyDefault+12)
 	if !ok {
 		return code
 	}
 	defer pool.Close()
-	res, err := dbmigrate.Up(ctx, pool, &dbmigrate.Options{Schema: db.schema})
+	res, err := dbmigrate.Up(ctx, pool, &dbmigrate.Options{Schema: c.db.schema})
 	if err != nil {
 		return reportResult(ctx, e, "up", res, err)
 	}
@@ -119,7 +112,7 @@ func runDemoWith(ctx context.Context, args []string, e *env, dev *devdb.Config) 
 		Bars:            isTerminal(e.stdout),
 		DrainTimeout:    *drain,
 		Seed:            *seed,
-		Schema:          db.schema,
+		Schema:          c.db.schema,
 		Logger:          slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {

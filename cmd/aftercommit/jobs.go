@@ -63,7 +63,6 @@ Flags:
 
 // jobsFlags are the flags of jobs.
 type jobsFlags struct {
-	db     dbFlags
 	states string
 	kinds  string
 	queues string
@@ -74,10 +73,9 @@ type jobsFlags struct {
 }
 
 func runJobs(ctx context.Context, args []string, e *env) int {
-	const name = "jobs"
-	fs := newFlagSet(name, e)
+	c := newFrame("jobs", e, printJobsUsage)
+	fs := c.fs
 	var f jobsFlags
-	f.db.register(fs)
 	fs.StringVar(&f.states, "state", "", "list: only jobs in these `states` (comma-separated)")
 	fs.StringVar(&f.kinds, "kind", "", "list: only jobs of these `kinds` (comma-separated)")
 	fs.StringVar(&f.queues, "queue", "", "list: only jobs in these `queues` (comma-separated)")
@@ -85,14 +83,13 @@ func runJobs(ctx context.Context, args []string, e *env) int {
 	fs.BoolVar(&f.asJSON, "json", false, "list, show: print JSON")
 	fs.BoolVar(&f.outbox, "outbox", false, "list: the outbox rows not yet relayed into River's job table, in the order the relay takes them")
 	fs.BoolVar(&f.dead, "dead", false, "list: the outbox rows the relay refused (outbox_dead_jobs), newest first, with the reason")
-	usage := commandUsage(fs, e, printJobsUsage)
 
-	positional, code, ok := parseArgs(fs, e, name, usage, args)
+	positional, code, ok := c.parse(args, false)
 	if !ok {
 		return code
 	}
 	if len(positional) == 0 {
-		return usageError(e, name, "missing action: list, show, retry or cancel")
+		return c.usageError("missing action: list, show, retry or cancel")
 	}
 	action, rest := positional[0], positional[1:]
 
@@ -100,38 +97,36 @@ func runJobs(ctx context.Context, args []string, e *env) int {
 	switch action {
 	case "list":
 		if len(rest) > 0 {
-			return usageError(e, name, fmt.Sprintf("jobs list takes no arguments, got %s", strings.Join(rest, " ")))
+			return c.usageError(fmt.Sprintf("jobs list takes no arguments, got %s", strings.Join(rest, " ")))
 		}
 		if f.limit < 1 || f.limit > jobsListLimitMax {
-			return usageError(e, name, fmt.Sprintf("--limit must be in 1..%d, got %d", jobsListLimitMax, f.limit))
+			return c.usageError(fmt.Sprintf("--limit must be in 1..%d, got %d", jobsListLimitMax, f.limit))
 		}
 		if _, err := parseStates(f.states); err != nil {
-			return usageError(e, name, err.Error())
+			return c.usageError(err.Error())
 		}
 		switch {
 		case f.outbox && f.dead:
-			return usageError(e, name, "--outbox and --dead list different tables: choose one")
+			return c.usageError("--outbox and --dead list different tables: choose one")
 		case (f.outbox || f.dead) && f.states != "":
-			return usageError(e, name, "--state applies to River's jobs, not to outbox rows (--outbox, --dead)")
+			return c.usageError("--state applies to River's jobs, not to outbox rows (--outbox, --dead)")
 		}
 	case "show", "retry", "cancel":
 		if f.outbox || f.dead {
-			return usageError(e, name, "--outbox and --dead apply to jobs list only")
+			return c.usageError("--outbox and --dead apply to jobs list only")
 		}
 		if len(rest) != 1 {
-			return usageError(e, name, fmt.Sprintf("jobs %s takes one job ID", action))
+			return c.usageError(fmt.Sprintf("jobs %s takes one job ID", action))
 		}
 		var err error
 		id, err = strconv.ParseInt(rest[0], 10, 64)
 		if err != nil || id < 1 {
-			return usageError(e, name, fmt.Sprintf("job ID must be a positive integer, got %q", rest[0]))
+			return c.usageError(fmt.Sprintf("job ID must be a positive integer, got %q", rest[0]))
 		}
 	default:
-		return usageError(e, name, fmt.Sprintf("unknown action %q: want list, show, retry or cancel", action))
+		return c.usageError(fmt.Sprintf("unknown action %q: want list, show, retry or cancel", action))
 	}
-	f.db.resolve(fs, e)
-
-	pool, code, ok := f.db.connect(ctx, e, 0)
+	pool, code, ok := c.connect(ctx, 0)
 	if !ok {
 		return code
 	}
@@ -147,7 +142,7 @@ func runJobs(ctx context.Context, args []string, e *env) int {
 	}
 	// An insert-only client: it runs no worker and no maintenance service,
 	// and reaches the tables through the pool's search_path.
-	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{Schema: f.db.schema})
+	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{Schema: c.db.schema})
 	if err != nil {
 		return reportError(ctx, e, fmt.Errorf("aftercommit jobs: %w", err))
 	}

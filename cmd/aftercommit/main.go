@@ -25,6 +25,8 @@ import (
 	"strings"
 	"syscall"
 	"text/tabwriter"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Exit codes of run and of every command.
@@ -159,6 +161,52 @@ func usageError(e *env, cmdName, msg string) int {
 	fmt.Fprintf(e.stderr, "aftercommit %s: %s\n", cmdName, msg)
 	fmt.Fprintf(e.stderr, "Run 'aftercommit %s --help' for usage.\n", cmdName)
 	return exitUsage
+}
+
+// frame is what every command shares: its name, its flag set with
+// the database flags (--database-url, --schema), its usage, and the parse
+// and connect steps, so that a command's run function holds only its own
+// flags and work.
+type frame struct {
+	name  string
+	e     *env
+	fs    *flag.FlagSet
+	db    dbFlags
+	usage func(io.Writer)
+}
+
+// newFrame returns the frame of command name, whose usage text printUsage
+// writes (calling its second argument where the flags go).
+func newFrame(name string, e *env, printUsage func(w io.Writer, printFlags func(io.Writer))) *frame {
+	c := &frame{name: name, e: e, fs: newFlagSet(name, e)}
+	c.db.register(c.fs)
+	c.usage = commandUsage(c.fs, e, printUsage)
+	return c
+}
+
+// parse parses args (see parseArgs). With noArgs, positional arguments are
+// a usage error. ok false: the command stops with code.
+func (c *frame) parse(args []string, noArgs bool) (positional []string, code int, ok bool) {
+	positional, code, ok = parseArgs(c.fs, c.e, c.name, c.usage, args)
+	if ok && noArgs && len(positional) > 0 {
+		return nil, c.usageError(fmt.Sprintf("%s takes no arguments, got %s", c.name, strings.Join(positional, " "))), false
+	}
+	return positional, code, ok
+}
+
+// usageError reports a usage error of the command (see usageError).
+func (c *frame) usageError(msg string) int { return usageError(c.e, c.name, msg) }
+
+// resolveDB applies the environment and the defaults to the database flags
+// not given (see dbFlags.resolve).
+func (c *frame) resolveDB() { c.db.resolve(c.fs, c.e) }
+
+// connect resolves the database flags and opens a pool of at most maxConns
+// connections (0: 4); see dbFlags.connect. ok false: it has reported why and
+// the command stops with code; otherwise the caller closes the pool.
+func (c *frame) connect(ctx context.Context, maxConns int32) (pool *pgxpool.Pool, code int, ok bool) {
+	c.resolveDB()
+	return c.db.connect(ctx, c.e, maxConns)
 }
 
 // newFlagSet returns a FlagSet for a command whose errors go to stderr and

@@ -42,43 +42,38 @@ Flags:
 }
 
 func runMigrate(ctx context.Context, args []string, e *env) int {
-	const name = "migrate"
-	fs := newFlagSet(name, e)
-	var db dbFlags
-	db.register(fs)
+	c := newFrame("migrate", e, printMigrateUsage)
+	fs := c.fs
 	yes := fs.Bool("yes", false, "confirm down, which drops every table of River and aftercommit with their rows")
-	usage := commandUsage(fs, e, printMigrateUsage)
 
-	positional, code, ok := parseArgs(fs, e, name, usage, args)
+	positional, code, ok := c.parse(args, false)
 	if !ok {
 		return code
 	}
 	switch {
 	case len(positional) == 0:
-		return usageError(e, name, "missing action: up, down or version")
+		return c.usageError("missing action: up, down or version")
 	case len(positional) > 1:
-		return usageError(e, name, fmt.Sprintf("too many arguments: %s", strings.Join(positional, " ")))
+		return c.usageError(fmt.Sprintf("too many arguments: %s", strings.Join(positional, " ")))
 	}
 	action := positional[0]
 	switch action {
 	case "up", "down", "version":
 	default:
-		return usageError(e, name, fmt.Sprintf("unknown action %q: want up, down or version", action))
+		return c.usageError(fmt.Sprintf("unknown action %q: want up, down or version", action))
 	}
-	db.resolve(fs, e)
-
 	if action == "down" && !*yes {
 		fmt.Fprintln(e.stderr, "aftercommit migrate: refusing to run down without --yes: it drops every table of River and aftercommit, with all their rows; run 'aftercommit migrate down --yes' to do it")
 		return exitUsage
 	}
 
-	pool, code, ok := db.connect(ctx, e, 0)
+	pool, code, ok := c.connect(ctx, 0)
 	if !ok {
 		return code
 	}
 	defer pool.Close()
 
-	opts := &dbmigrate.Options{Schema: db.schema}
+	opts := &dbmigrate.Options{Schema: c.db.schema}
 	switch action {
 	case "up":
 		res, err := dbmigrate.Up(ctx, pool, opts)

@@ -42,36 +42,29 @@ Flags:
 }
 
 func runGrantRoles(ctx context.Context, args []string, e *env) int {
-	const name = "grant-roles"
-	fs := newFlagSet(name, e)
-	var db dbFlags
-	db.register(fs)
+	c := newFrame("grant-roles", e, printGrantRolesUsage)
+	fs := c.fs
 	appRole := fs.String("app-role", "", "`role` of the application (required)")
 	workerRole := fs.String("worker-role", "", "`role` of cmd/worker (required)")
 	create := fs.Bool("create", false, "create the roles that do not exist, as NOLOGIN (needs CREATEROLE)")
-	usage := commandUsage(fs, e, printGrantRolesUsage)
 
-	positional, code, ok := parseArgs(fs, e, name, usage, args)
-	if !ok {
+	if _, code, ok := c.parse(args, true); !ok {
 		return code
-	}
-	if len(positional) > 0 {
-		return usageError(e, name, fmt.Sprintf("grant-roles takes no arguments, got %s", strings.Join(positional, " ")))
 	}
 	switch {
 	case *appRole == "" || *workerRole == "":
-		return usageError(e, name, "--app-role and --worker-role are required")
+		return c.usageError("--app-role and --worker-role are required")
 	case *appRole == *workerRole:
-		return usageError(e, name, fmt.Sprintf("--app-role and --worker-role are both %q: they must differ", *appRole))
+		return c.usageError(fmt.Sprintf("--app-role and --worker-role are both %q: they must differ", *appRole))
 	}
-	db.resolve(fs, e)
+	c.resolveDB()
 
-	pool, code, ok := db.connect(ctx, e, 2)
+	pool, code, ok := c.connect(ctx, 2)
 	if !ok {
 		return code
 	}
 	defer pool.Close()
-	schema := db.schema
+	schema := c.db.schema
 	if schema == "" {
 		if err := pool.QueryRow(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
 			return reportError(ctx, e, fmt.Errorf("aftercommit grant-roles: reading the connection's schema: %w", err))

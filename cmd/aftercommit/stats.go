@@ -39,31 +39,25 @@ Flags:
 }
 
 func runStats(ctx context.Context, args []string, e *env) int {
-	const name = "stats"
-	fs := newFlagSet(name, e)
-	var db dbFlags
-	db.register(fs)
+	c := newFrame("stats", e, printStatsUsage)
+	fs := c.fs
 	watch := fs.Bool("watch", false, "print again every --interval until interrupted")
 	interval := fs.Duration("interval", 2*time.Second, "how often --watch prints (at least 100ms)")
 	timeout := fs.Duration("job-timeout", 0, "running longer than this counts as stuck (default: the aftercommit.job_timeout setting, else 1m)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	usage := commandUsage(fs, e, printStatsUsage)
 
-	positional, code, ok := parseArgs(fs, e, name, usage, args)
-	if !ok {
+	if _, code, ok := c.parse(args, true); !ok {
 		return code
 	}
 	switch {
-	case len(positional) > 0:
-		return usageError(e, name, fmt.Sprintf("stats takes no arguments, got %s", strings.Join(positional, " ")))
 	case *interval < 100*time.Millisecond:
-		return usageError(e, name, fmt.Sprintf("--interval must be at least 100ms, got %s", *interval))
+		return c.usageError(fmt.Sprintf("--interval must be at least 100ms, got %s", *interval))
 	case *timeout < 0:
-		return usageError(e, name, fmt.Sprintf("--job-timeout must not be negative, got %s", *timeout))
+		return c.usageError(fmt.Sprintf("--job-timeout must not be negative, got %s", *timeout))
 	}
-	db.resolve(fs, e)
+	c.resolveDB()
 
-	pool, code, ok := db.connect(ctx, e, 0)
+	pool, code, ok := c.connect(ctx, 0)
 	if !ok {
 		return code
 	}
