@@ -13,6 +13,7 @@ import (
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/outbox"
 	"github.com/aftercommit/aftercommit/outbox/relay"
 	"github.com/aftercommit/aftercommit/reporting"
 )
@@ -22,6 +23,7 @@ import (
 type exReporting struct {
 	s         *dbtest.Schema
 	client    *river.Client[pgx.Tx]
+	ob        *outbox.Outbox
 	relay     *relay.Relay
 	svc       *reporting.Service
 	completed <-chan *river.Event
@@ -61,7 +63,7 @@ func newExReporting(ctx context.Context, users int) (*exReporting, func()) {
 	if err != nil {
 		log.Fatal(err)
 	}
-	r := &exReporting{s: s, client: client, relay: rl, svc: reporting.NewService(s.Pool, ob), completed: completed}
+	r := &exReporting{s: s, client: client, ob: ob, relay: rl, svc: reporting.NewService(s.Pool, ob), completed: completed}
 	return r, func() {
 		_ = client.Stop(ctx)
 		cancel()
