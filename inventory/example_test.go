@@ -14,6 +14,7 @@ import (
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/inventory"
 	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/outbox"
 	"github.com/aftercommit/aftercommit/outbox/relay"
 )
 
@@ -22,6 +23,7 @@ import (
 type exInventory struct {
 	s         *dbtest.Schema
 	client    *river.Client[pgx.Tx]
+	ob        *outbox.Outbox
 	relay     *relay.Relay
 	svc       *inventory.Service
 	completed <-chan *river.Event
@@ -62,7 +64,7 @@ func newExInventory(ctx context.Context, stock int) (*exInventory, func()) {
 	if _, err := s.Pool.Exec(ctx, `INSERT INTO products (sku, stock) VALUES ('tee', $1)`, stock); err != nil {
 		log.Fatal(err)
 	}
-	return &exInventory{s: s, client: client, relay: rl, svc: svc, completed: completed}, func() {
+	return &exInventory{s: s, client: client, ob: ob, relay: rl, svc: svc, completed: completed}, func() {
 		_ = client.Stop(ctx)
 		cancel()
 		release()
