@@ -14,6 +14,7 @@ import (
 	"github.com/aftercommit/aftercommit/donations"
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/jobs"
+	"github.com/aftercommit/aftercommit/outbox"
 	"github.com/aftercommit/aftercommit/outbox/relay"
 )
 
@@ -22,6 +23,7 @@ import (
 type exDonations struct {
 	s         *dbtest.Schema
 	client    *river.Client[pgx.Tx]
+	ob        *outbox.Outbox
 	relay     *relay.Relay
 	svc       *donations.Service
 	completed <-chan *river.Event
@@ -54,7 +56,7 @@ func newExDonations(ctx context.Context) (*exDonations, func()) {
 	if err != nil {
 		log.Fatal(err)
 	}
-	d := &exDonations{s: s, client: client, relay: rl, svc: donations.NewService(s.Pool, ob), completed: completed}
+	d := &exDonations{s: s, client: client, ob: ob, relay: rl, svc: donations.NewService(s.Pool, ob), completed: completed}
 	return d, func() {
 		_ = client.Stop(ctx)
 		cancel()
