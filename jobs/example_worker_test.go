@@ -272,10 +272,10 @@ func (w *exportWorker) Work(ctx context.Context, job *river.Job[exportArgs]) err
 	return river.RecordOutput(ctx, held)
 }
 
-// A worker that implements Locker gets its lock from the client NewClient
-// builds, with nothing else to install: the lease is visible in job_locks
-// while the job runs, and released when it returns.
-func ExampleLocker() {
+// A Lock with Permits is a semaphore: here two exports of a tenant may run
+// at once. The lease is visible in job_locks while the job runs, and
+// released when it returns.
+func ExampleLock() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, nil)
 	if err != nil {
