@@ -72,7 +72,7 @@ func ValidationErrors(err error) []*ValidationError {
 	var out []*ValidationError
 	var walk func(error)
 	walk = func(err error) {
-		switch e := err.(type) {
+		switch e := err.(type) { //nolint:errorlint // walks the wrap tree itself: each error as it is, not what it wraps
 		case nil:
 		case *ValidationError:
 			out = append(out, e)

@@ -275,7 +275,7 @@ func TestUpdateEmailDonation(t *testing.T) {
 		require.NoError(t, err)
 
 		for _, id := range []int64{424242, failed.ID} {
-			_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+			_, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 				return tx.Enqueue(donations.UpdateEmailDonationArgs{DonationID: id}, nil)
 			})
 			require.NoError(t, err)

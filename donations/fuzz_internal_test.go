@@ -64,7 +64,7 @@ func FuzzDonateInputValidation(f *testing.F) {
 			var fields []string
 			for _, e := range joined.Unwrap() {
 				var ve *ValidationError
-				if !errors.As(e, &ve) || error(ve) != e {
+				if !errors.As(e, &ve) || error(ve) != e { //nolint:errorlint // identity: the error itself must be the *ValidationError, not wrap one
 					t.Fatalf("problem %T is not a *ValidationError: %v", e, e)
 				}
 				if got[ve.Field] {

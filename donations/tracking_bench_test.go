@@ -59,7 +59,7 @@ func (w *naiveOpenWorker) Work(ctx context.Context, job *river.Job[naiveOpenArgs
 func BenchmarkTrackOpen(b *testing.B) {
 	b.Run("naive", func(b *testing.B) {
 		benchTracking(b, "bench.naive_open", 1, func(ctx context.Context, _ *donations.Service, ob *outbox.Outbox, ids []int64) error {
-			_, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+			_, err := ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 				return tx.Enqueue(naiveOpenArgs{EmailID: ids[0]}, nil)
 			})
 			return err

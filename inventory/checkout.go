@@ -314,7 +314,8 @@ func (s *Service) Abandon(ctx context.Context, checkoutID int64) (Checkout, erro
 // AbandonTx is Abandon in the caller's transaction tx, as BeginCheckoutTx is
 // BeginCheckout. A nil tx is a transaction of its own.
 func (s *Service) AbandonTx(ctx context.Context, tx pgx.Tx, checkoutID int64) (Checkout, error) {
-	return s.change(ctx, tx, checkoutID, "abandon", func(ctx context.Context, tx *outbox.Tx, c *Checkout, claimExpired bool) error {
+	// The claim is released whether or not it has run out: no claimExpired.
+	return s.change(ctx, tx, checkoutID, "abandon", func(ctx context.Context, tx *outbox.Tx, c *Checkout, _ bool) error {
 		if c.State == StateAbandoned {
 			return nil
 		}

@@ -104,12 +104,13 @@ UPDATE checkouts SET expires_at = now() - interval '1 second' WHERE id = $1`, ch
 	require.NoError(t, err)
 }
 
-// runNow makes the waiting jobs of kind for a checkout available now.
-func (b *testBundle) runNow(ctx context.Context, t testing.TB, kind string, checkoutID int64) {
+// runExpiryNow makes the waiting expire_checkout jobs of a checkout
+// available now.
+func (b *testBundle) runExpiryNow(ctx context.Context, t testing.TB, checkoutID int64) {
 	t.Helper()
 	tag, err := b.schema.Pool.Exec(ctx, `
 UPDATE river_job SET state = 'available', scheduled_at = now()
- WHERE kind = $1 AND (args->>'checkout_id')::bigint = $2 AND state = 'scheduled'`, kind, checkoutID)
+ WHERE kind = $1 AND (args->>'checkout_id')::bigint = $2 AND state = 'scheduled'`, inventory.ExpireCheckoutKind, checkoutID)
 	require.NoError(t, err)
 	require.Positive(t, tag.RowsAffected())
 }

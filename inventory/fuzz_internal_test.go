@@ -38,7 +38,7 @@ func FuzzValidSKU(f *testing.F) {
 			return
 		}
 		var ve *ValidationError
-		if !errors.As(err, &ve) || error(ve) != err || ve.Field != "sku" || !errors.Is(err, ErrInvalidCheckout) {
+		if !errors.As(err, &ve) || error(ve) != err || ve.Field != "sku" || !errors.Is(err, ErrInvalidCheckout) { //nolint:errorlint // identity: the error itself must be the *ValidationError, not wrap one
 			t.Fatalf("validSKU(%q) = %#v, want a *ValidationError of field sku", sku, err)
 		}
 		if len(err.Error()) > 200 {

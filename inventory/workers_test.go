@@ -72,7 +72,7 @@ func TestExpireCheckout(t *testing.T) {
 		require.NoError(t, err)
 
 		b.expireClaim(ctx, t, c.ID)
-		b.runNow(ctx, t, inventory.ExpireCheckoutKind, c.ID)
+		b.runExpiryNow(ctx, t, c.ID)
 		requireOutput(t, inventory.CheckoutOutput{Result: "expired", State: "expired"}, b.waitJob(t, inventory.ExpireCheckoutKind, c.ID))
 		require.Equal(t, inventory.StateExpired, b.state(ctx, t, c.ID))
 		require.Equal(t, 0, b.count(ctx, t, `SELECT count(*) FROM inventory_claims`))
@@ -91,7 +91,7 @@ func TestExpireCheckout(t *testing.T) {
 			b.waitJob(t, inventory.CompleteCheckoutKind, c.ID))
 
 		// The expiry comes due after the sale.
-		b.runNow(ctx, t, inventory.ExpireCheckoutKind, c.ID)
+		b.runExpiryNow(ctx, t, c.ID)
 		requireOutput(t, jobs.SkippedOutput{Skipped: "not needed"}, b.waitJob(t, inventory.ExpireCheckoutKind, c.ID))
 		require.Equal(t, inventory.StateCompleted, b.state(ctx, t, c.ID))
 		require.Equal(t, 0, b.stock(ctx, t, pid))
@@ -110,7 +110,7 @@ func TestExpireCheckout(t *testing.T) {
 WITH cl AS (UPDATE inventory_claims SET expires_at = 'infinity' WHERE checkout_id = $1)
 UPDATE checkouts SET state = 'paid', expires_at = now() - interval '1 second' WHERE id = $1`, c.ID)
 		require.NoError(t, err)
-		b.runNow(ctx, t, inventory.ExpireCheckoutKind, c.ID)
+		b.runExpiryNow(ctx, t, c.ID)
 		requireOutput(t, jobs.SkippedOutput{Skipped: "not needed"}, b.waitJob(t, inventory.ExpireCheckoutKind, c.ID))
 		require.Equal(t, inventory.StatePaid, b.state(ctx, t, c.ID))
 		require.Equal(t, 1, b.count(ctx, t, `SELECT count(*) FROM inventory_claims WHERE checkout_id = $1`, c.ID))
@@ -128,7 +128,7 @@ UPDATE checkouts SET state = 'paid', expires_at = now() - interval '1 second' WH
 
 		// Run the first (now early) expiry and the rescheduled one: both
 		// find the extended claim alive.
-		b.runNow(ctx, t, inventory.ExpireCheckoutKind, c.ID)
+		b.runExpiryNow(ctx, t, c.ID)
 		requireOutput(t, jobs.SkippedOutput{Skipped: "not needed"}, b.waitJob(t, inventory.ExpireCheckoutKind, c.ID))
 		requireOutput(t, jobs.SkippedOutput{Skipped: "not needed"}, b.waitJob(t, inventory.ExpireCheckoutKind, c.ID))
 		require.Equal(t, inventory.StatePaymentFailed, b.state(ctx, t, c.ID))

@@ -319,7 +319,9 @@ func TestArgsMiddleware(t *testing.T) {
 		for _, rec := range logged {
 			require.Equal(t, "WARN", rec["level"])
 			require.Equal(t, "test.am_order", rec["kind"])
-			fields = append(fields, rec["field"].(string)) //nolint:forcetypeassert
+			field, ok := rec["field"].(string)
+			require.True(t, ok, "field %#v is a string", rec["field"])
+			fields = append(fields, field)
 		}
 		require.ElementsMatch(t, []string{"coupon", "gift"}, fields)
 

@@ -777,7 +777,7 @@ var shapes sync.Map
 // shapeOf returns the shape of t, built once.
 func shapeOf(t reflect.Type) *argsShape {
 	if s, ok := shapes.Load(t); ok {
-		return s.(*argsShape) //nolint:forcetypeassert
+		return s.(*argsShape) //nolint:errcheck,forcetypeassert // shapes stores only *argsShape values
 	}
 	s := &argsShape{typ: t}
 	if t.Kind() == reflect.Struct && !decodesItself(t) {
@@ -791,7 +791,7 @@ func shapeOf(t reflect.Type) *argsShape {
 		}
 	}
 	actual, _ := shapes.LoadOrStore(t, s)
-	return actual.(*argsShape) //nolint:forcetypeassert
+	return actual.(*argsShape) //nolint:errcheck,forcetypeassert // shapes stores only *argsShape values
 }
 
 // structFields lists the fields encoding/json decodes into for struct type

@@ -63,7 +63,7 @@ func TestSubscriptions(t *testing.T) {
 		ob, err := jobs.NewOutbox(s.Pool, client, reg, directInsert)
 		require.NoError(t, err)
 
-		res, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		res, err := ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			for i := range 50 {
 				if err := tx.Publish("donation.created", donationCreated{DonationID: int64(i), FundraiserID: int64(i%2 + 1)}); err != nil {
 					return err
@@ -82,14 +82,14 @@ func TestSubscriptions(t *testing.T) {
 
 		// A later transaction's event is coalesced into the waiting job by
 		// its queue lock.
-		res, err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		res, err = ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			return tx.Publish("donation.created", donationCreated{DonationID: 100, FundraiserID: 1})
 		})
 		require.NoError(t, err)
 		require.Equal(t, outbox.FlushResult{Enqueued: 1, Events: 1, UniqueSkipped: 1, RoundTrips: 1}, res)
 
 		// Undeclared topics are refused.
-		_, err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err = ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			return tx.Publish("donation.refunded", donationCreated{})
 		})
 		require.ErrorIs(t, err, outbox.ErrUnknownTopic)

@@ -39,6 +39,8 @@ func (w *markWorker) Work(ctx context.Context, job *river.Job[markArgs]) error {
 
 // The worker's UPDATE, its output and the job's completion commit in one
 // transaction.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run's client ends with the process, its schema is left to the test harness' clean-up of old runs
 func ExampleCompleteTx() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, nil)

@@ -25,6 +25,8 @@ func (greetArgs) Kind() string { return "example.greet" }
 // Metrics are registered on the caller's own registry and fed by the client
 // (Plugin) and the outbox (OnFlush). Three enqueues, one a duplicate, make
 // two jobs.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleMetrics() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, nil)
@@ -69,7 +71,7 @@ func ExampleMetrics() {
 		log.Fatal(err)
 	}
 	defer func() { _ = rl.Stop(ctx) }()
-	_, err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		for _, name := range []string{"ada", "ada", "grace"} {
 			if err := tx.Enqueue(greetArgs{Name: name}, nil); err != nil {
 				return err
@@ -111,6 +113,8 @@ func ExampleMetrics() {
 // when scraped; cmd/worker registers it next to the job metrics
 // (Metrics.JobCollector), without the outbox counters of a process that
 // enqueues nothing.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleQueueMetrics() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, nil)

@@ -48,6 +48,8 @@ func startExampleClient(ctx context.Context, s *dbtest.Schema, workers *river.Wo
 
 // A ping row and its job commit together; a worker marks the row and
 // completes the job in one transaction.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run's client ends with the process, its schema is left to the test harness' clean-up of old runs
 func ExampleAddPingWorker() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, nil)

@@ -22,7 +22,7 @@ const (
 	// without a Timeout of its own: River's default job timeout.
 	LockLeaseDefault = river.JobTimeoutDefault
 	// LockLeaseMin is the shortest lease a Lock or LockConfig may ask for.
-	LockLeaseMin = 100 * time.Millisecond
+	LockLeaseMin = 100 * time.Millisecond //nolint:revive // time-naming: Min is minimum, not minutes; an exported name, kept
 	// LockSnoozeBaseDefault is how long a job that finds its lock taken
 	// snoozes, before jitter.
 	LockSnoozeBaseDefault = time.Second

@@ -79,7 +79,7 @@ func TestRegistryInstallsTheWorkerLock(t *testing.T) {
 		}
 	}
 
-	_, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		for i := range 12 {
 			if err := tx.Enqueue(payerChargeArgs{PayerID: 1, Seq: i}, nil); err != nil {
 				return err

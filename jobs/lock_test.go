@@ -82,8 +82,7 @@ func (p *lockProbe) body(ctx context.Context, pool *pgxpool.Pool, row *rivertype
 	if n > p.limit {
 		p.violations.Add(1)
 	}
-	for m := p.max.Load(); n > m && !p.max.CompareAndSwap(m, n); m = p.max.Load() {
-	}
+	storeMax(&p.max, n)
 	var rows int
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM job_locks`).Scan(&rows); err != nil {
 		return err
@@ -282,7 +281,7 @@ func secondPool(ctx context.Context, t *testing.T, s *dbtest.Schema) *pgxpool.Po
 // enqueue commits all args in one transaction.
 func (b *lockBundle) enqueue(ctx context.Context, t *testing.T, args ...river.JobArgs) {
 	t.Helper()
-	_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		for _, a := range args {
 			if err := tx.Enqueue(a, nil); err != nil {
 				return err
@@ -663,8 +662,7 @@ func TestLockMiddlewareAcquireIsRaceSafe(t *testing.T) {
 							holders.Add(1)
 							now := inside.Add(1)
 							defer inside.Add(-1)
-							for m := maxInside.Load(); now > m && !maxInside.CompareAndSwap(m, now); m = maxInside.Load() {
-							}
+							storeMax(&maxInside, now)
 							// Hold the slot until every goroutine got in or
 							// was turned away.
 							ticker := time.NewTicker(time.Millisecond)
@@ -754,3 +752,13 @@ func TestLockFuncFor(t *testing.T) {
 type timedLockedWorker struct{ lockedWorker }
 
 func (*timedLockedWorker) Timeout(*river.Job[lockedArgs]) time.Duration { return 3 * time.Second }
+
+// storeMax raises v to n if n is larger, against concurrent storeMax calls.
+func storeMax(v *atomic.Int64, n int64) {
+	for {
+		m := v.Load()
+		if n <= m || v.CompareAndSwap(m, n) {
+			return
+		}
+	}
+}

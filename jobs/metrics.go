@@ -496,7 +496,7 @@ func (p *metricsPlugin) Work(ctx context.Context, job *rivertype.JobRow, doInner
 			s.outcomes[errorOutcome(job)].Inc()
 		}
 	}()
-	err := doInner(wctx)
+	err := doInner(wctx) //nolint:contextcheck // wctx embeds ctx (a context.WithValue in one allocation), so it inherits ctx
 	returned = true
 
 	o := classify(ctx, job, err, wctx.began)

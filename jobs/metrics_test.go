@@ -81,7 +81,6 @@ func (metricsUniqueArgs) InsertOpts() river.InsertOpts {
 type metricsWorker[T river.JobArgs] struct {
 	river.WorkerDefaults[T]
 	work   func(ctx context.Context, job *river.Job[T]) error
-	needed func() bool // nil: no needed-check
 	worked atomic.Int64
 }
 
@@ -290,7 +289,7 @@ func TestMetricsJobOutcomes(t *testing.T) {
 	b := setupMetrics(ctx, t, false)
 
 	const lateBy = 2 * time.Second
-	_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		for _, args := range []river.JobArgs{
 			metricsCompleteArgs{}, metricsRetryArgs{}, metricsSnoozeArgs{}, metricsCancelArgs{},
 			metricsDiscardArgs{}, metricsSkipArgs{},
@@ -364,7 +363,7 @@ func TestMetricsRemoteCancelAndStop(t *testing.T) {
 	b := setupMetrics(ctx, t, false)
 
 	enqueueBlock := func(n int) {
-		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			return tx.Enqueue(metricsBlockArgs{N: n}, nil)
 		})
 		require.NoError(t, err)
@@ -410,7 +409,7 @@ func TestMetricsOutboxFlushes(t *testing.T) {
 	b := setupMetrics(ctx, t, true)
 
 	// 10 enqueues over 3 keys: 7 duplicates dropped, 3 rows.
-	res, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	res, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		for i := range 10 {
 			require.NoError(t, tx.Enqueue(metricsFlushArgs{Key: i % 3}, nil))
 		}
@@ -422,7 +421,7 @@ func TestMetricsOutboxFlushes(t *testing.T) {
 	// A unique job, then the same one again: River matches it to the row
 	// the first transaction wrote.
 	for range 2 {
-		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			return tx.Enqueue(metricsUniqueArgs{ID: 1}, nil)
 		})
 		require.NoError(t, err)
@@ -430,7 +429,7 @@ func TestMetricsOutboxFlushes(t *testing.T) {
 	// No jobs, or rolled back: no flush.
 	_, err = b.ob.InTx(ctx, nil, func(context.Context, *outbox.Tx) error { return nil })
 	require.NoError(t, err)
-	_, err = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		require.NoError(t, tx.Enqueue(metricsFlushArgs{Key: 9}, nil))
 		return errors.New("roll back")
 	})
@@ -502,7 +501,8 @@ func TestMetricsConfig(t *testing.T) {
 			m := jobs.NewMetrics(&jobs.MetricsConfig{NativeHistogramBucketFactor: factor})
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(m)
-			mw := m.Plugin().(rivertype.WorkerMiddleware) //nolint:forcetypeassert
+			mw, ok := m.Plugin().(rivertype.WorkerMiddleware)
+			require.True(t, ok, "the plugin is a worker middleware")
 			now := time.Now()
 			job := &rivertype.JobRow{Kind: "test.native", Queue: "q", Attempt: 1, MaxAttempts: 25,
 				ScheduledAt: now.Add(-150 * time.Millisecond), AttemptedAt: &now}
@@ -668,8 +668,10 @@ func TestMetricsRelay(t *testing.T) {
 func BenchmarkMetricsWork(b *testing.B) {
 	m := jobs.NewMetrics(nil)
 	plugin := m.Plugin()
-	mw := plugin.(rivertype.WorkerMiddleware) //nolint:forcetypeassert
-	hook := plugin.(rivertype.HookWorkBegin)  //nolint:forcetypeassert
+	mw, ok := plugin.(rivertype.WorkerMiddleware)
+	require.True(b, ok, "the plugin is a worker middleware")
+	hook, ok := plugin.(rivertype.HookWorkBegin)
+	require.True(b, ok, "the plugin is a work-begin hook")
 	now := time.Now()
 	job := &rivertype.JobRow{Kind: "bench.noop", Queue: "default", Attempt: 1, MaxAttempts: 25, ScheduledAt: now, AttemptedAt: &now}
 	inner := func(ctx context.Context) error { return hook.WorkBegin(ctx, job) }

@@ -98,7 +98,7 @@ func TestPingWorker(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t)
 
-		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			return tx.Enqueue(jobs.PingArgs{PingID: 424242}, nil)
 		})
 		require.NoError(t, err)
@@ -129,7 +129,7 @@ func TestPingWorker(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t)
 
-		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			return tx.Enqueue(jobs.PingArgs{SleepMS: int(jobs.PingMaxSleep/time.Millisecond) + 1}, nil)
 		})
 		require.NoError(t, err)

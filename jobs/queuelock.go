@@ -55,7 +55,7 @@ var queueLockStates = uniquestates.UniqueStatesToBitmask([]rivertype.JobState{
 // t, or nil when the kind has no queue lock.
 func queueLockKeyFunc(t reflect.Type) func(args river.JobArgs) string {
 	if t.Implements(reflect.TypeFor[QueueLocker]()) {
-		return func(args river.JobArgs) string { return args.(QueueLocker).QueueLockKey() } //nolint:forcetypeassert
+		return func(args river.JobArgs) string { return args.(QueueLocker).QueueLockKey() } //nolint:errcheck,forcetypeassert // args is a t, and t implements QueueLocker (checked above)
 	}
 	st := t
 	if st.Kind() == reflect.Pointer {

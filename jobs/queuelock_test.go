@@ -96,7 +96,7 @@ func setupQueueLock(ctx context.Context, t *testing.T, work bool) *queueLockBund
 
 func (b *queueLockBundle) enqueue(ctx context.Context, t *testing.T, args ...river.JobArgs) outbox.FlushResult {
 	t.Helper()
-	res, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	res, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		for _, a := range args {
 			if err := tx.Enqueue(a, nil); err != nil {
 				return err
@@ -177,7 +177,7 @@ func TestQueueLock(t *testing.T) {
 		for i := range n {
 			wg.Go(func() {
 				<-start
-				res, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+				res, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 					return tx.Enqueue(totalArgs{FundraiserID: 9, Day: "2026-11-25"}, &river.InsertOpts{Tags: []string{fmt.Sprint("tx", i)}})
 				})
 				results <- res
@@ -345,7 +345,7 @@ func TestQueueLockLeavesRiverUniquenessAlone(t *testing.T) {
 				{Enqueued: 1, Inserted: 1, RoundTrips: 1},
 				{Enqueued: 1, UniqueSkipped: 1, RoundTrips: 1},
 			} {
-				res, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+				res, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 					return tx.Enqueue(reportArgs{CarID: 8}, later)
 				})
 				require.NoError(t, err)

@@ -45,7 +45,7 @@ func (w *invoiceWorker) Needed(ctx context.Context, job *river.Job[invoiceArgs])
 	return pending, err
 }
 
-func (w *invoiceWorker) Work(ctx context.Context, job *river.Job[invoiceArgs]) error {
+func (w *invoiceWorker) Work(_ context.Context, job *river.Job[invoiceArgs]) error {
 	args := job.Args
 	if args.Reason == "" {
 		args.Reason = "scheduled" // the default of a field older jobs lack
@@ -247,7 +247,7 @@ func TestRegistryClientAndOutbox(t *testing.T) {
 		t.Parallel()
 		b := setupRegistry(ctx, t, []string{}) // insert-only: nothing runs
 
-		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			require.NoError(t, tx.Enqueue(invoiceArgs{InvoiceID: 1}, nil))
 			require.NoError(t, tx.Enqueue(otherArgs{}, nil))
 			// Explicit options still win.
@@ -269,7 +269,7 @@ func TestRegistryClientAndOutbox(t *testing.T) {
 			{"test.invoice", "billing_slow", 3},
 		}, got)
 
-		_, err = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err = b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			return tx.Enqueue(invoiceArgs{}, &river.InsertOpts{Queue: "billing_typo"})
 		})
 		require.ErrorIs(t, err, outbox.ErrUnknownQueue)
@@ -373,7 +373,7 @@ func TestRegistryClientAndOutbox(t *testing.T) {
 		ob, err := jobs.NewOutbox(s.Pool, client, reg, directInsert)
 		require.NoError(t, err)
 
-		_, err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err = ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 			return tx.Enqueue(brokenArgs{}, nil)
 		})
 		require.NoError(t, err)

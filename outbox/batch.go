@@ -76,7 +76,7 @@ var encoders = sync.Pool{New: func() any {
 	return e
 }}
 
-func getEncoder() *jsonEncoder { return encoders.Get().(*jsonEncoder) } //nolint:forcetypeassert
+func getEncoder() *jsonEncoder { return encoders.Get().(*jsonEncoder) } //nolint:errcheck,forcetypeassert // the pool holds only *jsonEncoder: New and putEncoder put nothing else
 
 func putEncoder(e *jsonEncoder) {
 	if e.buf.Cap() > 64<<10 { // don't keep the buffers of huge args alive

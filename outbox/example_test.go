@@ -121,6 +121,8 @@ func ExampleOutbox_InTx_rollback() {
 // Transaction-local settings ride on the BEGIN: a lock wait in the
 // function fails after 50 ms instead of hanging, and the transaction, its
 // row and its job are rolled back.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleOutbox_InTx_txOptions() {
 	ctx := context.Background()
 	ob, s, release := exampleOutbox(ctx)

@@ -778,7 +778,7 @@ func TestBadInput(t *testing.T) {
 		cancel()
 
 		called := false
-		_, err := b.ob.InTx(cancelled, nil, func(_ context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(cancelled, nil, func(_ context.Context, _ *outbox.Tx) error {
 			called = true
 			return nil
 		})

@@ -140,7 +140,7 @@ func benchCarUsers(b *testing.B, n int) {
 			trips := 0
 			for _, tr := range []*testtrace.Tracer{&svcTrace, &workerTrace} {
 				for _, trip := range tr.RoundTrips() {
-					if !(len(trip) == 1 && testtrace.Matches(trip[0], "PGGetProductAndVersion")) {
+					if len(trip) != 1 || !testtrace.Matches(trip[0], "PGGetProductAndVersion") {
 						trips++
 					}
 				}

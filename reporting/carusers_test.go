@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -125,7 +126,7 @@ func TestCreateCarUsersInBulk(t *testing.T) {
 			tooMany[i] = int64(i + 1)
 		}
 		// 10,001 IDs with one duplicate are 10,000 distinct ones: accepted.
-		tenThousandDistinct := append(tooMany[:reporting.MaxBulkUserIDs:reporting.MaxBulkUserIDs], 1)
+		tenThousandDistinct := append(slices.Clone(tooMany[:reporting.MaxBulkUserIDs]), 1)
 
 		// Refused before any SQL, by both entry points.
 		shape := []struct {

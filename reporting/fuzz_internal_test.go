@@ -60,7 +60,7 @@ func FuzzBulkArgs(f *testing.F) {
 
 		if err != nil {
 			var ve *ValidationError
-			if !errors.As(err, &ve) || error(ve) != err || !errors.Is(err, ErrInvalidInput) {
+			if !errors.As(err, &ve) || error(ve) != err || !errors.Is(err, ErrInvalidInput) { //nolint:errorlint // identity: the error itself must be the *ValidationError, not wrap one
 				t.Fatalf("bulkArgs error is not a *ValidationError: %#v", err)
 			}
 			if len(ve.IDs) > MaxListedIDs || !slices.IsSorted(ve.IDs) || len(slices.Compact(slices.Clone(ve.IDs))) != len(ve.IDs) {

@@ -19,7 +19,7 @@ func TestBench(t *testing.T) {
 	t.Run("OneScenarioAsJSON", func(t *testing.T) {
 		t.Parallel()
 		res := runCLI(ctx, t, environ, "bench", "--scenario", "tx_bulk", "--rounds", "2", "--duration", "100ms", "--json",
-			"--database-url", dbtest.ServerURL(t))
+			"--database-url", dbtest.ServerURL(t)) //nolint:contextcheck // dbtest sets up the test server once per process (sync.Once) on its own context; no one test's ctx may bound that
 		require.Equal(t, exitOK, res.code, res.stderr)
 		var report bench.Report
 		require.NoError(t, json.Unmarshal([]byte(res.stdout), &report))
@@ -44,7 +44,7 @@ func TestBench(t *testing.T) {
 	t.Run("SoakAsJSON", func(t *testing.T) {
 		t.Parallel()
 		res := runCLI(ctx, t, environ, "bench", "--soak", "3s", "--interval", "1s", "--scale", "0.01", "--json",
-			"--database-url", dbtest.ServerURL(t))
+			"--database-url", dbtest.ServerURL(t)) //nolint:contextcheck // dbtest sets up the test server once per process (sync.Once) on its own context; no one test's ctx may bound that
 		require.Equal(t, exitOK, res.code, res.stderr)
 		require.Empty(t, res.stderr, "--json without -v prints no samples on stderr")
 		var report bench.SoakReport

@@ -76,7 +76,7 @@ func setupMigrate(ctx context.Context, t *testing.T) *migrateBundle {
 
 	return &migrateBundle{
 		schema:      s,
-		serverURL:   dbtest.ServerURL(t),
+		serverURL:   dbtest.ServerURL(t), //nolint:contextcheck // dbtest sets up the test server once per process (sync.Once) on its own context; no one test's ctx may bound that
 		riverLatest: v.RiverLatest,
 		appLatest:   v.AppLatest,
 		upOutput:    fmt.Sprintf("applied 0001-%04d (River 1-8, aftercommit 0009-%04d)\n", v.AppLatest, v.AppLatest),

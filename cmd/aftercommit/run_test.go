@@ -72,7 +72,7 @@ func TestParseArgs(t *testing.T) {
 	fs := newFlagSet("test", e)
 	yes := fs.Bool("yes", false, "")
 	name := fs.String("name", "", "")
-	usage := func(w io.Writer) { fmt.Fprintln(w, "usage of test") }
+	usage := func(w io.Writer) { _, _ = fmt.Fprintln(w, "usage of test") } // into a bytes.Buffer: no write error
 
 	positional, code, ok := parseArgs(fs, e, "test", usage, []string{"a", "--yes", "b", "--name", "n", "--", "--c", "-d"})
 	require.True(t, ok)

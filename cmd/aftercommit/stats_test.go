@@ -25,7 +25,7 @@ import (
 //   - 2 outbox rows waiting, written at 2026-01-01 00:00:00 and 00:00:30;
 //   - 2 dead outbox rows, dead at 2026-01-01 00:01:00 (id 41, a reason on
 //     two lines) and 00:02:00 (id 42, queue q9).
-func setupStats(ctx context.Context, t *testing.T) (*dbtest.Schema, []string) {
+func setupStats(ctx context.Context, t *testing.T) []string {
 	t.Helper()
 	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
 	_, err := s.Pool.Exec(ctx, `
@@ -57,7 +57,7 @@ INSERT INTO outbox_dead_jobs (id, kind, args, queue, tx_id, created_at, dead_at,
 VALUES (41, 'test.nope', '{}', NULL, pg_current_xact_id(), '2026-01-01T00:00:00Z', '2026-01-01T00:01:00Z', E'unknown kind "test.nope":\nnot registered'),
        (42, 'test.gamma', '{"id": "x"}', 'q9', pg_current_xact_id(), '2026-01-01T00:00:00Z', '2026-01-01T00:02:00Z', 'args do not decode')`)
 	require.NoError(t, err)
-	return s, []string{"--database-url", s.URL, "--schema", s.Name}
+	return []string{"--database-url", s.URL, "--schema", s.Name}
 }
 
 // ages matches the age stats prints after the oldest outbox row's time.
@@ -74,7 +74,7 @@ func TestStats(t *testing.T) {
 
 	t.Run("Tables", func(t *testing.T) {
 		t.Parallel()
-		_, flags := setupStats(ctx, t)
+		flags := setupStats(ctx, t)
 		// A timeout above 10 minutes: the running job is not stuck, and the
 		// table does not depend on the clock.
 		res := runCLI(ctx, t, environ, append([]string{"stats", "--job-timeout", "1h"}, flags...)...)
@@ -86,7 +86,7 @@ func TestStats(t *testing.T) {
 
 	t.Run("JSON", func(t *testing.T) {
 		t.Parallel()
-		_, flags := setupStats(ctx, t)
+		flags := setupStats(ctx, t)
 		res := runCLI(ctx, t, environ, append([]string{"stats", "--json"}, flags...)...)
 		require.Equal(t, exitOK, res.code, res.stderr)
 		var got statsView
@@ -172,7 +172,7 @@ Outbox (jobs enqueued, not yet relayed into River's job table)
 
 	t.Run("WatchStopsOnInterrupt", func(t *testing.T) {
 		t.Parallel()
-		_, flags := setupStats(ctx, t)
+		flags := setupStats(ctx, t)
 		// 3 s for at least 3 prints 200ms apart: room for a loaded machine.
 		wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		defer cancel()

@@ -28,7 +28,7 @@ const nothingAnswers = "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable
 func emptySchema(ctx context.Context, t *testing.T) (rawURL, name string) {
 	t.Helper()
 	name = fmt.Sprintf("acdev_worker_%d", time.Now().UnixNano())
-	admin, err := pgxpool.New(ctx, dbtest.ServerURL(t))
+	admin, err := pgxpool.New(ctx, dbtest.ServerURL(t)) //nolint:contextcheck // dbtest sets up the test server once per process (sync.Once) on its own context; no one test's ctx may bound that
 	require.NoError(t, err)
 	_, err = admin.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{name}.Sanitize())
 	require.NoError(t, err)
@@ -37,7 +37,7 @@ func emptySchema(ctx context.Context, t *testing.T) (rawURL, name string) {
 		require.NoError(t, err)
 		admin.Close()
 	})
-	u, err := url.Parse(dbtest.ServerURL(t))
+	u, err := url.Parse(dbtest.ServerURL(t)) //nolint:contextcheck // dbtest sets up the test server once per process (sync.Once) on its own context; no one test's ctx may bound that
 	require.NoError(t, err, "these tests need the test server as a URL")
 	q := u.Query()
 	q.Set("search_path", name)
@@ -50,7 +50,7 @@ func emptySchema(ctx context.Context, t *testing.T) (rawURL, name string) {
 // migration table.
 func tableCount(ctx context.Context, t *testing.T, schema string) int {
 	t.Helper()
-	pool, err := pgxpool.New(ctx, dbtest.ServerURL(t))
+	pool, err := pgxpool.New(ctx, dbtest.ServerURL(t)) //nolint:contextcheck // dbtest sets up the test server once per process (sync.Once) on its own context; no one test's ctx may bound that
 	require.NoError(t, err)
 	defer pool.Close()
 	var n int

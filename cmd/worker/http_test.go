@@ -56,20 +56,28 @@ func (c *httpClient) withAuth(user, password string) *httpClient {
 	return &cc
 }
 
+// response is what do keeps of an *http.Response: not its body, which do
+// reads and closes.
+type response struct {
+	StatusCode int
+	Header     http.Header
+	URL        *url.URL // the last request's, after redirects
+}
+
 // get requests path with the given Accept header (none when empty).
-func (c *httpClient) get(t *testing.T, path, accept string) (*http.Response, string) {
+func (c *httpClient) get(ctx context.Context, t *testing.T, path, accept string) (response, string) {
 	t.Helper()
 	header := http.Header{}
 	if accept != "" {
 		header.Set("Accept", accept)
 	}
-	return c.do(t, http.MethodGet, path, "", header)
+	return c.do(ctx, t, http.MethodGet, path, "", header)
 }
 
-// do sends one request and returns the response with its body read.
-func (c *httpClient) do(t *testing.T, method, path, body string, header http.Header) (*http.Response, string) {
+// do sends one request and returns the response and its body.
+func (c *httpClient) do(ctx context.Context, t *testing.T, method, path, body string, header http.Header) (response, string) {
 	t.Helper()
-	req, err := http.NewRequestWithContext(context.Background(), method, c.base+path, strings.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, strings.NewReader(body))
 	require.NoError(t, err)
 	for k, v := range header {
 		req.Header[k] = v
@@ -79,16 +87,16 @@ func (c *httpClient) do(t *testing.T, method, path, body string, header http.Hea
 	}
 	resp, err := c.client.Do(req)
 	require.NoError(t, err, "%s %s", method, path)
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }() // read to the end below: a close error loses nothing
 	got, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
-	return resp, string(got)
+	return response{StatusCode: resp.StatusCode, Header: resp.Header, URL: resp.Request.URL}, string(got)
 }
 
 // status is get's status code and body.
-func (c *httpClient) status(t *testing.T, path string) (int, string) {
+func (c *httpClient) status(ctx context.Context, t *testing.T, path string) (int, string) {
 	t.Helper()
-	resp, body := c.get(t, path, "")
+	resp, body := c.get(ctx, t, path, "")
 	return resp.StatusCode, body
 }
 
@@ -130,23 +138,23 @@ func TestRunHTTP(t *testing.T) {
 	})
 
 	// Probes answer without credentials.
-	code, body := anon.status(t, "/healthz")
+	code, body := anon.status(ctx, t, "/healthz")
 	require.Equal(t, http.StatusOK, code)
 	require.Equal(t, "ok\n", body)
 	// A job may complete before Start has returned and /readyz turns ready.
 	h.waitFor(t, 15*time.Second, "/readyz to answer ok", func() bool {
-		code, body = anon.status(t, "/readyz")
+		code, body = anon.status(ctx, t, "/readyz")
 		return code == http.StatusOK && body == "ok\n"
 	})
 
 	// Metrics and the UI ask for them; wrong ones are refused too.
 	for _, path := range []string{"/metrics", "/riverui/", "/riverui/api/jobs?state=completed"} {
-		resp, _ := anon.get(t, path, "text/html")
+		resp, _ := anon.get(ctx, t, path, "text/html")
 		require.Equal(t, http.StatusUnauthorized, resp.StatusCode, path)
 		require.Equal(t, `Basic realm="aftercommit worker", charset="UTF-8"`, resp.Header.Get("WWW-Authenticate"))
-		resp, _ = anon.withAuth(user, "wrong").get(t, path, "text/html")
+		resp, _ = anon.withAuth(user, "wrong").get(ctx, t, path, "text/html")
 		require.Equal(t, http.StatusUnauthorized, resp.StatusCode, path)
-		resp, _ = anon.withAuth("other", password).get(t, path, "text/html")
+		resp, _ = anon.withAuth("other", password).get(ctx, t, path, "text/html")
 		require.Equal(t, http.StatusUnauthorized, resp.StatusCode, path)
 	}
 
@@ -159,7 +167,7 @@ func TestRunHTTP(t *testing.T) {
 	// before it is answered for 10 s).
 	const queueLine = `aftercommit_queue_jobs{queue="default",state="available"} `
 	h.waitFor(t, 20*time.Second, "the job counted in /metrics and the queue gauges", func() bool {
-		code, metrics = authed.status(t, "/metrics")
+		code, metrics = authed.status(ctx, t, "/metrics")
 		require.Equal(t, http.StatusOK, code)
 		return strings.Contains(metrics, completedLine) && strings.Contains(metrics, queueLine)
 	})
@@ -177,22 +185,22 @@ func TestRunHTTP(t *testing.T) {
 	require.NotContains(t, metrics, "aftercommit_outbox_flushes_total", "a worker enqueues nothing through an outbox")
 
 	// The River UI's page, with its assets under the prefix.
-	resp, page := authed.get(t, "/riverui/", "text/html")
+	resp, page := authed.get(ctx, t, "/riverui/", "text/html")
 	require.Equal(t, http.StatusOK, resp.StatusCode, page)
 	require.Contains(t, resp.Header.Get("Content-Type"), "text/html")
 	require.Contains(t, page, "<title>River</title>")
 	require.Contains(t, page, `"/riverui/api"`, "the page calls the API under the prefix")
 	script := regexp.MustCompile(`src="(/riverui/assets/[^"]+\.js)"`).FindStringSubmatch(page)
 	require.NotNil(t, script, "no script in the page:\n%s", page)
-	resp, _ = authed.get(t, script[1], "")
+	resp, _ = authed.get(ctx, t, script[1], "")
 	require.Equal(t, http.StatusOK, resp.StatusCode, script[1])
 	// "/riverui" without its slash is sent to the page.
-	resp, _ = authed.get(t, "/riverui", "text/html")
+	resp, _ = authed.get(ctx, t, "/riverui", "text/html")
 	require.Equal(t, http.StatusOK, resp.StatusCode)
-	require.Equal(t, "/riverui/", resp.Request.URL.Path)
+	require.Equal(t, "/riverui/", resp.URL.Path)
 
 	// Its API lists the job the test inserted, from the worker's schema.
-	resp, body = authed.get(t, "/riverui/api/jobs?state=completed", "application/json")
+	resp, body = authed.get(ctx, t, "/riverui/api/jobs?state=completed", "application/json")
 	require.Equal(t, http.StatusOK, resp.StatusCode, body)
 	var list struct {
 		Data []struct {
@@ -217,7 +225,7 @@ func TestRunHTTP(t *testing.T) {
 	require.Equal(t, jobIDs[0], pings[0].ID)
 	require.Equal(t, "default", pings[0].Queue)
 	require.Equal(t, "completed", pings[0].State)
-	resp, body = authed.get(t, "/riverui/api/queues", "application/json")
+	resp, body = authed.get(ctx, t, "/riverui/api/queues", "application/json")
 	require.Equal(t, http.StatusOK, resp.StatusCode, body)
 	require.Contains(t, body, `"name":"default"`)
 	// Changes from another site's page are refused (CSRF), from the UI's
@@ -226,16 +234,16 @@ func TestRunHTTP(t *testing.T) {
 	jsonHeader := func(site string) http.Header {
 		return http.Header{"Content-Type": {"application/json"}, "Sec-Fetch-Site": {site}}
 	}
-	resp, body = authed.do(t, http.MethodPost, "/riverui/api/jobs/cancel", cancelBody, jsonHeader("cross-site"))
+	resp, body = authed.do(ctx, t, http.MethodPost, "/riverui/api/jobs/cancel", cancelBody, jsonHeader("cross-site"))
 	require.Equal(t, http.StatusForbidden, resp.StatusCode, body)
-	resp, body = authed.do(t, http.MethodPost, "/riverui/api/jobs/cancel", cancelBody, jsonHeader("same-origin"))
+	resp, body = authed.do(ctx, t, http.MethodPost, "/riverui/api/jobs/cancel", cancelBody, jsonHeader("same-origin"))
 	require.Equal(t, http.StatusOK, resp.StatusCode, body)
 	state, _, _ := b.jobState(ctx, t, jobIDs[0])
 	require.Equal(t, "completed", state)
 
 	// The other calls the page makes on load.
 	for _, path := range []string{"/riverui/api/features", "/riverui/api/states"} {
-		resp, body = authed.get(t, path, "application/json")
+		resp, body = authed.get(ctx, t, path, "application/json")
 		require.Equal(t, http.StatusOK, resp.StatusCode, "%s: %s", path, body)
 	}
 
@@ -248,7 +256,7 @@ func TestRunHTTP(t *testing.T) {
 	})
 	h.cancel()
 	h.waitFor(t, 2*time.Second, "/readyz to answer 503 while stopping", func() bool {
-		code, body := anon.status(t, "/readyz")
+		code, body := anon.status(ctx, t, "/readyz")
 		if code == http.StatusOK {
 			return false
 		}
@@ -256,7 +264,7 @@ func TestRunHTTP(t *testing.T) {
 		require.Equal(t, "not ready: River client not started\n", body)
 		return true
 	})
-	code, _ = anon.status(t, "/healthz")
+	code, _ = anon.status(ctx, t, "/healthz")
 	require.Equal(t, http.StatusOK, code)
 	state, _, _ = b.jobState(ctx, t, slow[0])
 	require.Equal(t, "running", state, "the check ran while the job ran")
@@ -264,7 +272,12 @@ func TestRunHTTP(t *testing.T) {
 	require.Equal(t, 0, h.stop(t, 15*time.Second), "stderr:\n%s", h.stderr)
 	state, _, _ = b.jobState(ctx, t, slow[0])
 	require.Equal(t, "completed", state)
-	_, err := anon.client.Get(anon.base + "/healthz")
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, anon.base+"/healthz", nil)
+	require.NoError(t, err)
+	raw, err := anon.client.Do(req)
+	if err == nil { // HTTP still open: the test fails below, without leaking the body
+		_ = raw.Body.Close()
+	}
 	require.ErrorIs(t, err, syscall.ECONNREFUSED, "HTTP is closed once run returned")
 
 	logs := h.stderr.String()
@@ -384,7 +397,7 @@ func TestRunReadyzFollowsDatabase(t *testing.T) {
 	c := newHTTPClient(t, h.httpAddr(t))
 	readyz := func(want int) func() bool {
 		return func() bool {
-			code, _ := c.status(t, "/readyz")
+			code, _ := c.status(ctx, t, "/readyz")
 			return code == want
 		}
 	}
@@ -393,10 +406,10 @@ func TestRunReadyzFollowsDatabase(t *testing.T) {
 
 	proxy.setDown(true)
 	h.waitFor(t, 15*time.Second, "/readyz 503 with the database down", readyz(http.StatusServiceUnavailable))
-	code, body := c.status(t, "/readyz")
+	code, body := c.status(ctx, t, "/readyz")
 	require.Equal(t, http.StatusServiceUnavailable, code)
 	require.Equal(t, "not ready: database unreachable: ping failed or took over 1s\n", body)
-	code, _ = c.status(t, "/healthz")
+	code, _ = c.status(ctx, t, "/healthz")
 	require.Equal(t, http.StatusOK, code, "alive while the database is down")
 
 	proxy.setDown(false)
@@ -504,9 +517,9 @@ func TestBasicAuth(t *testing.T) {
 }
 
 // testDeps are httpDeps whose client and pool never reach a database.
-func testDeps(t *testing.T, logs *testlog.Buffer, user, password string) *httpDeps {
+func testDeps(ctx context.Context, t *testing.T, logs *testlog.Buffer, user, password string) *httpDeps {
 	t.Helper()
-	pool, err := pgxpool.New(context.Background(), closedPortURL)
+	pool, err := pgxpool.New(ctx, closedPortURL)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
 	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{})
@@ -540,7 +553,7 @@ func TestStartHTTP(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			var logs testlog.Buffer
-			srv, err := startHTTP(ctx, tt.addr, testDeps(t, &logs, tt.user, "pa55"))
+			srv, err := startHTTP(ctx, tt.addr, testDeps(ctx, t, &logs, tt.user, "pa55"))
 			require.NoError(t, err)
 			defer srv.shutdown(ctx)
 			require.Contains(t, logs.String(), `msg="worker: HTTP listening" addr=`)
@@ -551,21 +564,22 @@ func TestStartHTTP(t *testing.T) {
 				require.NotContains(t, logs.String(), "level=WARN")
 			}
 
-			addr := srv.addr.(*net.TCPAddr)
+			addr, ok := srv.addr.(*net.TCPAddr)
+			require.True(t, ok, "a tcp listener's address is a *net.TCPAddr")
 			if addr.IP.IsUnspecified() {
 				addr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: addr.Port}
 			}
 			c := newHTTPClient(t, addr.String())
-			code, body := c.status(t, "/healthz")
+			code, body := c.status(ctx, t, "/healthz")
 			require.Equal(t, http.StatusOK, code)
 			require.Equal(t, "ok\n", body)
-			code, body = c.status(t, "/readyz")
+			code, body = c.status(ctx, t, "/readyz")
 			require.Equal(t, http.StatusServiceUnavailable, code)
 			require.Equal(t, "not ready: River client not started\n", body)
-			code, body = c.status(t, "/")
+			code, body = c.status(ctx, t, "/")
 			require.Equal(t, http.StatusOK, code)
 			require.Contains(t, body, "/riverui/")
-			code, _ = c.status(t, "/nope")
+			code, _ = c.status(ctx, t, "/nope")
 			require.Equal(t, http.StatusNotFound, code)
 			require.NotContains(t, logs.String(), "pa55")
 		})
@@ -575,10 +589,10 @@ func TestStartHTTP(t *testing.T) {
 		t.Parallel()
 		taken, err := net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)
-		defer taken.Close()
+		defer func() { _ = taken.Close() }() // it only holds the port
 
 		var logs testlog.Buffer
-		_, err = startHTTP(ctx, taken.Addr().String(), testDeps(t, &logs, "", ""))
+		_, err = startHTTP(ctx, taken.Addr().String(), testDeps(ctx, t, &logs, "", ""))
 		require.Error(t, err)
 		require.Equal(t, "worker: cannot listen for HTTP on "+taken.Addr().String()+
 			" (bind: address already in use): free the port or set --http / AFTERCOMMIT_HTTP (\"off\" turns HTTP off)",
@@ -595,7 +609,7 @@ func TestRunHTTPPortInUse(t *testing.T) {
 
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	defer taken.Close()
+	defer func() { _ = taken.Close() }() // it only holds the port
 	_, jobIDs := b.insertPings(ctx, t, 0)
 
 	var stdout, stderr testlog.Buffer

@@ -94,7 +94,7 @@ func TestRunMetricsAgreeWithJobKindStats(t *testing.T) {
 	var text string
 	h.waitFor(t, 20*time.Second, "every completed job observed in /metrics, and the queue gauges", func() bool {
 		var code int
-		code, text = c.status(t, "/metrics")
+		code, text = c.status(ctx, t, "/metrics")
 		require.Equal(t, http.StatusOK, code)
 		families := promtest.Parse(t, text)
 		if promtest.Series(families, "aftercommit_queue_jobs", map[string]string{"queue": "default"}) == nil {

@@ -89,14 +89,21 @@ func TestEmbed(t *testing.T) {
 	}, 30*time.Second, 10*time.Millisecond, "the events pruner did not run")
 }
 
-func request(t *testing.T, method, url, body string) (*http.Response, string) {
+// response is what request keeps of an *http.Response: not its body, which
+// request reads and closes.
+type response struct {
+	StatusCode int
+	Header     http.Header
+}
+
+func request(t *testing.T, method, url, body string) (response, string) {
 	t.Helper()
 	req, err := http.NewRequestWithContext(t.Context(), method, url, strings.NewReader(body))
 	require.NoError(t, err)
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }() // read to the end below: a close error loses nothing
 	b, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
-	return resp, string(b)
+	return response{StatusCode: resp.StatusCode, Header: resp.Header}, string(b)
 }

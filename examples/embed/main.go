@@ -39,8 +39,9 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Getenv("DATABASE_URL"), cmp.Or(os.Getenv("ADDR"), "127.0.0.1:8080")); err != nil {
+	err := run(ctx, os.Getenv("DATABASE_URL"), cmp.Or(os.Getenv("ADDR"), "127.0.0.1:8080"))
+	stop() // before log.Fatal, which would skip a deferred stop
+	if err != nil {
 		log.Fatal(err)
 	}
 }

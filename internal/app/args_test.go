@@ -128,7 +128,7 @@ func TestArgsDeclareTheirIDs(t *testing.T) {
 		for i := range typ.NumField() {
 			f := typ.Field(i)
 			name := strings.Split(f.Tag.Get("json"), ",")[0]
-			if !f.IsExported() || name == "-" || !(strings.HasSuffix(name, "_id") || strings.HasSuffix(name, "_ids")) {
+			if !f.IsExported() || name == "-" || !strings.HasSuffix(name, "_id") && !strings.HasSuffix(name, "_ids") {
 				continue
 			}
 			path := kind + "." + name

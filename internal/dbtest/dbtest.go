@@ -130,7 +130,7 @@ func TestSchema(ctx context.Context, t testing.TB, opts *Opts) *Schema {
 // NewSchema is TestSchema for code without a testing.TB, such as Example
 // functions: call release when done with the schema.
 func NewSchema(ctx context.Context, opts *Opts) (s *Schema, release func(), err error) {
-	if err := h.init(); err != nil {
+	if err := h.init(); err != nil { //nolint:contextcheck // the one connect per process (sync.Once) must not end with the first caller's ctx
 		return nil, nil, err
 	}
 	if opts == nil {
@@ -143,7 +143,8 @@ func NewSchema(ctx context.Context, opts *Opts) (s *Schema, release func(), err 
 			return nil, nil, fmt.Errorf("dbtest: creating a test schema: %w", err)
 		}
 	}
-	return s, func() { h.checkin(s) }, nil
+	// release runs when the test is over, maybe after ctx has ended.
+	return s, func() { h.checkin(context.WithoutCancel(ctx), s) }, nil
 }
 
 func (h *harness) init() error {
@@ -283,8 +284,8 @@ func (h *harness) create(ctx context.Context, opts *Opts) (*Schema, error) {
 // checkin empties s and makes it available to the next test. A schema whose
 // structure the test changed (tables, migrations) or that cannot be emptied
 // is retired: dropped, never reused.
-func (h *harness) checkin(s *Schema) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+func (h *harness) checkin(ctx context.Context, s *Schema) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	fp, err := fingerprint(ctx, s)
 	if err == nil && fp == s.fingerprint {

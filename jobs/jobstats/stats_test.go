@@ -349,9 +349,9 @@ func readViews(ctx context.Context, t *testing.T, pool *pgxpool.Pool, jobTimeout
 	for _, m := range selectAll(ctx, t, tx, "job_kind_stats") {
 		require.Len(t, m, 13)
 		r.Kinds = append(r.Kinds, jobstats.KindStats{
-			Kind: m["kind"].(string), Period: jobstats.Period(m["period"].(string)), Since: m["since"].(time.Time),
-			Completed: m["completed"].(int64), Failed: m["failed"].(int64),
-			Discarded: m["discarded"].(int64), Cancelled: m["cancelled"].(int64),
+			Kind: col[string](t, m, "kind"), Period: jobstats.Period(col[string](t, m, "period")), Since: col[time.Time](t, m, "since"),
+			Completed: col[int64](t, m, "completed"), Failed: col[int64](t, m, "failed"),
+			Discarded: col[int64](t, m, "discarded"), Cancelled: col[int64](t, m, "cancelled"),
 			RunTimeP50: viewDuration(t, m["run_time_p50"]), RunTimeP95: viewDuration(t, m["run_time_p95"]),
 			RunTimeP99: viewDuration(t, m["run_time_p99"]), QueueLatencyP50: viewDuration(t, m["queue_latency_p50"]),
 			QueueLatencyP95: viewDuration(t, m["queue_latency_p95"]), QueueLatencyP99: viewDuration(t, m["queue_latency_p99"]),
@@ -360,25 +360,25 @@ func readViews(ctx context.Context, t *testing.T, pool *pgxpool.Pool, jobTimeout
 	for _, m := range selectAll(ctx, t, tx, "queue_depth") {
 		require.Len(t, m, 4)
 		r.Queues = append(r.Queues, jobstats.QueueDepth{
-			Queue: m["queue"].(string), State: rivertype.JobState(viewText(t, m["state"])),
-			Jobs: m["jobs"].(int64), OldestScheduledAt: m["oldest_scheduled_at"].(time.Time),
+			Queue: col[string](t, m, "queue"), State: rivertype.JobState(viewText(t, m["state"])),
+			Jobs: col[int64](t, m, "jobs"), OldestScheduledAt: col[time.Time](t, m, "oldest_scheduled_at"),
 		})
 	}
 	for _, m := range selectAll(ctx, t, tx, "stuck_jobs") {
 		require.Len(t, m, 9)
 		r.Stuck = append(r.Stuck, jobstats.StuckJob{
-			ID: m["id"].(int64), Kind: m["kind"].(string), Queue: m["queue"].(string),
-			Attempt: int(m["attempt"].(int16)), MaxAttempts: int(m["max_attempts"].(int16)),
-			AttemptedAt: m["attempted_at"].(time.Time), AttemptedBy: viewText(t, m["attempted_by"]),
+			ID: col[int64](t, m, "id"), Kind: col[string](t, m, "kind"), Queue: col[string](t, m, "queue"),
+			Attempt: int(col[int16](t, m, "attempt")), MaxAttempts: int(col[int16](t, m, "max_attempts")),
+			AttemptedAt: col[time.Time](t, m, "attempted_at"), AttemptedBy: viewText(t, m["attempted_by"]),
 			RunningFor: viewDuration(t, m["running_for"]), Timeout: viewDuration(t, m["timeout"]),
 		})
 	}
 	for _, m := range selectAll(ctx, t, tx, "failing_jobs") {
 		require.Len(t, m, 8)
 		r.Failing = append(r.Failing, jobstats.FailingJob{
-			Kind: m["kind"].(string), JobID: m["job_id"].(int64), State: rivertype.JobState(viewText(t, m["state"])),
-			Attempt: int(m["attempt"].(int32)), MaxAttempts: int(m["max_attempts"].(int16)),
-			ErrorAt: m["error_at"].(time.Time), Error: viewText(t, m["error"]), Trace: viewText(t, m["trace"]),
+			Kind: col[string](t, m, "kind"), JobID: col[int64](t, m, "job_id"), State: rivertype.JobState(viewText(t, m["state"])),
+			Attempt: int(col[int32](t, m, "attempt")), MaxAttempts: int(col[int16](t, m, "max_attempts")),
+			ErrorAt: col[time.Time](t, m, "error_at"), Error: viewText(t, m["error"]), Trace: viewText(t, m["trace"]),
 		})
 	}
 	return r
@@ -406,6 +406,15 @@ func viewDuration(t *testing.T, v any) time.Duration {
 }
 
 // viewText converts a text or enum column, and NULL to "".
+// col is the column key of row m, of type T; the test fails, rather than
+// panics, when the view returns another type.
+func col[T any](t *testing.T, m map[string]any, key string) T {
+	t.Helper()
+	v, ok := m[key].(T)
+	require.Truef(t, ok, "column %s: %T, want %T", key, m[key], v)
+	return v
+}
+
 func viewText(t *testing.T, v any) string {
 	t.Helper()
 	switch v := v.(type) {
