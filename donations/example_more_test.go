@@ -11,6 +11,8 @@ import (
 
 // TrackOpens and TrackClicks record a buffer of events of one kind in one
 // transaction: one fold job per distinct email.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_TrackOpens() {
 	ctx := context.Background()
 	d, release := newExDonations(ctx)
@@ -39,6 +41,8 @@ func ExampleService_TrackOpens() {
 
 // RecountUser repairs a user's donations_count from their succeeded
 // donations, here written by hand without their events.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_RecountUser() {
 	ctx := context.Background()
 	d, release := newExDonations(ctx)

@@ -11,6 +11,8 @@ import (
 
 // The Track…Tx forms record events in the caller's transaction; inside one
 // transaction of the outbox the fold jobs of one email are written once.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_TrackOpenTx() {
 	ctx := context.Background()
 	d, release := newExDonations(ctx)

@@ -108,6 +108,8 @@ func (d *exDonations) fundraiserWithEmail(ctx context.Context) (fundraiserID, em
 // The service is built on an outbox from a registry the domain's Register
 // filled, beside the client and relay of the same registry. Input a person
 // must correct is refused before any SQL runs, every problem at once.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleNewService() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, &dbtest.Opts{MaxConns: 8})
@@ -152,6 +154,8 @@ func ExampleNewService() {
 // DonateTx records a donation in the caller's transaction, beside the
 // caller's own rows: its job and event are written into that transaction
 // and commit, or roll back, with it.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_DonateTx() {
 	ctx := context.Background()
 	d, release := newExDonations(ctx)
@@ -219,6 +223,8 @@ func (d *exDonations) count(ctx context.Context) {
 // Each open is a tiny delta row and a fold job, queue-locked per email:
 // three opens tracked while no fold ran yet make one job, which folds all
 // three into the email's counters.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_TrackOpen() {
 	ctx := context.Background()
 	d, release := newExDonations(ctx)
@@ -253,6 +259,8 @@ func ExampleService_TrackOpen() {
 
 // TrackBatch records a buffer of opens and clicks in one transaction:
 // a delta row per event and at most one fold job per email.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_TrackBatch() {
 	ctx := context.Background()
 	d, release := newExDonations(ctx)
@@ -294,6 +302,8 @@ func ExampleService_TrackBatch() {
 
 // RecountFundraiser repairs a fundraiser's counter cache from its
 // succeeded donations, here written by hand without their events.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_RecountFundraiser() {
 	ctx := context.Background()
 	d, release := newExDonations(ctx)

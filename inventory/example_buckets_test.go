@@ -12,6 +12,8 @@ import (
 // A hot product's stock is split over buckets, so that its buyers do not
 // all wait for one row's lock; the switch needs the product to hold no
 // claim.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_SetStrategy() {
 	ctx := context.Background()
 	inv, release := newExInventory(ctx, 10)
@@ -45,6 +47,8 @@ func ExampleService_SetStrategy() {
 
 // Rebalance spreads the unclaimed units evenly over the buckets again,
 // whichever buckets the claims took.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_Rebalance() {
 	ctx := context.Background()
 	inv, release := newExInventory(ctx, 10)

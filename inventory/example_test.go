@@ -149,6 +149,8 @@ func ExampleRegister() {
 
 // The service is built on an outbox from a registry Register filled, with
 // the same Config as the workers; a Config out of range is refused.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleNewService() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, &dbtest.Opts{MaxConns: 8})
@@ -191,6 +193,8 @@ func ExampleNewService() {
 
 // BeginCheckout claims units for a checkout and schedules its expiry in the
 // same transaction; a product without enough unclaimed units is sold out.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_BeginCheckout() {
 	ctx := context.Background()
 	inv, release := newExInventory(ctx, 5)
@@ -221,6 +225,8 @@ func ExampleService_BeginCheckout() {
 }
 
 // A refused checkout says how many units were left, to offer them.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleSoldOutError() {
 	ctx := context.Background()
 	inv, release := newExInventory(ctx, 5)
@@ -246,6 +252,8 @@ func ExampleSoldOutError() {
 
 // PaymentAuthorized marks the checkout paid and returns at once; the
 // completion job it enqueued takes the units off the stock.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_PaymentAuthorized() {
 	ctx := context.Background()
 	inv, release := newExInventory(ctx, 5)
@@ -277,6 +285,8 @@ func ExampleService_PaymentAuthorized() {
 // A failed payment keeps the units for the buyer to fix their card: the
 // claim is extended and a new expiry scheduled. A later authorization
 // goes through.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_PaymentFailed() {
 	ctx := context.Background()
 	inv, release := newExInventory(ctx, 5)
@@ -310,6 +320,8 @@ func ExampleService_PaymentFailed() {
 
 // Abandon releases a checkout's units at once, for the next buyer. An
 // abandoned checkout cannot be paid any more.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_Abandon() {
 	ctx := context.Background()
 	inv, release := newExInventory(ctx, 2)
@@ -350,6 +362,8 @@ func ExampleService_Abandon() {
 // BeginCheckoutTx claims units in the caller's transaction, beside the
 // caller's own rows: the checkout, its claim and its expiry job commit, or
 // roll back, with them. The caller sets its own lock timeout in its BEGIN.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_BeginCheckoutTx() {
 	ctx := context.Background()
 	inv, release := newExInventory(ctx, 5)

@@ -14,6 +14,8 @@ import (
 // PaymentAuthorizedTx marks a checkout paid in the caller's transaction:
 // the caller's own rows (its order, say) and the completion job commit
 // together, or not at all.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_PaymentAuthorizedTx() {
 	ctx := context.Background()
 	inv, release := newExInventory(ctx, 5)

@@ -153,6 +153,8 @@ func ExampleAddWorker() {
 // NewClient builds the River client of a registry. Queues says which queues
 // the process works: jobs.AllQueues works every declared queue. A client
 // without Queues only inserts: it cannot Start.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleNewClient() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, nil)
@@ -200,6 +202,8 @@ func ExampleNewClient() {
 
 // NewOutbox gives each job the queue and the priority of its kind's
 // registration, and refuses queues the registry does not declare.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleNewOutbox() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, nil)
@@ -224,13 +228,13 @@ func ExampleNewOutbox() {
 		log.Fatal(err)
 	}
 
-	_, err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		return tx.Enqueue(welcomeArgs{UserID: 7}, nil) // no queue, no priority
 	})
 	if err != nil {
 		log.Fatal(err)
 	}
-	_, err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		return tx.Enqueue(welcomeArgs{UserID: 8}, &river.InsertOpts{Queue: "accounts_mail"})
 	})
 	fmt.Println("undeclared queue refused:", errors.Is(err, outbox.ErrUnknownQueue))
@@ -253,6 +257,8 @@ func ExampleNewOutbox() {
 // wrote them: here a producer in another language inserts rows with SQL.
 // A row whose args a worker would cancel is set aside in outbox_dead_jobs,
 // with the reason, and the rows behind it flow on.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleNewRelay() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, nil)
@@ -335,6 +341,8 @@ func ExampleRegistry_AddPeriodic() {
 
 // RegisterPing registers the ping worker on a registry: a ping row and its
 // job commit together, and the worker marks the row.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleRegisterPing() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, nil)
@@ -370,6 +378,8 @@ func ExampleRegisterPing() {
 
 // RiverDefaults are the fetch settings NewClient ships with, for a bare
 // River client that should start jobs as quickly.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleRiverDefaults() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, nil)

@@ -34,6 +34,8 @@ func (auditArgs) Kind() string { return "example.audit" }
 // The event and the job it becomes commit with the transaction's rows;
 // events the subscriber has no use for make no job, and two events of the
 // same ping make one.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleSubscribe() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, nil)
@@ -88,12 +90,14 @@ func ExampleSubscribe() {
 
 // In schedules a job some time from now; the relay carries the time into
 // River's job table, where the job waits in state scheduled.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleIn() {
 	ctx := context.Background()
 	s, release, ob, rl := exInsertOnly(ctx)
 	defer release()
 
-	_, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		return tx.Enqueue(reminderArgs{PingID: 1}, jobs.In(24*time.Hour))
 	})
 	if err != nil {
@@ -113,13 +117,15 @@ func ExampleIn() {
 }
 
 // At schedules a job at a given time.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleAt() {
 	ctx := context.Background()
 	s, release, ob, rl := exInsertOnly(ctx)
 	defer release()
 
 	due := time.Now().Add(72 * time.Hour).Truncate(time.Hour)
-	_, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		return tx.Enqueue(reminderArgs{PingID: 1}, jobs.At(due))
 	})
 	if err != nil {
@@ -191,6 +197,8 @@ func (w *reminderWorker) Work(context.Context, *river.Job[reminderArgs]) error {
 // A worker that implements Needed is asked before each job: a reminder for
 // a ping answered since it was enqueued completes without running, and says
 // so in its output.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleNeeded() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, nil)
@@ -209,7 +217,7 @@ func ExampleNeeded() {
 	if _, err := s.Pool.Exec(ctx, `INSERT INTO pings (note, pinged_at) VALUES ('answered', now()), ('waiting', NULL)`); err != nil {
 		log.Fatal(err)
 	}
-	_, err = app.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = app.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		for id := int64(1); id <= 2; id++ {
 			if err := tx.Enqueue(reminderArgs{PingID: id}, nil); err != nil {
 				return err
@@ -275,6 +283,8 @@ func (w *exportWorker) Work(ctx context.Context, job *river.Job[exportArgs]) err
 // A Lock with Permits is a semaphore: here two exports of a tenant may run
 // at once. The lease is visible in job_locks while the job runs, and
 // released when it returns.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleLock() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, nil)
@@ -289,7 +299,7 @@ func ExampleLock() {
 	app, stop := startExApp(ctx, s, reg)
 	defer stop()
 
-	_, err = app.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = app.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		return tx.Enqueue(exportArgs{TenantID: 7}, nil)
 	})
 	if err != nil {

@@ -20,6 +20,8 @@ import (
 // Workers, no Queues). Jobs are written to the outbox table with the commit;
 // a relay then moves them into River's job table. Config.Queues restricts
 // the queues jobs may be enqueued to.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleNew() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, nil)
@@ -37,13 +39,13 @@ func ExampleNew() {
 		log.Fatal(err)
 	}
 
-	_, err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		return tx.Enqueue(jobs.PingArgs{PingID: 0}, &river.InsertOpts{Queue: "emails"})
 	})
 	if err != nil {
 		log.Fatal(err)
 	}
-	_, err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		return tx.Enqueue(jobs.PingArgs{PingID: 0}, &river.InsertOpts{Queue: "reports"})
 	})
 	fmt.Println("unknown queue:", errors.Is(err, outbox.ErrUnknownQueue))
@@ -77,6 +79,8 @@ func ExampleNew() {
 // In a transaction the caller owns (a framework's, a River worker's), Enqueue
 // writes one job in one round trip; the job commits or rolls back with the
 // caller's rows.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleOutbox_Enqueue() {
 	ctx := context.Background()
 	ob, s, release := exampleOutbox(ctx)
@@ -111,6 +115,8 @@ func ExampleOutbox_Enqueue() {
 // EnqueueMany is Enqueue for several jobs: one round trip, duplicates
 // (same kind and args) written once, and nothing written when one of them
 // is refused.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleOutbox_EnqueueMany() {
 	ctx := context.Background()
 	ob, s, release := exampleOutbox(ctx)
@@ -164,6 +170,8 @@ func addPing(ctx context.Context, ob *outbox.Outbox, tx pgx.Tx, note string) (ou
 // JoinTx lets one function serve both transactions: inside InTx its job is
 // written with InTx's commit; in a plain pgx.Tx it is written before JoinTx
 // returns, and the caller commits.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleOutbox_JoinTx() {
 	ctx := context.Background()
 	ob, s, release := exampleOutbox(ctx)
@@ -218,6 +226,8 @@ type pingNoted struct {
 // Publish writes a domain event to outbox_events with the transaction's
 // rows; jobs.Subscribe turns events into jobs in the same commit.
 // Config.Topics restricts the topics events may be published to.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleTx_Publish() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, nil)
@@ -246,7 +256,7 @@ func ExampleTx_Publish() {
 	}
 	fmt.Println("events written:", res.Events)
 
-	_, err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err = ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 		return tx.Publish("ping.deleted", pingNoted{PingID: 1})
 	})
 	fmt.Println("unknown topic:", errors.Is(err, outbox.ErrUnknownTopic))
@@ -266,6 +276,8 @@ func ExampleTx_Publish() {
 // the job insert and the COMMIT in one round trip (Pipelined), or in two
 // (Fallbacks), here because Config.DisablePipelinedCommit asks for it, to
 // compare the two.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleOutbox_Stats() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, nil)
@@ -284,7 +296,7 @@ func ExampleOutbox_Stats() {
 			log.Fatal(err)
 		}
 		for range 2 {
-			res, err := ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+			res, err := ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 				return tx.Enqueue(jobs.PingArgs{PingID: 0}, nil)
 			})
 			if err != nil {

@@ -13,6 +13,8 @@ import (
 // The …Tx forms compose in one transaction of the outbox: a new car and its
 // first users commit together, and the car's report job goes out with the
 // COMMIT.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_CreateCarTx() {
 	ctx := context.Background()
 	r, release := newExReporting(ctx, 2)
@@ -46,6 +48,8 @@ func ExampleService_CreateCarTx() {
 // EnqueueCarUsersInBulkTx enqueues a bulk job in the caller's transaction:
 // here the car it needs commits with it, so the job never meets a car that
 // does not exist.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_EnqueueCarUsersInBulkTx() {
 	ctx := context.Background()
 	r, release := newExReporting(ctx, 3)

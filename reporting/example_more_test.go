@@ -101,6 +101,8 @@ func (r *exReporting) waitFor(kind string) *river.Event {
 // The service is built on an outbox from a registry Register filled; the
 // donations domain declares, on the same registry, the topic whose events
 // feed the daily totals.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleNewService() {
 	ctx := context.Background()
 	s, release, err := dbtest.NewSchema(ctx, &dbtest.Opts{MaxConns: 8})
@@ -137,6 +139,8 @@ func ExampleNewService() {
 }
 
 // CreateCar creates a car; its report appears with its first user.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_CreateCar() {
 	ctx := context.Background()
 	r, release := newExReporting(ctx, 0)
@@ -162,6 +166,8 @@ func ExampleService_CreateCar() {
 // AddCarUser adds a user to a car and enqueues the car's report in one
 // transaction. The report is queue-locked per car: additions made while one
 // report waits add no job, and the one report counts them all.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_AddCarUser() {
 	ctx := context.Background()
 	r, release := newExReporting(ctx, 2)
@@ -198,6 +204,8 @@ func ExampleService_AddCarUser() {
 // CreateCarUsersInBulk adds many users at once, in one transaction with the
 // car's report job, and says what it did; unknown users are listed and
 // nothing is written.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_CreateCarUsersInBulk() {
 	ctx := context.Background()
 	r, release := newExReporting(ctx, 5)
@@ -233,6 +241,8 @@ func ExampleService_CreateCarUsersInBulk() {
 }
 
 // CarReport reads a car's report as the last report job computed it.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_CarReport() {
 	ctx := context.Background()
 	r, release := newExReporting(ctx, 3)
@@ -270,6 +280,8 @@ func ExampleService_CarReport() {
 
 // AddCarUserTx adds a user in the caller's transaction, beside the caller's
 // own rows: the pair and the report job commit, or roll back, with them.
+//
+//nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_AddCarUserTx() {
 	ctx := context.Background()
 	r, release := newExReporting(ctx, 1)

@@ -218,11 +218,11 @@ func newFlagSet(name string, e *env) *flag.FlagSet {
 	return fs
 }
 
-// commandUsage returns the usage printer of a command: print writes the
+// commandUsage returns the usage printer of a command: printText writes the
 // command's text and calls its second argument where fs's flags go.
-func commandUsage(fs *flag.FlagSet, e *env, print func(w io.Writer, printFlags func(io.Writer))) func(io.Writer) {
+func commandUsage(fs *flag.FlagSet, e *env, printText func(w io.Writer, printFlags func(io.Writer))) func(io.Writer) {
 	return func(w io.Writer) {
-		print(w, func(w io.Writer) {
+		printText(w, func(w io.Writer) {
 			fs.SetOutput(w)
 			fs.PrintDefaults()
 			fs.SetOutput(e.stderr)

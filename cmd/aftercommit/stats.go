@@ -63,7 +63,7 @@ func runStats(ctx context.Context, args []string, e *env) int {
 	}
 	defer pool.Close()
 
-	print := func() error {
+	show := func() error {
 		report, err := readStats(ctx, pool, *timeout)
 		if err != nil {
 			return err
@@ -77,7 +77,7 @@ func runStats(ctx context.Context, args []string, e *env) int {
 		printStats(e.stdout, report)
 		return nil
 	}
-	if err := print(); err != nil {
+	if err := show(); err != nil {
 		return reportError(ctx, e, err)
 	}
 	if !*watch {
@@ -90,7 +90,7 @@ func runStats(ctx context.Context, args []string, e *env) int {
 		case <-ctx.Done():
 			return exitOK
 		case <-ticker.C:
-			if err := print(); err != nil {
+			if err := show(); err != nil {
 				if ctx.Err() != nil {
 					return exitOK
 				}
