@@ -36,6 +36,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/aftercommit/aftercommit/internal/dbmigrate"
+	"github.com/aftercommit/aftercommit/internal/testexit"
 )
 
 // DefaultURL is used when neither TEST_DATABASE_URL nor DATABASE_URL is set.
@@ -87,7 +88,8 @@ var h harness
 // WrapTestMain runs a package's tests: it makes sure a server answers before
 // any test starts (or exits 1 with one line saying how to provide one), runs
 // them, drops the schemas of a passing run, and fails the run when goroutines
-// leak.
+// leak. A passing run exits without the race detector's idle second (see
+// package testexit).
 func WrapTestMain(m *testing.M) {
 	if err := h.init(); err != nil {
 		fmt.Fprintln(os.Stderr, err.Error())
@@ -101,7 +103,7 @@ func WrapTestMain(m *testing.M) {
 			code = 1
 		}
 	}
-	os.Exit(code)
+	testexit.Exit(code)
 }
 
 // ServerURL returns the URL of the server tests run against (after starting
