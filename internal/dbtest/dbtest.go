@@ -19,12 +19,14 @@ package dbtest
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net/url"
 	"os"
 	"regexp"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -92,6 +94,7 @@ var h harness
 // leak. A passing run exits without the race detector's idle second (see
 // package testexit).
 func WrapTestMain(m *testing.M) {
+	defaultParallel()
 	if err := h.init(); err != nil {
 		fmt.Fprintln(os.Stderr, err.Error())
 		os.Exit(1)
@@ -105,6 +108,29 @@ func WrapTestMain(m *testing.M) {
 		}
 	}
 	testexit.Exit(code)
+}
+
+// minParallel is how many parallel tests a binary runs at once unless
+// -parallel says otherwise. Go's default is GOMAXPROCS, 2 on the project's
+// machines, but these tests spend most of their time waiting for Postgres
+// and for River's fetch and poll timers (a -race test binary of this
+// project uses a fifth of a core), so two at a time leaves the machine
+// idle. More than 3 would crowd the server's connections: go test runs two
+// binaries at once, each test's schema pool holds up to 10 connections,
+// and max_connections is 100 by default.
+const minParallel = 3
+
+// defaultParallel raises -test.parallel to minParallel when it was not set
+// on the command line.
+func defaultParallel() {
+	if !flag.Parsed() {
+		flag.Parse()
+	}
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
+	if f := flag.Lookup("test.parallel"); f != nil && !set && runtime.GOMAXPROCS(0) < minParallel {
+		_ = f.Value.Set(strconv.Itoa(minParallel))
+	}
 }
 
 // ServerURL returns the URL of the server tests run against (after starting
