@@ -415,6 +415,11 @@ var keptTables = map[string]bool{"schema_migrations": true, "river_migration": t
 // about 10 ms a table; a test writes to a few of the schema's tables, so
 // only the tables that hold a row are truncated, and the sequences of all
 // of them are set back to their start.
+//
+// The tables are locked first, in the same transaction: a transaction the
+// test left running (its client gave up on a deadline, the server went on)
+// may still commit rows, and the check for rows must see them, as one
+// TRUNCATE of every table did by waiting for its locks.
 func truncateAll(ctx context.Context, s *Schema) error {
 	rows, err := s.Pool.Query(ctx,
 		`SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY tablename`, s.Name)
@@ -425,45 +430,52 @@ func truncateAll(ctx context.Context, s *Schema) error {
 	if err != nil {
 		return err
 	}
-	var checks []string
+	var idents, checks []string
 	for _, tbl := range tables {
 		if !keptTables[tbl] {
-			checks = append(checks, fmt.Sprintf("CASE WHEN EXISTS (SELECT FROM %s) THEN %s END",
-				pgx.Identifier{s.Name, tbl}.Sanitize(), quoteLiteral(tbl)))
+			ident := pgx.Identifier{s.Name, tbl}.Sanitize()
+			idents = append(idents, ident)
+			checks = append(checks, fmt.Sprintf("CASE WHEN EXISTS (SELECT FROM %s) THEN %s END", ident, quoteLiteral(tbl)))
 		}
 	}
-	if len(checks) == 0 {
+	if len(idents) == 0 {
 		return nil
 	}
-	var nonEmpty []string
-	if err := s.Pool.QueryRow(ctx,
-		"SELECT array_remove(ARRAY["+strings.Join(checks, ", ")+"]::text[], NULL)").Scan(&nonEmpty); err != nil {
-		return err
-	}
-	if len(nonEmpty) > 0 {
-		idents := make([]string, len(nonEmpty))
-		for i, tbl := range nonEmpty {
-			idents[i] = pgx.Identifier{s.Name, tbl}.Sanitize()
-		}
-		if _, err := s.Pool.Exec(ctx, "TRUNCATE "+strings.Join(idents, ", ")+" RESTART IDENTITY CASCADE"); err != nil {
-			return err
-		}
-	}
-	// The sequences of the emptied tables, written to or not (a rolled-back
-	// insert advances a sequence too), as TRUNCATE … RESTART IDENTITY would.
 	kept := make([]string, 0, len(keptTables))
 	for tbl := range keptTables {
 		kept = append(kept, tbl)
 	}
-	_, err = s.Pool.Exec(ctx, `
-		SELECT setval(seq.seqrelid, seq.seqstart, false)
-		  FROM pg_sequence seq
-		  JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = seq.seqrelid
-		                  AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
-		  JOIN pg_class t ON t.oid = d.refobjid
-		 WHERE t.relnamespace = $1::regnamespace AND t.relname <> ALL($2)
-		   AND pg_sequence_last_value(seq.seqrelid) IS NOT NULL`, s.Name, kept)
-	return err
+	return pgx.BeginFunc(ctx, s.Pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "LOCK TABLE "+strings.Join(idents, ", ")+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+			return err
+		}
+		var nonEmpty []string
+		if err := tx.QueryRow(ctx,
+			"SELECT array_remove(ARRAY["+strings.Join(checks, ", ")+"]::text[], NULL)").Scan(&nonEmpty); err != nil {
+			return err
+		}
+		if len(nonEmpty) > 0 {
+			truncate := make([]string, len(nonEmpty))
+			for i, tbl := range nonEmpty {
+				truncate[i] = pgx.Identifier{s.Name, tbl}.Sanitize()
+			}
+			if _, err := tx.Exec(ctx, "TRUNCATE "+strings.Join(truncate, ", ")+" RESTART IDENTITY CASCADE"); err != nil {
+				return err
+			}
+		}
+		// The sequences of the emptied tables, written to or not (a
+		// rolled-back insert advances a sequence too), as TRUNCATE …
+		// RESTART IDENTITY would.
+		_, err := tx.Exec(ctx, `
+			SELECT setval(seq.seqrelid, seq.seqstart, false)
+			  FROM pg_sequence seq
+			  JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = seq.seqrelid
+			                  AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+			  JOIN pg_class t ON t.oid = d.refobjid
+			 WHERE t.relnamespace = $1::regnamespace AND t.relname <> ALL($2)
+			   AND pg_sequence_last_value(seq.seqrelid) IS NOT NULL`, s.Name, kept)
+		return err
+	})
 }
 
 // quoteLiteral quotes s as an SQL string literal.
