@@ -252,30 +252,39 @@ func totals(m map[int64]emailCounts) emailCounts {
 	return c
 }
 
+// trackOpensFromSixteenGoroutines sends opens and clicks over 50 emails
+// from 16 goroutines, waits for the folds, and checks that every email
+// counts each of its events exactly once and that fold jobs coalesced
+// events. The quick run sends 2,200 events; TestTrackOpenLoad (build tag
+// long) sends 22,000.
+func trackOpensFromSixteenGoroutines(ctx context.Context, t *testing.T, opens, clicks int) {
+	t.Helper()
+	b := setupCounterTest(ctx, t, counterOpts{})
+	emails := seedTrackedEmails(ctx, t, b.schema.Pool, 50)
+	events, want := planEvents(1, emails, opens, clicks)
+
+	start := time.Now()
+	require.NoError(t, trackAll(ctx, b.svc, events, 16))
+	accepted := time.Since(start)
+	b.waitQueuesDrained(ctx, t)
+
+	require.Equal(t, want, b.countsOf(ctx, t), "every email counts each of its events once")
+	require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM email_counter_deltas`))
+	require.Equal(t, totals(want), b.foldedByOutputs(ctx, t), "the folds' outputs add up to the events")
+	folds := b.count(ctx, t, `SELECT count(*) FROM river_job WHERE kind = $1`, donations.FoldEmailCountersKind)
+	t.Logf("%d events (%d opens, %d clicks) over %d emails in %v (%.0f events/s): %d fold jobs, %.1f events per fold job",
+		len(events), opens, clicks, len(emails), accepted.Round(time.Millisecond),
+		float64(len(events))/accepted.Seconds(), folds, float64(len(events))/float64(folds))
+	require.Less(t, folds, int64(len(events)/4), "fold jobs coalesce events")
+}
+
 func TestTrackOpen(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 
-	t.Run("TwentyThousandOpensFromSixteenGoroutinesFoldExactly", func(t *testing.T) {
+	t.Run("TwoThousandOpensFromSixteenGoroutinesFoldExactly", func(t *testing.T) {
 		t.Parallel()
-		b := setupCounterTest(ctx, t, counterOpts{})
-		emails := seedTrackedEmails(ctx, t, b.schema.Pool, 50)
-		const opens, clicks = 20_000, 2_000
-		events, want := planEvents(1, emails, opens, clicks)
-
-		start := time.Now()
-		require.NoError(t, trackAll(ctx, b.svc, events, 16))
-		accepted := time.Since(start)
-		b.waitQueuesDrained(ctx, t)
-
-		require.Equal(t, want, b.countsOf(ctx, t), "every email counts each of its events once")
-		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM email_counter_deltas`))
-		require.Equal(t, totals(want), b.foldedByOutputs(ctx, t), "the folds' outputs add up to the events")
-		folds := b.count(ctx, t, `SELECT count(*) FROM river_job WHERE kind = $1`, donations.FoldEmailCountersKind)
-		t.Logf("%d events (%d opens, %d clicks) over %d emails in %v (%.0f events/s): %d fold jobs, %.1f events per fold job",
-			len(events), opens, clicks, len(emails), accepted.Round(time.Millisecond),
-			float64(len(events))/accepted.Seconds(), folds, float64(len(events))/float64(folds))
-		require.Less(t, folds, int64(len(events)/4), "fold jobs coalesce events")
+		trackOpensFromSixteenGoroutines(ctx, t, 2_000, 200)
 	})
 
 	t.Run("BatchesFoldExactly", func(t *testing.T) {
@@ -346,6 +355,31 @@ func TestTrackOpen(t *testing.T) {
 	})
 }
 
+// twoWorkerProcessesRace sends opens and clicks over 10 emails from 8
+// goroutines while two worker processes (two pools, registries and
+// clients) fold them, and checks that every email counts each event once.
+// The quick run sends 1,500 events; TestTrackOpenLoad (build tag long)
+// 6,000.
+func twoWorkerProcessesRace(ctx context.Context, t *testing.T, opens, clicks int) {
+	t.Helper()
+	b := setupCounterTest(ctx, t, counterOpts{maxConns: 8})
+	second := b.startSecondWorker(ctx, t, 6)
+	emails := seedTrackedEmails(ctx, t, b.schema.Pool, 10)
+	events, want := planEvents(4, emails, opens, clicks)
+
+	require.NoError(t, trackAll(ctx, b.svc, events, 8))
+	b.waitQueuesDrained(ctx, t)
+
+	require.Equal(t, want, b.countsOf(ctx, t))
+	require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM email_counter_deltas`))
+	require.Equal(t, totals(want), b.foldedByOutputs(ctx, t))
+	byFirst := b.count(ctx, t, `SELECT count(*) FROM river_job WHERE kind = $1 AND attempted_by[1] = $2`,
+		donations.FoldEmailCountersKind, b.client.ID())
+	bySecond := b.count(ctx, t, `SELECT count(*) FROM river_job WHERE kind = $1 AND attempted_by[1] = $2`,
+		donations.FoldEmailCountersKind, second.ID())
+	t.Logf("fold jobs worked: %d by the first process, %d by the second", byFirst, bySecond)
+}
+
 func TestFoldEmailCounters(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -374,22 +408,7 @@ func TestFoldEmailCounters(t *testing.T) {
 
 	t.Run("TwoWorkerProcessesRaceOnTheSameEmails", func(t *testing.T) {
 		t.Parallel()
-		b := setupCounterTest(ctx, t, counterOpts{maxConns: 8})
-		second := b.startSecondWorker(ctx, t, 6)
-		emails := seedTrackedEmails(ctx, t, b.schema.Pool, 10)
-		events, want := planEvents(4, emails, 5_000, 1_000)
-
-		require.NoError(t, trackAll(ctx, b.svc, events, 8))
-		b.waitQueuesDrained(ctx, t)
-
-		require.Equal(t, want, b.countsOf(ctx, t))
-		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM email_counter_deltas`))
-		require.Equal(t, totals(want), b.foldedByOutputs(ctx, t))
-		byFirst := b.count(ctx, t, `SELECT count(*) FROM river_job WHERE kind = $1 AND attempted_by[1] = $2`,
-			donations.FoldEmailCountersKind, b.client.ID())
-		bySecond := b.count(ctx, t, `SELECT count(*) FROM river_job WHERE kind = $1 AND attempted_by[1] = $2`,
-			donations.FoldEmailCountersKind, second.ID())
-		t.Logf("fold jobs worked: %d by the first process, %d by the second", byFirst, bySecond)
+		twoWorkerProcessesRace(ctx, t, 1_250, 250)
 	})
 
 	t.Run("TwoFoldsOfOneEmailNeitherLoseNorDoubleCount", func(t *testing.T) {

@@ -99,6 +99,11 @@ func TestRegistryInstallsTheWorkerLock(t *testing.T) {
 	require.Equal(t, int64(1), w.maxRunning.Load(), "never two charges of one payer at once")
 	var attempts, locks int
 	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT (SELECT max(attempt) FROM river_job), (SELECT count(*) FROM job_locks)`).Scan(&attempts, &locks))
+	if attempts != 1 {
+		var errs string
+		_ = s.Pool.QueryRow(ctx, `SELECT string_agg(concat_ws(' ', id, state, attempt, errors, metadata), E'\n') FROM river_job WHERE attempt <> 1`).Scan(&errs)
+		t.Logf("jobs of another attempt:\n%s", errs)
+	}
 	require.Equal(t, 1, attempts, "waiting for the lock used no attempt")
 	require.Zero(t, locks)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -173,11 +174,51 @@ Outbox (jobs enqueued, not yet relayed into River's job table)
 	t.Run("WatchStopsOnInterrupt", func(t *testing.T) {
 		t.Parallel()
 		flags := setupStats(ctx, t)
-		// 3 s for at least 3 prints 200ms apart: room for a loaded machine.
-		wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		// The interrupt comes as soon as the third print is out (the
+		// deadline is a backstop for a watch that stopped printing).
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
-		res := runCLI(wctx, t, environ, append([]string{"stats", "--watch", "--interval", "200ms", "--job-timeout", "1h"}, flags...)...)
-		require.Equal(t, exitOK, res.code, res.stderr)
-		require.GreaterOrEqual(t, strings.Count(res.stdout, "Jobs by kind, last hour"), 3, "printed again every interval")
+		stdout := &interruptAfter{marker: "Jobs by kind, last hour", n: 3, interrupt: cancel}
+		var stderr strings.Builder
+		code := run(wctx, append([]string{"stats", "--watch", "--interval", "200ms", "--job-timeout", "1h"}, flags...),
+			func(k string) string { return environ[k] }, stdout, &stderr)
+		require.Equal(t, exitOK, code, stderr.String())
+		require.True(t, stdout.interrupted(), "the watch stopped before its third print")
+		require.GreaterOrEqual(t, strings.Count(stdout.String(), "Jobs by kind, last hour"), 3, "printed again every interval")
 	})
+}
+
+// interruptAfter collects what it is written and calls interrupt once marker
+// has been written n times.
+type interruptAfter struct {
+	marker    string
+	n         int
+	interrupt func()
+
+	mu   sync.Mutex
+	buf  strings.Builder
+	done bool
+}
+
+func (w *interruptAfter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	if !w.done && strings.Count(w.buf.String(), w.marker) >= w.n {
+		w.done = true
+		w.interrupt()
+	}
+	return len(p), nil
+}
+
+func (w *interruptAfter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+func (w *interruptAfter) interrupted() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.done
 }

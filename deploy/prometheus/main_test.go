@@ -3,7 +3,7 @@ package prometheus_test
 import (
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/aftercommit/aftercommit/internal/testexit"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { testexit.VerifyTestMain(m) }

@@ -9,8 +9,9 @@
 // skipped for want of a database.
 //
 // A schema costs one CREATE SCHEMA plus the migrations the first time (tens of
-// milliseconds); when its test ends it is emptied with one TRUNCATE and handed
-// to the next test of the same binary (a few milliseconds). Schemas of a run
+// milliseconds); when its test ends the tables it wrote are emptied with one
+// TRUNCATE and it is handed to the next test of the same binary (a few
+// milliseconds), with a pool of the size that test asks for. Schemas of a run
 // that passed are dropped when the binary exits; a failed run leaves them for
 // inspection and a later run drops them once they are an hour old.
 package dbtest
@@ -18,12 +19,14 @@ package dbtest
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net/url"
 	"os"
 	"regexp"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,6 +39,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/aftercommit/aftercommit/internal/dbmigrate"
+	"github.com/aftercommit/aftercommit/internal/testexit"
 )
 
 // DefaultURL is used when neither TEST_DATABASE_URL nor DATABASE_URL is set.
@@ -87,8 +91,10 @@ var h harness
 // WrapTestMain runs a package's tests: it makes sure a server answers before
 // any test starts (or exits 1 with one line saying how to provide one), runs
 // them, drops the schemas of a passing run, and fails the run when goroutines
-// leak.
+// leak. A passing run exits without the race detector's idle second (see
+// package testexit).
 func WrapTestMain(m *testing.M) {
+	defaultParallel()
 	if err := h.init(); err != nil {
 		fmt.Fprintln(os.Stderr, err.Error())
 		os.Exit(1)
@@ -101,7 +107,30 @@ func WrapTestMain(m *testing.M) {
 			code = 1
 		}
 	}
-	os.Exit(code)
+	testexit.Exit(code)
+}
+
+// minParallel is how many parallel tests a binary runs at once unless
+// -parallel says otherwise. Go's default is GOMAXPROCS, 2 on the project's
+// machines, but these tests spend most of their time waiting for Postgres
+// and for River's fetch and poll timers (a -race test binary of this
+// project uses a fifth of a core), so two at a time leaves the machine
+// idle. More than 3 would crowd the server's connections: go test runs two
+// binaries at once, each test's schema pool holds up to 10 connections,
+// and max_connections is 100 by default.
+const minParallel = 3
+
+// defaultParallel raises -test.parallel to minParallel when it was not set
+// on the command line.
+func defaultParallel() {
+	if !flag.Parsed() {
+		flag.Parse()
+	}
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
+	if f := flag.Lookup("test.parallel"); f != nil && !set && runtime.GOMAXPROCS(0) < minParallel {
+		_ = f.Value.Set(strconv.Itoa(minParallel))
+	}
 }
 
 // ServerURL returns the URL of the server tests run against (after starting
@@ -136,7 +165,10 @@ func NewSchema(ctx context.Context, opts *Opts) (s *Schema, release func(), err 
 	if opts == nil {
 		opts = &Opts{}
 	}
-	s = h.checkout(opts)
+	s, err = h.checkout(ctx, opts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dbtest: opening a pool on a test schema: %w", err)
+	}
 	if s == nil {
 		s, err = h.create(ctx, opts)
 		if err != nil {
@@ -224,17 +256,55 @@ func (h *harness) gc(ctx context.Context) {
 	}
 }
 
-func (h *harness) checkout(opts *Opts) *Schema {
+// checkout takes an idle schema, preferably one whose pool has the size
+// opts asks for; an idle schema of another size gets a new pool of that
+// size (an idle pool holds no connection, so a new one costs nothing until
+// used), which is far cheaper than creating and migrating a schema.
+func (h *harness) checkout(ctx context.Context, opts *Opts) (*Schema, error) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	want := maxConns(opts)
-	for i, s := range h.idle {
-		if s.Pool.Config().MaxConns == want {
+	var s *Schema
+	for i, idle := range h.idle {
+		if idle.Pool.Config().MaxConns == want {
+			s = idle
 			h.idle = append(h.idle[:i], h.idle[i+1:]...)
-			return s
+			break
 		}
 	}
-	return nil
+	if s == nil && len(h.idle) > 0 {
+		s = h.idle[len(h.idle)-1]
+		h.idle = h.idle[:len(h.idle)-1]
+	}
+	h.mu.Unlock()
+	if s == nil || s.Pool.Config().MaxConns == want {
+		return s, nil
+	}
+	pool, err := newPool(ctx, s.URL, want)
+	if err != nil {
+		h.retire(ctx, s)
+		return nil, err
+	}
+	s.Pool.Close()
+	s.Pool = pool
+	return s, nil
+}
+
+// newPool opens a pool on schemaURL with at most maxConns connections.
+// Its sessions commit without waiting for the WAL flush
+// (synchronous_commit off): a commit is as visible and as atomic as
+// before, only a crash of the server could lose it, and the quick tests
+// never crash it (the fault suite, behind the build tag long, runs its own
+// server). The URL keeps the server's setting: libpq clients (psql,
+// psycopg) refuse unknown URL parameters.
+func newPool(ctx context.Context, schemaURL string, maxConns int32) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(schemaURL)
+	if err != nil {
+		return nil, err
+	}
+	cfg.MaxConns = maxConns
+	cfg.MaxConnIdleTime = time.Minute
+	cfg.ConnConfig.RuntimeParams["synchronous_commit"] = "off"
+	return pgxpool.NewWithConfig(ctx, cfg)
 }
 
 func maxConns(opts *Opts) int32 {
@@ -257,13 +327,7 @@ func (h *harness) create(ctx context.Context, opts *Opts) (*Schema, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := pgxpool.ParseConfig(schemaURL)
-	if err != nil {
-		return nil, err
-	}
-	cfg.MaxConns = maxConns(opts)
-	cfg.MaxConnIdleTime = time.Minute
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	pool, err := newPool(ctx, schemaURL, maxConns(opts))
 	if err != nil {
 		return nil, err
 	}
@@ -311,15 +375,30 @@ func (h *harness) retire(ctx context.Context, s *Schema) {
 	_, _ = h.admin.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{s.Name}.Sanitize()+" CASCADE")
 }
 
-// fingerprint describes the structure a test may have changed: the tables,
-// their columns and constraints, and both migration versions.
+// fingerprint describes the structure a test may have changed: the
+// relations, their columns, constraints, triggers and privileges, the
+// functions (their bodies, settings and privileges), the privileges on the
+// types and on the schema, and both migration versions. It reads
+// pg_catalog, not information_schema (whose views cost tens of milliseconds
+// a call; every test's checkin calls it).
 func fingerprint(ctx context.Context, s *Schema) (string, error) {
 	var fp string
 	err := s.Pool.QueryRow(ctx, `
-		SELECT coalesce((SELECT string_agg(table_name || '.' || column_name || ':' || data_type, ',' ORDER BY table_name, column_name)
-		                   FROM information_schema.columns WHERE table_schema = $1), '')
+		SELECT coalesce((SELECT string_agg(c.relname || '.' || a.attname || ':' || format_type(a.atttypid, a.atttypmod), ',' ORDER BY c.relname, a.attname)
+		                   FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
+		                  WHERE c.relnamespace = $1::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+		                    AND a.attnum > 0 AND NOT a.attisdropped), '')
+		    || '|' || coalesce((SELECT string_agg(relname || ':' || coalesce(relacl::text, '') || ':' || coalesce(array_to_string(reloptions, ','), ''), ',' ORDER BY relname)
+		                   FROM pg_class WHERE relnamespace = $1::regnamespace), '')
 		    || '|' || coalesce((SELECT string_agg(conname, ',' ORDER BY conname)
-		                   FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = $1), '')
+		                   FROM pg_constraint WHERE connamespace = $1::regnamespace), '')
+		    || '|' || coalesce((SELECT string_agg(t.tgname || ':' || t.tgenabled::text, ',' ORDER BY t.tgname)
+		                   FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE c.relnamespace = $1::regnamespace), '')
+		    || '|' || coalesce((SELECT string_agg(oid::regprocedure::text || ':' || md5(prosrc) || ':' || coalesce(proacl::text, '') || ':' || coalesce(array_to_string(proconfig, ','), ''), ',' ORDER BY oid::regprocedure::text)
+		                   FROM pg_proc WHERE pronamespace = $1::regnamespace), '')
+		    || '|' || coalesce((SELECT string_agg(typname || ':' || coalesce(typacl::text, ''), ',' ORDER BY typname)
+		                   FROM pg_type WHERE typnamespace = $1::regnamespace AND typacl IS NOT NULL), '')
+		    || '|' || coalesce((SELECT nspacl::text FROM pg_namespace WHERE oid = $1::regnamespace), '')
 		    || '|' || coalesce((SELECT string_agg(version::text || dirty::text, ',') FROM schema_migrations), '')
 		    || '|' || coalesce((SELECT max(version)::text FROM river_migration), '')`, s.Name).Scan(&fp)
 	if err != nil {
@@ -332,6 +411,16 @@ func fingerprint(ctx context.Context, s *Schema) (string, error) {
 // role grants of 0018_role_grants), and survive a reset.
 var keptTables = map[string]bool{"schema_migrations": true, "river_migration": true, "aftercommit_role_grants": true}
 
+// truncateAll empties every table but the kept ones and restarts their
+// identities. TRUNCATE gives every table it empties new files, which costs
+// about 10 ms a table; a test writes to a few of the schema's tables, so
+// only the tables that hold a row are truncated, and the sequences of all
+// of them are set back to their start.
+//
+// The tables are locked first, in the same transaction: a transaction the
+// test left running (its client gave up on a deadline, the server went on)
+// may still commit rows, and the check for rows must see them, as one
+// TRUNCATE of every table did by waiting for its locks.
 func truncateAll(ctx context.Context, s *Schema) error {
 	rows, err := s.Pool.Query(ctx,
 		`SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY tablename`, s.Name)
@@ -342,17 +431,57 @@ func truncateAll(ctx context.Context, s *Schema) error {
 	if err != nil {
 		return err
 	}
-	idents := make([]string, 0, len(tables))
+	var idents, checks []string
 	for _, tbl := range tables {
 		if !keptTables[tbl] {
-			idents = append(idents, pgx.Identifier{s.Name, tbl}.Sanitize())
+			ident := pgx.Identifier{s.Name, tbl}.Sanitize()
+			idents = append(idents, ident)
+			checks = append(checks, fmt.Sprintf("CASE WHEN EXISTS (SELECT FROM %s) THEN %s END", ident, quoteLiteral(tbl)))
 		}
 	}
 	if len(idents) == 0 {
 		return nil
 	}
-	_, err = s.Pool.Exec(ctx, "TRUNCATE "+strings.Join(idents, ", ")+" RESTART IDENTITY CASCADE")
-	return err
+	kept := make([]string, 0, len(keptTables))
+	for tbl := range keptTables {
+		kept = append(kept, tbl)
+	}
+	return pgx.BeginFunc(ctx, s.Pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "LOCK TABLE "+strings.Join(idents, ", ")+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+			return err
+		}
+		var nonEmpty []string
+		if err := tx.QueryRow(ctx,
+			"SELECT array_remove(ARRAY["+strings.Join(checks, ", ")+"]::text[], NULL)").Scan(&nonEmpty); err != nil {
+			return err
+		}
+		if len(nonEmpty) > 0 {
+			truncate := make([]string, len(nonEmpty))
+			for i, tbl := range nonEmpty {
+				truncate[i] = pgx.Identifier{s.Name, tbl}.Sanitize()
+			}
+			if _, err := tx.Exec(ctx, "TRUNCATE "+strings.Join(truncate, ", ")+" RESTART IDENTITY CASCADE"); err != nil {
+				return err
+			}
+		}
+		// The sequences of the emptied tables, written to or not (a
+		// rolled-back insert advances a sequence too), as TRUNCATE …
+		// RESTART IDENTITY would.
+		_, err := tx.Exec(ctx, `
+			SELECT setval(seq.seqrelid, seq.seqstart, false)
+			  FROM pg_sequence seq
+			  JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = seq.seqrelid
+			                  AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+			  JOIN pg_class t ON t.oid = d.refobjid
+			 WHERE t.relnamespace = $1::regnamespace AND t.relname <> ALL($2)
+			   AND pg_sequence_last_value(seq.seqrelid) IS NOT NULL`, s.Name, kept)
+		return err
+	})
+}
+
+// quoteLiteral quotes s as an SQL string literal.
+func quoteLiteral(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
 
 func (h *harness) shutdown(dropSchemas bool) {

@@ -14,13 +14,14 @@ import (
 )
 
 // These subtests run one after the other so that each sees the schema the
-// previous one released.
+// previous one released; the test is not parallel, so that no other test of
+// the package can take that schema in between (a test takes any idle
+// schema, whatever its pool size).
 func TestSchemaReuse(t *testing.T) {
-	t.Parallel()
 	ctx := context.Background()
 	opts := &dbtest.Opts{MaxConns: 3} // a size no other test asks for
 
-	var first, second string
+	var first, second, third string
 	t.Run("FirstUseWritesRows", func(t *testing.T) {
 		s := dbtest.TestSchema(ctx, t, opts)
 		first = s.Name
@@ -50,6 +51,30 @@ func TestSchemaReuse(t *testing.T) {
 		var gone bool
 		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, second).Scan(&gone))
 		require.True(t, gone, "the retired schema was dropped")
+		third = s.Name
+
+		// A rolled-back insert advances the sequence of a table it leaves
+		// empty.
+		tx, err := s.Pool.Begin(ctx)
+		require.NoError(t, err)
+		_, err = tx.Exec(ctx, `INSERT INTO pings (note) VALUES ('rolled back')`)
+		require.NoError(t, err)
+		require.NoError(t, tx.Rollback(ctx))
+	})
+	t.Run("AnotherPoolSizeReusesTheSchemaAndIdentityRestarts", func(t *testing.T) {
+		s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
+		require.Equal(t, third, s.Name, "the released schema is reused")
+		require.Equal(t, int32(2), s.Pool.Config().MaxConns, "with a pool of the size asked for")
+		var id int64
+		require.NoError(t, s.Pool.QueryRow(ctx, `INSERT INTO pings (note) VALUES ('x') RETURNING id`).Scan(&id))
+		require.Equal(t, int64(1), id, "the empty table's sequence restarted too")
+		// Changing a privilege retires the schema too.
+		_, err := s.Pool.Exec(ctx, `GRANT SELECT ON pings TO PUBLIC`)
+		require.NoError(t, err)
+	})
+	t.Run("ChangedPrivilegesAreNotReused", func(t *testing.T) {
+		s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
+		require.NotEqual(t, third, s.Name)
 	})
 }
 

@@ -8,10 +8,11 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
+
+	"github.com/aftercommit/aftercommit/internal/testexit"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { testexit.VerifyTestMain(m) }
 
 // copyDir copies the migrations directory into a temporary one.
 func copyDir(t *testing.T) string {
