@@ -33,7 +33,7 @@ func VerifyTestMain(m *testing.M, opts ...goleak.Option) {
 	code := m.Run()
 	if code == 0 {
 		if err := goleak.Find(opts...); err != nil {
-			os.Stderr.WriteString("goleak: Errors on successful test run: " + err.Error() + "\n")
+			_, _ = os.Stderr.WriteString("goleak: Errors on successful test run: " + err.Error() + "\n") // stderr is all there is to tell
 			code = 1
 		}
 	}
