@@ -28,10 +28,10 @@ func ExampleService_TrackOpens() {
 	err := d.svc.TrackClicks(ctx, []int64{emailID, emailID + 1})
 	fmt.Println("unknown email:", errors.Is(err, donations.ErrUnknownEmail))
 
-	moved := d.drain(ctx)
+	moved := d.Drain(ctx)
 	fmt.Println("outbox rows:", moved.Rows, "fold jobs:", moved.Inserted)
-	d.start(ctx)
-	ev := d.waitFor(donations.FoldEmailCountersKind)
+	d.Start(ctx)
+	ev := d.WaitFor(donations.FoldEmailCountersKind)
 	fmt.Println("fold:", string(ev.Job.Output()))
 	// Output:
 	// unknown email: true
@@ -48,20 +48,20 @@ func ExampleService_RecountUser() {
 	d, release := newExDonations(ctx)
 	defer release()
 	fundraiserID, _ := d.fundraiserWithEmail(ctx)
-	_, err := d.s.Pool.Exec(ctx, `
+	_, err := d.Schema.Pool.Exec(ctx, `
 		INSERT INTO donations (user_id, fundraiser_id, donor_email, amount_cents, currency, status) VALUES
 		  (1, $1, 'ada@example.com', 2500, 'EUR', 'succeeded'),
 		  (1, $1, 'ada@example.com', 9900, 'EUR', 'failed')`, fundraiserID)
 	if err != nil {
 		log.Fatal(err)
 	}
-	d.start(ctx)
+	d.Start(ctx)
 
 	if err := d.svc.RecountUser(ctx, 1); err != nil {
 		log.Fatal(err)
 	}
-	d.drain(ctx)
-	ev := d.waitFor(donations.RecountUserKind)
+	d.Drain(ctx)
+	ev := d.WaitFor(donations.RecountUserKind)
 	fmt.Println("recount:", string(ev.Job.Output()))
 
 	err = d.svc.RecountUser(ctx, 2)

@@ -19,7 +19,7 @@ func ExampleService_TrackOpenTx() {
 	defer release()
 	_, emailID := d.fundraiserWithEmail(ctx)
 
-	res, err := d.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	res, err := d.Outbox.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		if err := d.svc.TrackOpenTx(ctx, tx, emailID); err != nil {
 			return err
 		}
@@ -33,9 +33,9 @@ func ExampleService_TrackOpenTx() {
 	}
 	fmt.Println("enqueued:", res.Enqueued, "written:", res.Inserted)
 
-	d.drain(ctx)
-	d.start(ctx)
-	ev := d.waitFor(donations.FoldEmailCountersKind)
+	d.Drain(ctx)
+	d.Start(ctx)
+	ev := d.WaitFor(donations.FoldEmailCountersKind)
 	fmt.Println("fold:", string(ev.Job.Output()))
 	// Output:
 	// enqueued: 3 written: 1

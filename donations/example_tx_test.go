@@ -6,95 +6,34 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
-	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/riverqueue/river"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/aftercommit/aftercommit/donations"
 	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/exampleapp"
 	"github.com/aftercommit/aftercommit/jobs"
-	"github.com/aftercommit/aftercommit/outbox"
-	"github.com/aftercommit/aftercommit/outbox/relay"
 )
 
 // exDonations is the donations domain wired as cmd/worker and the
 // application wire it, in one process, for the examples.
 type exDonations struct {
-	s         *dbtest.Schema
-	client    *river.Client[pgx.Tx]
-	ob        *outbox.Outbox
-	relay     *relay.Relay
-	svc       *donations.Service
-	completed <-chan *river.Event
+	*exampleapp.App
+	svc *donations.Service
 }
 
 // newExDonations wires the domain on a schema of its own. Its client is
 // not started: call start. release ends everything.
 func newExDonations(ctx context.Context) (*exDonations, func()) {
-	s, release, err := dbtest.NewSchema(ctx, &dbtest.Opts{MaxConns: 8})
-	if err != nil {
-		log.Fatal(err)
-	}
-	reg := jobs.NewRegistry()
-	donations.Register(reg, s.Pool)
-	client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{
-		Queues: []string{jobs.AllQueues},
-		Schema: s.Name,
-		Logger: slog.New(slog.DiscardHandler),
-		River:  &river.Config{FetchCooldown: 10 * time.Millisecond, FetchPollInterval: 50 * time.Millisecond},
-	})
-	if err != nil {
-		log.Fatal(err)
-	}
-	completed, cancel := client.Subscribe(river.EventKindJobCompleted)
-	ob, err := jobs.NewOutbox(s.Pool, client, reg, nil)
-	if err != nil {
-		log.Fatal(err)
-	}
-	rl, err := jobs.NewRelay(s.Pool, client, reg, &relay.Config{Schema: s.Name, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		log.Fatal(err)
-	}
-	d := &exDonations{s: s, client: client, ob: ob, relay: rl, svc: donations.NewService(s.Pool, ob), completed: completed}
-	return d, func() {
-		_ = client.Stop(ctx)
-		cancel()
-		release()
-	}
-}
-
-// start starts the client, to work jobs.
-func (d *exDonations) start(ctx context.Context) {
-	if err := d.client.Start(ctx); err != nil {
-		log.Fatal(err)
-	}
-}
-
-// drain moves the committed outbox rows into River's job table, as the
-// relay of every worker process does.
-func (d *exDonations) drain(ctx context.Context) relay.MoveResult {
-	moved, err := d.relay.Drain(ctx)
-	if err != nil {
-		log.Fatal(err)
-	}
-	return moved
-}
-
-// waitFor returns the completed event of the next job of kind.
-func (d *exDonations) waitFor(kind string) *river.Event {
-	for ev := range d.completed {
-		if ev.Job.Kind == kind {
-			return ev
-		}
-	}
-	return nil
+	app, release := exampleapp.New(ctx, func(reg *jobs.Registry, pool *pgxpool.Pool) { donations.Register(reg, pool) })
+	return &exDonations{App: app, svc: donations.NewService(app.Pool(), app.Outbox)}, release
 }
 
 // fundraiserWithEmail inserts a fundraiser, a user and an email the
 // fundraiser sent the user, and returns the fundraiser's and email's IDs.
 func (d *exDonations) fundraiserWithEmail(ctx context.Context) (fundraiserID, emailID int64) {
-	err := d.s.Pool.QueryRow(ctx, `
+	err := d.Schema.Pool.QueryRow(ctx, `
 		WITH f AS (INSERT INTO fundraisers (name) VALUES ('Engines') RETURNING id),
 		     u AS (INSERT INTO users (name, email) VALUES ('Ada', 'ada@example.com') RETURNING id)
 		INSERT INTO emails (user_id, fundraiser_id) SELECT u.id, f.id FROM u, f
@@ -172,7 +111,7 @@ func ExampleService_DonateTx() {
 	errOrderFailed := errors.New("order failed")
 
 	// The caller's transaction fails after the donation: nothing remains.
-	err := pgx.BeginFunc(ctx, d.s.Pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, d.Schema.Pool, func(tx pgx.Tx) error {
 		if _, err := d.svc.DonateTx(ctx, tx, in); err != nil {
 			return err
 		}
@@ -183,7 +122,7 @@ func ExampleService_DonateTx() {
 
 	// It commits: the donation, its jobs and its event are there. (Its ID
 	// is 2: the rolled-back one used 1, as sequences do not roll back.)
-	err = pgx.BeginFunc(ctx, d.s.Pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, d.Schema.Pool, func(tx pgx.Tx) error {
 		donation, err := d.svc.DonateTx(ctx, tx, in)
 		fmt.Println("donation:", donation.ID, donation.Status, donation.AmountCents, donation.Currency)
 		return err
@@ -192,7 +131,7 @@ func ExampleService_DonateTx() {
 		log.Fatal(err)
 	}
 	d.count(ctx)
-	rows, err := d.s.Pool.Query(ctx, `SELECT kind FROM outbox_jobs ORDER BY kind`)
+	rows, err := d.Schema.Pool.Query(ctx, `SELECT kind FROM outbox_jobs ORDER BY kind`)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -212,7 +151,7 @@ func ExampleService_DonateTx() {
 // count prints the donations, outbox jobs and events of the schema.
 func (d *exDonations) count(ctx context.Context) {
 	var donationRows, jobRows, eventRows int
-	err := d.s.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM donations), (SELECT count(*) FROM outbox_jobs), (SELECT count(*) FROM outbox_events)`).
+	err := d.Schema.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM donations), (SELECT count(*) FROM outbox_jobs), (SELECT count(*) FROM outbox_events)`).
 		Scan(&donationRows, &jobRows, &eventRows)
 	if err != nil {
 		log.Fatal(err)
@@ -239,14 +178,14 @@ func ExampleService_TrackOpen() {
 	err := d.svc.TrackOpen(ctx, emailID+1)
 	fmt.Println("unknown email:", errors.Is(err, donations.ErrUnknownEmail))
 
-	moved := d.drain(ctx)
+	moved := d.Drain(ctx)
 	fmt.Println("outbox rows:", moved.Rows, "fold jobs:", moved.Inserted)
 
-	d.start(ctx)
-	ev := d.waitFor(donations.FoldEmailCountersKind)
+	d.Start(ctx)
+	ev := d.WaitFor(donations.FoldEmailCountersKind)
 	fmt.Println("fold:", string(ev.Job.Output()))
 	var opens int
-	if err := d.s.Pool.QueryRow(ctx, `SELECT opens FROM emails WHERE id = $1`, emailID).Scan(&opens); err != nil {
+	if err := d.Schema.Pool.QueryRow(ctx, `SELECT opens FROM emails WHERE id = $1`, emailID).Scan(&opens); err != nil {
 		log.Fatal(err)
 	}
 	fmt.Println("opens:", opens)
@@ -267,7 +206,7 @@ func ExampleService_TrackBatch() {
 	defer release()
 	fundraiserID, first := d.fundraiserWithEmail(ctx)
 	var second int64
-	if err := d.s.Pool.QueryRow(ctx, `INSERT INTO emails (user_id, fundraiser_id) VALUES (1, $1) RETURNING id`, fundraiserID).Scan(&second); err != nil {
+	if err := d.Schema.Pool.QueryRow(ctx, `INSERT INTO emails (user_id, fundraiser_id) VALUES (1, $1) RETURNING id`, fundraiserID).Scan(&second); err != nil {
 		log.Fatal(err)
 	}
 
@@ -276,13 +215,13 @@ func ExampleService_TrackBatch() {
 	if err := d.svc.TrackBatch(ctx, opens, clicks); err != nil {
 		log.Fatal(err)
 	}
-	moved := d.drain(ctx)
+	moved := d.Drain(ctx)
 	fmt.Println("fold jobs:", moved.Inserted)
 
-	d.start(ctx)
-	d.waitFor(donations.FoldEmailCountersKind)
-	d.waitFor(donations.FoldEmailCountersKind)
-	rows, err := d.s.Pool.Query(ctx, `SELECT id, opens, clicks FROM emails ORDER BY id`)
+	d.Start(ctx)
+	d.WaitFor(donations.FoldEmailCountersKind)
+	d.WaitFor(donations.FoldEmailCountersKind)
+	rows, err := d.Schema.Pool.Query(ctx, `SELECT id, opens, clicks FROM emails ORDER BY id`)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -309,7 +248,7 @@ func ExampleService_RecountFundraiser() {
 	d, release := newExDonations(ctx)
 	defer release()
 	fundraiserID, _ := d.fundraiserWithEmail(ctx)
-	_, err := d.s.Pool.Exec(ctx, `
+	_, err := d.Schema.Pool.Exec(ctx, `
 		INSERT INTO donations (user_id, fundraiser_id, donor_email, amount_cents, currency, status) VALUES
 		  (1, $1, 'ada@example.com', 2500, 'EUR', 'succeeded'),
 		  (1, $1, 'ada@example.com', 1000, 'EUR', 'succeeded'),
@@ -317,17 +256,17 @@ func ExampleService_RecountFundraiser() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	d.start(ctx)
+	d.Start(ctx)
 
 	if err := d.svc.RecountFundraiser(ctx, fundraiserID); err != nil {
 		log.Fatal(err)
 	}
-	d.drain(ctx)
-	ev := d.waitFor(donations.RecountFundraiserKind)
+	d.Drain(ctx)
+	ev := d.WaitFor(donations.RecountFundraiserKind)
 	fmt.Println("recount:", string(ev.Job.Output()))
 
 	var count, total int64
-	if err := d.s.Pool.QueryRow(ctx, `SELECT donations_count, donations_total_cents FROM fundraisers WHERE id = $1`, fundraiserID).Scan(&count, &total); err != nil {
+	if err := d.Schema.Pool.QueryRow(ctx, `SELECT donations_count, donations_total_cents FROM fundraisers WHERE id = $1`, fundraiserID).Scan(&count, &total); err != nil {
 		log.Fatal(err)
 	}
 	fmt.Println("fundraiser:", count, "donations,", total, "cents")

@@ -9,97 +9,40 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/riverqueue/river"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/exampleapp"
 	"github.com/aftercommit/aftercommit/inventory"
 	"github.com/aftercommit/aftercommit/jobs"
-	"github.com/aftercommit/aftercommit/outbox"
-	"github.com/aftercommit/aftercommit/outbox/relay"
 )
 
 // exInventory is the inventory domain wired as cmd/worker and the
 // application wire it, in one process, for the examples.
 type exInventory struct {
-	s         *dbtest.Schema
-	client    *river.Client[pgx.Tx]
-	ob        *outbox.Outbox
-	relay     *relay.Relay
-	svc       *inventory.Service
-	completed <-chan *river.Event
+	*exampleapp.App
+	svc *inventory.Service
 }
 
 // newExInventory wires the domain on a schema of its own, with a product
 // "tee" of stock units. Its client is not started: call start. release
 // ends everything.
 func newExInventory(ctx context.Context, stock int) (*exInventory, func()) {
-	s, release, err := dbtest.NewSchema(ctx, &dbtest.Opts{MaxConns: 8})
+	app, release := exampleapp.New(ctx, func(reg *jobs.Registry, pool *pgxpool.Pool) { inventory.Register(reg, pool, nil) })
+	svc, err := inventory.NewService(app.Pool(), app.Outbox, nil)
 	if err != nil {
 		log.Fatal(err)
 	}
-	reg := jobs.NewRegistry()
-	inventory.Register(reg, s.Pool, nil)
-	client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{
-		Queues: []string{jobs.AllQueues},
-		Schema: s.Name,
-		Logger: slog.New(slog.DiscardHandler),
-		River:  &river.Config{FetchCooldown: 10 * time.Millisecond, FetchPollInterval: 50 * time.Millisecond},
-	})
-	if err != nil {
+	if _, err := app.Pool().Exec(ctx, `INSERT INTO products (sku, stock) VALUES ('tee', $1)`, stock); err != nil {
 		log.Fatal(err)
 	}
-	completed, cancel := client.Subscribe(river.EventKindJobCompleted)
-	ob, err := jobs.NewOutbox(s.Pool, client, reg, nil)
-	if err != nil {
-		log.Fatal(err)
-	}
-	rl, err := jobs.NewRelay(s.Pool, client, reg, &relay.Config{Schema: s.Name, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		log.Fatal(err)
-	}
-	svc, err := inventory.NewService(s.Pool, ob, nil)
-	if err != nil {
-		log.Fatal(err)
-	}
-	if _, err := s.Pool.Exec(ctx, `INSERT INTO products (sku, stock) VALUES ('tee', $1)`, stock); err != nil {
-		log.Fatal(err)
-	}
-	return &exInventory{s: s, client: client, ob: ob, relay: rl, svc: svc, completed: completed}, func() {
-		_ = client.Stop(ctx)
-		cancel()
-		release()
-	}
-}
-
-// start starts the client, to work jobs.
-func (inv *exInventory) start(ctx context.Context) {
-	if err := inv.client.Start(ctx); err != nil {
-		log.Fatal(err)
-	}
-}
-
-// drain moves the committed outbox rows into River's job table, as the
-// relay of every worker process does.
-func (inv *exInventory) drain(ctx context.Context) {
-	if _, err := inv.relay.Drain(ctx); err != nil {
-		log.Fatal(err)
-	}
-}
-
-// waitFor returns the completed event of the next job of kind.
-func (inv *exInventory) waitFor(kind string) *river.Event {
-	for ev := range inv.completed {
-		if ev.Job.Kind == kind {
-			return ev
-		}
-	}
-	return nil
+	return &exInventory{App: app, svc: svc}, release
 }
 
 // stock prints the product's stock and the units its claims hold.
 func (inv *exInventory) stock(ctx context.Context) {
 	var stock, claimed int
-	err := inv.s.Pool.QueryRow(ctx, `
+	err := inv.Schema.Pool.QueryRow(ctx, `
 		SELECT p.stock, coalesce((SELECT sum(quantity) FROM inventory_claims c WHERE c.product_id = p.id), 0)
 		  FROM products p WHERE sku = 'tee'`).Scan(&stock, &claimed)
 	if err != nil {
@@ -110,7 +53,7 @@ func (inv *exInventory) stock(ctx context.Context) {
 
 // jobStates prints the domain's jobs in River's job table.
 func (inv *exInventory) jobStates(ctx context.Context) {
-	rows, err := inv.s.Pool.Query(ctx, `SELECT kind, state FROM river_job ORDER BY id`)
+	rows, err := inv.Schema.Pool.Query(ctx, `SELECT kind, state FROM river_job ORDER BY id`)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -206,7 +149,7 @@ func ExampleService_BeginCheckout() {
 	}
 	fmt.Println("checkout:", c.ID, c.Quantity, c.State)
 	inv.stock(ctx)
-	inv.drain(ctx)
+	inv.Drain(ctx)
 	inv.jobStates(ctx) // the expiry, due in ten minutes
 
 	_, err = inv.svc.BeginCheckout(ctx, "tee", 3)
@@ -258,7 +201,7 @@ func ExampleService_PaymentAuthorized() {
 	ctx := context.Background()
 	inv, release := newExInventory(ctx, 5)
 	defer release()
-	inv.start(ctx)
+	inv.Start(ctx)
 
 	c, err := inv.svc.BeginCheckout(ctx, "tee", 2)
 	if err != nil {
@@ -271,8 +214,8 @@ func ExampleService_PaymentAuthorized() {
 	fmt.Println("checkout:", c.ID, c.State)
 	inv.stock(ctx)
 
-	inv.drain(ctx)
-	ev := inv.waitFor(inventory.CompleteCheckoutKind)
+	inv.Drain(ctx)
+	ev := inv.WaitFor(inventory.CompleteCheckoutKind)
 	fmt.Println("completion:", string(ev.Job.Output()))
 	inv.stock(ctx)
 	// Output:
@@ -302,7 +245,7 @@ func ExampleService_PaymentFailed() {
 	}
 	fmt.Println("checkout:", failed.ID, failed.State, "claim extended:", failed.ExpiresAt.After(opened.ExpiresAt))
 	inv.stock(ctx)
-	inv.drain(ctx)
+	inv.Drain(ctx)
 	inv.jobStates(ctx) // the first expiry will find the claim extended
 
 	paid, err := inv.svc.PaymentAuthorized(ctx, opened.ID)
@@ -372,7 +315,7 @@ func ExampleService_BeginCheckoutTx() {
 	errOrderFailed := errors.New("order failed")
 
 	// The caller's transaction fails after the claim: the units are free.
-	err := pgx.BeginTxFunc(ctx, inv.s.Pool, opts, func(tx pgx.Tx) error {
+	err := pgx.BeginTxFunc(ctx, inv.Schema.Pool, opts, func(tx pgx.Tx) error {
 		if _, err := inv.svc.BeginCheckoutTx(ctx, tx, "tee", 5); err != nil {
 			return err
 		}
@@ -384,7 +327,7 @@ func ExampleService_BeginCheckoutTx() {
 	// It commits: the checkout, its claim and its expiry job are there.
 	// (Its ID is 2: the rolled-back one used 1, as sequences do not roll
 	// back.)
-	err = pgx.BeginTxFunc(ctx, inv.s.Pool, opts, func(tx pgx.Tx) error {
+	err = pgx.BeginTxFunc(ctx, inv.Schema.Pool, opts, func(tx pgx.Tx) error {
 		c, err := inv.svc.BeginCheckoutTx(ctx, tx, "tee", 5)
 		fmt.Println("checkout:", c.ID, c.Quantity, c.State)
 		return err
@@ -394,7 +337,7 @@ func ExampleService_BeginCheckoutTx() {
 	}
 	inv.stock(ctx)
 	var kind string
-	if err := inv.s.Pool.QueryRow(ctx, `SELECT kind FROM outbox_jobs`).Scan(&kind); err != nil {
+	if err := inv.Schema.Pool.QueryRow(ctx, `SELECT kind FROM outbox_jobs`).Scan(&kind); err != nil {
 		log.Fatal(err)
 	}
 	fmt.Println("job:", kind)

@@ -20,14 +20,14 @@ func ExampleService_PaymentAuthorizedTx() {
 	ctx := context.Background()
 	inv, release := newExInventory(ctx, 5)
 	defer release()
-	inv.start(ctx)
+	inv.Start(ctx)
 	c, err := inv.svc.BeginCheckout(ctx, "tee", 2)
 	if err != nil {
 		log.Fatal(err)
 	}
 	errOrderFailed := errors.New("order failed")
 
-	err = pgx.BeginFunc(ctx, inv.s.Pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, inv.Schema.Pool, func(tx pgx.Tx) error {
 		if _, err := inv.svc.PaymentAuthorizedTx(ctx, tx, c.ID); err != nil {
 			return err
 		}
@@ -35,12 +35,12 @@ func ExampleService_PaymentAuthorizedTx() {
 	})
 	fmt.Println("rolled back:", err)
 	var state inventory.State
-	if err := inv.s.Pool.QueryRow(ctx, `SELECT state FROM checkouts WHERE id = $1`, c.ID).Scan(&state); err != nil {
+	if err := inv.Schema.Pool.QueryRow(ctx, `SELECT state FROM checkouts WHERE id = $1`, c.ID).Scan(&state); err != nil {
 		log.Fatal(err)
 	}
 	fmt.Println("checkout:", c.ID, state)
 
-	err = pgx.BeginFunc(ctx, inv.s.Pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, inv.Schema.Pool, func(tx pgx.Tx) error {
 		paid, err := inv.svc.PaymentAuthorizedTx(ctx, tx, c.ID)
 		fmt.Println("checkout:", paid.ID, paid.State)
 		return err
@@ -48,8 +48,8 @@ func ExampleService_PaymentAuthorizedTx() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	inv.drain(ctx)
-	ev := inv.waitFor(inventory.CompleteCheckoutKind)
+	inv.Drain(ctx)
+	ev := inv.WaitFor(inventory.CompleteCheckoutKind)
 	fmt.Println("completion:", string(ev.Job.Output()))
 	// Output:
 	// rolled back: order failed

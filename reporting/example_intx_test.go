@@ -21,7 +21,7 @@ func ExampleService_CreateCarTx() {
 	defer release()
 
 	var car int64
-	res, err := r.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	res, err := r.Outbox.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		var err error
 		if car, err = r.svc.CreateCarTx(ctx, tx, "Minibus"); err != nil {
 			return err
@@ -35,9 +35,9 @@ func ExampleService_CreateCarTx() {
 	}
 	fmt.Println("jobs written with the commit:", res.Inserted)
 
-	r.drain(ctx)
-	r.start(ctx)
-	ev := r.waitFor(reporting.CarReportKind)
+	r.Drain(ctx)
+	r.Start(ctx)
+	ev := r.WaitFor(reporting.CarReportKind)
 	fmt.Println("report:", string(ev.Job.Output()))
 	// Output:
 	// users added: 2
@@ -55,7 +55,7 @@ func ExampleService_EnqueueCarUsersInBulkTx() {
 	r, release := newExReporting(ctx, 3)
 	defer release()
 
-	_, err := r.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+	_, err := r.Outbox.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		car, err := r.svc.CreateCarTx(ctx, tx, "Minibus")
 		if err != nil {
 			return err
@@ -66,9 +66,9 @@ func ExampleService_EnqueueCarUsersInBulkTx() {
 		log.Fatal(err)
 	}
 
-	r.start(ctx)
-	r.drain(ctx)
-	ev := r.waitFor(reporting.CreateCarUsersInBulkKind)
+	r.Start(ctx)
+	r.Drain(ctx)
+	ev := r.WaitFor(reporting.CreateCarUsersInBulkKind)
 	var res reporting.BulkResult
 	if err := json.Unmarshal(ev.Job.Output(), &res); err != nil {
 		log.Fatal(err)

@@ -6,96 +6,37 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
-	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/riverqueue/river"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/exampleapp"
 	"github.com/aftercommit/aftercommit/jobs"
-	"github.com/aftercommit/aftercommit/outbox"
-	"github.com/aftercommit/aftercommit/outbox/relay"
 	"github.com/aftercommit/aftercommit/reporting"
 )
 
 // exReporting is the reporting domain wired as cmd/worker and the
 // application wire it, in one process, for the examples.
 type exReporting struct {
-	s         *dbtest.Schema
-	client    *river.Client[pgx.Tx]
-	ob        *outbox.Outbox
-	relay     *relay.Relay
-	svc       *reporting.Service
-	completed <-chan *river.Event
+	*exampleapp.App
+	svc *reporting.Service
 }
 
 // newExReporting wires the domain on a schema of its own, with users
 // "Driver 1" … "Driver <users>" (IDs 1 to users). Its client is not
 // started: call start. release ends everything.
 func newExReporting(ctx context.Context, users int) (*exReporting, func()) {
-	s, release, err := dbtest.NewSchema(ctx, &dbtest.Opts{MaxConns: 8})
-	if err != nil {
-		log.Fatal(err)
-	}
-	reg := jobs.NewRegistry()
-	// In the application the donations domain declares this topic.
-	reg.AddTopic("donations", reporting.TopicDonationCreated)
-	reporting.Register(reg, s.Pool)
-	client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{
-		Queues: []string{jobs.AllQueues},
-		Schema: s.Name,
-		Logger: slog.New(slog.DiscardHandler),
-		River:  &river.Config{FetchCooldown: 10 * time.Millisecond, FetchPollInterval: 50 * time.Millisecond},
+	app, release := exampleapp.New(ctx, func(reg *jobs.Registry, pool *pgxpool.Pool) {
+		// In the application the donations domain declares this topic.
+		reg.AddTopic("donations", reporting.TopicDonationCreated)
+		reporting.Register(reg, pool)
 	})
+	_, err := app.Pool().Exec(ctx, `INSERT INTO users (name, email) SELECT 'Driver ' || i, 'driver' || i || '@example.com' FROM generate_series(1, $1::int) AS i`, users)
 	if err != nil {
 		log.Fatal(err)
 	}
-	completed, cancel := client.Subscribe(river.EventKindJobCompleted)
-	ob, err := jobs.NewOutbox(s.Pool, client, reg, nil)
-	if err != nil {
-		log.Fatal(err)
-	}
-	rl, err := jobs.NewRelay(s.Pool, client, reg, &relay.Config{Schema: s.Name, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		log.Fatal(err)
-	}
-	_, err = s.Pool.Exec(ctx, `INSERT INTO users (name, email) SELECT 'Driver ' || i, 'driver' || i || '@example.com' FROM generate_series(1, $1::int) AS i`, users)
-	if err != nil {
-		log.Fatal(err)
-	}
-	r := &exReporting{s: s, client: client, ob: ob, relay: rl, svc: reporting.NewService(s.Pool, ob), completed: completed}
-	return r, func() {
-		_ = client.Stop(ctx)
-		cancel()
-		release()
-	}
-}
-
-// start starts the client, to work jobs.
-func (r *exReporting) start(ctx context.Context) {
-	if err := r.client.Start(ctx); err != nil {
-		log.Fatal(err)
-	}
-}
-
-// drain moves the committed outbox rows into River's job table, as the
-// relay of every worker process does.
-func (r *exReporting) drain(ctx context.Context) relay.MoveResult {
-	moved, err := r.relay.Drain(ctx)
-	if err != nil {
-		log.Fatal(err)
-	}
-	return moved
-}
-
-// waitFor returns the completed event of the next job of kind.
-func (r *exReporting) waitFor(kind string) *river.Event {
-	for ev := range r.completed {
-		if ev.Job.Kind == kind {
-			return ev
-		}
-	}
-	return nil
+	return &exReporting{App: app, svc: reporting.NewService(app.Pool(), app.Outbox)}, release
 }
 
 // The service is built on an outbox from a registry Register filled; the
@@ -187,10 +128,10 @@ func ExampleService_AddCarUser() {
 	_, err = r.svc.AddCarUser(ctx, car, 9)
 	fmt.Println(errors.Is(err, reporting.ErrUnknownUsers), err)
 
-	moved := r.drain(ctx)
+	moved := r.Drain(ctx)
 	fmt.Println("outbox rows:", moved.Rows, "report jobs:", moved.Inserted)
-	r.start(ctx)
-	ev := r.waitFor(reporting.CarReportKind)
+	r.Start(ctx)
+	ev := r.WaitFor(reporting.CarReportKind)
 	fmt.Println("report:", string(ev.Job.Output()))
 	// Output:
 	// user 1 added: true
@@ -230,9 +171,9 @@ func ExampleService_CreateCarUsersInBulk() {
 		fmt.Println(errors.Is(err, reporting.ErrUnknownUsers), invalid.IDs)
 	}
 
-	r.drain(ctx)
-	r.start(ctx)
-	ev := r.waitFor(reporting.CarReportKind)
+	r.Drain(ctx)
+	r.Start(ctx)
+	ev := r.WaitFor(reporting.CarReportKind)
 	fmt.Println("report:", string(ev.Job.Output()))
 	// Output:
 	// {CarID:1 Requested:5 Distinct:4 Inserted:3 Existing:1 ReportEnqueued:true}
@@ -261,9 +202,9 @@ func ExampleService_CarReport() {
 	}
 	fmt.Println("before the job: computed", report.Computed, "users", report.UsersCount)
 
-	r.drain(ctx)
-	r.start(ctx)
-	r.waitFor(reporting.CarReportKind)
+	r.Drain(ctx)
+	r.Start(ctx)
+	r.WaitFor(reporting.CarReportKind)
 	report, err = r.svc.CarReport(ctx, car)
 	if err != nil {
 		log.Fatal(err)
@@ -293,7 +234,7 @@ func ExampleService_AddCarUserTx() {
 	errAssignmentFailed := errors.New("assignment failed")
 
 	// The caller's transaction fails after the addition: nothing remains.
-	err = pgx.BeginFunc(ctx, r.s.Pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, r.Schema.Pool, func(tx pgx.Tx) error {
 		if _, err := r.svc.AddCarUserTx(ctx, tx, car, 1); err != nil {
 			return err
 		}
@@ -303,7 +244,7 @@ func ExampleService_AddCarUserTx() {
 	r.count(ctx)
 
 	// It commits: the pair and the car's report job are there.
-	err = pgx.BeginFunc(ctx, r.s.Pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, r.Schema.Pool, func(tx pgx.Tx) error {
 		added, err := r.svc.AddCarUserTx(ctx, tx, car, 1)
 		fmt.Println("added:", added)
 		return err
@@ -322,7 +263,7 @@ func ExampleService_AddCarUserTx() {
 // count prints the car_users rows and the outbox's jobs.
 func (r *exReporting) count(ctx context.Context) {
 	var pairs, jobRows int
-	err := r.s.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM car_users), (SELECT count(*) FROM outbox_jobs WHERE kind = $1)`, reporting.CarReportKind).
+	err := r.Schema.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM car_users), (SELECT count(*) FROM outbox_jobs WHERE kind = $1)`, reporting.CarReportKind).
 		Scan(&pairs, &jobRows)
 	if err != nil {
 		log.Fatal(err)

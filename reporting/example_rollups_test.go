@@ -24,16 +24,16 @@ func ExampleService_RecountCar() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	if _, err := r.s.Pool.Exec(ctx, `INSERT INTO car_users (car_id, user_id) SELECT $1, id FROM users`, car); err != nil {
+	if _, err := r.Schema.Pool.Exec(ctx, `INSERT INTO car_users (car_id, user_id) SELECT $1, id FROM users`, car); err != nil {
 		log.Fatal(err)
 	}
-	r.start(ctx)
+	r.Start(ctx)
 
 	if err := r.svc.RecountCar(ctx, car); err != nil {
 		log.Fatal(err)
 	}
-	r.drain(ctx)
-	ev := r.waitFor(reporting.CarReportKind)
+	r.Drain(ctx)
+	ev := r.WaitFor(reporting.CarReportKind)
 	fmt.Println("report:", string(ev.Job.Output()))
 
 	err = r.svc.RecountCar(ctx, car+1)
@@ -52,7 +52,7 @@ func ExampleService_Backfill() {
 	ctx := context.Background()
 	r, release := newExReporting(ctx, 1)
 	defer release()
-	_, err := r.s.Pool.Exec(ctx, `
+	_, err := r.Schema.Pool.Exec(ctx, `
 		WITH f AS (INSERT INTO fundraisers (name) VALUES ('Engines') RETURNING id)
 		INSERT INTO donations (user_id, fundraiser_id, donor_email, amount_cents, currency, status, created_at)
 		SELECT 1, f.id, 'driver1@example.com', d.amount, 'EUR', d.status, d.at::timestamptz FROM f, (VALUES
@@ -72,7 +72,7 @@ func ExampleService_Backfill() {
 	}
 	fmt.Printf("%+v\n", out)
 
-	rows, err := r.s.Pool.Query(ctx, `SELECT day::text, donations_count, total_cents FROM fundraiser_daily_totals ORDER BY day`)
+	rows, err := r.Schema.Pool.Query(ctx, `SELECT day::text, donations_count, total_cents FROM fundraiser_daily_totals ORDER BY day`)
 	if err != nil {
 		log.Fatal(err)
 	}
