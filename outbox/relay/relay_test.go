@@ -778,8 +778,9 @@ func TestInProcessWake(t *testing.T) {
 
 	_, err = ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error { return tx.Enqueue(nArgs{N: 1}, nil) })
 	require.NoError(t, err)
+	// The relay counts a batch after its commit: wait for both.
 	require.Eventually(t, func() bool {
-		return count(ctx, t, s, `SELECT count(*) FROM river_job`) == 1
+		return rl.Stats().Rows == 1 && count(ctx, t, s, `SELECT count(*) FROM river_job`) == 1
 	}, 2*time.Second, 5*time.Millisecond, "woken in process")
 	require.Equal(t, relay.Stats{Batches: 1, Rows: 1, Inserted: 1}, rl.Stats())
 }
