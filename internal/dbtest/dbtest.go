@@ -121,14 +121,16 @@ func WrapTestMain(m *testing.M) {
 const minParallel = 3
 
 // defaultParallel raises -test.parallel to minParallel when it was not set
-// on the command line.
+// on the command line, in the quick suite only: the full suite's load runs
+// (a bench scenario's 32 clients, a fault test's worker processes) would
+// crowd the server's connections three at a time.
 func defaultParallel() {
 	if !flag.Parsed() {
 		flag.Parse()
 	}
 	set := false
 	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
-	if f := flag.Lookup("test.parallel"); f != nil && !set && runtime.GOMAXPROCS(0) < minParallel {
+	if f := flag.Lookup("test.parallel"); f != nil && !set && !longBuild && runtime.GOMAXPROCS(0) < minParallel {
 		_ = f.Value.Set(strconv.Itoa(minParallel))
 	}
 }
