@@ -229,8 +229,17 @@ func TestQueueLock(t *testing.T) {
 		}
 		require.NotEqual(t, firstID, secondID)
 
-		// A waiting job that is cancelled, or deleted, frees the lock.
+		// A waiting job that is cancelled, or deleted, frees the lock. The
+		// queue is paused first, and the producer's answer awaited (a pause
+		// reaches it by notification), so the job keeps waiting.
+		paused, cancelPaused := b.client.Subscribe(river.EventKindQueuePaused)
+		defer cancelPaused()
 		require.NoError(t, b.client.QueuePause(ctx, "reporting_default", nil))
+		select {
+		case <-paused:
+		case <-time.After(15 * time.Second):
+			t.Fatal("the producer did not pause the queue")
+		}
 		waiting := b.enqueue(ctx, t, reportArgs{CarID: 4})
 		require.Equal(t, 1, waiting.Inserted)
 		var waitingID int64
