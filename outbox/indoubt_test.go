@@ -297,13 +297,12 @@ func TestCommitOutcomeKnown(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(ctx, t, &setupOpts{cfg: tc.cfg})
-			_, err := b.schema.Pool.Exec(ctx, `CREATE TABLE ping_notes (
-				ping_id bigint NOT NULL REFERENCES pings (id) DEFERRABLE INITIALLY DEFERRED)`)
-			require.NoError(t, err)
+			b.schema.Scratch(ctx, t, `CREATE TABLE ping_notes (
+				ping_id bigint NOT NULL REFERENCES pings (id) DEFERRABLE INITIALLY DEFERRED)`, `DROP TABLE ping_notes`)
 
 			// A deferred constraint fails at COMMIT: the server answered,
 			// the transaction rolled back.
-			_, err = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+			_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 				insertPing(ctx, t, tx, "deferred")
 				if _, err := tx.Exec(ctx, `INSERT INTO ping_notes VALUES (-1)`); err != nil {
 					return err

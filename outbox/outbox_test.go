@@ -285,13 +285,12 @@ func TestInTx(t *testing.T) {
 	t.Run("CommitFailureLeavesNothing", func(t *testing.T) {
 		t.Parallel()
 		b := setup(ctx, t, nil)
-		_, err := b.schema.Pool.Exec(ctx, `CREATE TABLE deferred_unique (
-			id int, CONSTRAINT deferred_unique_id UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)`)
-		require.NoError(t, err)
+		b.schema.Scratch(ctx, t, `CREATE TABLE deferred_unique (
+			id int, CONSTRAINT deferred_unique_id UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)`, `DROP TABLE deferred_unique`)
 
 		// The duplicate is only detected at COMMIT, in the same round trip
 		// as the job insert.
-		_, err = b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := b.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 			_, err := tx.Exec(ctx, `INSERT INTO deferred_unique VALUES (1), (1)`)
 			require.NoError(t, err)
 			return tx.Enqueue(noteArgs{Note: "never"}, nil)

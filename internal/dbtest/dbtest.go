@@ -8,12 +8,20 @@
 // stops with one line that says how to provide a database. Nothing is ever
 // skipped for want of a database.
 //
-// A schema costs one CREATE SCHEMA plus the migrations the first time (tens of
-// milliseconds); when its test ends the tables it wrote are emptied with one
-// TRUNCATE and it is handed to the next test of the same binary (a few
-// milliseconds), with a pool of the size that test asks for. Schemas of a run
-// that passed are dropped when the binary exits; a failed run leaves them for
-// inspection and a later run drops them once they are an hour old.
+// Each test binary works in a database of its own, created when its first
+// test asks for a schema and dropped when it exits: creating and dropping
+// schemas leaves dead rows in the system catalogs, which only a vacuum
+// removes, and on a server without autovacuum (as on the project's
+// machines) every catalog lookup of every later run would pay for them. A
+// role without CREATEDB works in the URL's database instead.
+//
+// A schema costs one CREATE SCHEMA plus the migrations the first time
+// (about half a second of the server's time); when its test ends the tables
+// it wrote are emptied with one TRUNCATE and it is handed to the next test
+// of the same binary (a few milliseconds), with a pool of the size that
+// test asks for. The database of a run that passed is dropped when the
+// binary exits; a failed run leaves it for inspection and a later run drops
+// it once it is an hour old.
 package dbtest
 
 import (
@@ -63,7 +71,10 @@ type Schema struct {
 	// URL), for code under test that opens its own pool or for subprocesses.
 	URL string
 
-	fingerprint string // tables and migration versions right after creation
+	fingerprint string   // tables and migration versions right after creation
+	tables      []string // the tables a reset empties, schema-qualified
+	sequences   []uint32 // the OIDs of their sequences
+	seqStarts   []int64  // and each sequence's start value
 }
 
 // Opts tune one schema. A nil *Opts takes the defaults.
@@ -73,13 +84,15 @@ type Opts struct {
 }
 
 type harness struct {
-	once    sync.Once
-	err     error
-	baseURL string
-	admin   *pgxpool.Pool
-	stop    func() // terminates a container, when one was started
-	base    string // per-binary name base: act_<pkg>_<time>_<pid>_
-	counter atomic.Int64
+	once     sync.Once
+	err      error
+	baseURL  string        // the URL of the binary's database
+	admin    *pgxpool.Pool // on the binary's database
+	server   *pgxpool.Pool // on the URL's database, which outlives the binary's
+	database string        // the binary's database; "" when working in the URL's
+	stop     func()        // terminates a container, when one was started
+	base     string        // per-binary name base: act_<pkg>_<time>_<pid>_
+	counter  atomic.Int64
 
 	mu      sync.Mutex
 	idle    []*Schema
@@ -135,9 +148,10 @@ func defaultParallel() {
 	}
 }
 
-// ServerURL returns the URL of the server tests run against (after starting
-// it if need be); its database is shared, so use it only to open pools whose
-// search_path you set yourself.
+// ServerURL returns the URL of the database tests run in (after starting
+// the server if need be): the test binary's own database, which every test
+// of the binary shares, so use it only to open pools whose search_path you
+// set yourself.
 func ServerURL(t testing.TB) string {
 	t.Helper()
 	if err := h.init(); err != nil {
@@ -156,6 +170,26 @@ func TestSchema(ctx context.Context, t testing.TB, opts *Opts) *Schema {
 	}
 	t.Cleanup(release)
 	return s
+}
+
+// Scratch runs createSQL in s for a test that needs objects of its own
+// (a table, a trigger) and dropSQL when t ends, before s is emptied for the
+// next test. A schema whose structure differs from a freshly migrated one
+// is dropped instead of reused, and creating its replacement costs the
+// migrations again (about half a second of the server's time); dropSQL
+// must therefore remove everything createSQL made. Register it after
+// anything in t that uses the objects (a River client), so that it runs
+// after they stopped.
+func (s *Schema) Scratch(ctx context.Context, t testing.TB, createSQL, dropSQL string) {
+	t.Helper()
+	if _, err := s.Pool.Exec(ctx, createSQL); err != nil {
+		t.Fatalf("dbtest: creating scratch objects in %s: %v", s.Name, err)
+	}
+	t.Cleanup(func() {
+		if _, err := s.Pool.Exec(context.WithoutCancel(ctx), dropSQL); err != nil {
+			t.Errorf("dbtest: dropping scratch objects in %s: %v", s.Name, err)
+		}
+	})
 }
 
 // NewSchema is TestSchema for code without a testing.TB, such as Example
@@ -213,10 +247,35 @@ func (h *harness) connect() error {
 			return fmt.Errorf("dbtest: the postgres:16 container does not answer: %v", oneLine(pingErr))
 		}
 	}
-	h.admin = admin
-	h.baseURL = rawURL
+	h.server = admin
 	h.base = fmt.Sprintf("%s%s_%s_%d_", schemaPrefix, callerPackage(), time.Now().UTC().Format("20060102t150405"), os.Getpid())
 	h.gc(ctx)
+	h.admin, h.baseURL = admin, rawURL
+	return h.ownDatabase(ctx, rawURL)
+}
+
+// ownDatabase creates the binary's database and points the harness at it.
+// A role that may not create databases keeps working in the URL's.
+func (h *harness) ownDatabase(ctx context.Context, rawURL string) error {
+	name := strings.TrimSuffix(h.base, "_")
+	if _, err := h.server.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42501" { // insufficient_privilege
+			fmt.Fprintf(os.Stderr, "dbtest: the role may not create databases (%s); working in the URL's database, whose catalogs grow with every run without a vacuum\n", pgErr.Message)
+			return nil
+		}
+		return fmt.Errorf("dbtest: creating the test binary's database %s: %w", name, err)
+	}
+	h.database = name
+	dbURL, err := withDatabase(rawURL, name)
+	if err != nil {
+		return err
+	}
+	admin, err := openAndPing(ctx, dbURL)
+	if err != nil {
+		return fmt.Errorf("dbtest: connecting to the test binary's database %s: %w", name, err)
+	}
+	h.admin, h.baseURL = admin, dbURL
 	return nil
 }
 
@@ -240,21 +299,27 @@ func openAndPing(ctx context.Context, rawURL string) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
-// gc drops schemas that earlier runs of this package left behind.
+// gc drops the databases and schemas that earlier runs of this package
+// left behind (schemas: of a role that may not create databases, or of
+// the harness before it created databases).
 func (h *harness) gc(ctx context.Context) {
 	pkgPrefix := schemaPrefix + callerPackage() + "_"
 	cutoff := pkgPrefix + time.Now().UTC().Add(-gcAge).Format("20060102t150405")
-	rows, err := h.admin.Query(ctx,
-		`SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1) AND nspname < $2`, pkgPrefix, cutoff)
-	if err != nil {
-		return
-	}
-	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return
-	}
-	for _, n := range names {
-		_, _ = h.admin.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{n}.Sanitize()+" CASCADE")
+	for _, q := range []struct{ list, drop string }{
+		{`SELECT datname FROM pg_database WHERE starts_with(datname, $1) AND datname < $2`, "DROP DATABASE IF EXISTS %s WITH (FORCE)"},
+		{`SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1) AND nspname < $2`, "DROP SCHEMA IF EXISTS %s CASCADE"},
+	} {
+		rows, err := h.server.Query(ctx, q.list, pkgPrefix, cutoff)
+		if err != nil {
+			continue
+		}
+		names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			continue
+		}
+		for _, n := range names {
+			_, _ = h.server.Exec(ctx, fmt.Sprintf(q.drop, pgx.Identifier{n}.Sanitize()))
+		}
 	}
 }
 
@@ -344,6 +409,9 @@ func (h *harness) create(ctx context.Context, opts *Opts) (*Schema, error) {
 	if s.fingerprint, err = fingerprint(ctx, s); err != nil {
 		return nil, err
 	}
+	if err := s.readResetLists(ctx); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -413,6 +481,54 @@ func fingerprint(ctx context.Context, s *Schema) (string, error) {
 // role grants of 0018_role_grants), and survive a reset.
 var keptTables = map[string]bool{"schema_migrations": true, "river_migration": true, "aftercommit_role_grants": true}
 
+// readResetLists reads, once per schema, which tables a reset empties and
+// which sequences it restarts. They stay right for as long as the schema is
+// reused: checkin retires a schema whose structure changed. Reading them
+// from the catalogs at every reset cost more than the reset.
+func (s *Schema) readResetLists(ctx context.Context) error {
+	rows, err := s.Pool.Query(ctx,
+		`SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY tablename`, s.Name)
+	if err != nil {
+		return fmt.Errorf("dbtest: listing the tables of %s: %w", s.Name, err)
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("dbtest: listing the tables of %s: %w", s.Name, err)
+	}
+	kept := make([]string, 0, len(keptTables))
+	for _, tbl := range tables {
+		if keptTables[tbl] {
+			kept = append(kept, tbl)
+		} else {
+			s.tables = append(s.tables, tbl)
+		}
+	}
+	// The sequences owned by the emptied tables' columns (serial and
+	// identity), as TRUNCATE … RESTART IDENTITY would restart them.
+	rows, err = s.Pool.Query(ctx, `
+		SELECT seq.seqrelid::oid, seq.seqstart
+		  FROM pg_sequence seq
+		  JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = seq.seqrelid
+		                  AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+		  JOIN pg_class t ON t.oid = d.refobjid
+		 WHERE t.relnamespace = $1::regnamespace AND t.relname <> ALL($2)
+		 ORDER BY 1`, s.Name, kept)
+	if err != nil {
+		return fmt.Errorf("dbtest: listing the sequences of %s: %w", s.Name, err)
+	}
+	var oid uint32
+	var start int64
+	_, err = pgx.ForEachRow(rows, []any{&oid, &start}, func() error {
+		s.sequences = append(s.sequences, oid)
+		s.seqStarts = append(s.seqStarts, start)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("dbtest: listing the sequences of %s: %w", s.Name, err)
+	}
+	return nil
+}
+
 // truncateAll empties every table but the kept ones and restarts their
 // identities. TRUNCATE gives every table it empties new files, which costs
 // about 10 ms a table; a test writes to a few of the schema's tables, so
@@ -424,29 +540,14 @@ var keptTables = map[string]bool{"schema_migrations": true, "river_migration": t
 // may still commit rows, and the check for rows must see them, as one
 // TRUNCATE of every table did by waiting for its locks.
 func truncateAll(ctx context.Context, s *Schema) error {
-	rows, err := s.Pool.Query(ctx,
-		`SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY tablename`, s.Name)
-	if err != nil {
-		return err
-	}
-	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return err
-	}
-	var idents, checks []string
-	for _, tbl := range tables {
-		if !keptTables[tbl] {
-			ident := pgx.Identifier{s.Name, tbl}.Sanitize()
-			idents = append(idents, ident)
-			checks = append(checks, fmt.Sprintf("CASE WHEN EXISTS (SELECT FROM %s) THEN %s END", ident, quoteLiteral(tbl)))
-		}
-	}
-	if len(idents) == 0 {
+	if len(s.tables) == 0 {
 		return nil
 	}
-	kept := make([]string, 0, len(keptTables))
-	for tbl := range keptTables {
-		kept = append(kept, tbl)
+	idents := make([]string, len(s.tables))
+	checks := make([]string, len(s.tables))
+	for i, tbl := range s.tables {
+		idents[i] = pgx.Identifier{s.Name, tbl}.Sanitize()
+		checks[i] = fmt.Sprintf("CASE WHEN EXISTS (SELECT FROM %s) THEN %s END", idents[i], quoteLiteral(tbl))
 	}
 	return pgx.BeginFunc(ctx, s.Pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "LOCK TABLE "+strings.Join(idents, ", ")+" IN ACCESS EXCLUSIVE MODE"); err != nil {
@@ -466,17 +567,15 @@ func truncateAll(ctx context.Context, s *Schema) error {
 				return err
 			}
 		}
+		if len(s.sequences) == 0 {
+			return nil
+		}
 		// The sequences of the emptied tables, written to or not (a
-		// rolled-back insert advances a sequence too), as TRUNCATE …
-		// RESTART IDENTITY would.
+		// rolled-back insert advances a sequence too).
 		_, err := tx.Exec(ctx, `
-			SELECT setval(seq.seqrelid, seq.seqstart, false)
-			  FROM pg_sequence seq
-			  JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = seq.seqrelid
-			                  AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
-			  JOIN pg_class t ON t.oid = d.refobjid
-			 WHERE t.relnamespace = $1::regnamespace AND t.relname <> ALL($2)
-			   AND pg_sequence_last_value(seq.seqrelid) IS NOT NULL`, s.Name, kept)
+			SELECT setval(seq::regclass, start, false)
+			  FROM unnest($1::oid[], $2::bigint[]) AS x(seq, start)
+			 WHERE pg_sequence_last_value(seq::regclass) IS NOT NULL`, s.sequences, s.seqStarts)
 		return err
 	})
 }
@@ -487,7 +586,7 @@ func quoteLiteral(s string) string {
 }
 
 func (h *harness) shutdown(dropSchemas bool) {
-	if h.admin == nil {
+	if h.server == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -498,11 +597,20 @@ func (h *harness) shutdown(dropSchemas bool) {
 	h.mu.Unlock()
 	for _, s := range created {
 		s.Pool.Close()
-		if dropSchemas {
+		if dropSchemas && h.database == "" {
 			_, _ = h.admin.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{s.Name}.Sanitize()+" CASCADE")
 		}
 	}
-	h.admin.Close()
+	if h.admin != h.server {
+		h.admin.Close()
+	}
+	if dropSchemas && h.database != "" {
+		// FORCE: a subprocess a test started may still hold a connection.
+		if _, err := h.server.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{h.database}.Sanitize()+" WITH (FORCE)"); err != nil {
+			fmt.Fprintf(os.Stderr, "dbtest: dropping the test binary's database %s: %v\n", h.database, err)
+		}
+	}
+	h.server.Close()
 	if h.stop != nil {
 		h.stop()
 	}
@@ -522,6 +630,20 @@ func withSearchPath(rawURL, schema string) (string, error) {
 		return u.String(), nil
 	}
 	return rawURL + " search_path=" + schema, nil
+}
+
+// withDatabase returns rawURL with its database set to name.
+func withDatabase(rawURL, name string) (string, error) {
+	if strings.Contains(rawURL, "://") {
+		u, err := url.Parse(rawURL)
+		if err != nil {
+			return "", fmt.Errorf("parsing database URL: %w", err)
+		}
+		u.Path = "/" + name
+		u.RawPath = ""
+		return u.String(), nil
+	}
+	return rawURL + " dbname=" + name, nil
 }
 
 // describeURL names host, port and database of a URL without its password.

@@ -102,8 +102,8 @@ type FailureInjector struct {
 }
 
 // injectFailureSQL installs the trigger in the schema of the connection's
-// search_path. The table changes the schema's structure, so dbtest drops
-// the schema instead of reusing it.
+// search_path; dropInjectorSQL removes it again, so that dbtest can reuse
+// the schema.
 const injectFailureSQL = `
 CREATE TABLE test_injected_failures (job_id bigint NOT NULL, attempt smallint NOT NULL, PRIMARY KEY (job_id, attempt));
 CREATE FUNCTION test_inject_failure() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -116,12 +116,20 @@ END $$;
 CREATE TRIGGER test_inject_failure BEFORE UPDATE ON river_job FOR EACH ROW
 	WHEN (OLD.state = 'running' AND NEW.state = 'completed') EXECUTE FUNCTION test_inject_failure();`
 
-// NewFailureInjector installs the trigger in s and returns the middleware
-// that picks attempts with fail (nil: none).
+const dropInjectorSQL = `
+DROP TRIGGER test_inject_failure ON river_job;
+DROP FUNCTION test_inject_failure();
+DROP TABLE test_injected_failures;`
+
+// NewFailureInjector installs the trigger in s, until t ends, and returns
+// the middleware that picks attempts with fail. With a nil fail it installs
+// nothing and picks none. Call it before starting the client that uses it,
+// so that the trigger outlives the client's last job.
 func NewFailureInjector(ctx context.Context, t testing.TB, s *dbtest.Schema, fail func(job *rivertype.JobRow) bool) *FailureInjector {
 	t.Helper()
-	_, err := s.Pool.Exec(ctx, injectFailureSQL)
-	require.NoError(t, err)
+	if fail != nil {
+		s.Scratch(ctx, t, injectFailureSQL, dropInjectorSQL)
+	}
 	return &FailureInjector{fail: fail, pool: s.Pool}
 }
 
