@@ -46,7 +46,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/goleak"
 
-	"github.com/aftercommit/aftercommit/internal/dbmigrate"
 	"github.com/aftercommit/aftercommit/internal/testexit"
 )
 
@@ -143,7 +142,7 @@ func defaultParallel() {
 	}
 	set := false
 	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
-	if f := flag.Lookup("test.parallel"); f != nil && !set && !longBuild && runtime.GOMAXPROCS(0) < minParallel {
+	if f := flag.Lookup("test.parallel"); f != nil && !set && !Long && runtime.GOMAXPROCS(0) < minParallel {
 		_ = f.Value.Set(strconv.Itoa(minParallel))
 	}
 }
@@ -403,7 +402,7 @@ func (h *harness) create(ctx context.Context, opts *Opts) (*Schema, error) {
 	h.created = append(h.created, s)
 	h.mu.Unlock()
 
-	if _, err := dbmigrate.Up(ctx, pool, &dbmigrate.Options{Schema: name}); err != nil {
+	if err := migrate(ctx, pool, name); err != nil {
 		return nil, fmt.Errorf("migrating schema %s: %w", name, err)
 	}
 	if s.fingerprint, err = fingerprint(ctx, s); err != nil {

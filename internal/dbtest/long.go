@@ -2,7 +2,8 @@
 
 package dbtest
 
-// longBuild is true in the full suite (go test -tags long): its load runs,
-// bench scenarios and fault tests open dozens of connections each, so it
-// keeps Go's default test parallelism (see defaultParallel).
-const longBuild = true
+// Long is true in the full suite (go test -tags long). Its load runs, bench
+// scenarios and fault tests open dozens of connections each, so it keeps
+// Go's default test parallelism (see defaultParallel); tests that search
+// for a rare interleaving use it to search longer.
+const Long = true

@@ -2,6 +2,7 @@
 
 package dbtest
 
-// longBuild is false in the quick suite, whose tests raise the default
-// parallelism (see defaultParallel).
-const longBuild = false
+// Long is false in the quick suite (go test without -tags long), whose
+// tests raise the default parallelism (see defaultParallel) and keep
+// searches for rare interleavings short.
+const Long = false
