@@ -142,9 +142,9 @@ func TestCounterCaches(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 
-	t.Run("ExactAfterFiveHundredDonationsWithRetriesInjected", func(t *testing.T) {
+	t.Run("ExactAfterTwoHundredDonationsWithRetriesInjected", func(t *testing.T) {
 		t.Parallel()
-		donateWithRetriesInjected(ctx, t, 500)
+		donateWithRetriesInjected(ctx, t, 200)
 	})
 
 	t.Run("SubscriptionEnqueuesCoalescedRecountsForCountedDonationsOnly", func(t *testing.T) {

@@ -282,9 +282,9 @@ func TestTrackOpen(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 
-	t.Run("TwoThousandOpensFromSixteenGoroutinesFoldExactly", func(t *testing.T) {
+	t.Run("EightHundredOpensFromSixteenGoroutinesFoldExactly", func(t *testing.T) {
 		t.Parallel()
-		trackOpensFromSixteenGoroutines(ctx, t, 2_000, 200)
+		trackOpensFromSixteenGoroutines(ctx, t, 800, 80)
 	})
 
 	t.Run("BatchesFoldExactly", func(t *testing.T) {
@@ -390,7 +390,7 @@ func TestFoldEmailCounters(t *testing.T) {
 			return job.Kind == donations.FoldEmailCountersKind && job.Attempt == 1
 		}})
 		emails := seedTrackedEmails(ctx, t, b.schema.Pool, 5)
-		events, want := planEvents(3, emails, 2_000, 500)
+		events, want := planEvents(3, emails, 800, 200)
 
 		require.NoError(t, trackAll(ctx, b.svc, events, 8))
 		b.waitQueuesDrained(ctx, t)
@@ -408,7 +408,7 @@ func TestFoldEmailCounters(t *testing.T) {
 
 	t.Run("TwoWorkerProcessesRaceOnTheSameEmails", func(t *testing.T) {
 		t.Parallel()
-		twoWorkerProcessesRace(ctx, t, 1_250, 250)
+		twoWorkerProcessesRace(ctx, t, 600, 120)
 	})
 
 	t.Run("TwoFoldsOfOneEmailNeitherLoseNorDoubleCount", func(t *testing.T) {

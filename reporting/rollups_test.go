@@ -98,7 +98,7 @@ func TestRollups(t *testing.T) {
 		for g := range 6 {
 			wg.Go(func() {
 				rng := rand.New(rand.NewPCG(uint64(g), 11))
-				for range 200 {
+				for range 80 {
 					status := "succeeded"
 					switch rng.IntN(6) {
 					case 0:
@@ -120,13 +120,13 @@ func TestRollups(t *testing.T) {
 		b.waitDrained(ctx, t)
 
 		require.Empty(t, b.staleRollups(ctx, t, allDays, noDay))
-		require.Equal(t, 1200, b.count(ctx, t, `SELECT count(*) FROM donations`))
+		require.Equal(t, 480, b.count(ctx, t, `SELECT count(*) FROM donations`))
 		var succeeded, rolledUp int
 		require.NoError(t, b.schema.Pool.QueryRow(ctx, `
 			SELECT (SELECT count(*) FROM donations WHERE status = 'succeeded'),
 			       (SELECT sum(donations_count) FROM fundraiser_daily_totals)`).Scan(&succeeded, &rolledUp))
 		require.Equal(t, succeeded, rolledUp)
-		require.Less(t, succeeded, 1200, "failed and pending donations are not counted")
+		require.Less(t, succeeded, 480, "failed and pending donations are not counted")
 		rows := b.count(ctx, t, `SELECT count(*) FROM fundraiser_daily_totals`)
 		require.GreaterOrEqual(t, rows, 8, "a row per fundraiser for today (and one for yesterday, past midnight)")
 		require.LessOrEqual(t, rows, 16)
@@ -136,7 +136,7 @@ func TestRollups(t *testing.T) {
 		require.Equal(t, int(injected), b.count(ctx, t,
 			`SELECT coalesce(sum(cardinality(errors)), 0) FROM river_job WHERE kind = $1`, reporting.RollupFundraiserDayKind),
 			"every injected failure is a recorded error")
-		t.Logf("1200 donations (%d succeeded): %d rollup jobs, %d injected failures", succeeded,
+		t.Logf("480 donations (%d succeeded): %d rollup jobs, %d injected failures", succeeded,
 			b.count(ctx, t, `SELECT count(*) FROM river_job WHERE kind = $1`, reporting.RollupFundraiserDayKind), injected)
 	})
 

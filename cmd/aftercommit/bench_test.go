@@ -43,14 +43,14 @@ func TestBench(t *testing.T) {
 
 	t.Run("SoakAsJSON", func(t *testing.T) {
 		t.Parallel()
-		res := runCLI(ctx, t, environ, "bench", "--soak", "3s", "--interval", "1s", "--scale", "0.01", "--json",
+		res := runCLI(ctx, t, environ, "bench", "--soak", "1500ms", "--interval", "500ms", "--scale", "0.01", "--json",
 			"--database-url", dbtest.ServerURL(t)) //nolint:contextcheck // dbtest sets up the test server once per process (sync.Once) on its own context; no one test's ctx may bound that
 		require.Equal(t, exitOK, res.code, res.stderr)
 		require.Empty(t, res.stderr, "--json without -v prints no samples on stderr")
 		var report bench.SoakReport
 		require.NoError(t, json.Unmarshal([]byte(res.stdout), &report))
 		require.True(t, report.OK, "%v", report.Failures)
-		require.Equal(t, "3s", report.Duration)
+		require.Equal(t, "1.5s", report.Duration)
 		require.InDelta(t, 0.01, report.Scale, 1e-9)
 		require.Len(t, report.Samples, 3)
 		require.Len(t, report.Invariants, 18)

@@ -22,10 +22,10 @@ func TestDemo(t *testing.T) {
 	t.Run("SmallScaleHoldsEveryInvariant", func(t *testing.T) {
 		t.Parallel()
 		s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 1})
-		res := runCLI(ctx, t, environ, "demo", "--scale", "0.05", "--seed", "42", "--database-url", s.URL, "--schema", s.Name)
+		res := runCLI(ctx, t, environ, "demo", "--scale", "0.02", "--seed", "42", "--database-url", s.URL, "--schema", s.Name)
 		require.Equal(t, exitOK, res.code, "stdout:\n%s\nstderr:\n%s", res.stdout, res.stderr)
 		require.Contains(t, res.stdout, "migrate: already up to date\n")
-		require.Contains(t, res.stdout, "aftercommit demo: scale 0.05, seed 42, tag ")
+		require.Contains(t, res.stdout, "aftercommit demo: scale 0.02, seed 42, tag ")
 		require.Contains(t, res.stdout, "all 18 invariants hold\n")
 		require.NotContains(t, res.stdout, "\n  FAIL")
 		require.NotContains(t, res.stdout, "\x1b[", "no progress bars when stdout is not a terminal")
