@@ -428,12 +428,48 @@ func (h *harness) checkin(ctx context.Context, s *Schema) {
 		h.retire(ctx, s)
 		return
 	}
-	// An idle schema holds no connection: parallel test binaries share one
-	// server and its max_connections (100 by default).
-	s.Pool.Reset()
+	keepWarm(ctx, s.Pool)
 	h.mu.Lock()
 	h.idle = append(h.idle, s)
 	h.mu.Unlock()
+}
+
+// warmConns is how many connections an idle schema's pool keeps for the
+// next test. A new connection costs the server far more than the work of
+// most tests (tens of milliseconds of CPU: a forked backend with cold
+// catalog caches that parses and plans River's statements again), and a
+// test's River client opens several; but parallel test binaries share one
+// server and its max_connections (100 by default), so an idle schema
+// keeps only a few.
+const warmConns = 4
+
+// resetSessionSQL is DISCARD ALL but for DEALLOCATE ALL and DISCARD PLANS:
+// the prepared statements pgx caches stay valid and in place.
+const resetSessionSQL = `CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *;
+SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES`
+
+// keepWarm closes all but warmConns of pool's idle connections and clears
+// the session state a test may have left on the kept ones (settings and
+// role, cursors, advisory locks, LISTEN, temporary tables), leaving their
+// prepared statements in place. When a test leaked a connection that is
+// still in use, every connection is closed, that one when it is released.
+func keepWarm(ctx context.Context, pool *pgxpool.Pool) {
+	idle := pool.AcquireAllIdle(ctx)
+	kept := 0
+	for _, c := range idle {
+		if kept < warmConns {
+			if _, err := c.Exec(ctx, resetSessionSQL); err == nil {
+				kept++
+				c.Release()
+				continue
+			}
+		}
+		_ = c.Conn().Close(ctx)
+		c.Release() // a closed connection leaves the pool
+	}
+	if pool.Stat().AcquiredConns() > 0 {
+		pool.Reset()
+	}
 }
 
 func (h *harness) retire(ctx context.Context, s *Schema) {

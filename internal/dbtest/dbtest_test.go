@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
@@ -27,6 +28,9 @@ func TestSchemaReuse(t *testing.T) {
 		first = s.Name
 		_, err := s.Pool.Exec(ctx, `INSERT INTO pings (note) VALUES ('left behind')`)
 		require.NoError(t, err)
+		// Session state left on a connection the next test may get.
+		_, err = s.Pool.Exec(ctx, `SET work_mem = '1234kB'; SELECT pg_advisory_lock(42); LISTEN left_behind; CREATE TEMP TABLE left_behind (id int)`)
+		require.NoError(t, err)
 	})
 	t.Run("ReusedSchemaIsEmptyAndIdentityRestarts", func(t *testing.T) {
 		s := dbtest.TestSchema(ctx, t, opts)
@@ -38,6 +42,27 @@ func TestSchemaReuse(t *testing.T) {
 		var id int64
 		require.NoError(t, s.Pool.QueryRow(ctx, `INSERT INTO pings (note) VALUES ('x') RETURNING id`).Scan(&id))
 		require.Equal(t, int64(1), id)
+		// The warm connections the schema kept carry no session state.
+		conns := make([]*pgxpool.Conn, 0, 2)
+		for range 2 {
+			c, err := s.Pool.Acquire(ctx)
+			require.NoError(t, err)
+			t.Cleanup(c.Release)
+			conns = append(conns, c)
+		}
+		for _, c := range conns {
+			var workMem string
+			var advisory, temp, listening int
+			require.NoError(t, c.QueryRow(ctx, `
+				SELECT current_setting('work_mem'),
+				       (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()),
+				       (SELECT count(*) FROM pg_class WHERE relname = 'left_behind' AND relpersistence = 't'),
+				       (SELECT count(*) FROM pg_listening_channels())`).Scan(&workMem, &advisory, &temp, &listening))
+			require.NotEqual(t, "1234kB", workMem)
+			require.Zero(t, advisory)
+			require.Zero(t, temp)
+			require.Zero(t, listening)
+		}
 		// Changing the structure retires the schema.
 		_, err := s.Pool.Exec(ctx, `CREATE TABLE scratch (id int)`)
 		require.NoError(t, err)
