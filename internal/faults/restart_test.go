@@ -19,9 +19,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/dbmigrate"
@@ -220,11 +222,26 @@ func TestPostgresRestartedUnderLoad(t *testing.T) {
 	<-appDone
 
 	// The backlog drains.
-	require.Eventually(t, func() bool {
+	if !assert.Eventually(t, func() bool {
 		var left int
 		err := pool.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE state <> 'completed'`).Scan(&left)
 		return err == nil && left == 0
-	}, 60*time.Second, 50*time.Millisecond, "every job completed; log:\n%s", wlog)
+	}, 60*time.Second, 50*time.Millisecond, "every job completed") {
+		// Say what is left, so that a failure explains itself: stuck
+		// running (a lost completion), retryable or scheduled (which
+		// attempt, due when), or available (nothing fetched them).
+		rows, err := pool.Query(ctx, `
+			SELECT state::text || ' attempt ' || attempt || ': ' || count(*) || ' jobs, due '
+			       || min(scheduled_at - now()) || ' … ' || max(scheduled_at - now())
+			       || ', last error ' || coalesce(max(errors[cardinality(errors)]->>'error'), '-')
+			  FROM river_job WHERE state <> 'completed' GROUP BY state, attempt ORDER BY 1`)
+		require.NoError(t, err)
+		left, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		require.NoError(t, err)
+		var leader string
+		_ = pool.QueryRow(ctx, `SELECT coalesce((SELECT leader_id || ' until ' || (expires_at - now()) FROM river_leader), 'none')`).Scan(&leader)
+		t.Fatalf("jobs left:\n%s\nleader: %s\nworker log:\n%s", strings.Join(left, "\n"), leader, wlog)
+	}
 
 	var rows, jobsN, withoutJob, jobWithoutRow, once, twice int
 	var worst time.Duration
