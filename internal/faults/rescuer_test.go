@@ -110,6 +110,12 @@ func TestRescuerKnowsEveryKind(t *testing.T) {
 			return state != "running"
 		}, 60*time.Second, 20*time.Millisecond)
 		require.Contains(t, []string{"retryable", "available"}, state, "rescued for a retry, not discarded")
+		// The rescuer logs its counts after its UPDATE committed: wait for
+		// the line, which a loaded machine may print after the state was
+		// seen (a CI run read the log too early).
+		require.Eventually(t, func() bool {
+			return strings.Contains(p.log.String(), "num_jobs_retry_scheduled=")
+		}, 30*time.Second, 20*time.Millisecond, "the rescuer logs its counts; log:\n%s", p.log)
 		require.Contains(t, p.log.String(), "num_jobs_discarded=0 num_jobs_retry_scheduled=1")
 	})
 
