@@ -8,8 +8,8 @@
 // stops with one line that says how to provide a database. Nothing is ever
 // skipped for want of a database.
 //
-// Each test binary works in a database of its own, created when its first
-// test asks for a schema and dropped when it exits: creating and dropping
+// Each test binary works in a database of its own, created before its
+// first test runs and dropped when it exits: creating and dropping
 // schemas leaves dead rows in the system catalogs, which only a vacuum
 // removes, and on a server without autovacuum (as on the project's
 // machines) every catalog lookup of every later run would pay for them. A
@@ -71,7 +71,7 @@ type Schema struct {
 	URL string
 
 	fingerprint string   // tables and migration versions right after creation
-	tables      []string // the tables a reset empties, schema-qualified
+	tables      []string // the tables a reset empties (names within the schema)
 	sequences   []uint32 // the OIDs of their sequences
 	seqStarts   []int64  // and each sequence's start value
 }
