@@ -28,6 +28,12 @@ func TestSchemaReuse(t *testing.T) {
 		first = s.Name
 		_, err := s.Pool.Exec(ctx, `INSERT INTO pings (note) VALUES ('left behind')`)
 		require.NoError(t, err)
+		// A table of more than a megabyte is truncated, a small one is
+		// emptied with DELETE (its pages stay).
+		_, err = s.Pool.Exec(ctx, `INSERT INTO pings (note) SELECT repeat('x', 1000) FROM generate_series(1, 2000)`)
+		require.NoError(t, err)
+		_, err = s.Pool.Exec(ctx, `INSERT INTO river_job (args, kind, max_attempts) VALUES ('{}', 'left.behind', 1)`)
+		require.NoError(t, err)
 		// Session state left on a connection the next test may get.
 		_, err = s.Pool.Exec(ctx, `SET work_mem = '1234kB'; SELECT pg_advisory_lock(42); LISTEN left_behind; CREATE TEMP TABLE left_behind (id int)`)
 		require.NoError(t, err)
@@ -36,9 +42,13 @@ func TestSchemaReuse(t *testing.T) {
 		s := dbtest.TestSchema(ctx, t, opts)
 		second = s.Name
 		require.Equal(t, first, s.Name, "the released schema is reused")
-		var n int
-		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*) FROM pings`).Scan(&n))
+		var n, jobs, pingsSize, jobsSize int
+		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM pings), (SELECT count(*) FROM river_job),
+			pg_relation_size('pings'), pg_relation_size('river_job')`).Scan(&n, &jobs, &pingsSize, &jobsSize))
 		require.Zero(t, n)
+		require.Zero(t, jobs)
+		require.Zero(t, pingsSize, "the large table was truncated")
+		require.Positive(t, jobsSize, "the small table was emptied with DELETE")
 		var id int64
 		require.NoError(t, s.Pool.QueryRow(ctx, `INSERT INTO pings (note) VALUES ('x') RETURNING id`).Scan(&id))
 		require.Equal(t, int64(1), id)
