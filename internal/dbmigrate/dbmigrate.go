@@ -69,6 +69,12 @@ type Migration struct {
 	River int
 }
 
+// UpFile is the name of the migration's up file in package migrations.
+func (m Migration) UpFile() string { return fmt.Sprintf("%04d_%s.up.sql", m.Version, m.Name) }
+
+// DownFile is the name of the migration's down file in package migrations.
+func (m Migration) DownFile() string { return fmt.Sprintf("%04d_%s.down.sql", m.Version, m.Name) }
+
 // Version describes what is applied in a database.
 type Version struct {
 	// App is the newest migration of package migrations applied, River's

@@ -79,8 +79,8 @@ func TestMigrations(t *testing.T) {
 	require.Len(t, all, len(names)/2, "every migration has an up and a down file")
 	for i, m := range all {
 		require.Equal(t, uint(i+1), m.Version, "versions have no gap")
-		require.Contains(t, names, fmt.Sprintf("%04d_%s.up.sql", m.Version, m.Name))
-		require.Contains(t, names, fmt.Sprintf("%04d_%s.down.sql", m.Version, m.Name))
+		require.Contains(t, names, m.UpFile())
+		require.Contains(t, names, m.DownFile())
 	}
 	// River's come first, in River's order, then aftercommit's.
 	for i := range 8 {

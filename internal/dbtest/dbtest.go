@@ -8,24 +8,32 @@
 // stops with one line that says how to provide a database. Nothing is ever
 // skipped for want of a database.
 //
-// Each test binary works in a database of its own, created before its
-// first test runs and dropped when it exits: creating and dropping
-// schemas leaves dead rows in the system catalogs, which only a vacuum
-// removes, and on a server without autovacuum (as on the project's
-// machines) every catalog lookup of every later run would pay for them. A
-// role without CREATEDB works in the URL's database instead.
+// The schemas live in the test database, TestDatabase on the URL's server
+// (created when missing; a role without CREATEDB works in the URL's
+// database instead), and outlive the test binary: a schema is a pool
+// schema, named after a hash of the migrations it holds, that one test
+// binary at a time leases with a session advisory lock. A test binary
+// takes an unleased pool schema of its migrations, empties it and checks
+// its structure, or creates and migrates a new one when none is free
+// (about half a second of the server's time, and a hundred files).
+// When a test ends, the tables it wrote are emptied (DELETE, or TRUNCATE
+// once a table is large) and the schema goes to the next test (a few
+// milliseconds), with a pool of the size that test asks for; when the
+// binary exits, its leases end and the schemas wait for the next binary.
+// So a run creates almost no schema, database or file: on the project's
+// machines (no autovacuum, ext4 without a journal) creating and dropping
+// them left dead catalog rows behind and made every file the server
+// created cost more.
 //
-// A schema costs one CREATE SCHEMA plus the migrations the first time
-// (about half a second of the server's time); when its test ends the tables
-// it wrote are emptied (DELETE, or TRUNCATE once a table is large) and it
-// is handed to the next test of the same binary (a few milliseconds), with
-// a pool of the size that test asks for. The database of a run that passed is dropped when the
-// binary exits; a failed run leaves it for inspection and a later run drops
-// it once it is an hour old.
+// A schema whose structure a test changed is dropped, as are the schemas
+// of other migrations once no binary leases them, and the dead catalog
+// rows of the test database are vacuumed away when they pile up.
 package dbtest
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -52,8 +60,31 @@ import (
 // DefaultURL is used when neither TEST_DATABASE_URL nor DATABASE_URL is set.
 const DefaultURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
 
-// schemaPrefix starts the name of every schema the harness creates.
+// TestDatabase is the database, on the URL's server, that holds the test
+// schemas.
+const TestDatabase = "aftercommit_test"
+
+// schemaPrefix started the names of the databases and schemas of earlier
+// versions of the harness; gc drops what is left of them.
 const schemaPrefix = "act_"
+
+// poolPrefix starts the name of every pool schema:
+// actpool_<migrations hash>_<pid>_<n>.
+const poolPrefix = "actpool_"
+
+// poolName matches the name of a pool schema; schemas named after one
+// plus a suffix ("<pool schema>_target") are a test's own, and go when
+// the next binary takes the pool schema.
+var poolName = regexp.MustCompile(`^actpool_[0-9a-f]{12}_[0-9]+_[0-9]+$`)
+
+// leaseKey is the first key of the advisory locks that lease pool schemas
+// (the second is the schema name's hashtext): "actp".
+const leaseKey = 0x61637470
+
+// vacuumDeadRows is how many dead rows the test database's catalogs may
+// hold before a binary vacuums them at start. Tests that migrate schemas of
+// their own (the migrate commands') and drop them leave thousands each.
+const vacuumDeadRows = 100_000
 
 // gcAge is how old a leftover schema of an earlier run must be before it is
 // dropped. Younger ones may belong to a run still going in another process.
@@ -85,14 +116,17 @@ type Opts struct {
 type harness struct {
 	once      sync.Once
 	err       error
-	baseURL   string        // the URL of the binary's database
-	admin     *pgxpool.Pool // on the binary's database
-	server    *pgxpool.Pool // on the URL's database, which outlives the binary's
-	database  string        // the binary's database; "" when working in the URL's
-	superuser bool          // whether the role is a superuser (resets may DELETE)
+	baseURL   string        // the URL of the test database
+	admin     *pgxpool.Pool // on the test database
+	server    *pgxpool.Pool // on the URL's database
 	stop      func()        // terminates a container, when one was started
-	base      string        // per-binary name base: act_<pkg>_<time>_<pid>_
+	superuser bool          // whether the role is a superuser (resets may DELETE)
+	prefix    string        // poolPrefix + the migrations' hash + "_"
 	counter   atomic.Int64
+
+	leaseMu sync.Mutex
+	lease   *pgx.Conn       // holds the advisory lock of every schema the binary has
+	leased  map[string]bool // and their names: a session takes a lock it holds again
 
 	mu      sync.Mutex
 	idle    []*Schema
@@ -103,8 +137,8 @@ var h harness
 
 // WrapTestMain runs a package's tests: it makes sure a server answers before
 // any test starts (or exits 1 with one line saying how to provide one), runs
-// them, drops the schemas of a passing run, and fails the run when goroutines
-// leak. A passing run exits without the race detector's idle second (see
+// them, hands the binary's schemas back to the pool, and fails the run when
+// goroutines leak. A passing run exits without the race detector's idle second (see
 // package testexit).
 func WrapTestMain(m *testing.M) {
 	defaultParallel()
@@ -113,7 +147,7 @@ func WrapTestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
-	h.shutdown(code == 0)
+	h.shutdown()
 	if code == 0 {
 		if err := goleak.Find(goleak.IgnoreCurrent()); err != nil {
 			fmt.Fprintln(os.Stderr, "dbtest: goroutines leaked:", err)
@@ -149,9 +183,11 @@ func defaultParallel() {
 }
 
 // ServerURL returns the URL of the database tests run in (after starting
-// the server if need be): the test binary's own database, which every test
-// of the binary shares, so use it only to open pools whose search_path you
-// set yourself.
+// the server if need be): TestDatabase, which every test of every binary
+// shares, so use it only to open pools whose search_path you set yourself,
+// and drop what a test creates there. A schema named after a test's own
+// schema plus a suffix (s.Name + "_target") is dropped for the test when a
+// later binary takes s, should the test's cleanup not have run.
 func ServerURL(t testing.TB) string {
 	t.Helper()
 	if err := h.init(); err != nil {
@@ -206,6 +242,12 @@ func NewSchema(ctx context.Context, opts *Opts) (s *Schema, release func(), err 
 		return nil, nil, fmt.Errorf("dbtest: opening a pool on a test schema: %w", err)
 	}
 	if s == nil {
+		s, err = h.adopt(ctx, opts)
+		if err != nil {
+			return nil, nil, fmt.Errorf("dbtest: taking a pool schema: %w", err)
+		}
+	}
+	if s == nil {
 		s, err = h.create(ctx, opts)
 		if err != nil {
 			return nil, nil, fmt.Errorf("dbtest: creating a test schema: %w", err)
@@ -250,36 +292,57 @@ func (h *harness) connect() error {
 	h.server = admin
 	var su string
 	if err := admin.QueryRow(ctx, `SELECT current_setting('is_superuser')`).Scan(&su); err != nil {
-		admin.Close()
 		return fmt.Errorf("dbtest: reading whether the role is a superuser: %w", err)
 	}
 	h.superuser = su == "on"
-	h.base = fmt.Sprintf("%s%s_%s_%d_", schemaPrefix, callerPackage(), time.Now().UTC().Format("20060102t150405"), os.Getpid())
+	hash, err := migrationsHash()
+	if err != nil {
+		return err
+	}
+	h.prefix = poolPrefix + hash + "_"
 	h.gc(ctx)
 	h.admin, h.baseURL = admin, rawURL
-	return h.ownDatabase(ctx, rawURL)
+	if err := h.testDatabase(ctx, rawURL); err != nil {
+		return err
+	}
+	lease, err := pgx.Connect(ctx, h.baseURL)
+	if err != nil {
+		return fmt.Errorf("dbtest: connecting to the test database: %w", err)
+	}
+	h.lease = lease
+	h.dropOtherMigrations(ctx)
+	h.vacuumCatalogs(ctx)
+	return nil
 }
 
-// ownDatabase creates the binary's database and points the harness at it.
-// A role that may not create databases keeps working in the URL's.
-func (h *harness) ownDatabase(ctx context.Context, rawURL string) error {
-	name := strings.TrimSuffix(h.base, "_")
-	if _, err := h.server.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "42501" { // insufficient_privilege
-			fmt.Fprintf(os.Stderr, "dbtest: the role may not create databases (%s); working in the URL's database, whose catalogs grow with every run without a vacuum\n", pgErr.Message)
-			return nil
-		}
-		return fmt.Errorf("dbtest: creating the test binary's database %s: %w", name, err)
+// testDatabase points the harness at TestDatabase, creating it when it is
+// missing. A role that may not create databases works in the URL's.
+func (h *harness) testDatabase(ctx context.Context, rawURL string) error {
+	var exists bool
+	if err := h.server.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)`, TestDatabase).Scan(&exists); err != nil {
+		return fmt.Errorf("dbtest: looking for the test database: %w", err)
 	}
-	h.database = name
-	dbURL, err := withDatabase(rawURL, name)
+	if !exists {
+		if _, err := h.server.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{TestDatabase}.Sanitize()); err != nil {
+			var pgErr *pgconn.PgError
+			switch {
+			case errors.As(err, &pgErr) && pgErr.Code == "42501": // insufficient_privilege
+				fmt.Fprintf(os.Stderr, "dbtest: the role may not create databases (%s); working in the URL's database\n", pgErr.Message)
+				return nil
+			// Another binary created it at the same time.
+			case errors.As(err, &pgErr) && (pgErr.Code == "42P04" || pgErr.Code == "23505"): // duplicate_database, unique_violation
+			default:
+				return fmt.Errorf("dbtest: creating the test database %s: %w", TestDatabase, err)
+			}
+		}
+	}
+	dbURL, err := withDatabase(rawURL, TestDatabase)
 	if err != nil {
 		return err
 	}
 	admin, err := openAndPing(ctx, dbURL)
 	if err != nil {
-		return fmt.Errorf("dbtest: connecting to the test binary's database %s: %w", name, err)
+		return fmt.Errorf("dbtest: connecting to the test database %s: %w", TestDatabase, err)
 	}
 	h.admin, h.baseURL = admin, dbURL
 	return nil
@@ -305,9 +368,9 @@ func openAndPing(ctx context.Context, rawURL string) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
-// gc drops the databases and schemas that earlier runs of this package
-// left behind (schemas: of a role that may not create databases, or of
-// the harness before it created databases).
+// gc drops the databases and schemas that earlier versions of the harness
+// left behind for this package: a database per test binary, and before
+// that schemas in the URL's database.
 func (h *harness) gc(ctx context.Context) {
 	pkgPrefix := schemaPrefix + callerPackage() + "_"
 	cutoff := pkgPrefix + time.Now().UTC().Add(-gcAge).Format("20060102t150405")
@@ -315,17 +378,110 @@ func (h *harness) gc(ctx context.Context) {
 		{`SELECT datname FROM pg_database WHERE starts_with(datname, $1) AND datname < $2`, "DROP DATABASE IF EXISTS %s WITH (FORCE)"},
 		{`SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1) AND nspname < $2`, "DROP SCHEMA IF EXISTS %s CASCADE"},
 	} {
-		rows, err := h.server.Query(ctx, q.list, pkgPrefix, cutoff)
-		if err != nil {
-			continue
-		}
-		names, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			continue
-		}
-		for _, n := range names {
+		for _, n := range h.names(ctx, h.server, q.list, pkgPrefix, cutoff) {
 			_, _ = h.server.Exec(ctx, fmt.Sprintf(q.drop, pgx.Identifier{n}.Sanitize()))
 		}
+	}
+}
+
+// names runs a query that lists names; an error lists none.
+func (h *harness) names(ctx context.Context, pool *pgxpool.Pool, sql string, args ...any) []string {
+	rows, err := pool.Query(ctx, sql, args...)
+	if err != nil {
+		return nil
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil
+	}
+	return names
+}
+
+// dropOtherMigrations drops the pool schemas of other migrations (an older
+// or newer checkout of the code) that no binary leases.
+func (h *harness) dropOtherMigrations(ctx context.Context) {
+	for _, n := range h.names(ctx, h.admin, `SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1) AND NOT starts_with(nspname, $2) ORDER BY 1`, poolPrefix, h.prefix) {
+		if !poolName.MatchString(n) {
+			continue
+		}
+		if ok, err := h.tryLease(ctx, n); err == nil && ok {
+			h.dropSchema(ctx, n)
+		}
+	}
+}
+
+// vacuumCatalogs vacuums the test database's catalogs when their dead rows
+// pile up (the server may run without autovacuum, as on the project's
+// machines): one binary at a time, the others go on. Only a superuser may.
+func (h *harness) vacuumCatalogs(ctx context.Context) {
+	if !h.superuser {
+		return
+	}
+	var dead int64
+	if err := h.admin.QueryRow(ctx, `SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_sys_tables WHERE schemaname = 'pg_catalog'`).Scan(&dead); err != nil || dead < vacuumDeadRows {
+		return
+	}
+	conn, err := h.admin.Acquire(ctx)
+	if err != nil {
+		return
+	}
+	defer conn.Release()
+	var locked bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, 0)`, leaseKey).Scan(&locked); err != nil || !locked {
+		return
+	}
+	defer func() { _, _ = conn.Exec(ctx, `SELECT pg_advisory_unlock($1, 0)`, leaseKey) }()
+	if _, err := conn.Exec(ctx, `VACUUM pg_catalog.pg_attribute, pg_catalog.pg_class, pg_catalog.pg_depend, pg_catalog.pg_type,
+		pg_catalog.pg_constraint, pg_catalog.pg_index, pg_catalog.pg_attrdef, pg_catalog.pg_namespace, pg_catalog.pg_proc,
+		pg_catalog.pg_trigger, pg_catalog.pg_description, pg_catalog.pg_sequence, pg_catalog.pg_init_privs, pg_catalog.pg_rewrite`); err != nil {
+		fmt.Fprintf(os.Stderr, "dbtest: vacuuming the test database's catalogs (%d dead rows): %v\n", dead, err)
+	}
+}
+
+// tryLease takes the advisory lock of the pool schema name on the lease
+// connection, if neither another binary nor this one holds it.
+func (h *harness) tryLease(ctx context.Context, name string) (bool, error) {
+	h.leaseMu.Lock()
+	defer h.leaseMu.Unlock()
+	if h.leased[name] {
+		return false, nil
+	}
+	var ok bool
+	if err := h.lease.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, hashtext($2))`, leaseKey, name).Scan(&ok); err != nil {
+		return false, err
+	}
+	if ok {
+		if h.leased == nil {
+			h.leased = map[string]bool{}
+		}
+		h.leased[name] = true
+	}
+	return ok, nil
+}
+
+// endLease releases the lock of the pool schema name.
+func (h *harness) endLease(ctx context.Context, name string) {
+	h.leaseMu.Lock()
+	defer h.leaseMu.Unlock()
+	if !h.leased[name] {
+		return
+	}
+	delete(h.leased, name)
+	_, _ = h.lease.Exec(ctx, `SELECT pg_advisory_unlock($1, hashtext($2))`, leaseKey, name)
+}
+
+// dropSchema drops a pool schema, the schemas named after it, and its lease.
+func (h *harness) dropSchema(ctx context.Context, name string) {
+	h.dropDerived(ctx, name)
+	_, _ = h.admin.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{name}.Sanitize()+" CASCADE")
+	h.endLease(ctx, name)
+}
+
+// dropDerived drops the schemas a test named after its schema name
+// ("<name>_target") and left behind.
+func (h *harness) dropDerived(ctx context.Context, name string) {
+	for _, n := range h.names(ctx, h.admin, `SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1)`, name+"_") {
+		_, _ = h.admin.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{n}.Sanitize()+" CASCADE")
 	}
 }
 
@@ -387,15 +543,104 @@ func maxConns(opts *Opts) int32 {
 	return 10
 }
 
-func (h *harness) create(ctx context.Context, opts *Opts) (*Schema, error) {
-	name := fmt.Sprintf("%s%d", h.base, h.counter.Add(1))
-	if len(name) > 63 {
-		return nil, fmt.Errorf("schema name %q is longer than 63 bytes", name)
-	}
-	if _, err := h.admin.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{name}.Sanitize()); err != nil {
+// adopt leases a pool schema of the binary's migrations that no binary
+// holds, if there is one, and readies it for a test: the schemas a test
+// named after it are dropped, its structure is checked against the one it
+// was created with (COMMENT ON SCHEMA holds its hash), and its tables are
+// emptied (a binary that was killed could not). A schema that fails a
+// check is dropped and the next one tried.
+func (h *harness) adopt(ctx context.Context, opts *Opts) (*Schema, error) {
+	rows, err := h.admin.Query(ctx, `
+		SELECT nspname, coalesce(obj_description(oid, 'pg_namespace'), '')
+		  FROM pg_namespace WHERE starts_with(nspname, $1) ORDER BY nspname`, h.prefix)
+	if err != nil {
 		return nil, err
 	}
+	type candidate struct{ name, comment string }
+	var candidates []candidate
+	var c candidate
+	if _, err := pgx.ForEachRow(rows, []any{&c.name, &c.comment}, func() error {
+		candidates = append(candidates, c)
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	for _, c := range candidates {
+		if !poolName.MatchString(c.name) {
+			continue
+		}
+		ok, err := h.tryLease(ctx, c.name)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			continue
+		}
+		s, err := h.ready(ctx, c.name, c.comment, maxConns(opts))
+		if err != nil {
+			h.dropSchema(ctx, c.name)
+			continue
+		}
+		return s, nil
+	}
+	return nil, nil
+}
 
+// ready opens a pool on the leased pool schema name and readies it.
+func (h *harness) ready(ctx context.Context, name, comment string, maxConns int32) (*Schema, error) {
+	h.dropDerived(ctx, name)
+	schemaURL, err := withSearchPath(h.baseURL, name)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := newPool(ctx, schemaURL, maxConns)
+	if err != nil {
+		return nil, err
+	}
+	s := &Schema{Name: name, Pool: pool, URL: schemaURL}
+	if s.fingerprint, err = fingerprint(ctx, s); err == nil && fingerprintHash(s.fingerprint) != comment {
+		err = fmt.Errorf("dbtest: the structure of %s changed", name)
+	}
+	if err == nil {
+		err = s.readResetLists(ctx)
+	}
+	if err == nil {
+		err = emptyTables(ctx, s, h.superuser)
+	}
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	h.mu.Lock()
+	h.created = append(h.created, s)
+	h.mu.Unlock()
+	return s, nil
+}
+
+// create makes a new pool schema, leased by the binary, and migrates it.
+func (h *harness) create(ctx context.Context, opts *Opts) (*Schema, error) {
+	var name string
+	for {
+		name = fmt.Sprintf("%s%d_%d", h.prefix, os.Getpid(), h.counter.Add(1))
+		ok, err := h.tryLease(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			continue // a binary of an earlier run with the same pid holds it
+		}
+		_, err = h.admin.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{name}.Sanitize())
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42P06" { // duplicate_schema: left by an earlier run
+			h.endLease(ctx, name)
+			continue
+		}
+		if err != nil {
+			h.endLease(ctx, name)
+			return nil, err
+		}
+		break
+	}
 	schemaURL, err := withSearchPath(h.baseURL, name)
 	if err != nil {
 		return nil, err
@@ -415,10 +660,23 @@ func (h *harness) create(ctx context.Context, opts *Opts) (*Schema, error) {
 	if s.fingerprint, err = fingerprint(ctx, s); err != nil {
 		return nil, err
 	}
+	// Last: a schema without its comment is one whose creation did not
+	// finish, which the next binary drops.
+	if _, err := h.admin.Exec(ctx, fmt.Sprintf("COMMENT ON SCHEMA %s IS %s",
+		pgx.Identifier{name}.Sanitize(), quoteLiteral(fingerprintHash(s.fingerprint)))); err != nil {
+		return nil, err
+	}
 	if err := s.readResetLists(ctx); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// fingerprintHash is what a pool schema's comment holds: the hash of its
+// structure right after its migrations.
+func fingerprintHash(fp string) string {
+	sum := sha256.Sum256([]byte(fp))
+	return hex.EncodeToString(sum[:])
 }
 
 // checkin empties s and makes it available to the next test. A schema whose
@@ -484,7 +742,7 @@ func (h *harness) retire(ctx context.Context, s *Schema) {
 	h.created = slices.DeleteFunc(h.created, func(c *Schema) bool { return c == s })
 	h.mu.Unlock()
 	s.Pool.Close()
-	_, _ = h.admin.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{s.Name}.Sanitize()+" CASCADE")
+	h.dropSchema(ctx, s.Name)
 }
 
 // fingerprint describes the structure a test may have changed: the
@@ -655,30 +913,25 @@ func quoteLiteral(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
 
-func (h *harness) shutdown(dropSchemas bool) {
+// shutdown closes the binary's pools and ends its leases: its schemas,
+// emptied when their tests ended, wait in the test database for the next
+// binary.
+func (h *harness) shutdown() {
 	if h.server == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
 	h.mu.Lock()
 	created := h.created
 	h.created, h.idle = nil, nil
 	h.mu.Unlock()
 	for _, s := range created {
 		s.Pool.Close()
-		if dropSchemas && h.database == "" {
-			_, _ = h.admin.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{s.Name}.Sanitize()+" CASCADE")
-		}
+	}
+	if h.lease != nil {
+		_ = h.lease.Close(context.Background())
 	}
 	if h.admin != h.server {
 		h.admin.Close()
-	}
-	if dropSchemas && h.database != "" {
-		// FORCE: a subprocess a test started may still hold a connection.
-		if _, err := h.server.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{h.database}.Sanitize()+" WITH (FORCE)"); err != nil {
-			fmt.Fprintf(os.Stderr, "dbtest: dropping the test binary's database %s: %v\n", h.database, err)
-		}
 	}
 	h.server.Close()
 	if h.stop != nil {

@@ -2,10 +2,15 @@ package dbtest
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"io/fs"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -31,33 +36,16 @@ var addValue = regexp.MustCompile(`(?im)^\s*ALTER\s+TYPE\s+.*\sADD\s+VALUE\s`)
 // that the result is the schema golang-migrate builds: every object of the
 // catalog, and the bookkeeping rows of River and golang-migrate.
 func migrate(ctx context.Context, pool *pgxpool.Pool, schema string) error {
-	all, err := dbmigrate.Migrations()
+	set, err := loadMigrations()
 	if err != nil {
 		return err
 	}
-	if len(all) == 0 {
-		return fmt.Errorf("no migrations embedded")
-	}
-	var batches []string
-	var batch strings.Builder
-	for _, m := range all {
-		sql, err := fs.ReadFile(migrations.FS, fmt.Sprintf("%04d_%s.up.sql", m.Version, m.Name))
-		if err != nil {
-			return fmt.Errorf("reading migration %d: %w", m.Version, err)
-		}
-		batch.Write(sql)
-		batch.WriteString("\n;\n")
-		if addValue.Match(sql) {
-			batches = append(batches, batch.String())
-			batch.Reset()
-		}
-	}
+	batches := slices.Clone(set.batches)
 	// golang-migrate's pgx/v5 driver creates its table so, in the schema it
 	// is configured with.
 	table := pgx.Identifier{schema, "schema_migrations"}.Sanitize()
-	fmt.Fprintf(&batch, "CREATE TABLE IF NOT EXISTS %s (version bigint not null primary key, dirty boolean not null);\n", table)
-	fmt.Fprintf(&batch, "INSERT INTO %s (version, dirty) VALUES (%d, false);\n", table, all[len(all)-1].Version)
-	batches = append(batches, batch.String())
+	batches[len(batches)-1] += fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s (version bigint not null primary key, dirty boolean not null);\n", table) +
+		fmt.Sprintf("INSERT INTO %s (version, dirty) VALUES (%d, false);\n", table, set.last)
 
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
@@ -72,4 +60,56 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, schema string) error {
 		}
 	}
 	return nil
+}
+
+// migrationSet is the embedded migrations, read once: the batches migrate
+// runs (the last one without its schema_migrations statements), the last
+// version and a hash of every file.
+type migrationSet struct {
+	batches []string
+	last    uint
+	hash    string
+}
+
+// harnessLayout goes into the hash of the migrations, which names the pool
+// schemas: change it when a pool schema of the same migrations would no
+// longer do (what migrate writes besides the files, say).
+const harnessLayout = "dbtest pool schemas v1"
+
+var loadMigrations = sync.OnceValues(func() (migrationSet, error) {
+	all, err := dbmigrate.Migrations()
+	if err != nil {
+		return migrationSet{}, err
+	}
+	if len(all) == 0 {
+		return migrationSet{}, errors.New("dbtest: no migrations embedded")
+	}
+	set := migrationSet{last: all[len(all)-1].Version}
+	sum := sha256.New()
+	sum.Write([]byte(harnessLayout))
+	var batch strings.Builder
+	for _, m := range all {
+		sql, err := fs.ReadFile(migrations.FS, m.UpFile())
+		if err != nil {
+			return migrationSet{}, fmt.Errorf("dbtest: reading migration %d: %w", m.Version, err)
+		}
+		fmt.Fprintf(sum, "\x00%d\x00", m.Version)
+		sum.Write(sql)
+		batch.Write(sql)
+		batch.WriteString("\n;\n")
+		if addValue.Match(sql) {
+			set.batches = append(set.batches, batch.String())
+			batch.Reset()
+		}
+	}
+	set.batches = append(set.batches, batch.String())
+	set.hash = hex.EncodeToString(sum.Sum(nil))[:12]
+	return set, nil
+})
+
+// migrationsHash names the migrations in pool schema names: 12 hex digits
+// of a hash of every migration file.
+func migrationsHash() (string, error) {
+	set, err := loadMigrations()
+	return set.hash, err
 }
