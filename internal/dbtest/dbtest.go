@@ -77,6 +77,11 @@ const poolPrefix = "actpool_"
 // the next binary takes the pool schema.
 var poolName = regexp.MustCompile(`^actpool_[0-9a-f]{12}_[0-9]+_[0-9]+$`)
 
+// testPrefixEnv names the environment variable that gives the pool schemas
+// of a test binary another prefix, which no other binary lists: the
+// harness's own tests start child binaries with it.
+const testPrefixEnv = "DBTEST_POOL_PREFIX"
+
 // leaseKey is the first key of the advisory locks that lease pool schemas
 // (the second is the schema name's hashtext): "actp".
 const leaseKey = 0x61637470
@@ -300,6 +305,9 @@ func (h *harness) connect() error {
 		return err
 	}
 	h.prefix = poolPrefix + hash + "_"
+	if p := os.Getenv(testPrefixEnv); p != "" {
+		h.prefix = p
+	}
 	h.gc(ctx)
 	h.admin, h.baseURL = admin, rawURL
 	if err := h.testDatabase(ctx, rawURL); err != nil {
@@ -569,21 +577,27 @@ func (h *harness) adopt(ctx context.Context, opts *Opts) (*Schema, error) {
 		if !poolName.MatchString(c.name) {
 			continue
 		}
-		ok, err := h.tryLease(ctx, c.name)
-		if err != nil {
-			return nil, err
+		s, err := h.take(ctx, c.name, c.comment, maxConns(opts))
+		if err != nil || s != nil {
+			return s, err
 		}
-		if !ok {
-			continue
-		}
-		s, err := h.ready(ctx, c.name, c.comment, maxConns(opts))
-		if err != nil {
-			h.dropSchema(ctx, c.name)
-			continue
-		}
-		return s, nil
 	}
 	return nil, nil
+}
+
+// take leases the pool schema name and readies it; nil when another
+// binary holds it, or when it failed a check and was dropped.
+func (h *harness) take(ctx context.Context, name, comment string, maxConns int32) (*Schema, error) {
+	ok, err := h.tryLease(ctx, name)
+	if err != nil || !ok {
+		return nil, err
+	}
+	s, err := h.ready(ctx, name, comment, maxConns)
+	if err != nil {
+		h.dropSchema(ctx, name)
+		return nil, nil
+	}
+	return s, nil
 }
 
 // ready opens a pool on the leased pool schema name and readies it.
