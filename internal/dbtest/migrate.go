@@ -93,7 +93,7 @@ var loadMigrations = sync.OnceValues(func() (migrationSet, error) {
 		if err != nil {
 			return migrationSet{}, fmt.Errorf("dbtest: reading migration %d: %w", m.Version, err)
 		}
-		fmt.Fprintf(sum, "\x00%d\x00", m.Version)
+		sum.Write(fmt.Appendf(nil, "\x00%d\x00", m.Version))
 		sum.Write(sql)
 		batch.Write(sql)
 		batch.WriteString("\n;\n")
