@@ -24,6 +24,7 @@ import (
 	"github.com/aftercommit/aftercommit/internal/app"
 	"github.com/aftercommit/aftercommit/internal/dbroles/dbrolestest"
 	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/testlog"
 	"github.com/aftercommit/aftercommit/jobs"
 	"github.com/aftercommit/aftercommit/outbox"
 )
@@ -219,7 +220,7 @@ SELECT (SELECT count(*) FROM river_job), (SELECT count(*) FROM outbox_events),
 	u.RawQuery = q.Encode()
 	cmd := exec.Command(bin, "--schema", s.Name, "--http", "off", "--reindexer", "off", "--max-workers", "10")
 	cmd.Env = append(os.Environ(), "DATABASE_URL="+u.String())
-	var stderr strings.Builder
+	var stderr testlog.Buffer
 	cmd.Stderr = &stderr
 	require.NoError(t, cmd.Start())
 	defer func() { _ = cmd.Process.Kill() }()

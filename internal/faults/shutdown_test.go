@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -18,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/testlog"
 	"github.com/aftercommit/aftercommit/jobs"
 )
 
@@ -83,7 +83,7 @@ func TestGracefulShutdown(t *testing.T) {
 			cmd := exec.Command(bin, "--schema", s.Name, "--http", "off", "--queues", "default", "--max-workers", "50",
 				"--shutdown-timeout", tc.timeout)
 			cmd.Env = append(os.Environ(), "DATABASE_URL="+s.URL)
-			var stderr strings.Builder
+			var stderr testlog.Buffer
 			cmd.Stderr = &stderr
 			require.NoError(t, cmd.Start())
 			defer func() { _ = cmd.Process.Kill() }()
