@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
@@ -82,6 +83,14 @@ func TestCreateCarUsersInBulk(t *testing.T) {
 		}
 
 		require.Equal(t, 10_000, b.count(ctx, t, `SELECT count(*) FROM car_users WHERE car_id = $1`, car))
+		// The running relay moves the report job from the outbox table into
+		// river_job after the bulk job's COMMIT, which the completion event
+		// may come before.
+		require.Eventually(t, func() bool {
+			var waiting int
+			err := b.schema.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox_jobs`).Scan(&waiting)
+			return err == nil && waiting == 0
+		}, 10*time.Second, 10*time.Millisecond, "the relay moved the report job")
 		require.Equal(t, []string{fmt.Sprint(car, " available")}, b.reportJobs(ctx, t))
 		require.Equal(t, reporting.QueueReports, b.strings(ctx, t, `SELECT queue FROM river_job WHERE kind = $1`, reporting.CarReportKind)[0])
 	})
