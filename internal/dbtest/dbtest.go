@@ -603,15 +603,10 @@ func (h *harness) take(ctx context.Context, name, comment string, maxConns int32
 // ready opens a pool on the leased pool schema name and readies it.
 func (h *harness) ready(ctx context.Context, name, comment string, maxConns int32) (*Schema, error) {
 	h.dropDerived(ctx, name)
-	schemaURL, err := withSearchPath(h.baseURL, name)
+	s, err := h.open(ctx, name, maxConns)
 	if err != nil {
 		return nil, err
 	}
-	pool, err := newPool(ctx, schemaURL, maxConns)
-	if err != nil {
-		return nil, err
-	}
-	s := &Schema{Name: name, Pool: pool, URL: schemaURL}
 	if s.fingerprint, err = fingerprint(ctx, s); err == nil && fingerprintHash(s.fingerprint) != comment {
 		err = fmt.Errorf("dbtest: the structure of %s changed", name)
 	}
@@ -622,13 +617,27 @@ func (h *harness) ready(ctx context.Context, name, comment string, maxConns int3
 		err = emptyTables(ctx, s, h.superuser)
 	}
 	if err != nil {
-		pool.Close()
+		s.Pool.Close()
 		return nil, err
 	}
 	h.mu.Lock()
 	h.created = append(h.created, s)
 	h.mu.Unlock()
 	return s, nil
+}
+
+// open opens a pool of maxConns connections on the schema name, whose
+// search_path names it.
+func (h *harness) open(ctx context.Context, name string, maxConns int32) (*Schema, error) {
+	schemaURL, err := withSearchPath(h.baseURL, name)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := newPool(ctx, schemaURL, maxConns)
+	if err != nil {
+		return nil, err
+	}
+	return &Schema{Name: name, Pool: pool, URL: schemaURL}, nil
 }
 
 // create makes a new pool schema, leased by the binary, and migrates it.
@@ -655,20 +664,15 @@ func (h *harness) create(ctx context.Context, opts *Opts) (*Schema, error) {
 		}
 		break
 	}
-	schemaURL, err := withSearchPath(h.baseURL, name)
+	s, err := h.open(ctx, name, maxConns(opts))
 	if err != nil {
 		return nil, err
 	}
-	pool, err := newPool(ctx, schemaURL, maxConns(opts))
-	if err != nil {
-		return nil, err
-	}
-	s := &Schema{Name: name, Pool: pool, URL: schemaURL}
 	h.mu.Lock()
 	h.created = append(h.created, s)
 	h.mu.Unlock()
 
-	if err := migrate(ctx, pool, name); err != nil {
+	if err := migrate(ctx, s.Pool, name); err != nil {
 		return nil, fmt.Errorf("migrating schema %s: %w", name, err)
 	}
 	if s.fingerprint, err = fingerprint(ctx, s); err != nil {
