@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
@@ -50,6 +51,14 @@ func TestPoolAfterAKilledBinary(t *testing.T) {
 				pgx.Identifier{name, "pings"}.Sanitize()), name+"_target", name).Scan(&pings, &derived, &comment))
 			require.Equal(t, 1, pings, "the killed binary left its row")
 			require.True(t, derived, "and the schema named after its own")
+			// The server ends the child's lease once its backend sees the
+			// closed connection, which can come after the child's exit.
+			require.Eventually(t, func() bool {
+				var held bool
+				err := h.admin.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory'
+					AND classid = $1::int4::oid AND objid = hashtext($2)::oid AND objsubid = 2)`, leaseKey, name).Scan(&held)
+				return err == nil && !held
+			}, 30*time.Second, 10*time.Millisecond, "the server ends the killed binary's lease")
 
 			s, err := h.take(ctx, name, comment, 2)
 			require.NoError(t, err)
