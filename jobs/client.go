@@ -130,14 +130,16 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 		return nil, err
 	}
 	// Outermost first. Args are checked before anything reads them (a lock
-	// key, the needed-check) or takes a lock. The worker lock comes before
-	// the queue lock is
-	// freed, so a job waiting for its lock keeps coalescing enqueues; the
-	// queue lock is freed before the needed-check reads the source of
-	// truth, so no enqueue is matched to a job that then finds itself moot.
+	// key, a rate-limit key, the needed-check) or takes a lock. The worker
+	// lock comes before the queue lock is freed, so a job waiting for its
+	// lock keeps coalescing enqueues. The rate limit comes after the lock,
+	// so a job its lock refuses uses no start. The queue lock is freed
+	// before the needed-check reads the source of truth, so no enqueue is
+	// matched to a job that then finds itself moot.
 	rc.Middleware = append([]rivertype.Middleware{
 		newArgsMiddleware(reg, cfg.Logger, cfg.Metrics),
 		lockMW,
+		newRateMiddleware(pool, reg.rateFunc),
 		newQueueLockMiddleware(reg, pool, cfg.Schema),
 		&outboxCreatedAtMiddleware{},
 		newNeededMiddleware(reg.neededFunc),

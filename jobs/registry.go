@@ -73,6 +73,7 @@ type kindEntry struct {
 	args      *argsSpec    // how its args are decoded strictly
 	needed    neededFunc
 	lock      lockFunc                   // nil: the kind takes no worker lock
+	rate      rateFunc                   // nil: the kind has no rate limit
 	queueLock func(river.JobArgs) string // nil: the kind has no queue lock
 }
 
@@ -198,6 +199,9 @@ func AddWorker[T river.JobArgs](r *Registry, queue string, w river.Worker[T]) {
 	if lock, ok := lockFuncFor(w); ok {
 		e.lock = lock
 	}
+	if rate, ok := rateFuncFor(w); ok {
+		e.rate = rate
+	}
 	r.kinds[kind] = e
 }
 
@@ -301,6 +305,15 @@ func (r *Registry) lockFunc(kind string) (lockFunc, bool) {
 		return nil, false
 	}
 	return e.lock, true
+}
+
+// rateFunc returns the rate-limit function of kind, if its worker has one.
+func (r *Registry) rateFunc(kind string) (rateFunc, bool) {
+	e, ok := r.kinds[kind]
+	if !ok || e.rate == nil {
+		return nil, false
+	}
+	return e.rate, true
 }
 
 // selectQueues returns the River queue configs of names (all declared

@@ -1,0 +1,162 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
+)
+
+const (
+	// RateLimitMax is the largest number of starts a RateLimit may allow
+	// per period: the log of a key holds up to twice as many timestamps and
+	// is rewritten at each decision.
+	RateLimitMax = 1000
+	// RatePeriodMin is the shortest period a RateLimit may have.
+	RatePeriodMin = 10 * time.Millisecond //nolint:revive // time-naming: Min is minimum, not minutes
+	// RatePeriodMax is the longest period a RateLimit may have.
+	RatePeriodMax = 7 * 24 * time.Hour
+)
+
+// ErrRateLimitInvalid is wrapped by the error a job fails with when its
+// worker's RateLimitFor returns a RateLimit with out-of-range fields.
+var ErrRateLimitInvalid = errors.New("jobs: invalid rate limit")
+
+// RateLimit allows at most Limit starts of Key in Namespace in any window of
+// length Period, across every process on every machine: "5 emails per
+// second per provider", "60 calls per minute per customer".
+//
+// A start is the fetch that runs the job, river_job.attempted_at on the
+// database's clock, so the limit can be checked from river_job alone: no
+// window of Period holds more than Limit attempted_at of admitted jobs. It
+// is a sliding window, not a token bucket: a bucket of Limit tokens lets
+// twice Limit starts into one period (a full bucket, then its refill).
+// Retries count as starts. A job over the limit snoozes (river.JobSnooze,
+// which does not use up an attempt) until the slot it was given, period /
+// Limit after the previous waiting job's, so waiting jobs are fetched about
+// twice each rather than polled; the order in which waiting jobs start is
+// not kept (a sequence keeps order).
+type RateLimit struct {
+	// Namespace separates keys. Defaults to the job's kind; kinds that name
+	// the same namespace and key share one limit.
+	Namespace string
+	// Key is computed from args or the source of truth (the provider of an
+	// email, the customer of a call). "" means no limit: the job runs
+	// straight away.
+	Key string
+	// Limit is the most starts of Key in any window of Period, 1 to
+	// RateLimitMax. All jobs of a key should agree on Limit and Period; the
+	// last decision's values are the key's.
+	Limit int
+	// Period is the window's length, RatePeriodMin to RatePeriodMax.
+	Period time.Duration
+}
+
+// RateLimiter is implemented by a worker whose jobs are rate limited.
+// RateLimitFor is called before each attempt, outside any transaction, and
+// may read the database.
+type RateLimiter[T river.JobArgs] interface {
+	RateLimitFor(ctx context.Context, job *river.Job[T]) (RateLimit, error)
+}
+
+// rateFunc is the untyped form of RateLimiter that rateMiddleware calls.
+type rateFunc func(ctx context.Context, job *rivertype.JobRow) (RateLimit, error)
+
+// rateFuncFor returns w's rateFunc and true when w implements RateLimiter[T].
+func rateFuncFor[T river.JobArgs](w river.Worker[T]) (rateFunc, bool) {
+	limiter, ok := w.(RateLimiter[T])
+	if !ok {
+		return nil, false
+	}
+	return func(ctx context.Context, row *rivertype.JobRow) (RateLimit, error) {
+		var args T
+		if err := json.Unmarshal(row.EncodedArgs, &args); err != nil {
+			return RateLimit{}, fmt.Errorf("jobs: decoding args of %s job %d: %w", row.Kind, row.ID, err)
+		}
+		return limiter.RateLimitFor(ctx, &river.Job[T]{JobRow: row, Args: args})
+	}, true
+}
+
+// rateMiddleware runs a job whose worker is a RateLimiter only when its
+// RateLimit admits the start, in one statement (job_rate_admit, see
+// migrations/0021_job_rate_limits.up.sql); otherwise the job snoozes for as
+// long as the database says. It is River worker middleware.
+type rateMiddleware struct {
+	river.MiddlewareDefaults
+
+	pool   *pgxpool.Pool
+	lookup func(kind string) (rateFunc, bool)
+
+	admitted atomic.Int64
+	delayed  atomic.Int64
+}
+
+var _ rivertype.WorkerMiddleware = (*rateMiddleware)(nil)
+
+func newRateMiddleware(pool *pgxpool.Pool, lookup func(kind string) (rateFunc, bool)) *rateMiddleware {
+	return &rateMiddleware{pool: pool, lookup: lookup}
+}
+
+// Admitted is the number of starts admitted since start.
+func (m *rateMiddleware) Admitted() int64 { return m.admitted.Load() }
+
+// Delayed is the number of times a job was snoozed by its rate limit.
+func (m *rateMiddleware) Delayed() int64 { return m.delayed.Load() }
+
+// Work implements rivertype.WorkerMiddleware.
+func (m *rateMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
+	rateFor, ok := m.lookup(job.Kind)
+	if !ok {
+		return doInner(ctx)
+	}
+	limit, err := rateFor(ctx, job)
+	if err != nil {
+		return fmt.Errorf("jobs: computing the rate limit of %s job %d: %w", job.Kind, job.ID, err)
+	}
+	if limit.Key == "" {
+		return doInner(ctx)
+	}
+	if limit.Namespace == "" {
+		limit.Namespace = job.Kind
+	}
+	switch {
+	case limit.Limit < 1 || limit.Limit > RateLimitMax:
+		return fmt.Errorf("%w for %s job %d: limit %d is not between 1 and %d", ErrRateLimitInvalid, job.Kind, job.ID, limit.Limit, RateLimitMax)
+	case limit.Period < RatePeriodMin || limit.Period > RatePeriodMax:
+		return fmt.Errorf("%w for %s job %d: period %s is not between %s and %s", ErrRateLimitInvalid, job.Kind, job.ID, limit.Period, RatePeriodMin, RatePeriodMax)
+	case job.AttemptedAt == nil:
+		return fmt.Errorf("jobs: %s job %d has no attempted_at to rate limit", job.Kind, job.ID)
+	}
+	var admitted bool
+	var waitUS int64
+	if err := m.pool.QueryRow(ctx, rateAdmitSQL, limit.Namespace, limit.Key, limit.Limit,
+		limit.Period.Microseconds(), *job.AttemptedAt, snoozedBefore(job.Metadata),
+	).Scan(&admitted, &waitUS); err != nil {
+		return fmt.Errorf("jobs: rate limit %s/%s for %s job %d: %w", limit.Namespace, limit.Key, job.Kind, job.ID, err)
+	}
+	if !admitted {
+		m.delayed.Add(1)
+		return river.JobSnooze(time.Duration(waitUS) * time.Microsecond)
+	}
+	m.admitted.Add(1)
+	return doInner(ctx)
+}
+
+// snoozedBefore reports whether River counted a snooze of the job (its
+// metadata's "snoozes"): the job waited already, for its rate-limit slot or
+// its lock.
+func snoozedBefore(metadata []byte) bool {
+	var m struct {
+		Snoozes int64 `json:"snoozes"`
+	}
+	return json.Unmarshal(metadata, &m) == nil && m.Snoozes > 0
+}
+
+// rateAdmitSQL decides one start; see job_rate_admit.
+const rateAdmitSQL = `SELECT admitted, wait_us FROM job_rate_admit($1, $2, $3, $4::bigint * interval '1 microsecond', $5, $6)`

@@ -1,0 +1,267 @@
+package jobs_test
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/riverqueue/river"
+	"github.com/stretchr/testify/require"
+
+	"github.com/aftercommit/aftercommit/internal/dbtest"
+	"github.com/aftercommit/aftercommit/internal/jobstest"
+	"github.com/aftercommit/aftercommit/jobs"
+)
+
+// admit calls job_rate_admit as the middleware does.
+func admit(ctx context.Context, t *testing.T, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, key string, limit int, period time.Duration, at time.Time, waited bool,
+) (bool, time.Duration) {
+	t.Helper()
+	var ok bool
+	var waitUS int64
+	require.NoError(t, q.QueryRow(ctx, `SELECT admitted, wait_us FROM job_rate_admit('test', $1, $2, $3::bigint * interval '1 microsecond', $4, $5)`,
+		key, limit, period.Microseconds(), at, waited).Scan(&ok, &waitUS))
+	return ok, time.Duration(waitUS) * time.Microsecond
+}
+
+// requireWindows fails when any window of period holds more than limit of
+// the sorted times ts (any limit+1 consecutive ones within period).
+func requireWindows(t *testing.T, ts []time.Time, limit int, period time.Duration) {
+	t.Helper()
+	require.True(t, slices.IsSortedFunc(ts, time.Time.Compare))
+	for i := 0; i+limit < len(ts); i++ {
+		require.Greater(t, ts[i+limit].Sub(ts[i]), period,
+			"starts %d..%d (%s .. %s) are %d in one window of %s", i, i+limit, ts[i], ts[i+limit], limit+1, period)
+	}
+}
+
+// TestRateAdmit: job_rate_admit's decisions, exactly, on times it is given.
+func TestRateAdmit(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
+	var now time.Time
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT now()`).Scan(&now))
+	const hour = time.Hour
+
+	// 3 per hour: three starts in one hour, the fourth waits until the
+	// first is an hour old.
+	for i, at := range []time.Duration{-30 * time.Minute, -20 * time.Minute, -10 * time.Minute} {
+		ok, wait := admit(ctx, t, s.Pool, "a", 3, hour, now.Add(at), false)
+		require.True(t, ok, "start %d", i)
+		require.Zero(t, wait)
+	}
+	ok, wait := admit(ctx, t, s.Pool, "a", 3, hour, now.Add(-5*time.Minute), false)
+	require.False(t, ok)
+	require.InDelta(t, (30 * time.Minute).Seconds(), wait.Seconds(), 5, "until the first start is an hour old")
+	// The next refused job gets the slot after it (an hour / 3 later); a
+	// job that waited already waits only for the first free start.
+	ok, wait = admit(ctx, t, s.Pool, "a", 3, hour, now, false)
+	require.False(t, ok)
+	require.InDelta(t, (50 * time.Minute).Seconds(), wait.Seconds(), 5)
+	ok, wait = admit(ctx, t, s.Pool, "a", 3, hour, now, true)
+	require.False(t, ok)
+	require.InDelta(t, (30 * time.Minute).Seconds(), wait.Seconds(), 5)
+
+	// Out of order: a start between two admitted ones is checked against
+	// every window that holds it.
+	for _, at := range []time.Duration{-10 * time.Minute, -50 * time.Minute} {
+		ok, _ := admit(ctx, t, s.Pool, "b", 2, hour, now.Add(at), false)
+		require.True(t, ok)
+	}
+	ok, _ = admit(ctx, t, s.Pool, "b", 2, hour, now.Add(-30*time.Minute), false)
+	require.False(t, ok, "three starts within an hour")
+
+	// A start older than a period is refused, to be fetched again at once.
+	ok, wait = admit(ctx, t, s.Pool, "c", 5, time.Minute, now.Add(-2*time.Minute), false)
+	require.False(t, ok)
+	require.Equal(t, time.Microsecond, wait)
+
+	// Bad limits are refused with SQLSTATE 22023 and write nothing.
+	for _, bad := range []struct {
+		limit  int
+		period time.Duration
+	}{{0, hour}, {-1, hour}, {3, 0}, {3, -time.Second}} {
+		_, err := s.Pool.Exec(ctx, `SELECT job_rate_admit('test', 'bad', $1, $2::bigint * interval '1 microsecond', now())`,
+			bad.limit, bad.period.Microseconds())
+		var pgErr *pgconn.PgError
+		require.True(t, errors.As(err, &pgErr), "%v", err)
+		require.Equal(t, "22023", pgErr.Code)
+	}
+
+	rows, err := s.Pool.Query(ctx, `SELECT rate_key, max_starts, starts_in_period, admitted, delayed, booked_ahead > interval '0'
+		FROM job_rate_limit_status ORDER BY rate_key`)
+	require.NoError(t, err)
+	type status struct {
+		Key               string
+		Max, InPeriod     int
+		Admitted, Delayed int64
+		Booked            bool
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[status])
+	require.NoError(t, err)
+	require.Equal(t, []status{
+		{"a", 3, 3, 3, 3, true},
+		{"b", 2, 2, 2, 1, true},
+		{"c", 5, 0, 0, 1, false},
+	}, got)
+}
+
+// TestRateAdmitConcurrent: eight connections ask for starts as fast as they
+// can for 1.5 s under 5 per 200 ms; the starts admitted never put 6 in one
+// window, and the limit is used, not starved.
+func TestRateAdmitConcurrent(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 8})
+	const limit, period = 5, 200 * time.Millisecond
+	var mu sync.Mutex
+	var admitted []time.Time
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for time.Now().Before(deadline) {
+				var ok bool
+				var at time.Time
+				if err := s.Pool.QueryRow(ctx, `SELECT a.admitted, t.at FROM (SELECT clock_timestamp() AS at) t,
+					job_rate_admit('test', 'hot', $1, $2::bigint * interval '1 microsecond', t.at) a`,
+					limit, period.Microseconds()).Scan(&ok, &at); err != nil {
+					t.Error(err)
+					return
+				}
+				if ok {
+					mu.Lock()
+					admitted = append(admitted, at)
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	slices.SortFunc(admitted, time.Time.Compare)
+	requireWindows(t, admitted, limit, period)
+	// 1.5 s holds 7.5 periods: at most 40 starts; a limit in use admits
+	// well over half of that.
+	require.LessOrEqual(t, len(admitted), 40)
+	require.GreaterOrEqual(t, len(admitted), 25)
+	var logged int64
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT admitted FROM job_rate_limits WHERE rate_key = 'hot'`).Scan(&logged))
+	require.Equal(t, int64(len(admitted)), logged)
+}
+
+// ratedArgs is a rate-limited job: Limit starts of Key per 300 ms.
+type ratedArgs struct {
+	Key   string `json:"key"`
+	Limit int    `json:"limit"`
+	Seq   int    `json:"seq"`
+}
+
+func (ratedArgs) Kind() string { return "test.rated" }
+
+const ratedPeriod = 300 * time.Millisecond
+
+type ratedWorker struct {
+	river.WorkerDefaults[ratedArgs]
+}
+
+func (ratedWorker) RateLimitFor(_ context.Context, job *river.Job[ratedArgs]) (jobs.RateLimit, error) {
+	return jobs.RateLimit{Key: job.Args.Key, Limit: job.Args.Limit, Period: ratedPeriod}, nil
+}
+
+func (ratedWorker) Work(context.Context, *river.Job[ratedArgs]) error { return nil }
+
+// TestRateLimitedJobs: two clients work 24 jobs of one key under 4 starts
+// per 300 ms, beside 4 jobs of another key and 2 without a key. No window
+// of river_job.attempted_at holds more than 4 starts of the key, waiting
+// spent no attempt, the other key and the unlimited jobs never waited, and
+// a bad limit fails its job with ErrRateLimitInvalid.
+func TestRateLimitedJobs(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 10})
+	reg := jobs.NewRegistry()
+	queue := reg.AddQueue("test", "rated", jobs.WeightNormal, nil)
+	jobs.AddWorker(reg, queue, ratedWorker{})
+	fast := &river.Config{FetchPollInterval: 20 * time.Millisecond}
+	client, events := jobstest.Client(ctx, t, s, reg, jobstest.Opts{Work: true, River: fast})
+	_, events2 := jobstest.Client(ctx, t, s, reg, jobstest.Opts{Work: true, River: fast})
+
+	var params []river.InsertManyParams
+	for i := range 24 {
+		params = append(params, river.InsertManyParams{Args: ratedArgs{Key: "hot", Limit: 4, Seq: i}})
+	}
+	for i := range 4 {
+		params = append(params, river.InsertManyParams{Args: ratedArgs{Key: "cold", Limit: 4, Seq: i}})
+	}
+	params = append(params,
+		river.InsertManyParams{Args: ratedArgs{Seq: 1}}, river.InsertManyParams{Args: ratedArgs{Seq: 2}},
+		river.InsertManyParams{Args: ratedArgs{Key: "bad", Limit: jobs.RateLimitMax + 1}, InsertOpts: &river.InsertOpts{MaxAttempts: 1}})
+	_, err := client.InsertMany(ctx, params)
+	require.NoError(t, err)
+
+	done := 0
+	timeout := time.After(30 * time.Second)
+	for done < len(params) {
+		select {
+		case ev := <-events:
+			if ev.Kind != river.EventKindJobSnoozed {
+				done++
+			}
+		case ev := <-events2:
+			if ev.Kind != river.EventKindJobSnoozed {
+				done++
+			}
+		case <-timeout:
+			t.Fatalf("%d of %d jobs finished in 30 s", done, len(params))
+		}
+	}
+
+	type row struct {
+		Key         string
+		State       string
+		Attempt     int
+		Snoozes     int
+		AttemptedAt time.Time
+		Error       string
+	}
+	rows, err := s.Pool.Query(ctx, `SELECT args->>'key', state, attempt, coalesce((metadata->>'snoozes')::int, 0), attempted_at,
+		coalesce(errors[array_length(errors, 1)]->>'error', '') FROM river_job ORDER BY attempted_at`)
+	require.NoError(t, err)
+	got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[row])
+	require.NoError(t, err)
+	require.Len(t, got, len(params))
+	var hot []time.Time
+	waited := 0
+	for _, r := range got {
+		switch r.Key {
+		case "bad":
+			require.Equal(t, "discarded", r.State)
+			require.Contains(t, r.Error, jobs.ErrRateLimitInvalid.Error())
+			continue
+		case "hot":
+			hot = append(hot, r.AttemptedAt)
+			waited += cmp.Compare(r.Snoozes, 0)
+		default:
+			require.Zero(t, r.Snoozes, "a job of key %q waited", r.Key)
+		}
+		require.Equal(t, "completed", r.State)
+		require.Equal(t, 1, r.Attempt, "waiting spends no attempt")
+	}
+	require.Len(t, hot, 24)
+	requireWindows(t, hot, 4, ratedPeriod)
+	require.GreaterOrEqual(t, waited, 20, "at most 4 hot jobs start without waiting")
+
+	var admitted, delayed int64
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT admitted, delayed FROM job_rate_limits WHERE namespace = 'test.rated' AND rate_key = 'hot'`).Scan(&admitted, &delayed))
+	require.Equal(t, int64(24), admitted, "each hot job was admitted once")
+	require.GreaterOrEqual(t, delayed, int64(waited))
+}
