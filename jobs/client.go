@@ -139,7 +139,7 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 	rc.Middleware = append([]rivertype.Middleware{
 		newArgsMiddleware(reg, cfg.Logger, cfg.Metrics),
 		lockMW,
-		newRateMiddleware(pool, reg.rateFunc),
+		newRateMiddleware(pool, reg.rateFunc, cfg.Schema),
 		newQueueLockMiddleware(reg, pool, cfg.Schema),
 		&outboxCreatedAtMiddleware{},
 		newNeededMiddleware(reg.neededFunc),

@@ -29,6 +29,19 @@ type PingArgs struct {
 	// SleepMS makes the worker wait this long first, to simulate slow work
 	// in tests of shutdown and crashes. At most PingMaxSleep.
 	SleepMS int `json:"sleep_ms,omitempty"`
+	// RateKey, when set, rate limits pings of that key to RateLimit starts
+	// in any window of RatePeriodMS milliseconds, across every process
+	// (RateLimit): a way to watch a limiter at work, from SQL too:
+	//
+	//	SELECT aftercommit_enqueue('aftercommit.ping',
+	//	  '{"ping_id": 0, "rate_key": "smoke", "rate_limit": 10, "rate_period_ms": 1000}');
+	RateKey string `json:"rate_key,omitempty"`
+	// RateLimit is the most starts of RateKey per RatePeriodMS, 1 to
+	// RateLimitMax. Only with RateKey.
+	RateLimit int `json:"rate_limit,omitempty"`
+	// RatePeriodMS is the window of RateLimit, in milliseconds. Only with
+	// RateKey.
+	RatePeriodMS int `json:"rate_period_ms,omitempty"`
 }
 
 // Kind implements river.JobArgs.
@@ -43,6 +56,19 @@ func (a PingArgs) Validate() error {
 	if sleep := time.Duration(a.SleepMS) * time.Millisecond; sleep < 0 || sleep > PingMaxSleep {
 		return &FieldError{Field: "sleep_ms", Reason: fmt.Sprintf("must be between 0 and %d, got %d", PingMaxSleep/time.Millisecond, a.SleepMS),
 			Err: ErrPingSleepOutOfRange}
+	}
+	if a.RateKey == "" {
+		if a.RateLimit != 0 || a.RatePeriodMS != 0 {
+			return &FieldError{Field: "rate_key", Reason: "must be set when rate_limit or rate_period_ms is"}
+		}
+		return nil
+	}
+	if a.RateLimit < 1 || a.RateLimit > RateLimitMax {
+		return &FieldError{Field: "rate_limit", Reason: fmt.Sprintf("must be between 1 and %d, got %d", RateLimitMax, a.RateLimit), Err: ErrRateLimitInvalid}
+	}
+	if period := time.Duration(a.RatePeriodMS) * time.Millisecond; period < RatePeriodMin || period > RatePeriodMax {
+		return &FieldError{Field: "rate_period_ms", Reason: fmt.Sprintf("must be between %d and %d, got %d",
+			RatePeriodMin/time.Millisecond, RatePeriodMax/time.Millisecond, a.RatePeriodMS), Err: ErrRateLimitInvalid}
 	}
 	return nil
 }
@@ -70,6 +96,16 @@ func RegisterPing(reg *Registry, pool *pgxpool.Pool) {
 // without a Registry.
 func AddPingWorker(workers *river.Workers, pool *pgxpool.Pool) {
 	river.AddWorker(workers, &PingWorker{Pool: pool})
+}
+
+// RateLimitFor implements RateLimiter: a ping with a RateKey is limited to
+// RateLimit starts per RatePeriodMS.
+func (w *PingWorker) RateLimitFor(_ context.Context, job *river.Job[PingArgs]) (RateLimit, error) {
+	a := job.Args
+	if a.RateKey == "" {
+		return RateLimit{}, nil
+	}
+	return RateLimit{Key: a.RateKey, Limit: a.RateLimit, Period: time.Duration(a.RatePeriodMS) * time.Millisecond}, nil
 }
 
 // Work marks the ping and completes the job in one transaction.

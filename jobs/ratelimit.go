@@ -5,12 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
+
+	"github.com/aftercommit/aftercommit/internal/riverseam"
 )
 
 const (
@@ -92,6 +95,7 @@ type rateMiddleware struct {
 
 	pool   *pgxpool.Pool
 	lookup func(kind string) (rateFunc, bool)
+	wake   *waker
 
 	admitted atomic.Int64
 	delayed  atomic.Int64
@@ -99,8 +103,11 @@ type rateMiddleware struct {
 
 var _ rivertype.WorkerMiddleware = (*rateMiddleware)(nil)
 
-func newRateMiddleware(pool *pgxpool.Pool, lookup func(kind string) (rateFunc, bool)) *rateMiddleware {
-	return &rateMiddleware{pool: pool, lookup: lookup}
+// newRateMiddleware returns the rate-limit middleware of the kinds lookup
+// knows, deciding in pool; schema is River's (empty: the connections'
+// search_path), whose producers it wakes.
+func newRateMiddleware(pool *pgxpool.Pool, lookup func(kind string) (rateFunc, bool), schema string) *rateMiddleware {
+	return &rateMiddleware{pool: pool, lookup: lookup, wake: &waker{pool: pool, schema: schema}}
 }
 
 // Admitted is the number of starts admitted since start.
@@ -142,7 +149,9 @@ func (m *rateMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInne
 	}
 	if !admitted {
 		m.delayed.Add(1)
-		return river.JobSnooze(time.Duration(waitUS) * time.Microsecond)
+		wait := time.Duration(waitUS) * time.Microsecond
+		m.wake.at(job.Queue, wait)
+		return river.JobSnooze(wait)
 	}
 	m.admitted.Add(1)
 	return doInner(ctx)
@@ -160,3 +169,67 @@ func snoozedBefore(metadata []byte) bool {
 
 // rateAdmitSQL decides one start; see job_rate_admit.
 const rateAdmitSQL = `SELECT admitted, wait_us FROM job_rate_admit($1, $2, $3, $4::bigint * interval '1 microsecond', $5, $6)`
+
+// rateWakeHorizon is River's scheduler interval: a job snoozed for up to
+// that long stays available, with its scheduled_at in the future, so a
+// notification at that time gets it fetched. A longer snooze makes it
+// scheduled, and River's scheduler makes it available again within this
+// interval after its time.
+const rateWakeHorizon = 5 * time.Second
+
+// rateWakePending bounds the wake-ups a process keeps pending; past it a
+// snoozed job waits for its queue's next poll.
+const rateWakePending = 10_000
+
+// rateWakeGrid is the resolution of wake-ups: snoozes that end within the
+// same 2 ms share one.
+const rateWakeGrid = 2 * time.Millisecond
+
+// waker wakes River's producers of a queue, in every process, when a job
+// the rate limit snoozed becomes due (riverseam.WakeSQL), so that it is
+// fetched then and not at the next poll (FetchPollInterval, 200 ms by
+// default). Its times are this process's clock; the snooze is the
+// database's, so a skew between the two delays or advances the wake-up by
+// as much (an early one finds nothing due; the poll then fetches it).
+type waker struct {
+	pool   *pgxpool.Pool
+	schema string
+
+	mu      sync.Mutex
+	pending map[wakeAt]struct{}
+}
+
+type wakeAt struct {
+	queue string
+	at    int64 // UnixNano, on rateWakeGrid
+}
+
+// at sends the wake-up of queue after d, unless d is past the horizon or
+// one for the same time is pending.
+func (w *waker) at(queue string, d time.Duration) {
+	if d > rateWakeHorizon {
+		return
+	}
+	due := time.Now().Add(d + rateWakeGrid - 1).Truncate(rateWakeGrid)
+	key := wakeAt{queue: queue, at: due.UnixNano()}
+	w.mu.Lock()
+	if _, ok := w.pending[key]; ok || len(w.pending) >= rateWakePending {
+		w.mu.Unlock()
+		return
+	}
+	if w.pending == nil {
+		w.pending = make(map[wakeAt]struct{})
+	}
+	w.pending[key] = struct{}{}
+	w.mu.Unlock()
+	time.AfterFunc(time.Until(due), func() {
+		w.mu.Lock()
+		delete(w.pending, key)
+		w.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		// A failed wake-up (the pool closed with its client) leaves the
+		// job to the poll.
+		_, _ = w.pool.Exec(ctx, riverseam.WakeSQL, w.schema, queue)
+	})
+}

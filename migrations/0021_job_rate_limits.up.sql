@@ -11,7 +11,7 @@
 -- admits a start when the log with it still has no N+1 starts within one
 -- period, checking every window that contains it (fetches of several
 -- processes arrive out of order). next_slot spreads the jobs that wait: each
--- refused job is given the next free slot, period/max_starts apart, and
+-- refused job is given the next free slot, about period/max_starts apart, and
 -- snoozes until then without spending an attempt, so a backlog is fetched
 -- about twice per job instead of polling.
 --
@@ -111,8 +111,12 @@ BEGIN
     ELSIF p_waited THEN
         v_wake := v_due; -- it waited for its slot already: no new one
     ELSE
+        -- Slots are a period / p_limit apart, plus a margin (a 200th of
+        -- the period, at least 5 ms): a job starts a few milliseconds after
+        -- its slot, and without the margin it would find the start p_limit
+        -- before it late by as much, half the time.
         v_wake := greatest(v_due, v_next);
-        v_next := v_wake + p_period / p_limit;
+        v_next := v_wake + (p_period + greatest(p_period / 200, interval '5 ms')) / p_limit;
     END IF;
     UPDATE job_rate_limits r
        SET starts = v_starts, next_slot = v_next,

@@ -17,6 +17,7 @@ import (
 // reviewed: a plain string can hold an address, a name, a secret.
 var stringFields = map[string]string{
 	"reporting.rollup_fundraiser_day.day": "a UTC date, YYYY-MM-DD",
+	"aftercommit.ping.rate_key":           "an operator's label for a diagnostic rate limit, never user data",
 }
 
 // TestArgsCarryIDsOnly walks the args type of every registered kind and

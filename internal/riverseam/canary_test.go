@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -214,4 +215,41 @@ func TestCanaryUniqueIndex(t *testing.T) {
 	var jobs int
 	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*) FROM river_job`).Scan(&jobs))
 	require.Equal(t, 2, jobs)
+}
+
+// TestCanaryWake: a job made available for a moment from now is fetched as
+// soon as WakeSQL names its queue, though the client polls only every 10 s.
+func TestCanaryWake(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 4})
+	workers := river.NewWorkers()
+	ran := make(chan struct{}, 1)
+	river.AddWorker(workers, river.WorkFunc(func(context.Context, *river.Job[canaryArgs]) error {
+		ran <- struct{}{}
+		return nil
+	}))
+	client, err := river.NewClient(riverpgxv5.New(s.Pool), &river.Config{
+		Schema: s.Name, Logger: slog.New(slog.DiscardHandler), Workers: workers,
+		Queues:            map[string]river.QueueConfig{"wake": {MaxWorkers: 1}},
+		FetchPollInterval: 10 * time.Second,
+	})
+	require.NoError(t, err)
+	require.NoError(t, client.Start(ctx))
+	t.Cleanup(func() { require.NoError(t, client.Stop(context.WithoutCancel(ctx))) })
+
+	// Available, but not before 300 ms from now: no fetch until then, and
+	// the next poll comes 10 s after the client started.
+	res, err := client.Insert(ctx, canaryArgs{N: 1}, &river.InsertOpts{Queue: "wake", Pending: true})
+	require.NoError(t, err)
+	_, err = s.Pool.Exec(ctx, `UPDATE river_job SET state = 'available', scheduled_at = now() + interval '300 ms' WHERE id = $1`, res.Job.ID)
+	require.NoError(t, err)
+	time.Sleep(400 * time.Millisecond)
+	_, err = s.Pool.Exec(ctx, riverseam.WakeSQL, s.Name, "wake")
+	require.NoError(t, err)
+	select {
+	case <-ran:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("River %s no longer fetches on the insert notification riverseam.WakeSQL sends (topic %q, payload {\"queue\": …}): rate-limited jobs (jobs/ratelimit.go) now wait for the next poll after their slot. Match River's producer again.", riverVersion(), riverseam.InsertTopic)
+	}
 }

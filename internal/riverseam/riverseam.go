@@ -17,6 +17,11 @@
 //     sets a job's key and states through River's insert params, so River's
 //     INSERT … ON CONFLICT matches a waiting job, and clears them with an
 //     UPDATE of its own when the job starts.
+//   - The notification River's producers fetch on: topic InsertTopic
+//     ("<schema>.river_insert") with payload {"queue": "<name>"}
+//     (WakeSQL). The rate limit (jobs/ratelimit.go) sends it when a job it
+//     snoozed becomes due, so the job is fetched then, not at the next
+//     poll.
 //   - River's migrations, exported as golang-migrate files: package
 //     internal/riversql, checked by the migrations' own test.
 package riverseam
@@ -34,3 +39,13 @@ const (
 	// version.
 	ProductVersionPrefix = "-- name: PGGetProductAndVersion "
 )
+
+// InsertTopic is the notification topic River's producers listen on for
+// "jobs became available in a queue", after the schema and a dot.
+const InsertTopic = "river_insert"
+
+// WakeSQL sends River's insert notification for the queue $2 in the schema
+// $1 (the connection's current schema when NULL or empty), as River's
+// PGNotifyMany does: every producer of that queue, in every process,
+// fetches at once.
+const WakeSQL = `SELECT pg_notify(concat(coalesce(nullif($1::text, ''), current_schema()), '.` + InsertTopic + `'), json_build_object('queue', $2::text)::text)`
