@@ -143,7 +143,7 @@ func (m *rateMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInne
 	var admitted bool
 	var waitUS int64
 	if err := m.pool.QueryRow(ctx, rateAdmitSQL, limit.Namespace, limit.Key, limit.Limit,
-		limit.Period.Microseconds(), *job.AttemptedAt, snoozedBefore(job.Metadata),
+		limit.Period.Microseconds(), *job.AttemptedAt,
 	).Scan(&admitted, &waitUS); err != nil {
 		return fmt.Errorf("jobs: rate limit %s/%s for %s job %d: %w", limit.Namespace, limit.Key, job.Kind, job.ID, err)
 	}
@@ -151,31 +151,29 @@ func (m *rateMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInne
 		m.delayed.Add(1)
 		wait := time.Duration(waitUS) * time.Microsecond
 		m.wake.at(job.Queue, wait)
+		if wait < rateWakeCompleter {
+			m.wake.at(job.Queue, rateWakeCompleter)
+		}
 		return river.JobSnooze(wait)
 	}
 	m.admitted.Add(1)
 	return doInner(ctx)
 }
 
-// snoozedBefore reports whether River counted a snooze of the job (its
-// metadata's "snoozes"): the job waited already, for its rate-limit slot or
-// its lock.
-func snoozedBefore(metadata []byte) bool {
-	var m struct {
-		Snoozes int64 `json:"snoozes"`
-	}
-	return json.Unmarshal(metadata, &m) == nil && m.Snoozes > 0
-}
-
 // rateAdmitSQL decides one start; see job_rate_admit.
-const rateAdmitSQL = `SELECT admitted, wait_us FROM job_rate_admit($1, $2, $3, $4::bigint * interval '1 microsecond', $5, $6)`
+const rateAdmitSQL = `SELECT admitted, wait_us FROM job_rate_admit($1, $2, $3, $4::bigint * interval '1 microsecond', $5)`
 
-// rateWakeHorizon is River's scheduler interval: a job snoozed for up to
-// that long stays available, with its scheduled_at in the future, so a
-// notification at that time gets it fetched. A longer snooze makes it
-// scheduled, and River's scheduler makes it available again within this
-// interval after its time.
-const rateWakeHorizon = 5 * time.Second
+// rateWakeMax is the longest snooze the waker keeps a wake-up for; a job
+// snoozed longer waits for its queue's next poll after its time. River's
+// scheduler makes a snoozed job available again up to 5 s before its time
+// (keeping the time), so the wake-up finds it.
+const rateWakeMax = time.Hour
+
+// rateWakeCompleter is how long River's completer may take to write a
+// snooze (it writes small batches every 250 ms): a job snoozed for less is
+// woken again then, in case the first wake-up came before its snooze was
+// written.
+const rateWakeCompleter = 260 * time.Millisecond
 
 // rateWakePending bounds the wake-ups a process keeps pending; past it a
 // snoozed job waits for its queue's next poll.
@@ -204,10 +202,10 @@ type wakeAt struct {
 	at    int64 // UnixNano, on rateWakeGrid
 }
 
-// at sends the wake-up of queue after d, unless d is past the horizon or
+// at sends the wake-up of queue after d, unless d is past rateWakeMax or
 // one for the same time is pending.
 func (w *waker) at(queue string, d time.Duration) {
-	if d > rateWakeHorizon {
+	if d > rateWakeMax {
 		return
 	}
 	due := time.Now().Add(d + rateWakeGrid - 1).Truncate(rateWakeGrid)

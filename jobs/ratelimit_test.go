@@ -22,13 +22,13 @@ import (
 // admit calls job_rate_admit as the middleware does.
 func admit(ctx context.Context, t *testing.T, q interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
-}, key string, limit int, period time.Duration, at time.Time, waited bool,
+}, key string, limit int, period time.Duration, at time.Time,
 ) (bool, time.Duration) {
 	t.Helper()
 	var ok bool
 	var waitUS int64
-	require.NoError(t, q.QueryRow(ctx, `SELECT admitted, wait_us FROM job_rate_admit('test', $1, $2, $3::bigint * interval '1 microsecond', $4, $5)`,
-		key, limit, period.Microseconds(), at, waited).Scan(&ok, &waitUS))
+	require.NoError(t, q.QueryRow(ctx, `SELECT admitted, wait_us FROM job_rate_admit('test', $1, $2, $3::bigint * interval '1 microsecond', $4)`,
+		key, limit, period.Microseconds(), at).Scan(&ok, &waitUS))
 	return ok, time.Duration(waitUS) * time.Microsecond
 }
 
@@ -55,34 +55,34 @@ func TestRateAdmit(t *testing.T) {
 	// 3 per hour: three starts in one hour, the fourth waits until the
 	// first is an hour old.
 	for i, at := range []time.Duration{-30 * time.Minute, -20 * time.Minute, -10 * time.Minute} {
-		ok, wait := admit(ctx, t, s.Pool, "a", 3, hour, now.Add(at), false)
+		ok, wait := admit(ctx, t, s.Pool, "a", 3, hour, now.Add(at))
 		require.True(t, ok, "start %d", i)
 		require.Zero(t, wait)
 	}
-	ok, wait := admit(ctx, t, s.Pool, "a", 3, hour, now.Add(-5*time.Minute), false)
+	ok, wait := admit(ctx, t, s.Pool, "a", 3, hour, now.Add(-5*time.Minute))
 	require.False(t, ok)
 	require.InDelta(t, (30 * time.Minute).Seconds(), wait.Seconds(), 5, "until the first start is an hour old")
 	// The next refused job gets the slot after it, (an hour + 18 s of
-	// margin) / 3 later; a job that waited already waits only for the first
-	// free start.
-	ok, wait = admit(ctx, t, s.Pool, "a", 3, hour, now, false)
+	// margin) / 3 later, and so does a job that waited already: it goes
+	// behind the others.
+	ok, wait = admit(ctx, t, s.Pool, "a", 3, hour, now)
 	require.False(t, ok)
 	require.InDelta(t, (50*time.Minute + 6*time.Second).Seconds(), wait.Seconds(), 5)
-	ok, wait = admit(ctx, t, s.Pool, "a", 3, hour, now, true)
+	ok, wait = admit(ctx, t, s.Pool, "a", 3, hour, now)
 	require.False(t, ok)
-	require.InDelta(t, (30 * time.Minute).Seconds(), wait.Seconds(), 5)
+	require.InDelta(t, (70*time.Minute + 12*time.Second).Seconds(), wait.Seconds(), 5)
 
 	// Out of order: a start between two admitted ones is checked against
 	// every window that holds it.
 	for _, at := range []time.Duration{-10 * time.Minute, -50 * time.Minute} {
-		ok, _ := admit(ctx, t, s.Pool, "b", 2, hour, now.Add(at), false)
+		ok, _ := admit(ctx, t, s.Pool, "b", 2, hour, now.Add(at))
 		require.True(t, ok)
 	}
-	ok, _ = admit(ctx, t, s.Pool, "b", 2, hour, now.Add(-30*time.Minute), false)
+	ok, _ = admit(ctx, t, s.Pool, "b", 2, hour, now.Add(-30*time.Minute))
 	require.False(t, ok, "three starts within an hour")
 
 	// A start older than a period is refused, to be fetched again at once.
-	ok, wait = admit(ctx, t, s.Pool, "c", 5, time.Minute, now.Add(-2*time.Minute), false)
+	ok, wait = admit(ctx, t, s.Pool, "c", 5, time.Minute, now.Add(-2*time.Minute))
 	require.False(t, ok)
 	require.Equal(t, time.Microsecond, wait)
 
@@ -192,9 +192,10 @@ func TestRateLimitedJobs(t *testing.T) {
 	reg := jobs.NewRegistry()
 	queue := reg.AddQueue("test", "rated", jobs.WeightNormal, nil)
 	jobs.AddWorker(reg, queue, ratedWorker{})
-	fast := &river.Config{FetchPollInterval: 20 * time.Millisecond}
-	client, events := jobstest.Client(ctx, t, s, reg, jobstest.Opts{Work: true, River: fast})
-	_, events2 := jobstest.Client(ctx, t, s, reg, jobstest.Opts{Work: true, River: fast})
+	// NewClient's fetch settings: a job that waited is fetched when the
+	// rate limit wakes its queue, not by a fast poll.
+	client, events := jobstest.Client(ctx, t, s, reg, jobstest.Opts{Work: true})
+	_, events2 := jobstest.Client(ctx, t, s, reg, jobstest.Opts{Work: true})
 
 	var params []river.InsertManyParams
 	for i := range 24 {

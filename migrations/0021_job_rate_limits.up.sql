@@ -35,16 +35,13 @@ COMMENT ON TABLE job_rate_limits IS
 -- job_rate_admit decides one start of (p_namespace, p_key) at p_at (the
 -- job's attempted_at) under at most p_limit starts per p_period. It returns
 -- admitted, and for a refused start how long the job should wait (wait_us,
--- in microseconds of the database's clock). p_waited says the job already
--- waited for its slot: it then waits only for the exact time a start frees
--- up, instead of taking a new slot behind the others.
+-- in microseconds of the database's clock): until the next free slot.
 CREATE FUNCTION job_rate_admit(
     p_namespace text,
     p_key       text,
     p_limit     integer,
     p_period    interval,
-    p_at        timestamptz,
-    p_waited    boolean DEFAULT false
+    p_at        timestamptz
 ) RETURNS TABLE (admitted boolean, wait_us bigint)
     LANGUAGE plpgsql
     SET search_path FROM CURRENT
@@ -108,13 +105,14 @@ BEGIN
     END IF;
     IF p_at <= v_now - p_period THEN
         v_wake := v_now; -- refused for its stale start only: again at once
-    ELSIF p_waited THEN
-        v_wake := v_due; -- it waited for its slot already: no new one
     ELSE
-        -- Slots are a period / p_limit apart, plus a margin (a 200th of
-        -- the period, at least 5 ms): a job starts a few milliseconds after
-        -- its slot, and without the margin it would find the start p_limit
-        -- before it late by as much, half the time.
+        -- The next free slot, whether the job waited before or not: a job
+        -- that missed its slot waits behind the others instead of racing
+        -- the next slot's job for the same start. Slots are a period /
+        -- p_limit apart, plus a margin (a 200th of the period, at least
+        -- 5 ms): a job starts a few milliseconds after its slot, and
+        -- without the margin it would find the start p_limit before it late
+        -- by as much, half the time.
         v_wake := greatest(v_due, v_next);
         v_next := v_wake + (p_period + greatest(p_period / 200, interval '5 ms')) / p_limit;
     END IF;
@@ -127,7 +125,7 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION job_rate_admit(text, text, integer, interval, timestamptz, boolean) IS
+COMMENT ON FUNCTION job_rate_admit(text, text, integer, interval, timestamptz) IS
 'Admits or refuses one start at p_at (a job''s attempted_at) of (namespace, key) under at most p_limit starts in any window of p_period; a refused start gets how long to wait (wait_us). Used by jobs.RateLimiter''s middleware.';
 
 -- job_rate_limit_status: each key's limit, its starts in the last period,
@@ -147,6 +145,6 @@ INSERT INTO aftercommit_role_grants (role_kind, on_object, privileges) VALUES
     ('app', 'TABLE job_rate_limit_status', 'SELECT'),
     ('worker', 'TABLE job_rate_limits', 'SELECT, INSERT, UPDATE'),
     ('worker', 'TABLE job_rate_limit_status', 'SELECT'),
-    ('worker', 'FUNCTION job_rate_admit(text, text, integer, interval, timestamptz, boolean)', 'EXECUTE');
+    ('worker', 'FUNCTION job_rate_admit(text, text, integer, interval, timestamptz)', 'EXECUTE');
 
 SELECT aftercommit_apply_grants();
