@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
@@ -96,6 +97,7 @@ type rateMiddleware struct {
 	pool   *pgxpool.Pool
 	lookup func(kind string) (rateFunc, bool)
 	wake   *waker
+	batch  *rateBatcher
 
 	admitted atomic.Int64
 	delayed  atomic.Int64
@@ -107,7 +109,7 @@ var _ rivertype.WorkerMiddleware = (*rateMiddleware)(nil)
 // knows, deciding in pool; schema is River's (empty: the connections'
 // search_path), whose producers it wakes.
 func newRateMiddleware(pool *pgxpool.Pool, lookup func(kind string) (rateFunc, bool), schema string) *rateMiddleware {
-	return &rateMiddleware{pool: pool, lookup: lookup, wake: &waker{pool: pool, schema: schema}}
+	return &rateMiddleware{pool: pool, lookup: lookup, wake: &waker{pool: pool, schema: schema}, batch: &rateBatcher{pool: pool}}
 }
 
 // Admitted is the number of starts admitted since start.
@@ -140,16 +142,15 @@ func (m *rateMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInne
 	case job.AttemptedAt == nil:
 		return fmt.Errorf("jobs: %s job %d has no attempted_at to rate limit", job.Kind, job.ID)
 	}
-	var admitted bool
-	var waitUS int64
-	if err := m.pool.QueryRow(ctx, rateAdmitSQL, limit.Namespace, limit.Key, limit.Limit,
-		limit.Period.Microseconds(), *job.AttemptedAt,
-	).Scan(&admitted, &waitUS); err != nil {
+	admitted, wait, err := m.batch.decide(ctx, &rateRequest{
+		namespace: limit.Namespace, key: limit.Key, limit: int32(limit.Limit), //nolint:gosec // at most RateLimitMax
+		period: limit.Period, at: *job.AttemptedAt,
+	})
+	if err != nil {
 		return fmt.Errorf("jobs: rate limit %s/%s for %s job %d: %w", limit.Namespace, limit.Key, job.Kind, job.ID, err)
 	}
 	if !admitted {
 		m.delayed.Add(1)
-		wait := time.Duration(waitUS) * time.Microsecond
 		m.wake.at(job.Queue, wait)
 		if wait < rateWakeCompleter {
 			m.wake.at(job.Queue, rateWakeCompleter)
@@ -160,8 +161,123 @@ func (m *rateMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInne
 	return doInner(ctx)
 }
 
-// rateAdmitSQL decides one start; see job_rate_admit.
-const rateAdmitSQL = `SELECT admitted, wait_us FROM job_rate_admit($1, $2, $3, $4::bigint * interval '1 microsecond', $5)`
+// rateBatchMax is the most decisions one statement takes.
+const rateBatchMax = 1000
+
+// rateBatchTimeout bounds one batch's statement.
+const rateBatchTimeout = 10 * time.Second
+
+// rateRequest is one start to decide.
+type rateRequest struct {
+	namespace, key string
+	limit          int32
+	period         time.Duration
+	at             time.Time
+
+	admitted bool
+	wait     time.Duration
+	err      error
+	done     chan struct{}
+}
+
+// rateBatcher sends the decisions its jobs ask for in one statement
+// (job_rate_admit_many), as a group commit does: while a statement is out,
+// new requests queue, and the next statement takes all of them. One job
+// alone waits for one round trip, as it would unbatched; a hundred jobs
+// starting together share a few, and a key's row is locked and rewritten
+// once per batch.
+type rateBatcher struct {
+	pool *pgxpool.Pool
+
+	mu      sync.Mutex
+	queue   []*rateRequest
+	sending bool
+}
+
+// decide queues r and waits for its decision. When ctx ends first, r may
+// still be decided, and admitted: the start is then counted though the job
+// did not run, which errs on the side of the limit.
+func (b *rateBatcher) decide(ctx context.Context, r *rateRequest) (bool, time.Duration, error) {
+	r.done = make(chan struct{})
+	b.mu.Lock()
+	b.queue = append(b.queue, r)
+	if !b.sending {
+		b.sending = true
+		go b.send()
+	}
+	b.mu.Unlock()
+	select {
+	case <-r.done:
+		return r.admitted, r.wait, r.err
+	case <-ctx.Done():
+		return false, 0, context.Cause(ctx)
+	}
+}
+
+// send runs statements until the queue is empty.
+func (b *rateBatcher) send() {
+	for {
+		b.mu.Lock()
+		n := min(len(b.queue), rateBatchMax)
+		if n == 0 {
+			b.sending = false
+			b.mu.Unlock()
+			return
+		}
+		batch := b.queue[:n:n]
+		b.queue = b.queue[n:]
+		b.mu.Unlock()
+		b.decideBatch(batch)
+	}
+}
+
+// decideBatch runs one statement for batch and hands each request its
+// decision, or the statement's error.
+func (b *rateBatcher) decideBatch(batch []*rateRequest) {
+	namespaces := make([]string, len(batch))
+	keys := make([]string, len(batch))
+	limits := make([]int32, len(batch))
+	periods := make([]int64, len(batch))
+	ats := make([]time.Time, len(batch))
+	for i, r := range batch {
+		namespaces[i], keys[i], limits[i], periods[i], ats[i] = r.namespace, r.key, r.limit, r.period.Microseconds(), r.at
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), rateBatchTimeout)
+	defer cancel()
+	err := func() error {
+		rows, err := b.pool.Query(ctx, rateAdmitManySQL, namespaces, keys, limits, periods, ats)
+		if err != nil {
+			return err
+		}
+		decided := 0
+		var ord int32
+		var admitted bool
+		var waitUS int64
+		_, err = pgx.ForEachRow(rows, []any{&ord, &admitted, &waitUS}, func() error {
+			if ord < 1 || int(ord) > len(batch) {
+				return fmt.Errorf("job_rate_admit_many returned ord %d for a batch of %d", ord, len(batch))
+			}
+			r := batch[ord-1]
+			r.admitted, r.wait = admitted, time.Duration(waitUS)*time.Microsecond
+			decided++
+			return nil
+		})
+		if err == nil && decided != len(batch) {
+			err = fmt.Errorf("job_rate_admit_many decided %d of %d starts", decided, len(batch))
+		}
+		return err
+	}()
+	for _, r := range batch {
+		if err != nil {
+			r.admitted, r.err = false, err
+		}
+		close(r.done)
+	}
+}
+
+// rateAdmitManySQL decides a batch of starts; see job_rate_admit_many.
+const rateAdmitManySQL = `SELECT ord, admitted, wait_us FROM job_rate_admit_many($1::text[], $2::text[], $3::int[],
+	ARRAY(SELECT p * interval '1 microsecond' FROM unnest($4::bigint[]) WITH ORDINALITY AS u(p, i) ORDER BY i), $5::timestamptz[])`
 
 // rateWakeMax is the longest snooze the waker keeps a wake-up for; a job
 // snoozed longer waits for its queue's next poll after its time. River's

@@ -116,6 +116,41 @@ func TestRateAdmit(t *testing.T) {
 	}, got)
 }
 
+// TestRateAdmitMany: one statement decides starts of several keys, each
+// key's in the order of their times, and says which start each decision is
+// for; arrays of different lengths are refused and decide nothing.
+func TestRateAdmitMany(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
+	var now time.Time
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT now()`).Scan(&now))
+	at := func(d time.Duration) time.Time { return now.Add(d) }
+	// Key "x" allows 2 per hour, key "y" 1 per hour. The batch lists x's
+	// starts out of time order: the two earliest are admitted.
+	rows, err := s.Pool.Query(ctx, `SELECT ord, admitted, wait_us > 0 FROM job_rate_admit_many($1, $2, $3,
+		ARRAY(SELECT interval '1 hour' FROM generate_series(1, 5)), $4) ORDER BY ord`,
+		[]string{"t", "t", "t", "t", "t"}, []string{"x", "y", "x", "x", "y"}, []int32{2, 1, 2, 2, 1},
+		[]time.Time{at(-time.Minute), at(-3 * time.Minute), at(-2 * time.Minute), at(-4 * time.Minute), at(-2 * time.Minute)})
+	require.NoError(t, err)
+	type decision struct {
+		Ord      int32
+		Admitted bool
+		Waits    bool
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[decision])
+	require.NoError(t, err)
+	require.Equal(t, []decision{{1, false, true}, {2, true, false}, {3, true, false}, {4, true, false}, {5, false, true}}, got)
+
+	_, err = s.Pool.Exec(ctx, `SELECT * FROM job_rate_admit_many(ARRAY['t'], ARRAY['x', 'y'], ARRAY[1], ARRAY[interval '1 s'], ARRAY[now()])`)
+	var pgErr *pgconn.PgError
+	require.True(t, errors.As(err, &pgErr), "%v", err)
+	require.Equal(t, "22023", pgErr.Code)
+	var admitted, delayed int64
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT sum(admitted), sum(delayed) FROM job_rate_limits`).Scan(&admitted, &delayed))
+	require.Equal(t, []int64{3, 2}, []int64{admitted, delayed})
+}
+
 // TestRateAdmitConcurrent: eight connections ask for starts as fast as they
 // can for 1.5 s under 5 per 200 ms; the starts admitted never put 6 in one
 // window, and the limit is used, not starved.

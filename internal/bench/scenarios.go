@@ -56,6 +56,19 @@ func (w semaphoreNoopWorker) LockFor(context.Context, *river.Job[noopArgs]) (job
 	return jobs.Lock{Namespace: "bench.noop_sem", Key: "global", Permits: w.permits}, nil
 }
 
+// ratedNoopWorker is rate limited per key (N mod keys), to limit starts
+// per period that the run never reaches.
+type ratedNoopWorker struct {
+	noopWorker
+	keys   int
+	limit  int
+	period time.Duration
+}
+
+func (w ratedNoopWorker) RateLimitFor(_ context.Context, job *river.Job[noopArgs]) (jobs.RateLimit, error) {
+	return jobs.RateLimit{Namespace: "bench.noop_rate", Key: strconv.Itoa(job.Args.N % w.keys), Limit: w.limit, Period: w.period}, nil
+}
+
 // pingArgs is the job of the transaction scenarios: the ping job's shape,
 // a row ID.
 type pingArgs struct {
@@ -399,7 +412,7 @@ func workerThroughputScenario(cfg Config) *Scenario {
 	// comparable.
 	drain := func(n int, build func(env *Env) (*river.Client[pgx.Tx], error)) func(ctx context.Context, env *Env) (Sample, error) {
 		return func(ctx context.Context, env *Env) (Sample, error) {
-			if err := env.Truncate(ctx, "river_job", "job_locks"); err != nil {
+			if err := env.Truncate(ctx, "river_job", "job_locks", "job_rate_limits"); err != nil {
 				return nil, err
 			}
 			client, err := build(env)
@@ -463,6 +476,10 @@ func workerThroughputScenario(cfg Config) *Scenario {
 			{Name: "worker_lock", Note: "full stack, a worker lock per key, 10,000 keys", Run: drain(max(100, full/5), runtime(lockedNoopWorker{keys: 10_000}))},
 			{Name: "semaphore", Note: "full stack, one global semaphore of 100 permits (as many as workers: no job snoozes)",
 				Run: drain(max(100, full/5), runtime(semaphoreNoopWorker{permits: maxWorkers}))},
+			{Name: "rate_limit", Note: "full stack, a rate limit per key it never reaches: 10,000 keys, 100 starts per second each",
+				Run: drain(max(100, full/5), runtime(ratedNoopWorker{keys: 10_000, limit: 100, period: time.Second}))},
+			{Name: "rate_limit_hot", Note: "full stack, one key limited to 1,000 starts per 100 ms, never reached",
+				Run: drain(max(100, full/5), runtime(ratedNoopWorker{keys: 1, limit: 1000, period: 100 * time.Millisecond}))},
 		},
 		Goals: []Goal{{Side: "full_stack", AtLeast: 0.9, Text: "≥ 0.9× bare River"}},
 	}
