@@ -4,6 +4,7 @@ package faults_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -74,6 +75,15 @@ func TestRateLimitAcrossThreeWorkers(t *testing.T) {
 				"%d starts within one second, from %s to %s", limit+1, st.At, starts[i+limit].At)
 		}
 	}
+	// Gaps between starts longer than one and a half slots: a slot no job
+	// used.
+	var gaps []string
+	for i := 1; i < len(starts); i++ {
+		if d := starts[i].At.Sub(starts[i-1].At); d > 3*period/(2*limit) {
+			gaps = append(gaps, fmt.Sprintf("%s after start %d (%s)", d.Round(time.Millisecond), i-1, starts[i-1].At.Sub(first).Round(time.Millisecond)))
+		}
+	}
+	t.Logf("%d gaps of more than 1.5 slots: %v", len(gaps), gaps)
 	var histogram string
 	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT string_agg(n || 'x' || c, ' ' ORDER BY n) FROM (SELECT coalesce((metadata->>'snoozes')::int, 0) n, count(*) c FROM river_job WHERE kind = 'aftercommit.ping' AND state = 'completed' GROUP BY 1) h`).Scan(&histogram))
 	t.Logf("snoozes per completed job: %s", histogram)
