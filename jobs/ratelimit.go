@@ -151,9 +151,9 @@ func (m *rateMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInne
 	}
 	if !admitted {
 		m.delayed.Add(1)
-		m.wake.at(job.Queue, wait)
+		m.wake.at(ctx, job.Queue, wait)
 		if wait < rateWakeCompleter {
-			m.wake.at(job.Queue, rateWakeCompleter)
+			m.wake.at(ctx, job.Queue, rateWakeCompleter)
 		}
 		return river.JobSnooze(wait)
 	}
@@ -203,7 +203,8 @@ func (b *rateBatcher) decide(ctx context.Context, r *rateRequest) (bool, time.Du
 	b.queue = append(b.queue, r)
 	if !b.sending {
 		b.sending = true
-		go b.send()
+		// Detached: the statement serves other jobs too.
+		go b.send(context.WithoutCancel(ctx))
 	}
 	b.mu.Unlock()
 	select {
@@ -215,7 +216,7 @@ func (b *rateBatcher) decide(ctx context.Context, r *rateRequest) (bool, time.Du
 }
 
 // send runs statements until the queue is empty.
-func (b *rateBatcher) send() {
+func (b *rateBatcher) send(ctx context.Context) {
 	for {
 		b.mu.Lock()
 		n := min(len(b.queue), rateBatchMax)
@@ -227,13 +228,13 @@ func (b *rateBatcher) send() {
 		batch := b.queue[:n:n]
 		b.queue = b.queue[n:]
 		b.mu.Unlock()
-		b.decideBatch(batch)
+		b.decideBatch(ctx, batch)
 	}
 }
 
 // decideBatch runs one statement for batch and hands each request its
 // decision, or the statement's error.
-func (b *rateBatcher) decideBatch(batch []*rateRequest) {
+func (b *rateBatcher) decideBatch(ctx context.Context, batch []*rateRequest) {
 	namespaces := make([]string, len(batch))
 	keys := make([]string, len(batch))
 	limits := make([]int32, len(batch))
@@ -242,7 +243,7 @@ func (b *rateBatcher) decideBatch(batch []*rateRequest) {
 	for i, r := range batch {
 		namespaces[i], keys[i], limits[i], periods[i], ats[i] = r.namespace, r.key, r.limit, r.period.Microseconds(), r.at
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), rateBatchTimeout)
+	ctx, cancel := context.WithTimeout(ctx, rateBatchTimeout)
 	defer cancel()
 	err := func() error {
 		rows, err := b.pool.Query(ctx, rateAdmitManySQL, namespaces, keys, limits, periods, ats)
@@ -320,7 +321,7 @@ type wakeAt struct {
 
 // at sends the wake-up of queue after d, unless d is past rateWakeMax or
 // one for the same time is pending.
-func (w *waker) at(queue string, d time.Duration) {
+func (w *waker) at(ctx context.Context, queue string, d time.Duration) {
 	if d > rateWakeMax {
 		return
 	}
@@ -340,7 +341,8 @@ func (w *waker) at(queue string, d time.Duration) {
 		w.mu.Lock()
 		delete(w.pending, key)
 		w.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		// Detached from the job, which has returned by then.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 		defer cancel()
 		// A failed wake-up (the pool closed with its client) leaves the
 		// job to the poll.

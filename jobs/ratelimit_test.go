@@ -125,7 +125,7 @@ func TestRateAdmitMany(t *testing.T) {
 	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
 	var now time.Time
 	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT now()`).Scan(&now))
-	at := func(d time.Duration) time.Time { return now.Add(d) }
+	at := now.Add
 	// Key "x" allows 2 per hour, key "y" 1 per hour. The batch lists x's
 	// starts out of time order: the two earliest are admitted.
 	rows, err := s.Pool.Query(ctx, `SELECT ord, admitted, wait_us > 0 FROM job_rate_admit_many($1, $2, $3,
