@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -40,10 +41,17 @@ type workerProc struct {
 // It is killed when the test ends.
 func startWorker(t *testing.T, s *dbtest.Schema, name string, env []string, args ...string) *workerProc {
 	t.Helper()
+	return startWorkerConns(t, s, name, 8, env, args...)
+}
+
+// startWorkerConns is startWorker with a pool of at most conns connections,
+// for tests that start several processes beside the rest of the suite.
+func startWorkerConns(t *testing.T, s *dbtest.Schema, name string, conns int, env []string, args ...string) *workerProc {
+	t.Helper()
 	u, err := url.Parse(s.URL)
 	require.NoError(t, err, "the test database must be given as a URL")
 	q := u.Query()
-	q.Set("pool_max_conns", "8")
+	q.Set("pool_max_conns", strconv.Itoa(conns))
 	q.Set("application_name", "aftercommit-faults-"+name)
 	u.RawQuery = q.Encode()
 

@@ -19,8 +19,11 @@ import (
 // from SQL. Over the 60 s from the first start, 600 ± 10 of them start
 // (river_job.attempted_at), no 1-second window ever holds more than 10
 // starts, every process started some, and waiting spent no attempt.
-func TestRateLimitAcrossThreeWorkers(t *testing.T) {
-	t.Parallel()
+//
+// It measures time, so it runs alone in its package (no t.Parallel): the
+// kills and network faults of the other tests would take the CPU its three
+// processes need to start each job within milliseconds of its slot.
+func TestRateLimitAcrossThreeWorkers(t *testing.T) { //nolint:paralleltest // see above
 	ctx := context.Background()
 	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 4})
 	const (
@@ -30,7 +33,9 @@ func TestRateLimitAcrossThreeWorkers(t *testing.T) {
 		queued = 800
 	)
 	for _, name := range []string{"r1", "r2", "r3"} {
-		p := startWorker(t, s, name, nil)
+		// Four connections each: the pings need one at a time, and the
+		// fault suite runs beside the rest of the full suite.
+		p := startWorkerConns(t, s, name, 4, nil)
 		p.clientID(t)
 	}
 	_, err := s.Pool.Exec(ctx, `SELECT aftercommit_enqueue('aftercommit.ping',
