@@ -144,7 +144,7 @@ func (m *rateMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInne
 	}
 	admitted, wait, err := m.batch.decide(ctx, &rateRequest{
 		namespace: limit.Namespace, key: limit.Key, limit: int32(limit.Limit), //nolint:gosec // at most RateLimitMax
-		period: limit.Period, at: *job.AttemptedAt, waited: snoozedBefore(job.Metadata),
+		period: limit.Period, at: *job.AttemptedAt,
 	})
 	if err != nil {
 		return fmt.Errorf("jobs: rate limit %s/%s for %s job %d: %w", limit.Namespace, limit.Key, job.Kind, job.ID, err)
@@ -161,15 +161,6 @@ func (m *rateMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInne
 	return doInner(ctx)
 }
 
-// snoozedBefore reports whether River counted a snooze of the job (its
-// metadata's "snoozes"): it waited for a slot already (or for its lock).
-func snoozedBefore(metadata []byte) bool {
-	var m struct {
-		Snoozes int64 `json:"snoozes"`
-	}
-	return json.Unmarshal(metadata, &m) == nil && m.Snoozes > 0
-}
-
 // rateBatchMax is the most decisions one statement takes.
 const rateBatchMax = 1000
 
@@ -182,7 +173,6 @@ type rateRequest struct {
 	limit          int32
 	period         time.Duration
 	at             time.Time
-	waited         bool
 
 	admitted bool
 	wait     time.Duration
@@ -250,14 +240,13 @@ func (b *rateBatcher) decideBatch(ctx context.Context, batch []*rateRequest) {
 	limits := make([]int32, len(batch))
 	periods := make([]int64, len(batch))
 	ats := make([]time.Time, len(batch))
-	waited := make([]bool, len(batch))
 	for i, r := range batch {
-		namespaces[i], keys[i], limits[i], periods[i], ats[i], waited[i] = r.namespace, r.key, r.limit, r.period.Microseconds(), r.at, r.waited
+		namespaces[i], keys[i], limits[i], periods[i], ats[i] = r.namespace, r.key, r.limit, r.period.Microseconds(), r.at
 	}
 	ctx, cancel := context.WithTimeout(ctx, rateBatchTimeout)
 	defer cancel()
 	err := func() error {
-		rows, err := b.pool.Query(ctx, rateAdmitManySQL, namespaces, keys, limits, periods, ats, waited)
+		rows, err := b.pool.Query(ctx, rateAdmitManySQL, namespaces, keys, limits, periods, ats)
 		if err != nil {
 			return err
 		}
@@ -289,7 +278,7 @@ func (b *rateBatcher) decideBatch(ctx context.Context, batch []*rateRequest) {
 
 // rateAdmitManySQL decides a batch of starts; see job_rate_admit_many.
 const rateAdmitManySQL = `SELECT ord, admitted, wait_us FROM job_rate_admit_many($1::text[], $2::text[], $3::int[],
-	ARRAY(SELECT p * interval '1 microsecond' FROM unnest($4::bigint[]) WITH ORDINALITY AS u(p, i) ORDER BY i), $5::timestamptz[], $6::boolean[])`
+	ARRAY(SELECT p * interval '1 microsecond' FROM unnest($4::bigint[]) WITH ORDINALITY AS u(p, i) ORDER BY i), $5::timestamptz[])`
 
 // rateWakeMax is the longest snooze the waker keeps a wake-up for; a job
 // snoozed longer waits for its queue's next poll after its time. River's

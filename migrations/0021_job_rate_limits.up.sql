@@ -36,8 +36,7 @@ COMMENT ON TABLE job_rate_limits IS
 -- (p_namespace[i], p_key[i]) at p_at[i] (a job's attempted_at) under at most
 -- p_limit[i] starts per p_period[i]. It returns, for each ord i, admitted,
 -- and for a refused start how long the job should wait (wait_us, in
--- microseconds of the database's clock): until the next free slot.
--- p_waited[i] (optional) says the job waited for a slot already. A
+-- microseconds of the database's clock): until the next free slot. A
 -- process sends the decisions its jobs ask for at the same time in one
 -- statement (jobs.RateLimiter's middleware), so a key's row is locked and
 -- rewritten once per batch, not once per job.
@@ -46,8 +45,7 @@ CREATE FUNCTION job_rate_admit_many(
     p_key       text[],
     p_limit     integer[],
     p_period    interval[],
-    p_at        timestamptz[],
-    p_waited    boolean[] DEFAULT NULL
+    p_at        timestamptz[]
 ) RETURNS TABLE (ord integer, admitted boolean, wait_us bigint)
     LANGUAGE plpgsql
     SET search_path FROM CURRENT
@@ -69,15 +67,13 @@ DECLARE
     v_ok       boolean;
     v_due      timestamptz;
     v_wake     timestamptz;
-    v_step     interval;
     v_admitted bigint;
     v_delayed  bigint;
 BEGIN
     IF cardinality(p_namespace) IS DISTINCT FROM cardinality(p_at)
        OR cardinality(p_key) IS DISTINCT FROM cardinality(p_at)
        OR cardinality(p_limit) IS DISTINCT FROM cardinality(p_at)
-       OR cardinality(p_period) IS DISTINCT FROM cardinality(p_at)
-       OR (p_waited IS NOT NULL AND cardinality(p_waited) IS DISTINCT FROM cardinality(p_at)) THEN
+       OR cardinality(p_period) IS DISTINCT FROM cardinality(p_at) THEN
         RAISE EXCEPTION 'job_rate_admit: the arrays of a batch must have one element per start'
             USING ERRCODE = '22023';
     END IF;
@@ -107,11 +103,11 @@ BEGIN
     -- Each key's starts, oldest first: most are later than every logged
     -- start, and only need the p_limit-th latest one checked.
     FOR v_req IN
-        SELECT u.ns, u.k, u.i::integer AS i, u.l, u.p, u.a, coalesce(u.w, false) AS waited, r.starts, r.next_slot,
+        SELECT u.ns, u.k, u.i::integer AS i, u.l, u.p, u.a, r.starts, r.next_slot,
                max(u.p) OVER (PARTITION BY u.ns, u.k) AS max_period,
                row_number() OVER (PARTITION BY u.ns, u.k ORDER BY u.a, u.i) = 1 AS first_of_key,
                row_number() OVER (PARTITION BY u.ns, u.k ORDER BY u.a DESC, u.i DESC) = 1 AS last_of_key
-          FROM unnest(p_namespace, p_key, p_limit, p_period, p_at, p_waited) WITH ORDINALITY AS u(ns, k, l, p, a, w, i)
+          FROM unnest(p_namespace, p_key, p_limit, p_period, p_at) WITH ORDINALITY AS u(ns, k, l, p, a, i)
           JOIN job_rate_limits r ON r.namespace = u.ns AND r.rate_key = u.k
          ORDER BY u.ns, u.k, u.a, u.i
     LOOP
@@ -162,27 +158,16 @@ BEGIN
                 IF v_n >= v_req.l THEN
                     v_due := greatest(v_now, v_starts[v_n - v_req.l + 1] + v_req.p + interval '1 microsecond');
                 END IF;
-                -- The next free slot: slots are a period / p_limit apart,
-                -- plus a margin (a 200th of the period, at least 5 ms), as
-                -- a job starts a few milliseconds after its slot and
-                -- without the margin would find the start p_limit before it
-                -- late by as much, half the time.
-                v_step := (v_req.p + greatest(v_req.p / 200, interval '5 ms')) / v_req.l;
+                -- The next free slot, whether the job waited before or not:
+                -- a job that missed its slot waits behind the others instead
+                -- of racing the next slot's job for the same start. Slots
+                -- are a period / p_limit apart, plus a margin (a 200th of
+                -- the period, at least 5 ms): a job starts a few
+                -- milliseconds after its slot, and without the margin it
+                -- would find the start p_limit before it late by as much,
+                -- half the time.
                 v_wake := greatest(v_due, v_next);
-                IF v_req.waited AND v_next - v_due > interval '260 ms' THEN
-                    -- A job that waited for its slot and still found the
-                    -- start p_limit before it too recent (that one started
-                    -- late): its slot goes unused, which leaves a start free
-                    -- in the windows after it. It takes that start, sharing
-                    -- a slot at least 260 ms ahead with the job booked there
-                    -- (a shorter snooze may reach the table after its time:
-                    -- River writes snoozes every 250 ms), instead of going
-                    -- behind every waiting job and leaving the start unused.
-                    v_wake := v_due + ceil(greatest(extract(epoch FROM v_now + interval '260 ms' - v_due), 0)
-                                           / extract(epoch FROM v_step)) * v_step;
-                ELSE
-                    v_next := v_wake + v_step;
-                END IF;
+                v_next := v_wake + (v_req.p + greatest(v_req.p / 200, interval '5 ms')) / v_req.l;
             END IF;
             wait_us := greatest(1, ceil(extract(epoch FROM v_wake - v_now) * 1000000))::bigint;
         END IF;
@@ -211,8 +196,8 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION job_rate_admit_many(text[], text[], integer[], interval[], timestamptz[], boolean[]) IS
-'Admits or refuses a batch of starts, the i-th at p_at[i] (a job''s attempted_at) of (p_namespace[i], p_key[i]) under at most p_limit[i] starts in any window of p_period[i]; p_waited[i] says the job waited for a slot already. A refused start gets how long to wait (wait_us). Used by jobs.RateLimiter''s middleware.';
+COMMENT ON FUNCTION job_rate_admit_many(text[], text[], integer[], interval[], timestamptz[]) IS
+'Admits or refuses a batch of starts, the i-th at p_at[i] (a job''s attempted_at) of (p_namespace[i], p_key[i]) under at most p_limit[i] starts in any window of p_period[i]; a refused start gets how long to wait (wait_us). Used by jobs.RateLimiter''s middleware.';
 
 -- job_rate_admit decides one start: job_rate_admit_many of one.
 CREATE FUNCTION job_rate_admit(
