@@ -302,3 +302,39 @@ func TestRateLimitedJobs(t *testing.T) {
 	require.Equal(t, int64(24), admitted, "each hot job was admitted once")
 	require.GreaterOrEqual(t, delayed, int64(waited))
 }
+
+// TestPingRateArgs: a ping's rate-limit fields are checked at the boundary,
+// each refusal naming its field and wrapping ErrRateLimitInvalid where the
+// value is out of range, and RateLimitFor turns valid ones into the limit.
+func TestPingRateArgs(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args  jobs.PingArgs
+		field string
+		err   error
+	}{
+		{jobs.PingArgs{RateLimit: 5}, "rate_key", nil},
+		{jobs.PingArgs{RatePeriodMS: 1000}, "rate_key", nil},
+		{jobs.PingArgs{RateKey: "k", RatePeriodMS: 1000}, "rate_limit", jobs.ErrRateLimitInvalid},
+		{jobs.PingArgs{RateKey: "k", RateLimit: jobs.RateLimitMax + 1, RatePeriodMS: 1000}, "rate_limit", jobs.ErrRateLimitInvalid},
+		{jobs.PingArgs{RateKey: "k", RateLimit: 5}, "rate_period_ms", jobs.ErrRateLimitInvalid},
+		{jobs.PingArgs{RateKey: "k", RateLimit: 5, RatePeriodMS: 8 * 24 * 3600 * 1000}, "rate_period_ms", jobs.ErrRateLimitInvalid},
+	} {
+		err := tc.args.Validate()
+		var fe *jobs.FieldError
+		require.True(t, errors.As(err, &fe), "%+v: %v", tc.args, err)
+		require.Equal(t, tc.field, fe.Field)
+		if tc.err != nil {
+			require.ErrorIs(t, err, tc.err)
+		}
+	}
+
+	ok := jobs.PingArgs{RateKey: "smoke", RateLimit: 10, RatePeriodMS: 1000}
+	require.NoError(t, ok.Validate())
+	limit, err := (&jobs.PingWorker{}).RateLimitFor(context.Background(), &river.Job[jobs.PingArgs]{Args: ok})
+	require.NoError(t, err)
+	require.Equal(t, jobs.RateLimit{Key: "smoke", Limit: 10, Period: time.Second}, limit)
+	none, err := (&jobs.PingWorker{}).RateLimitFor(context.Background(), &river.Job[jobs.PingArgs]{Args: jobs.PingArgs{}})
+	require.NoError(t, err)
+	require.Equal(t, jobs.RateLimit{}, none, "a ping without a key has no limit")
+}
