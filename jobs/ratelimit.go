@@ -142,23 +142,71 @@ func (m *rateMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInne
 	case job.AttemptedAt == nil:
 		return fmt.Errorf("jobs: %s job %d has no attempted_at to rate limit", job.Kind, job.ID)
 	}
-	admitted, wait, err := m.batch.decide(ctx, &rateRequest{
+	// The fetch's start first; then, while the wait is short, the job waits
+	// here and asks again for a start at the time of the decision, which
+	// becomes its attempted_at. A snooze would reach the table only when
+	// River's completer writes it (up to 250 ms) and the job would then wait
+	// for a fetch: every start that came late would cost the slot N after
+	// it.
+	req := &rateRequest{
 		namespace: limit.Namespace, key: limit.Key, limit: int32(limit.Limit), //nolint:gosec // at most RateLimitMax
-		period: limit.Period, at: *job.AttemptedAt,
-	})
-	if err != nil {
-		return fmt.Errorf("jobs: rate limit %s/%s for %s job %d: %w", limit.Namespace, limit.Key, job.Kind, job.ID, err)
+		period: limit.Period, at: *job.AttemptedAt, waited: snoozedBefore(job.Metadata),
 	}
-	if !admitted {
-		m.delayed.Add(1)
-		m.wake.at(ctx, job.Queue, wait)
-		if wait < rateWakeCompleter {
-			m.wake.at(ctx, job.Queue, rateWakeCompleter)
+	for asked := 1; ; asked++ {
+		d, err := m.batch.decide(ctx, req)
+		if err != nil {
+			return fmt.Errorf("jobs: rate limit %s/%s for %s job %d: %w", limit.Namespace, limit.Key, job.Kind, job.ID, err)
 		}
-		return river.JobSnooze(wait)
+		if d.admitted {
+			if req.now {
+				job.AttemptedAt = &d.startedAt
+			}
+			break
+		}
+		m.delayed.Add(1)
+		if d.wait > rateWaitHere || asked >= rateAsksHere {
+			m.wake.at(ctx, job.Queue, d.wait)
+			if d.wait < rateWakeCompleter {
+				m.wake.at(ctx, job.Queue, rateWakeCompleter)
+			}
+			return river.JobSnooze(d.wait)
+		}
+		timer := time.NewTimer(d.wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return context.Cause(ctx)
+		case <-timer.C:
+		}
+		req = &rateRequest{namespace: req.namespace, key: req.key, limit: req.limit, period: req.period, now: true, jobID: job.ID, waited: true}
 	}
 	m.admitted.Add(1)
 	return doInner(ctx)
+}
+
+// snoozedBefore reports whether River counted a snooze of the job (its
+// metadata's "snoozes"): it waited for its slot already (or for its lock).
+func snoozedBefore(metadata []byte) bool {
+	var m struct {
+		Snoozes int64 `json:"snoozes"`
+	}
+	return json.Unmarshal(metadata, &m) == nil && m.Snoozes > 0
+}
+
+// rateWaitHere is the longest wait a job spends in its worker for a start
+// instead of snoozing: shorter than River's completer takes to write a
+// snooze (rateWakeCompleter) plus a fetch.
+const rateWaitHere = 500 * time.Millisecond
+
+// rateAsksHere is how many decisions a job asks for in its worker before it
+// snoozes.
+const rateAsksHere = 5
+
+// rateDecision is what job_rate_admit_many decided for one start.
+type rateDecision struct {
+	admitted  bool
+	wait      time.Duration // refused: until the slot the job was given
+	startedAt time.Time     // admitted: the start's time
 }
 
 // rateBatchMax is the most decisions one statement takes.
@@ -172,10 +220,12 @@ type rateRequest struct {
 	namespace, key string
 	limit          int32
 	period         time.Duration
-	at             time.Time
+	at             time.Time // the start's time; with now, the decision's
+	now            bool      // start at the decision, as job jobID's new attempted_at
+	jobID          int64
+	waited         bool // the job waited for its slot already
 
-	admitted bool
-	wait     time.Duration
+	decision rateDecision
 	err      error
 	done     chan struct{}
 }
@@ -197,7 +247,7 @@ type rateBatcher struct {
 // decide queues r and waits for its decision. When ctx ends first, r may
 // still be decided, and admitted: the start is then counted though the job
 // did not run, which errs on the side of the limit.
-func (b *rateBatcher) decide(ctx context.Context, r *rateRequest) (bool, time.Duration, error) {
+func (b *rateBatcher) decide(ctx context.Context, r *rateRequest) (rateDecision, error) {
 	r.done = make(chan struct{})
 	b.mu.Lock()
 	b.queue = append(b.queue, r)
@@ -209,9 +259,9 @@ func (b *rateBatcher) decide(ctx context.Context, r *rateRequest) (bool, time.Du
 	b.mu.Unlock()
 	select {
 	case <-r.done:
-		return r.admitted, r.wait, r.err
+		return r.decision, r.err
 	case <-ctx.Done():
-		return false, 0, context.Cause(ctx)
+		return rateDecision{}, context.Cause(ctx)
 	}
 }
 
@@ -239,14 +289,21 @@ func (b *rateBatcher) decideBatch(ctx context.Context, batch []*rateRequest) {
 	keys := make([]string, len(batch))
 	limits := make([]int32, len(batch))
 	periods := make([]int64, len(batch))
-	ats := make([]time.Time, len(batch))
+	ats := make([]*time.Time, len(batch))
+	jobIDs := make([]*int64, len(batch))
+	waited := make([]bool, len(batch))
 	for i, r := range batch {
-		namespaces[i], keys[i], limits[i], periods[i], ats[i] = r.namespace, r.key, r.limit, r.period.Microseconds(), r.at
+		namespaces[i], keys[i], limits[i], periods[i], waited[i] = r.namespace, r.key, r.limit, r.period.Microseconds(), r.waited
+		if r.now {
+			jobIDs[i] = &r.jobID
+		} else {
+			ats[i] = &r.at
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, rateBatchTimeout)
 	defer cancel()
 	err := func() error {
-		rows, err := b.pool.Query(ctx, rateAdmitManySQL, namespaces, keys, limits, periods, ats)
+		rows, err := b.pool.Query(ctx, rateAdmitManySQL, namespaces, keys, limits, periods, ats, jobIDs, waited)
 		if err != nil {
 			return err
 		}
@@ -254,12 +311,16 @@ func (b *rateBatcher) decideBatch(ctx context.Context, batch []*rateRequest) {
 		var ord int32
 		var admitted bool
 		var waitUS int64
-		_, err = pgx.ForEachRow(rows, []any{&ord, &admitted, &waitUS}, func() error {
+		var startedAt *time.Time
+		_, err = pgx.ForEachRow(rows, []any{&ord, &admitted, &waitUS, &startedAt}, func() error {
 			if ord < 1 || int(ord) > len(batch) {
 				return fmt.Errorf("job_rate_admit_many returned ord %d for a batch of %d", ord, len(batch))
 			}
 			r := batch[ord-1]
-			r.admitted, r.wait = admitted, time.Duration(waitUS)*time.Microsecond
+			r.decision = rateDecision{admitted: admitted, wait: time.Duration(waitUS) * time.Microsecond}
+			if startedAt != nil {
+				r.decision.startedAt = *startedAt
+			}
 			decided++
 			return nil
 		})
@@ -270,15 +331,15 @@ func (b *rateBatcher) decideBatch(ctx context.Context, batch []*rateRequest) {
 	}()
 	for _, r := range batch {
 		if err != nil {
-			r.admitted, r.err = false, err
+			r.decision, r.err = rateDecision{}, err
 		}
 		close(r.done)
 	}
 }
 
 // rateAdmitManySQL decides a batch of starts; see job_rate_admit_many.
-const rateAdmitManySQL = `SELECT ord, admitted, wait_us FROM job_rate_admit_many($1::text[], $2::text[], $3::int[],
-	ARRAY(SELECT p * interval '1 microsecond' FROM unnest($4::bigint[]) WITH ORDINALITY AS u(p, i) ORDER BY i), $5::timestamptz[])`
+const rateAdmitManySQL = `SELECT ord, admitted, wait_us, started_at FROM job_rate_admit_many($1::text[], $2::text[], $3::int[],
+	ARRAY(SELECT p * interval '1 microsecond' FROM unnest($4::bigint[]) WITH ORDINALITY AS u(p, i) ORDER BY i), $5::timestamptz[], $6::bigint[], $7::boolean[])`
 
 // rateWakeMax is the longest snooze the waker keeps a wake-up for; a job
 // snoozed longer waits for its queue's next poll after its time. River's

@@ -37,6 +37,10 @@ COMMENT ON TABLE job_rate_limits IS
 -- p_limit[i] starts per p_period[i]. It returns, for each ord i, admitted,
 -- and for a refused start how long the job should wait (wait_us, in
 -- microseconds of the database's clock): until the next free slot. A
+-- start with no p_at[i] is decided at the time of the decision, for the
+-- running job p_job_id[i], whose attempted_at becomes that time when it is
+-- admitted (started_at returns the time of every admitted start).
+-- p_waited[i] says the job waited for its slot already. A
 -- process sends the decisions its jobs ask for at the same time in one
 -- statement (jobs.RateLimiter's middleware), so a key's row is locked and
 -- rewritten once per batch, not once per job.
@@ -45,8 +49,10 @@ CREATE FUNCTION job_rate_admit_many(
     p_key       text[],
     p_limit     integer[],
     p_period    interval[],
-    p_at        timestamptz[]
-) RETURNS TABLE (ord integer, admitted boolean, wait_us bigint)
+    p_at        timestamptz[],
+    p_job_id    bigint[] DEFAULT NULL,
+    p_waited    boolean[] DEFAULT NULL
+) RETURNS TABLE (ord integer, admitted boolean, wait_us bigint, started_at timestamptz)
     LANGUAGE plpgsql
     SET search_path FROM CURRENT
 AS $fn$
@@ -60,6 +66,7 @@ DECLARE
     v_out_period   interval[] := '{}';
     v_out_admitted bigint[] := '{}';
     v_out_delayed  bigint[] := '{}';
+    v_now_jobs     bigint[] := '{}';
     v_now      timestamptz;
     v_starts   timestamptz[];
     v_next     timestamptz;
@@ -73,14 +80,16 @@ BEGIN
     IF cardinality(p_namespace) IS DISTINCT FROM cardinality(p_at)
        OR cardinality(p_key) IS DISTINCT FROM cardinality(p_at)
        OR cardinality(p_limit) IS DISTINCT FROM cardinality(p_at)
-       OR cardinality(p_period) IS DISTINCT FROM cardinality(p_at) THEN
+       OR cardinality(p_period) IS DISTINCT FROM cardinality(p_at)
+       OR (p_job_id IS NOT NULL AND cardinality(p_job_id) IS DISTINCT FROM cardinality(p_at))
+       OR (p_waited IS NOT NULL AND cardinality(p_waited) IS DISTINCT FROM cardinality(p_at)) THEN
         RAISE EXCEPTION 'job_rate_admit: the arrays of a batch must have one element per start'
             USING ERRCODE = '22023';
     END IF;
-    IF EXISTS (SELECT FROM unnest(p_namespace, p_key, p_limit, p_period, p_at) AS u(ns, k, l, p, a)
+    IF EXISTS (SELECT FROM unnest(p_namespace, p_key, p_limit, p_period, p_at, p_job_id) AS u(ns, k, l, p, a, j)
                 WHERE u.ns IS NULL OR u.k IS NULL OR u.l IS NULL OR u.l < 1
-                   OR u.p IS NULL OR u.p <= interval '0' OR u.a IS NULL) THEN
-        RAISE EXCEPTION 'job_rate_admit: every start needs a namespace, a key, a limit of at least 1 per a positive period, and a time'
+                   OR u.p IS NULL OR u.p <= interval '0' OR (u.a IS NULL AND u.j IS NULL)) THEN
+        RAISE EXCEPTION 'job_rate_admit: every start needs a namespace, a key, a limit of at least 1 per a positive period, and a time or a job'
             USING ERRCODE = '22023';
     END IF;
 
@@ -103,13 +112,15 @@ BEGIN
     -- Each key's starts, oldest first: most are later than every logged
     -- start, and only need the p_limit-th latest one checked.
     FOR v_req IN
-        SELECT u.ns, u.k, u.i::integer AS i, u.l, u.p, u.a, r.starts, r.next_slot,
+        SELECT u.ns, u.k, u.i::integer AS i, u.l, u.p, coalesce(u.a, v_now) AS a, u.a IS NULL AS at_now, u.j AS job_id,
+               coalesce(u.w, false) AS waited,
+               r.starts, r.next_slot,
                max(u.p) OVER (PARTITION BY u.ns, u.k) AS max_period,
-               row_number() OVER (PARTITION BY u.ns, u.k ORDER BY u.a, u.i) = 1 AS first_of_key,
-               row_number() OVER (PARTITION BY u.ns, u.k ORDER BY u.a DESC, u.i DESC) = 1 AS last_of_key
-          FROM unnest(p_namespace, p_key, p_limit, p_period, p_at) WITH ORDINALITY AS u(ns, k, l, p, a, i)
+               row_number() OVER (PARTITION BY u.ns, u.k ORDER BY coalesce(u.a, v_now), u.i) = 1 AS first_of_key,
+               row_number() OVER (PARTITION BY u.ns, u.k ORDER BY coalesce(u.a, v_now) DESC, u.i DESC) = 1 AS last_of_key
+          FROM unnest(p_namespace, p_key, p_limit, p_period, p_at, p_job_id, p_waited) WITH ORDINALITY AS u(ns, k, l, p, a, j, w, i)
           JOIN job_rate_limits r ON r.namespace = u.ns AND r.rate_key = u.k
-         ORDER BY u.ns, u.k, u.a, u.i
+         ORDER BY u.ns, u.k, coalesce(u.a, v_now), u.i
     LOOP
         IF v_req.first_of_key THEN
             -- The log keeps two periods: a start up to one period old is
@@ -144,8 +155,13 @@ BEGIN
         ord := v_req.i;
         admitted := v_ok;
         wait_us := 0;
+        started_at := NULL;
         IF v_ok THEN
             v_admitted := v_admitted + 1;
+            started_at := v_req.a;
+            IF v_req.at_now THEN
+                v_now_jobs := v_now_jobs || v_req.job_id;
+            END IF;
         ELSE
             v_delayed := v_delayed + 1;
             IF v_req.a <= v_now - v_req.p THEN
@@ -158,16 +174,22 @@ BEGIN
                 IF v_n >= v_req.l THEN
                     v_due := greatest(v_now, v_starts[v_n - v_req.l + 1] + v_req.p + interval '1 microsecond');
                 END IF;
-                -- The next free slot, whether the job waited before or not:
-                -- a job that missed its slot waits behind the others instead
-                -- of racing the next slot's job for the same start. Slots
-                -- are a period / p_limit apart, plus a margin (a 200th of
-                -- the period, at least 5 ms): a job starts a few
-                -- milliseconds after its slot, and without the margin it
-                -- would find the start p_limit before it late by as much,
-                -- half the time.
-                v_wake := greatest(v_due, v_next);
-                v_next := v_wake + (v_req.p + greatest(v_req.p / 200, interval '5 ms')) / v_req.l;
+                IF v_req.waited AND v_due - v_now <= interval '500 ms' THEN
+                    -- It waited for its slot, and the start p_limit before
+                    -- it came late: it waits for that start to leave the
+                    -- window, a moment, in its worker (jobs' middleware
+                    -- waits there up to 500 ms), keeping its turn; behind
+                    -- the other waiting jobs its slot would go unused.
+                    v_wake := v_due;
+                ELSE
+                    -- The next free slot. Slots are a period / p_limit
+                    -- apart, plus a margin (a 200th of the period, at least
+                    -- 5 ms): a job starts a few milliseconds after its slot,
+                    -- and without the margin it would find the start p_limit
+                    -- before it late by as much, half the time.
+                    v_wake := greatest(v_due, v_next);
+                    v_next := v_wake + (v_req.p + greatest(v_req.p / 200, interval '5 ms')) / v_req.l;
+                END IF;
             END IF;
             wait_us := greatest(1, ceil(extract(epoch FROM v_wake - v_now) * 1000000))::bigint;
         END IF;
@@ -185,6 +207,12 @@ BEGIN
         END IF;
     END LOOP;
 
+    -- A start decided at the time of the decision (no p_at) is the job's
+    -- attempt from now on: its attempted_at says so, so that the limit can
+    -- still be checked from river_job alone.
+    UPDATE river_job j SET attempted_at = v_now
+     WHERE j.id = ANY (v_now_jobs) AND j.state = 'running';
+
     -- Every key's row in one statement.
     UPDATE job_rate_limits r
        SET starts = ARRAY(SELECT e::timestamptz FROM jsonb_array_elements_text(u.st) WITH ORDINALITY AS x(e, n) ORDER BY x.n),
@@ -196,7 +224,7 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION job_rate_admit_many(text[], text[], integer[], interval[], timestamptz[]) IS
+COMMENT ON FUNCTION job_rate_admit_many(text[], text[], integer[], interval[], timestamptz[], bigint[], boolean[]) IS
 'Admits or refuses a batch of starts, the i-th at p_at[i] (a job''s attempted_at) of (p_namespace[i], p_key[i]) under at most p_limit[i] starts in any window of p_period[i]; a refused start gets how long to wait (wait_us). Used by jobs.RateLimiter''s middleware.';
 
 -- job_rate_admit decides one start: job_rate_admit_many of one.
@@ -211,7 +239,7 @@ CREATE FUNCTION job_rate_admit(
     SET search_path FROM CURRENT
 AS $fn$
     SELECT m.admitted, m.wait_us
-      FROM job_rate_admit_many(ARRAY[p_namespace], ARRAY[p_key], ARRAY[p_limit], ARRAY[p_period], ARRAY[p_at]) AS m;
+      FROM job_rate_admit_many(ARRAY[p_namespace], ARRAY[p_key], ARRAY[p_limit], ARRAY[p_period], ARRAY[p_at]::timestamptz[]) AS m;
 $fn$;
 
 COMMENT ON FUNCTION job_rate_admit(text, text, integer, interval, timestamptz) IS
