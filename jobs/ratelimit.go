@@ -88,13 +88,13 @@ func rateFuncFor[T river.JobArgs](w river.Worker[T]) (rateFunc, bool) {
 }
 
 // rateMiddleware runs a job whose worker is a RateLimiter only when its
-// RateLimit admits the start, in one statement (job_rate_admit, see
-// migrations/0021_job_rate_limits.up.sql); otherwise the job snoozes for as
-// long as the database says. It is River worker middleware.
+// RateLimit admits the start, decided in the database in batches
+// (job_rate_admit_many, see migrations/0021_job_rate_limits.up.sql);
+// otherwise the job waits, in its worker for a moment or snoozed until its
+// slot. It is River worker middleware.
 type rateMiddleware struct {
 	river.MiddlewareDefaults
 
-	pool   *pgxpool.Pool
 	lookup func(kind string) (rateFunc, bool)
 	wake   *waker
 	batch  *rateBatcher
@@ -109,7 +109,7 @@ var _ rivertype.WorkerMiddleware = (*rateMiddleware)(nil)
 // knows, deciding in pool; schema is River's (empty: the connections'
 // search_path), whose producers it wakes.
 func newRateMiddleware(pool *pgxpool.Pool, lookup func(kind string) (rateFunc, bool), schema string) *rateMiddleware {
-	return &rateMiddleware{pool: pool, lookup: lookup, wake: &waker{pool: pool, schema: schema}, batch: &rateBatcher{pool: pool}}
+	return &rateMiddleware{lookup: lookup, wake: &waker{pool: pool, schema: schema}, batch: &rateBatcher{pool: pool}}
 }
 
 // Admitted is the number of starts admitted since start.
