@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -98,9 +97,6 @@ type rateMiddleware struct {
 	lookup func(kind string) (rateFunc, bool)
 	wake   *waker
 	batch  *rateBatcher
-
-	admitted atomic.Int64
-	delayed  atomic.Int64
 }
 
 var _ rivertype.WorkerMiddleware = (*rateMiddleware)(nil)
@@ -111,12 +107,6 @@ var _ rivertype.WorkerMiddleware = (*rateMiddleware)(nil)
 func newRateMiddleware(pool *pgxpool.Pool, lookup func(kind string) (rateFunc, bool), schema string) *rateMiddleware {
 	return &rateMiddleware{lookup: lookup, wake: &waker{pool: pool, schema: schema}, batch: &rateBatcher{pool: pool}}
 }
-
-// Admitted is the number of starts admitted since start.
-func (m *rateMiddleware) Admitted() int64 { return m.admitted.Load() }
-
-// Delayed is the number of times a job was snoozed by its rate limit.
-func (m *rateMiddleware) Delayed() int64 { return m.delayed.Load() }
 
 // Work implements rivertype.WorkerMiddleware.
 func (m *rateMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
@@ -163,7 +153,6 @@ func (m *rateMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInne
 			}
 			break
 		}
-		m.delayed.Add(1)
 		if d.wait > rateWaitHere || asked >= rateAsksHere {
 			m.wake.at(ctx, job.Queue, d.wait)
 			if d.wait < rateWakeCompleter {
@@ -180,7 +169,6 @@ func (m *rateMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInne
 		}
 		req = &rateRequest{namespace: req.namespace, key: req.key, limit: req.limit, period: req.period, now: true, jobID: job.ID, waited: true}
 	}
-	m.admitted.Add(1)
 	return doInner(ctx)
 }
 
