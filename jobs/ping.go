@@ -17,6 +17,12 @@ const PingKind = "aftercommit.ping"
 // PingMaxSleep caps PingArgs.SleepMS.
 const PingMaxSleep = time.Minute
 
+// PingMaxFailAttempts is the most PingArgs.FailAttempts.
+const PingMaxFailAttempts = 25
+
+// PingFailRetry is when a ping that failed on purpose is retried.
+const PingFailRetry = 100 * time.Millisecond
+
 // ErrPingSleepOutOfRange is returned (wrapped in river.JobCancel) for a ping
 // that asks to sleep less than zero or longer than PingMaxSleep.
 var ErrPingSleepOutOfRange = errors.New("jobs: ping sleep must be between 0 and 60000 ms")
@@ -42,6 +48,20 @@ type PingArgs struct {
 	// RatePeriodMS is the window of RateLimit, in milliseconds. Only with
 	// RateKey.
 	RatePeriodMS int `json:"rate_period_ms,omitempty"`
+	// SeqKey, when set, puts the ping in the sequence of that key
+	// (Sequence, namespace "aftercommit.ping"): pings of one key run one at
+	// a time, in the order their transactions committed.
+	//
+	//	SELECT aftercommit_enqueue('aftercommit.ping', '{"ping_id": 0, "seq_key": "smoke"}');
+	SeqKey string `json:"seq_key,omitempty"`
+	// SeqContinue makes a failed attempt release the ping's sequence
+	// (SequenceContinue) instead of holding it (SequenceHold). Only with
+	// SeqKey.
+	SeqContinue bool `json:"seq_continue,omitempty"`
+	// FailAttempts makes the first FailAttempts attempts of the ping fail
+	// (retried after PingFailRetry), 0 to PingMaxFailAttempts: a way to
+	// watch retries, a held sequence or a discard (with max_attempts).
+	FailAttempts int `json:"fail_attempts,omitempty"`
 }
 
 // Kind implements river.JobArgs.
@@ -56,6 +76,15 @@ func (a PingArgs) Validate() error {
 	if sleep := time.Duration(a.SleepMS) * time.Millisecond; sleep < 0 || sleep > PingMaxSleep {
 		return &FieldError{Field: "sleep_ms", Reason: fmt.Sprintf("must be between 0 and %d, got %d", PingMaxSleep/time.Millisecond, a.SleepMS),
 			Err: ErrPingSleepOutOfRange}
+	}
+	if len(a.SeqKey) > SequenceNameMax {
+		return &FieldError{Field: "seq_key", Reason: fmt.Sprintf("must be at most %d bytes, got %d", SequenceNameMax, len(a.SeqKey))}
+	}
+	if a.SeqKey == "" && a.SeqContinue {
+		return &FieldError{Field: "seq_key", Reason: "must be set when seq_continue is"}
+	}
+	if a.FailAttempts < 0 || a.FailAttempts > PingMaxFailAttempts {
+		return &FieldError{Field: "fail_attempts", Reason: fmt.Sprintf("must be between 0 and %d, got %d", PingMaxFailAttempts, a.FailAttempts)}
 	}
 	if a.RateKey == "" {
 		if a.RateLimit != 0 || a.RatePeriodMS != 0 {
@@ -108,8 +137,33 @@ func (w *PingWorker) RateLimitFor(_ context.Context, job *river.Job[PingArgs]) (
 	return RateLimit{Key: a.RateKey, Limit: a.RateLimit, Period: time.Duration(a.RatePeriodMS) * time.Millisecond}, nil
 }
 
+// SequenceFor puts a ping with a SeqKey in its sequence.
+func (w *PingWorker) SequenceFor(args PingArgs) Sequence {
+	seq := Sequence{Key: args.SeqKey}
+	if args.SeqContinue {
+		seq.OnFailure = SequenceContinue
+	}
+	return seq
+}
+
+// NextRetry retries a ping that fails on purpose (FailAttempts) after
+// PingFailRetry; other failures take the client's retry policy.
+func (w *PingWorker) NextRetry(job *river.Job[PingArgs]) time.Time {
+	if job.Args.FailAttempts > 0 {
+		return time.Now().Add(PingFailRetry)
+	}
+	return time.Time{}
+}
+
+// ErrPingFailedOnPurpose is the error of a ping attempt that FailAttempts
+// makes fail.
+var ErrPingFailedOnPurpose = errors.New("jobs: ping failed on purpose (fail_attempts)")
+
 // Work marks the ping and completes the job in one transaction.
 func (w *PingWorker) Work(ctx context.Context, job *river.Job[PingArgs]) error {
+	if job.Attempt <= job.Args.FailAttempts {
+		return fmt.Errorf("%w: attempt %d of the first %d", ErrPingFailedOnPurpose, job.Attempt, job.Args.FailAttempts)
+	}
 	sleep := time.Duration(job.Args.SleepMS) * time.Millisecond
 	if sleep > PingMaxSleep || sleep < 0 {
 		return river.JobCancel(fmt.Errorf("%w, got %d ms", ErrPingSleepOutOfRange, job.Args.SleepMS))

@@ -74,6 +74,7 @@ type kindEntry struct {
 	needed    neededFunc
 	lock      lockFunc                   // nil: the kind takes no worker lock
 	rate      rateFunc                   // nil: the kind has no rate limit
+	seq       seqFunc                    // nil: the kind's jobs are in no sequence
 	queueLock func(river.JobArgs) string // nil: the kind has no queue lock
 }
 
@@ -201,6 +202,13 @@ func AddWorker[T river.JobArgs](r *Registry, queue string, w river.Worker[T]) {
 	}
 	if rate, ok := rateFuncFor(w); ok {
 		e.rate = rate
+	}
+	if seq, ok := seqFuncFor(kind, w); ok {
+		e.seq = seq
+	}
+	if err := checkSequenced(kind, e); err != nil {
+		r.fail("%v", err)
+		return
 	}
 	r.kinds[kind] = e
 }

@@ -17,9 +17,9 @@ import (
 // for reg's kinds: a row's args are decoded strictly (Registry.DecodeArgs;
 // an unknown kind or args a worker would cancel make a dead row), NULL
 // queue and priority take the kind's registration, a queue must be one of
-// reg's, and rows of a queue-locked kind are coalesced by their lock key.
-// cfg may be nil; its Decode, KindDefaults, Queues and LockKey are
-// replaced. client must be built by NewClient from the same reg (its
+// reg's, rows of a queue-locked kind are coalesced by their lock key, and
+// the jobs of a Sequencer's kind join their sequences. cfg may be nil; its
+// Decode, KindDefaults, Queues, LockKey and Sequence are replaced. client must be built by NewClient from the same reg (its
 // queue-lock middleware keys the relayed jobs); an insert-only client is
 // enough. Start it beside the client; cmd/worker does.
 func NewRelay(pool *pgxpool.Pool, client *river.Client[pgx.Tx], reg *Registry, cfg *relay.Config) (*relay.Relay, error) {
@@ -34,6 +34,7 @@ func NewRelay(pool *pgxpool.Pool, client *river.Client[pgx.Tx], reg *Registry, c
 	c.KindDefaults = reg.KindDefaults
 	c.Queues = reg.QueueNames()
 	c.LockKey = reg.queueLockKey
+	c.Sequence = reg.sequenceOf
 	return relay.New(pool, client, &c)
 }
 

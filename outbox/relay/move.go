@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
 
 	"github.com/aftercommit/aftercommit/outbox/internal/outboxrow"
 )
@@ -129,6 +130,7 @@ type plan struct {
 	plain     []river.InsertManyParams // no uniqueness: COPY or one INSERT
 	locked    []lockedParams           // a queue-lock key: one unique INSERT, in key order
 	unique    []river.InsertManyParams // River's UniqueOpts: one INSERT each
+	sequenced []seqParams              // in a sequence: one INSERT, oldest first
 	dead      []deadRow
 	coalesced int
 }
@@ -143,9 +145,21 @@ type deadRow struct {
 	reason string
 }
 
-// prepare judges one row: the params River inserts, its lock key, or the
-// reason it is dead.
-func (r *Relay) prepare(rw row) (params river.InsertManyParams, lockKey string, hasLock, unique bool, reason string) {
+// prepared is how one row is inserted, or why it is dead.
+type prepared struct {
+	params  river.InsertManyParams
+	lockKey string
+	hasLock bool
+	unique  bool
+	seq     *Sequence
+	reason  string
+}
+
+func deadBecause(reason string) prepared { return prepared{reason: reason} }
+
+// prepare judges one row: the params River inserts, its lock key or
+// sequence, or the reason it is dead.
+func (r *Relay) prepare(rw row) prepared {
 	if len(rw.args) > r.cfg.MaxPayloadBytes {
 		// args::text is jsonb's text form, with a space after every ':'
 		// and ','; the writer measured compact JSON: measure the same.
@@ -155,23 +169,23 @@ func (r *Relay) prepare(rw row) (params river.InsertManyParams, lockKey string, 
 			size = compact.Len()
 		}
 		if size > r.cfg.MaxPayloadBytes {
-			return params, "", false, false, fmt.Sprintf("args of %d bytes exceed the payload limit of %d bytes", size, r.cfg.MaxPayloadBytes)
+			return deadBecause(fmt.Sprintf("args of %d bytes exceed the payload limit of %d bytes", size, r.cfg.MaxPayloadBytes))
 		}
 	}
 	if rw.kind == "" {
-		return params, "", false, false, "empty kind"
+		return deadBecause("empty kind")
 	}
 	a := &Args{kind: rw.kind, raw: []byte(rw.args), createdAt: rw.createdAt, row: rw}
 	if r.cfg.Decode != nil {
 		decoded, err := r.cfg.Decode(rw.kind, a.raw)
 		if err != nil {
-			return params, "", false, false, err.Error()
+			return deadBecause(err.Error())
 		}
 		a.decoded = decoded
 	}
 	opts, err := rw.opts.InsertOpts(outboxrow.ValidQueueName)
 	if err != nil {
-		return params, "", false, false, err.Error()
+		return deadBecause(err.Error())
 	}
 	if r.cfg.KindDefaults != nil && (opts.Queue == "" || opts.Priority == 0) {
 		if q, p, ok := r.cfg.KindDefaults(rw.kind); ok {
@@ -186,22 +200,32 @@ func (r *Relay) prepare(rw row) (params river.InsertManyParams, lockKey string, 
 	if r.queues != nil {
 		queue := cmp.Or(opts.Queue, a.InsertOpts().Queue, river.QueueDefault)
 		if _, ok := r.queues[queue]; !ok {
-			return params, "", false, false, fmt.Sprintf("queue %q is not one of the configured queues", queue)
+			return deadBecause(fmt.Sprintf("queue %q is not one of the configured queues", queue))
 		}
 	}
-	params = river.InsertManyParams{Args: a, InsertOpts: opts}
-	if outboxrow.HasUnique(opts) {
-		return params, "", false, true, ""
+	params := river.InsertManyParams{Args: a, InsertOpts: opts}
+	typeOpts := a.InsertOpts()
+	unique := outboxrow.HasUnique(opts) || outboxrow.HasUnique(&typeOpts)
+	if r.cfg.Sequence != nil && a.decoded != nil {
+		if seq, ok := r.cfg.Sequence(a.decoded); ok {
+			if err := seq.check(); err != nil {
+				return deadBecause(err.Error())
+			}
+			if unique || opts.Pending || typeOpts.Pending {
+				return deadBecause("a job of a sequence can be neither unique nor inserted pending")
+			}
+			return prepared{params: params, seq: &seq}
+		}
 	}
-	if typeOpts := a.InsertOpts(); outboxrow.HasUnique(&typeOpts) {
-		return params, "", false, true, ""
+	if unique {
+		return prepared{params: params, unique: true}
 	}
 	if r.cfg.LockKey != nil && a.decoded != nil {
 		if key, ok := r.cfg.LockKey(a.decoded); ok {
-			return params, key, true, false, ""
+			return prepared{params: params, lockKey: key, hasLock: true}
 		}
 	}
-	return params, "", false, false, ""
+	return prepared{params: params}
 }
 
 func (r *Relay) makePlan(rows []row) plan {
@@ -209,22 +233,24 @@ func (r *Relay) makePlan(rows []row) plan {
 	type lockID struct{ kind, key string }
 	seen := map[lockID]struct{}{}
 	for _, rw := range rows {
-		params, key, hasLock, unique, reason := r.prepare(rw)
+		pr := r.prepare(rw)
 		switch {
-		case reason != "":
-			p.dead = append(p.dead, deadRow{row: rw, reason: reason})
-		case unique:
-			p.unique = append(p.unique, params)
-		case hasLock:
-			id := lockID{rw.kind, key}
+		case pr.reason != "":
+			p.dead = append(p.dead, deadRow{row: rw, reason: pr.reason})
+		case pr.seq != nil:
+			p.sequenced = append(p.sequenced, seqParams{seq: *pr.seq, params: pr.params, id: rw.id})
+		case pr.unique:
+			p.unique = append(p.unique, pr.params)
+		case pr.hasLock:
+			id := lockID{rw.kind, pr.lockKey}
 			if _, dup := seen[id]; dup {
 				p.coalesced++
 				continue
 			}
 			seen[id] = struct{}{}
-			p.locked = append(p.locked, lockedParams{key: key, params: params})
+			p.locked = append(p.locked, lockedParams{key: pr.lockKey, params: pr.params})
 		default:
-			p.plain = append(p.plain, params)
+			p.plain = append(p.plain, pr.params)
 		}
 	}
 	// One order for every relay: two relays inserting the same keys wait
@@ -301,12 +327,22 @@ func (r *Relay) moveBatch(ctx context.Context, careful bool) (MoveResult, error)
 	p := r.makePlan(rows)
 	res.Coalesced = p.coalesced
 
+	var claims map[seqID]claim
+	if len(p.sequenced) > 0 {
+		if claims, err = r.sequence(ctx, tx, p.sequenced); err != nil {
+			return MoveResult{}, err
+		}
+	}
+	var seqJobs []seqJob
 	if careful {
-		err = r.insertCareful(ctx, tx, &p, &res)
+		seqJobs, err = r.insertCareful(ctx, tx, &p, &res)
 	} else {
-		err = r.insert(ctx, tx, &p, &res)
+		seqJobs, err = r.insert(ctx, tx, &p, &res)
 	}
 	if err != nil {
+		return MoveResult{}, err
+	}
+	if err := r.recordMembers(ctx, tx, claims, seqJobs); err != nil {
 		return MoveResult{}, err
 	}
 	if len(p.dead) > 0 {
@@ -328,17 +364,18 @@ func (r *Relay) moveBatch(ctx context.Context, careful bool) (MoveResult, error)
 // insert inserts the batch's jobs: the plain ones with COPY when they are
 // many, the queue-locked ones with one unique INSERT in key order, River's
 // unique ones one at a time (two equal ones in one statement would make
-// Postgres refuse it).
-func (r *Relay) insert(ctx context.Context, tx pgx.Tx, p *plan, res *MoveResult) error {
+// Postgres refuse it), the sequenced ones with one INSERT. It returns the
+// sequenced jobs inserted.
+func (r *Relay) insert(ctx context.Context, tx pgx.Tx, p *plan, res *MoveResult) ([]seqJob, error) {
 	if len(p.plain) > 0 {
 		if r.cfg.CopyMinJobs >= 0 && len(p.plain) >= r.cfg.CopyMinJobs {
 			n, err := r.client.InsertManyFastTx(ctx, tx, p.plain)
 			if err != nil {
-				return classify(tx, fmt.Errorf("relay: inserting %d jobs with COPY: %w", len(p.plain), err))
+				return nil, classify(tx, fmt.Errorf("relay: inserting %d jobs with COPY: %w", len(p.plain), err))
 			}
 			res.Inserted += n
-		} else if err := r.insertMany(ctx, tx, p.plain, res); err != nil {
-			return err
+		} else if _, err := r.insertMany(ctx, tx, p.plain, res); err != nil {
+			return nil, err
 		}
 	}
 	if len(p.locked) > 0 {
@@ -346,22 +383,33 @@ func (r *Relay) insert(ctx context.Context, tx pgx.Tx, p *plan, res *MoveResult)
 		for i, l := range p.locked {
 			params[i] = l.params
 		}
-		if err := r.insertMany(ctx, tx, params, res); err != nil {
-			return err
+		if _, err := r.insertMany(ctx, tx, params, res); err != nil {
+			return nil, err
 		}
 	}
 	for _, params := range p.unique {
-		if err := r.insertMany(ctx, tx, []river.InsertManyParams{params}, res); err != nil {
-			return err
+		if _, err := r.insertMany(ctx, tx, []river.InsertManyParams{params}, res); err != nil {
+			return nil, err
 		}
 	}
-	return nil
+	if len(p.sequenced) == 0 {
+		return nil, nil
+	}
+	params := make([]river.InsertManyParams, len(p.sequenced))
+	for i, s := range p.sequenced {
+		params[i] = s.params
+	}
+	results, err := r.insertMany(ctx, tx, params, res)
+	if err != nil {
+		return nil, err
+	}
+	return seqJobsOf(results)
 }
 
-func (r *Relay) insertMany(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams, res *MoveResult) error {
+func (r *Relay) insertMany(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams, res *MoveResult) ([]*rivertype.JobInsertResult, error) {
 	results, err := r.client.InsertManyTx(ctx, tx, params)
 	if err != nil {
-		return classify(tx, fmt.Errorf("relay: inserting %d jobs: %w", len(params), err))
+		return nil, classify(tx, fmt.Errorf("relay: inserting %d jobs: %w", len(params), err))
 	}
 	for _, x := range results {
 		if x.UniqueSkippedAsDuplicate {
@@ -370,44 +418,71 @@ func (r *Relay) insertMany(ctx context.Context, tx pgx.Tx, params []river.Insert
 			res.Inserted++
 		}
 	}
-	return nil
+	return results, nil
+}
+
+// seqJobsOf returns the sequenced jobs among results.
+func seqJobsOf(results []*rivertype.JobInsertResult) ([]seqJob, error) {
+	out := make([]seqJob, 0, len(results))
+	for _, x := range results {
+		if x.Job == nil || x.UniqueSkippedAsDuplicate {
+			continue
+		}
+		j, ok, err := seqJobOf(x.Job.ID, x.Job.Metadata)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			out = append(out, j)
+		}
+	}
+	return out, nil
 }
 
 // insertCareful inserts every job of the batch on its own, in a savepoint:
 // a job River or Postgres refuses for what it holds becomes a dead row.
-func (r *Relay) insertCareful(ctx context.Context, tx pgx.Tx, p *plan, res *MoveResult) error {
+func (r *Relay) insertCareful(ctx context.Context, tx pgx.Tx, p *plan, res *MoveResult) ([]seqJob, error) {
 	all := append([]river.InsertManyParams(nil), p.plain...)
 	for _, l := range p.locked {
 		all = append(all, l.params)
 	}
 	all = append(all, p.unique...)
-	p.plain, p.locked, p.unique = nil, nil, nil
+	for _, s := range p.sequenced {
+		all = append(all, s.params)
+	}
+	p.plain, p.locked, p.unique, p.sequenced = nil, nil, nil, nil
+	var seqJobs []seqJob
 	for _, params := range all {
 		sp, err := tx.Begin(ctx)
 		if err != nil {
-			return fmt.Errorf("relay: savepoint: %w", err)
+			return nil, fmt.Errorf("relay: savepoint: %w", err)
 		}
 		var one MoveResult
-		err = r.insertMany(ctx, sp, []river.InsertManyParams{params}, &one)
+		results, err := r.insertMany(ctx, sp, []river.InsertManyParams{params}, &one)
 		var rowErr *rowError
 		switch {
 		case err == nil:
 			if err := sp.Commit(ctx); err != nil {
-				return fmt.Errorf("relay: releasing a savepoint: %w", err)
+				return nil, fmt.Errorf("relay: releasing a savepoint: %w", err)
 			}
 			res.Inserted += one.Inserted
 			res.UniqueSkipped += one.UniqueSkipped
+			jobs, err := seqJobsOf(results)
+			if err != nil {
+				return nil, err
+			}
+			seqJobs = append(seqJobs, jobs...)
 		case errors.As(err, &rowErr):
 			if rbErr := sp.Rollback(ctx); rbErr != nil {
-				return fmt.Errorf("relay: rolling back a savepoint: %w", rbErr)
+				return nil, fmt.Errorf("relay: rolling back a savepoint: %w", rbErr)
 			}
 			a := params.Args.(*Args) //nolint:errcheck,forcetypeassert // the relay built every params.Args as *Args: anything else is a bug to panic on
 			p.dead = append(p.dead, deadRow{row: a.row, reason: rowErr.err.Error()})
 		default:
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return seqJobs, nil
 }
 
 // classify marks err as caused by the rows when it is a refusal (River's

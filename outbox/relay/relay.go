@@ -85,6 +85,17 @@ type Config struct {
 	// Defaults to nil: no queue locks.
 	LockKey func(args river.JobArgs) (key string, ok bool)
 
+	// Sequence returns the sequence of decoded args (ok false: none). The
+	// rows of a sequence are inserted in the order their transactions
+	// committed, each but the head as a River 'pending' job that the
+	// sequence's trigger makes available when the one before it finishes
+	// (migrations/0022_job_sequences.up.sql). A sequenced row that is
+	// unique or asks to be pending is dead. jobs.NewRelay sets it from
+	// the workers that are jobs.Sequencer.
+	//
+	// Defaults to nil: no sequences.
+	Sequence func(args river.JobArgs) (seq Sequence, ok bool)
+
 	// MaxPayloadBytes is the largest args a row may hold; a larger one is
 	// dead. Defaults to outbox.MaxPayloadBytesDefault (128 KiB).
 	MaxPayloadBytes int
@@ -216,6 +227,7 @@ type Relay struct {
 	cfg    Config
 	queues map[string]struct{}
 	sql    statements
+	seqSQL seqStatements
 
 	wake chan struct{}
 
@@ -250,7 +262,7 @@ func New(pool *pgxpool.Pool, client *river.Client[pgx.Tx], cfg *Config) (*Relay,
 	case c.PollMin < 0 || c.PollMax < c.PollMin:
 		return nil, fmt.Errorf("%w: need 0 <= PollMin <= PollMax, got %s and %s", ErrConfig, c.PollMin, c.PollMax)
 	}
-	r := &Relay{pool: pool, client: client, cfg: c, sql: newStatements(c.Schema), wake: make(chan struct{}, 1)}
+	r := &Relay{pool: pool, client: client, cfg: c, sql: newStatements(c.Schema), seqSQL: newSeqStatements(c.Schema), wake: make(chan struct{}, 1)}
 	if len(c.Queues) > 0 {
 		r.queues = make(map[string]struct{}, len(c.Queues))
 		for _, q := range c.Queues {

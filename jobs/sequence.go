@@ -1,0 +1,112 @@
+package jobs
+
+import (
+	"fmt"
+
+	"github.com/riverqueue/river"
+
+	"github.com/aftercommit/aftercommit/outbox/relay"
+)
+
+// Sequence puts a job in a sequence: the jobs of one (Namespace, Key) run
+// one at a time, in the order their transactions committed, across every
+// process; jobs of other keys are unaffected. A zero Key: the job is in no
+// sequence.
+//
+// The order is the order in which the relay saw the transactions commit.
+// Two transactions that conflict — one waited for a lock the other held,
+// such as the row of the checkout or payer the key names — always keep
+// their commit order, because the outbox writes its rows in the flush
+// right before COMMIT. Transactions that do not conflict have no order to
+// keep and get the one the relay saw.
+//
+// Sequences work on jobs the relay moves from the outbox table: the
+// default path of package outbox, aftercommit_enqueue and plain INSERTs
+// into outbox_jobs. A job of a sequenced kind inserted straight into
+// river_job (outbox.Config.DirectInsert, River's own Insert, periodic
+// jobs) is in no sequence and runs as any other.
+type Sequence struct {
+	// Namespace groups keys; kinds that share a namespace and key share a
+	// sequence. Defaults to the job's kind. At most SequenceNameMax bytes.
+	Namespace string
+	// Key names the sequence within Namespace: a checkout, a payer, an
+	// account. At most SequenceNameMax bytes.
+	Key string
+	// OnFailure says what a failed attempt of the sequence's head does to
+	// the jobs behind it. Defaults to SequenceHold.
+	OnFailure SequenceOnFailure
+}
+
+// SequenceNameMax is the longest Sequence.Namespace or Key, in bytes.
+const SequenceNameMax = relay.SequenceNameMax
+
+// SequenceOnFailure is what a failed attempt of a sequence's head does to
+// the jobs behind it.
+type SequenceOnFailure int
+
+const (
+	// SequenceHold keeps the jobs behind a failing head waiting until it
+	// completes, or is discarded (its attempts ran out) or cancelled; then
+	// the next one starts. The default.
+	SequenceHold SequenceOnFailure = iota
+	// SequenceContinue starts the next job as soon as the head fails an
+	// attempt; the failed job retries on its own, out of order.
+	SequenceContinue
+)
+
+// Sequencer is implemented by a worker whose jobs run in sequences.
+// SequenceFor is called by the relay when it moves a job's outbox row into
+// River, with the args alone: a sequence's key comes from args (an ID the
+// job carries), never from the database, since the order is fixed before
+// the job exists.
+type Sequencer[T river.JobArgs] interface {
+	SequenceFor(args T) Sequence
+}
+
+// seqFunc is the untyped form of Sequencer that the relay calls.
+type seqFunc func(args river.JobArgs) (relay.Sequence, bool)
+
+// seqFuncFor returns w's seqFunc and true when w implements Sequencer[T].
+func seqFuncFor[T river.JobArgs](kind string, w river.Worker[T]) (seqFunc, bool) {
+	s, ok := w.(Sequencer[T])
+	if !ok {
+		return nil, false
+	}
+	return func(args river.JobArgs) (relay.Sequence, bool) {
+		var typed T
+		switch a := any(unwrapArgs(args)).(type) {
+		case T:
+			typed = a
+		case *T:
+			typed = *a
+		default:
+			return relay.Sequence{}, false
+		}
+		seq := s.SequenceFor(typed)
+		if seq.Key == "" {
+			return relay.Sequence{}, false
+		}
+		if seq.Namespace == "" {
+			seq.Namespace = kind
+		}
+		return relay.Sequence{Namespace: seq.Namespace, Key: seq.Key, Continue: seq.OnFailure == SequenceContinue}, true
+	}, true
+}
+
+// sequenceOf returns the sequence of decoded args, for relay.Config.
+func (r *Registry) sequenceOf(args river.JobArgs) (relay.Sequence, bool) {
+	e, ok := r.kinds[unwrapArgs(args).Kind()]
+	if !ok || e.seq == nil {
+		return relay.Sequence{}, false
+	}
+	return e.seq(args)
+}
+
+// checkSequenced fails the registration of a sequenced kind that also has
+// a queue lock: a queue lock merges jobs, a sequence keeps each.
+func checkSequenced(kind string, e *kindEntry) error {
+	if e.seq != nil && e.queueLock != nil {
+		return fmt.Errorf("kind %q is a Sequencer and has a queue lock: a queue lock merges waiting jobs, a sequence runs each one", kind)
+	}
+	return nil
+}

@@ -1,0 +1,11 @@
+DELETE FROM aftercommit_role_grants
+ WHERE on_object IN ('TABLE job_sequences', 'TABLE job_sequence_members', 'TABLE job_sequence_status');
+
+DROP VIEW job_sequence_status;
+DROP TRIGGER river_job_sequence_leave ON river_job;
+DROP TRIGGER river_job_sequence_advance ON river_job;
+DROP FUNCTION aftercommit_sequence_advance();
+DROP TABLE job_sequence_members;
+DROP TABLE job_sequences;
+
+SELECT aftercommit_apply_grants();
