@@ -84,7 +84,7 @@ var (
 		"pings_id_seq", "users_id_seq", "fundraisers_id_seq", "emails_id_seq", "donations_id_seq",
 		"email_counter_deltas_id_seq", "products_id_seq", "checkouts_id_seq", "cars_id_seq",
 	}
-	views = []string{"job_kind_stats", "queue_depth", "stuck_jobs", "failing_jobs", "job_rate_limit_status"}
+	views = []string{"job_kind_stats", "queue_depth", "stuck_jobs", "failing_jobs", "job_rate_limit_status", "job_sequence_status"}
 )
 
 // wantPrivileges is the whole matrix grants.sql must give on a schema
@@ -112,6 +112,8 @@ func wantPrivileges() (app, worker map[string]string) {
 		"outbox_depth":              "SELECT",
 		"job_locks":                 "",
 		"job_rate_limits":           "",
+		"job_sequences":             "",
+		"job_sequence_members":      "",
 		"river_leader":              "",
 		"river_queue":               "",
 		"river_migration":           "",
@@ -132,6 +134,8 @@ func wantPrivileges() (app, worker map[string]string) {
 		"outbox_depth":              "SELECT",
 		"job_locks":                 dml,
 		"job_rate_limits":           "SELECT,INSERT,UPDATE",
+		"job_sequences":             "SELECT,INSERT,UPDATE",
+		"job_sequence_members":      "SELECT,INSERT",
 		"river_leader":              dml,
 		"river_queue":               dml,
 		"river_migration":           "SELECT",
