@@ -254,3 +254,160 @@ func TestSequenceOrder(t *testing.T) {
 	require.Equal(t, keys*(perKey/7+1), failed, "the jobs that failed once ran twice")
 	t.Logf("%d invariant checks", checks.Load())
 }
+
+// seqJob is one job of a sequence as river_job holds it.
+type seqJobRow struct {
+	ID      int64
+	N       int
+	State   string
+	Attempt int
+}
+
+func seqJobs(ctx context.Context, t *testing.T, s *dbtest.Schema, key string) []seqJobRow {
+	t.Helper()
+	rows, err := s.Pool.Query(ctx, `SELECT id, (args->>'n')::int, state::text, attempt FROM river_job
+		WHERE kind = 'test.seq' AND args->>'key' = $1 ORDER BY (args->>'n')::int`, key)
+	require.NoError(t, err)
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[seqJobRow])
+	require.NoError(t, err)
+	return out
+}
+
+type seqStatus struct {
+	Waiting   int
+	HeadJobID *int64
+	HeadState *string
+	Errors    int
+	Held      bool
+	Stuck     bool
+}
+
+func sequenceStatus(ctx context.Context, t *testing.T, s *dbtest.Schema, key string) (seqStatus, bool) {
+	t.Helper()
+	var st seqStatus
+	err := s.Pool.QueryRow(ctx, `SELECT waiting, head_job_id, head_state::text, head_errors, held, stuck
+		FROM job_sequence_status WHERE namespace = 'test.seq' AND seq_key = $1`, key).
+		Scan(&st.Waiting, &st.HeadJobID, &st.HeadState, &st.Errors, &st.Held, &st.Stuck)
+	if err == pgx.ErrNoRows {
+		return st, false
+	}
+	require.NoError(t, err)
+	return st, true
+}
+
+// TestSequenceHeldUntilFinished: a head that keeps failing holds its
+// sequence — the jobs behind it stay pending, and job_sequence_status says
+// held, then stuck after 3 errors — until it is discarded (its attempts
+// ran out) or cancelled; then the next job runs, and the rest follow in
+// order.
+func TestSequenceHeldUntilFinished(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newSeqFixture(ctx, t, 1)
+
+	// "discard": the head fails twice, its last attempt: discarded.
+	// "cancel": the head fails forever (max 25 attempts); cancelled by hand.
+	for _, key := range []string{"discard", "cancel"} {
+		for i := range 3 {
+			_, err := f.enqueue(ctx, key, func(a *seqArgs) {
+				if i == 0 {
+					a.Fail = 25
+				}
+			})
+			require.NoError(t, err)
+		}
+	}
+	_, err := f.s.Pool.Exec(ctx, `UPDATE river_job SET max_attempts = 2 WHERE args->>'key' = 'discard' AND (args->>'n')::int = 1`)
+	require.NoError(t, err)
+	// The relay may not have moved them yet: set it in the outbox too.
+	_, err = f.s.Pool.Exec(ctx, `UPDATE outbox_jobs SET max_attempts = 2 WHERE args->>'key' = 'discard' AND (args->>'n')::int = 1`)
+	require.NoError(t, err)
+
+	// The cancel key's head fails 3 times: held, then stuck, the others
+	// pending all along.
+	var st seqStatus
+	require.Eventually(t, func() bool {
+		var ok bool
+		st, ok = sequenceStatus(ctx, t, f.s, "cancel")
+		return ok && st.Errors >= 3
+	}, 20*time.Second, 5*time.Millisecond)
+	require.True(t, st.Held, "%+v", st)
+	require.True(t, st.Stuck, "%+v", st)
+	require.Equal(t, 2, st.Waiting)
+	jobsOfCancel := seqJobs(ctx, t, f.s, "cancel")
+	require.Len(t, jobsOfCancel, 3)
+	require.Equal(t, *st.HeadJobID, jobsOfCancel[0].ID)
+	require.Equal(t, "pending", jobsOfCancel[1].State)
+	require.Equal(t, "pending", jobsOfCancel[2].State)
+
+	_, err = f.client.JobCancel(ctx, jobsOfCancel[0].ID)
+	require.NoError(t, err)
+	f.waitEmpty(ctx, t, 20*time.Second)
+
+	for _, key := range []string{"discard", "cancel"} {
+		got := seqJobs(ctx, t, f.s, key)
+		require.Len(t, got, 3)
+		require.Equal(t, map[string]string{"discard": "discarded", "cancel": "cancelled"}[key], got[0].State)
+		require.Equal(t, "completed", got[1].State)
+		require.Equal(t, "completed", got[2].State)
+	}
+	require.Equal(t, map[string][]int{"discard": {2, 3}, "cancel": {2, 3}}, f.seqEffects(ctx, t))
+}
+
+// TestSequenceContinue: in a "continue" sequence a failing head lets the
+// next job start; it retries on its own and completes after them.
+func TestSequenceContinue(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newSeqFixture(ctx, t, 1)
+	for i := range 3 {
+		_, err := f.enqueue(ctx, "c", func(a *seqArgs) {
+			a.Continue = true
+			if i == 0 {
+				a.Fail = 3 // retried every 20 ms: 60 ms behind
+			}
+		})
+		require.NoError(t, err)
+	}
+	f.waitEmpty(ctx, t, 20*time.Second)
+	require.Equal(t, map[string][]int{"c": {2, 3, 1}}, f.seqEffects(ctx, t))
+}
+
+// TestSequencePendingMemberLeaves: a waiting member cancelled or deleted
+// leaves its sequence; the others run in order, the sequence ends empty.
+func TestSequencePendingMemberLeaves(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newSeqFixture(ctx, t, 0) // nothing works: the relay is drained by hand
+	rl := jobstest.Relay(t, f.s, f.client, f.reg)
+	for i := range 4 {
+		_, err := f.enqueue(ctx, "p", func(a *seqArgs) {
+			if i == 0 {
+				a.Fail = 1
+			}
+		})
+		require.NoError(t, err)
+	}
+	_, err := rl.Drain(ctx)
+	require.NoError(t, err)
+	got := seqJobs(ctx, t, f.s, "p")
+	require.Equal(t, []string{"available", "pending", "pending", "pending"},
+		[]string{got[0].State, got[1].State, got[2].State, got[3].State})
+	st, ok := sequenceStatus(ctx, t, f.s, "p")
+	require.True(t, ok)
+	require.Equal(t, seqStatus{Waiting: 3, HeadJobID: &got[0].ID, HeadState: ptr("available")}, st)
+
+	_, err = f.client.JobCancel(ctx, got[1].ID)
+	require.NoError(t, err)
+	_, err = f.client.JobDelete(ctx, got[2].ID)
+	require.NoError(t, err)
+	st, _ = sequenceStatus(ctx, t, f.s, "p")
+	require.Equal(t, 1, st.Waiting)
+
+	// Now work them.
+	c, _ := jobstest.Client(ctx, t, f.s, f.reg, jobstest.Opts{Work: true})
+	require.NotNil(t, c)
+	f.waitEmpty(ctx, t, 20*time.Second)
+	require.Equal(t, map[string][]int{"p": {1, 4}}, f.seqEffects(ctx, t))
+}
+

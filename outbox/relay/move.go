@@ -279,6 +279,15 @@ func (r *Relay) MoveBatch(ctx context.Context) (MoveResult, error) {
 		r.errs.Add(1)
 		return MoveResult{}, err
 	}
+	if r.cfg.Sequence != nil {
+		// Every batch may free older rows that held back jobs relays
+		// noted: place what can be placed now.
+		if _, err := r.AppendSequences(ctx); err != nil {
+			r.errs.Add(1)
+			r.cfg.Logger.ErrorContext(ctx, "relay: placing sequenced jobs failed; the next batch or poll retries",
+				slog.String("err", err.Error()))
+		}
+	}
 	if res.Rows > 0 {
 		r.batches.Add(1)
 		r.rows.Add(int64(res.Rows))
@@ -327,12 +336,13 @@ func (r *Relay) moveBatch(ctx context.Context, careful bool) (MoveResult, error)
 	p := r.makePlan(rows)
 	res.Coalesced = p.coalesced
 
-	var claims map[seqID]claim
-	if len(p.sequenced) > 0 {
-		if claims, err = r.sequence(ctx, tx, p.sequenced); err != nil {
-			return MoveResult{}, err
+	for i := range p.sequenced {
+		if err := pend(&p.sequenced[i]); err != nil {
+			p.dead = append(p.dead, deadRow{row: p.sequenced[i].params.Args.(*Args).row, reason: err.Error()}) //nolint:forcetypeassert // the relay built every params.Args as *Args
+			p.sequenced[i].id = 0
 		}
 	}
+	p.sequenced = slices.DeleteFunc(p.sequenced, func(s seqParams) bool { return s.id == 0 })
 	var seqJobs []seqJob
 	if careful {
 		seqJobs, err = r.insertCareful(ctx, tx, &p, &res)
@@ -342,7 +352,7 @@ func (r *Relay) moveBatch(ctx context.Context, careful bool) (MoveResult, error)
 	if err != nil {
 		return MoveResult{}, err
 	}
-	if err := r.recordMembers(ctx, tx, claims, seqJobs); err != nil {
+	if err := r.note(ctx, tx, seqJobs); err != nil {
 		return MoveResult{}, err
 	}
 	if len(p.dead) > 0 {

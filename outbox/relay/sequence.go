@@ -1,23 +1,21 @@
 package relay
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
-
-	"github.com/aftercommit/aftercommit/internal/riverseam"
 )
 
 // Sequence places a job in a sequence: the jobs of one (Namespace, Key) run
-// one at a time, in the order their transactions committed (see
-// migrations/0022_job_sequences.up.sql for how that order is made and
-// kept).
+// one at a time, in the order their transactions committed. The relay
+// inserts a sequenced row's job pending and notes it in
+// job_sequence_inbox; AppendSequences places it in its sequence once every
+// older outbox row has been moved (migrations/0022_job_sequences.up.sql
+// says how that order is made and kept).
 type Sequence struct {
 	// Namespace and Key name the sequence; each is 1 to SequenceNameMax
 	// bytes.
@@ -31,8 +29,8 @@ type Sequence struct {
 // SequenceNameMax is the longest Sequence.Namespace or Key, in bytes.
 const SequenceNameMax = 255
 
-// MetadataKeySequence is the key of a sequenced job's metadata that says
-// where it stands: {"ns": …, "key": …, "pos": …, "continue": …}. The
+// MetadataKeySequence is the key of a sequenced job's metadata that names
+// its sequence: {"ns": …, "key": …, "continue": …, "outbox_id": …}. The
 // trigger that advances sequences reads it.
 const MetadataKeySequence = "aftercommit_seq"
 
@@ -40,11 +38,9 @@ const MetadataKeySequence = "aftercommit_seq"
 type seqMeta struct {
 	Namespace string `json:"ns"`
 	Key       string `json:"key"`
-	Pos       int64  `json:"pos"`
 	Continue  bool   `json:"continue"`
+	OutboxID  int64  `json:"outbox_id"`
 }
-
-type seqID struct{ ns, key string }
 
 // seqParams is one sequenced row of a batch.
 type seqParams struct {
@@ -64,7 +60,7 @@ func (s Sequence) check() error {
 }
 
 type seqStatements struct {
-	waitOlder, claim, members, promote, release string
+	note, appendSQL string
 }
 
 func newSeqStatements(schema string) seqStatements {
@@ -74,111 +70,26 @@ func newSeqStatements(schema string) seqStatements {
 		}
 		return pgx.Identifier{schema, name}.Sanitize()
 	}
-	table, seqs, members, jobs := q("outbox_jobs"), q("job_sequences"), q("job_sequence_members"), q("river_job")
 	return seqStatements{
-		// Every older row another relay holds: wait until it moved them
-		// (its rows are gone then) or let them go. Rows this transaction
-		// took are deleted already, so invisible here.
-		waitOlder: `SELECT count(*) FROM (SELECT id FROM ` + table + ` WHERE id < $1 FOR KEY SHARE) AS older`,
-		// Appends $3 members to each sequence, in key order (so two
-		// relays wait for each other instead of deadlocking), and takes
-		// the head for the first of them when the sequence has none.
-		// Returns the new next position and the head.
-		claim: `INSERT INTO ` + seqs + ` AS s (namespace, seq_key, next_pos, head_pos, head_since)
-SELECT ns, k, n, 0, now() FROM unnest($1::text[], $2::text[], $3::bigint[]) AS c (ns, k, n)
-ON CONFLICT (namespace, seq_key) DO UPDATE
-   SET next_pos = s.next_pos + EXCLUDED.next_pos,
-       head_pos = coalesce(s.head_pos, s.next_pos),
-       head_since = CASE WHEN s.head_pos IS NULL THEN now() ELSE s.head_since END
-RETURNING s.namespace, s.seq_key, s.next_pos, s.head_pos`,
-		members: `INSERT INTO ` + members + ` (namespace, seq_key, pos, job_id)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])`,
-		// Makes a member the head after the one claimed was refused
-		// (careful mode only).
-		promote: `WITH j AS (
-    UPDATE ` + jobs + ` SET state = CASE WHEN scheduled_at > now() THEN 'scheduled' ELSE 'available' END::river_job_state
-     WHERE id = $4 AND state = 'pending'
-    RETURNING queue, state)
-UPDATE ` + seqs + ` SET head_pos = $3, head_since = now() WHERE namespace = $1 AND seq_key = $2
-RETURNING (SELECT queue FROM j WHERE state = 'available')`,
-		// No member of this batch made it: the sequence has no head, or
-		// no row at all when it has no member.
-		release: `WITH s AS (
-    UPDATE ` + seqs + ` SET head_pos = NULL, head_since = NULL WHERE namespace = $1 AND seq_key = $2 AND head_pos = $3 RETURNING 1)
-DELETE FROM ` + seqs + ` WHERE namespace = $1 AND seq_key = $2 AND EXISTS (SELECT FROM s)
-   AND NOT EXISTS (SELECT FROM ` + members + ` WHERE namespace = $1 AND seq_key = $2)`,
+		note: `INSERT INTO ` + q("job_sequence_inbox") + ` (outbox_id, namespace, seq_key, job_id)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[])`,
+		appendSQL: `SELECT ` + q("job_sequence_append") + `($1)`,
 	}
 }
 
-// claim is what the claim statement returned for one sequence.
-type claim struct {
-	start int64 // the batch's first member's position
-	head  bool  // the first member is the head
-}
-
-// sequence appends the batch's sequenced rows to their sequences: it waits
-// for older rows other relays hold, claims positions, marks every member
-// but a new head pending and puts its position in its metadata. The
-// params are then inserted like any others; recordMembers finishes.
-func (r *Relay) sequence(ctx context.Context, tx pgx.Tx, seqs []seqParams) (map[seqID]claim, error) {
-	maxID := slices.MaxFunc(seqs, func(a, b seqParams) int { return cmp.Compare(a.id, b.id) }).id
-	if _, err := tx.Exec(ctx, r.seqSQL.waitOlder, maxID); err != nil {
-		return nil, fmt.Errorf("relay: waiting for older outbox rows: %w", err)
-	}
-	counts := map[seqID]int64{}
-	for _, s := range seqs {
-		counts[seqID{s.seq.Namespace, s.seq.Key}]++
-	}
-	ids := make([]seqID, 0, len(counts))
-	for id := range counts {
-		ids = append(ids, id)
-	}
-	slices.SortFunc(ids, func(a, b seqID) int { return cmp.Or(cmp.Compare(a.ns, b.ns), cmp.Compare(a.key, b.key)) })
-	nss, keys, ns := make([]string, len(ids)), make([]string, len(ids)), make([]int64, len(ids))
-	for i, id := range ids {
-		nss[i], keys[i], ns[i] = id.ns, id.key, counts[id]
-	}
-	rows, err := tx.Query(ctx, r.seqSQL.claim, nss, keys, ns)
+// pend makes a sequenced row's job pending, with its sequence in its
+// metadata: job_sequence_append places it and makes it available at its
+// turn.
+func pend(s *seqParams) error {
+	opts := *s.params.InsertOpts
+	meta, err := withSeqMeta(opts.Metadata, seqMeta{Namespace: s.seq.Namespace, Key: s.seq.Key, Continue: s.seq.Continue, OutboxID: s.id})
 	if err != nil {
-		return nil, fmt.Errorf("relay: claiming sequence positions: %w", err)
+		return err
 	}
-	defer rows.Close()
-	claims := make(map[seqID]claim, len(ids))
-	for rows.Next() {
-		var (
-			id   seqID
-			next int64
-			head *int64
-		)
-		if err := rows.Scan(&id.ns, &id.key, &next, &head); err != nil {
-			return nil, fmt.Errorf("relay: claiming sequence positions: %w", err)
-		}
-		start := next - counts[id]
-		claims[id] = claim{start: start, head: head != nil && *head == start}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("relay: claiming sequence positions: %w", err)
-	}
-	next := make(map[seqID]int64, len(claims))
-	for i := range seqs {
-		s := &seqs[i]
-		id := seqID{s.seq.Namespace, s.seq.Key}
-		c, ok := claims[id]
-		if !ok {
-			return nil, fmt.Errorf("relay: no position claimed for sequence %q/%q", id.ns, id.key)
-		}
-		pos := c.start + next[id]
-		next[id]++
-		opts := *s.params.InsertOpts
-		meta, err := withSeqMeta(opts.Metadata, seqMeta{Namespace: id.ns, Key: id.key, Pos: pos, Continue: s.seq.Continue})
-		if err != nil {
-			return nil, err
-		}
-		opts.Metadata = meta
-		opts.Pending = !(c.head && pos == c.start)
-		s.params.InsertOpts = &opts
-	}
-	return claims, nil
+	opts.Metadata = meta
+	opts.Pending = true
+	s.params.InsertOpts = &opts
+	return nil
 }
 
 // withSeqMeta returns metadata (a JSON object, or empty) with m under
@@ -187,7 +98,7 @@ func withSeqMeta(metadata []byte, m seqMeta) ([]byte, error) {
 	obj := map[string]json.RawMessage{}
 	if len(metadata) > 0 {
 		if err := json.Unmarshal(metadata, &obj); err != nil {
-			return nil, &rowError{err: fmt.Errorf("metadata must be a JSON object: %w", err)}
+			return nil, fmt.Errorf("metadata must be a JSON object: %w", err)
 		}
 	}
 	raw, err := json.Marshal(m)
@@ -198,55 +109,42 @@ func withSeqMeta(metadata []byte, m seqMeta) ([]byte, error) {
 	return json.Marshal(obj)
 }
 
-// recordMembers writes the member rows of the sequenced jobs inserted
-// (results: River's rows, whose metadata says their place). In careful
-// mode some members may be missing: a claimed head that was refused hands
-// the head to the sequence's next member of the batch, or leaves the
-// sequence without a head.
-func (r *Relay) recordMembers(ctx context.Context, tx pgx.Tx, claims map[seqID]claim, jobs []seqJob) error {
-	if len(claims) == 0 {
+// note writes the sequenced jobs inserted to job_sequence_inbox, in the
+// batch's transaction.
+func (r *Relay) note(ctx context.Context, tx pgx.Tx, jobs []seqJob) error {
+	if len(jobs) == 0 {
 		return nil
 	}
 	n := len(jobs)
-	nss, keys, poss, ids := make([]string, n), make([]string, n), make([]int64, n), make([]int64, n)
-	first := map[seqID]seqJob{}
+	oids, nss, keys, ids := make([]int64, n), make([]string, n), make([]string, n), make([]int64, n)
 	for i, j := range jobs {
-		nss[i], keys[i], poss[i], ids[i] = j.meta.Namespace, j.meta.Key, j.meta.Pos, j.jobID
-		id := seqID{j.meta.Namespace, j.meta.Key}
-		if f, ok := first[id]; !ok || j.meta.Pos < f.meta.Pos {
-			first[id] = j
-		}
+		oids[i], nss[i], keys[i], ids[i] = j.meta.OutboxID, j.meta.Namespace, j.meta.Key, j.jobID
 	}
-	if n > 0 {
-		if _, err := tx.Exec(ctx, r.seqSQL.members, nss, keys, poss, ids); err != nil {
-			return classify(tx, fmt.Errorf("relay: recording %d sequence members: %w", n, err))
-		}
-	}
-	for id, c := range claims {
-		if !c.head {
-			continue
-		}
-		f, ok := first[id]
-		switch {
-		case ok && f.meta.Pos == c.start:
-			// The head claimed was inserted: the usual case.
-		case ok:
-			var queue *string
-			if err := tx.QueryRow(ctx, r.seqSQL.promote, id.ns, id.key, f.meta.Pos, f.jobID).Scan(&queue); err != nil {
-				return fmt.Errorf("relay: handing sequence %q/%q its head: %w", id.ns, id.key, err)
-			}
-			if queue != nil {
-				if _, err := tx.Exec(ctx, riverseam.WakeSQL, r.cfg.Schema, *queue); err != nil {
-					return fmt.Errorf("relay: waking queue %q: %w", *queue, err)
-				}
-			}
-		default:
-			if _, err := tx.Exec(ctx, r.seqSQL.release, id.ns, id.key, c.start); err != nil {
-				return fmt.Errorf("relay: releasing sequence %q/%q: %w", id.ns, id.key, err)
-			}
-		}
+	if _, err := tx.Exec(ctx, r.seqSQL.note, oids, nss, keys, ids); err != nil {
+		return classify(tx, fmt.Errorf("relay: noting %d sequenced jobs: %w", n, err))
 	}
 	return nil
+}
+
+// appendLimit is the most jobs one job_sequence_append call places.
+const appendLimit = 10_000
+
+// AppendSequences places the sequenced jobs relays inserted in their
+// sequences (job_sequence_append), as far as every older outbox row has
+// been moved, and returns how many it placed. The relay calls it after
+// each batch and on each poll; tests and tools may call it after Drain.
+func (r *Relay) AppendSequences(ctx context.Context) (int, error) {
+	total := 0
+	for {
+		var n int
+		if err := r.pool.QueryRow(ctx, r.seqSQL.appendSQL, appendLimit).Scan(&n); err != nil {
+			return total, fmt.Errorf("relay: placing sequenced jobs: %w", err)
+		}
+		total += n
+		if n < appendLimit {
+			return total, nil
+		}
+	}
 }
 
 var errSeqUnnamed = errors.New("sequence without a name")
