@@ -48,7 +48,9 @@ func (w seqWorker) SequenceFor(args seqArgs) jobs.Sequence {
 	return seq
 }
 
-func (w seqWorker) NextRetry(*river.Job[seqArgs]) time.Time { return time.Now().Add(20 * time.Millisecond) }
+func (w seqWorker) NextRetry(*river.Job[seqArgs]) time.Time {
+	return time.Now().Add(20 * time.Millisecond)
+}
 
 func (w seqWorker) Work(ctx context.Context, job *river.Job[seqArgs]) error {
 	v, _ := w.running.LoadOrStore(job.Args.Key, new(atomic.Int32))
@@ -410,4 +412,3 @@ func TestSequencePendingMemberLeaves(t *testing.T) {
 	f.waitEmpty(ctx, t, 20*time.Second)
 	require.Equal(t, map[string][]int{"p": {1, 4}}, f.seqEffects(ctx, t))
 }
-
