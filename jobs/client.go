@@ -192,6 +192,7 @@ func NewOutbox(pool *pgxpool.Pool, client *river.Client[pgx.Tx], reg *Registry, 
 		Subscribers:  reg.subscribers,
 		KindDefaults: reg.KindDefaults,
 		DedupeKey:    reg.queueLockKey,
+		Sequenced:    reg.sequenced,
 	})
 	return outbox.New(pool, client, &c)
 }

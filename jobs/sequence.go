@@ -102,6 +102,12 @@ func (r *Registry) sequenceOf(args river.JobArgs) (relay.Sequence, bool) {
 	return e.seq(args)
 }
 
+// sequenced reports whether args are in a sequence, for the outbox.
+func (r *Registry) sequenced(args river.JobArgs) bool {
+	_, ok := r.sequenceOf(args)
+	return ok
+}
+
 // checkSequenced fails the registration of a sequenced kind that also has
 // a queue lock: a queue lock merges jobs, a sequence keeps each.
 func checkSequenced(kind string, e *kindEntry) error {

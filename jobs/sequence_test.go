@@ -412,3 +412,34 @@ func TestSequencePendingMemberLeaves(t *testing.T) {
 	f.waitEmpty(ctx, t, 20*time.Second)
 	require.Equal(t, map[string][]int{"p": {1, 4}}, f.seqEffects(ctx, t))
 }
+
+// TestSequencedEnqueueRefused: a job of a sequence cannot go straight into
+// river_job (DirectInsert), nor ask to be pending or unique; the
+// transaction writes nothing.
+func TestSequencedEnqueueRefused(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newSeqFixture(ctx, t, 0)
+	direct, err := jobs.NewOutbox(f.s.Pool, f.client, f.reg, &outbox.Config{DirectInsert: true})
+	require.NoError(t, err)
+	_, err = direct.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
+		return tx.Enqueue(seqArgs{Key: "a", N: 1}, nil)
+	})
+	require.ErrorIs(t, err, outbox.ErrSequencedDirect)
+	for _, opts := range []*river.InsertOpts{{Pending: true}, {UniqueOpts: river.UniqueOpts{ByArgs: true}}} {
+		_, err = f.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
+			return tx.Enqueue(seqArgs{Key: "a", N: 1}, opts)
+		})
+		require.ErrorIs(t, err, outbox.ErrInvalidOptions)
+		require.ErrorContains(t, err, "a job of a sequence can be neither unique nor inserted pending")
+	}
+	// Not in a sequence (no key): DirectInsert takes it.
+	_, err = direct.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
+		return tx.Enqueue(seqArgs{N: 1}, nil)
+	})
+	require.NoError(t, err)
+	require.Equal(t, "available 1", jobStateCounts(ctx, t, f.s))
+	var outboxRows int
+	require.NoError(t, f.s.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox_jobs`).Scan(&outboxRows))
+	require.Zero(t, outboxRows)
+}

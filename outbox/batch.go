@@ -104,8 +104,8 @@ func (o *Outbox) NewBatch() *Batch {
 // de-duplication key is already buffered. It writes nothing.
 //
 // It returns ErrNilArgs, ErrInvalidArgs (empty kind, args that do not encode
-// to JSON), a *PayloadTooLargeError, ErrInvalidQueue or ErrUnknownQueue, all
-// naming the job's kind. After an error the batch refuses to flush.
+// to JSON), a *PayloadTooLargeError, ErrInvalidQueue, ErrUnknownQueue,
+// ErrInvalidOptions or ErrSequencedDirect, all naming the job's kind. After an error the batch refuses to flush.
 //
 // Args implementing Deduper are not encoded when their key is already
 // buffered: a dropped duplicate costs a map lookup.
@@ -331,6 +331,14 @@ func (o *Outbox) check(args river.JobArgs, opts *river.InsertOpts) (dedupeKind, 
 	}
 	if !allowed(queue, o.queues, o.regQueues) {
 		return dedupeKind{}, fmt.Errorf("%w: %q (kind %q) is not one of the configured queues", ErrUnknownQueue, queue, kind)
+	}
+	if o.sequenced != nil && o.sequenced(args) {
+		switch {
+		case o.cfg.DirectInsert:
+			return dedupeKind{}, fmt.Errorf("%w: kind %q", ErrSequencedDirect, kind)
+		case opts != nil && (opts.Pending || outboxrow.HasUnique(opts)):
+			return dedupeKind{}, fmt.Errorf("%w: kind %q: a job of a sequence can be neither unique nor inserted pending", ErrInvalidOptions, kind)
+		}
 	}
 	return dedupeKind{kind: kind}, nil
 }

@@ -56,6 +56,12 @@ var (
 	// the Enqueue error.
 	ErrTxAborted = errors.New("outbox: transaction rolled back because an enqueue failed")
 
+	// ErrSequencedDirect is returned by Enqueue for a job of a sequence
+	// (jobs.Sequencer) when Config.DirectInsert is set: only the outbox
+	// table and its relay keep a sequence's commit order. Enqueue such
+	// jobs through an Outbox without DirectInsert.
+	ErrSequencedDirect = errors.New("outbox: a job of a sequence must be enqueued through the outbox table, not DirectInsert")
+
 	// ErrCommitInDoubt is matched by the error of InTx (and its variants)
 	// when the COMMIT — alone, or pipelined with the job insert — was sent
 	// and no answer came back: the deadline expired, the connection broke.

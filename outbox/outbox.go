@@ -163,6 +163,7 @@ type Outbox struct {
 	// From the registry (package outboxseam); nil without one.
 	kindDefaults func(kind string) (queue string, priority int, ok bool)
 	dedupeKey    func(args river.JobArgs) (key string, ok bool)
+	sequenced    func(args river.JobArgs) bool
 	subscribers  func(topic string) []outboxseam.Subscriber
 
 	pipelined atomic.Int64
@@ -204,6 +205,7 @@ func New(pool *pgxpool.Pool, client *river.Client[pgx.Tx], cfg *Config) (*Outbox
 			o.regTopics = map[string]struct{}{}
 		}
 		o.kindDefaults, o.dedupeKey, o.subscribers = r.KindDefaults, r.DedupeKey, r.Subscribers
+		o.sequenced = r.Sequenced
 	}
 	return o, nil
 }

@@ -29,6 +29,9 @@ type Registry struct {
 	// place of outbox.Deduper and the JSON encoding (the queue-lock key of
 	// queue-locked kinds).
 	DedupeKey func(args river.JobArgs) (key string, ok bool)
+	// Sequenced reports whether args belong to a job sequence, which only
+	// the outbox table and its relay can keep in order.
+	Sequenced func(args river.JobArgs) bool
 }
 
 // Attach records reg on the *outbox.Config cfg points to, for outbox.New. It
