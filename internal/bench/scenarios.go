@@ -15,6 +15,7 @@ import (
 
 	"github.com/aftercommit/aftercommit/jobs"
 	"github.com/aftercommit/aftercommit/outbox"
+	"github.com/aftercommit/aftercommit/outbox/relay"
 )
 
 // noopArgs is the job of the worker scenarios: it does nothing.
@@ -67,6 +68,45 @@ type ratedNoopWorker struct {
 
 func (w ratedNoopWorker) RateLimitFor(_ context.Context, job *river.Job[noopArgs]) (jobs.RateLimit, error) {
 	return jobs.RateLimit{Namespace: "bench.noop_rate", Key: strconv.Itoa(job.Args.N % w.keys), Limit: w.limit, Period: w.period}, nil
+}
+
+// sequencedNoopWorker puts its jobs in sequences, one per key (N mod keys).
+type sequencedNoopWorker struct {
+	noopWorker
+	keys int
+}
+
+func (w sequencedNoopWorker) SequenceFor(args noopArgs) jobs.Sequence {
+	return jobs.Sequence{Key: strconv.Itoa(args.N % w.keys)}
+}
+
+// fillSequenced queues n sequenced no-op jobs the way they arrive in
+// production: outbox rows, moved by the relay, which places them in their
+// sequences (the head of each available, the rest pending).
+func fillSequenced(w sequencedNoopWorker) func(context.Context, *Env, *river.Client[pgx.Tx], int) error {
+	return func(ctx context.Context, env *Env, client *river.Client[pgx.Tx], n int) error {
+		if _, err := env.Pool.Exec(ctx, `INSERT INTO outbox_jobs (kind, args)
+			SELECT 'bench.noop', jsonb_build_object('n', g) FROM generate_series(0, $1::int - 1) AS g`, n); err != nil {
+			return err
+		}
+		reg := jobs.NewRegistry()
+		jobs.AddWorker(reg, river.QueueDefault, w)
+		rl, err := jobs.NewRelay(env.Pool, client, reg, &relay.Config{Schema: env.Schema, Logger: env.Logger})
+		if err != nil {
+			return err
+		}
+		if _, err := rl.Drain(ctx); err != nil {
+			return err
+		}
+		var pending int
+		if err := env.Pool.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE state = 'pending'`).Scan(&pending); err != nil {
+			return err
+		}
+		if want := n - min(n, w.keys); pending != want {
+			return fmt.Errorf("bench: %d jobs wait in their sequences, want %d", pending, want)
+		}
+		return nil
+	}
 }
 
 // pingArgs is the job of the transaction scenarios: the ping job's shape,
@@ -410,20 +450,29 @@ func workerThroughputScenario(cfg Config) *Scenario {
 	// drain works n jobs; the sides with a lock work a fifth as many (each
 	// job adds lock statements, so they are slower), which leaves jobs/s
 	// comparable.
-	drain := func(n int, build func(env *Env) (*river.Client[pgx.Tx], error)) func(ctx context.Context, env *Env) (Sample, error) {
+	// queue puts n no-op jobs in the queue, unless fill does.
+	queue := func(ctx context.Context, env *Env, client *river.Client[pgx.Tx], n int, fill func(context.Context, *Env, *river.Client[pgx.Tx], int) error) error {
+		if fill != nil {
+			return fill(ctx, env, client, n)
+		}
+		p := make([]river.InsertManyParams, n)
+		for i := range p {
+			p[i] = river.InsertManyParams{Args: noopArgs{N: i}}
+		}
+		_, err := client.InsertManyFast(ctx, p)
+		return err
+	}
+	drainFilled := func(n int, build func(env *Env) (*river.Client[pgx.Tx], error), fill func(context.Context, *Env, *river.Client[pgx.Tx], int) error) func(ctx context.Context, env *Env) (Sample, error) {
 		return func(ctx context.Context, env *Env) (Sample, error) {
-			if err := env.Truncate(ctx, "river_job", "job_locks", "job_rate_limits"); err != nil {
+			if err := env.Truncate(ctx, "river_job", "job_locks", "job_rate_limits", "outbox_jobs",
+				"job_sequence_inbox", "job_sequences", "job_sequence_members"); err != nil {
 				return nil, err
 			}
 			client, err := build(env)
 			if err != nil {
 				return nil, err
 			}
-			p := make([]river.InsertManyParams, n)
-			for i := range p {
-				p[i] = river.InsertManyParams{Args: noopArgs{N: i}}
-			}
-			if _, err := client.InsertManyFast(ctx, p); err != nil {
+			if err := queue(ctx, env, client, n, fill); err != nil {
 				return nil, err
 			}
 			completed, cancel := client.SubscribeConfig(&river.SubscribeConfig{ChanSize: n + 1000, Kinds: []river.EventKind{river.EventKindJobCompleted}})
@@ -448,6 +497,9 @@ func workerThroughputScenario(cfg Config) *Scenario {
 			}
 			return Sample{"jobs/s": float64(n) / time.Since(start).Seconds()}, nil
 		}
+	}
+	drain := func(n int, build func(env *Env) (*river.Client[pgx.Tx], error)) func(ctx context.Context, env *Env) (Sample, error) {
+		return drainFilled(n, build, nil)
 	}
 	runtime := func(w river.Worker[noopArgs]) func(env *Env) (*river.Client[pgx.Tx], error) {
 		return func(env *Env) (*river.Client[pgx.Tx], error) {
@@ -480,6 +532,8 @@ func workerThroughputScenario(cfg Config) *Scenario {
 				Run: drain(max(100, full/5), runtime(ratedNoopWorker{keys: 10_000, limit: 100, period: time.Second}))},
 			{Name: "rate_limit_hot", Note: "full stack, one key limited to 1,000 starts per 100 ms, never reached",
 				Run: drain(max(100, full/5), runtime(ratedNoopWorker{keys: 1, limit: 1000, period: 100 * time.Millisecond}))},
+			{Name: "sequence", Note: "full stack, sequences over 10,000 keys: relayed from the outbox before the clock starts, each key's jobs one at a time in order",
+				Run: drainFilled(max(100, full/5), runtime(sequencedNoopWorker{keys: 10_000}), fillSequenced(sequencedNoopWorker{keys: 10_000}))},
 		},
 		Goals: []Goal{{Side: "full_stack", AtLeast: 0.9, Text: "≥ 0.9× bare River"}},
 	}
