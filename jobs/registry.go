@@ -203,7 +203,12 @@ func AddWorker[T river.JobArgs](r *Registry, queue string, w river.Worker[T]) {
 	if rate, ok := rateFuncFor(w); ok {
 		e.rate = rate
 	}
-	if seq, ok := seqFuncFor(kind, w); ok {
+	seq, ok, err := seqFuncFor(kind, w)
+	if err != nil {
+		r.fail("%v", err)
+		return
+	}
+	if ok {
 		e.seq = seq
 	}
 	if err := checkSequenced(kind, e); err != nil {

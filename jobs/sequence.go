@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"cmp"
 	"fmt"
 
 	"github.com/riverqueue/river"
@@ -63,14 +64,60 @@ type Sequencer[T river.JobArgs] interface {
 	SequenceFor(args T) Sequence
 }
 
-// seqFunc is the untyped form of Sequencer that the relay calls.
+// FairShare keeps one key's backlog — a tenant's, a customer's — from
+// pushing other keys' jobs behind it in a shared queue: at most InFlight
+// jobs of the key are ever available or running at once, across every
+// process. The key's other jobs wait as River 'pending' jobs, which no
+// producer fetches, and the next one (in commit order) is made available
+// when one of the InFlight finishes or fails an attempt (it retries on its
+// own). A job of another key therefore waits behind at most InFlight jobs
+// of each busy key, however many they have queued. Keys are independent;
+// give a key more weight with a larger InFlight.
+//
+// The trade-off: a key alone in the queue also runs at most InFlight jobs
+// at once, and its next job is made available only when one finishes (in
+// the finishing transaction: no poll, but one more step than a job already
+// queued). Pick InFlight about the number of workers one key may fill.
+//
+// Like Sequence, it works on jobs the relay moves from the outbox table,
+// with a key from args; a worker is a Sequencer or a FairSharer, not both.
+type FairShare struct {
+	// Namespace groups keys. Defaults to the job's kind. At most
+	// SequenceNameMax bytes.
+	Namespace string
+	// Key names the tenant. Empty: no cap. At most SequenceNameMax bytes.
+	Key string
+	// InFlight is the most jobs of Key available or running at once, 1 to
+	// FairShareMax. Defaults to FairShareInFlightDefault.
+	InFlight int
+}
+
+// Limits of FairShare.InFlight.
+const (
+	FairShareInFlightDefault = 10
+	FairShareMax             = relay.SequenceWidthMax
+)
+
+// FairSharer is implemented by a worker whose jobs share a queue fairly
+// between keys. FairShareFor is called by the relay with the args alone.
+type FairSharer[T river.JobArgs] interface {
+	FairShareFor(args T) FairShare
+}
+
+// seqFunc is the untyped form of Sequencer and FairSharer that the relay
+// calls.
 type seqFunc func(args river.JobArgs) (relay.Sequence, bool)
 
-// seqFuncFor returns w's seqFunc and true when w implements Sequencer[T].
-func seqFuncFor[T river.JobArgs](kind string, w river.Worker[T]) (seqFunc, bool) {
-	s, ok := w.(Sequencer[T])
-	if !ok {
-		return nil, false
+// seqFuncFor returns w's seqFunc and true when w implements Sequencer[T]
+// or FairSharer[T]; an error when it implements both.
+func seqFuncFor[T river.JobArgs](kind string, w river.Worker[T]) (seqFunc, bool, error) {
+	s, isSeq := w.(Sequencer[T])
+	f, isFair := w.(FairSharer[T])
+	switch {
+	case isSeq && isFair:
+		return nil, false, fmt.Errorf("kind %q: a worker is a Sequencer or a FairSharer, not both", kind)
+	case !isSeq && !isFair:
+		return nil, false, nil
 	}
 	return func(args river.JobArgs) (relay.Sequence, bool) {
 		var typed T
@@ -82,15 +129,20 @@ func seqFuncFor[T river.JobArgs](kind string, w river.Worker[T]) (seqFunc, bool)
 		default:
 			return relay.Sequence{}, false
 		}
-		seq := s.SequenceFor(typed)
-		if seq.Key == "" {
+		var out relay.Sequence
+		if isSeq {
+			seq := s.SequenceFor(typed)
+			out = relay.Sequence{Namespace: seq.Namespace, Key: seq.Key, Width: 1, Continue: seq.OnFailure == SequenceContinue}
+		} else {
+			fair := f.FairShareFor(typed)
+			out = relay.Sequence{Namespace: fair.Namespace, Key: fair.Key, Width: cmp.Or(fair.InFlight, FairShareInFlightDefault), Continue: true}
+		}
+		if out.Key == "" {
 			return relay.Sequence{}, false
 		}
-		if seq.Namespace == "" {
-			seq.Namespace = kind
-		}
-		return relay.Sequence{Namespace: seq.Namespace, Key: seq.Key, Continue: seq.OnFailure == SequenceContinue}, true
-	}, true
+		out.Namespace = cmp.Or(out.Namespace, kind)
+		return out, true
+	}, true, nil
 }
 
 // sequenceOf returns the sequence of decoded args, for relay.Config.

@@ -26,14 +26,21 @@
 -- the next member starts, and the failed one retries on its own.
 --
 -- Nothing polls: a pending member costs nothing until its turn.
+--
+-- A sequence has a width: how many of its members may be released
+-- (available, running or retrying) at once. Sequences proper have width 1.
+-- A wider one is a fair share (jobs.FairShare): at most width jobs of one
+-- tenant are ever in the queue ahead of another tenant's, whatever the
+-- tenant's backlog; they start in commit order, and finish in any order.
 
 -- job_sequence_inbox: sequenced jobs the relay inserted (pending) and
 -- job_sequence_append() has not placed yet.
 CREATE TABLE job_sequence_inbox (
-    outbox_id bigint PRIMARY KEY, -- the outbox_jobs row the job came from
-    namespace text   NOT NULL CHECK (length(namespace) BETWEEN 1 AND 255),
-    seq_key   text   NOT NULL CHECK (length(seq_key) BETWEEN 1 AND 255),
-    job_id    bigint NOT NULL UNIQUE
+    outbox_id bigint  PRIMARY KEY, -- the outbox_jobs row the job came from
+    namespace text    NOT NULL CHECK (length(namespace) BETWEEN 1 AND 255),
+    seq_key   text    NOT NULL CHECK (length(seq_key) BETWEEN 1 AND 255),
+    width     integer NOT NULL CHECK (width BETWEEN 1 AND 10000),
+    job_id    bigint  NOT NULL UNIQUE
 );
 
 COMMENT ON TABLE job_sequence_inbox IS
@@ -42,41 +49,97 @@ COMMENT ON TABLE job_sequence_inbox IS
 -- job_sequences: one row per sequence with unfinished members, locked by
 -- job_sequence_append() and by the trigger that advances it, so the two
 -- never miss each other. Deleted when its last member finishes.
+--
+-- Members before release_pos are released (available, running, retrying)
+-- or detached (a "continue" member that failed and retries on its own);
+-- members from release_pos on are pending. released counts the released
+-- members that are not detached; it is below width only when no member is
+-- pending.
 CREATE TABLE job_sequences (
-    namespace  text        NOT NULL CHECK (length(namespace) BETWEEN 1 AND 255),
-    seq_key    text        NOT NULL CHECK (length(seq_key) BETWEEN 1 AND 255),
-    -- next_pos: the position the next appended member gets.
-    next_pos   bigint      NOT NULL DEFAULT 0 CHECK (next_pos >= 0),
-    -- head_pos: the member that runs now (available, running, scheduled or
-    -- retrying); NULL while no member may run.
-    head_pos   bigint,
-    -- head_since: when head_pos became the head.
-    head_since timestamptz,
-    created_at timestamptz NOT NULL DEFAULT now(),
+    namespace    text        NOT NULL CHECK (length(namespace) BETWEEN 1 AND 255),
+    seq_key      text        NOT NULL CHECK (length(seq_key) BETWEEN 1 AND 255),
+    width        integer     NOT NULL DEFAULT 1 CHECK (width BETWEEN 1 AND 10000),
+    next_pos     bigint      NOT NULL DEFAULT 0 CHECK (next_pos >= 0),
+    release_pos  bigint      NOT NULL DEFAULT 0 CHECK (release_pos BETWEEN 0 AND next_pos),
+    released     integer     NOT NULL DEFAULT 0 CHECK (released >= 0),
+    -- released_at: the latest release.
+    released_at  timestamptz,
+    created_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (namespace, seq_key)
 ) WITH (fillfactor = 70);
 
 COMMENT ON TABLE job_sequences IS
-'One row per job sequence with unfinished members: next_pos is the next member''s position, head_pos the member allowed to run (NULL: none). Written by job_sequence_append() and the river_job_sequence triggers only. See job_sequence_status.';
+'One row per job sequence (or fair share) with unfinished members: members before release_pos are released, the rest pending; released counts those that run now (at most width). Written by job_sequence_append() and the river_job_sequence triggers only. See job_sequence_status.';
 
--- job_sequence_members: the unfinished members, in order. A member leaves
--- when its job finishes (or is deleted).
+-- job_sequence_members: the unfinished members of each sequence, by
+-- position. A member leaves when its job finishes (or is deleted).
 CREATE TABLE job_sequence_members (
-    namespace text   NOT NULL,
-    seq_key   text   NOT NULL,
-    pos       bigint NOT NULL,
-    job_id    bigint NOT NULL UNIQUE,
+    namespace text    NOT NULL,
+    seq_key   text    NOT NULL,
+    pos       bigint  NOT NULL,
+    job_id    bigint  NOT NULL UNIQUE,
+    detached  boolean NOT NULL DEFAULT false,
     PRIMARY KEY (namespace, seq_key, pos)
 );
 
 COMMENT ON TABLE job_sequence_members IS
-'The unfinished jobs of each sequence (job_sequences), by position. Written by job_sequence_append() and the river_job_sequence triggers only.';
+'The unfinished jobs of each sequence (job_sequences), by position; detached: a "continue" member that failed and retries outside the sequence. Written by job_sequence_append() and the river_job_sequence triggers only.';
+
+-- aftercommit_sequence_release: releases the pending members of a sequence
+-- whose row the caller has locked, oldest first, until width of them run,
+-- and wakes their queues. A released job's scheduled_at becomes the
+-- release (unless it lies ahead): River fetches by scheduled_at, so a job
+-- released now queues behind the jobs of other keys that were ready before
+-- it, as a job inserted now would, and the queue latency River and the
+-- views report is the time it waited once it could run.
+CREATE FUNCTION aftercommit_sequence_release(ns text, k text) RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path FROM CURRENT
+AS $fn$
+DECLARE
+    seq    job_sequences;
+    m      record;
+    q      text;
+    queues text[] := '{}';
+BEGIN
+    SELECT * INTO seq FROM job_sequences s WHERE s.namespace = ns AND s.seq_key = k;
+    IF NOT FOUND OR seq.released >= seq.width OR seq.release_pos >= seq.next_pos THEN
+        RETURN;
+    END IF;
+    FOR m IN SELECT x.pos, x.job_id FROM job_sequence_members x
+              WHERE x.namespace = ns AND x.seq_key = k AND x.pos >= seq.release_pos
+              ORDER BY x.pos LIMIT seq.width - seq.released LOOP
+        UPDATE river_job j
+           SET state = CASE WHEN j.scheduled_at > now() THEN 'scheduled' ELSE 'available' END::river_job_state,
+               scheduled_at = greatest(j.scheduled_at, now())
+         WHERE j.id = m.job_id AND j.state = 'pending'
+        RETURNING CASE WHEN j.state = 'available' THEN j.queue END INTO q;
+        IF q IS NOT NULL AND NOT q = ANY (queues) THEN
+            queues := queues || q;
+        END IF;
+        seq.released := seq.released + 1;
+        seq.release_pos := m.pos + 1;
+    END LOOP;
+    -- No pending member left: the next one appended starts at once.
+    IF seq.released < seq.width THEN
+        seq.release_pos := seq.next_pos;
+    END IF;
+    UPDATE job_sequences s SET released = seq.released, release_pos = seq.release_pos, released_at = now()
+     WHERE s.namespace = ns AND s.seq_key = k;
+    FOREACH q IN ARRAY queues LOOP
+        -- River's insert notification (internal/riverseam.WakeSQL): the
+        -- queue's producers fetch now, in every process.
+        PERFORM pg_notify(current_schema() || '.river_insert', json_build_object('queue', q)::text);
+    END LOOP;
+END
+$fn$;
 
 -- job_sequence_append: places the noted jobs (job_sequence_inbox) in their
 -- sequences, oldest outbox id first, up to p_limit of them, but only those
--- older than every row left in outbox_jobs; makes each one that lands at
--- the head of its sequence available and wakes its queue. One runs at a
--- time per schema. The relay calls it after every batch and on its poll;
+-- older than every row left in outbox_jobs; releases each one that finds
+-- its sequence under its width (available) and wakes its queue. One runs at
+-- a time per schema. The relay calls it after every batch and on its poll;
 -- an operator may call it too. Returns the number placed. It runs with its
 -- owner's rights: the worker role executes it, and writes no sequence
 -- table itself.
@@ -104,31 +167,44 @@ BEGIN
          WHERE i.outbox_id IN (SELECT x.outbox_id FROM job_sequence_inbox x
                                 WHERE frontier IS NULL OR x.outbox_id < frontier
                                 ORDER BY x.outbox_id LIMIT p_limit)
-        RETURNING i.outbox_id, i.namespace, i.seq_key, i.job_id),
+        RETURNING i.outbox_id, i.namespace, i.seq_key, i.width, i.job_id),
     ranked AS (
-        SELECT t.*, row_number() OVER w - 1 AS rn, count(*) OVER (PARTITION BY t.namespace, t.seq_key) AS cnt
+        SELECT t.*, row_number() OVER w - 1 AS rn,
+               count(*) OVER (PARTITION BY t.namespace, t.seq_key) AS cnt,
+               last_value(t.width) OVER (PARTITION BY t.namespace, t.seq_key ORDER BY t.outbox_id
+                                         ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS w
           FROM taken t WINDOW w AS (PARTITION BY t.namespace, t.seq_key ORDER BY t.outbox_id)),
     claimed AS (
-        -- In key order, as every writer of job_sequences locks.
-        INSERT INTO job_sequences AS s (namespace, seq_key, next_pos, head_pos, head_since)
-        SELECT DISTINCT r.namespace, r.seq_key, r.cnt, 0::bigint, now() FROM ranked r
+        -- In key order, as every writer of job_sequences locks. The new
+        -- members are released at once, as far as the width allows and no
+        -- older member waits (release_pos = next_pos).
+        INSERT INTO job_sequences AS s (namespace, seq_key, width, next_pos, release_pos, released, released_at)
+        SELECT DISTINCT r.namespace, r.seq_key, r.w, r.cnt, least(r.cnt, r.w), least(r.cnt, r.w), now() FROM ranked r
          ORDER BY r.namespace, r.seq_key
         ON CONFLICT (namespace, seq_key) DO UPDATE
-           SET next_pos = s.next_pos + EXCLUDED.next_pos,
-               head_pos = coalesce(s.head_pos, s.next_pos),
-               head_since = CASE WHEN s.head_pos IS NULL THEN now() ELSE s.head_since END
-        RETURNING s.namespace, s.seq_key, s.next_pos, s.head_pos),
+           SET width = EXCLUDED.width,
+               next_pos = s.next_pos + EXCLUDED.next_pos,
+               release_pos = CASE WHEN s.release_pos = s.next_pos AND s.released < EXCLUDED.width
+                                  THEN s.next_pos + least(EXCLUDED.next_pos, EXCLUDED.width - s.released)
+                                  ELSE s.release_pos END,
+               released = CASE WHEN s.release_pos = s.next_pos AND s.released < EXCLUDED.width
+                               THEN s.released + least(EXCLUDED.next_pos, EXCLUDED.width - s.released)
+                               ELSE s.released END,
+               released_at = CASE WHEN s.release_pos = s.next_pos AND s.released < EXCLUDED.width
+                                  THEN now() ELSE s.released_at END
+        RETURNING s.namespace, s.seq_key, s.next_pos, s.release_pos),
     placed_rows AS (
-        SELECT r.namespace, r.seq_key, r.job_id, c.next_pos - r.cnt + r.rn AS pos, c.head_pos
+        SELECT r.namespace, r.seq_key, r.job_id, c.next_pos - r.cnt + r.rn AS pos, c.release_pos
           FROM ranked r JOIN claimed c ON c.namespace = r.namespace AND c.seq_key = r.seq_key),
     members AS (
         INSERT INTO job_sequence_members (namespace, seq_key, pos, job_id)
         SELECT p.namespace, p.seq_key, p.pos, p.job_id FROM placed_rows p),
     heads AS (
         UPDATE river_job j
-           SET state = CASE WHEN j.scheduled_at > now() THEN 'scheduled' ELSE 'available' END::river_job_state
+           SET state = CASE WHEN j.scheduled_at > now() THEN 'scheduled' ELSE 'available' END::river_job_state,
+               scheduled_at = greatest(j.scheduled_at, now())
           FROM placed_rows p
-         WHERE j.id = p.job_id AND p.pos = p.head_pos AND j.state = 'pending'
+         WHERE j.id = p.job_id AND p.pos < p.release_pos AND j.state = 'pending'
         RETURNING j.queue, j.state)
     SELECT (SELECT count(*) FROM placed_rows),
            (SELECT array_agg(DISTINCT h.queue) FROM heads h WHERE h.state = 'available')
@@ -143,13 +219,14 @@ END
 $fn$;
 
 COMMENT ON FUNCTION job_sequence_append(integer) IS
-'Places the jobs the relay noted in job_sequence_inbox in their sequences, oldest outbox id first, only those older than every row left in outbox_jobs; makes new heads available. Returns the number placed.';
+'Places the jobs the relay noted in job_sequence_inbox in their sequences, oldest outbox id first, only those older than every row left in outbox_jobs; releases (makes available) those their sequence''s width allows. Returns the number placed.';
 
 -- aftercommit_sequence_advance: the trigger function. The job's sequence is
--- in its metadata: {"aftercommit_seq": {"ns": …, "key": …, "continue":
--- true|false, "outbox_id": …}}; its place in job_sequence_members. It runs with its owner's rights (whoever
--- finishes a job need not write the sequence tables), on the tables of the
--- schema this migration ran in.
+-- in its metadata: {"aftercommit_seq": {"ns": …, "key": …, "width": …,
+-- "continue": true|false, "outbox_id": …}}; its place in
+-- job_sequence_members. It runs with its owner's rights (whoever finishes a
+-- job need not write the sequence tables), on the tables of the schema this
+-- migration ran in.
 CREATE FUNCTION aftercommit_sequence_advance() RETURNS trigger
     LANGUAGE plpgsql
     SECURITY DEFINER
@@ -160,11 +237,9 @@ DECLARE
     seq      jsonb;
     ns       text;
     k        text;
-    p        bigint;
     finished boolean;
-    head     bigint;
-    nxt      record;
-    q        text;
+    cur      job_sequences;
+    m        job_sequence_members;
 BEGIN
     IF TG_OP = 'DELETE' THEN
         job := OLD;
@@ -193,49 +268,27 @@ BEGIN
         END IF;
     END IF;
 
-    SELECT s.head_pos INTO head FROM job_sequences s WHERE s.namespace = ns AND s.seq_key = k FOR UPDATE;
+    SELECT * INTO cur FROM job_sequences s WHERE s.namespace = ns AND s.seq_key = k FOR UPDATE;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    SELECT m.pos INTO p FROM job_sequence_members m WHERE m.job_id = job.id;
-    IF NOT FOUND THEN
+    SELECT * INTO m FROM job_sequence_members x WHERE x.job_id = job.id;
+    IF NOT FOUND OR (NOT finished AND m.detached) THEN
         RETURN NULL;
     END IF;
     IF finished THEN
-        DELETE FROM job_sequence_members m WHERE m.job_id = job.id;
-    END IF;
-
-    IF head IS DISTINCT FROM p THEN
-        -- Not the head: a pending member left, or a released one ended.
-        IF head IS NULL AND NOT EXISTS (SELECT FROM job_sequence_members m WHERE m.namespace = ns AND m.seq_key = k) THEN
-            DELETE FROM job_sequences s WHERE s.namespace = ns AND s.seq_key = k;
-        END IF;
-        RETURN NULL;
-    END IF;
-
-    -- The head finished, or failed in a "continue" sequence: the next
-    -- member becomes the head.
-    SELECT m.pos, m.job_id INTO nxt
-      FROM job_sequence_members m
-     WHERE m.namespace = ns AND m.seq_key = k AND m.pos > p
-     ORDER BY m.pos LIMIT 1;
-    IF FOUND THEN
-        UPDATE river_job j
-           SET state = CASE WHEN j.scheduled_at > now() THEN 'scheduled' ELSE 'available' END::river_job_state
-         WHERE j.id = nxt.job_id AND j.state = 'pending'
-        RETURNING CASE WHEN j.state = 'available' THEN j.queue END INTO q;
-        UPDATE job_sequences s SET head_pos = nxt.pos, head_since = now()
-         WHERE s.namespace = ns AND s.seq_key = k;
-        IF q IS NOT NULL THEN
-            -- River's insert notification (internal/riverseam.WakeSQL):
-            -- the queue's producers fetch now, in every process.
-            PERFORM pg_notify(current_schema() || '.river_insert', json_build_object('queue', q)::text);
-        END IF;
-    ELSIF EXISTS (SELECT FROM job_sequence_members m WHERE m.namespace = ns AND m.seq_key = k) THEN
-        -- Only released members, retrying on their own, are left.
-        UPDATE job_sequences s SET head_pos = NULL, head_since = NULL
-         WHERE s.namespace = ns AND s.seq_key = k;
+        DELETE FROM job_sequence_members x WHERE x.job_id = job.id;
     ELSE
+        -- A "continue" member failed: it retries outside the sequence.
+        UPDATE job_sequence_members x SET detached = true WHERE x.job_id = job.id;
+    END IF;
+    IF m.pos < cur.release_pos AND NOT m.detached THEN
+        -- A released member is done (or detached): its place is free.
+        UPDATE job_sequences s SET released = greatest(s.released - 1, 0)
+         WHERE s.namespace = ns AND s.seq_key = k;
+        PERFORM aftercommit_sequence_release(ns, k);
+    END IF;
+    IF finished AND NOT EXISTS (SELECT FROM job_sequence_members x WHERE x.namespace = ns AND x.seq_key = k) THEN
         DELETE FROM job_sequences s WHERE s.namespace = ns AND s.seq_key = k;
     END IF;
     RETURN NULL;
@@ -243,7 +296,7 @@ END
 $fn$;
 
 COMMENT ON FUNCTION aftercommit_sequence_advance() IS
-'Trigger of river_job: when a sequence member finishes (or fails, in a "continue" sequence), makes the next member available in the same transaction and notifies its queue.';
+'Trigger of river_job: when a released sequence member finishes (or fails, in a "continue" sequence), releases the next pending member in the same transaction and notifies its queue.';
 
 -- The WHEN clauses keep the cost off every other job: states are compared
 -- first, the metadata looked at only for a finish or a failed attempt.
@@ -266,44 +319,49 @@ CREATE TRIGGER river_job_sequence_leave
     EXECUTE FUNCTION aftercommit_sequence_advance();
 
 COMMENT ON TRIGGER river_job_sequence_advance ON river_job IS
-'Advances a job sequence when its head finishes (see aftercommit_sequence_advance).';
+'Advances a job sequence when a released member finishes (see aftercommit_sequence_advance).';
 COMMENT ON TRIGGER river_job_sequence_leave ON river_job IS
-'Removes a deleted unfinished job from its sequence, advancing it if it was the head.';
+'Removes a deleted unfinished job from its sequence, advancing it if it was released.';
 
--- job_sequence_status: one row per sequence with unfinished members. held:
--- the head failed and waits for its retry (the sequence waits with it);
--- stuck: the head failed at least 3 times, or the
--- sequence has waiting members and no head, or the head's job is gone or
--- finished (which the trigger never leaves).
+-- job_sequence_status: one row per sequence with unfinished members.
+-- waiting: pending members; running: released ones (at most width); head:
+-- the oldest released member that is not detached (the one that runs, in a
+-- sequence of width 1). held: the head failed and waits for its retry (a
+-- sequence of width 1 waits with it); stuck: the head failed at least 3
+-- times, or members wait while none runs.
 CREATE VIEW job_sequence_status AS
 SELECT s.namespace,
        s.seq_key,
-       (SELECT count(*) FROM job_sequence_members m
-         WHERE m.namespace = s.namespace AND m.seq_key = s.seq_key AND m.pos > coalesce(s.head_pos, -1)) AS waiting,
-       s.head_pos,
+       s.width,
+       (SELECT count(*) FROM job_sequence_members w
+         WHERE w.namespace = s.namespace AND w.seq_key = s.seq_key AND w.pos >= s.release_pos) AS waiting,
+       s.released AS running,
+       h.pos AS head_pos,
        h.job_id AS head_job_id,
        j.kind AS head_kind,
        j.state AS head_state,
        j.attempt AS head_attempt,
        coalesce(cardinality(j.errors), 0) AS head_errors,
        j.errors[cardinality(j.errors)] ->> 'error' AS head_last_error,
-       s.head_since,
-       now() - s.head_since AS head_age,
+       s.released_at,
+       now() - s.released_at AS released_age,
        (j.state IN ('retryable', 'available', 'scheduled') AND coalesce(cardinality(j.errors), 0) > 0) AS held,
        (coalesce(cardinality(j.errors), 0) >= 3
-        OR (s.head_pos IS NULL AND EXISTS (SELECT FROM job_sequence_members m
-                                            WHERE m.namespace = s.namespace AND m.seq_key = s.seq_key))
-        OR (s.head_pos IS NOT NULL AND (j.id IS NULL OR j.state IN ('completed', 'discarded', 'cancelled', 'pending')))) AS stuck
+        OR (s.released = 0 AND s.release_pos < s.next_pos)
+        OR (h.job_id IS NOT NULL AND (j.id IS NULL OR j.state IN ('completed', 'discarded', 'cancelled', 'pending')))) AS stuck
   FROM job_sequences s
-  LEFT JOIN job_sequence_members h
-         ON h.namespace = s.namespace AND h.seq_key = s.seq_key AND h.pos = s.head_pos
+  LEFT JOIN LATERAL (SELECT m.pos, m.job_id FROM job_sequence_members m
+                      WHERE m.namespace = s.namespace AND m.seq_key = s.seq_key
+                        AND m.pos < s.release_pos AND NOT m.detached
+                      ORDER BY m.pos LIMIT 1) AS h ON true
   LEFT JOIN river_job j ON j.id = h.job_id;
 
 COMMENT ON VIEW job_sequence_status IS
-'Per job sequence with unfinished members: waiting members behind the head, the head job (kind, state, attempt, errors, last error, since when), held (the head failed and waits for its retry), stuck (held for 3+ errors, or no runnable head while members wait).';
+'Per job sequence (or fair share) with unfinished members: its width, pending members (waiting), released ones (running), the head job (oldest released: kind, state, attempt, errors, last error), the latest release, held (the head failed and waits for its retry), stuck (3+ errors, or members wait while none runs).';
 
 REVOKE EXECUTE ON FUNCTION job_sequence_append(integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION aftercommit_sequence_advance() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION aftercommit_sequence_release(text, text) FROM PUBLIC;
 
 INSERT INTO aftercommit_role_grants (role_kind, on_object, privileges) VALUES
     ('app', 'TABLE job_sequence_status', 'SELECT'),

@@ -74,6 +74,9 @@ func TestSequencesAcrossThreeWorkersWithAKill(t *testing.T) {
 		// the dead leader's term.
 		jobTimeout  = 2 * time.Second
 		rescueAfter = 3 * time.Second
+		// producerPauseMax bounds the pause of a producer between two
+		// transactions (uniform, in ms).
+		producerPauseMax = 20
 	)
 	// The producers' connections, the sampler's and one for the test.
 	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: producers + 2})
@@ -95,13 +98,14 @@ func TestSequencesAcrossThreeWorkersWithAKill(t *testing.T) {
 	// The plan: every key perKey times, shuffled, so that producers often
 	// hold transactions of one key at once and wait for each other.
 	type planned struct {
+		k             int
 		key           string
 		fail, sleepMS int
 	}
 	plan := make([]planned, 0, total)
 	for k := range keys {
 		for range perKey {
-			p := planned{key: fmt.Sprintf("key-%03d", k)}
+			p := planned{k: k, key: fmt.Sprintf("key-%03d", k)}
 			if rand.Float64() < 0.05 {
 				p.fail = 1
 			}
@@ -167,16 +171,21 @@ func TestSequencesAcrossThreeWorkersWithAKill(t *testing.T) {
 
 	// The producers.
 	type produced struct {
-		pingID        int64
-		key           string
-		n             int
-		fail, sleepMS int
+		pingID, outboxID int64
+		key              string
+		n                int
+		fail, sleepMS    int
 	}
 	var (
 		next     atomic.Int64
 		wg       sync.WaitGroup
 		errMu    sync.Mutex
 		prodErrs []error
+		// inFlight counts each key's transactions under way; overlapped,
+		// the transactions that started while another of their key was
+		// under way (and so may have waited for its lock).
+		inFlight   [keys]atomic.Int32
+		overlapped atomic.Int64
 	)
 	results := make([][]produced, producers)
 	prodCtx, stopProducers := context.WithCancel(ctx)
@@ -191,13 +200,22 @@ func TestSequencesAcrossThreeWorkersWithAKill(t *testing.T) {
 				}
 				p := plan[i]
 				r := produced{key: p.key, fail: p.fail, sleepMS: p.sleepMS}
-				if err := s.Pool.QueryRow(prodCtx, seqProduceSQL, p.key, p.fail, p.sleepMS).Scan(&r.pingID, &r.n); err != nil {
+				if inFlight[p.k].Add(1) > 1 {
+					overlapped.Add(1)
+				}
+				err := s.Pool.QueryRow(prodCtx, seqProduceSQL, p.key, p.fail, p.sleepMS).Scan(&r.pingID, &r.n, &r.outboxID)
+				inFlight[p.k].Add(-1)
+				if err != nil {
 					errMu.Lock()
 					prodErrs = append(prodErrs, fmt.Errorf("producing a ping of %s: %w", p.key, err))
 					errMu.Unlock()
 					return
 				}
 				results[g] = append(results[g], r)
+				// A pause, so that the production lasts longer than the
+				// third of the work before the kill: the relays are still
+				// moving rows when a process dies.
+				time.Sleep(time.Duration(rand.IntN(producerPauseMax)) * time.Millisecond)
 			}
 		})
 	}
@@ -209,6 +227,9 @@ func TestSequencesAcrossThreeWorkersWithAKill(t *testing.T) {
 		if doneAtKill >= total/3 {
 			break
 		}
+		errMu.Lock()
+		require.Empty(t, prodErrs)
+		errMu.Unlock()
 		require.Less(t, time.Since(start), 2*time.Minute, "a third of the pings done within 2 min: %d done", doneAtKill)
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -318,6 +339,11 @@ SELECT p.id, p.note, p.ping_count, p.pinged_at, j.id, j.state::text, j.attempt, 
 		var prev *pingJob
 		for i, r := range runs {
 			require.Equal(t, i+1, r.n, "key %s: its transactions counted 1 to %d", key, perKey)
+			if i > 0 {
+				// The premise: transactions of one key enqueue in their
+				// commit order.
+				require.Greater(t, r.outboxID, runs[i-1].outboxID, "key %s: the outbox row of n=%d is newer than n=%d's", key, r.n, r.n-1)
+			}
 			pj, ok := byPing[r.pingID]
 			require.True(t, ok, "ping %d (%s:%d) exists", r.pingID, key, r.n)
 			require.Equal(t, fmt.Sprintf("%s:%d", key, r.n), pj.Note)
@@ -361,8 +387,8 @@ SELECT p.id, p.note, p.ping_count, p.pinged_at, j.id, j.state::text, j.attempt, 
 	}
 	require.Equal(t, total, count(ctx, t, s, `SELECT count(*) FROM pings WHERE ping_count = 1`), "every ping applied exactly once")
 
-	t.Logf("%d keys × %d pings: %d transactions from %d producers in %s (%.0f/s); %d done, %d produced when the %s %s was killed with %d jobs running in it, %s after the start; all done %s after the start",
-		keys, perKey, total, producers, fmtDur(produceTime), float64(total)/produceTime.Seconds(), doneAtKill, producedAtKill,
+	t.Logf("%d keys × %d pings: %d transactions from %d producers in %s (%.0f/s), %d of them begun while another of their key was under way; %d done, %d produced when the %s %s was killed with %d jobs running in it, %s after the start; all done %s after the start",
+		keys, perKey, total, producers, fmtDur(produceTime), float64(total)/produceTime.Seconds(), overlapped.Load(), doneAtKill, producedAtKill,
 		map[bool]string{true: "leader", false: "process"}[victimWasLeader], victim.name, runningAtKill, fmtDur(killedAt.Sub(start)), fmtDur(duration))
 	var recovery time.Duration
 	if !lastRescued.IsZero() {
@@ -387,6 +413,7 @@ SELECT p.id, p.note, p.ping_count, p.pinged_at, j.id, j.state::text, j.attempt, 
 	require.Positive(t, rescuedMeta, "the kill landed while the process ran jobs, which were rescued")
 	require.Less(t, recovery, bound, "the killed process's jobs rescued and completed in time")
 	require.Positive(t, failing, "some pings failed on purpose")
+	require.Positive(t, overlapped.Load(), "transactions of one key ran at once")
 	for _, p := range procs {
 		if p != victim {
 			require.True(t, p.running(), "worker %s still running", p.name)

@@ -20,11 +20,18 @@ type Sequence struct {
 	// Namespace and Key name the sequence; each is 1 to SequenceNameMax
 	// bytes.
 	Namespace, Key string
-	// Continue releases the sequence when its head fails an attempt (the
-	// next member starts; the failed one retries on its own). False holds
-	// the sequence until the head completes or is discarded or cancelled.
+	// Width is how many of the sequence's jobs may run at once, 1 to
+	// SequenceWidthMax; 0 means 1. Wider than 1, the jobs start in commit
+	// order and finish in any order: a fair share (jobs.FairShare).
+	Width int
+	// Continue releases a job's place when it fails an attempt (the next
+	// member starts; the failed one retries on its own). False holds the
+	// place until the job completes or is discarded or cancelled.
 	Continue bool
 }
+
+// SequenceWidthMax is the widest Sequence.Width.
+const SequenceWidthMax = 10_000
 
 // SequenceNameMax is the longest Sequence.Namespace or Key, in bytes.
 const SequenceNameMax = 255
@@ -38,6 +45,7 @@ const MetadataKeySequence = "aftercommit_seq"
 type seqMeta struct {
 	Namespace string `json:"ns"`
 	Key       string `json:"key"`
+	Width     int    `json:"width"`
 	Continue  bool   `json:"continue"`
 	OutboxID  int64  `json:"outbox_id"`
 }
@@ -55,6 +63,8 @@ func (s Sequence) check() error {
 		return fmt.Errorf("sequence namespace must be 1 to %d bytes, got %d", SequenceNameMax, len(s.Namespace))
 	case s.Key == "" || len(s.Key) > SequenceNameMax:
 		return fmt.Errorf("sequence key must be 1 to %d bytes, got %d", SequenceNameMax, len(s.Key))
+	case s.Width < 0 || s.Width > SequenceWidthMax:
+		return fmt.Errorf("sequence width must be 1 to %d, got %d", SequenceWidthMax, s.Width)
 	}
 	return nil
 }
@@ -71,8 +81,8 @@ func newSeqStatements(schema string) seqStatements {
 		return pgx.Identifier{schema, name}.Sanitize()
 	}
 	return seqStatements{
-		note: `INSERT INTO ` + q("job_sequence_inbox") + ` (outbox_id, namespace, seq_key, job_id)
-SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[])`,
+		note: `INSERT INTO ` + q("job_sequence_inbox") + ` (outbox_id, namespace, seq_key, width, job_id)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::bigint[])`,
 		appendSQL: `SELECT ` + q("job_sequence_append") + `($1)`,
 	}
 }
@@ -82,7 +92,8 @@ SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[])`,
 // turn.
 func pend(s *seqParams) error {
 	opts := *s.params.InsertOpts
-	meta, err := withSeqMeta(opts.Metadata, seqMeta{Namespace: s.seq.Namespace, Key: s.seq.Key, Continue: s.seq.Continue, OutboxID: s.id})
+	meta, err := withSeqMeta(opts.Metadata, seqMeta{Namespace: s.seq.Namespace, Key: s.seq.Key, Width: max(1, s.seq.Width),
+		Continue: s.seq.Continue, OutboxID: s.id})
 	if err != nil {
 		return err
 	}
@@ -116,11 +127,11 @@ func (r *Relay) note(ctx context.Context, tx pgx.Tx, jobs []seqJob) error {
 		return nil
 	}
 	n := len(jobs)
-	oids, nss, keys, ids := make([]int64, n), make([]string, n), make([]string, n), make([]int64, n)
+	oids, nss, keys, widths, ids := make([]int64, n), make([]string, n), make([]string, n), make([]int32, n), make([]int64, n)
 	for i, j := range jobs {
-		oids[i], nss[i], keys[i], ids[i] = j.meta.OutboxID, j.meta.Namespace, j.meta.Key, j.jobID
+		oids[i], nss[i], keys[i], widths[i], ids[i] = j.meta.OutboxID, j.meta.Namespace, j.meta.Key, int32(max(1, j.meta.Width)), j.jobID //nolint:gosec // checked ≤ SequenceWidthMax
 	}
-	if _, err := tx.Exec(ctx, r.seqSQL.note, oids, nss, keys, ids); err != nil {
+	if _, err := tx.Exec(ctx, r.seqSQL.note, oids, nss, keys, widths, ids); err != nil {
 		return classify(tx, fmt.Errorf("relay: noting %d sequenced jobs: %w", n, err))
 	}
 	return nil
