@@ -135,13 +135,16 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 	// lock keeps coalescing enqueues. The rate limit comes after the lock,
 	// so a job its lock refuses uses no start. The queue lock is freed
 	// before the needed-check reads the source of truth, so no enqueue is
-	// matched to a job that then finds itself moot.
+	// matched to a job that then finds itself moot. A job of a sequence or
+	// fair share is completed as soon as it returns (moot or not), inside
+	// its worker lock, so the next one is released at once.
 	rc.Middleware = append([]rivertype.Middleware{
 		newArgsMiddleware(reg, cfg.Logger, cfg.Metrics),
 		lockMW,
 		newRateMiddleware(pool, reg.rateFunc, cfg.Schema),
 		newQueueLockMiddleware(reg, pool, cfg.Schema),
 		&outboxCreatedAtMiddleware{},
+		&seqCompleteMiddleware{pool: pool, logger: cfg.Logger},
 		newNeededMiddleware(reg.neededFunc),
 	}, rc.Middleware...)
 	if len(cfg.Queues) > 0 {

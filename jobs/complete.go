@@ -25,5 +25,6 @@ func CompleteTx[T river.JobArgs](ctx context.Context, tx pgx.Tx, job *river.Job[
 	if _, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job); err != nil {
 		return fmt.Errorf("jobs: completing %s job %d: %w", job.Kind, job.ID, err)
 	}
+	markCompleted(ctx)
 	return nil
 }

@@ -1,10 +1,19 @@
 package jobs
 
 import (
+	"bytes"
 	"cmp"
+	"context"
 	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivertype"
 
 	"github.com/aftercommit/aftercommit/outbox/relay"
 )
@@ -167,4 +176,64 @@ func checkSequenced(kind string, e *kindEntry) error {
 		return fmt.Errorf("kind %q is a Sequencer and has a queue lock: a queue lock merges waiting jobs, a sequence runs each one", kind)
 	}
 	return nil
+}
+
+// seqCompleteMiddleware completes a job of a sequence or fair share in a
+// transaction of its own as soon as its worker returns nil, unless the
+// worker completed it already with CompleteTx. River's completer records
+// completions in batches, up to a few hundred milliseconds later; the next
+// job of the sequence is released only by the completion (the trigger on
+// river_job), so without this a sequence would advance a few jobs a
+// second. It is River worker middleware.
+type seqCompleteMiddleware struct {
+	river.MiddlewareDefaults
+
+	pool   *pgxpool.Pool
+	logger *slog.Logger
+}
+
+var _ rivertype.WorkerMiddleware = (*seqCompleteMiddleware)(nil)
+
+// seqMetadataKey is how a sequenced job's metadata names its sequence.
+var seqMetadataKey = []byte(`"` + relay.MetadataKeySequence + `"`)
+
+// completedKey is the context key of the flag CompleteTx sets for
+// seqCompleteMiddleware.
+type completedKey struct{}
+
+// noArgs stands for a job's args where River's API wants a type and none
+// is read.
+type noArgs struct{}
+
+func (noArgs) Kind() string { return "" }
+
+// Work implements rivertype.WorkerMiddleware.
+func (m *seqCompleteMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
+	if !bytes.Contains(job.Metadata, seqMetadataKey) {
+		return doInner(ctx)
+	}
+	completed := new(atomic.Bool)
+	if err := doInner(context.WithValue(ctx, completedKey{}, completed)); err != nil || completed.Load() {
+		return err
+	}
+	completeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	err := pgx.BeginFunc(completeCtx, m.pool, func(tx pgx.Tx) error {
+		_, err := river.JobCompleteTx[*riverpgxv5.Driver](completeCtx, tx, &river.Job[noArgs]{JobRow: job})
+		return err
+	})
+	if err != nil {
+		// River's completer completes it; its sequence waits until then.
+		m.logger.WarnContext(ctx, "jobs: completing a job of a sequence at once failed; River's completer will",
+			slog.Int64("job_id", job.ID), slog.String("kind", job.Kind), slog.String("err", err.Error()))
+	}
+	return nil
+}
+
+// markCompleted tells seqCompleteMiddleware that the job of ctx was
+// completed in the worker's transaction.
+func markCompleted(ctx context.Context) {
+	if f, ok := ctx.Value(completedKey{}).(*atomic.Bool); ok {
+		f.Store(true)
+	}
 }

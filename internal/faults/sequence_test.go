@@ -43,7 +43,7 @@ SELECT p.id, c.n, aftercommit_enqueue('aftercommit.ping',
 // a held sequence has one at most, whatever the processes do.
 const seqRunnableSQL = `
 SELECT metadata->'aftercommit_seq'->>'key', count(*),
-       string_agg(id || ' ' || state || ' pos ' || (metadata->'aftercommit_seq'->>'pos') || ' attempt ' || attempt, ', ' ORDER BY id)
+       string_agg(format('job %s %s outbox_id %s attempt %s', id, state, metadata->'aftercommit_seq'->>'outbox_id', attempt), ', ' ORDER BY id)
   FROM river_job
  WHERE state IN ('available', 'running', 'retryable', 'scheduled') AND metadata ? 'aftercommit_seq'
  GROUP BY 1 HAVING count(*) > 1`
@@ -254,18 +254,20 @@ func TestSequencesAcrossThreeWorkersWithAKill(t *testing.T) {
 
 	// Wait until every ping is done and nothing is left anywhere.
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		var notPinged, unfinished, outbox, seqs, members int
+		var notPinged, unfinished, outbox, inbox, seqs, members int
 		if !assert.NoError(c, s.Pool.QueryRow(ctx, `
 SELECT (SELECT count(*) FROM pings WHERE ping_count = 0),
        (SELECT count(*) FROM river_job WHERE kind = $1 AND state NOT IN ('completed', 'discarded', 'cancelled')),
        (SELECT count(*) FROM outbox_jobs),
+       (SELECT count(*) FROM job_sequence_inbox),
        (SELECT count(*) FROM job_sequences),
-       (SELECT count(*) FROM job_sequence_members)`, jobs.PingKind).Scan(&notPinged, &unfinished, &outbox, &seqs, &members)) {
+       (SELECT count(*) FROM job_sequence_members)`, jobs.PingKind).Scan(&notPinged, &unfinished, &outbox, &inbox, &seqs, &members)) {
 			return
 		}
 		assert.Zero(c, notPinged, "pings not done")
 		assert.Zero(c, unfinished, "unfinished ping jobs")
 		assert.Zero(c, outbox, "outbox rows not relayed")
+		assert.Zero(c, inbox, "sequenced jobs not placed (job_sequence_inbox)")
 		assert.Zero(c, seqs, "job_sequences rows")
 		assert.Zero(c, members, "job_sequence_members rows")
 		if seqs > 0 {
