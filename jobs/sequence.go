@@ -83,6 +83,14 @@ type Sequencer[T river.JobArgs] interface {
 // of each busy key, however many they have queued. Keys are independent;
 // give a key more weight with a larger InFlight.
 //
+// The key's jobs are spread over InFlight sequences ("key#0" …
+// "key#<InFlight-1>" in job_sequence_status) by outbox id, each running one
+// job at a time and moving on when it fails (SequenceContinue): so the
+// completions of one busy key never queue for one row. They start about
+// in commit order, not strictly. A released job's scheduled_at is its
+// release, so River's fetch puts it behind the jobs other keys had ready
+// before.
+//
 // The trade-off: a key alone in the queue also runs at most InFlight jobs
 // at once, and its next job is made available only when one finishes (in
 // the finishing transaction: no poll, but one more step than a job already
@@ -144,7 +152,7 @@ func seqFuncFor[T river.JobArgs](kind string, w river.Worker[T]) (seqFunc, bool,
 			out = relay.Sequence{Namespace: seq.Namespace, Key: seq.Key, Width: 1, Continue: seq.OnFailure == SequenceContinue}
 		} else {
 			fair := f.FairShareFor(typed)
-			out = relay.Sequence{Namespace: fair.Namespace, Key: fair.Key, Width: cmp.Or(fair.InFlight, FairShareInFlightDefault), Continue: true}
+			out = relay.Sequence{Namespace: fair.Namespace, Key: fair.Key, Width: 1, Stripes: cmp.Or(fair.InFlight, FairShareInFlightDefault), Continue: true}
 		}
 		if out.Key == "" {
 			return relay.Sequence{}, false

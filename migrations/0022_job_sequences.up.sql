@@ -62,6 +62,10 @@ CREATE TABLE job_sequences (
     next_pos     bigint      NOT NULL DEFAULT 0 CHECK (next_pos >= 0),
     release_pos  bigint      NOT NULL DEFAULT 0 CHECK (release_pos BETWEEN 0 AND next_pos),
     released     integer     NOT NULL DEFAULT 0 CHECK (released >= 0),
+    -- detached: members that failed in a "continue" sequence and retry on
+    -- their own. The sequence is empty when released, detached and the
+    -- pending members (release_pos to next_pos) are none.
+    detached     integer     NOT NULL DEFAULT 0 CHECK (detached >= 0),
     -- released_at: the latest release.
     released_at  timestamptz,
     created_at   timestamptz NOT NULL DEFAULT now(),
@@ -284,11 +288,33 @@ BEGIN
     END IF;
     IF m.pos < cur.release_pos AND NOT m.detached THEN
         -- A released member is done (or detached): its place is free.
-        UPDATE job_sequences s SET released = greatest(s.released - 1, 0)
+        cur.released := greatest(cur.released - 1, 0);
+        IF NOT finished THEN
+            cur.detached := cur.detached + 1;
+        END IF;
+        UPDATE job_sequences s SET released = cur.released, detached = cur.detached
          WHERE s.namespace = ns AND s.seq_key = k;
-        PERFORM aftercommit_sequence_release(ns, k);
+        IF cur.release_pos < cur.next_pos THEN
+            PERFORM aftercommit_sequence_release(ns, k);
+            RETURN NULL;
+        END IF;
+    ELSIF m.detached THEN
+        -- A detached member ended.
+        cur.detached := greatest(cur.detached - 1, 0);
+        UPDATE job_sequences s SET detached = cur.detached WHERE s.namespace = ns AND s.seq_key = k;
+    ELSIF m.pos >= cur.release_pos THEN
+        -- A pending member left (cancelled, deleted): nothing runs less.
+        -- The release that reaches its place skips it.
+        IF cur.released = 0 AND cur.detached = 0
+           AND NOT EXISTS (SELECT FROM job_sequence_members x
+                            WHERE x.namespace = ns AND x.seq_key = k AND x.pos >= cur.release_pos) THEN
+            DELETE FROM job_sequences s WHERE s.namespace = ns AND s.seq_key = k;
+        END IF;
+        RETURN NULL;
     END IF;
-    IF finished AND NOT EXISTS (SELECT FROM job_sequence_members x WHERE x.namespace = ns AND x.seq_key = k) THEN
+    -- Counted, not scanned: a member's index entries stay behind it dead
+    -- until vacuum, and a long sequence would scan them all.
+    IF cur.released = 0 AND cur.detached = 0 AND cur.release_pos >= cur.next_pos THEN
         DELETE FROM job_sequences s WHERE s.namespace = ns AND s.seq_key = k;
     END IF;
     RETURN NULL;

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -208,6 +209,9 @@ func (r *Relay) prepare(rw row) prepared {
 	unique := outboxrow.HasUnique(opts) || outboxrow.HasUnique(&typeOpts)
 	if r.cfg.Sequence != nil && a.decoded != nil {
 		if seq, ok := r.cfg.Sequence(a.decoded); ok {
+			if seq.Stripes > 1 {
+				seq.Key += "#" + strconv.FormatInt(rw.id%int64(seq.Stripes), 10)
+			}
 			if err := seq.check(); err != nil {
 				return deadBecause(err.Error())
 			}

@@ -24,6 +24,11 @@ type Sequence struct {
 	// SequenceWidthMax; 0 means 1. Wider than 1, the jobs start in commit
 	// order and finish in any order: a fair share (jobs.FairShare).
 	Width int
+	// Stripes, above 1, spreads the key's jobs over that many sequences,
+	// "Key#0" to "Key#<Stripes-1>", by outbox id: each advances on its
+	// own, so the completions of one busy key do not all wait for one
+	// sequence's row (jobs.FairShare). 0 or 1: one sequence.
+	Stripes int
 	// Continue releases a job's place when it fails an attempt (the next
 	// member starts; the failed one retries on its own). False holds the
 	// place until the job completes or is discarded or cancelled.
@@ -65,6 +70,8 @@ func (s Sequence) check() error {
 		return fmt.Errorf("sequence key must be 1 to %d bytes, got %d", SequenceNameMax, len(s.Key))
 	case s.Width < 0 || s.Width > SequenceWidthMax:
 		return fmt.Errorf("sequence width must be 1 to %d, got %d", SequenceWidthMax, s.Width)
+	case s.Stripes < 0 || s.Stripes > SequenceWidthMax:
+		return fmt.Errorf("sequence stripes must be 1 to %d, got %d", SequenceWidthMax, s.Stripes)
 	}
 	return nil
 }
