@@ -144,7 +144,7 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 		newRateMiddleware(pool, reg.rateFunc, cfg.Schema),
 		newQueueLockMiddleware(reg, pool, cfg.Schema),
 		&outboxCreatedAtMiddleware{},
-		&seqCompleteMiddleware{pool: pool, logger: cfg.Logger},
+		newSeqCompleteMiddleware(pool, cfg.Schema, cfg.Logger),
 		newNeededMiddleware(reg.neededFunc),
 	}, rc.Middleware...)
 	if len(cfg.Queues) > 0 {

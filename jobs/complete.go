@@ -22,9 +22,15 @@ func CompleteTx[T river.JobArgs](ctx context.Context, tx pgx.Tx, job *river.Job[
 			return fmt.Errorf("jobs: recording the output of %s job %d: %w", job.Kind, job.ID, err)
 		}
 	}
+	completed, err := beforeComplete(ctx, tx, job.JobRow)
+	if err != nil {
+		return err
+	}
 	if _, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job); err != nil {
 		return fmt.Errorf("jobs: completing %s job %d: %w", job.Kind, job.ID, err)
 	}
-	markCompleted(ctx)
+	if completed != nil {
+		completed.Store(true)
+	}
 	return nil
 }

@@ -193,12 +193,27 @@ func checkSequenced(kind string, e *kindEntry) error {
 // job of the sequence is released only by the completion (the trigger on
 // river_job), so without this a sequence would advance a few jobs a
 // second. It is River worker middleware.
+//
+// The completion sets aftercommit.sequence_wakes to the job's queue, so
+// the trigger sends no notification for that queue (a transaction that
+// notifies holds Postgres' notification lock until its COMMIT is on disk:
+// completions would commit one at a time), and the middleware wakes the
+// queue after the COMMIT, at most once per rateWakeGrid per queue.
 type seqCompleteMiddleware struct {
 	river.MiddlewareDefaults
 
 	pool   *pgxpool.Pool
+	wake   *waker
 	logger *slog.Logger
 }
+
+func newSeqCompleteMiddleware(pool *pgxpool.Pool, schema string, logger *slog.Logger) *seqCompleteMiddleware {
+	return &seqCompleteMiddleware{pool: pool, wake: &waker{pool: pool, schema: schema}, logger: logger}
+}
+
+// seqWakesSQL names the queue whose wake-up the caller sends after its
+// COMMIT (see aftercommit_sequence_release).
+const seqWakesSQL = `SELECT set_config('aftercommit.sequence_wakes', $1, true)`
 
 var _ rivertype.WorkerMiddleware = (*seqCompleteMiddleware)(nil)
 
@@ -221,12 +236,20 @@ func (m *seqCompleteMiddleware) Work(ctx context.Context, job *rivertype.JobRow,
 		return doInner(ctx)
 	}
 	completed := new(atomic.Bool)
-	if err := doInner(context.WithValue(ctx, completedKey{}, completed)); err != nil || completed.Load() {
+	if err := doInner(context.WithValue(ctx, completedKey{}, completed)); err != nil {
 		return err
+	}
+	if completed.Load() {
+		// CompleteTx committed with the worker's transaction.
+		m.wake.at(ctx, job.Queue, 0)
+		return nil
 	}
 	completeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	err := pgx.BeginFunc(completeCtx, m.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(completeCtx, seqWakesSQL, job.Queue); err != nil {
+			return err
+		}
 		_, err := river.JobCompleteTx[*riverpgxv5.Driver](completeCtx, tx, &river.Job[noArgs]{JobRow: job})
 		return err
 	})
@@ -234,14 +257,23 @@ func (m *seqCompleteMiddleware) Work(ctx context.Context, job *rivertype.JobRow,
 		// River's completer completes it; its sequence waits until then.
 		m.logger.WarnContext(ctx, "jobs: completing a job of a sequence at once failed; River's completer will",
 			slog.Int64("job_id", job.ID), slog.String("kind", job.Kind), slog.String("err", err.Error()))
+		return nil
 	}
+	m.wake.at(ctx, job.Queue, 0)
 	return nil
 }
 
-// markCompleted tells seqCompleteMiddleware that the job of ctx was
-// completed in the worker's transaction.
-func markCompleted(ctx context.Context) {
-	if f, ok := ctx.Value(completedKey{}).(*atomic.Bool); ok {
-		f.Store(true)
+// beforeComplete prepares the completion of a job of a sequence in the
+// worker's transaction tx: the middleware will wake its queue, not the
+// trigger. It returns the flag to set once the completion is written; nil
+// for a job of no sequence.
+func beforeComplete(ctx context.Context, tx pgx.Tx, job *rivertype.JobRow) (*atomic.Bool, error) {
+	f, ok := ctx.Value(completedKey{}).(*atomic.Bool)
+	if !ok {
+		return nil, nil
 	}
+	if _, err := tx.Exec(ctx, seqWakesSQL, job.Queue); err != nil {
+		return nil, fmt.Errorf("jobs: completing %s job %d: %w", job.Kind, job.ID, err)
+	}
+	return f, nil
 }

@@ -91,7 +91,9 @@ COMMENT ON TABLE job_sequence_members IS
 
 -- aftercommit_sequence_release: releases the pending members of a sequence
 -- whose row the caller has locked, oldest first, until width of them run,
--- and wakes their queues. A released job's scheduled_at becomes the
+-- and wakes their queues, but the one named by the setting
+-- aftercommit.sequence_wakes (jobs' completion sets it to the job's queue
+-- and wakes that queue itself once committed). A released job's scheduled_at becomes the
 -- release (unless it lies ahead): River fetches by scheduled_at, so a job
 -- released now queues behind the jobs of other keys that were ready before
 -- it, as a job inserted now would, and the queue latency River and the
@@ -133,8 +135,14 @@ BEGIN
      WHERE s.namespace = ns AND s.seq_key = k;
     FOREACH q IN ARRAY queues LOOP
         -- River's insert notification (internal/riverseam.WakeSQL): the
-        -- queue's producers fetch now, in every process.
-        PERFORM pg_notify(current_schema() || '.river_insert', json_build_object('queue', q)::text);
+        -- queue's producers fetch now, in every process. Not for the queue
+        -- the caller wakes itself after its COMMIT: a transaction that
+        -- notifies holds Postgres' one notification lock from its COMMIT
+        -- until the COMMIT is on disk, so every completion notifying would
+        -- make completions commit one at a time.
+        IF q IS DISTINCT FROM current_setting('aftercommit.sequence_wakes', true) THEN
+            PERFORM pg_notify(current_schema() || '.river_insert', json_build_object('queue', q)::text);
+        END IF;
     END LOOP;
 END
 $fn$;

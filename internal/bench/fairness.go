@@ -106,6 +106,12 @@ func fairnessScenario(cfg Config) *Scenario {
 			if err != nil {
 				return nil, err
 			}
+			const aDoneSQL = `SELECT count(*) FROM river_job WHERE args->>'tenant' = 'A' AND state = 'completed'`
+			var aBefore, aAfter int
+			if err := env.Pool.QueryRow(ctx, aDoneSQL).Scan(&aBefore); err != nil {
+				return nil, err
+			}
+			began := time.Now()
 			achieved, err := paced(ctx, fairRate, env.Duration, func(ctx context.Context) error {
 				_, err := ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
 					return tx.Enqueue(tenantArgs{Tenant: "B", N: 1}, nil)
@@ -115,10 +121,10 @@ func fairnessScenario(cfg Config) *Scenario {
 			if err != nil {
 				return nil, err
 			}
-			var aLeft int
-			if err := env.Pool.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE args->>'tenant' = 'A' AND state <> 'completed'`).Scan(&aLeft); err != nil {
+			if err := env.Pool.QueryRow(ctx, aDoneSQL).Scan(&aAfter); err != nil {
 				return nil, err
 			}
+			aRate := float64(aAfter-aBefore) / time.Since(began).Seconds()
 			for waited := time.Duration(0); ; waited += 20 * time.Millisecond {
 				var left int
 				if err := env.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM river_job WHERE args->>'tenant' = 'B' AND state <> 'completed')
@@ -133,21 +139,25 @@ func fairnessScenario(cfg Config) *Scenario {
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
-			var p50, p99 float64
+			var p50, p99, ready50, fetch50 float64
 			if err := env.Pool.QueryRow(ctx, `SELECT
 				percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM attempted_at - created_at)) * 1000,
-				percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM attempted_at - created_at)) * 1000
-				FROM river_job WHERE args->>'tenant' = 'B'`).Scan(&p50, &p99); err != nil {
+				percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM attempted_at - created_at)) * 1000,
+				percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM scheduled_at - created_at)) * 1000,
+				percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM attempted_at - scheduled_at)) * 1000
+				FROM river_job WHERE args->>'tenant' = 'B'`).Scan(&p50, &p99, &ready50, &fetch50); err != nil {
 				return nil, err
 			}
-			return Sample{"B p99 ms": p99, "B p50 ms": p50, "B jobs/s": achieved, "A left": float64(aLeft)}, nil
+			return Sample{"B p99 ms": p99, "B p50 ms": p50, "B ready p50 ms": ready50, "B fetch p50 ms": fetch50,
+				"B jobs/s": achieved, "A jobs/s": aRate}, nil
 		}
 	}
 	return &Scenario{
 		Name: "fairness",
 		Title: fmt.Sprintf("tenant B enqueues %d jobs/s (outbox, one per transaction) for the run's duration; B's queue latency (attempted_at − created_at), alone and beside tenant A's backlog of %d jobs, one queue of %d workers, jobs of %s",
 			fairRate, backlog, fairWorkers, fairJob),
-		Metrics: []Metric{{"B p99 ms", false}, {"B p50 ms", false}, {"B jobs/s", true}, {"A left", true}},
+		Metrics: []Metric{{"B p99 ms", false}, {"B p50 ms", false}, {"B ready p50 ms", false}, {"B fetch p50 ms", false},
+			{"B jobs/s", true}, {"A jobs/s", true}},
 		Sides: []Side{
 			{Name: "b_alone", Note: "tenant B only", Run: run(tenantWorker{}, false)},
 			{Name: "fair_share", Note: fmt.Sprintf("A's backlog; jobs.FairShare per tenant, InFlight %d (as many as workers)", fairWorkers),

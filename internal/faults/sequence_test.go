@@ -59,18 +59,20 @@ SELECT metadata->'aftercommit_seq'->>'key', count(*),
  GROUP BY 1 HAVING count(*) > 1`
 
 // TestSequencesAcrossThreeWorkersWithAKill: 100 sequence keys × 200 pings,
-// 20,000 transactions from 16 producers at once, each taking its key's
-// counter (so the transactions of a key commit one at a time, n being
-// their order) and enqueuing its ping in the key's sequence from SQL; 5 %
-// of the pings fail their first attempt (holding their sequence), some
-// sleep. Three cmd/worker processes work them, and the leader is killed
-// (SIGKILL) once a third of the pings are done. A sampler every few
-// milliseconds never sees two runnable jobs of one sequence. In the end
-// every ping was applied exactly once; for every key the effects happened
-// in commit order (pinged_at strictly increasing with n, each job started
-// after the previous one finished); every job completed, the failing ones
-// at a later attempt; the killed process's running jobs were rescued and
-// run by the others, and the sequence tables are empty.
+// 20,000 transactions from 16 producers at once (paced to 600 a second),
+// each taking its key's counter first (so the transactions of a key commit
+// one at a time, n being their order), enqueuing its ping in the key's
+// sequence from SQL and holding the lock a few milliseconds more; 5 % of
+// the pings fail their first attempt (holding their sequence), a tenth
+// sleep 10–50 ms. Three cmd/worker processes work them, and the leader is
+// killed (SIGKILL) once a third of the pings are done, while the producers
+// still write. A sampler every few milliseconds never sees two runnable
+// jobs of one sequence. In the end every ping was applied exactly once;
+// for every key the effects happened in commit order (pinged_at strictly
+// increasing with n, each job started after the previous one finished);
+// every job completed, the failing ones at a later attempt; the killed
+// process's running jobs were rescued by the next leader and run by the
+// others; nothing is left in the outbox or the sequence tables.
 func TestSequencesAcrossThreeWorkersWithAKill(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -85,9 +87,9 @@ func TestSequencesAcrossThreeWorkersWithAKill(t *testing.T) {
 		jobTimeout  = 2 * time.Second
 		rescueAfter = 3 * time.Second
 		// produceRate paces the producers (transactions per second, 33 s
-		// in all), a little faster than three processes of six
-		// connections work sequenced pings on two cores: a third of the
-		// pings are done, and the process killed, while the producers
+		// in all), faster than three processes of six connections work
+		// these pings on two cores (300–450 a second): a third of the
+		// pings are done, and the leader killed, while the producers
 		// still write and the relays move their rows.
 		produceRate = 600
 		// txWorkMax bounds the time a producer transaction holds its
@@ -111,8 +113,9 @@ func TestSequencesAcrossThreeWorkersWithAKill(t *testing.T) {
 		procs[byName[name].clientID(t)] = byName[name]
 	}
 
-	// The plan: every key perKey times, shuffled, so that producers often
-	// hold transactions of one key at once and wait for each other.
+	// The plan: every key perKey times, shuffled: now and then two
+	// producers hold transactions of one key at once, and the later one
+	// waits for the earlier's lock (overlapped counts them).
 	type planned struct {
 		k             int
 		key           string
@@ -189,8 +192,7 @@ func TestSequencesAcrossThreeWorkersWithAKill(t *testing.T) {
 	type produced struct {
 		pingID, outboxID int64
 		key              string
-		n                int
-		fail, sleepMS    int
+		n, fail          int
 	}
 	var (
 		next     atomic.Int64
@@ -218,7 +220,7 @@ func TestSequencesAcrossThreeWorkersWithAKill(t *testing.T) {
 					time.Sleep(d)
 				}
 				p := plan[i]
-				r := produced{key: p.key, fail: p.fail, sleepMS: p.sleepMS}
+				r := produced{key: p.key, fail: p.fail}
 				if inFlight[p.k].Add(1) > 1 {
 					overlapped.Add(1)
 				}
