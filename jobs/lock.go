@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverlog"
@@ -191,6 +192,7 @@ type lockMiddleware struct {
 	pool   *pgxpool.Pool
 	lookup func(kind string) (lockFunc, bool)
 	cfg    LockConfig
+	batch  groupCommit[*lockRequest]
 
 	acquired atomic.Int64
 	snoozed  atomic.Int64
@@ -213,7 +215,9 @@ func newLockMiddleware(pool *pgxpool.Pool, lookup func(kind string) (lockFunc, b
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
-	return &lockMiddleware{pool: pool, lookup: lookup, cfg: c}, nil
+	m := &lockMiddleware{pool: pool, lookup: lookup, cfg: c}
+	m.batch = groupCommit[*lockRequest]{max: lockBatchMax, send: m.sendBatch}
+	return m, nil
 }
 
 // Acquired is the number of locks taken since start.
@@ -316,32 +320,113 @@ func (m *lockMiddleware) snooze() time.Duration {
 	return base + rand.N(base/2+1) //nolint:gosec // jitter, not a secret
 }
 
-// acquire takes a slot of lock for job, or returns nil when all are held. It
-// tries again while it lost a race for a slot that looked free, at most
-// Permits times: each lost race means another job took a different slot.
+// acquire takes a slot of lock for job, or returns nil when all are held
+// (job_lock_batch, which tries again while it lost a race for a slot that
+// looked free, at most Permits times).
 func (m *lockMiddleware) acquire(ctx context.Context, job *rivertype.JobRow, lock Lock) (*heldLock, error) {
 	holderClient := ""
 	if n := len(job.AttemptedBy); n > 0 {
 		holderClient = job.AttemptedBy[n-1]
 	}
-	for range lock.Permits {
-		var slot *int32
-		var sawFree bool
-		err := m.pool.QueryRow(ctx, lockAcquireSQL,
-			lock.Namespace, lock.Key, lock.Permits, job.ID, holderClient, lock.Lease.Microseconds(),
-		).Scan(&slot, &sawFree)
-		if err != nil {
-			return nil, fmt.Errorf("jobs: taking lock %s/%s for %s job %d: %w", lock.Namespace, lock.Key, job.Kind, job.ID, err)
-		}
-		if slot != nil {
-			return &heldLock{namespace: lock.Namespace, key: lock.Key, slot: int(*slot), jobID: job.ID, lease: lock.Lease}, nil
-		}
-		if !sawFree {
-			return nil, nil
+	r := &lockRequest{namespace: lock.Namespace, key: lock.Key, permits: int32(lock.Permits), jobID: job.ID, //nolint:gosec // Permits ≤ LockPermitsMax
+		client: holderClient, lease: lock.Lease, done: make(chan struct{})}
+	m.batch.add(ctx, r)
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		// The slot may still be taken; its lease runs out, or the job's
+		// retry finds its own row (holder_job_id) expired by then.
+		return nil, fmt.Errorf("jobs: taking lock %s/%s for %s job %d: %w", lock.Namespace, lock.Key, job.Kind, job.ID, context.Cause(ctx))
+	}
+	if r.err != nil {
+		return nil, fmt.Errorf("jobs: taking lock %s/%s for %s job %d: %w", lock.Namespace, lock.Key, job.Kind, job.ID, r.err)
+	}
+	if r.slot < 0 {
+		return nil, nil
+	}
+	return &heldLock{namespace: lock.Namespace, key: lock.Key, slot: r.slot, jobID: job.ID, lease: lock.Lease}, nil
+}
+
+// lockBatchMax is the most releases and acquisitions one statement takes.
+const lockBatchMax = 1000
+
+// lockRequest is one acquisition or release for job_lock_batch.
+type lockRequest struct {
+	namespace, key string
+	permits        int32
+	jobID          int64
+	client         string
+	lease          time.Duration
+	release        bool
+	slot           int // the slot to release; the slot taken, -1 for none
+
+	err  error
+	done chan struct{}
+}
+
+// sendBatch runs job_lock_batch for batch and answers every request.
+func (m *lockMiddleware) sendBatch(ctx context.Context, batch []*lockRequest) {
+	n := len(batch)
+	var (
+		nss, keys, clients = make([]string, n), make([]string, n), make([]string, n)
+		permits, slots     = make([]int32, n), make([]int32, n)
+		jobIDs, leases     = make([]int64, n), make([]int64, n)
+		releases           = make([]bool, n)
+	)
+	for i, r := range batch {
+		nss[i], keys[i], clients[i] = r.namespace, r.key, r.client
+		permits[i], slots[i] = r.permits, int32(r.slot) //nolint:gosec // a slot < LockPermitsMax
+		jobIDs[i], leases[i], releases[i] = r.jobID, r.lease.Microseconds(), r.release
+		if !r.release {
+			r.slot = -1
 		}
 	}
-	return nil, nil
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.ReleaseTimeout)
+	defer cancel()
+	err := func() error {
+		rows, err := m.pool.Query(ctx, lockBatchSQL, nss, keys, permits, jobIDs, clients, leases, releases, slots)
+		if err != nil {
+			return err
+		}
+		var (
+			ord      int32
+			slot     *int32
+			sawFree  bool
+			answered int
+		)
+		_, err = pgx.ForEachRow(rows, []any{&ord, &slot, &sawFree}, func() error {
+			if ord < 1 || int(ord) > n || batch[ord-1].release {
+				return fmt.Errorf("job_lock_batch returned ord %d for a batch of %d", ord, n)
+			}
+			if slot != nil {
+				batch[ord-1].slot = int(*slot)
+			}
+			answered++
+			return nil
+		})
+		if want := n - countReleases(batch); err == nil && answered != want {
+			err = fmt.Errorf("job_lock_batch answered %d of %d acquisitions", answered, want)
+		}
+		return err
+	}()
+	for _, r := range batch {
+		r.err = err
+		close(r.done)
+	}
 }
+
+func countReleases(batch []*lockRequest) int {
+	n := 0
+	for _, r := range batch {
+		if r.release {
+			n++
+		}
+	}
+	return n
+}
+
+// lockBatchSQL releases and takes slots; see job_lock_batch.
+const lockBatchSQL = `SELECT ord, slot, saw_free FROM job_lock_batch($1::text[], $2::text[], $3::int[], $4::bigint[], $5::text[], $6::bigint[], $7::boolean[], $8::int[])`
 
 // renew extends the lease every lease/3 until stop is closed. When the
 // lease runs out before a renewal succeeded, or the row is no longer this
@@ -388,15 +473,17 @@ func (m *lockMiddleware) lose(ctx context.Context, held *heldLock, cancelJob con
 	cancelJob(fmt.Errorf("%w: %s/%s slot %d", ErrLockLost, held.namespace, held.key, held.slot))
 }
 
-// release deletes held's row if it is still this job's. It does not use the
-// job's context, which may be cancelled by then.
+// release deletes held's row if it is still this job's, in the next batch,
+// and waits for it. It does not use the job's context, which may be
+// cancelled by then.
 func (m *lockMiddleware) release(ctx context.Context, held *heldLock) {
-	releaseCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.ReleaseTimeout)
-	defer cancel()
-	if _, err := m.pool.Exec(releaseCtx, lockReleaseSQL, held.namespace, held.key, held.slot, held.jobID); err != nil {
+	r := &lockRequest{namespace: held.namespace, key: held.key, jobID: held.jobID, release: true, slot: held.slot, done: make(chan struct{})}
+	m.batch.add(ctx, r)
+	<-r.done // sendBatch answers within ReleaseTimeout
+	if r.err != nil {
 		m.logger(ctx).WarnContext(ctx, "jobs: releasing a lock failed; it expires with its lease",
 			"namespace", held.namespace, "lock_key", held.key, "slot", held.slot, "job_id", held.jobID,
-			"lease", held.lease, "err", err)
+			"lease", held.lease, "err", r.err)
 	}
 }
 
@@ -409,52 +496,9 @@ func (m *lockMiddleware) logger(ctx context.Context) *slog.Logger {
 	return m.cfg.Logger
 }
 
-// lockAcquireSQL takes one slot of ($1 namespace, $2 key) among $3 permits
-// for job $4 of client $5, for a lease of $6 microseconds. It returns the
-// slot taken (NULL when none) and whether a slot looked free.
-//
-// candidate picks, in the statement's snapshot, one slot at random among
-// those with no row or an expired one. The INSERT … ON CONFLICT then decides
-// under the primary key's lock, against the newest committed row: a free slot
-// is inserted by exactly one of several racing statements (the others wait
-// for it, see the conflict, and their DO UPDATE … WHERE finds the new lease
-// unexpired, so they update nothing); an expired slot is taken over by the
-// first to lock its row, and the others re-check expires_at on the row it
-// wrote. A statement that updates nothing returns no slot; when it had seen a
-// free one, it lost a race and the caller tries again with a new snapshot.
-// Slots exist only in 0..permits-1 and the key (namespace, lock_key, slot) is
-// unique, so a key never has more holders than permits.
-const lockAcquireSQL = `
-WITH candidate AS (
-    SELECT s.slot
-      FROM generate_series(0, $3::int - 1) AS s(slot)
-      LEFT JOIN job_locks cur
-             ON cur.namespace = $1 AND cur.lock_key = $2 AND cur.slot = s.slot
-     WHERE cur.slot IS NULL OR cur.expires_at < now()
-     ORDER BY random()
-     LIMIT 1
-), taken AS (
-    INSERT INTO job_locks AS held (namespace, lock_key, slot, holder_job_id, holder_client, acquired_at, expires_at)
-    SELECT $1, $2, candidate.slot, $4, $5, now(), now() + $6::bigint * interval '1 microsecond'
-      FROM candidate
-    ON CONFLICT (namespace, lock_key, slot) DO UPDATE
-       SET holder_job_id = excluded.holder_job_id,
-           holder_client = excluded.holder_client,
-           acquired_at   = excluded.acquired_at,
-           expires_at    = excluded.expires_at
-     WHERE held.expires_at < now()
-    RETURNING held.slot
-)
-SELECT (SELECT slot FROM taken), EXISTS (SELECT 1 FROM candidate)`
-
 // lockRenewSQL extends the lease of ($1, $2, slot $3) by $5 microseconds from
 // now, if job $4 still holds it. It affects no row once the slot was taken
 // over or deleted.
 const lockRenewSQL = `
 UPDATE job_locks SET expires_at = now() + $5::bigint * interval '1 microsecond'
- WHERE namespace = $1 AND lock_key = $2 AND slot = $3 AND holder_job_id = $4`
-
-// lockReleaseSQL frees ($1, $2, slot $3) if job $4 still holds it.
-const lockReleaseSQL = `
-DELETE FROM job_locks
  WHERE namespace = $1 AND lock_key = $2 AND slot = $3 AND holder_job_id = $4`

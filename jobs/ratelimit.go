@@ -105,7 +105,7 @@ var _ rivertype.WorkerMiddleware = (*rateMiddleware)(nil)
 // knows, deciding in pool; schema is River's (empty: the connections'
 // search_path), whose producers it wakes.
 func newRateMiddleware(pool *pgxpool.Pool, lookup func(kind string) (rateFunc, bool), schema string) *rateMiddleware {
-	return &rateMiddleware{lookup: lookup, wake: &waker{pool: pool, schema: schema}, batch: &rateBatcher{pool: pool}}
+	return &rateMiddleware{lookup: lookup, wake: &waker{pool: pool, schema: schema}, batch: newRateBatcher(pool)}
 }
 
 // Work implements rivertype.WorkerMiddleware.
@@ -219,17 +219,17 @@ type rateRequest struct {
 }
 
 // rateBatcher sends the decisions its jobs ask for in one statement
-// (job_rate_admit_many), as a group commit does: while a statement is out,
-// new requests queue, and the next statement takes all of them. One job
-// alone waits for one round trip, as it would unbatched; a hundred jobs
-// starting together share a few, and a key's row is locked and rewritten
-// once per batch.
+// (job_rate_admit_many), in batches (groupCommit): a key's row is locked
+// and rewritten once per batch.
 type rateBatcher struct {
-	pool *pgxpool.Pool
+	pool  *pgxpool.Pool
+	batch groupCommit[*rateRequest]
+}
 
-	mu      sync.Mutex
-	queue   []*rateRequest
-	sending bool
+func newRateBatcher(pool *pgxpool.Pool) *rateBatcher {
+	b := &rateBatcher{pool: pool}
+	b.batch = groupCommit[*rateRequest]{max: rateBatchMax, send: b.decideBatch}
+	return b
 }
 
 // decide queues r and waits for its decision. When ctx ends first, r may
@@ -237,36 +237,12 @@ type rateBatcher struct {
 // did not run, which errs on the side of the limit.
 func (b *rateBatcher) decide(ctx context.Context, r *rateRequest) (rateDecision, error) {
 	r.done = make(chan struct{})
-	b.mu.Lock()
-	b.queue = append(b.queue, r)
-	if !b.sending {
-		b.sending = true
-		// Detached: the statement serves other jobs too.
-		go b.send(context.WithoutCancel(ctx))
-	}
-	b.mu.Unlock()
+	b.batch.add(ctx, r)
 	select {
 	case <-r.done:
 		return r.decision, r.err
 	case <-ctx.Done():
 		return rateDecision{}, context.Cause(ctx)
-	}
-}
-
-// send runs statements until the queue is empty.
-func (b *rateBatcher) send(ctx context.Context) {
-	for {
-		b.mu.Lock()
-		n := min(len(b.queue), rateBatchMax)
-		if n == 0 {
-			b.sending = false
-			b.mu.Unlock()
-			return
-		}
-		batch := b.queue[:n:n]
-		b.queue = b.queue[n:]
-		b.mu.Unlock()
-		b.decideBatch(ctx, batch)
 	}
 }
 

@@ -6,6 +6,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -186,34 +189,106 @@ func checkSequenced(kind string, e *kindEntry) error {
 	return nil
 }
 
-// seqCompleteMiddleware completes a job of a sequence or fair share in a
-// transaction of its own as soon as its worker returns nil, unless the
-// worker completed it already with CompleteTx. River's completer records
-// completions in batches, up to a few hundred milliseconds later; the next
-// job of the sequence is released only by the completion (the trigger on
-// river_job), so without this a sequence would advance a few jobs a
-// second. It is River worker middleware.
+// seqCompleteMiddleware completes a job of a sequence or fair share as
+// soon as its worker returns nil, when a job of its sequence waits for it
+// and the worker did not complete it already with CompleteTx. River's
+// completer records completions in batches: at once when a hundred are
+// ready, else every 250 ms; the next job of the sequence is released only
+// by the completion (the trigger on river_job), so without this a sequence
+// would advance a few jobs a second whenever the process is not busy. It
+// is River worker middleware.
 //
-// The completion sets aftercommit.sequence_wakes to the job's queue, so
-// the trigger sends no notification for that queue (a transaction that
+// When the process finished seqBusyJobs jobs or more in the last
+// seqBusyWindow, River's completer has a hundred ready at every tick and
+// completes at once: the job is left to it. Otherwise the jobs that finish
+// at the same moment are looked at together, in one transaction
+// (groupCommit): those with a job waiting behind them are completed there
+// (River's JobCompleteTx, one statement each), the others left to River's
+// completer. The transaction is committed without
+// waiting for the disk (synchronous_commit off): a crash may lose a
+// completion, and the job runs again, as when River's completer loses its
+// pending batch. It names the jobs' queues in aftercommit.sequence_wakes,
+// so the trigger sends no notification for them (a transaction that
 // notifies holds Postgres' notification lock until its COMMIT is on disk:
-// completions would commit one at a time), and the middleware wakes the
-// queue after the COMMIT, at most once per rateWakeGrid per queue.
+// completions would commit one at a time), and the middleware wakes each
+// after the COMMIT, at most once per rateWakeGrid per queue.
 type seqCompleteMiddleware struct {
 	river.MiddlewareDefaults
 
 	pool   *pgxpool.Pool
 	wake   *waker
 	logger *slog.Logger
+	batch  groupCommit[*seqCompletion]
+	busy   finishCounter
 }
+
+// River's completer writes a batch as soon as 100 completions wait, else
+// every 250 ms: a process that finishes 100 jobs in 250 ms sees its
+// completions written within milliseconds.
+const (
+	seqBusyJobs   = 100
+	seqBusyWindow = 250 * time.Millisecond
+)
+
+// finishCounter counts the jobs a process finished in the last
+// seqBusyWindow, in five buckets.
+type finishCounter struct {
+	mu      sync.Mutex
+	buckets [5]struct {
+		slot int64 // the bucket's time, in fifths of the window
+		n    int
+	}
+}
+
+// add counts a job finished now and returns the count over the window.
+func (f *finishCounter) add(now time.Time) int {
+	slot := now.UnixNano() / int64(seqBusyWindow/5)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b := &f.buckets[slot%5]
+	if b.slot != slot {
+		b.slot, b.n = slot, 0
+	}
+	b.n++
+	total := 0
+	for _, x := range f.buckets {
+		if slot-x.slot < 5 {
+			total += x.n
+		}
+	}
+	return total
+}
+
+// seqCompletion is one job to complete.
+type seqCompletion struct {
+	ctx  context.Context // the job's, with its recorded output
+	job  *rivertype.JobRow
+	err  error
+	done chan struct{}
+}
+
+// seqCompleteBatchMax is the most jobs one completion transaction takes;
+// seqCompleteParallel the most such transactions out at once (each
+// completion runs the sequence's trigger: one transaction at a time would
+// bound a process's sequenced jobs to what one connection completes).
+const (
+	seqCompleteBatchMax = 200
+	seqCompleteParallel = 4
+)
 
 func newSeqCompleteMiddleware(pool *pgxpool.Pool, schema string, logger *slog.Logger) *seqCompleteMiddleware {
-	return &seqCompleteMiddleware{pool: pool, wake: &waker{pool: pool, schema: schema}, logger: logger}
+	m := &seqCompleteMiddleware{pool: pool, wake: &waker{pool: pool, schema: schema}, logger: logger}
+	m.batch = groupCommit[*seqCompletion]{max: seqCompleteBatchMax, parallel: seqCompleteParallel, send: m.completeBatch}
+	return m
 }
 
-// seqWakesSQL names the queue whose wake-up the caller sends after its
+// seqWakesSQL names the queues whose wake-up the caller sends after its
 // COMMIT (see aftercommit_sequence_release).
 const seqWakesSQL = `SELECT set_config('aftercommit.sequence_wakes', $1, true)`
+
+// seqCompleteTxSQL prepares the completion transaction: its queues, and
+// no wait for the disk at COMMIT.
+const seqCompleteTxSQL = `SELECT set_config('aftercommit.sequence_wakes', $1, true), set_config('synchronous_commit', 'off', true)`
 
 var _ rivertype.WorkerMiddleware = (*seqCompleteMiddleware)(nil)
 
@@ -233,10 +308,14 @@ func (noArgs) Kind() string { return "" }
 // Work implements rivertype.WorkerMiddleware.
 func (m *seqCompleteMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
 	if !bytes.Contains(job.Metadata, seqMetadataKey) {
-		return doInner(ctx)
+		err := doInner(ctx)
+		m.busy.add(time.Now())
+		return err
 	}
 	completed := new(atomic.Bool)
-	if err := doInner(context.WithValue(ctx, completedKey{}, completed)); err != nil {
+	err := doInner(context.WithValue(ctx, completedKey{}, completed))
+	finished := m.busy.add(time.Now())
+	if err != nil {
 		return err
 	}
 	if completed.Load() {
@@ -244,24 +323,78 @@ func (m *seqCompleteMiddleware) Work(ctx context.Context, job *rivertype.JobRow,
 		m.wake.at(ctx, job.Queue, 0)
 		return nil
 	}
-	completeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	err := pgx.BeginFunc(completeCtx, m.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(completeCtx, seqWakesSQL, job.Queue); err != nil {
-			return err
-		}
-		_, err := river.JobCompleteTx[*riverpgxv5.Driver](completeCtx, tx, &river.Job[noArgs]{JobRow: job})
-		return err
-	})
-	if err != nil {
+	if finished >= seqBusyJobs {
+		return nil // busy: River's completer is quick
+	}
+	c := &seqCompletion{ctx: ctx, job: job, done: make(chan struct{})}
+	m.batch.add(ctx, c)
+	<-c.done // completeBatch answers within its timeout
+	if c.err != nil {
 		// River's completer completes it; its sequence waits until then.
 		m.logger.WarnContext(ctx, "jobs: completing a job of a sequence at once failed; River's completer will",
-			slog.Int64("job_id", job.ID), slog.String("kind", job.Kind), slog.String("err", err.Error()))
-		return nil
+			slog.Int64("job_id", job.ID), slog.String("kind", job.Kind), slog.String("err", c.err.Error()))
 	}
-	m.wake.at(ctx, job.Queue, 0)
 	return nil
 }
+
+// completeBatch completes batch's jobs in one transaction and wakes their
+// queues.
+func (m *seqCompleteMiddleware) completeBatch(ctx context.Context, batch []*seqCompletion) {
+	slices.SortFunc(batch, func(a, b *seqCompletion) int { return cmp.Compare(a.job.ID, b.job.ID) })
+	var queues []string
+	for _, c := range batch {
+		if !slices.Contains(queues, c.job.Queue) {
+			queues = append(queues, c.job.Queue)
+		}
+	}
+	ids := make([]int64, len(batch))
+	for i, c := range batch {
+		ids[i] = c.job.ID
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	completed := false
+	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, seqWaitedForSQL, ids)
+		if err != nil {
+			return err
+		}
+		waitedFor, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil || len(waitedFor) == 0 {
+			return err
+		}
+		if _, err := tx.Exec(ctx, seqCompleteTxSQL, strings.Join(queues, ",")); err != nil {
+			return err
+		}
+		for _, c := range batch {
+			if !slices.Contains(waitedFor, c.job.ID) {
+				continue
+			}
+			// The job's own context carries the output it recorded.
+			jobCtx := context.WithoutCancel(c.ctx)
+			if _, err := river.JobCompleteTx[*riverpgxv5.Driver](jobCtx, tx, &river.Job[noArgs]{JobRow: c.job}); err != nil {
+				return fmt.Errorf("job %d: %w", c.job.ID, err)
+			}
+		}
+		completed = true
+		return nil
+	})
+	for _, c := range batch {
+		c.err = err
+		close(c.done)
+	}
+	if err == nil && completed {
+		for _, q := range queues {
+			m.wake.at(ctx, q, 0)
+		}
+	}
+}
+
+// seqWaitedForSQL returns the jobs among $1 that a job of their sequence
+// waits for (pending members behind them).
+const seqWaitedForSQL = `SELECT m.job_id FROM job_sequence_members m
+  JOIN job_sequences s ON s.namespace = m.namespace AND s.seq_key = m.seq_key
+ WHERE m.job_id = ANY ($1::bigint[]) AND s.release_pos < s.next_pos`
 
 // beforeComplete prepares the completion of a job of a sequence in the
 // worker's transaction tx: the middleware will wake its queue, not the

@@ -91,9 +91,9 @@ COMMENT ON TABLE job_sequence_members IS
 
 -- aftercommit_sequence_release: releases the pending members of a sequence
 -- whose row the caller has locked, oldest first, until width of them run,
--- and wakes their queues, but the one named by the setting
--- aftercommit.sequence_wakes (jobs' completion sets it to the job's queue
--- and wakes that queue itself once committed). A released job's scheduled_at becomes the
+-- and wakes their queues, but those named by the setting
+-- aftercommit.sequence_wakes (comma-separated: jobs' completion names the
+-- completed jobs' queues and wakes them itself once committed). A released job's scheduled_at becomes the
 -- release (unless it lies ahead): River fetches by scheduled_at, so a job
 -- released now queues behind the jobs of other keys that were ready before
 -- it, as a job inserted now would, and the queue latency River and the
@@ -140,7 +140,7 @@ BEGIN
         -- notifies holds Postgres' one notification lock from its COMMIT
         -- until the COMMIT is on disk, so every completion notifying would
         -- make completions commit one at a time.
-        IF q IS DISTINCT FROM current_setting('aftercommit.sequence_wakes', true) THEN
+        IF NOT coalesce(q = ANY (string_to_array(current_setting('aftercommit.sequence_wakes', true), ',')), false) THEN
             PERFORM pg_notify(current_schema() || '.river_insert', json_build_object('queue', q)::text);
         END IF;
     END LOOP;
