@@ -7,7 +7,7 @@ DROP TRIGGER river_job_sequence_leave ON river_job;
 DROP TRIGGER river_job_sequence_advance ON river_job;
 DROP FUNCTION aftercommit_sequence_advance();
 DROP FUNCTION job_sequence_append(integer);
-DROP FUNCTION aftercommit_sequence_release(text, text);
+DROP FUNCTION aftercommit_sequence_release(job_sequences);
 DROP TABLE job_sequence_members;
 DROP TABLE job_sequences;
 DROP TABLE job_sequence_inbox;

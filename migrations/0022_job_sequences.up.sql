@@ -89,8 +89,9 @@ CREATE TABLE job_sequence_members (
 COMMENT ON TABLE job_sequence_members IS
 'The unfinished jobs of each sequence (job_sequences), by position; detached: a "continue" member that failed and retries outside the sequence. Written by job_sequence_append() and the river_job_sequence triggers only.';
 
--- aftercommit_sequence_release: releases the pending members of a sequence
--- whose row the caller has locked, oldest first, until width of them run,
+-- aftercommit_sequence_release: writes seq, the row of a sequence the
+-- caller has locked and changed, after releasing its pending members,
+-- oldest first, until width of them run,
 -- and wakes their queues, but those named by the setting
 -- aftercommit.sequence_wakes (comma-separated: jobs' completion names the
 -- completed jobs' queues and wakes them itself once committed). A released job's scheduled_at becomes the
@@ -98,41 +99,41 @@ COMMENT ON TABLE job_sequence_members IS
 -- released now queues behind the jobs of other keys that were ready before
 -- it, as a job inserted now would, and the queue latency River and the
 -- views report is the time it waited once it could run.
-CREATE FUNCTION aftercommit_sequence_release(ns text, k text) RETURNS void
+CREATE FUNCTION aftercommit_sequence_release(seq job_sequences) RETURNS void
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path FROM CURRENT
 AS $fn$
 DECLARE
-    seq    job_sequences;
     m      record;
     q      text;
     queues text[] := '{}';
 BEGIN
-    SELECT * INTO seq FROM job_sequences s WHERE s.namespace = ns AND s.seq_key = k;
-    IF NOT FOUND OR seq.released >= seq.width OR seq.release_pos >= seq.next_pos THEN
-        RETURN;
-    END IF;
-    FOR m IN SELECT x.pos, x.job_id FROM job_sequence_members x
-              WHERE x.namespace = ns AND x.seq_key = k AND x.pos >= seq.release_pos
-              ORDER BY x.pos LIMIT seq.width - seq.released LOOP
-        UPDATE river_job j
-           SET state = CASE WHEN j.scheduled_at > now() THEN 'scheduled' ELSE 'available' END::river_job_state,
-               scheduled_at = greatest(j.scheduled_at, now())
-         WHERE j.id = m.job_id AND j.state = 'pending'
-        RETURNING CASE WHEN j.state = 'available' THEN j.queue END INTO q;
-        IF q IS NOT NULL AND NOT q = ANY (queues) THEN
-            queues := queues || q;
+    IF seq.released < seq.width AND seq.release_pos < seq.next_pos THEN
+        FOR m IN SELECT x.pos, x.job_id FROM job_sequence_members x
+                  WHERE x.namespace = seq.namespace AND x.seq_key = seq.seq_key AND x.pos >= seq.release_pos
+                  ORDER BY x.pos LIMIT seq.width - seq.released LOOP
+            UPDATE river_job j
+               SET state = CASE WHEN j.scheduled_at > now() THEN 'scheduled' ELSE 'available' END::river_job_state,
+                   scheduled_at = greatest(j.scheduled_at, now())
+             WHERE j.id = m.job_id AND j.state = 'pending'
+            RETURNING CASE WHEN j.state = 'available' THEN j.queue END INTO q;
+            IF q IS NOT NULL AND NOT q = ANY (queues) THEN
+                queues := queues || q;
+            END IF;
+            seq.released := seq.released + 1;
+            seq.release_pos := m.pos + 1;
+            seq.released_at := now();
+        END LOOP;
+        -- No pending member left: the next one appended starts at once.
+        IF seq.released < seq.width THEN
+            seq.release_pos := seq.next_pos;
         END IF;
-        seq.released := seq.released + 1;
-        seq.release_pos := m.pos + 1;
-    END LOOP;
-    -- No pending member left: the next one appended starts at once.
-    IF seq.released < seq.width THEN
-        seq.release_pos := seq.next_pos;
     END IF;
-    UPDATE job_sequences s SET released = seq.released, release_pos = seq.release_pos, released_at = now()
-     WHERE s.namespace = ns AND s.seq_key = k;
+    -- One write of the row, whatever the caller changed in it.
+    UPDATE job_sequences s
+       SET released = seq.released, detached = seq.detached, release_pos = seq.release_pos, released_at = seq.released_at
+     WHERE s.namespace = seq.namespace AND s.seq_key = seq.seq_key;
     FOREACH q IN ARRAY queues LOOP
         -- River's insert notification (internal/riverseam.WakeSQL): the
         -- queue's producers fetch now, in every process. Not for the queue
@@ -284,15 +285,16 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    SELECT * INTO m FROM job_sequence_members x WHERE x.job_id = job.id;
-    IF NOT FOUND OR (NOT finished AND m.detached) THEN
-        RETURN NULL;
-    END IF;
     IF finished THEN
-        DELETE FROM job_sequence_members x WHERE x.job_id = job.id;
+        DELETE FROM job_sequence_members x WHERE x.job_id = job.id RETURNING * INTO m;
     ELSE
         -- A "continue" member failed: it retries outside the sequence.
-        UPDATE job_sequence_members x SET detached = true WHERE x.job_id = job.id;
+        UPDATE job_sequence_members x SET detached = true
+         WHERE x.job_id = job.id AND NOT x.detached RETURNING * INTO m;
+        m.detached := false; -- as it was
+    END IF;
+    IF m.job_id IS NULL THEN
+        RETURN NULL;
     END IF;
     IF m.pos < cur.release_pos AND NOT m.detached THEN
         -- A released member is done (or detached): its place is free.
@@ -300,17 +302,10 @@ BEGIN
         IF NOT finished THEN
             cur.detached := cur.detached + 1;
         END IF;
-        UPDATE job_sequences s SET released = cur.released, detached = cur.detached
-         WHERE s.namespace = ns AND s.seq_key = k;
-        IF cur.release_pos < cur.next_pos THEN
-            PERFORM aftercommit_sequence_release(ns, k);
-            RETURN NULL;
-        END IF;
     ELSIF m.detached THEN
         -- A detached member ended.
         cur.detached := greatest(cur.detached - 1, 0);
-        UPDATE job_sequences s SET detached = cur.detached WHERE s.namespace = ns AND s.seq_key = k;
-    ELSIF m.pos >= cur.release_pos THEN
+    ELSE
         -- A pending member left (cancelled, deleted): nothing runs less.
         -- The release that reaches its place skips it.
         IF cur.released = 0 AND cur.detached = 0
@@ -324,6 +319,8 @@ BEGIN
     -- until vacuum, and a long sequence would scan them all.
     IF cur.released = 0 AND cur.detached = 0 AND cur.release_pos >= cur.next_pos THEN
         DELETE FROM job_sequences s WHERE s.namespace = ns AND s.seq_key = k;
+    ELSE
+        PERFORM aftercommit_sequence_release(cur);
     END IF;
     RETURN NULL;
 END
@@ -395,7 +392,7 @@ COMMENT ON VIEW job_sequence_status IS
 
 REVOKE EXECUTE ON FUNCTION job_sequence_append(integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION aftercommit_sequence_advance() FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION aftercommit_sequence_release(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION aftercommit_sequence_release(job_sequences) FROM PUBLIC;
 
 INSERT INTO aftercommit_role_grants (role_kind, on_object, privileges) VALUES
     ('app', 'TABLE job_sequence_status', 'SELECT'),
