@@ -129,6 +129,10 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 	if err != nil {
 		return nil, err
 	}
+	rateMW := newRateMiddleware(pool, reg.rateFunc, cfg.Schema)
+	if cfg.Metrics != nil {
+		lockMW.onDelay, rateMW.onDelay = cfg.Metrics.ObserveFlowDelay, cfg.Metrics.ObserveFlowDelay
+	}
 	// Outermost first. Args are checked before anything reads them (a lock
 	// key, a rate-limit key, the needed-check) or takes a lock. The worker
 	// lock comes before the queue lock is freed, so a job waiting for its
@@ -141,7 +145,7 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 	rc.Middleware = append([]rivertype.Middleware{
 		newArgsMiddleware(reg, cfg.Logger, cfg.Metrics),
 		lockMW,
-		newRateMiddleware(pool, reg.rateFunc, cfg.Schema),
+		rateMW,
 		newQueueLockMiddleware(reg, pool, cfg.Schema),
 		&outboxCreatedAtMiddleware{},
 		newSeqCompleteMiddleware(pool, cfg.Schema, cfg.Logger),

@@ -193,6 +193,8 @@ type lockMiddleware struct {
 	lookup func(kind string) (lockFunc, bool)
 	cfg    LockConfig
 	batch  groupCommit[*lockRequest]
+	// onDelay counts a snooze (Metrics.ObserveFlowDelay); nil: not counted.
+	onDelay func(kind, control string)
 
 	acquired atomic.Int64
 	snoozed  atomic.Int64
@@ -262,6 +264,9 @@ func (m *lockMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInne
 	}
 	if held == nil {
 		m.snoozed.Add(1)
+		if m.onDelay != nil {
+			m.onDelay(job.Kind, FlowControlWorkerLock)
+		}
 		return river.JobSnooze(m.snooze())
 	}
 	m.acquired.Add(1)

@@ -269,6 +269,10 @@ type Metrics struct {
 	relayBatches prometheus.Counter
 	relayRows    *prometheus.CounterVec
 
+	// flowDelayed counts the starts a flow control put off
+	// (ObserveFlowDelay), in the job collector.
+	flowDelayed *prometheus.CounterVec
+
 	// series maps (kind, queue) to its resolved children. It is replaced,
 	// never modified, under seriesMu, so lookups take no lock.
 	series   atomic.Pointer[map[seriesKey]*jobSeries]
@@ -334,7 +338,11 @@ func NewMetrics(cfg *MetricsConfig) *Metrics {
 	for _, r := range relayResults {
 		m.relayRows.WithLabelValues(r)
 	}
-	m.jobCollector = collectorSet{m.executions, m.runTime, m.latency, m.argsUnknownFields, m.relayBatches, m.relayRows}
+	m.flowDelayed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: c.Namespace, Subsystem: "job", Name: "flow_delayed_total", ConstLabels: c.ConstLabels,
+		Help: "Starts a flow control put off, by kind and control: worker_lock (its lock or semaphore was held: the job snoozed), rate_limit (over its limit: the job snoozed, or waited in its worker). Jobs waiting their turn in a sequence or fair share are the queue's pending jobs (queue metrics, state pending).",
+	}, []string{"kind", "control"})
+	m.jobCollector = collectorSet{m.executions, m.runTime, m.latency, m.argsUnknownFields, m.relayBatches, m.relayRows, m.flowDelayed}
 	m.outboxCollector = collectorSet{m.flushes, m.enqueued, m.duplicates, m.inserted, m.uniqueSkipped, m.roundTrips}
 	m.series.Store(&map[seriesKey]*jobSeries{})
 	m.plugin = &metricsPlugin{m: m}
@@ -413,6 +421,20 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 // not river.Config.Middleware). Every call returns the same plugin; install
 // it on any number of clients.
 func (m *Metrics) Plugin() rivertype.Plugin { return m.plugin }
+
+// Values of the control label of <namespace>_job_flow_delayed_total.
+const (
+	FlowControlWorkerLock = "worker_lock"
+	FlowControlRateLimit  = "rate_limit"
+)
+
+// ObserveFlowDelay counts one start of a job of kind put off by control
+// (FlowControlWorkerLock, FlowControlRateLimit). NewClient calls it from
+// the lock and rate-limit middleware when ClientConfig.Metrics is set. It
+// is safe for concurrent use.
+func (m *Metrics) ObserveFlowDelay(kind, control string) {
+	m.flowDelayed.WithLabelValues(kind, control).Inc()
+}
 
 // OnFlush records what one outbox flush wrote. Pass it as
 // outbox.Config.OnFlush (jobs.NewOutbox keeps it). It is safe for concurrent

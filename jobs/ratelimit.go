@@ -94,9 +94,10 @@ func rateFuncFor[T river.JobArgs](w river.Worker[T]) (rateFunc, bool) {
 type rateMiddleware struct {
 	river.MiddlewareDefaults
 
-	lookup func(kind string) (rateFunc, bool)
-	wake   *waker
-	batch  *rateBatcher
+	lookup  func(kind string) (rateFunc, bool)
+	wake    *waker
+	batch   *rateBatcher
+	onDelay func(kind, control string) // nil: not counted
 }
 
 var _ rivertype.WorkerMiddleware = (*rateMiddleware)(nil)
@@ -153,6 +154,9 @@ func (m *rateMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInne
 			}
 			break
 		}
+		if asked == 1 && m.onDelay != nil {
+			m.onDelay(job.Kind, FlowControlRateLimit)
+		}
 		if d.wait > rateWaitHere || asked >= rateAsksHere {
 			m.wake.at(ctx, job.Queue, d.wait)
 			if d.wait < rateWakeCompleter {
@@ -161,10 +165,13 @@ func (m *rateMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInne
 			return river.JobSnooze(d.wait)
 		}
 		timer := time.NewTimer(d.wait)
+		due := time.Now().Add(d.wait)
 		select {
 		case <-ctx.Done():
+			// The client stops (or the job's deadline came): the job waits
+			// for its slot snoozed, spending no attempt.
 			timer.Stop()
-			return context.Cause(ctx)
+			return river.JobSnooze(max(time.Until(due), 0))
 		case <-timer.C:
 		}
 		req = &rateRequest{namespace: req.namespace, key: req.key, limit: req.limit, period: req.period, now: true, jobID: job.ID, waited: true}
