@@ -1,8 +1,9 @@
 // Package jobstats reads what the jobs did and what waits: the job views of
 // the project's migrations (job_kind_stats, queue_depth, stuck_jobs,
-// failing_jobs) and the outbox (outbox_depth, outbox_dead_jobs), in one
-// transaction, so that they describe one moment. Collect is what the
-// `aftercommit stats` command prints.
+// failing_jobs), the outbox (outbox_depth, outbox_dead_jobs) and flow
+// control (the worker locks' job_locks, job_rate_limit_status,
+// job_sequence_status), in one transaction, so that they describe one
+// moment. Collect is what the `aftercommit stats` command prints.
 package jobstats
 
 import (
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/riverqueue/river/rivertype"
 )
 
@@ -43,6 +45,10 @@ const JobTimeoutDefault = time.Minute
 // Collect reads when Opts.OutboxDeadRows is 0.
 const OutboxDeadRowsDefault = 5
 
+// FlowRowsDefault is how many keys each flow-control section of a Report
+// lists (Locks.Top, RateLimits.Top, Sequences.Top) when Opts.FlowRows is 0.
+const FlowRowsDefault = 20
+
 // Opts are optional settings of Collect. A nil *Opts takes every
 // default.
 type Opts struct {
@@ -60,11 +66,24 @@ type Opts struct {
 	//
 	// Defaults to OutboxDeadRowsDefault (5). Negative: none.
 	OutboxDeadRows int
+
+	// FlowRows is how many keys each flow-control section lists:
+	// Report.Locks.Top (the keys with the most holders),
+	// Report.RateLimits.Top (the keys booked furthest ahead, then the
+	// busiest) and Report.Sequences.Top (the sequences with the most jobs
+	// waiting, plus every stuck one whatever FlowRows). The totals of each
+	// section count every key.
+	//
+	// Defaults to FlowRowsDefault (20). Negative: none but the stuck
+	// sequences.
+	FlowRows int
 }
 
 // Report holds the four job views read in one transaction: the same
 // rows, in the same order, as SELECT * FROM each view; and, in the same
-// transaction, the outbox: the outbox_depth view and the latest dead rows.
+// transaction, the outbox (the outbox_depth view and the latest dead rows)
+// and flow control (worker locks, rate limits, sequences: totals and the
+// top keys).
 type Report struct {
 	// At is the database's now() when the report was taken: the end of
 	// every period and the reference of StuckJob.RunningFor.
@@ -80,6 +99,162 @@ type Report struct {
 	Failing []FailingJob
 	// Outbox is what waits in the outbox and what died there.
 	Outbox OutboxStats
+	// Locks are the leases of the worker locks and semaphores (job_locks).
+	Locks LockStats
+	// RateLimits are the rate-limited keys (job_rate_limit_status).
+	RateLimits RateLimitStats
+	// Sequences are the sequences and fair shares with unfinished jobs
+	// (job_sequence_status).
+	Sequences SequenceStats
+}
+
+// LockStats sums up job_locks, the leases of the worker locks and
+// semaphores (jobs.LockMiddleware): a row per held slot of a key. A lease
+// whose expires_at has passed is expired: its holder's process died (or
+// stopped renewing) and the next job that asks takes the slot over.
+type LockStats struct {
+	// Denied says the connection's role may not read job_locks (the app
+	// role of `aftercommit grant-roles` is not granted it; the worker role
+	// is): the other fields are zero, and the rest of the Report was read.
+	Denied bool
+	// Keys counts the keys with at least one lease, live or expired.
+	Keys int64
+	// Held counts the keys with at least one live lease.
+	Held int64
+	// Holders counts the live leases of every key.
+	Holders int64
+	// Expired counts the expired leases of every key.
+	Expired int64
+	// Top are the keys with the most holders (then the most expired
+	// leases, then by namespace and key), at most Opts.FlowRows.
+	Top []LockKey
+}
+
+// LockKey is the leases of one worker lock or semaphore key.
+type LockKey struct {
+	// Namespace is the lock's namespace (the kind's, unless the worker
+	// named one).
+	Namespace string
+	// Key is the lock key.
+	Key string
+	// Holders counts the live leases: the jobs running under the key.
+	Holders int64
+	// Expired counts the expired leases: slots whose holder died, which
+	// the next job to ask takes over.
+	Expired int64
+	// OldestAcquiredAt is when the oldest live lease was taken; zero when
+	// Holders is 0.
+	OldestAcquiredAt time.Time
+	// HeldFor is Report.At − OldestAcquiredAt; 0 when Holders is 0.
+	HeldFor time.Duration
+}
+
+// RateLimitStats sums up job_rate_limit_status: the keys of the rate
+// limits (jobs.RateLimiter), at most MaxStarts starts in any window of
+// Period.
+type RateLimitStats struct {
+	// Keys counts the rate-limited keys (every key that ever decided a
+	// start).
+	Keys int64
+	// Throttled counts the keys whose refused jobs are booked ahead now
+	// (BookedAhead > 0): their jobs wait for the limit.
+	Throttled int64
+	// Top are the keys booked furthest ahead, then those with the most
+	// starts in their period, then the most delayed, then by namespace and
+	// key: at most Opts.FlowRows.
+	Top []RateLimit
+}
+
+// RateLimit is a row of job_rate_limit_status: one rate-limited key.
+type RateLimit struct {
+	// Namespace is the limit's namespace.
+	Namespace string
+	// Key is the rate-limited key.
+	Key string
+	// MaxStarts is the limit: at most MaxStarts starts in any Period.
+	MaxStarts int
+	// Period is the window of the limit.
+	Period time.Duration
+	// StartsInPeriod counts the starts admitted in the last Period.
+	StartsInPeriod int64
+	// LastStart is the latest admitted start still in the key's log; zero
+	// when none is.
+	LastStart time.Time
+	// BookedAhead is how far ahead of Report.At the jobs refused so far
+	// are booked: the last one waits about that long. 0 when none waits.
+	BookedAhead time.Duration
+	// Admitted counts the starts admitted since the key first ran.
+	Admitted int64
+	// Delayed counts the starts refused (put off) since the key first ran.
+	Delayed int64
+	// UpdatedAt is the key's latest decision.
+	UpdatedAt time.Time
+}
+
+// SequenceStats sums up job_sequence_status: the sequences (jobs.Sequence)
+// and fair shares (jobs.FairShare) with unfinished jobs.
+//
+// A fair share is several sequences, its stripes "key#0" …
+// "key#<InFlight-1>", and each stripe is counted and listed on its own:
+// the database does not tell a stripe from a sequence whose key ends in
+// "#<n>".
+type SequenceStats struct {
+	// Sequences counts the sequences with unfinished jobs.
+	Sequences int64
+	// Waiting counts their pending jobs: those waiting for their turn.
+	Waiting int64
+	// Running counts their released jobs (available, running or retrying).
+	Running int64
+	// Held counts the sequences whose head failed and waits for its retry.
+	Held int64
+	// Stuck counts the stuck sequences: the head failed 3 times or more,
+	// or jobs wait while none runs.
+	Stuck int64
+	// Top are the stuck sequences, then the sequences with the most jobs
+	// waiting (then by namespace and key): every stuck sequence, and at
+	// most Opts.FlowRows of the others.
+	Top []SequenceStatus
+}
+
+// SequenceStatus is a row of job_sequence_status: one sequence (or one
+// stripe of a fair share) with unfinished jobs.
+type SequenceStatus struct {
+	// Namespace is the sequence's namespace.
+	Namespace string
+	// Key is the sequence's key.
+	Key string
+	// Width is how many of its jobs may be released at once: 1 for a
+	// sequence.
+	Width int
+	// Waiting counts its pending jobs.
+	Waiting int64
+	// Running counts its released jobs (at most Width).
+	Running int
+	// HeadJobID is the oldest released job that is not detached: the one
+	// that runs, in a sequence of width 1. 0 when there is none; the
+	// other head fields are then zero too.
+	HeadJobID int64
+	// HeadKind is the head job's kind.
+	HeadKind string
+	// HeadState is the head job's state.
+	HeadState rivertype.JobState
+	// HeadAttempt is the head job's attempt.
+	HeadAttempt int
+	// HeadErrors counts the head job's errors.
+	HeadErrors int
+	// HeadLastError is the message of the head job's latest error; "" when
+	// it has none.
+	HeadLastError string
+	// ReleasedAt is the sequence's latest release; zero when none.
+	ReleasedAt time.Time
+	// ReleasedAge is Report.At − ReleasedAt; 0 when ReleasedAt is zero.
+	ReleasedAge time.Duration
+	// Held says the head failed and waits for its retry (a sequence of
+	// width 1 waits with it).
+	Held bool
+	// Stuck says the head failed 3 times or more, or jobs wait while none
+	// runs.
+	Stuck bool
 }
 
 // OutboxStats is the outbox_depth view (one row) and the latest rows of
@@ -226,11 +401,14 @@ type FailingJob struct {
 }
 
 // Collect reads the job views of migration 0015 — job_kind_stats,
-// queue_depth, stuck_jobs, failing_jobs — and the outbox of migration 0020
-// (the outbox_depth view, the latest rows of outbox_dead_jobs) in one
-// read-only, repeatable-read transaction of db, so that they describe one
-// moment. The views are found
-// through the connection's search_path, like every table of the project.
+// queue_depth, stuck_jobs, failing_jobs —, the outbox of migration 0020
+// (the outbox_depth view, the latest rows of outbox_dead_jobs) and flow
+// control (job_locks of migration 0010, job_rate_limit_status of 0021,
+// job_sequence_status of 0022) in one read-only, repeatable-read
+// transaction of db, in one round trip, so that they describe one moment.
+// The views are found through the connection's search_path, like every
+// table of the project. A role that may not read job_locks (the app role)
+// gets the rest, with Report.Locks.Denied.
 func Collect(ctx context.Context, db DB, opts *Opts) (*Report, error) {
 	if db == nil {
 		return nil, errors.New("jobstats: Collect needs a database")
@@ -246,6 +424,11 @@ func Collect(ctx context.Context, db DB, opts *Opts) (*Report, error) {
 		deadRows = OutboxDeadRowsDefault
 	}
 	deadRows = max(deadRows, 0)
+	flowRows := opts.FlowRows
+	if flowRows == 0 {
+		flowRows = FlowRowsDefault
+	}
+	flowRows = max(flowRows, 0)
 
 	tx, err := db.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
@@ -284,11 +467,33 @@ func Collect(ctx context.Context, db DB, opts *Opts) (*Report, error) {
 		report.Outbox.LatestDead, err = pgx.CollectRows(rows, scanOutboxDeadRow)
 		return err
 	})
-	if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+	batch.Queue(statsRateLimitsSQL, flowRows).Query(func(rows pgx.Rows) error {
+		return scanRateLimits(rows, &report.RateLimits)
+	})
+	batch.Queue(statsSequencesSQL, flowRows).Query(func(rows pgx.Rows) error {
+		return scanSequences(rows, &report.Sequences)
+	})
+	// Last: a role that may not read job_locks fails here only, once every
+	// other result is in.
+	locksDenied := false
+	batch.Queue(statsLocksSQL, flowRows).Query(func(rows pgx.Rows) error {
+		err := scanLocks(rows, &report.Locks)
+		var pgErr *pgconn.PgError
+		locksDenied = errors.As(err, &pgErr) && pgErr.Code == insufficientPrivilege
+		return err
+	})
+	if err := tx.SendBatch(ctx, batch).Close(); err != nil && !locksDenied {
 		return nil, fmt.Errorf("jobstats: reading job stats: %w", err)
+	}
+	if locksDenied {
+		report.Locks = LockStats{Denied: true}
 	}
 	return report, nil
 }
+
+// insufficientPrivilege is the SQLSTATE of a relation the role may not
+// read.
+const insufficientPrivilege = "42501"
 
 func scanKindStats(row pgx.CollectableRow) (KindStats, error) {
 	var k KindStats
@@ -338,6 +543,74 @@ func scanOutboxDeadRow(row pgx.CollectableRow) (OutboxDeadRow, error) {
 	err := row.Scan(&d.ID, &d.Kind, &queue, &d.Args, &d.CreatedAt, &d.DeadAt, &d.Reason)
 	d.Queue = deref(queue)
 	return d, err
+}
+
+// The flow-control queries return the section's totals in every row, and
+// its top keys in the others columns: one row of totals and NULLs when no
+// key is listed.
+
+func scanLocks(rows pgx.Rows, l *LockStats) error {
+	l.Top = []LockKey{}
+	for rows.Next() {
+		var ns, key *string
+		var holders, expired *int64
+		var oldest *time.Time
+		var heldFor *time.Duration
+		if err := rows.Scan(&l.Keys, &l.Held, &l.Holders, &l.Expired, &ns, &key, &holders, &expired, &oldest, &heldFor); err != nil {
+			return err
+		}
+		if ns != nil {
+			l.Top = append(l.Top, LockKey{Namespace: *ns, Key: deref(key), Holders: deref(holders), Expired: deref(expired),
+				OldestAcquiredAt: deref(oldest), HeldFor: deref(heldFor)})
+		}
+	}
+	return rows.Err()
+}
+
+func scanRateLimits(rows pgx.Rows, r *RateLimitStats) error {
+	r.Top = []RateLimit{}
+	for rows.Next() {
+		var ns, key *string
+		var maxStarts *int
+		var period, booked *time.Duration
+		var starts, admitted, delayed *int64
+		var lastStart, updatedAt *time.Time
+		if err := rows.Scan(&r.Keys, &r.Throttled, &ns, &key, &maxStarts, &period, &starts, &lastStart, &booked,
+			&admitted, &delayed, &updatedAt); err != nil {
+			return err
+		}
+		if ns != nil {
+			r.Top = append(r.Top, RateLimit{Namespace: *ns, Key: deref(key), MaxStarts: deref(maxStarts), Period: deref(period),
+				StartsInPeriod: deref(starts), LastStart: deref(lastStart), BookedAhead: deref(booked),
+				Admitted: deref(admitted), Delayed: deref(delayed), UpdatedAt: deref(updatedAt)})
+		}
+	}
+	return rows.Err()
+}
+
+func scanSequences(rows pgx.Rows, s *SequenceStats) error {
+	s.Top = []SequenceStatus{}
+	for rows.Next() {
+		var ns, key, headKind, headState, lastError *string
+		var width, running, headAttempt, headErrors *int
+		var waiting, headJobID *int64
+		var releasedAt *time.Time
+		var releasedAge *time.Duration
+		var held, stuck *bool
+		if err := rows.Scan(&s.Sequences, &s.Waiting, &s.Running, &s.Held, &s.Stuck,
+			&ns, &key, &width, &waiting, &running, &headJobID, &headKind, &headState, &headAttempt, &headErrors, &lastError,
+			&releasedAt, &releasedAge, &held, &stuck); err != nil {
+			return err
+		}
+		if ns != nil {
+			s.Top = append(s.Top, SequenceStatus{Namespace: *ns, Key: deref(key), Width: deref(width), Waiting: deref(waiting),
+				Running: deref(running), HeadJobID: deref(headJobID), HeadKind: deref(headKind),
+				HeadState: rivertype.JobState(deref(headState)), HeadAttempt: deref(headAttempt), HeadErrors: deref(headErrors),
+				HeadLastError: deref(lastError), ReleasedAt: deref(releasedAt), ReleasedAge: deref(releasedAge),
+				Held: deref(held), Stuck: deref(stuck)})
+		}
+	}
+	return rows.Err()
 }
 
 // deref returns *p, or the zero value for a NULL (nil) column.
@@ -395,3 +668,57 @@ SELECT id, kind, queue, args, created_at, dead_at, reason
   FROM outbox_dead_jobs
  ORDER BY dead_at DESC, id DESC
  LIMIT $1`
+
+// statsLocksSQL sums up job_locks (migration 0010) per key: the totals,
+// then the $1 keys with the most live leases. A lease is expired once its
+// expires_at has passed (the lock's own test: expires_at < now()).
+const statsLocksSQL = `
+WITH k AS (
+    SELECT l.namespace, l.lock_key,
+           count(*) FILTER (WHERE l.expires_at >= now()) AS holders,
+           count(*) FILTER (WHERE l.expires_at < now()) AS expired,
+           min(l.acquired_at) FILTER (WHERE l.expires_at >= now()) AS oldest_acquired_at
+      FROM job_locks l
+     GROUP BY l.namespace, l.lock_key),
+t AS (
+    SELECT count(*) AS keys, count(*) FILTER (WHERE k.holders > 0) AS held,
+           coalesce(sum(k.holders), 0)::bigint AS holders, coalesce(sum(k.expired), 0)::bigint AS expired
+      FROM k)
+SELECT t.keys, t.held, t.holders, t.expired,
+       r.namespace, r.lock_key, r.holders, r.expired, r.oldest_acquired_at, now() - r.oldest_acquired_at AS held_for
+  FROM t
+  LEFT JOIN LATERAL (SELECT k.* FROM k ORDER BY k.holders DESC, k.expired DESC, k.namespace, k.lock_key LIMIT $1) AS r ON true
+ ORDER BY r.holders DESC, r.expired DESC, r.namespace, r.lock_key`
+
+// statsRateLimitsSQL sums up job_rate_limit_status (migration 0021): the
+// totals, then the $1 keys booked furthest ahead, then the busiest.
+const statsRateLimitsSQL = `
+WITH s AS (SELECT * FROM job_rate_limit_status),
+t AS (SELECT count(*) AS keys, count(*) FILTER (WHERE s.booked_ahead > interval '0') AS throttled FROM s)
+SELECT t.keys, t.throttled,
+       r.namespace, r.rate_key, r.max_starts, r.period, r.starts_in_period, r.last_start, r.booked_ahead,
+       r.admitted, r.delayed, r.updated_at
+  FROM t
+  LEFT JOIN LATERAL (SELECT s.* FROM s
+                      ORDER BY s.booked_ahead DESC, s.starts_in_period DESC, s.delayed DESC, s.namespace, s.rate_key
+                      LIMIT $1) AS r ON true
+ ORDER BY r.booked_ahead DESC, r.starts_in_period DESC, r.delayed DESC, r.namespace, r.rate_key`
+
+// statsSequencesSQL sums up job_sequence_status (migration 0022), read
+// once: the totals, then every stuck sequence and the $1 sequences with
+// the most jobs waiting.
+const statsSequencesSQL = `
+WITH s AS (SELECT * FROM job_sequence_status),
+t AS (
+    SELECT count(*) AS sequences, coalesce(sum(s.waiting), 0)::bigint AS waiting, coalesce(sum(s.running), 0)::bigint AS running,
+           count(*) FILTER (WHERE s.held) AS held, count(*) FILTER (WHERE s.stuck) AS stuck
+      FROM s),
+ranked AS (
+    SELECT s.*, row_number() OVER (ORDER BY s.waiting DESC, s.namespace, s.seq_key) AS rn FROM s)
+SELECT t.sequences, t.waiting, t.running, t.held, t.stuck,
+       r.namespace, r.seq_key, r.width, r.waiting, r.running,
+       r.head_job_id, r.head_kind, r.head_state::text, r.head_attempt::integer, r.head_errors, r.head_last_error,
+       r.released_at, r.released_age, r.held, r.stuck
+  FROM t
+  LEFT JOIN LATERAL (SELECT ranked.* FROM ranked WHERE ranked.rn <= $1 OR ranked.stuck) AS r ON true
+ ORDER BY r.stuck DESC, r.rn`
