@@ -462,14 +462,15 @@ func TestMetricsConfig(t *testing.T) {
 		m := jobs.NewMetrics(nil)
 		reg := prometheus.NewRegistry()
 		require.NoError(t, reg.Register(m))
-		// Describe lists all twelve metrics, before any job ran.
+		// Describe lists all thirteen metrics, before any job ran.
 		descs := make(chan *prometheus.Desc, 20)
 		m.Describe(descs)
 		close(descs)
-		require.Len(t, descs, 12)
+		require.Len(t, descs, 13)
 		// Its parts: the job metrics with the relay's two counters (the
-		// relay runs in the worker processes), and the outbox counters.
-		require.Equal(t, 6, describeCount(m.JobCollector()))
+		// relay runs in the worker processes) and the flow controls'
+		// delays, and the outbox counters.
+		require.Equal(t, 7, describeCount(m.JobCollector()))
 		require.Equal(t, 6, describeCount(m.OutboxCollector()))
 		jobOnly := prometheus.NewRegistry()
 		require.NoError(t, jobOnly.Register(m.JobCollector()))
