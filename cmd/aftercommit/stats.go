@@ -16,25 +16,32 @@ import (
 )
 
 func printStatsUsage(w io.Writer, printFlags func(io.Writer)) {
-	fmt.Fprint(w, `Usage:
+	fmt.Fprintf(w, `Usage:
   aftercommit stats [--watch] [--interval D] [--job-timeout D] [--json]
 
 Prints the job views of the database as tables, read in one snapshot:
 job_kind_stats (per kind, the last hour and the last 24 hours: completed,
 failed attempts, discarded, cancelled, p50/p95/p99 run time and queue
 latency), queue_depth (jobs per queue and state), stuck_jobs (running
-longer than the job timeout), failing_jobs (the last error of each kind),
-and the outbox: outbox_depth (jobs enqueued and not yet relayed into River's
-job table, how long the oldest has waited, dead rows) and the latest rows
-the relay refused, with their reasons ('aftercommit jobs list --outbox' and
-'--dead' list them all). --watch prints them again every --interval until
-interrupted.
+longer than the job timeout), failing_jobs (the last error of each kind);
+flow control: the worker locks and semaphores (job_locks: live and expired
+leases per key; the %[1]d keys with the most holders), the rate limits
+(job_rate_limit_status: the limit, starts in the period, how far ahead
+refused jobs are booked, admitted and delayed starts; the %[1]d keys booked
+furthest ahead, then the busiest) and the sequences (job_sequence_status:
+waiting and running jobs, the head job; every stuck sequence and the %[1]d
+with the most jobs waiting; a fair share's stripes "key#0", "key#1", ... are
+sequences of their own); and the outbox: outbox_depth (jobs enqueued and
+not yet relayed into River's job table, how long the oldest has waited, dead
+rows) and the latest rows the relay refused, with their reasons
+('aftercommit jobs list --outbox' and '--dead' list them all). --watch
+prints them again every --interval until interrupted.
 
 Exit codes: 0 done (also when --watch is interrupted), 1 failure, 2 bad
 usage, 130 interrupted.
 
 Flags:
-`)
+`, jobstats.FlowRowsDefault)
 	printFlags(w)
 }
 
@@ -151,7 +158,121 @@ func printStats(w io.Writer, r *jobstats.Report) {
 	}
 	printTable(w, "Failing kinds (the last error of each)", []string{"KIND", "JOB", "STATE", "ATTEMPT", "AT", "ERROR"}, rows)
 
+	printLocks(w, &r.Locks)
+	printRateLimits(w, &r.RateLimits)
+	printSequences(w, &r.Sequences)
 	printOutbox(w, &r.Outbox)
+}
+
+// printLocks writes the worker locks' leases per key.
+func printLocks(w io.Writer, l *jobstats.LockStats) {
+	if l.Denied {
+		fmt.Fprint(w, "Worker locks\n  (this role may not read job_locks: the worker role may)\n\n")
+		return
+	}
+	title := "Worker locks"
+	if l.Keys > 0 {
+		title += fmt.Sprintf(" (%s: %d leases live, %d expired)", listed(len(l.Top), l.Keys, "keys", "with the most holders"), l.Holders, l.Expired)
+	}
+	rows := make([][]string, 0, len(l.Top))
+	for _, k := range l.Top {
+		since := "-"
+		if k.Holders > 0 {
+			since = fmt.Sprintf("%s (%s ago)", formatTime(k.OldestAcquiredAt), formatAge(k.HeldFor))
+		}
+		rows = append(rows, []string{k.Namespace, k.Key, itoa(k.Holders), itoa(k.Expired), since})
+	}
+	printTable(w, title, []string{"NAMESPACE", "KEY", "HOLDERS", "EXPIRED", "OLDEST LIVE LEASE"}, rows)
+}
+
+// printRateLimits writes the rate-limited keys.
+func printRateLimits(w io.Writer, r *jobstats.RateLimitStats) {
+	title := "Rate limits"
+	if r.Keys > 0 {
+		title += fmt.Sprintf(" (%s: %d with jobs booked ahead)", listed(len(r.Top), r.Keys, "keys", "booked furthest ahead, then the busiest"), r.Throttled)
+	}
+	rows := make([][]string, 0, len(r.Top))
+	for _, l := range r.Top {
+		last := "-"
+		if !l.LastStart.IsZero() {
+			last = formatTime(l.LastStart)
+		}
+		booked := "-"
+		if l.BookedAhead > 0 {
+			booked = formatWait(l.BookedAhead)
+		}
+		rows = append(rows, []string{l.Namespace, l.Key, fmt.Sprintf("%d per %s", l.MaxStarts, formatPeriod(l.Period)),
+			itoa(l.StartsInPeriod), last, booked, itoa(l.Admitted), itoa(l.Delayed)})
+	}
+	printTable(w, title, []string{"NAMESPACE", "KEY", "LIMIT", "IN PERIOD", "LAST START", "BOOKED AHEAD", "ADMITTED", "DELAYED"}, rows)
+}
+
+// printSequences writes the sequences with unfinished jobs: the stuck ones
+// first.
+func printSequences(w io.Writer, s *jobstats.SequenceStats) {
+	title := "Sequences"
+	if s.Sequences > 0 {
+		which := fmt.Sprintf("%d with unfinished jobs", s.Sequences)
+		if int64(len(s.Top)) < s.Sequences {
+			which = fmt.Sprintf("the %d of %d with unfinished jobs: every stuck one, then the most waiting", len(s.Top), s.Sequences)
+		}
+		title += fmt.Sprintf(" (%s; %d jobs waiting, %d running; %d held, %d stuck)", which, s.Waiting, s.Running, s.Held, s.Stuck)
+	}
+	rows := make([][]string, 0, len(s.Top))
+	for _, q := range s.Top {
+		status := "-"
+		switch {
+		case q.Stuck && q.Held:
+			status = "stuck, held"
+		case q.Stuck:
+			status = "stuck"
+		case q.Held:
+			status = "held"
+		}
+		head, kind, state, errs := "-", "-", "-", "-"
+		if q.HeadJobID != 0 {
+			head, kind, state, errs = itoa(q.HeadJobID), q.HeadKind, string(q.HeadState), itoa(int64(q.HeadErrors))
+		}
+		released := "-"
+		if !q.ReleasedAt.IsZero() {
+			released = fmt.Sprintf("%s (%s ago)", formatTime(q.ReleasedAt), formatAge(q.ReleasedAge))
+		}
+		rows = append(rows, []string{q.Namespace, q.Key, itoa(q.Width), itoa(q.Waiting), itoa(q.Running), status,
+			head, kind, state, errs, released, orDash(truncate(oneLine(q.HeadLastError), 60))})
+	}
+	printTable(w, title, []string{"NAMESPACE", "KEY", "WIDTH", "WAITING", "RUNNING", "STATUS",
+		"HEAD JOB", "KIND", "STATE", "ERRORS", "LAST RELEASE", "LAST ERROR"}, rows)
+}
+
+// listed describes a list of shown of total things: "3 keys", or "the 20 of
+// 35 keys <order>" when it shows fewer than all.
+func listed(shown int, total int64, things, order string) string {
+	if int64(shown) >= total {
+		return fmt.Sprintf("%d %s", total, things)
+	}
+	return fmt.Sprintf("the %d of %d %s %s", shown, total, things, order)
+}
+
+// formatPeriod prints a rate limit's period without its zero units: "1h",
+// "1m30s", "500ms".
+func formatPeriod(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// formatWait prints a wait to the millisecond under 10 seconds, else to the
+// second.
+func formatWait(d time.Duration) string {
+	if d < 10*time.Second {
+		return d.Round(time.Millisecond).String()
+	}
+	return d.Round(time.Second).String()
 }
 
 // printOutbox writes the outbox: what waits, since when, what died.
@@ -230,6 +351,77 @@ type statsView struct {
 	Stuck   []stuckJobView   `json:"stuck"`
 	Failing []failingView    `json:"failing"`
 	Outbox  outboxStatsView  `json:"outbox"`
+
+	Locks      lockStatsView      `json:"locks"`
+	RateLimits rateLimitStatsView `json:"rate_limits"`
+	Sequences  sequenceStatsView  `json:"sequences"`
+}
+
+// lockStatsView is the worker locks in stats --json.
+type lockStatsView struct {
+	Denied  bool          `json:"denied"` // the role may not read job_locks; the rest is zero
+	Keys    int64         `json:"keys"`
+	Held    int64         `json:"held"`
+	Holders int64         `json:"holders"`
+	Expired int64         `json:"expired"`
+	Top     []lockKeyView `json:"top"`
+}
+
+type lockKeyView struct {
+	Namespace        string     `json:"namespace"`
+	Key              string     `json:"key"`
+	Holders          int64      `json:"holders"`
+	Expired          int64      `json:"expired"`
+	OldestAcquiredAt *time.Time `json:"oldest_acquired_at"` // null when Holders is 0
+	HeldForMs        float64    `json:"held_for_ms"`
+}
+
+// rateLimitStatsView is the rate limits in stats --json.
+type rateLimitStatsView struct {
+	Keys      int64           `json:"keys"`
+	Throttled int64           `json:"throttled"`
+	Top       []rateLimitView `json:"top"`
+}
+
+type rateLimitView struct {
+	Namespace      string     `json:"namespace"`
+	Key            string     `json:"key"`
+	MaxStarts      int        `json:"max_starts"`
+	PeriodMs       float64    `json:"period_ms"`
+	StartsInPeriod int64      `json:"starts_in_period"`
+	LastStart      *time.Time `json:"last_start"` // null when no start is logged
+	BookedAheadMs  float64    `json:"booked_ahead_ms"`
+	Admitted       int64      `json:"admitted"`
+	Delayed        int64      `json:"delayed"`
+	UpdatedAt      time.Time  `json:"updated_at"`
+}
+
+// sequenceStatsView is the sequences in stats --json.
+type sequenceStatsView struct {
+	Sequences int64          `json:"sequences"`
+	Waiting   int64          `json:"waiting"`
+	Running   int64          `json:"running"`
+	Held      int64          `json:"held"`
+	Stuck     int64          `json:"stuck"`
+	Top       []sequenceView `json:"top"`
+}
+
+type sequenceView struct {
+	Namespace     string     `json:"namespace"`
+	Key           string     `json:"key"`
+	Width         int        `json:"width"`
+	Waiting       int64      `json:"waiting"`
+	Running       int        `json:"running"`
+	HeadJobID     *int64     `json:"head_job_id"` // null, and the head fields empty, when no job is released
+	HeadKind      string     `json:"head_kind"`
+	HeadState     string     `json:"head_state"`
+	HeadAttempt   int        `json:"head_attempt"`
+	HeadErrors    int        `json:"head_errors"`
+	HeadLastError string     `json:"head_last_error"`
+	ReleasedAt    *time.Time `json:"released_at"` // null when never released
+	ReleasedAgeMs float64    `json:"released_age_ms"`
+	Held          bool       `json:"held"`
+	Stuck         bool       `json:"stuck"`
 }
 
 // outboxStatsView is the outbox in stats --json.
@@ -333,5 +525,40 @@ func newStatsView(r *jobstats.Report) statsView {
 		v.Outbox.LatestDead = append(v.Outbox.LatestDead, outboxDeadView{ID: d.ID, Kind: d.Kind, Queue: d.Queue, Args: rawOrNull(d.Args),
 			CreatedAt: d.CreatedAt.UTC(), DeadAt: d.DeadAt.UTC(), Reason: d.Reason})
 	}
+
+	l := r.Locks
+	v.Locks = lockStatsView{Denied: l.Denied, Keys: l.Keys, Held: l.Held, Holders: l.Holders, Expired: l.Expired, Top: []lockKeyView{}}
+	for _, k := range l.Top {
+		v.Locks.Top = append(v.Locks.Top, lockKeyView{Namespace: k.Namespace, Key: k.Key, Holders: k.Holders, Expired: k.Expired,
+			OldestAcquiredAt: utcOrNull(k.OldestAcquiredAt), HeldForMs: msf(k.HeldFor)})
+	}
+	v.RateLimits = rateLimitStatsView{Keys: r.RateLimits.Keys, Throttled: r.RateLimits.Throttled, Top: []rateLimitView{}}
+	for _, l := range r.RateLimits.Top {
+		v.RateLimits.Top = append(v.RateLimits.Top, rateLimitView{Namespace: l.Namespace, Key: l.Key, MaxStarts: l.MaxStarts,
+			PeriodMs: msf(l.Period), StartsInPeriod: l.StartsInPeriod, LastStart: utcOrNull(l.LastStart),
+			BookedAheadMs: msf(l.BookedAhead), Admitted: l.Admitted, Delayed: l.Delayed, UpdatedAt: l.UpdatedAt.UTC()})
+	}
+	s := r.Sequences
+	v.Sequences = sequenceStatsView{Sequences: s.Sequences, Waiting: s.Waiting, Running: s.Running, Held: s.Held, Stuck: s.Stuck,
+		Top: []sequenceView{}}
+	for _, q := range s.Top {
+		sv := sequenceView{Namespace: q.Namespace, Key: q.Key, Width: q.Width, Waiting: q.Waiting, Running: q.Running,
+			HeadKind: q.HeadKind, HeadState: string(q.HeadState), HeadAttempt: q.HeadAttempt, HeadErrors: q.HeadErrors,
+			HeadLastError: q.HeadLastError, ReleasedAt: utcOrNull(q.ReleasedAt), ReleasedAgeMs: msf(q.ReleasedAge),
+			Held: q.Held, Stuck: q.Stuck}
+		if q.HeadJobID != 0 {
+			id := q.HeadJobID
+			sv.HeadJobID = &id
+		}
+		v.Sequences.Top = append(v.Sequences.Top, sv)
+	}
 	return v
+}
+
+// utcOrNull is t in UTC, or nil (JSON null) when t is zero.
+func utcOrNull(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return utcPtr(&t)
 }

@@ -223,8 +223,8 @@ type SequenceStatus struct {
 	Namespace string
 	// Key is the sequence's key.
 	Key string
-	// Width is how many of its jobs may be released at once: 1 for a
-	// sequence.
+	// Width is how many of its jobs may be released at once: 1 for the
+	// sequences and fair-share stripes of package jobs.
 	Width int
 	// Waiting counts its pending jobs.
 	Waiting int64
@@ -546,7 +546,7 @@ func scanOutboxDeadRow(row pgx.CollectableRow) (OutboxDeadRow, error) {
 }
 
 // The flow-control queries return the section's totals in every row, and
-// its top keys in the others columns: one row of totals and NULLs when no
+// its top keys in the other columns: one row of totals and NULLs when no
 // key is listed.
 
 func scanLocks(rows pgx.Rows, l *LockStats) error {
