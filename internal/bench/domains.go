@@ -145,9 +145,7 @@ func startWorker(ctx context.Context, env *Env, pool *pgxpool.Pool, queues []str
 	}
 	return func() {
 		stopRelay()
-		stopCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer stop()
-		_ = client.Stop(stopCtx)
+		stopClient(ctx, client)
 	}, nil
 }
 

@@ -93,11 +93,7 @@ func fairnessScenario(cfg Config) *Scenario {
 			if err := client.Start(ctx); err != nil {
 				return nil, err
 			}
-			defer func() {
-				stopCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-				defer stop()
-				_ = client.Stop(stopCtx)
-			}()
+			defer stopClient(ctx, client)
 			if err := rl.Start(ctx); err != nil {
 				return nil, err
 			}

@@ -167,9 +167,7 @@ func growthScenario(cfg Config) *Scenario {
 				return nil, err
 			}
 			stop := sync.OnceFunc(func() {
-				stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-				defer cancel()
-				_ = client.Stop(stopCtx)
+				stopClient(ctx, client)
 			})
 			defer stop()
 			for i := range drainN {

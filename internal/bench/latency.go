@@ -130,11 +130,7 @@ func runLatency(side latencySide, round *atomic.Int64) func(ctx context.Context,
 		if err := client.Start(ctx); err != nil {
 			return nil, err
 		}
-		defer func() {
-			stopCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-			defer stop()
-			_ = client.Stop(stopCtx)
-		}()
+		defer stopClient(ctx, client)
 		if rl != nil {
 			if err := rl.Start(ctx); err != nil {
 				return nil, err

@@ -268,6 +268,14 @@ func stopRelay(ctx context.Context, rl *relay.Relay) {
 	_ = rl.Stop(stopCtx)
 }
 
+// stopClient stops client, giving its jobs 30 s to finish, even when ctx
+// is done.
+func stopClient(ctx context.Context, client *river.Client[pgx.Tx]) {
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	_ = client.Stop(stopCtx)
+}
+
 // pingTx commits one pings row and, unless ob is nil, its job args(id)
 // through ob.
 func pingTx(ob *outbox.Outbox, pool *pgxpool.Pool, args func(id int64) river.JobArgs) func(ctx context.Context) error {

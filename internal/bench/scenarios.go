@@ -481,11 +481,7 @@ func workerThroughputScenario(cfg Config) *Scenario {
 			if err := client.Start(ctx); err != nil {
 				return nil, err
 			}
-			defer func() {
-				stopCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-				defer stop()
-				_ = client.Stop(stopCtx)
-			}()
+			defer stopClient(ctx, client)
 			for i := range n {
 				select {
 				case <-completed:
