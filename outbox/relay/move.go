@@ -210,7 +210,7 @@ func (r *Relay) prepare(rw row) prepared {
 	if r.cfg.Sequence != nil && a.decoded != nil {
 		if seq, ok := r.cfg.Sequence(a.decoded); ok {
 			if seq.Stripes > 1 {
-				seq.Key += "#" + strconv.FormatInt(rw.id%int64(seq.Stripes), 10)
+				seq.Key += "#" + strconv.FormatUint(stripeOf(rw.id, seq.Stripes), 10)
 			}
 			if err := seq.check(); err != nil {
 				return deadBecause(err.Error())
@@ -230,6 +230,14 @@ func (r *Relay) prepare(rw row) prepared {
 		}
 	}
 	return prepared{params: params}
+}
+
+// stripeOf spreads outbox ids over n stripes. Not id mod n: ids come in
+// steps when transactions write several rows (a checkout's two jobs), and
+// a step sharing a factor with n would leave stripes empty; a
+// multiplicative hash (Fibonacci hashing) spreads any step.
+func stripeOf(id int64, n int) uint64 {
+	return (uint64(id) * 0x9E3779B97F4A7C15 >> 32) % uint64(n) //nolint:gosec // ids are positive; n ≤ SequenceWidthMax
 }
 
 func (r *Relay) makePlan(rows []row) plan {

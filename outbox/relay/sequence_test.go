@@ -99,3 +99,20 @@ func TestSequencedRowsThatCannotBe(t *testing.T) {
 	}, strs(ctx, t, s, `SELECT concat_ws(' ', args->>'n', reason) FROM outbox_dead_jobs ORDER BY id`))
 	require.Equal(t, []string{"-1:pending", "5:available"}, seqStates(ctx, t, s))
 }
+
+// TestStripesSpreadSteppedIDs: outbox ids that come in steps (transactions
+// writing two or four rows each) still reach every stripe, about evenly.
+func TestStripesSpreadSteppedIDs(t *testing.T) {
+	t.Parallel()
+	for _, step := range []int64{1, 2, 4, 10} {
+		for _, n := range []int{2, 4, 20} {
+			counts := make([]int, n)
+			for i := range int64(1000 * n) {
+				counts[relay.StripeOf(1+i*step, n)]++
+			}
+			for s, c := range counts {
+				require.InDelta(t, 1000, c, 300, "step %d, %d stripes: stripe %d got %d of %d", step, n, s, c, 1000*n)
+			}
+		}
+	}
+}

@@ -1,0 +1,4 @@
+package relay
+
+// StripeOf is stripeOf, for the tests.
+var StripeOf = stripeOf
