@@ -39,7 +39,7 @@ func TestCarReport(t *testing.T) {
 
 	t.Run("ExactAfterRandomAdditionsWithRetriesInjected", func(t *testing.T) {
 		t.Parallel()
-		b := setup(ctx, t, &setupOpts{work: true, fail: failOneInFive(reporting.CarReportKind)})
+		b := setup(ctx, t, &setupOpts{work: true, fail: failOneInFive(reporting.CarReportKind), outboxTable: true})
 		cars := []int64{b.car(ctx, t, "A"), b.car(ctx, t, "B"), b.car(ctx, t, "C"), b.car(ctx, t, "D"), b.car(ctx, t, "Idle")}
 		users := b.users(ctx, t, 400)
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"unicode/utf8"
@@ -39,6 +40,11 @@ const CreateCarUsersInBulkKind = "reporting.create_car_users_in_bulk"
 // Args with more than MaxBulkUserIDs IDs refuse to be encoded, so every
 // enqueue path (tx.Enqueue, River's Insert) fails at once with an error
 // matching ErrTooManyUserIDs (and outbox.ErrInvalidArgs for the outbox).
+//
+// The jobs of one car share BulkInFlightPerCar places in the bulk queue
+// (CreateCarUsersInBulkWorker.FairShareFor), which only the outbox table
+// keeps: an Outbox with outbox.Config.DirectInsert refuses them
+// (outbox.ErrSequencedDirect).
 type CreateCarUsersInBulkArgs struct {
 	// CarID is the car the users are added to.
 	CarID int64 `json:"car_id" jobs:"id"`
@@ -116,6 +122,26 @@ type CreateCarUsersInBulkWorker struct {
 	ob     *outbox.Outbox
 }
 
+var _ jobs.FairSharer[CreateCarUsersInBulkArgs] = (*CreateCarUsersInBulkWorker)(nil)
+
+// FairShareFor implements jobs.FairSharer: at most BulkInFlightPerCar bulk
+// creations of one car are available or running at once; the car's others
+// wait pending and start, about in the order they were enqueued, as those
+// finish.
+//
+// Why a fair share: the bulk queue runs large transactions, BulkMaxWorkers
+// at a time per process. A car given a long list, an import split into
+// many jobs, would otherwise fill every bulk worker, and another car's
+// import, however small, would wait behind all of it. In the share, a car
+// holds at most half of a process's bulk workers, and another car's job
+// waits behind at most BulkInFlightPerCar jobs of each busy car. The price:
+// a car alone runs that many at once, however many processes are idle. Not
+// a sequence: a car's jobs need no order, each inserts the pairs it lacks,
+// and not a queue lock, which would merge the lists.
+func (w *CreateCarUsersInBulkWorker) FairShareFor(args CreateCarUsersInBulkArgs) jobs.FairShare {
+	return jobs.FairShare{Key: strconv.FormatInt(args.CarID, 10), InFlight: BulkInFlightPerCar}
+}
+
 // registerCarUsers registers the bulk creation worker on QueueBulk.
 func registerCarUsers(reg *jobs.Registry, pool *pgxpool.Pool) {
 	jobs.AddWorker(reg, QueueBulk, &CreateCarUsersInBulkWorker{pool: pool, reg: reg})
@@ -170,7 +196,10 @@ func (w *CreateCarUsersInBulkWorker) outbox(ctx context.Context) (*outbox.Outbox
 // a *ValidationError (ErrInvalidInput; ErrTooManyUserIDs for a list to
 // split) returned before any SQL runs. The car and the users are checked by
 // the job, which is cancelled when they are unknown; CreateCarUsersInBulk
-// does the same work at once and returns those errors.
+// does the same work at once and returns those errors. The job is in its
+// car's fair share (CreateCarUsersInBulkWorker.FairShareFor): on an Outbox
+// with outbox.Config.DirectInsert the enqueue fails with an error matching
+// outbox.ErrSequencedDirect.
 func (s *Service) EnqueueCarUsersInBulk(ctx context.Context, carID int64, userIDs []int64) error {
 	return s.EnqueueCarUsersInBulkTx(ctx, nil, carID, userIDs)
 }

@@ -52,7 +52,7 @@ func TestCreateCarUsersInBulk(t *testing.T) {
 		// The client works the bulk queue only: the report job stays
 		// waiting, and the traced pool sees the bulk job's transaction
 		// alone.
-		b := setup(ctx, t, &setupOpts{work: true, queues: []string{reporting.QueueBulk}, traceWorkers: true})
+		b := setup(ctx, t, &setupOpts{work: true, queues: []string{reporting.QueueBulk}, traceWorkers: true, outboxTable: true})
 		car := b.car(ctx, t, "Minibus")
 		users := b.users(ctx, t, 10_000)
 
@@ -68,17 +68,21 @@ func TestCreateCarUsersInBulk(t *testing.T) {
 		}
 		require.Equal(t, 1, b.trace.Count("INSERT INTO outbox_jobs"), "one report-job insert, into the outbox table")
 		require.Equal(t, 1, b.trace.Count("INSERT INTO car_users"), "one insert of the pairs")
-		require.Len(t, trips, 4, "BEGIN; checks and insert; completion; report job and COMMIT")
+		require.Len(t, trips, 5, "BEGIN; checks and insert; the fair share's wake-up; completion; report job and COMMIT")
 		require.Equal(t, []string{"begin"}, trips[0])
 		require.Len(t, trips[1], 3)
 		require.True(t, testtrace.Matches(trips[1][0], "FROM cars"))
 		require.True(t, testtrace.Matches(trips[1][1], "FROM users"))
 		require.True(t, testtrace.Matches(trips[1][2], "INSERT INTO car_users"))
+		// A job of a fair share names its queue for the wake-up its client
+		// sends after the COMMIT (jobs.CompleteTx).
 		require.Len(t, trips[2], 1)
-		require.True(t, testtrace.Matches(trips[2][0], "JobSetStateIfRunningMany"), "the job completes in the transaction")
-		require.True(t, testtrace.Matches(trips[3][0], "INSERT INTO outbox_jobs"))
-		require.Equal(t, "COMMIT", trips[3][len(trips[3])-1])
-		for _, stmt := range trips[3][1 : len(trips[3])-1] {
+		require.True(t, testtrace.Matches(trips[2][0], "aftercommit.sequence_wakes"))
+		require.Len(t, trips[3], 1)
+		require.True(t, testtrace.Matches(trips[3][0], "JobSetStateIfRunningMany"), "the job completes in the transaction")
+		require.True(t, testtrace.Matches(trips[4][0], "INSERT INTO outbox_jobs"))
+		require.Equal(t, "COMMIT", trips[4][len(trips[4])-1])
+		for _, stmt := range trips[4][1 : len(trips[4])-1] {
 			require.True(t, testtrace.Matches(stmt, "pg_notify"), "the relays' wake-up, nothing else")
 		}
 
@@ -219,8 +223,11 @@ func TestCreateCarUsersInBulk(t *testing.T) {
 
 	t.Run("MoreThanTenThousandIDsAreRefusedByEveryEnqueuePath", func(t *testing.T) {
 		t.Parallel()
-		b := setup(ctx, t, nil)
+		b := setup(ctx, t, &setupOpts{outboxTable: true})
 		args := reporting.CreateCarUsersInBulkArgs{CarID: 1, UserIDs: make([]int64, reporting.MaxBulkUserIDs+1)}
+		for i := range args.UserIDs {
+			args.UserIDs[i] = int64(i + 1) // valid IDs: the relay checks them
+		}
 		const want = "10001 IDs, at most 10000 per job: split the list into several jobs"
 
 		// In an outbox transaction: the enqueue fails, and the car inserted
@@ -246,6 +253,7 @@ func TestCreateCarUsersInBulk(t *testing.T) {
 		_, err = b.ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error { return tx.Enqueue(args, nil) })
 		require.NoError(t, err)
 
+		b.drain(ctx, t)
 		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM cars`))
 		require.Equal(t, 1, b.count(ctx, t, `SELECT count(*) FROM river_job`))
 		require.Equal(t, reporting.MaxBulkUserIDs, b.count(ctx, t, `SELECT jsonb_array_length(args->'user_ids') FROM river_job`))
@@ -253,7 +261,7 @@ func TestCreateCarUsersInBulk(t *testing.T) {
 
 	t.Run("AJobWithUnknownUsersIsCancelledWithNothingWritten", func(t *testing.T) {
 		t.Parallel()
-		b := setup(ctx, t, &setupOpts{work: true})
+		b := setup(ctx, t, &setupOpts{work: true, outboxTable: true})
 		car := b.car(ctx, t, "Van")
 		users := b.users(ctx, t, 5)
 
@@ -271,7 +279,7 @@ func TestCreateCarUsersInBulk(t *testing.T) {
 
 	t.Run("TheJobAddsTheUsersAndTheReportFollows", func(t *testing.T) {
 		t.Parallel()
-		b := setup(ctx, t, &setupOpts{work: true})
+		b := setup(ctx, t, &setupOpts{work: true, outboxTable: true})
 		car := b.car(ctx, t, "Van")
 		users := b.users(ctx, t, 500)
 

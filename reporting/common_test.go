@@ -19,6 +19,7 @@ import (
 	"github.com/aftercommit/aftercommit/internal/testtrace"
 	"github.com/aftercommit/aftercommit/jobs"
 	"github.com/aftercommit/aftercommit/outbox"
+	"github.com/aftercommit/aftercommit/outbox/relay"
 	"github.com/aftercommit/aftercommit/reporting"
 )
 
@@ -39,6 +40,8 @@ type bundle struct {
 	trace  *testtrace.Tracer
 	inject *jobstest.FailureInjector
 	reg    *jobs.Registry
+	// relay moves the outbox table's rows when drain runs it (not started).
+	relay *relay.Relay
 }
 
 // setupOpts are the options of setup. The zero value is an insert-only
@@ -57,6 +60,10 @@ type setupOpts struct {
 	fail func(job *rivertype.JobRow) bool
 	// maxConns caps the schema's pool. Defaults to 6.
 	maxConns int32
+	// outboxTable builds the Service on the outbox table, as production
+	// does, instead of DirectInsert: a bulk job is in its car's fair share,
+	// which DirectInsert refuses. drain moves what committed.
+	outboxTable bool
 }
 
 func setup(ctx context.Context, t testing.TB, opts *setupOpts) *bundle {
@@ -104,15 +111,20 @@ func setup(ctx context.Context, t testing.TB, opts *setupOpts) *bundle {
 	}
 
 	svcPool := pick(opts.traceService)
-	b.ob, err = jobs.NewOutbox(svcPool, b.client, reg, directInsert)
+	obCfg := directInsert
+	if opts.outboxTable {
+		obCfg = nil
+	}
+	b.ob, err = jobs.NewOutbox(svcPool, b.client, reg, obCfg)
 	require.NoError(t, err)
+	b.relay = jobstest.Relay(t, s, b.client, reg)
 	b.svc = reporting.NewService(svcPool, b.ob)
 	return b
 }
 
 // clientConfig is the tests' River client configuration, working queues
-// (none when empty).
-func (b *bundle) clientConfig(queues []string) *jobs.ClientConfig {
+// (none when empty), with middleware mw inside the failure injector.
+func (b *bundle) clientConfig(queues []string, mw ...rivertype.Middleware) *jobs.ClientConfig {
 	return &jobs.ClientConfig{
 		Queues: queues,
 		Schema: b.schema.Name,
@@ -121,17 +133,17 @@ func (b *bundle) clientConfig(queues []string) *jobs.ClientConfig {
 			FetchCooldown:     10 * time.Millisecond,
 			FetchPollInterval: 50 * time.Millisecond,
 			RetryPolicy:       fastRetryPolicy{},
-			Middleware:        []rivertype.Middleware{b.inject},
+			Middleware:        append([]rivertype.Middleware{b.inject}, mw...),
 		},
 	}
 }
 
 // start starts a second client, a worker process working queues (every
-// queue when nil) whose job events go to b.events. It is stopped when t
-// ends.
-func (b *bundle) start(ctx context.Context, t testing.TB, queues []string) {
+// queue when nil) with middleware mw, whose job events go to b.events. It is
+// stopped when t ends.
+func (b *bundle) start(ctx context.Context, t testing.TB, queues []string, mw ...rivertype.Middleware) {
 	t.Helper()
-	client, err := jobs.NewClient(b.schema.Pool, b.reg, b.clientConfig(queues))
+	client, err := jobs.NewClient(b.schema.Pool, b.reg, b.clientConfig(queues, mw...))
 	require.NoError(t, err)
 	events, cancel := client.SubscribeConfig(&river.SubscribeConfig{
 		ChanSize: 10_000,
@@ -149,6 +161,14 @@ func (b *bundle) start(ctx context.Context, t testing.TB, queues []string) {
 	rl := jobstest.Relay(t, b.schema, client, b.reg)
 	require.NoError(t, rl.Start(ctx))
 	t.Cleanup(func() { require.NoError(t, rl.Stop(context.WithoutCancel(ctx))) })
+}
+
+// drain moves what committed to the outbox table into river_job now, and
+// places the bulk jobs in their cars' fair shares, as a relay does.
+func (b *bundle) drain(ctx context.Context, t testing.TB) {
+	t.Helper()
+	_, err := b.relay.Drain(ctx)
+	require.NoError(t, err)
 }
 
 // failOneInFive fails about 20% of the attempts of the given kinds, chosen

@@ -20,7 +20,12 @@
 // however many users were added. More than MaxBulkUserIDs IDs are refused
 // when the job is enqueued (ErrTooManyUserIDs), by any enqueue path. An
 // unknown car or unknown users (listed in the error) are *ValidationError
-// values matching ErrInvalidInput, and leave nothing written.
+// values matching ErrInvalidInput, and leave nothing written. The bulk jobs
+// of one car share BulkInFlightPerCar places in the bulk queue (a
+// jobs.FairShare): a car's long import waits pending beyond them, so another
+// car's import is not held behind it (job_sequence_status shows namespace
+// reporting.create_car_users_in_bulk, keys "<car_id>#0" …). Such jobs need
+// the outbox table: an Outbox with DirectInsert refuses them.
 //
 // # Daily donation totals
 //

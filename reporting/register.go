@@ -30,6 +30,11 @@ const (
 // each one inserts up to MaxBulkUserIDs rows in one statement.
 const BulkMaxWorkers = 4
 
+// BulkInFlightPerCar is how many bulk creations of one car may be available
+// or running at once, across every worker process: half of one process's
+// BulkMaxWorkers (a jobs.FairShare, see CreateCarUsersInBulkWorker.FairShareFor).
+const BulkInFlightPerCar = BulkMaxWorkers / 2
+
 // Register declares the reporting domain on reg: its queues, every worker,
 // and the subscription to donation.created (which the donations domain
 // must declare on the same registry, or reg.Err reports the subscription).

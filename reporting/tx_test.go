@@ -22,11 +22,13 @@ func TestWritesInTheCallersTx(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			b := setup(ctx, t, nil)
+			// The outbox table: the bulk job is in its car's fair share.
+			b := setup(ctx, t, &setupOpts{outboxTable: true})
 			users := b.users(ctx, t, 4)
 
 			tx, err := b.schema.Pool.Begin(ctx)
 			require.NoError(t, err)
+			t.Cleanup(func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }) // after a failure
 			car, err := b.svc.CreateCarTx(ctx, tx, "Roadster")
 			require.NoError(t, err)
 			res, err := b.svc.CreateCarUsersInBulkTx(ctx, tx, car, users[:2])
@@ -43,15 +45,17 @@ func TestWritesInTheCallersTx(t *testing.T) {
 
 			if !commit {
 				require.NoError(t, tx.Rollback(ctx))
-				for _, table := range []string{"cars", "car_users", "river_job"} {
+				b.drain(ctx, t)
+				for _, table := range []string{"cars", "car_users", "outbox_jobs", "river_job"} {
 					require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM `+table), table)
 				}
 				return
 			}
 			require.NoError(t, tx.Commit(ctx))
 			require.Equal(t, 3, b.count(ctx, t, `SELECT count(*) FROM car_users WHERE car_id = $1`, car))
-			// One report job (the second flush's matched it: CarReport is
-			// queue-locked per car) and the bulk job, of this car.
+			// One report job (the relay matched the second to the first:
+			// CarReport is queue-locked per car) and the bulk job, of this car.
+			b.drain(ctx, t)
 			require.Equal(t, []string{reporting.CarReportKind, reporting.CreateCarUsersInBulkKind},
 				b.strings(ctx, t, `SELECT kind FROM river_job WHERE (args->>'car_id')::bigint = $1 ORDER BY kind`, car))
 		})

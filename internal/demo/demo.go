@@ -8,8 +8,10 @@
 // some by address only, some from new donors, 10 % failed payments);
 // 20,000 email opens and clicks; a flash sale of 200 buyers for 100 units
 // with payment failures and abandons; a bulk import of 50,000 car users
-// over 20 cars. Every row it creates carries the run's tag, so a database
-// can hold many runs and each run checks its own rows.
+// over 20 cars in pages of 500 users, whose fair share per car keeps one
+// car's pages from crowding out another's. Every row it creates carries the
+// run's tag, so a database can hold many runs and each run checks its own
+// rows.
 package demo
 
 import (
@@ -116,6 +118,12 @@ type run struct {
 	summary *Summary
 	// expect holds what the scenario did, for the invariants.
 	expect expectations
+	// showShare makes the bulk import show the bulk queue's fair share per
+	// car (Run): pages of carUsersPage users, sampled into share. A soak's
+	// rounds keep the load they have always had: pages of
+	// reporting.MaxBulkUserIDs, not sampled.
+	showShare bool
+	share     *shareSampler
 }
 
 // Run plays the scenario on pool, whose database must be migrated, waits
@@ -155,8 +163,15 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Summary, error) 
 		sizes:   sizesAt(cfg.Scale),
 		rng:     rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
 		summary: &Summary{Scale: cfg.Scale, Seed: cfg.Seed, Started: time.Now()},
+
+		showShare: true,
 	}
 	r.summary.Tag = r.tag
+	defer func() {
+		if r.share != nil {
+			r.share.stop()
+		}
+	}()
 
 	reg := app.Registry(pool, nil)
 	if err := reg.Err(); err != nil {
@@ -237,6 +252,9 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Summary, error) 
 		return nil, err
 	}
 	if err := r.check(ctx); err != nil {
+		return nil, err
+	}
+	if err := r.checkShare(ctx); err != nil {
 		return nil, err
 	}
 	if err := r.collectJobStats(ctx); err != nil {

@@ -276,9 +276,15 @@ func (r *run) playFlashSale(ctx context.Context) error {
 	})
 }
 
+// carUsersPage is how many users one bulk job of the demo adds (Run): an
+// import pages a car's roster, so each car has several jobs at full scale,
+// which the bulk queue's fair share per car (reporting.BulkInFlightPerCar)
+// holds back beyond its places.
+const carUsersPage = 500
+
 // playCarUsers imports the car users: the run's cars, each with the same
-// drivers, added by CreateCarUsersInBulk jobs of at most
-// reporting.MaxBulkUserIDs users each, plus a few single additions.
+// drivers, added by CreateCarUsersInBulk jobs of carUsersPage users each
+// (reporting.MaxBulkUserIDs in a soak's rounds).
 func (r *run) playCarUsers(ctx context.Context) error {
 	e := &r.expect
 	s := r.sizes
@@ -304,16 +310,23 @@ INSERT INTO users (name, email) SELECT n, a FROM unnest($1::text[], $2::text[]) 
 		car   int64
 		users []int64
 	}
+	page := reporting.MaxBulkUserIDs
+	if r.showShare {
+		page = carUsersPage
+	}
 	var chunks []chunk
 	for _, car := range e.cars {
-		for lo := 0; lo < len(e.driverIDs); lo += reporting.MaxBulkUserIDs {
-			chunks = append(chunks, chunk{car: car, users: e.driverIDs[lo:min(lo+reporting.MaxBulkUserIDs, len(e.driverIDs))]})
+		for lo := 0; lo < len(e.driverIDs); lo += page {
+			chunks = append(chunks, chunk{car: car, users: e.driverIDs[lo:min(lo+page, len(e.driverIDs))]})
 		}
 	}
 	e.bulkJobs = len(chunks)
 	e.carUsers = map[int64]int{}
 	for _, car := range e.cars {
 		e.carUsers[car] = len(e.driverIDs)
+	}
+	if r.showShare {
+		r.share = startShareSampler(ctx, r, e.cars, e.bulkJobs)
 	}
 	return r.phase(ctx, "bulk import of car users", len(chunks), func(ctx context.Context, i int) error {
 		return r.reporting.EnqueueCarUsersInBulk(ctx, chunks[i].car, chunks[i].users)
