@@ -370,9 +370,10 @@ func (m *seqCompleteMiddleware) completeBatch(ctx context.Context, batch []*seqC
 			if !slices.Contains(waitedFor, c.job.ID) {
 				continue
 			}
-			// The job's own context carries the output it recorded.
+			// The job's own context carries the output it recorded (and
+			// the client River's JobCompleteTx needs), not ctx.
 			jobCtx := context.WithoutCancel(c.ctx)
-			if _, err := river.JobCompleteTx[*riverpgxv5.Driver](jobCtx, tx, &river.Job[noArgs]{JobRow: c.job}); err != nil {
+			if _, err := river.JobCompleteTx[*riverpgxv5.Driver](jobCtx, tx, &river.Job[noArgs]{JobRow: c.job}); err != nil { //nolint:contextcheck // see above
 				return fmt.Errorf("job %d: %w", c.job.ID, err)
 			}
 		}

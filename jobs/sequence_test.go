@@ -2,6 +2,7 @@ package jobs_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -54,7 +55,7 @@ func (w seqWorker) NextRetry(*river.Job[seqArgs]) time.Time {
 
 func (w seqWorker) Work(ctx context.Context, job *river.Job[seqArgs]) error {
 	v, _ := w.running.LoadOrStore(job.Args.Key, new(atomic.Int32))
-	n := v.(*atomic.Int32) //nolint:forcetypeassert // only *atomic.Int32 is stored
+	n := v.(*atomic.Int32) //nolint:forcetypeassert,errcheck // only *atomic.Int32 is stored
 	if n.Add(1) > 1 && !job.Args.Continue {
 		w.overlap.Add(1)
 	}
@@ -118,7 +119,7 @@ func newSeqFixture(ctx context.Context, t *testing.T, clients int) *seqFixture {
 // enqueue commits one job of key, numbered in the order of the key's
 // commits: the transaction takes the key's counter row first, so the
 // transactions of one key commit one at a time.
-func (f *seqFixture) enqueue(ctx context.Context, key string, mod func(*seqArgs)) (int, error) {
+func (f *seqFixture) enqueue(ctx context.Context, key string, mod func(*seqArgs)) error {
 	var n int
 	_, err := f.ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
 		if err := tx.QueryRow(ctx, `INSERT INTO test_seq_counters (seq_key, n) VALUES ($1, 1)
@@ -131,7 +132,7 @@ func (f *seqFixture) enqueue(ctx context.Context, key string, mod func(*seqArgs)
 		}
 		return tx.Enqueue(a, nil)
 	})
-	return n, err
+	return err
 }
 
 // seqEffects returns the n of each key's effects in the order they
@@ -219,7 +220,7 @@ func TestSequenceOrder(t *testing.T) {
 			defer wg.Done()
 			key := fmt.Sprintf("k%d", g%keys)
 			for range perKey / 2 {
-				_, err := f.enqueue(ctx, key, func(a *seqArgs) {
+				err := f.enqueue(ctx, key, func(a *seqArgs) {
 					if a.N%7 == 3 {
 						a.Fail = 1
 					}
@@ -290,7 +291,7 @@ func sequenceStatus(ctx context.Context, t *testing.T, s *dbtest.Schema, key str
 	err := s.Pool.QueryRow(ctx, `SELECT waiting, head_job_id, head_state::text, head_errors, held, stuck
 		FROM job_sequence_status WHERE namespace = 'test.seq' AND seq_key = $1`, key).
 		Scan(&st.Waiting, &st.HeadJobID, &st.HeadState, &st.Errors, &st.Held, &st.Stuck)
-	if err == pgx.ErrNoRows {
+	if errors.Is(err, pgx.ErrNoRows) {
 		return st, false
 	}
 	require.NoError(t, err)
@@ -311,7 +312,7 @@ func TestSequenceHeldUntilFinished(t *testing.T) {
 	// "cancel": the head fails forever (max 25 attempts); cancelled by hand.
 	for _, key := range []string{"discard", "cancel"} {
 		for i := range 3 {
-			_, err := f.enqueue(ctx, key, func(a *seqArgs) {
+			err := f.enqueue(ctx, key, func(a *seqArgs) {
 				if i == 0 {
 					a.Fail = 25
 				}
@@ -363,7 +364,7 @@ func TestSequenceContinue(t *testing.T) {
 	ctx := context.Background()
 	f := newSeqFixture(ctx, t, 1)
 	for i := range 3 {
-		_, err := f.enqueue(ctx, "c", func(a *seqArgs) {
+		err := f.enqueue(ctx, "c", func(a *seqArgs) {
 			a.Continue = true
 			if i == 0 {
 				a.Fail = 3 // retried every 20 ms: 60 ms behind
@@ -383,7 +384,7 @@ func TestSequencePendingMemberLeaves(t *testing.T) {
 	f := newSeqFixture(ctx, t, 0) // nothing works: the relay is drained by hand
 	rl := jobstest.Relay(t, f.s, f.client, f.reg)
 	for i := range 4 {
-		_, err := f.enqueue(ctx, "p", func(a *seqArgs) {
+		err := f.enqueue(ctx, "p", func(a *seqArgs) {
 			if i == 0 {
 				a.Fail = 1
 			}

@@ -350,7 +350,7 @@ func (r *Relay) moveBatch(ctx context.Context, careful bool) (MoveResult, error)
 
 	for i := range p.sequenced {
 		if err := pend(&p.sequenced[i]); err != nil {
-			p.dead = append(p.dead, deadRow{row: p.sequenced[i].params.Args.(*Args).row, reason: err.Error()}) //nolint:forcetypeassert // the relay built every params.Args as *Args
+			p.dead = append(p.dead, deadRow{row: p.sequenced[i].params.Args.(*Args).row, reason: err.Error()}) //nolint:forcetypeassert,errcheck // the relay built every params.Args as *Args
 			p.sequenced[i].id = 0
 		}
 	}
