@@ -18,6 +18,7 @@ import (
 var stringFields = map[string]string{
 	"reporting.rollup_fundraiser_day.day": "a UTC date, YYYY-MM-DD",
 	"aftercommit.ping.rate_key":           "an operator's label for a diagnostic rate limit, never user data",
+	"aftercommit.ping.seq_key":            "an operator's label for a diagnostic sequence, never user data",
 }
 
 // TestArgsCarryIDsOnly walks the args type of every registered kind and
