@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -443,4 +444,48 @@ func TestSequencedEnqueueRefused(t *testing.T) {
 	var outboxRows int
 	require.NoError(t, f.s.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox_jobs`).Scan(&outboxRows))
 	require.Zero(t, outboxRows)
+}
+
+// TestPingSequenceArgs: a ping's sequence and failure fields are checked at
+// the boundary, each refusal naming its field; a ping row with a bad one
+// becomes a dead outbox row with that reason, and no job or sequence is
+// written. SequenceFor turns valid ones into the sequence.
+func TestPingSequenceArgs(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("k", jobs.SequenceNameMax+1)
+	for _, tc := range []struct {
+		args  jobs.PingArgs
+		field string
+	}{
+		{jobs.PingArgs{SeqKey: long}, "seq_key"},
+		{jobs.PingArgs{SeqContinue: true}, "seq_key"},
+		{jobs.PingArgs{FailAttempts: -1}, "fail_attempts"},
+		{jobs.PingArgs{FailAttempts: jobs.PingMaxFailAttempts + 1}, "fail_attempts"},
+	} {
+		err := tc.args.Validate()
+		var fe *jobs.FieldError
+		require.True(t, errors.As(err, &fe), "%+v: %v", tc.args, err)
+		require.Equal(t, tc.field, fe.Field)
+	}
+	w := &jobs.PingWorker{}
+	require.Equal(t, jobs.Sequence{Key: "a"}, w.SequenceFor(jobs.PingArgs{SeqKey: "a"}))
+	require.Equal(t, jobs.Sequence{Key: "a", OnFailure: jobs.SequenceContinue}, w.SequenceFor(jobs.PingArgs{SeqKey: "a", SeqContinue: true}))
+
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, nil)
+	reg := jobs.NewRegistry()
+	jobs.RegisterPing(reg, s.Pool)
+	client, _ := jobstest.Client(ctx, t, s, reg, jobstest.Opts{})
+	_, err := s.Pool.Exec(ctx, `SELECT aftercommit_enqueue('aftercommit.ping', jsonb_build_object('ping_id', 0, 'seq_key', $1::text))`, long)
+	require.NoError(t, err)
+	_, err = jobstest.Relay(t, s, client, reg).Drain(ctx)
+	require.NoError(t, err)
+	var reason string
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT reason FROM outbox_dead_jobs`).Scan(&reason))
+	require.Contains(t, reason, "seq_key")
+	require.Contains(t, reason, "must be at most 255 bytes, got 256")
+	var written int
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM river_job) + (SELECT count(*) FROM job_sequence_inbox)
+		+ (SELECT count(*) FROM job_sequences) + (SELECT count(*) FROM outbox_jobs)`).Scan(&written))
+	require.Zero(t, written)
 }
