@@ -221,6 +221,78 @@ func TestRateAdmitConcurrent(t *testing.T) {
 	require.Equal(t, int64(len(admitted)), logged)
 }
 
+// TestRateAdmitManyConcurrent: six connections send batches of starts of
+// three keys, with times up to 60 ms in the past and out of order (as
+// fetches of several processes arrive), for 1.5 s under 5 per 200 ms. Keys
+// far from their limit are admitted by the fast path, the rest window by
+// window; either way no window of a key's admitted starts holds 6, and
+// every admitted start is logged once.
+func TestRateAdmitManyConcurrent(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 6})
+	const limit, period = 5, 200 * time.Millisecond
+	keys := []string{"k0", "k1", "k2"}
+	var mu sync.Mutex
+	admitted := map[string][]time.Time{}
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	var wg sync.WaitGroup
+	for c := range 6 {
+		wg.Go(func() {
+			for n := 0; time.Now().Before(deadline); n++ {
+				// 1 to 4 starts of each of 1 to 3 keys, back in time by
+				// 0 to 60 ms, in no order.
+				var ks []string
+				var backUS []int64
+				for i := range 1 + (c+n)%3 {
+					for j := range 1 + (c+n+i)%4 {
+						ks = append(ks, keys[(c+n+i)%3])
+						backUS = append(backUS, int64(((c+1)*(n+1)*(j+7)*7919)%60_000))
+					}
+				}
+				rows, err := s.Pool.Query(ctx, `SELECT u.k, m.admitted, m.started_at
+					FROM (SELECT clock_timestamp() AS now) t,
+					     LATERAL (SELECT array_agg(t.now - b * interval '1 microsecond' ORDER BY i) AS ats
+					                FROM unnest($2::bigint[]) WITH ORDINALITY AS x(b, i)) a,
+					     LATERAL job_rate_admit_many(array_fill('test'::text, ARRAY[cardinality($1::text[])]), $1::text[],
+					         array_fill($3::int, ARRAY[cardinality($1::text[])]),
+					         array_fill($4::bigint * interval '1 microsecond', ARRAY[cardinality($1::text[])]), a.ats) m
+					JOIN unnest($1::text[]) WITH ORDINALITY AS u(k, i) ON u.i = m.ord`,
+					ks, backUS, limit, period.Microseconds())
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				var k string
+				var ok bool
+				var at *time.Time
+				_, err = pgx.ForEachRow(rows, []any{&k, &ok, &at}, func() error {
+					if ok {
+						mu.Lock()
+						admitted[k] = append(admitted[k], *at)
+						mu.Unlock()
+					}
+					return nil
+				})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for _, k := range keys {
+		ts := admitted[k]
+		slices.SortFunc(ts, time.Time.Compare)
+		requireWindows(t, ts, limit, period)
+		require.GreaterOrEqual(t, len(ts), 20, "key %s: the limit is used", k)
+		var logged int64
+		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT admitted FROM job_rate_limits WHERE rate_key = $1`, k).Scan(&logged))
+		require.Equal(t, int64(len(ts)), logged, "key %s", k)
+	}
+}
+
 // ratedArgs is a rate-limited job: Limit starts of Key per 300 ms.
 type ratedArgs struct {
 	Key   string `json:"key"`
