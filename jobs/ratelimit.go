@@ -97,6 +97,7 @@ type rateMiddleware struct {
 	lookup  func(kind string) (rateFunc, bool)
 	wake    *waker
 	batch   *rateBatcher
+	leases  rateLeases
 	onDelay func(kind, control string) // nil: not counted
 }
 
@@ -139,12 +140,21 @@ func (m *rateMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInne
 	// River's completer writes it (up to 250 ms) and the job would then wait
 	// for a fetch: every start that came late would cost the slot N after
 	// it.
+	key := rateKey{namespace: limit.Namespace, key: limit.Key}
+	limit32 := int32(limit.Limit) //nolint:gosec // at most RateLimitMax
+	leased, ask := m.leases.take(key, limit32, limit.Period, *job.AttemptedAt)
+	if leased {
+		return doInner(ctx)
+	}
 	req := &rateRequest{
-		namespace: limit.Namespace, key: limit.Key, limit: int32(limit.Limit), //nolint:gosec // at most RateLimitMax
-		period: limit.Period, at: *job.AttemptedAt, waited: snoozedBefore(job.Metadata),
+		namespace: limit.Namespace, key: limit.Key, limit: limit32,
+		period: limit.Period, at: *job.AttemptedAt, waited: snoozedBefore(job.Metadata), lease: ask,
 	}
 	for asked := 1; ; asked++ {
 		d, err := m.batch.decide(ctx, req)
+		if req.lease > 0 || d.admitted {
+			m.leases.note(key, req, d, err == nil)
+		}
 		if err != nil {
 			return fmt.Errorf("jobs: rate limit %s/%s for %s job %d: %w", limit.Namespace, limit.Key, job.Kind, job.ID, err)
 		}
@@ -202,6 +212,10 @@ type rateDecision struct {
 	admitted  bool
 	wait      time.Duration // refused: until the slot the job was given
 	startedAt time.Time     // admitted: the start's time
+	// A lease the process asked for: leaseTokens starts of the key with an
+	// attempted_at in [leaseFrom, leaseUntil], admitted here.
+	leaseTokens           int
+	leaseFrom, leaseUntil time.Time
 }
 
 // rateBatchMax is the most decisions one statement takes.
@@ -218,7 +232,8 @@ type rateRequest struct {
 	at             time.Time // the start's time; with now, the decision's
 	now            bool      // start at the decision, as job jobID's new attempted_at
 	jobID          int64
-	waited         bool // the job waited for its slot already
+	waited         bool  // the job waited for its slot already
+	lease          int32 // tokens of a lease the process asks for; 0: none
 
 	decision rateDecision
 	err      error
@@ -263,8 +278,9 @@ func (b *rateBatcher) decideBatch(ctx context.Context, batch []*rateRequest) {
 	ats := make([]*time.Time, len(batch))
 	jobIDs := make([]*int64, len(batch))
 	waited := make([]bool, len(batch))
+	leases := make([]int32, len(batch))
 	for i, r := range batch {
-		namespaces[i], keys[i], limits[i], periods[i], waited[i] = r.namespace, r.key, r.limit, r.period.Microseconds(), r.waited
+		namespaces[i], keys[i], limits[i], periods[i], waited[i], leases[i] = r.namespace, r.key, r.limit, r.period.Microseconds(), r.waited, r.lease
 		if r.now {
 			jobIDs[i] = &r.jobID
 		} else {
@@ -274,7 +290,7 @@ func (b *rateBatcher) decideBatch(ctx context.Context, batch []*rateRequest) {
 	ctx, cancel := context.WithTimeout(ctx, rateBatchTimeout)
 	defer cancel()
 	err := func() error {
-		rows, err := b.pool.Query(ctx, rateAdmitManySQL, namespaces, keys, limits, periods, ats, jobIDs, waited)
+		rows, err := b.pool.Query(ctx, rateAdmitManySQL, namespaces, keys, limits, periods, ats, jobIDs, waited, leases)
 		if err != nil {
 			return err
 		}
@@ -282,8 +298,9 @@ func (b *rateBatcher) decideBatch(ctx context.Context, batch []*rateRequest) {
 		var ord int32
 		var admitted bool
 		var waitUS int64
-		var startedAt *time.Time
-		_, err = pgx.ForEachRow(rows, []any{&ord, &admitted, &waitUS, &startedAt}, func() error {
+		var startedAt, leaseFrom, leaseUntil *time.Time
+		var leaseTokens *int32
+		_, err = pgx.ForEachRow(rows, []any{&ord, &admitted, &waitUS, &startedAt, &leaseTokens, &leaseFrom, &leaseUntil}, func() error {
 			if ord < 1 || int(ord) > len(batch) {
 				return fmt.Errorf("job_rate_admit_many returned ord %d for a batch of %d", ord, len(batch))
 			}
@@ -291,6 +308,9 @@ func (b *rateBatcher) decideBatch(ctx context.Context, batch []*rateRequest) {
 			r.decision = rateDecision{admitted: admitted, wait: time.Duration(waitUS) * time.Microsecond}
 			if startedAt != nil {
 				r.decision.startedAt = *startedAt
+			}
+			if leaseTokens != nil && leaseFrom != nil && leaseUntil != nil {
+				r.decision.leaseTokens, r.decision.leaseFrom, r.decision.leaseUntil = int(*leaseTokens), *leaseFrom, *leaseUntil
 			}
 			decided++
 			return nil
@@ -309,8 +329,10 @@ func (b *rateBatcher) decideBatch(ctx context.Context, batch []*rateRequest) {
 }
 
 // rateAdmitManySQL decides a batch of starts; see job_rate_admit_many.
-const rateAdmitManySQL = `SELECT ord, admitted, wait_us, started_at FROM job_rate_admit_many($1::text[], $2::text[], $3::int[],
-	ARRAY(SELECT p * interval '1 microsecond' FROM unnest($4::bigint[]) WITH ORDINALITY AS u(p, i) ORDER BY i), $5::timestamptz[], $6::bigint[], $7::boolean[])`
+const rateAdmitManySQL = `SELECT ord, admitted, wait_us, started_at, lease_tokens, lease_from, lease_until
+	FROM job_rate_admit_many($1::text[], $2::text[], $3::int[],
+	ARRAY(SELECT p * interval '1 microsecond' FROM unnest($4::bigint[]) WITH ORDINALITY AS u(p, i) ORDER BY i), $5::timestamptz[], $6::bigint[], $7::boolean[],
+	$8::int[])`
 
 // rateWakeMax is the longest snooze the waker keeps a wake-up for; a job
 // snoozed longer waits for its queue's next poll after its time. River's

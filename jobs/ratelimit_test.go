@@ -293,6 +293,129 @@ func TestRateAdmitManyConcurrent(t *testing.T) {
 	}
 }
 
+// TestRateLeases: a key far from its limit gets a lease of tokens when a
+// batch asks for one, logged as its tokens spent at both ends of the
+// lease; leases fill at most half of the limit, and a key that cannot spare
+// 2 tokens gets none.
+func TestRateLeases(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
+	type lease struct {
+		Admitted    bool
+		Tokens      *int32
+		LenMS       *float64
+		FromIsStart bool
+	}
+	ask := func(key string, at time.Time, want int32) lease {
+		t.Helper()
+		var l lease
+		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT admitted, lease_tokens,
+				extract(epoch FROM lease_until - lease_from) * 1000, lease_from IS NOT NULL AND lease_from >= $2
+			FROM job_rate_admit_many(ARRAY['test'], ARRAY[$1::text], ARRAY[100], ARRAY[interval '1 s'], ARRAY[$2::timestamptz],
+				NULL, NULL, ARRAY[$3::int])`, key, at, want).Scan(&l.Admitted, &l.Tokens, &l.LenMS, &l.FromIsStart))
+		return l
+	}
+	tokens := func(n int32) *int32 { return &n }
+	half := 500.0
+	var now time.Time
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&now))
+	// 100 per second. A lease is at most what was asked for, and at most
+	// half of what leases may still fill (half the limit) once the start
+	// that asks is logged; it is logged as twice its tokens.
+	require.Equal(t, lease{true, tokens(5), &half, true}, ask("a", now, 5), "1 logged, asked for 5")
+	require.Equal(t, lease{true, tokens(19), &half, true}, ask("a", now, 50), "12 logged")
+	require.Equal(t, lease{true, nil, nil, false}, ask("a", now, 50), "51 logged: leases fill half the limit")
+	var inPeriod, leased, admitted int64
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT starts_in_period, leased, admitted FROM job_rate_limit_status WHERE rate_key = 'a'`).
+		Scan(&inPeriod, &leased, &admitted))
+	require.Equal(t, []int64{3 + 2*24, 24, 3}, []int64{inPeriod, leased, admitted})
+	// Decisions count the leases: 49 more starts fit in the second, the
+	// 50th waits.
+	for i := range 49 {
+		require.Equal(t, lease{true, nil, nil, false}, ask("a", now, 0), "start %d", i)
+	}
+	require.Equal(t, lease{false, nil, nil, false}, ask("a", now, 50))
+	// No lease unless asked for; a short period's lease lasts half of it.
+	require.Equal(t, lease{true, nil, nil, false}, ask("b", now, 0))
+	var tok int32
+	var lenMS float64
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT lease_tokens, extract(epoch FROM lease_until - lease_from) * 1000
+		FROM job_rate_admit_many(ARRAY['test'], ARRAY['c'], ARRAY[1000], ARRAY[interval '10 ms'], ARRAY[clock_timestamp()], NULL, NULL, ARRAY[1000])`).
+		Scan(&tok, &lenMS))
+	require.Equal(t, int32(249), tok)
+	require.InDelta(t, 5, lenMS, 0.001)
+}
+
+// TestRateLeasesConcurrent: four connections act as processes that start
+// jobs of two keys as fast as they can for 1.5 s under 40 per 200 ms, with
+// start times up to 30 ms in the past: each start uses a token of the
+// process's lease of its key when the lease covers its time, else asks the
+// database, asking for a lease of 8 tokens each time (spending its tokens
+// late in the lease, the worst case). Every start counted
+// together — the database's and the leases' — no window holds 41.
+func TestRateLeasesConcurrent(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 4})
+	const limit, period = 40, 200 * time.Millisecond
+	keys := []string{"k0", "k1"}
+	var mu sync.Mutex
+	started := map[string][]time.Time{}
+	leasedStarts := 0
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	var wg sync.WaitGroup
+	for c := range 4 {
+		wg.Go(func() {
+			type lease struct {
+				from, until time.Time
+				left        int
+			}
+			leases := map[string]*lease{}
+			for n := 0; time.Now().Before(deadline); n++ {
+				k := keys[(c+n)%2]
+				at := time.Now().Add(-time.Duration(((c+1)*(n+3)*7919)%30_000) * time.Microsecond)
+				// Tokens are spent in the second half of the lease only:
+				// a process may spend them at any time of it, and late is
+				// the hardest case for the log.
+				if l := leases[k]; l != nil && l.left > 0 && at.After(l.from.Add(l.until.Sub(l.from)/2)) && !at.After(l.until) {
+					l.left--
+					mu.Lock()
+					started[k] = append(started[k], at)
+					leasedStarts++
+					mu.Unlock()
+					continue
+				}
+				var ok bool
+				var tokens *int32
+				var from, until *time.Time
+				if err := s.Pool.QueryRow(ctx, `SELECT admitted, lease_tokens, lease_from, lease_until
+					FROM job_rate_admit_many(ARRAY['test'], ARRAY[$1::text], ARRAY[$2::int], ARRAY[$3::bigint * interval '1 microsecond'],
+						ARRAY[$4::timestamptz], NULL, NULL, ARRAY[8])`, k, limit, period.Microseconds(), at).Scan(&ok, &tokens, &from, &until); err != nil {
+					t.Error(err)
+					return
+				}
+				if ok {
+					mu.Lock()
+					started[k] = append(started[k], at)
+					mu.Unlock()
+				}
+				if tokens != nil {
+					leases[k] = &lease{from: *from, until: *until, left: int(*tokens)}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for _, k := range keys {
+		ts := started[k]
+		slices.SortFunc(ts, time.Time.Compare)
+		requireWindows(t, ts, limit, period)
+		require.GreaterOrEqual(t, len(ts), 100, "key %s: the limit is used", k)
+	}
+	require.Positive(t, leasedStarts, "some starts used a lease")
+}
+
 // ratedArgs is a rate-limited job: Limit starts of Key per 300 ms.
 type ratedArgs struct {
 	Key   string `json:"key"`
@@ -437,4 +560,52 @@ func TestPingRateArgs(t *testing.T) {
 	none, err := (&jobs.PingWorker{}).RateLimitFor(context.Background(), &river.Job[jobs.PingArgs]{Args: jobs.PingArgs{}})
 	require.NoError(t, err)
 	require.Equal(t, jobs.RateLimit{}, none, "a ping without a key has no limit")
+}
+
+// TestRateLimitedJobsWithLeases: two clients work 600 jobs of one key under
+// a limit they never reach (1,000 starts per 300 ms): once the key is busy
+// in a client, it starts jobs with the tokens of a lease, without a
+// decision each, and every job completes once, without waiting.
+func TestRateLimitedJobsWithLeases(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 10})
+	reg := jobs.NewRegistry()
+	queue := reg.AddQueue("test", "rated", jobs.WeightNormal, nil)
+	jobs.AddWorker(reg, queue, ratedWorker{})
+	client, events := jobstest.Client(ctx, t, s, reg, jobstest.Opts{Work: true})
+	_, events2 := jobstest.Client(ctx, t, s, reg, jobstest.Opts{Work: true})
+
+	const n = 600
+	params := make([]river.InsertManyParams, n)
+	for i := range params {
+		params[i] = river.InsertManyParams{Args: ratedArgs{Key: "busy", Limit: jobs.RateLimitMax, Seq: i}}
+	}
+	_, err := client.InsertMany(ctx, params)
+	require.NoError(t, err)
+	done := 0
+	timeout := time.After(30 * time.Second)
+	for done < n {
+		select {
+		case ev := <-events:
+			require.Equal(t, river.EventKindJobCompleted, ev.Kind)
+			done++
+		case ev := <-events2:
+			require.Equal(t, river.EventKindJobCompleted, ev.Kind)
+			done++
+		case <-timeout:
+			t.Fatalf("%d of %d jobs finished in 30 s", done, n)
+		}
+	}
+	var completed, once int
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE state = 'completed'), count(*) FILTER (WHERE attempt = 1 AND NOT metadata ? 'snoozes')
+		FROM river_job`).Scan(&completed, &once))
+	require.Equal(t, []int{n, n}, []int{completed, once})
+	var admitted, delayed, leased int64
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT admitted, delayed, leased FROM job_rate_limit_status WHERE namespace = 'test.rated' AND rate_key = 'busy'`).
+		Scan(&admitted, &delayed, &leased))
+	require.Zero(t, delayed)
+	require.Less(t, admitted, int64(n), "some jobs started with a lease's tokens")
+	require.GreaterOrEqual(t, leased, n-admitted, "no more starts with tokens than were leased")
+	t.Logf("%d of %d jobs decided one by one; %d tokens leased", admitted, n, leased)
 }

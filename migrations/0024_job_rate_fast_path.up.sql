@@ -19,8 +19,26 @@
 -- the window-by-window decision of 0021, now job_rate_admit_window, in the
 -- same transaction. The INSERT locks every key of the batch in (namespace,
 -- key) order, the order 0021 locks in, so batches still never deadlock.
+--
+-- Leases. A process that starts many jobs of a key asks (p_lease[i], the
+-- tokens it would like) for a lease: up to K starts of the key at any time
+-- in [t0, t0 + L], t0 the decision's time and L = least(period / 2, 1 s),
+-- which it then admits itself, without the database, for jobs whose
+-- attempted_at falls in it. Only a key the fast path admitted gets one, of
+-- K = least(asked, (max_starts / 2 - c) / 2) tokens, c the logged starts
+-- after t0 - period, and only when K >= 2. The lease is logged as K starts at t0
+-- and K more at t0 + L: since L <= period, every window that meets
+-- [t0, t0 + L] holds t0 or t0 + L, so each such window counts at least the
+-- K starts the lease may make in it, and the promise holds whatever the
+-- process does with its tokens. Leases fill at most half of a key's
+-- limit, so starts decided one by one (jobs fetched before a lease, other
+-- processes) always find the other half; unused tokens are wasted, which
+-- is why a process asks for about twice what it used.
 ALTER FUNCTION job_rate_admit_many(text[], text[], integer[], interval[], timestamptz[], bigint[], boolean[])
     RENAME TO job_rate_admit_window;
+
+-- leased counts the tokens leased to processes (see Leases above).
+ALTER TABLE job_rate_limits ADD COLUMN leased bigint NOT NULL DEFAULT 0;
 
 COMMENT ON FUNCTION job_rate_admit_window(text[], text[], integer[], interval[], timestamptz[], bigint[], boolean[]) IS
 'Decides a batch of starts window by window (see migration 0021); job_rate_admit_many sends it the keys its fast path does not admit.';
@@ -32,8 +50,10 @@ CREATE FUNCTION job_rate_admit_many(
     p_period    interval[],
     p_at        timestamptz[],
     p_job_id    bigint[] DEFAULT NULL,
-    p_waited    boolean[] DEFAULT NULL
-) RETURNS TABLE (ord integer, admitted boolean, wait_us bigint, started_at timestamptz)
+    p_waited    boolean[] DEFAULT NULL,
+    p_lease     integer[] DEFAULT NULL
+) RETURNS TABLE (ord integer, admitted boolean, wait_us bigint, started_at timestamptz,
+                 lease_tokens integer, lease_from timestamptz, lease_until timestamptz)
     LANGUAGE plpgsql
     SET search_path FROM CURRENT
 AS $fn$
@@ -43,13 +63,17 @@ DECLARE
     v_fast_ns text[];
     v_fast_k  text[];
     v_rest   integer[];
+    v_lease_i integer[] := '{}';
+    v_lease_k integer[] := '{}';
+    v_lease_u timestamptz[] := '{}';
 BEGIN
     IF cardinality(p_namespace) IS DISTINCT FROM cardinality(p_at)
        OR cardinality(p_key) IS DISTINCT FROM cardinality(p_at)
        OR cardinality(p_limit) IS DISTINCT FROM cardinality(p_at)
        OR cardinality(p_period) IS DISTINCT FROM cardinality(p_at)
        OR (p_job_id IS NOT NULL AND cardinality(p_job_id) IS DISTINCT FROM cardinality(p_at))
-       OR (p_waited IS NOT NULL AND cardinality(p_waited) IS DISTINCT FROM cardinality(p_at)) THEN
+       OR (p_waited IS NOT NULL AND cardinality(p_waited) IS DISTINCT FROM cardinality(p_at))
+       OR (p_lease IS NOT NULL AND cardinality(p_lease) IS DISTINCT FROM cardinality(p_at)) THEN
         RAISE EXCEPTION 'job_rate_admit: the arrays of a batch must have one element per start'
             USING ERRCODE = '22023';
     END IF;
@@ -95,9 +119,38 @@ BEGIN
       INTO v_fast_ns, v_fast_k
       FROM decided d;
 
+    -- Leases, for keys the fast path admitted (their rows are this
+    -- transaction's, locked above), on the first start of the key that
+    -- asked for one.
+    IF p_lease IS NOT NULL AND cardinality(v_fast_ns) > 0 THEN
+        WITH wanted AS (
+            SELECT u.ns, u.k, max(u.w) AS w, min(u.l) AS l, min(u.p) AS p, min(u.i)::integer AS first_i
+              FROM unnest(p_namespace, p_key, p_limit, p_period, p_lease) WITH ORDINALITY AS u(ns, k, l, p, w, i)
+             WHERE u.w > 0
+               AND (u.ns, u.k) IN (SELECT f.ns, f.k FROM unnest(v_fast_ns, v_fast_k) AS f(ns, k))
+             GROUP BY u.ns, u.k
+        ), sized AS (
+            SELECT w.ns, w.k, w.first_i, v_now + least(w.p / 2, interval '1 s') AS until,
+                   least(w.w, (w.l / 2 - (SELECT count(*) FROM unnest(r.starts) AS x(s) WHERE x.s > v_now - w.p))::integer / 2) AS tokens
+              FROM wanted w
+              JOIN job_rate_limits r ON r.namespace = w.ns AND r.rate_key = w.k
+        ), leased AS (
+            UPDATE job_rate_limits r
+               SET starts = r.starts || array_fill(v_now, ARRAY[z.tokens]) || array_fill(z.until, ARRAY[z.tokens]),
+                   leased = r.leased + z.tokens
+              FROM sized z
+             WHERE z.tokens >= 2 AND r.namespace = z.ns AND r.rate_key = z.k
+            RETURNING z.first_i, z.tokens, z.until
+        )
+        SELECT coalesce(array_agg(l.first_i), '{}'), coalesce(array_agg(l.tokens), '{}'), coalesce(array_agg(l.until), '{}')
+          INTO v_lease_i, v_lease_k, v_lease_u
+          FROM leased l;
+    END IF;
+
     RETURN QUERY
-        SELECT u.i::integer, true, 0::bigint, u.a
+        SELECT u.i::integer, true, 0::bigint, u.a, g.tokens, CASE WHEN g.tokens IS NOT NULL THEN v_now END, g.until
           FROM unnest(p_namespace, p_key, p_at) WITH ORDINALITY AS u(ns, k, a, i)
+          LEFT JOIN unnest(v_lease_i, v_lease_k, v_lease_u) AS g(i, tokens, until) ON g.i = u.i
          WHERE (u.ns, u.k) IN (SELECT f.ns, f.k FROM unnest(v_fast_ns, v_fast_k) AS f(ns, k));
 
     SELECT array_agg(u.i::integer ORDER BY u.i) INTO v_rest
@@ -107,7 +160,7 @@ BEGIN
         RETURN;
     END IF;
     RETURN QUERY
-        SELECT v_rest[w.ord], w.admitted, w.wait_us, w.started_at
+        SELECT v_rest[w.ord], w.admitted, w.wait_us, w.started_at, NULL::integer, NULL::timestamptz, NULL::timestamptz
           FROM job_rate_admit_window(
                    ARRAY(SELECT p_namespace[x] FROM unnest(v_rest) WITH ORDINALITY AS r(x, n) ORDER BY r.n),
                    ARRAY(SELECT p_key[x] FROM unnest(v_rest) WITH ORDINALITY AS r(x, n) ORDER BY r.n),
@@ -121,5 +174,16 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION job_rate_admit_many(text[], text[], integer[], interval[], timestamptz[], bigint[], boolean[]) IS
-'Admits or refuses a batch of starts, the i-th at p_at[i] (a job''s attempted_at) of (p_namespace[i], p_key[i]) under at most p_limit[i] starts in any window of p_period[i]; a refused start gets how long to wait (wait_us). Keys far from their limit are admitted in one statement; the rest are decided by job_rate_admit_window. Used by jobs.RateLimiter''s middleware.';
+COMMENT ON FUNCTION job_rate_admit_many(text[], text[], integer[], interval[], timestamptz[], bigint[], boolean[], integer[]) IS
+'Admits or refuses a batch of starts, the i-th at p_at[i] (a job''s attempted_at) of (p_namespace[i], p_key[i]) under at most p_limit[i] starts in any window of p_period[i]; a refused start gets how long to wait (wait_us). Keys far from their limit are admitted in one statement, and get a lease of tokens (lease_tokens starts in [lease_from, lease_until]) when p_lease asks; the rest are decided by job_rate_admit_window. Used by jobs.RateLimiter''s middleware.';
+
+CREATE OR REPLACE VIEW job_rate_limit_status AS
+SELECT r.namespace, r.rate_key, r.max_starts, r.period,
+       (SELECT count(*) FROM unnest(r.starts) AS u(s) WHERE u.s > now() - r.period) AS starts_in_period,
+       (SELECT max(u.s) FROM unnest(r.starts) AS u(s)) AS last_start,
+       CASE WHEN r.next_slot > now() THEN r.next_slot - now() ELSE interval '0' END AS booked_ahead,
+       r.admitted, r.delayed, r.updated_at, r.leased
+  FROM job_rate_limits r;
+
+COMMENT ON VIEW job_rate_limit_status IS
+'Per rate-limited key: the limit (max_starts per period), starts in the last period (a lease of K tokens counts as K starts at its start and K at its end, used or not), the latest start (or a lease''s end), how far ahead refused jobs are booked (booked_ahead, 0 when none wait), the counts of admitted and delayed decisions, and the tokens leased to processes (leased), which they start jobs with without a decision each.';
