@@ -72,10 +72,17 @@ func TestRateLeasesOfAProcess(t *testing.T) {
 	_, ask = l.take(k, 100, time.Second, ms(900+rateLeaseQuiet*500+1))
 	require.Positive(t, ask, "asking again")
 
+	// A period under 40 ms: no lease would cover a fetch.
+	ks := rateKey{namespace: "ns", key: "short"}
+	l.note(ks, &rateRequest{namespace: "ns", key: "short", limit: 100, period: 30 * time.Millisecond, at: ms(0)}, admitted(ms(0)), true)
+	leased, ask = l.take(ks, 100, 30*time.Millisecond, ms(1))
+	require.Equal(t, []any{false, int32(0)}, []any{leased, ask}, "period 30 ms")
+
 	// Keys quiet for two periods are forgotten.
 	k2 := rateKey{namespace: "ns", key: "b"}
 	l.note(k2, &rateRequest{namespace: "ns", key: "b", limit: 1, period: time.Second, at: ms(0)}, admitted(ms(0)), true)
 	l.forget(ms(900 + rateLeaseQuiet*500 + 1))
 	require.NotContains(t, l.keys, k2)
+	require.NotContains(t, l.keys, ks)
 	require.Contains(t, l.keys, k)
 }
