@@ -8,11 +8,11 @@ import (
 // rateLeaseAskMin is the fewest tokens a process asks for in a lease.
 const rateLeaseAskMin = 8
 
-// rateLeaseLenMin is the shortest lease a process asks for: River fetches
+// rateLeaseShortest is the shortest lease a process asks for: River fetches
 // a queue's jobs every few milliseconds (FetchCooldownDefault), all with
 // the fetch's attempted_at, so a shorter lease would seldom cover one.
 // Keys with a period under twice this are decided start by start.
-const rateLeaseLenMin = 20 * time.Millisecond
+const rateLeaseShortest = 20 * time.Millisecond
 
 // rateLeaseQuiet is how many lease lengths a process asks for no lease of a
 // key after one went unused.
@@ -100,7 +100,7 @@ func (l *rateLeases) take(key rateKey, limit int32, period time.Duration, at tim
 		// the database decides each start for a while.
 		e.quietUntil, e.granted = at.Add(rateLeaseQuiet*rateLeaseLen(period)), 0
 	}
-	if e.asking || at.Before(e.quietUntil) || at.Sub(e.lastAt) >= rateLeaseLen(period) || rateLeaseLen(period) < rateLeaseLenMin {
+	if e.asking || at.Before(e.quietUntil) || at.Sub(e.lastAt) >= rateLeaseLen(period) || rateLeaseLen(period) < rateLeaseShortest {
 		return false, 0
 	}
 	e.asking = true
