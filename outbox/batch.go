@@ -37,9 +37,12 @@ type Batch struct {
 	mu     sync.Mutex
 	jobs   []pendingJob
 	events []pendingEvent
-	keys   map[dedupeKind]map[string]struct{}
-	dups   int
-	err    error
+	// jobBatches are the job batches the transaction creates, adds
+	// members to or seals, in the order it first named them.
+	jobBatches []*pendingJobBatch
+	keys       map[dedupeKind]map[string]struct{}
+	dups       int
+	err        error
 }
 
 // pendingJob is a job buffered until the flush.
@@ -61,6 +64,7 @@ type pendingJob struct {
 type dedupeKind struct {
 	kind   string
 	custom bool
+	batch  string // a job batch's members are de-duplicated among themselves
 }
 
 // jsonEncoder encodes args into a reusable buffer, exactly as json.Marshal
@@ -110,17 +114,25 @@ func (o *Outbox) NewBatch() *Batch {
 // Args implementing Deduper are not encoded when their key is already
 // buffered: a dropped duplicate costs a map lookup.
 func (b *Batch) Add(args river.JobArgs, opts *river.InsertOpts) error {
+	_, err := b.add(args, opts, "")
+	return err
+}
+
+// add is Add for a member of job batch batch ("" for none), reporting
+// whether args were buffered (not dropped as a duplicate).
+func (b *Batch) add(args river.JobArgs, opts *river.InsertOpts, batch string) (bool, error) {
 	kind, err := b.ob.check(args, opts)
 	if err != nil {
-		return b.fail(err)
+		return false, b.fail(err)
 	}
+	kind.batch = batch
 
 	var key []byte
 	if custom, ok := b.ob.customKey(args); ok {
 		key = []byte(custom)
 		kind.custom = true
 		if b.dropIfDuplicate(kind, key) {
-			return nil
+			return false, nil
 		}
 	}
 
@@ -128,13 +140,13 @@ func (b *Batch) Add(args river.JobArgs, opts *river.InsertOpts) error {
 	defer putEncoder(enc)
 	encoded, err := enc.encode(args)
 	if err != nil {
-		return b.fail(fmt.Errorf("%w: kind %q: %w", ErrInvalidArgs, kind.kind, err))
+		return false, b.fail(fmt.Errorf("%w: kind %q: %w", ErrInvalidArgs, kind.kind, err))
 	}
 	if len(encoded) > b.ob.cfg.MaxPayloadBytes {
-		return b.fail(&PayloadTooLargeError{Kind: kind.kind, Size: len(encoded), Limit: b.ob.cfg.MaxPayloadBytes})
+		return false, b.fail(&PayloadTooLargeError{Kind: kind.kind, Size: len(encoded), Limit: b.ob.cfg.MaxPayloadBytes})
 	}
 	if hasNUL(encoded) {
-		return b.fail(fmt.Errorf("%w: kind %q: a string holds a NUL character (\\u0000), which Postgres' jsonb refuses", ErrInvalidArgs, kind.kind))
+		return false, b.fail(fmt.Errorf("%w: kind %q: a string holds a NUL character (\\u0000), which Postgres' jsonb refuses", ErrInvalidArgs, kind.kind))
 	}
 	if !kind.custom {
 		key = encoded
@@ -142,7 +154,7 @@ func (b *Batch) Add(args river.JobArgs, opts *river.InsertOpts) error {
 	var cols outboxrow.Opts
 	if !b.ob.cfg.DirectInsert {
 		if cols, err = outboxrow.FromInsertOpts(b.ob.rowOpts(args, opts)); err != nil {
-			return b.fail(fmt.Errorf("%w: kind %q: %w", ErrInvalidOptions, kind.kind, err))
+			return false, b.fail(fmt.Errorf("%w: kind %q: %w", ErrInvalidOptions, kind.kind, err))
 		}
 	}
 
@@ -160,11 +172,11 @@ func (b *Batch) Add(args river.JobArgs, opts *river.InsertOpts) error {
 	// allocation, only new keys are copied.
 	if _, dup := seen[string(key)]; dup {
 		b.dups++
-		return nil
+		return false, nil
 	}
 	seen[string(key)] = struct{}{}
 	b.jobs = append(b.jobs, pendingJob{args: args, opts: opts, kind: kind.kind, encoded: string(encoded), cols: cols})
-	return nil
+	return true, nil
 }
 
 // dropIfDuplicate counts and reports a key that is already buffered.
@@ -219,11 +231,11 @@ func (b *Batch) Err() error {
 // It returns the first Add or Publish error, if any, without writing. An
 // empty batch writes nothing.
 func (b *Batch) Flush(ctx context.Context, tx pgx.Tx) (FlushResult, error) {
-	jobs, events, dups, err := b.take()
-	if err != nil || (len(jobs) == 0 && len(events) == 0) {
+	jobs, events, jobBatches, dups, err := b.take()
+	if err != nil || (len(jobs) == 0 && len(events) == 0 && len(jobBatches) == 0) {
 		return FlushResult{}, err
 	}
-	res, err := b.ob.write(ctx, tx, jobs, events, false)
+	res, err := b.ob.write(ctx, tx, jobs, events, jobBatches, false)
 	if err != nil {
 		return FlushResult{}, err
 	}
@@ -234,17 +246,18 @@ func (b *Batch) Flush(ctx context.Context, tx pgx.Tx) (FlushResult, error) {
 	return res, nil
 }
 
-// take returns the buffered jobs and events and the number of duplicates
-// dropped, and empties the batch; or the first Add or Publish error.
-func (b *Batch) take() ([]pendingJob, []pendingEvent, int, error) {
+// take returns the buffered jobs, events and job batch operations and the
+// number of duplicates dropped, and empties the batch; or the first Add or
+// Publish error.
+func (b *Batch) take() ([]pendingJob, []pendingEvent, []*pendingJobBatch, int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.err != nil {
-		return nil, nil, 0, b.err
+		return nil, nil, nil, 0, b.err
 	}
-	jobs, events, dups := b.jobs, b.events, b.dups
-	b.jobs, b.events, b.keys, b.dups = nil, nil, nil, 0
-	return jobs, events, dups, nil
+	jobs, events, jobBatches, dups := b.jobs, b.events, b.jobBatches, b.dups
+	b.jobs, b.events, b.jobBatches, b.keys, b.dups = nil, nil, nil, nil, 0
+	return jobs, events, jobBatches, dups, nil
 }
 
 // Enqueue validates and inserts one job in tx (any pgx.Tx, not only an

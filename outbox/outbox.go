@@ -285,6 +285,8 @@ type FlushResult struct {
 	// jobs (and committing, for InTx): 1 when everything went in one batch,
 	// more on the fallback path, 0 when there was nothing to write.
 	RoundTrips int
+	// JobBatches is the number of job batches created, added to or sealed.
+	JobBatches int
 }
 
 // InTx runs fn in a new transaction and commits it, with every job fn
@@ -346,18 +348,18 @@ func (o *Outbox) InTx(ctx context.Context, opts *InTxOpts, fn func(ctx context.C
 	}
 	tx.close()
 
-	jobs, events, dups, err := tx.batch.take()
+	jobs, events, jobBatches, dups, err := tx.batch.take()
 	if err != nil {
 		_ = inner.Rollback(context.WithoutCancel(ctx))
 		return res, fmt.Errorf("%w: %w", ErrTxAborted, err)
 	}
-	if len(jobs) == 0 && len(events) == 0 {
+	if len(jobs) == 0 && len(events) == 0 && len(jobBatches) == 0 {
 		if err := inner.Commit(ctx); err != nil {
 			return res, commitError(fmt.Errorf("outbox: committing: %w", err), true)
 		}
 		return res, nil
 	}
-	res, err = o.write(ctx, inner, jobs, events, true)
+	res, err = o.write(ctx, inner, jobs, events, jobBatches, true)
 	if err != nil {
 		// A COMMIT that went out ended the transaction on the server (the
 		// connection is idle); anything else is rolled back here, or the
@@ -433,6 +435,32 @@ func (tx *Tx) Enqueue(args river.JobArgs, opts *river.InsertOpts) error {
 		return pgx.ErrTxClosed
 	}
 	return tx.batch.Add(args, opts)
+}
+
+// NewJobBatch starts a job batch in the transaction: members enqueued with
+// the returned JobBatch's Enqueue, and callbacks (opts) enqueued once every
+// member has finished — exactly once, in the transaction that finishes the
+// last member. The batch is written with the transaction's jobs, in the
+// same round trip, and a rolled-back transaction leaves neither the batch
+// nor its members. Without opts.Open the batch is sealed at commit.
+func (tx *Tx) NewJobBatch(opts *JobBatchOpts) (*JobBatch, error) {
+	return tx.batch.NewJobBatch(opts)
+}
+
+// EnqueueInJobBatch buffers args as a member of the open job batch id,
+// created by an earlier transaction. The flush fails with
+// ErrJobBatchSealed when the batch was sealed, ErrJobBatchUnknown when it
+// does not exist, and then nothing of the transaction is written.
+func (tx *Tx) EnqueueInJobBatch(id string, args river.JobArgs, opts *river.InsertOpts) error {
+	return tx.batch.EnqueueInJobBatch(id, args, opts)
+}
+
+// SealJobBatch seals the job batch id when the transaction commits: no
+// member can be added after, and the callback runs once every member
+// finished (at once when they all have). Sealing a sealed batch does
+// nothing.
+func (tx *Tx) SealJobBatch(id string) error {
+	return tx.batch.SealJobBatch(id)
 }
 
 // Pending is the number of distinct jobs buffered so far.

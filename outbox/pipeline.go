@@ -50,10 +50,23 @@ var errNotRecordable = errors.New("outbox: statement cannot be pipelined")
 // sends everything in one round trip when River's insert can be recorded;
 // otherwise it runs the statements one by one. It never rolls back: on error
 // the caller does (InTx), or owns the transaction (Batch.Flush).
-func (o *Outbox) write(ctx context.Context, tx pgx.Tx, jobs []pendingJob, events []pendingEvent, commit bool) (FlushResult, error) {
+func (o *Outbox) write(ctx context.Context, tx pgx.Tx, jobs []pendingJob, events []pendingEvent, jobBatches []*pendingJobBatch, commit bool) (FlushResult, error) {
+	res, err := o.writeAll(ctx, tx, jobs, events, jobBatches, commit)
+	if err != nil {
+		return FlushResult{}, jobBatchError(err)
+	}
+	res.JobBatches = len(jobBatches)
+	return res, nil
+}
+
+// writeAll is write, its errors unmapped.
+func (o *Outbox) writeAll(ctx context.Context, tx pgx.Tx, jobs []pendingJob, events []pendingEvent, jobBatches []*pendingJobBatch, commit bool) (FlushResult, error) {
 	var stmts []recordedStmt
 	if len(events) > 0 {
 		stmts = append(stmts, eventsInsert(events))
+	}
+	if len(jobBatches) > 0 {
+		stmts = append(stmts, jobBatchesAdd(jobBatches))
 	}
 	if !o.cfg.DirectInsert {
 		return o.writeOutbox(ctx, tx, jobs, stmts, len(events), commit)
@@ -98,12 +111,11 @@ func (o *Outbox) write(ctx context.Context, tx pgx.Tx, jobs []pendingJob, events
 
 	o.fallbacks.Add(1)
 	res := FlushResult{Events: len(events)}
-	if len(events) > 0 {
-		if _, err := tx.Exec(ctx, stmts[0].sql, stmts[0].args...); err != nil {
-			return FlushResult{}, fmt.Errorf("outbox: inserting %d events: %w", len(events), err)
-		}
-		res.RoundTrips++
+	n, err := execEach(ctx, tx, stmts)
+	if err != nil {
+		return FlushResult{}, err
 	}
+	res.RoundTrips += n
 	results, err := o.client.InsertManyTx(ctx, tx, params)
 	if err != nil {
 		return FlushResult{}, fmt.Errorf("outbox: inserting %d jobs: %w", len(params), err)
@@ -144,18 +156,17 @@ func (o *Outbox) copySafe(params []river.InsertManyParams) bool {
 	return true
 }
 
-// writeCopy writes the events (their statement, stmts[0], when there are
-// any), then the jobs with River's COPY, then commits when commit is set.
+// writeCopy runs stmts (the events' and job batches' statements), then
+// writes the jobs with River's COPY, then commits when commit is set.
 func (o *Outbox) writeCopy(ctx context.Context, tx pgx.Tx, params []river.InsertManyParams, stmts []recordedStmt, events int, commit bool) (FlushResult, error) {
 	o.copied.Add(1)
 	res := FlushResult{Events: events}
-	if events > 0 {
-		if _, err := tx.Exec(ctx, stmts[0].sql, stmts[0].args...); err != nil {
-			return FlushResult{}, fmt.Errorf("outbox: inserting %d events: %w", events, err)
-		}
-		res.RoundTrips++
+	n, err := execEach(ctx, tx, stmts)
+	if err != nil {
+		return FlushResult{}, err
 	}
-	n, err := o.client.InsertManyFastTx(ctx, tx, params)
+	res.RoundTrips += n
+	n, err = o.client.InsertManyFastTx(ctx, tx, params)
 	if err != nil {
 		return FlushResult{}, fmt.Errorf("outbox: inserting %d jobs with COPY: %w", len(params), err)
 	}
@@ -168,6 +179,17 @@ func (o *Outbox) writeCopy(ctx context.Context, tx pgx.Tx, params []river.Insert
 		res.RoundTrips++
 	}
 	return res, nil
+}
+
+// execEach runs stmts one by one, a round trip each, and returns how many
+// it ran.
+func execEach(ctx context.Context, tx pgx.Tx, stmts []recordedStmt) (int, error) {
+	for i, s := range stmts {
+		if _, err := tx.Exec(ctx, s.sql, s.args...); err != nil {
+			return i, fmt.Errorf("outbox: %s: %w", s.what(), err)
+		}
+	}
+	return len(stmts), nil
 }
 
 // countResults counts River's insert results.
@@ -293,6 +315,8 @@ func (s recordedStmt) what() string {
 	switch {
 	case s.sql == eventsInsertSQL:
 		return "inserting events"
+	case s.sql == jobBatchAddSQL:
+		return "recording job batches"
 	case s.outbox:
 		return "inserting jobs into the outbox"
 	case s.notify:
