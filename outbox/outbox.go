@@ -463,6 +463,21 @@ func (tx *Tx) SealJobBatch(id string) error {
 	return tx.batch.SealJobBatch(id)
 }
 
+// EnqueueRef buffers args as Enqueue does and returns the job's reference,
+// which jobs enqueued with EnqueueAfter, in this transaction or a later
+// one, name to wait for it.
+func (tx *Tx) EnqueueRef(args river.JobArgs, opts *river.InsertOpts) (JobRef, error) {
+	return tx.batch.EnqueueRef(args, opts)
+}
+
+// EnqueueAfter buffers args as a job that starts only once the jobs of
+// after completed — or is cancelled, with the reason, when one of them was
+// discarded or cancelled, unless after.RunOnFailure — and returns its own
+// reference, so that other jobs can wait for it in turn.
+func (tx *Tx) EnqueueAfter(after After, args river.JobArgs, opts *river.InsertOpts) (JobRef, error) {
+	return tx.batch.EnqueueAfter(after, args, opts)
+}
+
 // Pending is the number of distinct jobs buffered so far.
 func (tx *Tx) Pending() int { return tx.batch.Len() }
 

@@ -84,7 +84,8 @@ var (
 		"pings_id_seq", "users_id_seq", "fundraisers_id_seq", "emails_id_seq", "donations_id_seq",
 		"email_counter_deltas_id_seq", "products_id_seq", "checkouts_id_seq", "cars_id_seq",
 	}
-	views = []string{"job_kind_stats", "queue_depth", "stuck_jobs", "failing_jobs", "job_rate_limit_status", "job_sequence_status"}
+	views = []string{"job_kind_stats", "queue_depth", "stuck_jobs", "failing_jobs", "job_rate_limit_status", "job_sequence_status",
+		"job_batch_status", "job_dependency_status"}
 )
 
 // wantPrivileges is the whole matrix grants.sql must give on a schema
@@ -115,6 +116,10 @@ func wantPrivileges() (app, worker map[string]string) {
 		"job_sequence_inbox":        "",
 		"job_sequences":             "",
 		"job_sequence_members":      "",
+		"job_batches":               "",
+		"job_batch_members":         "",
+		"job_refs":                  "",
+		"job_waits":                 "",
 		"river_leader":              "",
 		"river_queue":               "",
 		"river_migration":           "",
@@ -138,6 +143,10 @@ func wantPrivileges() (app, worker map[string]string) {
 		"job_sequence_inbox":        "SELECT,INSERT",
 		"job_sequences":             "SELECT",
 		"job_sequence_members":      "SELECT",
+		"job_batches":               "SELECT",
+		"job_batch_members":         "SELECT",
+		"job_refs":                  "SELECT",
+		"job_waits":                 "SELECT",
 		"river_leader":              dml,
 		"river_queue":               dml,
 		"river_migration":           "SELECT",
