@@ -20,6 +20,8 @@ type JobBatchDone struct {
 	Completed int    `json:"completed"`
 	Discarded int    `json:"discarded"`
 	Cancelled int    `json:"cancelled"`
+	// FinishedAt is when the last member finished (the database's clock).
+	FinishedAt time.Time `json:"finished_at"`
 }
 
 // Succeeded reports whether every member completed.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riverqueue/river"
 	"github.com/stretchr/testify/require"
 
@@ -383,4 +384,63 @@ func TestJobBatchMembersFinishAtOnce(t *testing.T) {
 			(SELECT completed FROM job_batches WHERE id = $1::text::uuid)`, id).Scan(&callbacks, &completed))
 		require.Equal(t, []int{1, members}, []int{callbacks, completed}, "round %d", round)
 	}
+}
+
+// TestJobBatchMetrics: a client built with Metrics counts a batch when its
+// callback first starts, by outcome, and observes the delay from the last
+// member's finish to that start.
+func TestJobBatchMetrics(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 10})
+	got := make(chan batchDone, 10)
+	reg := jobs.NewRegistry()
+	q := reg.AddQueue("test", "batches", jobs.WeightNormal, nil)
+	jobs.AddWorker(reg, q, batchMemberWorker{})
+	jobs.AddWorker(reg, q, batchDoneWorker{pool: s.Pool, got: got})
+	metrics := jobs.NewMetrics(nil)
+	preg := prometheus.NewRegistry()
+	preg.MustRegister(metrics)
+	client, err := jobs.NewClient(s.Pool, reg, &jobs.ClientConfig{Queues: []string{jobs.AllQueues}, Schema: s.Name, Metrics: metrics})
+	require.NoError(t, err)
+	ob, err := jobs.NewOutbox(s.Pool, client, reg, &outbox.Config{DirectInsert: true})
+	require.NoError(t, err)
+	for _, fail := range []bool{false, false, true} {
+		_, err := ob.InTx(ctx, nil, func(_ context.Context, tx *outbox.Tx) error {
+			jb, err := tx.NewJobBatch(&outbox.JobBatchOpts{OnSuccess: batchDoneArgs{Label: "ok"}, OnFailure: batchDoneArgs{Label: "failed"}})
+			if err != nil {
+				return err
+			}
+			if err := jb.Enqueue(batchMemberArgs{N: 1}, nil); err != nil {
+				return err
+			}
+			return jb.Enqueue(batchMemberArgs{N: 2, Fail: fail}, nil)
+		})
+		require.NoError(t, err)
+	}
+	require.NoError(t, client.Start(ctx))
+	t.Cleanup(func() { require.NoError(t, client.Stop(context.WithoutCancel(ctx))) })
+	for range 3 {
+		select {
+		case <-got:
+		case <-time.After(15 * time.Second):
+			t.Fatal("a batch callback did not run")
+		}
+	}
+	families, err := preg.Gather()
+	require.NoError(t, err)
+	finished := map[string]float64{}
+	var delays uint64
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			switch f.GetName() {
+			case "aftercommit_job_batches_finished_total":
+				finished[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+			case "aftercommit_job_batch_callback_delay_seconds":
+				delays = m.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	require.Equal(t, map[string]float64{"succeeded": 2, "failed": 1}, finished)
+	require.Equal(t, uint64(3), delays)
 }

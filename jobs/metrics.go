@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -272,6 +273,9 @@ type Metrics struct {
 	// flowDelayed counts the starts a flow control put off
 	// (ObserveFlowDelay), in the job collector.
 	flowDelayed *prometheus.CounterVec
+	// batchesFinished and batchDelay are the job batches' callbacks.
+	batchesFinished *prometheus.CounterVec
+	batchDelay      prometheus.Histogram
 
 	// series maps (kind, queue) to its resolved children. It is replaced,
 	// never modified, under seriesMu, so lookups take no lock.
@@ -342,7 +346,17 @@ func NewMetrics(cfg *MetricsConfig) *Metrics {
 		Namespace: c.Namespace, Subsystem: "job", Name: "flow_delayed_total", ConstLabels: c.ConstLabels,
 		Help: "Starts a flow control put off, by kind and control: worker_lock (its lock or semaphore was held: the job snoozed), rate_limit (over its limit: the job snoozed, or waited in its worker). Jobs waiting their turn in a sequence or fair share are the queue's pending jobs (queue metrics, state pending).",
 	}, []string{"kind", "control"})
-	m.jobCollector = collectorSet{m.executions, m.runTime, m.latency, m.argsUnknownFields, m.relayBatches, m.relayRows, m.flowDelayed}
+	m.batchesFinished = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: c.Namespace, Subsystem: "job", Name: "batches_finished_total", ConstLabels: c.ConstLabels,
+		Help: "Job batches whose callback started (its first attempt), by outcome: succeeded (every member completed) or failed. A batch with no callback for its outcome is not counted (job_batch_status shows every batch).",
+	}, []string{"outcome"})
+	for _, o := range []string{"succeeded", "failed"} {
+		m.batchesFinished.WithLabelValues(o)
+	}
+	m.batchDelay = prometheus.NewHistogram(histogramOpts(c, "batch_callback_delay_seconds",
+		"Time from a job batch's last member finishing to its callback's first start (attempted_at - finished_at, the database's clock)."))
+	m.jobCollector = collectorSet{m.executions, m.runTime, m.latency, m.argsUnknownFields, m.relayBatches, m.relayRows, m.flowDelayed,
+		m.batchesFinished, m.batchDelay}
 	m.outboxCollector = collectorSet{m.flushes, m.enqueued, m.duplicates, m.inserted, m.uniqueSkipped, m.roundTrips}
 	m.series.Store(&map[seriesKey]*jobSeries{})
 	m.plugin = &metricsPlugin{m: m}
@@ -505,9 +519,22 @@ var (
 	_ rivertype.HookWorkBegin    = (*metricsPlugin)(nil)
 )
 
+// batchDoneKey marks the metadata of a job batch's callback.
+var batchDoneKey = []byte(`"` + outbox.MetadataKeyJobBatchDone + `"`)
+
 // Work implements rivertype.WorkerMiddleware.
 func (p *metricsPlugin) Work(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
 	s := p.m.seriesFor(job.Kind, job.Queue)
+	if job.Attempt == 1 && job.AttemptedAt != nil && bytes.Contains(job.Metadata, batchDoneKey) {
+		if d, ok := JobBatchDoneOf(job); ok {
+			outcome := "failed"
+			if d.Succeeded() {
+				outcome = "succeeded"
+			}
+			p.m.batchesFinished.WithLabelValues(outcome).Inc()
+			p.m.batchDelay.Observe(max(job.AttemptedAt.Sub(d.FinishedAt), 0).Seconds())
+		}
+	}
 	wctx := &workContext{Context: ctx, owner: p}
 	start := time.Now()
 	returned := false

@@ -62,6 +62,7 @@ DECLARE
     cb  jsonb;
     q   text;
     jid bigint;
+    at  timestamptz := clock_timestamp();
 BEGIN
     cb := CASE WHEN b.discarded + b.cancelled = 0 THEN b.on_success ELSE b.on_failure END;
     IF cb IS NOT NULL THEN
@@ -70,13 +71,13 @@ BEGIN
         VALUES (cb -> 'args', cb ->> 'kind', coalesce((cb ->> 'max_attempts')::smallint, 25),
                 jsonb_build_object('aftercommit_batch_done', jsonb_build_object(
                     'id', b.id, 'expected', b.expected, 'completed', b.completed,
-                    'discarded', b.discarded, 'cancelled', b.cancelled)),
+                    'discarded', b.discarded, 'cancelled', b.cancelled, 'finished_at', at)),
                 coalesce((cb ->> 'priority')::smallint, 1), q, 'available', now(),
                 ARRAY(SELECT t FROM jsonb_array_elements_text(coalesce(cb -> 'tags', '[]')) AS t))
         RETURNING id INTO jid;
         PERFORM pg_notify(current_schema() || '.river_insert', json_build_object('queue', q)::text);
     END IF;
-    UPDATE job_batches x SET finished_at = clock_timestamp(), callback_job_id = jid WHERE x.id = b.id;
+    UPDATE job_batches x SET finished_at = at, callback_job_id = jid WHERE x.id = b.id;
 END
 $fn$;
 

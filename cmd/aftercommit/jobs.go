@@ -33,6 +33,7 @@ func printJobsUsage(w io.Writer, printFlags func(io.Writer)) {
   aftercommit jobs show ID [--json]
   aftercommit jobs retry ID
   aftercommit jobs cancel ID
+  aftercommit jobs batch show BATCH_ID [--json]
 
 list    the newest jobs first, filtered by state, kind and queue (each flag
         may hold several values separated by commas)
@@ -49,6 +50,10 @@ show    one job: its args, metadata, attempts and errors
 retry   make a job available to run now (any state but running; a job that
         used all its attempts gets one more)
 cancel  cancel a job; a running job is asked to stop, and is not retried
+batch show
+        a job batch (outbox.Tx.NewJobBatch): its state (open, running,
+        succeeded, failed), expected members and how they finished, its
+        callback job, and its finished members with their outputs
 
 States: available, cancelled, completed, discarded, pending, retryable,
 running, scheduled.
@@ -89,11 +94,12 @@ func runJobs(ctx context.Context, args []string, e *env) int {
 		return code
 	}
 	if len(positional) == 0 {
-		return c.usageError("missing action: list, show, retry or cancel")
+		return c.usageError("missing action: list, show, retry, cancel or batch")
 	}
 	action, rest := positional[0], positional[1:]
 
 	var id int64
+	var batchID string
 	switch action {
 	case "list":
 		if len(rest) > 0 {
@@ -123,14 +129,31 @@ func runJobs(ctx context.Context, args []string, e *env) int {
 		if err != nil || id < 1 {
 			return c.usageError(fmt.Sprintf("job ID must be a positive integer, got %q", rest[0]))
 		}
+	case "batch":
+		if len(rest) != 2 || rest[0] != "show" {
+			return c.usageError("usage: aftercommit jobs batch show BATCH_ID")
+		}
+		if !uuidRE.MatchString(rest[1]) {
+			return c.usageError(fmt.Sprintf("a batch ID is a UUID, got %q", rest[1]))
+		}
+		batchID = rest[1]
 	default:
-		return c.usageError(fmt.Sprintf("unknown action %q: want list, show, retry or cancel", action))
+		return c.usageError(fmt.Sprintf("unknown action %q: want list, show, retry, cancel or batch", action))
 	}
 	pool, code, ok := c.connect(ctx, 0)
 	if !ok {
 		return code
 	}
 	defer pool.Close()
+	if action == "batch" {
+		if err := jobsBatchShow(ctx, pool, batchID, f.asJSON, e); err != nil {
+			if sqlState(err) == "42P01" {
+				err = fmt.Errorf("aftercommit jobs: the job batch tables are missing: run 'aftercommit migrate up' (%w)", err)
+			}
+			return reportError(ctx, e, err)
+		}
+		return exitOK
+	}
 	if f.outbox || f.dead {
 		if err := outboxList(ctx, pool, &f, e); err != nil {
 			if sqlState(err) == "42P01" {

@@ -319,8 +319,8 @@ func TestJobs(t *testing.T) {
 			args []string
 			want string
 		}{
-			{[]string{"jobs"}, "aftercommit jobs: missing action: list, show, retry or cancel\n"},
-			{[]string{"jobs", "frob"}, `aftercommit jobs: unknown action "frob": want list, show, retry or cancel` + "\n"},
+			{[]string{"jobs"}, "aftercommit jobs: missing action: list, show, retry, cancel or batch\n"},
+			{[]string{"jobs", "frob"}, `aftercommit jobs: unknown action "frob": want list, show, retry, cancel or batch` + "\n"},
 			{[]string{"jobs", "show"}, "aftercommit jobs: jobs show takes one job ID\n"},
 			{[]string{"jobs", "retry", "1", "2"}, "aftercommit jobs: jobs retry takes one job ID\n"},
 			{[]string{"jobs", "show", "abc"}, `aftercommit jobs: job ID must be a positive integer, got "abc"` + "\n"},
@@ -366,4 +366,55 @@ func countRows(ctx context.Context, t *testing.T, s *dbtest.Schema, sql string) 
 	var n int
 	require.NoError(t, s.Pool.QueryRow(ctx, sql).Scan(&n))
 	return n
+}
+
+// TestJobsBatchShow: jobs batch show prints a batch's state, counts,
+// callback and finished members (table and JSON); an unknown batch is a
+// failure, a malformed ID bad usage.
+func TestJobsBatchShow(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupJobs(ctx, t)
+	const id = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b"
+	pool := b.schema.Pool
+	_, err := pool.Exec(ctx, `SELECT job_batch_add_many(ARRAY[$1::uuid], ARRAY[3], ARRAY[true], ARRAY[true],
+		ARRAY['{"kind": "test.done", "args": {"import": 1}}'::jsonb], ARRAY[NULL::jsonb])`, id)
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `INSERT INTO river_job (id, args, kind, queue, state, max_attempts, metadata)
+		SELECT 10 + g, jsonb_build_object('part', g), 'test.part', 'default', 'running', 25,
+		       jsonb_build_object('aftercommit_batch', $1::text)
+		  FROM generate_series(1, 3) AS g`, id)
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `UPDATE river_job SET state = 'completed', finalized_at = now(),
+		metadata = metadata || jsonb_build_object('output', jsonb_build_object('rows', 100 * (id - 10)))
+		WHERE id IN (11, 12)`)
+	require.NoError(t, err)
+
+	res := b.run(ctx, t, "batch", "show", id)
+	require.Equal(t, exitOK, res.code, res.stderr)
+	require.Contains(t, res.stdout, "State     running\n")
+	require.Contains(t, res.stdout, "Members   3 expected, 1 unfinished, 2 completed, 0 discarded, 0 cancelled\n")
+	require.Contains(t, res.stdout, "Callback  not yet\n")
+	require.Regexp(t, `(?m)^  11   test.part  completed  .*  \{"rows": 100\}$`, res.stdout)
+	require.Regexp(t, `(?m)^  12   test.part  completed  .*  \{"rows": 200\}$`, res.stdout)
+
+	_, err = pool.Exec(ctx, `UPDATE river_job SET state = 'discarded', finalized_at = now() WHERE id = 13`)
+	require.NoError(t, err)
+	res = b.run(ctx, t, "batch", "show", id, "--json")
+	require.Equal(t, exitOK, res.code, res.stderr)
+	var v batchView
+	require.NoError(t, json.Unmarshal([]byte(res.stdout), &v))
+	require.Equal(t, "failed", v.State)
+	require.Equal(t, []int{3, 0, 2, 1, 0}, []int{v.Expected, v.Unfinished, v.Completed, v.Discarded, v.Cancelled})
+	require.Nil(t, v.CallbackJobID, "no failure callback")
+	require.NotNil(t, v.FinishedAt)
+	require.Len(t, v.Members, 3)
+	require.Equal(t, "discarded", v.Members[2].State)
+
+	res = b.run(ctx, t, "batch", "show", "0b7e4a4e-5c1e-4f3a-9d7e-2b1c0a9f8e7d")
+	require.Equal(t, exitFailure, res.code)
+	require.Contains(t, res.stderr, "no such job batch")
+	res = b.run(ctx, t, "batch", "show", "batch-1")
+	require.Equal(t, exitUsage, res.code)
+	require.Contains(t, res.stderr, `a batch ID is a UUID, got "batch-1"`)
 }

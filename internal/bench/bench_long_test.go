@@ -62,7 +62,7 @@ func TestRunEveryScenario(t *testing.T) {
 		"fairness":          {"b_alone", "fair_share", "no_fair_share"},
 		"tx_bulk":           {"rows_only", "rows_and_jobs"},
 		"bulk_insert":       {"river_insert_many_fast", "outbox_batch", "river_insert_many"},
-		"worker_throughput": {"bare_river", "full_stack", "worker_lock", "semaphore", "rate_limit", "rate_limit_warm", "rate_limit_hot", "sequence"},
+		"worker_throughput": {"bare_river", "full_stack", "worker_lock", "semaphore", "rate_limit", "rate_limit_warm", "rate_limit_hot", "batch_member", "sequence"},
 		"latency":           {"river_defaults", "shipped", "outbox_relay"},
 		"relay_throughput":  {"insert_many_fast_1000", "relay_1000", "relay_1000_1_mover", "take_copy_floor_1000", "relay_1000_no_copy", "relay_1000_2_relays", "insert_many_fast_5000", "relay_5000"},
 		"relay_notify":      {"notify_10ms", "notify_never", "notify_every_tx"},
@@ -80,7 +80,7 @@ func TestRunEveryScenario(t *testing.T) {
 			require.NotEmpty(t, r.Goal)
 		}
 	}
-	require.Equal(t, 25, goals, "every goal is judged")
+	require.Equal(t, 26, goals, "every goal is judged")
 
 	var table bytes.Buffer
 	report.Print(&table)

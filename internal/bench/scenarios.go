@@ -109,6 +109,32 @@ func fillSequenced(w sequencedNoopWorker) func(context.Context, *Env, *river.Cli
 	}
 }
 
+// fillBatched queues n no-op jobs as members of job batches of size, the
+// way they arrive in production: outbox rows carrying their batch, moved by
+// the relay, the batches (sealed, no callback) written beside them.
+func fillBatched(size int) func(context.Context, *Env, *river.Client[pgx.Tx], int) error {
+	return func(ctx context.Context, env *Env, client *river.Client[pgx.Tx], n int) error {
+		if _, err := env.Pool.Exec(ctx, `WITH b AS (
+				INSERT INTO job_batches (id, expected, sealed)
+				SELECT gen_random_uuid(), least($2::int, $1::int - g * $2::int), true
+				  FROM generate_series(0, ($1::int - 1) / $2::int) AS g
+				RETURNING id)
+			INSERT INTO outbox_jobs (kind, args, metadata)
+			SELECT 'bench.noop', jsonb_build_object('n', g), jsonb_build_object('aftercommit_batch', ids[g / $2::int + 1])
+			  FROM generate_series(0, $1::int - 1) AS g, (SELECT array_agg(id) AS ids FROM b) AS x`, n, size); err != nil {
+			return err
+		}
+		reg := jobs.NewRegistry()
+		jobs.AddWorker(reg, river.QueueDefault, noopWorker{})
+		rl, err := jobs.NewRelay(env.Pool, client, reg, &relay.Config{Schema: env.Schema, Logger: env.Logger})
+		if err != nil {
+			return err
+		}
+		_, err = rl.Drain(ctx)
+		return err
+	}
+}
+
 // pingArgs is the job of the transaction scenarios: the ping job's shape,
 // a row ID.
 type pingArgs struct {
@@ -465,7 +491,7 @@ func workerThroughputScenario(cfg Config) *Scenario {
 	drainFilled := func(n int, build func(env *Env) (*river.Client[pgx.Tx], error), fill func(context.Context, *Env, *river.Client[pgx.Tx], int) error) func(ctx context.Context, env *Env) (Sample, error) {
 		return func(ctx context.Context, env *Env) (Sample, error) {
 			if err := env.Truncate(ctx, "river_job", "job_locks", "job_rate_limits", "outbox_jobs",
-				"job_sequence_inbox", "job_sequences", "job_sequence_members"); err != nil {
+				"job_sequence_inbox", "job_sequences", "job_sequence_members", "job_batch_members", "job_batches"); err != nil {
 				return nil, err
 			}
 			client, err := build(env)
@@ -530,6 +556,8 @@ func workerThroughputScenario(cfg Config) *Scenario {
 				Run: drain(max(100, full/5), runtime(ratedNoopWorker{keys: 100, limit: 1000, period: time.Second}))},
 			{Name: "rate_limit_hot", Note: "full stack, one key limited to 1,000 starts per 50 ms (20,000/s), never reached: leases fill at most half of the limit, the rest is decided start by start on one row",
 				Run: drain(max(100, full/5), runtime(ratedNoopWorker{keys: 1, limit: 1000, period: 50 * time.Millisecond}))},
+			{Name: "batch_member", Note: "full stack, every job a member of a job batch of 20 (sealed, no callback): relayed from the outbox before the clock starts; each finish counted by the trigger",
+				Run: drainFilled(max(100, full/5), runtime(neededNoopWorker{}), fillBatched(20))},
 			{Name: "sequence", Note: "full stack, sequences over 10,000 keys: relayed from the outbox before the clock starts, each key's jobs one at a time in order",
 				Run: drainFilled(max(100, full/5), runtime(sequencedNoopWorker{keys: 10_000}), fillSequenced(sequencedNoopWorker{keys: 10_000}))},
 		},
@@ -541,6 +569,7 @@ func workerThroughputScenario(cfg Config) *Scenario {
 			{Side: "rate_limit_warm", AtLeast: 0.8, Text: "≥ 0.8×"},
 			{Side: "rate_limit_hot", AtLeast: 0.8, Text: "≥ 0.8×"},
 			{Side: "sequence", AtLeast: 0.5, Text: "≥ 0.5×"},
+			{Side: "batch_member", AtLeast: 0.8, Text: "≥ 0.8× (issue 18)"},
 		},
 	}
 }
