@@ -106,11 +106,14 @@ func (e *batchEnv) relay(ctx context.Context, t *testing.T) {
 	require.NoError(t, err)
 }
 
-// next waits for the next callback.
+// next waits for the next callback. Its FinishedAt, checked to be within
+// the last minute, is zeroed so that the rest compares exactly.
 func (e *batchEnv) next(t *testing.T) batchDone {
 	t.Helper()
 	select {
 	case d := <-e.got:
+		require.WithinDuration(t, time.Now(), d.done.FinishedAt, time.Minute)
+		d.done.FinishedAt = time.Time{}
 		return d
 	case <-time.After(15 * time.Second):
 		t.Fatal("no batch callback ran in 15 s")

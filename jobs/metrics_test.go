@@ -462,15 +462,15 @@ func TestMetricsConfig(t *testing.T) {
 		m := jobs.NewMetrics(nil)
 		reg := prometheus.NewRegistry()
 		require.NoError(t, reg.Register(m))
-		// Describe lists all thirteen metrics, before any job ran.
+		// Describe lists all fifteen metrics, before any job ran.
 		descs := make(chan *prometheus.Desc, 20)
 		m.Describe(descs)
 		close(descs)
-		require.Len(t, descs, 13)
+		require.Len(t, descs, 15)
 		// Its parts: the job metrics with the relay's two counters (the
-		// relay runs in the worker processes) and the flow controls'
-		// delays, and the outbox counters.
-		require.Equal(t, 7, describeCount(m.JobCollector()))
+		// relay runs in the worker processes), the flow controls' delays
+		// and the job batches' two, and the outbox counters.
+		require.Equal(t, 9, describeCount(m.JobCollector()))
 		require.Equal(t, 6, describeCount(m.OutboxCollector()))
 		jobOnly := prometheus.NewRegistry()
 		require.NoError(t, jobOnly.Register(m.JobCollector()))
