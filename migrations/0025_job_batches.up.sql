@@ -52,7 +52,10 @@ COMMENT ON TABLE job_batch_members IS
 
 -- aftercommit_batch_fire finishes batch b (sealed, every member finished):
 -- inserts its callback job, available now, with the batch's counts in its
--- metadata (aftercommit_batch_done), and wakes the callback's queue.
+-- metadata (aftercommit_batch_done), and wakes the callback's queue. The
+-- callback is scheduled at the batch's creation: River fetches by
+-- scheduled_at, so in a busy queue it goes ahead of the jobs enqueued after
+-- its batch, not behind every job waiting at its finish.
 CREATE FUNCTION aftercommit_batch_fire(b job_batches) RETURNS void
     LANGUAGE plpgsql
     SECURITY DEFINER
@@ -72,7 +75,7 @@ BEGIN
                 jsonb_build_object('aftercommit_batch_done', jsonb_build_object(
                     'id', b.id, 'expected', b.expected, 'completed', b.completed,
                     'discarded', b.discarded, 'cancelled', b.cancelled, 'finished_at', at)),
-                coalesce((cb ->> 'priority')::smallint, 1), q, 'available', now(),
+                coalesce((cb ->> 'priority')::smallint, 1), q, 'available', least(b.created_at, now()),
                 ARRAY(SELECT t FROM jsonb_array_elements_text(coalesce(cb -> 'tags', '[]')) AS t))
         RETURNING id INTO jid;
         PERFORM pg_notify(current_schema() || '.river_insert', json_build_object('queue', q)::text);
