@@ -29,6 +29,7 @@ var everyKind = []string{
 	"inventory.expire_checkout",
 	"inventory.prune_expired_claims",
 	"reporting.car_report",
+	"reporting.car_users_imported",
 	"reporting.create_car_users_in_bulk",
 	"reporting.rollup_fundraiser_day",
 }
@@ -46,7 +47,7 @@ func TestRegister(t *testing.T) {
 			"default", "donations_counters", "donations_default", "inventory_checkout", "inventory_maintenance",
 			"reporting_bulk", "reporting_reports",
 		}, reg.QueueNames())
-		require.Equal(t, []string{"donation.created"}, reg.TopicNames())
+		require.Equal(t, []string{"donation.created", "import.finished"}, reg.TopicNames())
 	})
 
 	t.Run("BesideTheAppsKindsBeforeOrAfter", func(t *testing.T) {

@@ -52,6 +52,7 @@ func ExampleRegister() {
 	// inventory.expire_checkout
 	// inventory.prune_expired_claims
 	// reporting.car_report
+	// reporting.car_users_imported
 	// reporting.create_car_users_in_bulk
 	// reporting.rollup_fundraiser_day
 }

@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
@@ -51,6 +50,9 @@ type CreateCarUsersInBulkArgs struct {
 	// UserIDs are the users to add; duplicates and users the car has
 	// already are skipped. Required, each above 0; may be empty.
 	UserIDs []int64 `json:"user_ids" jobs:"id"`
+	// Import marks a job of an import (Service.ImportCarUsers): it
+	// enqueues no report; the import's callback does, once for all its jobs.
+	Import bool `json:"import,omitempty"`
 }
 
 // Kind implements river.JobArgs.
@@ -113,13 +115,7 @@ type BulkResult struct {
 // CreateCarUsersInBulkWorker works CreateCarUsersInBulkArgs.
 type CreateCarUsersInBulkWorker struct {
 	river.WorkerDefaults[CreateCarUsersInBulkArgs]
-
-	pool *pgxpool.Pool
-	reg  *jobs.Registry
-
-	mu     sync.Mutex
-	client *river.Client[pgx.Tx]
-	ob     *outbox.Outbox
+	obs workerOutbox
 }
 
 var _ jobs.FairSharer[CreateCarUsersInBulkArgs] = (*CreateCarUsersInBulkWorker)(nil)
@@ -144,7 +140,7 @@ func (w *CreateCarUsersInBulkWorker) FairShareFor(args CreateCarUsersInBulkArgs)
 
 // registerCarUsers registers the bulk creation worker on QueueBulk.
 func registerCarUsers(reg *jobs.Registry, pool *pgxpool.Pool) {
-	jobs.AddWorker(reg, QueueBulk, &CreateCarUsersInBulkWorker{pool: pool, reg: reg})
+	jobs.AddWorker(reg, QueueBulk, &CreateCarUsersInBulkWorker{obs: workerOutbox{pool: pool, reg: reg, kind: CreateCarUsersInBulkKind}})
 }
 
 // Work checks the car and the users, inserts the missing pairs, enqueues the
@@ -153,12 +149,12 @@ func registerCarUsers(reg *jobs.Registry, pool *pgxpool.Pool) {
 // retry cannot fix (an unknown car or user, a malformed list) cancels the
 // job, with nothing written; its error says what to correct.
 func (w *CreateCarUsersInBulkWorker) Work(ctx context.Context, job *river.Job[CreateCarUsersInBulkArgs]) error {
-	ob, err := w.outbox(ctx)
+	ob, err := w.obs.outbox(ctx)
 	if err != nil {
 		return err
 	}
 	_, err = ob.InTx(ctx, nil, func(ctx context.Context, tx *outbox.Tx) error {
-		res, err := createCarUsersTx(ctx, tx, job.Args.CarID, job.Args.UserIDs)
+		res, err := createCarUsersTx(ctx, tx, job.Args.CarID, job.Args.UserIDs, !job.Args.Import)
 		if err != nil {
 			return err
 		}
@@ -168,26 +164,6 @@ func (w *CreateCarUsersInBulkWorker) Work(ctx context.Context, job *river.Job[Cr
 		return river.JobCancel(err)
 	}
 	return err
-}
-
-// outbox returns an outbox on the worker's pool that inserts with the
-// client running the job (the one River puts in the job's context), built
-// from the registry the worker was registered on.
-func (w *CreateCarUsersInBulkWorker) outbox(ctx context.Context) (*outbox.Outbox, error) {
-	client, err := river.ClientFromContextSafely[pgx.Tx](ctx)
-	if err != nil {
-		return nil, fmt.Errorf("reporting: %s runs only in a River worker: %w", CreateCarUsersInBulkKind, err)
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.ob == nil || w.client != client {
-		ob, err := jobs.NewOutbox(w.pool, client, w.reg, nil)
-		if err != nil {
-			return nil, fmt.Errorf("reporting: building the outbox of %s: %w", CreateCarUsersInBulkKind, err)
-		}
-		w.client, w.ob = client, ob
-	}
-	return w.ob, nil
 }
 
 // EnqueueCarUsersInBulk checks userIDs (at least one, each above zero, at
@@ -260,7 +236,7 @@ func (s *Service) CreateCarUsersInBulkTx(ctx context.Context, tx pgx.Tx, carID i
 	var res BulkResult
 	_, err := s.ob.JoinTx(ctx, tx, func(ctx context.Context, tx *outbox.Tx) error {
 		var err error
-		res, err = createCarUsersTx(ctx, tx, carID, userIDs)
+		res, err = createCarUsersTx(ctx, tx, carID, userIDs, true)
 		return err
 	})
 	if err != nil {
@@ -269,8 +245,9 @@ func (s *Service) CreateCarUsersInBulkTx(ctx context.Context, tx pgx.Tx, carID i
 	return res, nil
 }
 
-// createCarUsersTx is the work of a bulk creation, in tx.
-func createCarUsersTx(ctx context.Context, tx *outbox.Tx, carID int64, userIDs []int64) (BulkResult, error) {
+// createCarUsersTx is the work of a bulk creation, in tx; with report, it
+// enqueues the car's report when a pair was created.
+func createCarUsersTx(ctx context.Context, tx *outbox.Tx, carID int64, userIDs []int64, report bool) (BulkResult, error) {
 	ids, err := normalizeUserIDs(userIDs)
 	if err != nil {
 		return BulkResult{}, err
@@ -313,7 +290,7 @@ func createCarUsersTx(ctx context.Context, tx *outbox.Tx, carID int64, userIDs [
 
 	res.Inserted = int(inserted)
 	res.Existing = res.Distinct - res.Inserted
-	if res.Inserted > 0 {
+	if res.Inserted > 0 && report {
 		if err := tx.Enqueue(CarReportArgs{CarID: carID}, nil); err != nil {
 			return BulkResult{}, err
 		}
@@ -325,6 +302,12 @@ func createCarUsersTx(ctx context.Context, tx *outbox.Tx, carID int64, userIDs [
 // normalizeUserIDs returns ids sorted and without duplicates, or the
 // problem with them.
 func normalizeUserIDs(ids []int64) ([]int64, error) {
+	return normalizeIDs(ids, MaxBulkUserIDs)
+}
+
+// normalizeIDs is normalizeUserIDs with at most limit distinct IDs (0: no
+// limit).
+func normalizeIDs(ids []int64, limit int) ([]int64, error) {
 	if len(ids) == 0 {
 		return nil, &ValidationError{Field: "user_ids", Message: "is empty: give at least one user ID"}
 	}
@@ -334,7 +317,7 @@ func normalizeUserIDs(ids []int64) ([]int64, error) {
 	if n, _ := slices.BinarySearch(out, 1); n > 0 { // out[:n] are <= 0
 		return nil, idsError("user_ids", "IDs not above zero", out[:n], n, nil)
 	}
-	if len(out) > MaxBulkUserIDs {
+	if limit > 0 && len(out) > limit {
 		return nil, tooManyUserIDs(len(out), "distinct ")
 	}
 	return out, nil

@@ -43,6 +43,7 @@ func Register(reg *jobs.Registry, pool *pgxpool.Pool) {
 	reg.AddQueue(Domain, "bulk", 0, &jobs.QueueOpts{MaxWorkers: BulkMaxWorkers})
 	reg.AddQueue(Domain, "reports", -5, nil)
 	registerCarUsers(reg, pool)
+	registerImports(reg, pool)
 	registerCarReport(reg, pool)
 	registerRollups(reg, pool)
 }

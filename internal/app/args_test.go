@@ -161,6 +161,7 @@ func TestArgsDeclareTheirIDs(t *testing.T) {
 		"inventory.complete_checkout.checkout_id",
 		"inventory.expire_checkout.checkout_id",
 		"reporting.car_report.car_id",
+		"reporting.car_users_imported.car_id",
 		"reporting.create_car_users_in_bulk.car_id",
 		"reporting.create_car_users_in_bulk.user_ids",
 		"reporting.rollup_fundraiser_day.fundraiser_id",

@@ -39,6 +39,7 @@ func TestRegistry(t *testing.T) {
 		inventory.ExpireCheckoutKind,
 		inventory.PruneExpiredClaimsKind,
 		reporting.CarReportKind,
+		reporting.CarUsersImportedKind,
 		reporting.CreateCarUsersInBulkKind,
 		reporting.RollupFundraiserDayKind,
 	}, reg.Kinds())
