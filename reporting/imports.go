@@ -3,7 +3,6 @@ package reporting
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sync"
 
@@ -116,11 +115,14 @@ func registerImports(reg *jobs.Registry, pool *pgxpool.Pool) {
 
 // Work reads how the import's jobs ended (their BulkResult outputs), and
 // in one outbox transaction enqueues the car's report when a pair was
-// created, publishes TopicImportFinished and completes the job.
+// created, publishes TopicImportFinished and completes the job. A job of
+// this kind that is not an import's callback does nothing.
 func (w *CarUsersImportedWorker) Work(ctx context.Context, job *river.Job[CarUsersImportedArgs]) error {
 	done, ok := jobs.JobBatchDoneOf(job.JobRow)
 	if !ok {
-		return river.JobCancel(errors.New("reporting: a car users import callback runs only as a job batch's callback"))
+		// Enqueued by hand, not by an import's batch: there is nothing
+		// to report on.
+		return river.RecordOutput(ctx, map[string]string{"skipped": "not an import's callback"})
 	}
 	ob, err := w.obs.outbox(ctx)
 	if err != nil {

@@ -53,7 +53,7 @@ func TestBench(t *testing.T) {
 		require.Equal(t, "1.5s", report.Duration)
 		require.InDelta(t, 0.01, report.Scale, 1e-9)
 		require.Len(t, report.Samples, 3)
-		require.Len(t, report.Invariants, 18)
+		require.Len(t, report.Invariants, 19)
 		require.True(t, report.Totals.Drained)
 		require.Positive(t, report.Totals.Completed)
 		require.Contains(t, res.stdout, `"jobs_per_s"`)

@@ -26,7 +26,7 @@ func TestDemo(t *testing.T) {
 		require.Equal(t, exitOK, res.code, "stdout:\n%s\nstderr:\n%s", res.stdout, res.stderr)
 		require.Contains(t, res.stdout, "migrate: already up to date\n")
 		require.Contains(t, res.stdout, "aftercommit demo: scale 0.02, seed 42, tag ")
-		require.Contains(t, res.stdout, "all 20 invariants hold\n")
+		require.Contains(t, res.stdout, "all 21 invariants hold\n")
 		require.NotContains(t, res.stdout, "\n  FAIL")
 		require.NotContains(t, res.stdout, "\x1b[", "no progress bars when stdout is not a terminal")
 	})
@@ -103,7 +103,7 @@ func TestDemoFindsADatabase(t *testing.T) {
 		require.Equal(t, exitOK, res.code, "stdout:\n%s\nstderr:\n%s", res.stdout, res.stderr)
 		require.True(t, strings.HasPrefix(res.stdout, "aftercommit demo: no Postgres answers at 127.0.0.1:1: started postgres:16 with testcontainers at "+
 			s.URL+"; it is removed on exit\nmigrate: already up to date\n"), res.stdout)
-		require.Contains(t, res.stdout, "all 20 invariants hold\n")
+		require.Contains(t, res.stdout, "all 21 invariants hold\n")
 		require.Equal(t, 1, docker.Started())
 		require.Equal(t, 1, docker.Removed(), "the container is removed when the demo ends")
 	})

@@ -51,7 +51,7 @@ func TestSoak60s(t *testing.T) {
 	require.Zero(t, tot.UnexpectedErrors, "%v", tot.Errors)
 	require.Zero(t, tot.AppErrors, "%v", tot.Errors)
 	// The demo's invariants, over every round played to its end.
-	require.Len(t, report.Invariants, 18)
+	require.Len(t, report.Invariants, 19)
 	for _, inv := range report.Invariants {
 		require.True(t, inv.OK, "%s: %s", inv.Name, inv.Got)
 	}

@@ -47,6 +47,7 @@ func TestRun(t *testing.T) {
 		"cars with all their users",
 		"car reports equal to car_users",
 		"car report jobs left waiting",
+		"imports finished, each once (import.finished)",
 		"rollup rows differing from GROUP BY",
 		"rollup totals = fundraiser totals",
 		"jobs discarded or awaiting retry",
@@ -68,7 +69,7 @@ func TestRun(t *testing.T) {
 	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM donations), (SELECT count(*) FROM cars)`).Scan(&donations, &cars))
 	require.Equal(t, 250, donations)
 	require.Equal(t, 1, cars)
-	require.Contains(t, printed.String(), "all 20 invariants hold")
+	require.Contains(t, printed.String(), "all 21 invariants hold")
 	require.True(t, strings.Contains(printed.String(), "donations.update_email_donation"), "the job table lists the kinds")
 
 	// A second run on the same database checks its own rows only.

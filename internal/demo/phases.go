@@ -41,6 +41,7 @@ type expectations struct {
 	carUsers   map[int64]int // the number of distinct users per car
 	driverIDs  []int64
 	bulkJobs   int
+	imports    []string // the imports' IDs (their job batches')
 	donationsN int
 }
 
@@ -283,8 +284,9 @@ func (r *run) playFlashSale(ctx context.Context) error {
 const carUsersPage = 500
 
 // playCarUsers imports the car users: the run's cars, each with the same
-// drivers, added by CreateCarUsersInBulk jobs of carUsersPage users each
-// (reporting.MaxBulkUserIDs in a soak's rounds).
+// drivers, one import per car (reporting.Service.ImportCarUsers: a job
+// batch of CreateCarUsersInBulk jobs of carUsersPage users each,
+// reporting.MaxBulkUserIDs in a soak's rounds).
 func (r *run) playCarUsers(ctx context.Context) error {
 	e := &r.expect
 	s := r.sizes
@@ -306,21 +308,11 @@ INSERT INTO users (name, email) SELECT n, a FROM unnest($1::text[], $2::text[]) 
 			return err
 		}
 	}
-	type chunk struct {
-		car   int64
-		users []int64
-	}
 	page := reporting.MaxBulkUserIDs
 	if r.showShare {
 		page = carUsersPage
 	}
-	var chunks []chunk
-	for _, car := range e.cars {
-		for lo := 0; lo < len(e.driverIDs); lo += page {
-			chunks = append(chunks, chunk{car: car, users: e.driverIDs[lo:min(lo+page, len(e.driverIDs))]})
-		}
-	}
-	e.bulkJobs = len(chunks)
+	e.bulkJobs = len(e.cars) * ((len(e.driverIDs) + page - 1) / page)
 	e.carUsers = map[int64]int{}
 	for _, car := range e.cars {
 		e.carUsers[car] = len(e.driverIDs)
@@ -328,7 +320,12 @@ INSERT INTO users (name, email) SELECT n, a FROM unnest($1::text[], $2::text[]) 
 	if r.showShare {
 		r.share = startShareSampler(ctx, r, e.cars, e.bulkJobs)
 	}
-	return r.phase(ctx, "bulk import of car users", len(chunks), func(ctx context.Context, i int) error {
-		return r.reporting.EnqueueCarUsersInBulk(ctx, chunks[i].car, chunks[i].users)
+	// One import per car: its pages as one job batch, whose callback
+	// reports on the car once and publishes import.finished.
+	e.imports = make([]string, len(e.cars))
+	return r.phase(ctx, "bulk import of car users", len(e.cars), func(ctx context.Context, i int) error {
+		imp, err := r.reporting.ImportCarUsers(ctx, e.cars[i], e.driverIDs, page)
+		e.imports[i] = imp.ID
+		return err
 	})
 }

@@ -253,6 +253,14 @@ SELECT c.id, coalesce(r.users_count, -1),
 		return fmt.Errorf("demo: counting the report jobs: %w", err)
 	}
 	add("car report jobs left waiting", 0, waitingReports)
+	// Imports: each finished once, its callback's event published once.
+	importsDone, err := one(`SELECT count(DISTINCT payload->>'import_id') FILTER (WHERE (payload->>'jobs')::int = (payload->>'completed')::int)
+	      - (count(*) - count(DISTINCT payload->>'import_id'))
+	  FROM outbox_events WHERE topic = 'import.finished' AND payload->>'import_id' = ANY($1)`, e.imports)
+	if err != nil {
+		return fmt.Errorf("demo: counting the import.finished events: %w", err)
+	}
+	add("imports finished, each once (import.finished)", len(e.imports), importsDone)
 
 	// Rollups: fundraiser_daily_totals equals a GROUP BY over the donations.
 	rollupOff, err := one(`

@@ -19,47 +19,49 @@ import (
 )
 
 // batchProduceSQL is one producer transaction, from SQL as any producer
-// can write it: it inserts a ping row per member and two for the batch's
-// callbacks, records the batch (job_batch_add_many: $2 members, sealed,
-// a ping callback for success and one for failure) and enqueues the members
-// into the outbox with the batch in their metadata. $3 lists, per member,
-// the attempts that fail on purpose (fail_attempts); a member whose first
-// attempt fails and has max_attempts 1 ($4, per member) is discarded.
-// It returns the callbacks' ping IDs.
+// can write it: it inserts two ping rows, one for each of the batch's
+// callbacks, records the batch (job_batch_add_many: $2 members, sealed, a
+// ping of the first row for success and of the second for failure) and
+// enqueues the members into the outbox with the batch in their metadata:
+// no-op pings (ping_id 0: no row, so that 100,000 of them run in a couple
+// of minutes beside the rest of the suite). $3 lists, per member, the
+// attempts that fail on purpose (fail_attempts); a member whose first
+// attempt fails and has max_attempts 1 ($4, per member) is discarded. It
+// returns the callbacks' ping IDs.
 const batchProduceSQL = `
 WITH p AS (
-    INSERT INTO pings (note) SELECT 'batch ' || $1::text || ' #' || g FROM generate_series(1, $2::int + 2) AS g
+    INSERT INTO pings (note) SELECT 'batch ' || $1::text || ' #' || g FROM generate_series(1, 2) AS g
     RETURNING id
 ), ids AS (
     SELECT array_agg(id ORDER BY id) AS ids FROM p
 ), b AS (
     SELECT job_batch_add_many(ARRAY[$1::uuid], ARRAY[$2::int], ARRAY[true], ARRAY[true],
-               ARRAY[jsonb_build_object('kind', 'aftercommit.ping', 'args', jsonb_build_object('ping_id', ids[$2::int + 1]))],
-               ARRAY[jsonb_build_object('kind', 'aftercommit.ping', 'args', jsonb_build_object('ping_id', ids[$2::int + 2]))])
+               ARRAY[jsonb_build_object('kind', 'aftercommit.ping', 'args', jsonb_build_object('ping_id', ids[1]))],
+               ARRAY[jsonb_build_object('kind', 'aftercommit.ping', 'args', jsonb_build_object('ping_id', ids[2]))])
       FROM ids
 ), e AS (
     SELECT count(aftercommit_enqueue('aftercommit.ping',
-               jsonb_build_object('ping_id', ids[m.i], 'fail_attempts', m.fail),
+               jsonb_build_object('ping_id', 0, 'fail_attempts', m.fail),
                max_attempts => m.max_attempts,
                metadata => jsonb_build_object('aftercommit_batch', $1::text))) AS n
-      FROM ids, b, unnest($3::int[], $4::int[]) WITH ORDINALITY AS m(fail, max_attempts, i)
+      FROM b, unnest($3::int[], $4::int[]) AS m(fail, max_attempts)
 )
-SELECT ids[$2::int + 1], ids[$2::int + 2], e.n FROM ids, e`
+SELECT ids[1], ids[2], e.n FROM ids, e`
 
 // TestJobBatchesAcrossThreeWorkersWithAKill: 10,000 job batches of 1 to 20
-// ping members, from 16 producers writing SQL, worked by three cmd/worker
+// ping members, from 8 producers writing SQL, worked by three cmd/worker
 // processes; 5 % of the members fail their first attempt and are retried,
 // 3 % fail it with max_attempts 1 and are discarded; the leader is killed
 // with kill -9 a third of the way. Every batch's callback ran exactly once
 // — the success callback's ping for a batch whose members all completed,
 // the failure one's otherwise, never both — with the right counts in its
-// metadata, and every member's ping was marked once.
+// metadata, and every member finished as planned.
 func TestJobBatchesAcrossThreeWorkersWithAKill(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	const (
 		batches     = 10_000
-		producers   = 16
+		producers   = 8
 		jobTimeout  = 2 * time.Second
 		rescueAfter = 3 * time.Second
 	)
@@ -68,7 +70,7 @@ func TestJobBatchesAcrossThreeWorkersWithAKill(t *testing.T) {
 	names := []string{"b1", "b2", "b3"}
 	byName := map[string]*workerProc{}
 	for _, name := range names {
-		byName[name] = startWorkerConns(t, s, name, 6, nil,
+		byName[name] = startWorkerConns(t, s, name, 4, nil,
 			"--queues", "default", "--job-timeout", jobTimeout.String(), "--rescue-after", rescueAfter.String())
 	}
 	procs := map[string]*workerProc{}
@@ -238,13 +240,14 @@ SELECT (SELECT count(*) FROM job_batches WHERE finished_at IS NULL),
 			t.FailNow()
 		}
 	}
-	var memberPings, markedOnce, unmarkedDiscarded int
-	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE p.ping_count = 1),
-		count(*) FILTER (WHERE p.ping_count = 0 AND j.state = 'discarded')
-		FROM river_job j JOIN pings p ON p.id = (j.args->>'ping_id')::bigint WHERE j.metadata ? 'aftercommit_batch'`).
-		Scan(&memberPings, &markedOnce, &unmarkedDiscarded))
-	require.Equal(t, members, memberPings)
-	require.Equal(t, members, markedOnce+unmarkedDiscarded, "every completed member marked once, every discarded one never")
+	var memberJobs, completedMembers, discardedMembers, plannedDiscards int
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE state = 'completed'), count(*) FILTER (WHERE state = 'discarded')
+		FROM river_job WHERE metadata ? 'aftercommit_batch'`).Scan(&memberJobs, &completedMembers, &discardedMembers))
+	for _, p := range plan {
+		plannedDiscards += p.discarded
+	}
+	require.Equal(t, []int{members, members - plannedDiscards, plannedDiscards}, []int{memberJobs, completedMembers, discardedMembers})
+	unmarkedDiscarded := discardedMembers
 	var p99 float64
 	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM j.attempted_at - b.finished_at))
 		FROM job_batches b JOIN river_job j ON j.id = b.callback_job_id`).Scan(&p99))
