@@ -106,7 +106,12 @@ func (PruneEventsArgs) Kind() string { return PruneEventsKind }
 
 // PruneEventsOutput is recorded as the output of a prune job.
 type PruneEventsOutput struct {
+	// Deleted is the number of events deleted.
 	Deleted int64 `json:"deleted"`
+	// JobBatches and JobRefs are the finished job batches and references
+	// of finished jobs deleted (see job_fan_in_prune, migration 0026).
+	JobBatches int64 `json:"job_batches"`
+	JobRefs    int64 `json:"job_refs"`
 }
 
 // Defaults of EventPrunerConfig.
@@ -119,8 +124,9 @@ const (
 // EventPrunerConfig tunes RegisterEventPruner. A nil config takes the
 // defaults.
 type EventPrunerConfig struct {
-	// Retention is how long events are kept. Defaults to
-	// EventRetentionDefault (7 days).
+	// Retention is how long events are kept, and finished job batches and
+	// the references of finished jobs (outbox.Tx.NewJobBatch, EnqueueRef).
+	// Defaults to EventRetentionDefault (7 days).
 	Retention time.Duration
 	// Interval is how often the pruner runs. Defaults to
 	// EventPruneIntervalDefault (1 hour).
@@ -170,19 +176,31 @@ DELETE FROM outbox_events WHERE id IN (
      WHERE created_at < now() - make_interval(secs => $1)
      ORDER BY id LIMIT $2)`
 
-// Work deletes expired events, one bounded batch at a time, until none is
-// left or ctx ends.
+const pruneFanInSQL = `SELECT batches, refs FROM job_fan_in_prune(make_interval(secs => $1), $2)`
+
+// Work deletes expired events, then finished job batches and references,
+// one bounded batch at a time, until none is left or ctx ends.
 func (w *PruneEventsWorker) Work(ctx context.Context, _ *river.Job[PruneEventsArgs]) error {
-	var total int64
+	var out PruneEventsOutput
 	for {
 		tag, err := w.pool.Exec(ctx, pruneEventsSQL, w.cfg.Retention.Seconds(), w.cfg.BatchSize)
 		if err != nil {
-			return errors.Join(fmt.Errorf("jobs: pruning events: %w", err),
-				river.RecordOutput(ctx, PruneEventsOutput{Deleted: total}))
+			return errors.Join(fmt.Errorf("jobs: pruning events: %w", err), river.RecordOutput(ctx, out))
 		}
-		total += tag.RowsAffected()
+		out.Deleted += tag.RowsAffected()
 		if tag.RowsAffected() < int64(w.cfg.BatchSize) {
-			return river.RecordOutput(ctx, PruneEventsOutput{Deleted: total})
+			break
+		}
+	}
+	for {
+		var batches, refs int64
+		if err := w.pool.QueryRow(ctx, pruneFanInSQL, w.cfg.Retention.Seconds(), w.cfg.BatchSize).Scan(&batches, &refs); err != nil {
+			return errors.Join(fmt.Errorf("jobs: pruning job batches and references: %w", err), river.RecordOutput(ctx, out))
+		}
+		out.JobBatches += batches
+		out.JobRefs += refs
+		if batches < int64(w.cfg.BatchSize) && refs < int64(w.cfg.BatchSize) {
+			return river.RecordOutput(ctx, out)
 		}
 	}
 }

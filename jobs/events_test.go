@@ -119,6 +119,25 @@ func TestEventPruner(t *testing.T) {
 		UNION ALL
 		SELECT 'new.event', '{}'::jsonb, now() - interval '1 hour' FROM generate_series(1, 3)`)
 	require.NoError(t, err)
+	// Job batches: 7 finished 8 days ago (with a member each), one finished
+	// an hour ago, one still running (created 8 days ago); references: 6 of
+	// jobs finished 8 days ago, one finished an hour ago, one unfinished.
+	_, err = s.Pool.Exec(ctx, `
+		WITH b AS (
+			INSERT INTO job_batches (id, created_at, sealed, expected, completed, finished_at)
+			SELECT gen_random_uuid(), now() - interval '9 days', true, 1, 1, now() - interval '8 days' FROM generate_series(1, 7)
+			UNION ALL SELECT gen_random_uuid(), now() - interval '2 hours', true, 1, 1, now() - interval '1 hour'
+			UNION ALL SELECT gen_random_uuid(), now() - interval '8 days', true, 2, 1, NULL
+			RETURNING id)
+		INSERT INTO job_batch_members (job_id, batch_id, kind, state, finished_at)
+		SELECT row_number() OVER (), id, 'test.member', 'completed', now() - interval '8 days' FROM b`)
+	require.NoError(t, err)
+	_, err = s.Pool.Exec(ctx, `
+		INSERT INTO job_refs (ref, job_id, state, finished_at)
+		SELECT gen_random_uuid(), g, 'completed', now() - interval '8 days' FROM generate_series(1, 6) AS g
+		UNION ALL SELECT gen_random_uuid(), 7, 'discarded', now() - interval '1 hour'
+		UNION ALL SELECT gen_random_uuid(), 8, 'unfinished', NULL`)
+	require.NoError(t, err)
 
 	reg := jobs.NewRegistry()
 	jobs.RegisterEventPruner(reg, s.Pool, &jobs.EventPrunerConfig{Retention: 7 * 24 * time.Hour, Interval: time.Hour, BatchSize: 5})
@@ -134,7 +153,7 @@ func TestEventPruner(t *testing.T) {
 		require.Equal(t, jobs.PruneEventsKind, ev.Job.Kind)
 		var out jobs.PruneEventsOutput
 		require.NoError(t, json.Unmarshal(ev.Job.Output(), &out))
-		require.Equal(t, jobs.PruneEventsOutput{Deleted: 12}, out)
+		require.Equal(t, jobs.PruneEventsOutput{Deleted: 12, JobBatches: 7, JobRefs: 6}, out)
 	case <-time.After(30 * time.Second):
 		t.Fatal("the pruner did not run within 30 s")
 	}
@@ -148,4 +167,8 @@ func TestEventPruner(t *testing.T) {
 	}
 	require.NoError(t, rows.Err())
 	require.Equal(t, []string{"new.event"}, left)
+	var batches, members, refs int
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM job_batches), (SELECT count(*) FROM job_batch_members),
+		(SELECT count(*) FROM job_refs)`).Scan(&batches, &members, &refs))
+	require.Equal(t, []int{2, 2, 2}, []int{batches, members, refs}, "the recent and the unfinished are kept")
 }

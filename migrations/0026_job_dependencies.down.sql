@@ -1,6 +1,7 @@
 DELETE FROM aftercommit_role_grants
- WHERE on_object IN ('TABLE job_dependency_status', 'TABLE job_refs', 'TABLE job_waits');
+ WHERE on_object IN ('TABLE job_dependency_status', 'TABLE job_refs', 'TABLE job_waits', 'FUNCTION job_fan_in_prune(interval, integer)');
 
+DROP FUNCTION job_fan_in_prune(interval, integer);
 DROP VIEW job_dependency_status;
 DROP TRIGGER river_job_ref_leave ON river_job;
 DROP TRIGGER river_job_ref_finish ON river_job;

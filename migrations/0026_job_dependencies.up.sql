@@ -216,10 +216,42 @@ SELECT w.child_job_id AS job_id, j.kind, j.queue, j.state,
 COMMENT ON VIEW job_dependency_status IS
 'Jobs waiting for their dependencies (outbox.Tx.EnqueueAfter): the references and job IDs they still wait for.';
 
+-- job_fan_in_prune deletes, at most p_limit of each, the job batches that
+-- finished more than p_older_than ago (their job_batch_members with them)
+-- and the references of jobs that finished that long ago: the retention of
+-- fan-in, run by the events pruner (jobs.RegisterEventPruner) with the
+-- events' retention. A job enqueued later that waits for a pruned reference
+-- finds it unknown and is cancelled. Open and running batches, and the
+-- references of unfinished jobs, are never deleted.
+CREATE FUNCTION job_fan_in_prune(p_older_than interval, p_limit integer)
+RETURNS TABLE (batches bigint, refs bigint)
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path FROM CURRENT
+AS $fn$
+BEGIN
+    DELETE FROM job_batches b
+     WHERE b.id IN (SELECT x.id FROM job_batches x
+                     WHERE x.finished_at < now() - p_older_than
+                     ORDER BY x.finished_at LIMIT p_limit);
+    GET DIAGNOSTICS batches = ROW_COUNT;
+    DELETE FROM job_refs r
+     WHERE r.ref IN (SELECT x.ref FROM job_refs x
+                      WHERE x.state <> 'unfinished' AND x.finished_at < now() - p_older_than
+                      ORDER BY x.finished_at LIMIT p_limit);
+    GET DIAGNOSTICS refs = ROW_COUNT;
+    RETURN NEXT;
+END
+$fn$;
+
+COMMENT ON FUNCTION job_fan_in_prune(interval, integer) IS
+'Deletes at most p_limit finished job batches (with their members) and p_limit references of finished jobs older than p_older_than; run by the events pruner.';
+
 INSERT INTO aftercommit_role_grants (role_kind, on_object, privileges) VALUES
     ('app', 'TABLE job_dependency_status', 'SELECT'),
     ('worker', 'TABLE job_refs', 'SELECT'),
     ('worker', 'TABLE job_waits', 'SELECT'),
-    ('worker', 'TABLE job_dependency_status', 'SELECT');
+    ('worker', 'TABLE job_dependency_status', 'SELECT'),
+    ('worker', 'FUNCTION job_fan_in_prune(interval, integer)', 'EXECUTE');
 
 SELECT aftercommit_apply_grants();
