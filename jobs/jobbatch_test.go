@@ -447,3 +447,33 @@ func TestJobBatchMetrics(t *testing.T) {
 	require.Equal(t, map[string]float64{"succeeded": 2, "failed": 1}, finished)
 	require.Equal(t, uint64(3), delays)
 }
+
+// TestJobBatchMemberCancelledAtInsert: a member that waits for a job that
+// failed (or is unknown) is cancelled as it is inserted, and its batch
+// counts it: the batch finishes with its failure callback.
+func TestJobBatchMemberCancelledAtInsert(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
+	const id = "3c1d2e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f"
+	_, err := s.Pool.Exec(ctx, `SELECT job_batch_add_many(ARRAY[$1::uuid], ARRAY[2], ARRAY[true], ARRAY[true],
+		ARRAY['{"kind": "test.batch_done", "args": {"label": "ok"}}'::jsonb], ARRAY['{"kind": "test.batch_done", "args": {"label": "failed"}}'::jsonb])`, id)
+	require.NoError(t, err)
+	_, err = s.Pool.Exec(ctx, `INSERT INTO river_job (args, kind, max_attempts, queue, state, metadata) VALUES
+		('{"n": 1}', 'test.batch_member', 25, 'default', 'available', jsonb_build_object('aftercommit_batch', $1::text)),
+		('{"n": 2}', 'test.batch_member', 25, 'default', 'available',
+		 jsonb_build_object('aftercommit_batch', $1::text, 'aftercommit_after', jsonb_build_object('refs', ARRAY['0b7e4a4e-5c1e-4f3a-9d7e-2b1c0a9f8e7d'])))`, id)
+	require.NoError(t, err)
+	var states []string
+	rows, err := s.Pool.Query(ctx, `SELECT state::text FROM river_job ORDER BY id`)
+	require.NoError(t, err)
+	states, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	require.Equal(t, []string{"available", "cancelled"}, states)
+	_, err = s.Pool.Exec(ctx, `UPDATE river_job SET state = 'completed', finalized_at = now() WHERE args->>'n' = '1'`)
+	require.NoError(t, err)
+	var state, callback string
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT b.state, j.args->>'label' FROM job_batch_status b JOIN river_job j ON j.id = b.callback_job_id
+		WHERE b.id = $1::uuid`, id).Scan(&state, &callback))
+	require.Equal(t, []string{"failed", "failed"}, []string{state, callback})
+}

@@ -5,6 +5,7 @@ DROP VIEW job_batch_status;
 DROP TRIGGER river_job_batch_leave ON river_job;
 DROP TRIGGER river_job_batch_finish ON river_job;
 DROP FUNCTION aftercommit_batch_member_finished();
+DROP FUNCTION aftercommit_batch_count(river_job, text);
 DROP FUNCTION job_batch_add_many(uuid[], integer[], boolean[], boolean[], jsonb[], jsonb[]);
 DROP FUNCTION aftercommit_batch_fire(job_batches);
 DROP TABLE job_batch_members;

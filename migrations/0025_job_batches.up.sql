@@ -139,28 +139,20 @@ $fn$;
 COMMENT ON FUNCTION job_batch_add_many(uuid[], integer[], boolean[], boolean[], jsonb[], jsonb[]) IS
 'Creates job batches or adds members to open ones, and seals them; sent by the outbox with the flush of the transaction that enqueues the members.';
 
--- aftercommit_batch_member_finished: trigger of river_job, when a job of a
--- batch (metadata aftercommit_batch) finishes or is deleted unfinished.
-CREATE FUNCTION aftercommit_batch_member_finished() RETURNS trigger
+-- aftercommit_batch_count counts job's finish as st (completed,
+-- discarded, cancelled) in its batch (metadata aftercommit_batch), once,
+-- and finishes the batch when that makes the sealed batch whole.
+CREATE FUNCTION aftercommit_batch_count(job river_job, st text) RETURNS void
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path FROM CURRENT
 AS $fn$
 DECLARE
-    job river_job;
-    st  text;
     bid uuid;
     b   job_batches;
 BEGIN
-    IF TG_OP = 'DELETE' THEN
-        job := OLD;
-        st := 'cancelled';
-    ELSE
-        job := NEW;
-        st := NEW.state::text;
-    END IF;
     IF NOT coalesce((job.metadata ->> 'aftercommit_batch') ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$', false) THEN
-        RETURN NULL;
+        RETURN;
     END IF;
     bid := (job.metadata ->> 'aftercommit_batch')::uuid;
     -- The member's row first: a job counted already (retried after it
@@ -170,7 +162,7 @@ BEGIN
      WHERE EXISTS (SELECT FROM job_batches x WHERE x.id = bid)
     ON CONFLICT (job_id) DO NOTHING;
     IF NOT FOUND THEN
-        RETURN NULL;
+        RETURN;
     END IF;
     UPDATE job_batches x
        SET completed = x.completed + (st = 'completed')::integer,
@@ -180,6 +172,25 @@ BEGIN
     RETURNING * INTO b;
     IF b.sealed AND b.finished_at IS NULL AND b.completed + b.discarded + b.cancelled >= b.expected THEN
         PERFORM aftercommit_batch_fire(b);
+    END IF;
+END
+$fn$;
+
+COMMENT ON FUNCTION aftercommit_batch_count(river_job, text) IS
+'Counts a job batch member''s finish once and, when it makes the sealed batch whole, inserts the callback in the same transaction.';
+
+-- aftercommit_batch_member_finished: trigger of river_job, when a job of a
+-- batch (metadata aftercommit_batch) finishes or is deleted unfinished.
+CREATE FUNCTION aftercommit_batch_member_finished() RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path FROM CURRENT
+AS $fn$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM aftercommit_batch_count(OLD, 'cancelled');
+    ELSE
+        PERFORM aftercommit_batch_count(NEW, NEW.state::text);
     END IF;
     RETURN NULL;
 END
@@ -223,6 +234,12 @@ SELECT b.id, b.created_at, b.sealed, b.expected,
 
 COMMENT ON VIEW job_batch_status IS
 'Per job batch: expected members, unfinished, completed, discarded, cancelled; state (open, running, succeeded, failed); the callback job and its state.';
+
+-- Run with their owner's rights, by the triggers and job_batch_add_many
+-- only: nobody calls them to count a finish or insert a callback.
+REVOKE EXECUTE ON FUNCTION aftercommit_batch_fire(job_batches) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION aftercommit_batch_count(river_job, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION aftercommit_batch_member_finished() FROM PUBLIC;
 
 INSERT INTO aftercommit_role_grants (role_kind, on_object, privileges) VALUES
     ('app', 'TABLE job_batch_status', 'SELECT'),

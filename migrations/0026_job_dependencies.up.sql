@@ -97,6 +97,10 @@ BEGIN
             NEW.state := 'cancelled';
             NEW.finalized_at := now();
             NEW.errors := coalesce(NEW.errors, '{}') || failed;
+            -- Inserted finished: no UPDATE will count it in its batch.
+            IF NEW.metadata ? 'aftercommit_batch' THEN
+                PERFORM aftercommit_batch_count(NEW, 'cancelled');
+            END IF;
         ELSIF blocked > 0 THEN
             NEW.state := 'pending';
         ELSIF NEW.state = 'pending' THEN
@@ -246,6 +250,12 @@ $fn$;
 
 COMMENT ON FUNCTION job_fan_in_prune(interval, integer) IS
 'Deletes at most p_limit finished job batches (with their members) and p_limit references of finished jobs older than p_older_than; run by the events pruner.';
+
+-- The triggers' functions run with their owner's rights and are called by
+-- the triggers only; the pruner by the worker role (granted below).
+REVOKE EXECUTE ON FUNCTION aftercommit_job_ref_insert() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION aftercommit_job_ref_finished() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION job_fan_in_prune(interval, integer) FROM PUBLIC;
 
 INSERT INTO aftercommit_role_grants (role_kind, on_object, privileges) VALUES
     ('app', 'TABLE job_dependency_status', 'SELECT'),
