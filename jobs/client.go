@@ -11,7 +11,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/aftercommit/aftercommit/internal/outboxseam"
@@ -171,7 +170,7 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 		rc.Queues = queues
 	}
 
-	client, err := river.NewClient(riverpgxv5.New(pool), &rc)
+	client, err := river.NewClient(newHookedDriver(pool, []workHooks{lockMW.hooks()}), &rc)
 	if err != nil {
 		return nil, fmt.Errorf("jobs: building the River client: %w", err)
 	}

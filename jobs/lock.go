@@ -171,8 +171,11 @@ func (c *LockConfig) validate() error {
 // attempt it had before and counts the snoozes in the job's metadata,
 // "snoozes"). Once it holds a slot it renews the lease every Lease/3 while
 // the job runs, and deletes the row when the job returns, whatever the
-// outcome. A process that dies holding a slot blocks it until its lease
-// runs out, at most Lease. All times are the database's clock.
+// outcome: in the background, in the process's next lock statement, so the
+// job's worker is free at once; the client's Stop returns only after every
+// release was answered (see hookedDriver). A process that dies holding a
+// slot blocks it until its lease runs out, at most Lease. All times are the
+// database's clock.
 //
 // Leases live in the job_locks table. Who holds what:
 //
@@ -199,6 +202,18 @@ type lockMiddleware struct {
 	acquired atomic.Int64
 	snoozed  atomic.Int64
 	lost     atomic.Int64
+
+	// While the client works jobs (workHooks), a job returns without
+	// waiting for its release: the release goes in the next batch, and the
+	// client's stop waits until every one was answered. Elsewhere (a
+	// middleware without a client's hooks, a job still running after its
+	// client stopped) a job waits for its own release.
+	releases struct {
+		mu       sync.Mutex
+		async    bool
+		inFlight int
+		drained  sync.Cond
+	}
 }
 
 var _ rivertype.WorkerMiddleware = (*lockMiddleware)(nil)
@@ -219,7 +234,28 @@ func newLockMiddleware(pool *pgxpool.Pool, lookup func(kind string) (lockFunc, b
 	}
 	m := &lockMiddleware{pool: pool, lookup: lookup, cfg: c}
 	m.batch = groupCommit[*lockRequest]{max: lockBatchMax, send: m.sendBatch}
+	m.releases.drained.L = &m.releases.mu
 	return m, nil
+}
+
+// hooks returns the client hooks that turn background releases on while
+// the client works and, when it stops, wait for the last of them.
+func (m *lockMiddleware) hooks() workHooks {
+	return workHooks{
+		start: func() {
+			m.releases.mu.Lock()
+			m.releases.async = true
+			m.releases.mu.Unlock()
+		},
+		stop: func() {
+			m.releases.mu.Lock()
+			defer m.releases.mu.Unlock()
+			m.releases.async = false
+			for m.releases.inFlight > 0 {
+				m.releases.drained.Wait() // each is answered within ReleaseTimeout
+			}
+		},
+	}
 }
 
 // Acquired is the number of locks taken since start.
@@ -367,6 +403,8 @@ type lockRequest struct {
 
 	err  error
 	done chan struct{}
+	// after, when set, is called once the request was answered.
+	after func()
 }
 
 // sendBatch runs job_lock_batch for batch and answers every request.
@@ -417,6 +455,9 @@ func (m *lockMiddleware) sendBatch(ctx context.Context, batch []*lockRequest) {
 	for _, r := range batch {
 		r.err = err
 		close(r.done)
+		if r.after != nil {
+			r.after()
+		}
 	}
 }
 
@@ -478,17 +519,39 @@ func (m *lockMiddleware) lose(ctx context.Context, held *heldLock, cancelJob con
 	cancelJob(fmt.Errorf("%w: %s/%s slot %d", ErrLockLost, held.namespace, held.key, held.slot))
 }
 
-// release deletes held's row if it is still this job's, in the next batch,
-// and waits for it. It does not use the job's context, which may be
-// cancelled by then.
+// release deletes held's row if it is still this job's, in the next batch.
+// While the client works jobs it returns at once and the client's stop
+// waits for the answer; otherwise it waits for it. It does not use the
+// job's context, which may be cancelled by then.
 func (m *lockMiddleware) release(ctx context.Context, held *heldLock) {
 	r := &lockRequest{namespace: held.namespace, key: held.key, jobID: held.jobID, release: true, slot: held.slot, done: make(chan struct{})}
+	logger := m.logger(ctx)
+	warn := func() {
+		if r.err != nil {
+			logger.WarnContext(ctx, "jobs: releasing a lock failed; it expires with its lease",
+				"namespace", held.namespace, "lock_key", held.key, "slot", held.slot, "job_id", held.jobID,
+				"lease", held.lease, "err", r.err)
+		}
+	}
+	m.releases.mu.Lock()
+	async := m.releases.async
+	if async {
+		m.releases.inFlight++
+		r.after = func() {
+			warn()
+			m.releases.mu.Lock()
+			m.releases.inFlight--
+			if m.releases.inFlight == 0 {
+				m.releases.drained.Broadcast()
+			}
+			m.releases.mu.Unlock()
+		}
+	}
+	m.releases.mu.Unlock()
 	m.batch.add(ctx, r)
-	<-r.done // sendBatch answers within ReleaseTimeout
-	if r.err != nil {
-		m.logger(ctx).WarnContext(ctx, "jobs: releasing a lock failed; it expires with its lease",
-			"namespace", held.namespace, "lock_key", held.key, "slot", held.slot, "job_id", held.jobID,
-			"lease", held.lease, "err", r.err)
+	if !async {
+		<-r.done // sendBatch answers within ReleaseTimeout
+		warn()
 	}
 }
 
