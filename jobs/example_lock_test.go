@@ -116,6 +116,11 @@ func ExampleLocker() {
 		ev := <-completed
 		maxAttempt = max(maxAttempt, ev.Job.Attempt)
 	}
+	// A lock is released in the background after its job returned; Stop
+	// returns once every release is written.
+	if err := client.Stop(ctx); err != nil {
+		log.Fatal(err)
+	}
 	var held int
 	if err := s.Pool.QueryRow(ctx, `SELECT count(*) FROM job_locks`).Scan(&held); err != nil {
 		log.Fatal(err)

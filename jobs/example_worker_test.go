@@ -281,8 +281,10 @@ func (w *exportWorker) Work(ctx context.Context, job *river.Job[exportArgs]) err
 }
 
 // A Lock with Permits is a semaphore: here two exports of a tenant may run
-// at once. The lease is visible in job_locks while the job runs, and
-// released when it returns.
+// at once. The lease is visible in job_locks while the job runs; the
+// process gives it back once it returns (or reuses it for its next job of
+// the key within LockConfig.KeepIdle), and its client's Stop returns only
+// after every slot went back.
 //
 //nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleLock() {
@@ -312,6 +314,9 @@ func ExampleLock() {
 	}
 	fmt.Println("held while running:", held)
 
+	// A process keeps a semaphore's slot a few milliseconds for its next
+	// job of the key; Stop gives back every slot before it returns.
+	stop()
 	var left int
 	if err := s.Pool.QueryRow(ctx, `SELECT count(*) FROM job_locks`).Scan(&left); err != nil {
 		log.Fatal(err)

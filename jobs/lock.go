@@ -31,6 +31,12 @@ const (
 	LockReleaseTimeoutDefault = 5 * time.Second
 	// LockPermitsMax is the largest number of permits a key may have.
 	LockPermitsMax = 1000
+	// LockKeepIdleDefault is how long a process keeps an idle semaphore
+	// slot for its next job of the key (LockConfig.KeepIdle).
+	LockKeepIdleDefault = 20 * time.Millisecond
+	// LockKeepMax is the longest a process keeps reusing a semaphore slot
+	// it took, and never more than a third of the slot's lease.
+	LockKeepMax = time.Second
 )
 
 // ErrLockLost is the cause with which a job's context is cancelled when its
@@ -121,6 +127,15 @@ type LockConfig struct {
 	// returned; when it fails the lease runs out by itself. Defaults to
 	// LockReleaseTimeoutDefault.
 	ReleaseTimeout time.Duration
+	// KeepIdle is how long a process keeps a semaphore's slot (a Lock of
+	// more than one permit) after its job returned, for its next job of the
+	// same key, which then starts without a statement. A slot is kept at
+	// most LockKeepMax after it was taken, then goes back to the database,
+	// so that other processes get their turn. A mutex (one permit) is never
+	// kept: another process's job of its key would snooze for it. Negative
+	// keeps nothing. Defaults to LockKeepIdleDefault. It takes effect in a
+	// client built by NewClient, whose Stop releases the kept slots.
+	KeepIdle time.Duration
 	// Logger receives warnings (a lease lost, a release failed) when the job
 	// has no riverlog logger in its context. Defaults to discarding them.
 	Logger *slog.Logger
@@ -141,6 +156,9 @@ func (c *LockConfig) WithDefaults() LockConfig {
 	}
 	if out.ReleaseTimeout == 0 {
 		out.ReleaseTimeout = LockReleaseTimeoutDefault
+	}
+	if out.KeepIdle == 0 {
+		out.KeepIdle = LockKeepIdleDefault
 	}
 	if out.Logger == nil {
 		out.Logger = slog.New(slog.DiscardHandler)
@@ -208,12 +226,27 @@ type lockMiddleware struct {
 	// client's stop waits until every one was answered. Elsewhere (a
 	// middleware without a client's hooks, a job still running after its
 	// client stopped) a job waits for its own release.
+	//
+	// While the client works jobs, a semaphore slot whose job returned is
+	// kept for the process's next job of the key (LockConfig.KeepIdle);
+	// sweep releases the ones left idle, the stop hook all of them.
 	releases struct {
 		mu       sync.Mutex
 		async    bool
 		inFlight int
 		drained  sync.Cond
+		kept     map[keptKey][]*heldLock
+		nKept    int
+		sweeping *time.Timer
 	}
+	reused atomic.Int64
+}
+
+// keptKey is what a kept slot may be reused for: the same key, with the
+// same lease.
+type keptKey struct {
+	namespace, key string
+	lease          time.Duration
 }
 
 var _ rivertype.WorkerMiddleware = (*lockMiddleware)(nil)
@@ -249,6 +282,13 @@ func (m *lockMiddleware) hooks() workHooks {
 		},
 		stop: func() {
 			m.releases.mu.Lock()
+			kept := m.takeKeptLocked(func(*heldLock) bool { return true })
+			m.releases.mu.Unlock()
+			ctx := context.Background()
+			for _, held := range kept {
+				m.release(ctx, held) // in the background: counted in inFlight
+			}
+			m.releases.mu.Lock()
 			defer m.releases.mu.Unlock()
 			m.releases.async = false
 			for m.releases.inFlight > 0 {
@@ -256,6 +296,126 @@ func (m *lockMiddleware) hooks() workHooks {
 			}
 		},
 	}
+}
+
+// Reused is the number of jobs that started on a slot kept by an earlier
+// job of the process (LockConfig.KeepIdle), without a statement.
+func (m *lockMiddleware) Reused() int64 { return m.reused.Load() }
+
+// keepable reports whether a slot of lock may be kept after its job.
+func (m *lockMiddleware) keepable(lock Lock) bool {
+	return lock.Permits > 1 && m.cfg.KeepIdle > 0
+}
+
+// reuse returns a kept slot of lock, or nil. A slot is reused only while it
+// is younger than LockKeepMax and a third of its lease: its expires_at is
+// then at least two thirds of a lease ahead, and the new job's first
+// renewal comes a third of a lease after it starts.
+func (m *lockMiddleware) reuse(lock Lock) *heldLock {
+	if !m.keepable(lock) {
+		return nil
+	}
+	k := keptKey{lock.Namespace, lock.Key, lock.Lease}
+	var (
+		found *heldLock
+		stale []*heldLock
+	)
+	m.releases.mu.Lock()
+	slots := m.releases.kept[k]
+	for len(slots) > 0 && found == nil {
+		held := slots[len(slots)-1]
+		slots[len(slots)-1] = nil
+		slots = slots[:len(slots)-1]
+		m.releases.nKept--
+		if m.reusable(held) && held.slot < lock.Permits {
+			found = held
+		} else {
+			stale = append(stale, held)
+		}
+	}
+	if len(slots) == 0 {
+		delete(m.releases.kept, k)
+	} else {
+		m.releases.kept[k] = slots
+	}
+	m.releases.mu.Unlock()
+	for _, held := range stale {
+		m.release(context.Background(), held)
+	}
+	return found
+}
+
+// reusable reports whether held is young enough to serve another job.
+func (m *lockMiddleware) reusable(held *heldLock) bool {
+	return time.Since(held.taken) < min(LockKeepMax, held.lease/3)
+}
+
+// keep puts held in the process's kept slots and reports true, or reports
+// false when it must be released: the client is not working jobs, the slot
+// is a mutex's, or it is too old to be reused.
+func (m *lockMiddleware) keep(held *heldLock, lock Lock) bool {
+	if !m.keepable(lock) || !m.reusable(held) {
+		return false
+	}
+	m.releases.mu.Lock()
+	defer m.releases.mu.Unlock()
+	if !m.releases.async {
+		return false
+	}
+	if m.releases.kept == nil {
+		m.releases.kept = make(map[keptKey][]*heldLock)
+	}
+	held.idle = time.Now()
+	k := keptKey{held.namespace, held.key, held.lease}
+	m.releases.kept[k] = append(m.releases.kept[k], held)
+	m.releases.nKept++
+	if m.releases.sweeping == nil {
+		m.releases.sweeping = time.AfterFunc(m.cfg.KeepIdle, m.sweep)
+	}
+	return true
+}
+
+// sweep releases the kept slots idle for KeepIdle, and comes back while
+// some are left.
+func (m *lockMiddleware) sweep() {
+	m.releases.mu.Lock()
+	idle := m.takeKeptLocked(func(h *heldLock) bool { return time.Since(h.idle) >= m.cfg.KeepIdle })
+	m.releases.sweeping = nil
+	if m.releases.nKept > 0 {
+		m.releases.sweeping = time.AfterFunc(m.cfg.KeepIdle, m.sweep)
+	}
+	m.releases.mu.Unlock()
+	for _, held := range idle {
+		m.release(context.Background(), held)
+	}
+}
+
+// takeKeptLocked removes and returns the kept slots that match; the caller
+// holds releases.mu and releases them.
+func (m *lockMiddleware) takeKeptLocked(match func(*heldLock) bool) []*heldLock {
+	var out []*heldLock
+	for k, slots := range m.releases.kept {
+		left := slots[:0]
+		for _, h := range slots {
+			if match(h) {
+				out = append(out, h)
+			} else {
+				left = append(left, h)
+			}
+		}
+		clear(slots[len(left):])
+		if len(left) == 0 {
+			delete(m.releases.kept, k)
+		} else {
+			m.releases.kept[k] = left
+		}
+	}
+	m.releases.nKept -= len(out)
+	if m.releases.nKept == 0 && m.releases.sweeping != nil {
+		m.releases.sweeping.Stop()
+		m.releases.sweeping = nil
+	}
+	return out
 }
 
 // Acquired is the number of locks taken since start.
@@ -272,8 +432,10 @@ type heldLock struct {
 	namespace string
 	key       string
 	slot      int
-	jobID     int64
+	jobID     int64 // the job that took it: holder_job_id
 	lease     time.Duration
+	taken     time.Time // when the statement that took it was sent
+	idle      time.Time // kept since (LockConfig.KeepIdle)
 }
 
 // Work implements rivertype.WorkerMiddleware.
@@ -294,8 +456,10 @@ func (m *lockMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInne
 		return err
 	}
 
-	held, err := m.acquire(ctx, job, lock)
-	if err != nil {
+	held := m.reuse(lock)
+	if held != nil {
+		m.reused.Add(1)
+	} else if held, err = m.acquire(ctx, job, lock); err != nil {
 		return err
 	}
 	if held == nil {
@@ -311,7 +475,12 @@ func (m *lockMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInne
 	defer cancelJob(nil)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Go(func() { m.renew(ctx, held, stop, cancelJob) })
+	var lost atomic.Bool // a lost slot is never kept
+	wg.Go(func() {
+		if !m.renew(ctx, held, stop, cancelJob) {
+			lost.Store(true)
+		}
+	})
 	// finish stops the renewals and releases the lock, also when the job
 	// panics (River recovers the panic further up).
 	var once sync.Once
@@ -319,6 +488,9 @@ func (m *lockMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInne
 		once.Do(func() {
 			close(stop)
 			wg.Wait()
+			if !lost.Load() && m.keep(held, lock) {
+				return
+			}
 			m.release(ctx, held)
 		})
 	}
@@ -371,6 +543,7 @@ func (m *lockMiddleware) acquire(ctx context.Context, job *rivertype.JobRow, loc
 	}
 	r := &lockRequest{namespace: lock.Namespace, key: lock.Key, permits: int32(lock.Permits), jobID: job.ID, //nolint:gosec // Permits ≤ LockPermitsMax
 		client: holderClient, lease: lock.Lease, done: make(chan struct{})}
+	sent := time.Now()
 	m.batch.add(ctx, r)
 	select {
 	case <-r.done:
@@ -385,7 +558,7 @@ func (m *lockMiddleware) acquire(ctx context.Context, job *rivertype.JobRow, loc
 	if r.slot < 0 {
 		return nil, nil
 	}
-	return &heldLock{namespace: lock.Namespace, key: lock.Key, slot: r.slot, jobID: job.ID, lease: lock.Lease}, nil
+	return &heldLock{namespace: lock.Namespace, key: lock.Key, slot: r.slot, jobID: job.ID, lease: lock.Lease, taken: sent}, nil
 }
 
 // lockBatchMax is the most releases and acquisitions one statement takes.
@@ -474,21 +647,22 @@ func countReleases(batch []*lockRequest) int {
 // lockBatchSQL releases and takes slots; see job_lock_batch.
 const lockBatchSQL = `SELECT ord, slot, saw_free FROM job_lock_batch($1::text[], $2::text[], $3::int[], $4::bigint[], $5::text[], $6::bigint[], $7::boolean[], $8::int[])`
 
-// renew extends the lease every lease/3 until stop is closed. When the
-// lease runs out before a renewal succeeded, or the row is no longer this
-// job's, it cancels the job with ErrLockLost and stops.
-func (m *lockMiddleware) renew(ctx context.Context, held *heldLock, stop <-chan struct{}, cancelJob context.CancelCauseFunc) {
+// renew extends the lease every lease/3 until stop is closed, and reports
+// true. When the lease runs out before a renewal succeeded, or the row is
+// no longer held's, it cancels the job with ErrLockLost and reports false.
+func (m *lockMiddleware) renew(ctx context.Context, held *heldLock, stop <-chan struct{}, cancelJob context.CancelCauseFunc) bool {
 	every := held.lease / 3
 	ticker := time.NewTicker(every)
 	defer ticker.Stop()
 	// The local, monotonic, deadline is conservative: it starts when the
-	// statement that set expires_at was sent.
-	expires := time.Now().Add(held.lease)
+	// statement that set expires_at was sent (a slot reused is at most a
+	// third of a lease old, and renewed a third of a lease from now).
+	expires := held.taken.Add(held.lease)
 	base := context.WithoutCancel(ctx)
 	for {
 		select {
 		case <-stop:
-			return
+			return true
 		case <-ticker.C:
 		}
 		sent := time.Now()
@@ -501,10 +675,10 @@ func (m *lockMiddleware) renew(ctx context.Context, held *heldLock, stop <-chan 
 			continue
 		case err == nil:
 			m.lose(ctx, held, cancelJob, "jobs: lock row is gone or taken over")
-			return
+			return false
 		case time.Now().After(expires):
 			m.lose(ctx, held, cancelJob, "jobs: lock lease ran out before it could be renewed", "err", err)
-			return
+			return false
 		default:
 			m.logger(ctx).WarnContext(ctx, "jobs: renewing a lock lease failed; retrying",
 				"namespace", held.namespace, "lock_key", held.key, "slot", held.slot, "job_id", held.jobID, "err", err)

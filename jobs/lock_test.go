@@ -13,7 +13,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/rivertype"
 	"github.com/stretchr/testify/require"
 
@@ -200,7 +199,7 @@ type lockBundle struct {
 // own pool and lock middleware — on one schema. Both work test.locked and
 // test.locked_other; the bodies of all jobs share probe, which allows limit
 // bodies at once.
-func setupLock(ctx context.Context, t *testing.T, limit int64) *lockBundle {
+func setupLock(ctx context.Context, t *testing.T, limit int64, tune ...func(*jobs.LockConfig)) *lockBundle {
 	t.Helper()
 	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: lockTestConns})
 	b := &lockBundle{schema: s, probe: newLockProbe(limit)}
@@ -227,13 +226,19 @@ func setupLock(ctx context.Context, t *testing.T, limit int64) *lockBundle {
 			require.True(t, ok)
 			lockFuncs[kind] = f
 		}
+		cfg := &jobs.LockConfig{SnoozeBase: lockSnoozeBase}
+		for _, f := range tune {
+			f(cfg)
+		}
 		mw, err := jobs.NewLockMiddleware(pool, func(kind string) (jobs.LockFunc, bool) {
 			f, ok := lockFuncs[kind]
 			return f, ok
-		}, &jobs.LockConfig{SnoozeBase: lockSnoozeBase})
+		}, cfg)
 		require.NoError(t, err)
 
-		client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{
+		// NewClient's driver: releases in the background, semaphore slots
+		// kept, all given back by Stop.
+		client, err := river.NewClient(jobs.LockClientDriver(pool, mw), &river.Config{
 			Schema:            s.Name,
 			Queues:            map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 10}},
 			Workers:           workers,
@@ -378,10 +383,28 @@ func (b *lockBundle) lockRows(ctx context.Context, t *testing.T) int {
 	return n
 }
 
+// waitReleased waits until job_locks is empty: a lock is released in the
+// background after its job completed, and a semaphore slot is kept idle
+// for LockConfig.KeepIdle first.
+func (b *lockBundle) waitReleased(ctx context.Context, t *testing.T) {
+	t.Helper()
+	waitUntil(t, 10*time.Second, "every lock released", func() (bool, error) {
+		return b.lockRows(ctx, t) == 0, nil
+	})
+}
+
 func (b *lockBundle) snoozed() int64 {
 	var n int64
 	for _, p := range b.procs {
 		n += p.mw.Snoozed()
+	}
+	return n
+}
+
+func (b *lockBundle) reused() int64 {
+	var n int64
+	for _, p := range b.procs {
+		n += p.mw.Reused()
 	}
 	return n
 }
@@ -428,7 +451,7 @@ func TestLockMiddleware(t *testing.T) {
 		require.Zero(t, s.Errors)
 		require.Positive(t, s.Snoozes, "no job ever waited, the test proves nothing")
 		require.Equal(t, b.snoozed(), int64(s.Snoozes), "every snooze of the middleware is recorded on its job")
-		require.Zero(t, b.lockRows(ctx, t), "a lock was not released")
+		b.waitReleased(ctx, t)
 		return b
 	}
 
@@ -436,6 +459,42 @@ func TestLockMiddleware(t *testing.T) {
 		t.Parallel()
 		b := requireRace(t, 1, 40, func() int { return 20 + rand.IntN(31) })
 		require.Equal(t, int64(1), b.probe.max.Load())
+		require.Zero(t, b.reused(), "a mutex is never kept for the next job")
+	})
+
+	// A semaphore slot whose job returned is kept by its process for its
+	// next job of the key, which starts without a statement; the permits
+	// still hold across both processes at every start.
+	t.Run("SemaphoreSlotsKeptForTheNextJob", func(t *testing.T) {
+		t.Parallel()
+		const permits, n = 4, 120
+		b := setupLock(ctx, t, permits, func(c *jobs.LockConfig) { c.KeepIdle = 200 * time.Millisecond })
+		args := make([]river.JobArgs, n)
+		for i := range args {
+			args[i] = lockedArgs{Key: "exports", Permits: permits, SleepMS: 2 + rand.IntN(4), Seq: i}
+		}
+		b.enqueue(ctx, t, args...)
+		b.waitCompleted(ctx, t, n)
+		require.Zero(t, b.probe.violations.Load(), "more than %d bodies ran at once", permits)
+		require.Equal(t, int64(n), b.probe.ran.Load())
+		require.Equal(t, int64(n), b.acquired(), "every start held a slot, taken or kept")
+		require.Positive(t, b.reused(), "no job started on a kept slot")
+		t.Logf("%d of %d starts on a kept slot, %d snoozes", b.reused(), n, b.snoozed())
+		// Idle slots go back by themselves after KeepIdle.
+		b.waitReleased(ctx, t)
+	})
+
+	// Stop gives back the slots its process keeps, before it returns.
+	t.Run("StopReleasesKeptSlots", func(t *testing.T) {
+		t.Parallel()
+		b := setupLock(ctx, t, 2, func(c *jobs.LockConfig) { c.KeepIdle = time.Hour })
+		b.enqueue(ctx, t, lockedArgs{Key: "exports", Permits: 2, Mode: "rendezvous", Seq: 1}, lockedArgs{Key: "exports", Permits: 2, Mode: "rendezvous", Seq: 2})
+		b.waitCompleted(ctx, t, 2)
+		require.Equal(t, 2, b.lockRows(ctx, t), "both slots kept after their jobs")
+		for _, p := range b.procs {
+			require.NoError(t, p.client.Stop(ctx))
+		}
+		require.Zero(t, b.lockRows(ctx, t), "kept slots released before Stop returned")
 	})
 
 	t.Run("SemaphoreOfThreePermits", func(t *testing.T) {
@@ -451,7 +510,7 @@ func TestLockMiddleware(t *testing.T) {
 		b.waitCompleted(ctx, t, 2)
 		require.True(t, b.probe.overlapped.Load())
 		require.Equal(t, int64(2), b.acquired())
-		require.Zero(t, b.lockRows(ctx, t))
+		b.waitReleased(ctx, t)
 	})
 
 	t.Run("CrashedHolderBlocksUntilItsLeaseEnds", func(t *testing.T) {
@@ -475,7 +534,7 @@ func TestLockMiddleware(t *testing.T) {
 		s := b.summary(ctx, t)
 		require.Equal(t, 1, s.MaxAttempt)
 		require.Positive(t, s.Snoozes)
-		require.Zero(t, b.lockRows(ctx, t), "the dead lease was taken over, then released")
+		b.waitReleased(ctx, t)
 	})
 
 	t.Run("SharedNamespaceExcludesTwoKinds", func(t *testing.T) {
@@ -491,7 +550,7 @@ func TestLockMiddleware(t *testing.T) {
 		require.Zero(t, b.probe.violations.Load())
 		require.Equal(t, int64(1), b.probe.max.Load())
 		require.Positive(t, b.snoozed())
-		require.Zero(t, b.lockRows(ctx, t))
+		b.waitReleased(ctx, t)
 	})
 
 	t.Run("NamespaceDefaultsToTheKind", func(t *testing.T) {
@@ -515,7 +574,7 @@ func TestLockMiddleware(t *testing.T) {
 		require.Contains(t, f.Error, "jobs: computing the lock of test.locked job")
 		require.Contains(t, f.Error, "payer lookup failed")
 		require.Zero(t, b.probe.ran.Load())
-		require.Zero(t, b.lockRows(ctx, t))
+		b.waitReleased(ctx, t)
 	})
 
 	t.Run("EmptyKeyTakesNoLock", func(t *testing.T) {
@@ -541,7 +600,7 @@ func TestLockMiddleware(t *testing.T) {
 		require.Equal(t, int64(1), b.acquired())
 		// The renewal goroutine ended (goleak checks it when the binary
 		// exits) and the slot was freed.
-		require.Zero(t, b.lockRows(ctx, t))
+		b.waitReleased(ctx, t)
 	})
 
 	t.Run("LeaseIsRenewedWhileTheJobRuns", func(t *testing.T) {
@@ -581,7 +640,7 @@ func TestLockMiddleware(t *testing.T) {
 		close(b.probe.gate)
 		b.waitCompleted(ctx, t, 2)
 		require.Zero(t, b.probe.violations.Load())
-		require.Zero(t, b.lockRows(ctx, t))
+		b.waitReleased(ctx, t)
 		for _, p := range b.procs {
 			require.Zero(t, p.mw.Lost())
 		}
