@@ -235,6 +235,7 @@ type lockMiddleware struct {
 		async    bool
 		inFlight int
 		drained  sync.Cond
+		ctx      context.Context // the client's, for the sweep's releases
 		kept     map[keptKey][]*heldLock
 		nKept    int
 		sweeping *time.Timer
@@ -275,16 +276,16 @@ func newLockMiddleware(pool *pgxpool.Pool, lookup func(kind string) (lockFunc, b
 // the client works and, when it stops, wait for the last of them.
 func (m *lockMiddleware) hooks() workHooks {
 	return workHooks{
-		start: func() {
+		start: func(ctx context.Context) {
 			m.releases.mu.Lock()
 			m.releases.async = true
+			m.releases.ctx = context.WithoutCancel(ctx)
 			m.releases.mu.Unlock()
 		},
-		stop: func() {
+		stop: func(ctx context.Context) {
 			m.releases.mu.Lock()
 			kept := m.takeKeptLocked(func(*heldLock) bool { return true })
 			m.releases.mu.Unlock()
-			ctx := context.Background()
 			for _, held := range kept {
 				m.release(ctx, held) // in the background: counted in inFlight
 			}
@@ -311,7 +312,7 @@ func (m *lockMiddleware) keepable(lock Lock) bool {
 // is younger than LockKeepMax and a third of its lease: its expires_at is
 // then at least two thirds of a lease ahead, and the new job's first
 // renewal comes a third of a lease after it starts.
-func (m *lockMiddleware) reuse(lock Lock) *heldLock {
+func (m *lockMiddleware) reuse(ctx context.Context, lock Lock) *heldLock {
 	if !m.keepable(lock) {
 		return nil
 	}
@@ -340,7 +341,7 @@ func (m *lockMiddleware) reuse(lock Lock) *heldLock {
 	}
 	m.releases.mu.Unlock()
 	for _, held := range stale {
-		m.release(context.Background(), held)
+		m.release(context.WithoutCancel(ctx), held)
 	}
 	return found
 }
@@ -379,6 +380,7 @@ func (m *lockMiddleware) keep(held *heldLock, lock Lock) bool {
 // some are left.
 func (m *lockMiddleware) sweep() {
 	m.releases.mu.Lock()
+	ctx := m.releases.ctx
 	idle := m.takeKeptLocked(func(h *heldLock) bool { return time.Since(h.idle) >= m.cfg.KeepIdle })
 	m.releases.sweeping = nil
 	if m.releases.nKept > 0 {
@@ -386,7 +388,7 @@ func (m *lockMiddleware) sweep() {
 	}
 	m.releases.mu.Unlock()
 	for _, held := range idle {
-		m.release(context.Background(), held)
+		m.release(ctx, held)
 	}
 }
 
@@ -456,7 +458,7 @@ func (m *lockMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInne
 		return err
 	}
 
-	held := m.reuse(lock)
+	held := m.reuse(ctx, lock)
 	if held != nil {
 		m.reused.Add(1)
 	} else if held, err = m.acquire(ctx, job, lock); err != nil {

@@ -19,8 +19,8 @@ import (
 // left to the background (a lock's release) is on the database: a process
 // exits once Stop returned.
 type workHooks struct {
-	start func()
-	stop  func()
+	start func(ctx context.Context)
+	stop  func(ctx context.Context)
 }
 
 // hookedDriver is riverpgxv5's driver with a River "pilot" plugin whose one
@@ -75,16 +75,17 @@ func (p *hookedPilot) run(ctx context.Context, shouldStart bool, started, stoppe
 	}
 	for _, h := range p.hooks {
 		if h.start != nil {
-			h.start()
+			h.start(ctx)
 		}
 	}
 	go func() {
 		started()
 		defer stopped()
 		<-ctx.Done()
+		stopCtx := context.WithoutCancel(ctx)
 		for _, h := range p.hooks {
 			if h.stop != nil {
-				h.stop()
+				h.stop(stopCtx)
 			}
 		}
 	}()
