@@ -24,6 +24,13 @@
 //     poll.
 //   - River's migrations, exported as golang-migrate files: package
 //     internal/riversql, checked by the migrations' own test.
+//   - River's driver plugin interfaces (a driver with PluginInit and
+//     PluginPilot, a pilot with PluginServices; riverpilot.Pilot and
+//     riverpilot.StandardPilot, marked unstable) and the order in which a
+//     client stops: producers first, then plugin services, before Stop
+//     returns. jobs.NewClient's driver (jobs/stophook.go) uses them to
+//     write the worker locks' background releases before Stop returns;
+//     jobs' TestLockReleasedBeforeStopReturns fails when they change.
 package riverseam
 
 // Statement names that River's sqlc queries start with, as River's pgx
