@@ -54,6 +54,16 @@ type ClientConfig struct {
 	// written to os.Stdout. It is not slog.Default().
 	Logger *slog.Logger
 
+	// ListenPool, when set, holds River's LISTEN connection (one, for the
+	// client's life) instead of the client's pool. Give it a direct
+	// connection to Postgres when the client's pool goes through a pooler
+	// in transaction mode (PgBouncer), which cannot hold a LISTEN; the
+	// alternative is River's poll-only mode (River.PollOnly), which starts
+	// jobs a poll interval late. README, "Running in production".
+	//
+	// Defaults to nil: the client's pool.
+	ListenPool *pgxpool.Pool
+
 	// River, when set, is the base River configuration (fetch settings,
 	// timeouts, job retention, …). Workers, Queues, PeriodicJobs, Schema and
 	// Logger are set by NewClient; Middleware is appended to.
@@ -170,7 +180,7 @@ func NewClient(pool *pgxpool.Pool, reg *Registry, cfg *ClientConfig) (*river.Cli
 		rc.Queues = queues
 	}
 
-	client, err := river.NewClient(newHookedDriver(pool, []workHooks{lockMW.hooks()}), &rc)
+	client, err := river.NewClient(newHookedDriver(pool, cfg.ListenPool, []workHooks{lockMW.hooks()}), &rc)
 	if err != nil {
 		return nil, fmt.Errorf("jobs: building the River client: %w", err)
 	}

@@ -25,5 +25,5 @@ func LockFuncFor[T river.JobArgs](w river.Worker[T]) (LockFunc, bool) { return l
 // hooks: a client built on it releases mw's locks in the background and
 // keeps semaphore slots, as NewClient's does.
 func LockClientDriver(pool *pgxpool.Pool, mw *LockMiddleware) riverdriver.Driver[pgx.Tx] {
-	return newHookedDriver(pool, []workHooks{mw.hooks()})
+	return newHookedDriver(pool, nil, []workHooks{mw.hooks()})
 }

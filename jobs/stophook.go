@@ -33,16 +33,34 @@ type workHooks struct {
 // River's own extension points, marked unstable; every other Pilot method
 // is riverpilot.StandardPilot's, River's default. A River upgrade that
 // changes them fails to compile here or fails TestLockReleasedBeforeStopReturns.
+//
+// With a listen pool, River's LISTEN connection comes from it instead
+// (ClientConfig.ListenPool): the pool can then go through a transaction
+// pooler, which cannot hold a LISTEN.
 type hookedDriver struct {
 	*riverpgxv5.Driver
-	pilot *hookedPilot
+	pilot  *hookedPilot
+	listen *riverpgxv5.Driver // nil: pool's
 }
 
 var _ riverdriver.Driver[pgx.Tx] = (*hookedDriver)(nil)
 
-// newHookedDriver returns the driver of pool that runs hooks.
-func newHookedDriver(pool *pgxpool.Pool, hooks []workHooks) *hookedDriver {
-	return &hookedDriver{Driver: riverpgxv5.New(pool), pilot: &hookedPilot{hooks: hooks}}
+// newHookedDriver returns the driver of pool that runs hooks, listening on
+// listenPool when it is not nil.
+func newHookedDriver(pool, listenPool *pgxpool.Pool, hooks []workHooks) *hookedDriver {
+	d := &hookedDriver{Driver: riverpgxv5.New(pool), pilot: &hookedPilot{hooks: hooks}}
+	if listenPool != nil {
+		d.listen = riverpgxv5.New(listenPool)
+	}
+	return d
+}
+
+// GetListener is River's listener: on the listen pool when there is one.
+func (d *hookedDriver) GetListener(params *riverdriver.GetListenenerParams) riverdriver.Listener {
+	if d.listen != nil {
+		return d.listen.GetListener(params)
+	}
+	return d.Driver.GetListener(params)
 }
 
 // PluginInit is River's driverPlugin hook; the standard pilot needs nothing.
