@@ -431,9 +431,10 @@ func TestRateLeasesConcurrent(t *testing.T) {
 
 // ratedArgs is a rate-limited job: Limit starts of Key per 300 ms.
 type ratedArgs struct {
-	Key   string `json:"key"`
-	Limit int    `json:"limit"`
-	Seq   int    `json:"seq"`
+	Key      string `json:"key"`
+	Limit    int    `json:"limit"`
+	PeriodMS int    `json:"period_ms,omitempty"` // 0: ratedPeriod
+	Seq      int    `json:"seq"`
 }
 
 func (ratedArgs) Kind() string { return "test.rated" }
@@ -445,7 +446,11 @@ type ratedWorker struct {
 }
 
 func (ratedWorker) RateLimitFor(_ context.Context, job *river.Job[ratedArgs]) (jobs.RateLimit, error) {
-	return jobs.RateLimit{Key: job.Args.Key, Limit: job.Args.Limit, Period: ratedPeriod}, nil
+	period := ratedPeriod
+	if job.Args.PeriodMS > 0 {
+		period = time.Duration(job.Args.PeriodMS) * time.Millisecond
+	}
+	return jobs.RateLimit{Key: job.Args.Key, Limit: job.Args.Limit, Period: period}, nil
 }
 
 func (ratedWorker) Work(context.Context, *river.Job[ratedArgs]) error { return nil }
@@ -576,12 +581,14 @@ func TestPingRateArgs(t *testing.T) {
 }
 
 // TestRateLimitedJobsWithLeases: two clients work 400 jobs of one key under
-// a limit they never reach (1,000 starts per 300 ms): once the key is busy
-// in a client, it starts jobs with the tokens of a lease, without a
+// a limit they never reach (1,000 starts per 3 s): once the key is busy in
+// a client, it starts jobs with the tokens of a lease (1 s long), without a
 // decision each, and every job completes once, without waiting. Leases
 // fill at most half of the limit, used or not, so 400 starts plus 500
 // leased fit one window whatever the timing (with 600 jobs, a run whose
-// jobs all started within one period found the limit reached: 87 waited).
+// jobs all started within one period found the limit reached: 87 waited);
+// and a start decided more than a period after its fetch is refused as
+// stale, which a loaded machine did to 48 starts under 300 ms.
 func TestRateLimitedJobsWithLeases(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -595,7 +602,7 @@ func TestRateLimitedJobsWithLeases(t *testing.T) {
 	const n = 400
 	params := make([]river.InsertManyParams, n)
 	for i := range params {
-		params[i] = river.InsertManyParams{Args: ratedArgs{Key: "busy", Limit: jobs.RateLimitMax, Seq: i}}
+		params[i] = river.InsertManyParams{Args: ratedArgs{Key: "busy", Limit: jobs.RateLimitMax, PeriodMS: 3000, Seq: i}}
 	}
 	_, err := client.InsertMany(ctx, params)
 	require.NoError(t, err)
