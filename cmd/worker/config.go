@@ -55,6 +55,13 @@ const (
 	relayDefault = "on"
 )
 
+// listenOff is the value of --listen-database-url that turns LISTEN off.
+const listenOff = "off"
+
+// listenMaxConns sizes the listen pool: River's listener holds one
+// connection; the relay opens its own from the same settings.
+const listenMaxConns = 2
+
 // httpOff is the value of --http that turns HTTP off. An empty --http does
 // too, but an empty environment variable cannot be told from an unset one.
 const httpOff = "off"
@@ -104,6 +111,11 @@ type config struct {
 	// urlGiven is true when --database-url or DATABASE_URL named the
 	// database; --dev then never starts a container.
 	urlGiven bool
+	// listen is the parsed --listen-database-url: the pool River's
+	// listener and the relay's LISTEN connection use. nil: pool's.
+	listen *pgxpool.Config
+	// pollOnly is --listen-database-url off: no LISTEN at all.
+	pollOnly bool
 	// devFind is where --dev looks for a database when none was named.
 	// Defaults to nil: the default URL, else devdb.StartContainer.
 	devFind *devdb.Config
@@ -127,6 +139,8 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 	settings := []*setting{
 		{flag: "database-url", env: "DATABASE_URL", def: databaseURLDefault,
 			help: "Postgres connection URL or keyword/value string; pool_max_conns and connect_timeout are honoured"},
+		{flag: "listen-database-url", env: "AFTERCOMMIT_LISTEN_DATABASE_URL", def: "",
+			help: "where River and the relay LISTEN for new jobs: empty: --database-url; a direct Postgres URL when --database-url goes\nthrough a pooler in transaction mode (PgBouncer); \"" + listenOff + "\": poll only (jobs start up to a poll interval late)"},
 		{flag: "schema", env: "AFTERCOMMIT_SCHEMA", def: "",
 			help: "schema holding River's and aftercommit's tables (default: the connection's search_path)"},
 		{flag: "queues", env: "AFTERCOMMIT_QUEUES", def: queuesDefault,
@@ -202,6 +216,14 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 		case "database-url":
 			cfg.pool, err = parsePoolConfig(v, src)
 			cfg.urlGiven = given[s.flag] || getenv(s.env) != ""
+		case "listen-database-url":
+			switch v {
+			case "":
+			case listenOff:
+				cfg.pollOnly = true
+			default:
+				cfg.listen, err = dbconn.ParseConfig(v, &dbconn.Opts{Component: "worker", Source: src, ConnectTimeout: connectTimeoutDefault, MaxConns: listenMaxConns})
+			}
 		case "schema":
 			cfg.schema, err = parseSchema(v, src)
 		case "queues":
@@ -246,6 +268,9 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 	// Set here rather than by parsePoolConfig: the URL is parsed, and its
 	// errors reported, before the schema is read.
 	dbconn.SetSchema(cfg.pool, cfg.schema)
+	if cfg.listen != nil {
+		dbconn.SetSchema(cfg.listen, cfg.schema)
+	}
 	return &cfg, nil
 }
 

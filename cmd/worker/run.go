@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 
 	"github.com/aftercommit/aftercommit/internal/app"
@@ -94,6 +95,25 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 		return err
 	}
 
+	// River's listener and the relay's LISTEN on direct connections, when
+	// the pool goes through a pooler in transaction mode.
+	var listenPool *pgxpool.Pool
+	if cfg.listen != nil {
+		listenPool, err = dbconn.Connect(ctx, cfg.listen, "worker")
+		if errors.Is(err, dbconn.ErrInterrupted) {
+			logger.InfoContext(ctx, "worker: interrupted before start")
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if closePool {
+				listenPool.Close()
+			}
+		}()
+	}
+
 	// Every kind and periodic job is registered, whatever queues this
 	// process works: the leader's rescuer must know them all.
 	metrics := jobs.NewMetrics(nil)
@@ -113,6 +133,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 		Schema:     cfg.schema,
 		Logger:     logger,
 		River:      rc,
+		ListenPool: listenPool,
 		// A dead process's locks and semaphore slots are free again after
 		// a job timeout, well before its jobs are rescued.
 		Lock: &jobs.LockConfig{Lease: cfg.jobTimeout, Logger: logger},
@@ -173,7 +194,11 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 	// are inserted while the client still runs.
 	var rl *relay.Relay
 	if cfg.relay {
-		rl, err = jobs.NewRelay(pool, client, reg, &relay.Config{Schema: cfg.schema, Logger: logger, OnMove: metrics.ObserveRelay})
+		rcfg := &relay.Config{Schema: cfg.schema, Logger: logger, OnMove: metrics.ObserveRelay, DisableListen: cfg.pollOnly}
+		if listenPool != nil {
+			rcfg.ListenConnConfig = listenPool.Config().ConnConfig
+		}
+		rl, err = jobs.NewRelay(pool, client, reg, rcfg)
 		if err != nil {
 			_ = client.Stop(context.WithoutCancel(ctx))
 			return fmt.Errorf("worker: %w", err)
@@ -237,6 +262,7 @@ func riverConfig(cfg *config) *river.Config {
 	if !cfg.reindexer {
 		rc.ReindexerSchedule = river.NeverSchedule()
 	}
+	rc.PollOnly = cfg.pollOnly
 	return rc
 }
 

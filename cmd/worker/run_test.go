@@ -307,6 +307,7 @@ func TestRunBadFlags(t *testing.T) {
 		{"UnknownFlag", []string{"--nope"}, "flag provided but not defined: -nope"},
 		{"Argument", []string{"extra"}, `unexpected argument "extra"`},
 		{"DatabaseURL", []string{"--database-url", "postgres://u:s3cret@host:99999/db"}, "cannot parse the database URL given by --database-url"},
+		{"ListenDatabaseURL", []string{"--listen-database-url", "postgres://u:s3cret@host:99999/db"}, "cannot parse the database URL given by --listen-database-url"},
 		{"HTTPNoPort", []string{"--http", "localhost"}, `worker: invalid --http "localhost": want host:port`},
 		{"HTTPBadPort", []string{"--http", ":99999"}, `worker: invalid --http ":99999"`},
 		{"HTTPNamedPort", []string{"--http", ":http"}, `worker: invalid --http ":http"`},
@@ -415,6 +416,30 @@ func TestParseConfig(t *testing.T) {
 		require.Equal(t, time.Minute, cfg.jobTimeout)
 		require.Equal(t, 5*time.Minute, cfg.rescueAfter)
 		require.True(t, cfg.reindexer)
+		require.Nil(t, cfg.listen, "River and the relay listen on the pool")
+		require.False(t, cfg.pollOnly)
+	})
+
+	// Behind a pooler in transaction mode: LISTEN on a direct URL, in the
+	// schema of the pool, or nowhere.
+	t.Run("ListenDatabaseURL", func(t *testing.T) {
+		t.Parallel()
+		cfg, err := parseConfig([]string{"--database-url", "postgres://app@pgbouncer:6432/app?default_query_exec_mode=exec",
+			"--listen-database-url", "postgres://app@db:5432/app", "--schema", "jobs"}, noEnv, &testlog.Buffer{})
+		require.NoError(t, err)
+		require.Equal(t, "db", cfg.listen.ConnConfig.Host)
+		require.Equal(t, int32(listenMaxConns), cfg.listen.MaxConns)
+		require.Equal(t, `"jobs"`, cfg.listen.ConnConfig.RuntimeParams["search_path"])
+		require.False(t, cfg.pollOnly)
+		require.False(t, riverConfig(cfg).PollOnly)
+
+		cfg, err = parseConfig(nil, func(k string) string {
+			return map[string]string{"AFTERCOMMIT_LISTEN_DATABASE_URL": "off"}[k]
+		}, &testlog.Buffer{})
+		require.NoError(t, err)
+		require.Nil(t, cfg.listen)
+		require.True(t, cfg.pollOnly)
+		require.True(t, riverConfig(cfg).PollOnly)
 	})
 
 	t.Run("Environment", func(t *testing.T) {

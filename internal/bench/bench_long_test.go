@@ -61,6 +61,7 @@ func TestRunEveryScenario(t *testing.T) {
 		"growth":            {"waiting_10k", "waiting_100k", "waiting_1m", "scheduled_1m", "finished_1m"},
 		"fairness":          {"b_alone", "fair_share", "no_fair_share"},
 		"batch_latency":     {"job_alone", "batch_callback"},
+		"pgbouncer_latency": {"direct", "poll_only", "poll_only_50ms", "split_listener"},
 		"tx_bulk":           {"rows_only", "rows_and_jobs"},
 		"bulk_insert":       {"river_insert_many_fast", "outbox_batch", "river_insert_many"},
 		"worker_throughput": {"bare_river", "full_stack", "worker_lock", "semaphore", "rate_limit", "rate_limit_warm", "rate_limit_hot", "batch_member", "sequence"},
@@ -72,7 +73,7 @@ func TestRunEveryScenario(t *testing.T) {
 		"hot_key":           {"no_job", "outbox", "outbox_write_only", "direct"},
 		"outbox_size":       {"outbox_relay"},
 	}, sides)
-	require.Equal(t, []string{"tx_one_job", "tx_floor", "tx_bulk", "bulk_insert", "worker_throughput", "latency", "donations", "donate_hot", "claims", "claims_floor", "car_users", "processes", "growth", "batch_latency", "fairness", "relay_throughput", "relay_notify", "relay_latency", "sustained", "hot_key", "outbox_size"}, bench.Names())
+	require.Equal(t, []string{"tx_one_job", "tx_floor", "tx_bulk", "bulk_insert", "worker_throughput", "latency", "donations", "donate_hot", "claims", "claims_floor", "car_users", "processes", "growth", "batch_latency", "fairness", "pgbouncer_latency", "relay_throughput", "relay_notify", "relay_latency", "sustained", "hot_key", "outbox_size"}, bench.Names())
 
 	var goals int
 	for _, r := range report.Results {

@@ -115,7 +115,11 @@ func (bs *bouncerSetup) run(ctx context.Context, t *testing.T, listenPool *pgxpo
 	require.NoError(t, err)
 	require.NoError(t, client.Start(ctx))
 	t.Cleanup(func() { require.NoError(t, client.Stop(context.WithoutCancel(ctx))) })
-	rl, err := jobs.NewRelay(bs.pool, client, bs.reg, &relay.Config{DisableListen: true, Logger: discardLogger()})
+	rcfg := &relay.Config{DisableListen: true, Logger: discardLogger()}
+	if listenPool != nil {
+		rcfg = &relay.Config{ListenConnConfig: listenPool.Config().ConnConfig, Logger: discardLogger()}
+	}
+	rl, err := jobs.NewRelay(bs.pool, client, bs.reg, rcfg)
 	require.NoError(t, err)
 	require.NoError(t, rl.Start(ctx))
 	t.Cleanup(func() { require.NoError(t, rl.Stop(context.WithoutCancel(ctx))) })
@@ -203,9 +207,9 @@ func TestPollOnlyBehindPgBouncer(t *testing.T) {
 	bs.run(ctx, t, nil, true)
 }
 
-// Behind PgBouncer in transaction mode, River's LISTEN on a direct
-// connection (ClientConfig.ListenPool): it is the one session that listens,
-// and it is not the pooler's.
+// Behind PgBouncer in transaction mode, River's and the relay's LISTEN on
+// direct connections (ClientConfig.ListenPool, relay.Config's
+// ListenConnConfig): the two sessions that listen are not the pooler's.
 func TestSplitListenerBehindPgBouncer(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -223,5 +227,5 @@ func TestSplitListenerBehindPgBouncer(t *testing.T) {
 	require.NoError(t, bs.schema.Pool.QueryRow(ctx, `
 		SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'`,
 		"listen-"+bs.schema.Name).Scan(&listening))
-	require.Equal(t, 1, listening, "River's listener holds one direct session")
+	require.Equal(t, 2, listening, "River's listener and the relay's each hold one direct session")
 }

@@ -136,6 +136,13 @@ type Config struct {
 	// Defaults to false: one connection, outside the pool, listens.
 	DisableListen bool
 
+	// ListenConnConfig, when set, is what the LISTEN connection is opened
+	// with: a direct connection to Postgres when the pool goes through a
+	// pooler in transaction mode (PgBouncer), which cannot hold a LISTEN.
+	//
+	// Defaults to nil: the pool's connection settings.
+	ListenConnConfig *pgx.ConnConfig
+
 	// Schema qualifies the outbox tables and River's (the River client's
 	// Schema must match). Defaults to "": the search_path.
 	Schema string
@@ -515,7 +522,11 @@ func (r *Relay) listen(ctx context.Context, stopped <-chan struct{}) {
 }
 
 func (r *Relay) listenOnce(ctx context.Context) error {
-	conn, err := pgx.ConnectConfig(ctx, r.pool.Config().ConnConfig.Copy())
+	connCfg := r.cfg.ListenConnConfig
+	if connCfg == nil {
+		connCfg = r.pool.Config().ConnConfig
+	}
+	conn, err := pgx.ConnectConfig(ctx, connCfg.Copy())
 	if err != nil {
 		return err
 	}
