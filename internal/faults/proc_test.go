@@ -52,11 +52,23 @@ func startWorkerConns(t *testing.T, s *dbtest.Schema, name string, conns int, en
 	require.NoError(t, err, "the test database must be given as a URL")
 	q := u.Query()
 	q.Set("pool_max_conns", strconv.Itoa(conns))
+	u.RawQuery = q.Encode()
+	return startWorkerAt(t, name, u.String(), env, append([]string{"--schema", s.Name}, args...)...)
+}
+
+// startWorkerAt starts the fault build of cmd/worker with DATABASE_URL
+// dbURL (its application_name set to the worker's name), env added to the
+// environment and args to the flags. It is killed when the test ends.
+func startWorkerAt(t *testing.T, name, dbURL string, env []string, args ...string) *workerProc {
+	t.Helper()
+	u, err := url.Parse(dbURL)
+	require.NoError(t, err, "the worker's database must be given as a URL")
+	q := u.Query()
 	q.Set("application_name", "aftercommit-faults-"+name)
 	u.RawQuery = q.Encode()
 
 	p := &workerProc{name: name, log: &testlog.Buffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(workerBinary(t), append([]string{"--schema", s.Name, "--http", "off"}, args...)...)
+	p.cmd = exec.Command(workerBinary(t), append([]string{"--http", "off"}, args...)...)
 	p.cmd.Env = append(append(os.Environ(), "DATABASE_URL="+u.String()), env...)
 	p.cmd.Stderr = p.log
 	require.NoError(t, p.cmd.Start())
