@@ -81,7 +81,7 @@ func TestBench(t *testing.T) {
 			{[]string{"bench", "--soak", "10s", "--interval", "20s"},
 				"aftercommit bench: --interval must be in 100ms…the --soak duration, got 20s\n"},
 			{[]string{"bench", "--soak", "10s", "--scale", "0"}, "aftercommit bench: --scale must be in (0, 100], got 0\n"},
-			{[]string{"bench", "--scenario", "warp"}, `aftercommit bench: unknown scenario "warp": want one of tx_one_job, tx_floor, tx_bulk, bulk_insert, worker_throughput, latency, donations, donate_hot, claims, claims_floor, car_users, processes, growth, batch_latency, fairness, relay_throughput, relay_notify, relay_latency, sustained, hot_key, outbox_size` + "\n"},
+			{[]string{"bench", "--scenario", "warp"}, `aftercommit bench: unknown scenario "warp": want one of tx_one_job, tx_floor, tx_bulk, bulk_insert, worker_throughput, latency, donations, donate_hot, claims, claims_floor, car_users, processes, growth, batch_latency, fairness, pgbouncer_latency, relay_throughput, relay_notify, relay_latency, sustained, hot_key, outbox_size` + "\n"},
 		} {
 			res := runCLI(ctx, t, environ, tc.args...)
 			require.Equal(t, exitUsage, res.code, "%v", tc.args)

@@ -21,7 +21,7 @@ func TestValidate(t *testing.T) {
 		{bench.Config{Rounds: 101}, "bench: invalid config: --rounds must be in 1…100, got 101"},
 		{bench.Config{Duration: time.Millisecond}, "bench: invalid config: --duration must be at least 10ms, got 1ms"},
 		{bench.Config{Scale: -1}, "bench: invalid config: --scale must be in (0, 100], got -1"},
-		{bench.Config{Scenarios: []string{"nope"}}, `bench: invalid config: unknown scenario "nope": want one of tx_one_job, tx_floor, tx_bulk, bulk_insert, worker_throughput, latency, donations, donate_hot, claims, claims_floor, car_users, processes, growth, batch_latency, fairness, relay_throughput, relay_notify, relay_latency, sustained, hot_key, outbox_size`},
+		{bench.Config{Scenarios: []string{"nope"}}, `bench: invalid config: unknown scenario "nope": want one of tx_one_job, tx_floor, tx_bulk, bulk_insert, worker_throughput, latency, donations, donate_hot, claims, claims_floor, car_users, processes, growth, batch_latency, fairness, pgbouncer_latency, relay_throughput, relay_notify, relay_latency, sustained, hot_key, outbox_size`},
 	} {
 		err := bench.Validate(tc.cfg)
 		require.ErrorIs(t, err, bench.ErrInvalidConfig)
