@@ -36,7 +36,8 @@ import (
 type privateServer struct {
 	bin, data, sock string
 	port            int
-	asPostgres      bool // run the server's tools as the postgres user (the test runs as root)
+	asPostgres      bool   // run the server's tools as the postgres user (the test runs as root)
+	opts            string // more server options for pg_ctl -o (failover: replication settings)
 }
 
 // pgBinDir finds the server's binaries: AFTERCOMMIT_PG_BINDIR, else the
@@ -67,6 +68,17 @@ func pgBinDir(t *testing.T) string {
 
 func startPrivateServer(t *testing.T) *privateServer {
 	t.Helper()
+	srv := newPrivateServer(t)
+	srv.run(t, "initdb", "-D", srv.data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+	srv.pgctl(t, "start")
+	t.Cleanup(func() { srv.run(t, "pg_ctl", "-D", srv.data, "-m", "immediate", "-w", "stop") })
+	return srv
+}
+
+// newPrivateServer picks a directory (owned by the server's user) and a
+// free port for a server; nothing is created in the data directory.
+func newPrivateServer(t *testing.T) *privateServer {
+	t.Helper()
 	srv := &privateServer{bin: pgBinDir(t), asPostgres: os.Geteuid() == 0}
 	dir, err := os.MkdirTemp("", "aftercommit-restart-")
 	require.NoError(t, err)
@@ -85,10 +97,6 @@ func startPrivateServer(t *testing.T) *privateServer {
 	require.True(t, ok, "a tcp listener's address is a *net.TCPAddr")
 	srv.port = tcpAddr.Port
 	require.NoError(t, l.Close())
-
-	srv.run(t, "initdb", "-D", srv.data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
-	srv.pgctl(t, "start")
-	t.Cleanup(func() { srv.run(t, "pg_ctl", "-D", srv.data, "-m", "immediate", "-w", "stop") })
 	return srv
 }
 
@@ -105,7 +113,7 @@ func (srv *privateServer) run(t *testing.T, tool string, args ...string) {
 // pgctl runs pg_ctl start or restart; extra are its other flags (-m mode).
 func (srv *privateServer) pgctl(t *testing.T, action string, extra ...string) {
 	t.Helper()
-	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=40", srv.port, srv.sock)
+	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=40 %s", srv.port, srv.sock, srv.opts)
 	srv.run(t, "pg_ctl", append([]string{"-D", srv.data, "-o", opts, "-l", filepath.Join(srv.sock, "log"), "-w", action}, extra...)...)
 }
 
