@@ -164,6 +164,7 @@ type QueueMetrics struct {
 
 	jobsDesc, oldestDesc, stuckDesc                   *prometheus.Desc
 	outboxDepthDesc, outboxOldestDesc, outboxDeadDesc *prometheus.Desc
+	xminAgeDesc, xminXidsDesc, deadTuplesDesc         *prometheus.Desc
 	readErrors                                        prometheus.Counter
 
 	// mu serializes reads: a scrape that arrives during a read waits for
@@ -181,6 +182,18 @@ type queueSnapshot struct {
 	queues map[string]*queueRow
 	// outbox is nil when the process does not report (not the leader).
 	outbox *outboxRow
+	// xmin is the oldest snapshot holding back vacuum (db_vacuum_holdback);
+	// nil when none is seen or the process does not report.
+	xmin *xminRow
+	// deadTuples are db_table_health's dead tuples, by table.
+	deadTuples map[string]float64
+}
+
+// xminRow is the session (or prepared transaction, or slot) whose snapshot
+// is the oldest.
+type xminRow struct {
+	holder, application, user, pid string
+	xids, age                      float64 // transactions; seconds
 }
 
 // outboxRow is what the outbox tables hold.
@@ -229,6 +242,15 @@ func NewQueueMetrics(db QueueMetricsDB, cfg *QueueMetricsConfig) (*QueueMetrics,
 		outboxDeadDesc: prometheus.NewDesc(prometheus.BuildFQName(c.Namespace, "outbox", "dead_rows"),
 			"Rows in outbox_dead_jobs: outbox rows the relay refused (unknown kind, args that do not decode, a bad option, too large), kept with the reason until an operator re-enqueues or deletes them.",
 			nil, c.ConstLabels),
+		xminAgeDesc: prometheus.NewDesc(prometheus.BuildFQName(c.Namespace, "db", "oldest_xmin_age_seconds"),
+			"How long the transaction whose snapshot is the oldest in the database has been open: it holds back vacuum of every table, River's included (db_vacuum_holdback). Labels name it: holder (session, prepared transaction, replication slot), application_name, usename, pid. Absent when no snapshot is seen (other roles' sessions need pg_read_all_stats).",
+			[]string{"holder", "application_name", "usename", "pid"}, c.ConstLabels),
+		xminXidsDesc: prometheus.NewDesc(prometheus.BuildFQName(c.Namespace, "db", "oldest_xmin_age_transactions"),
+			"How many transactions old the oldest snapshot of the database is (age(backend_xmin)); same labels as aftercommit_db_oldest_xmin_age_seconds.",
+			[]string{"holder", "application_name", "usename", "pid"}, c.ConstLabels),
+		deadTuplesDesc: prometheus.NewDesc(prometheus.BuildFQName(c.Namespace, "db", "dead_tuples"),
+			"Dead tuples of River's and aftercommit's tables (db_table_health, from pg_stat_user_tables): they grow while a snapshot holds back vacuum.",
+			[]string{"table"}, c.ConstLabels),
 		readErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: c.Namespace, Subsystem: "queue", Name: "read_errors_total", ConstLabels: c.ConstLabels,
 			Help: "Reads of the queue gauges that failed or timed out; their scrape had no queue gauges.",
@@ -244,6 +266,9 @@ func (q *QueueMetrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- q.outboxDepthDesc
 	ch <- q.outboxOldestDesc
 	ch <- q.outboxDeadDesc
+	ch <- q.xminAgeDesc
+	ch <- q.xminXidsDesc
+	ch <- q.deadTuplesDesc
 	q.readErrors.Describe(ch)
 }
 
@@ -262,6 +287,13 @@ func (q *QueueMetrics) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(q.outboxDepthDesc, prometheus.GaugeValue, o.depth)
 			ch <- prometheus.MustNewConstMetric(q.outboxOldestDesc, prometheus.GaugeValue, o.oldestAge)
 			ch <- prometheus.MustNewConstMetric(q.outboxDeadDesc, prometheus.GaugeValue, o.dead)
+		}
+		if x := snap.xmin; x != nil {
+			ch <- prometheus.MustNewConstMetric(q.xminAgeDesc, prometheus.GaugeValue, x.age, x.holder, x.application, x.user, x.pid)
+			ch <- prometheus.MustNewConstMetric(q.xminXidsDesc, prometheus.GaugeValue, x.xids, x.holder, x.application, x.user, x.pid)
+		}
+		for table, n := range snap.deadTuples {
+			ch <- prometheus.MustNewConstMetric(q.deadTuplesDesc, prometheus.GaugeValue, n, table)
 		}
 	}
 	q.readErrors.Collect(ch)
@@ -318,25 +350,35 @@ WITH reporting AS (
 )
 SELECT queue, state::text, count(*),
        CASE WHEN state = 'available'
-            THEN greatest(extract(epoch FROM now() - min(scheduled_at)), 0)::float8 END
+            THEN greatest(extract(epoch FROM now() - min(scheduled_at)), 0)::float8 END,
+       NULL::text[]
   FROM river_job
  WHERE (SELECT yes FROM reporting)
    AND state IN ('available', 'pending', 'retryable', 'running', 'scheduled')
  GROUP BY queue, state
 UNION ALL
-SELECT queue, 'stuck', count(*), NULL
+SELECT queue, 'stuck', count(*), NULL, NULL
   FROM river_job
  WHERE (SELECT yes FROM reporting)
    AND state = 'running' AND attempted_at < now() - $1 * interval '1 microsecond'
  GROUP BY queue
 UNION ALL
-SELECT name, NULL, 0, NULL FROM river_queue WHERE (SELECT yes FROM reporting)
+SELECT name, NULL, 0, NULL, NULL FROM river_queue WHERE (SELECT yes FROM reporting)
 UNION ALL
-SELECT NULL, 'outbox', depth, oldest_age FROM outbox
+SELECT NULL, 'outbox', depth, oldest_age, NULL FROM outbox
 UNION ALL
-SELECT NULL, 'outbox_dead', dead, NULL FROM outbox
+SELECT NULL, 'outbox_dead', dead, NULL, NULL FROM outbox
 UNION ALL
-SELECT NULL, 'not_leader', 0, NULL WHERE NOT (SELECT yes FROM reporting)`
+(SELECT NULL, 'xmin', coalesce(xmin_age, 0), greatest(coalesce(extract(epoch FROM held_for), 0), 0)::float8,
+        ARRAY[holder, coalesce(application_name, ''), coalesce(usename, ''), coalesce(pid::text, '')]
+   FROM db_vacuum_holdback
+  WHERE (SELECT yes FROM reporting)
+  ORDER BY xmin_age DESC NULLS LAST
+  LIMIT 1)
+UNION ALL
+SELECT NULL, 'dead_tuples', dead_tuples, NULL, ARRAY[table_name] FROM db_table_health WHERE (SELECT yes FROM reporting)
+UNION ALL
+SELECT NULL, 'not_leader', 0, NULL, NULL WHERE NOT (SELECT yes FROM reporting)`
 
 func (q *QueueMetrics) read(ctx context.Context) (*queueSnapshot, error) {
 	rows, err := q.db.Query(ctx, queueMetricsSQL, q.cfg.StuckAfter.Microseconds(), q.cfg.LeaderClientID)
@@ -351,13 +393,23 @@ func (q *QueueMetrics) read(ctx context.Context) (*queueSnapshot, error) {
 			state *string
 			n     int64
 			age   *float64
+			info  []string
 		)
-		if err := rows.Scan(&queue, &state, &n, &age); err != nil {
+		if err := rows.Scan(&queue, &state, &n, &age, &info); err != nil {
 			return nil, err
 		}
 		if queue == nil {
-			// The outbox's two rows, else not the leader: nothing to report.
-			if st := deref(state); st == "outbox" || st == "outbox_dead" {
+			// The database's rows, the outbox's two, else not the leader:
+			// nothing to report.
+			switch st := deref(state); {
+			case st == "xmin" && len(info) == 4:
+				snap.xmin = &xminRow{holder: info[0], application: info[1], user: info[2], pid: info[3], xids: float64(n), age: deref(age)}
+			case st == "dead_tuples" && len(info) == 1:
+				if snap.deadTuples == nil {
+					snap.deadTuples = map[string]float64{}
+				}
+				snap.deadTuples[info[0]] = float64(n)
+			case st == "outbox" || st == "outbox_dead":
 				if snap.outbox == nil {
 					snap.outbox = &outboxRow{}
 				}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -19,8 +20,22 @@ import (
 )
 
 // gaugesAndCounters returns every gauge and counter sample of g keyed as in
-// the text exposition, name{label="value",…}.
+// the text exposition, name{label="value",…}, but the database's gauges
+// (aftercommit_db_…): they read every session of the server, other tests'
+// included (TestVacuumHoldbackGauges checks them).
 func gaugesAndCounters(t *testing.T, g prometheus.Gatherer) map[string]float64 {
+	t.Helper()
+	out := map[string]float64{}
+	for key, v := range allGaugesAndCounters(t, g) {
+		if !strings.HasPrefix(key, "aftercommit_db_") {
+			out[key] = v
+		}
+	}
+	return out
+}
+
+// allGaugesAndCounters is gaugesAndCounters with the database's gauges.
+func allGaugesAndCounters(t *testing.T, g prometheus.Gatherer) map[string]float64 {
 	t.Helper()
 	families, err := g.Gather()
 	require.NoError(t, err)
@@ -48,7 +63,7 @@ func gaugesAndCounters(t *testing.T, g prometheus.Gatherer) map[string]float64 {
 
 // describeCount is how many metrics c describes.
 func describeCount(c prometheus.Collector) int {
-	ch := make(chan *prometheus.Desc, 20)
+	ch := make(chan *prometheus.Desc, 32)
 	c.Describe(ch)
 	close(ch)
 	return len(ch)
@@ -252,18 +267,22 @@ func TestQueueMetricsConfig(t *testing.T) {
 
 	qm, err := jobs.NewQueueMetrics(s.Pool, &jobs.QueueMetricsConfig{Namespace: "acme", StuckAfter: 5 * time.Minute})
 	require.NoError(t, err)
-	require.Equal(t, 7, describeCount(qm))
+	require.Equal(t, 10, describeCount(qm))
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(qm)
 	families, err := reg.Gather()
 	require.NoError(t, err)
 	var names []string
 	for _, f := range families {
-		names = append(names, f.GetName())
+		// The oldest snapshot's gauges come and go with other sessions.
+		if !strings.HasPrefix(f.GetName(), "acme_db_oldest_xmin_") {
+			names = append(names, f.GetName())
+		}
 	}
-	require.Equal(t, []string{"acme_outbox_dead_rows", "acme_outbox_depth", "acme_outbox_oldest_age_seconds", "acme_queue_read_errors_total"}, names,
-		"no queue: the outbox gauges and the error counter")
-	descs := make(chan *prometheus.Desc, 7)
+	require.Equal(t, []string{"acme_db_dead_tuples",
+		"acme_outbox_dead_rows", "acme_outbox_depth", "acme_outbox_oldest_age_seconds", "acme_queue_read_errors_total"}, names,
+		"no queue: the database's gauges, the outbox gauges and the error counter")
+	descs := make(chan *prometheus.Desc, 10)
 	qm.Describe(descs)
 	close(descs)
 	var all []string
@@ -339,4 +358,66 @@ func TestQueueMetricsOutbox(t *testing.T) {
 	followerReg := prometheus.NewRegistry()
 	followerReg.MustRegister(follower)
 	require.Equal(t, map[string]float64{"aftercommit_queue_read_errors_total": 0}, gaugesAndCounters(t, followerReg))
+}
+
+// TestVacuumHoldbackGauges: a session holds a REPEATABLE READ snapshot open;
+// db_vacuum_holdback names it, with its application_name and age, and the
+// gauge of the oldest snapshot is at least as old (other tests' sessions of
+// the shared server may be older). The dead tuples of River's and
+// aftercommit's tables are reported per table.
+func TestVacuumHoldbackGauges(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, nil)
+
+	cfg, err := pgxpool.ParseConfig(s.URL)
+	require.NoError(t, err)
+	app := "holder-" + s.Name
+	cfg.ConnConfig.RuntimeParams["application_name"] = app
+	holderPool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(holderPool.Close)
+	holder, err := holderPool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
+	require.NoError(t, err)
+	defer func() { _ = holder.Rollback(ctx) }()
+	var n int
+	require.NoError(t, holder.QueryRow(ctx, `SELECT count(*) FROM river_job`).Scan(&n)) // takes the snapshot
+	const held = 1200 * time.Millisecond
+	time.Sleep(held)
+
+	var (
+		pid      int32
+		heldFor  time.Duration
+		xminAge  int64
+		holderOf string
+	)
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT holder, pid, held_for, xmin_age FROM db_vacuum_holdback WHERE application_name = $1`, app).
+		Scan(&holderOf, &pid, &heldFor, &xminAge))
+	require.Equal(t, "session", holderOf)
+	require.GreaterOrEqual(t, heldFor, held)
+	require.GreaterOrEqual(t, xminAge, int64(0)) // 0 while no transaction took an id since
+
+	qm, err := jobs.NewQueueMetrics(s.Pool, nil)
+	require.NoError(t, err)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(qm)
+	got := allGaugesAndCounters(t, reg)
+	var oldest []float64
+	tables := map[string]bool{}
+	for key, v := range got {
+		switch {
+		case strings.HasPrefix(key, "aftercommit_db_oldest_xmin_age_seconds{"):
+			oldest = append(oldest, v)
+		case strings.HasPrefix(key, "aftercommit_db_dead_tuples{"):
+			tables[strings.TrimSuffix(strings.TrimPrefix(key, `aftercommit_db_dead_tuples{table="`), `"}`)] = true
+		}
+	}
+	require.Len(t, oldest, 1, "one series: the oldest snapshot's")
+	require.GreaterOrEqual(t, oldest[0], held.Seconds())
+	for _, table := range []string{"river_job", "outbox_jobs", "outbox_events", "job_locks", "job_rate_limits"} {
+		require.True(t, tables[table], "dead tuples of %s", table)
+	}
+	if held := `aftercommit_db_oldest_xmin_age_seconds{application_name="` + app + `",holder="session",pid="` + fmt.Sprint(pid) + `",usename="postgres"}`; got[held] > 0 {
+		t.Logf("the oldest snapshot is the test's own: %s", held)
+	}
 }

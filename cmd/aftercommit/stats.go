@@ -162,6 +162,38 @@ func printStats(w io.Writer, r *jobstats.Report) {
 	printRateLimits(w, &r.RateLimits)
 	printSequences(w, &r.Sequences)
 	printOutbox(w, &r.Outbox)
+	printVacuum(w, &r.Vacuum)
+}
+
+// printVacuum writes what holds back vacuum, when something has for over
+// jobstats.HoldbackMinDefault, with the job tables' dead tuples; nothing
+// otherwise.
+func printVacuum(w io.Writer, v *jobstats.VacuumStats) {
+	if len(v.Holders) == 0 {
+		return
+	}
+	rows := make([][]string, 0, len(v.Holders))
+	for _, h := range v.Holders {
+		pid, held := "-", "-"
+		if h.PID != 0 {
+			pid = strconv.Itoa(int(h.PID))
+		}
+		if h.HeldFor > 0 {
+			held = formatAge(h.HeldFor)
+		}
+		rows = append(rows, []string{h.Holder, pid, h.User, h.Application, h.State, itoa(h.XminAge), held, truncate(oneLine(h.Query), 60)})
+	}
+	printTable(w, "Vacuum held back (snapshots open over "+jobstats.HoldbackMinDefault.String()+", oldest first; end them or shorten them: SELECT * FROM db_vacuum_holdback)",
+		[]string{"HOLDER", "PID", "USER", "APPLICATION", "STATE", "XMIN AGE", "HELD FOR", "QUERY"}, rows)
+	rows = rows[:0]
+	for _, t := range v.Tables {
+		last := "never"
+		if !t.LastAutovacuum.IsZero() {
+			last = formatTime(t.LastAutovacuum)
+		}
+		rows = append(rows, []string{t.Table, itoa(t.Live), itoa(t.Dead), last})
+	}
+	printTable(w, "Dead tuples of the job tables", []string{"TABLE", "LIVE", "DEAD", "LAST AUTOVACUUM"}, rows)
 }
 
 // printLocks writes the worker locks' leases per key.

@@ -414,3 +414,32 @@ Sequences (the 1 of 50 with unfinished jobs: every stuck one, then the most wait
 
 `, out.String())
 }
+
+// The vacuum section appears only when a snapshot has held back vacuum over
+// the threshold, naming it, with the job tables' dead tuples.
+func TestPrintVacuum(t *testing.T) {
+	t.Parallel()
+	var none strings.Builder
+	printVacuum(&none, &jobstats.VacuumStats{Tables: []jobstats.TableHealth{{Table: "river_job", Live: 10, Dead: 2}}})
+	require.Empty(t, none.String(), "nothing held back: no section")
+
+	var out strings.Builder
+	printVacuum(&out, &jobstats.VacuumStats{
+		Holders: []jobstats.VacuumHolder{{Holder: "session", PID: 4242, User: "app", Application: "report", State: "idle in transaction",
+			XminAge: 51234, HeldFor: 10*time.Minute + 300*time.Millisecond, Query: "SELECT sum(amount)\n  FROM donations"},
+			{Holder: "replication slot", Application: "standby_b", State: "inactive", XminAge: 900}},
+		Tables: []jobstats.TableHealth{{Table: "river_job", Live: 1000, Dead: 250000, LastAutovacuum: time.Date(2026, 12, 7, 9, 0, 0, 0, time.UTC)},
+			{Table: "job_locks", Live: 3, Dead: 0}},
+	})
+	require.Equal(t, `Vacuum held back (snapshots open over 1m0s, oldest first; end them or shorten them: SELECT * FROM db_vacuum_holdback)
+  HOLDER            PID   USER  APPLICATION  STATE                XMIN AGE  HELD FOR  QUERY
+  session           4242  app   report       idle in transaction  51234     10m0s     SELECT sum(amount) FROM donations
+  replication slot  -           standby_b    inactive             900       -         
+
+Dead tuples of the job tables
+  TABLE      LIVE  DEAD    LAST AUTOVACUUM
+  river_job  1000  250000  2026-12-07 09:00:00
+  job_locks  3     0       never
+
+`, out.String())
+}

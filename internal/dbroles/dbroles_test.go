@@ -85,7 +85,7 @@ var (
 		"email_counter_deltas_id_seq", "products_id_seq", "checkouts_id_seq", "cars_id_seq",
 	}
 	views = []string{"job_kind_stats", "queue_depth", "stuck_jobs", "failing_jobs", "job_rate_limit_status", "job_sequence_status",
-		"job_batch_status", "job_dependency_status"}
+		"job_batch_status", "job_dependency_status", "db_vacuum_holdback", "db_table_health"}
 )
 
 // wantPrivileges is the whole matrix grants.sql must give on a schema

@@ -77,6 +77,54 @@ type Opts struct {
 	// Defaults to FlowRowsDefault (20). Negative: none but the stuck
 	// sequences.
 	FlowRows int
+
+	// HoldbackMin is how long a snapshot must have been open for
+	// Report.Vacuum to list it (db_vacuum_holdback).
+	//
+	// Defaults to HoldbackMinDefault (1 minute).
+	HoldbackMin time.Duration
+}
+
+// HoldbackMinDefault is Opts.HoldbackMin's default: a transaction open for
+// a minute is long for an application, and a minute of dead tuples is
+// already felt by River's fetch under load.
+const HoldbackMinDefault = time.Minute
+
+// VacuumStats says what holds back vacuum and what it costs: the sessions,
+// prepared transactions and replication slots whose snapshot has been open
+// longer than Opts.HoldbackMin, oldest first, and the dead tuples of River's
+// and aftercommit's tables, most first. Another role's session shows only
+// to a role with pg_read_all_stats (or pg_monitor).
+type VacuumStats struct {
+	// Holders are the rows of db_vacuum_holdback open longer than
+	// HoldbackMin, oldest snapshot first, at most FlowRows.
+	Holders []VacuumHolder
+	// Tables are the rows of db_table_health, most dead tuples first.
+	Tables []TableHealth
+}
+
+// VacuumHolder is a row of db_vacuum_holdback.
+type VacuumHolder struct {
+	// Holder is "session", "prepared transaction" or "replication slot".
+	Holder string
+	// PID is the session's backend, 0 for the others.
+	PID int32
+	// User, Application and State are the session's (a prepared
+	// transaction's Application is its gid, a slot's its name).
+	User, Application, State string
+	// XminAge is how many transactions old its snapshot is.
+	XminAge int64
+	// HeldFor is how long its transaction has been open (0: unknown).
+	HeldFor time.Duration
+	// Query is the start of its last statement.
+	Query string
+}
+
+// TableHealth is a row of db_table_health.
+type TableHealth struct {
+	Table          string
+	Live, Dead     int64
+	LastAutovacuum time.Time // zero: never
 }
 
 // Report holds the four job views read in one transaction: the same
@@ -106,6 +154,9 @@ type Report struct {
 	// Sequences are the sequences and fair shares with unfinished jobs
 	// (job_sequence_status).
 	Sequences SequenceStats
+	// Vacuum is what holds back vacuum (db_vacuum_holdback) and the dead
+	// tuples of the job tables (db_table_health).
+	Vacuum VacuumStats
 }
 
 // LockStats sums up job_locks, the leases of the worker locks and
@@ -473,6 +524,18 @@ func Collect(ctx context.Context, db DB, opts *Opts) (*Report, error) {
 	batch.Queue(statsSequencesSQL, flowRows).Query(func(rows pgx.Rows) error {
 		return scanSequences(rows, &report.Sequences)
 	})
+	holdbackMin := opts.HoldbackMin
+	if holdbackMin == 0 {
+		holdbackMin = HoldbackMinDefault
+	}
+	batch.Queue(statsHoldbackSQL, holdbackMin.Microseconds(), flowRows).Query(func(rows pgx.Rows) (err error) {
+		report.Vacuum.Holders, err = pgx.CollectRows(rows, scanVacuumHolder)
+		return err
+	})
+	batch.Queue(statsTableHealthSQL).Query(func(rows pgx.Rows) (err error) {
+		report.Vacuum.Tables, err = pgx.CollectRows(rows, scanTableHealth)
+		return err
+	})
 	// Last: a role that may not read job_locks fails here only, once every
 	// other result is in.
 	locksDenied := false
@@ -722,3 +785,33 @@ SELECT t.sequences, t.waiting, t.running, t.held, t.stuck,
   FROM t
   LEFT JOIN LATERAL (SELECT ranked.* FROM ranked WHERE ranked.rn <= $1 OR ranked.stuck) AS r ON true
  ORDER BY r.stuck DESC, r.rn`
+
+// statsHoldbackSQL lists the snapshots open longer than $1 microseconds,
+// oldest first, at most $2.
+const statsHoldbackSQL = `
+SELECT holder, coalesce(pid, 0), coalesce(usename, ''), coalesce(application_name, ''), coalesce(state, ''),
+       coalesce(xmin_age, 0), coalesce(held_for, '0'), coalesce(query, '')
+  FROM db_vacuum_holdback
+ WHERE held_for >= $1 * interval '1 microsecond' OR (held_for IS NULL AND xmin_age IS NOT NULL)
+ ORDER BY xmin_age DESC NULLS LAST
+ LIMIT greatest($2, 0)`
+
+// statsTableHealthSQL reads the job tables' dead tuples, most first.
+const statsTableHealthSQL = `
+SELECT table_name, live_tuples, dead_tuples, last_autovacuum FROM db_table_health ORDER BY dead_tuples DESC, table_name`
+
+func scanVacuumHolder(row pgx.CollectableRow) (VacuumHolder, error) {
+	var h VacuumHolder
+	err := row.Scan(&h.Holder, &h.PID, &h.User, &h.Application, &h.State, &h.XminAge, &h.HeldFor, &h.Query)
+	return h, err
+}
+
+func scanTableHealth(row pgx.CollectableRow) (TableHealth, error) {
+	var th TableHealth
+	var last *time.Time
+	err := row.Scan(&th.Table, &th.Live, &th.Dead, &last)
+	if last != nil {
+		th.LastAutovacuum = *last
+	}
+	return th, err
+}
