@@ -253,11 +253,23 @@ func TestRateAdmitManyConcurrent(t *testing.T) {
 	keys := []string{"k0", "k1", "k2"}
 	var mu sync.Mutex
 	admitted := map[string][]time.Time{}
-	deadline := time.Now().Add(1500 * time.Millisecond)
+	// At least 1.5 s, then until each key has 20 starts (a loaded machine
+	// answers fewer decisions a second), at most 30 s.
+	const enough = 20
+	soft, hard := time.Now().Add(1500*time.Millisecond), time.Now().Add(30*time.Second)
+	running := func() bool {
+		now := time.Now()
+		if now.Before(soft) {
+			return true
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return now.Before(hard) && slices.ContainsFunc(keys, func(k string) bool { return len(admitted[k]) < enough })
+	}
 	var wg sync.WaitGroup
 	for c := range 6 {
 		wg.Go(func() {
-			for n := 0; time.Now().Before(deadline); n++ {
+			for n := 0; running(); n++ {
 				// 1 to 4 starts of each of 1 to 3 keys, back in time by
 				// 0 to 60 ms, in no order.
 				var ks []string
@@ -304,7 +316,7 @@ func TestRateAdmitManyConcurrent(t *testing.T) {
 		ts := admitted[k]
 		slices.SortFunc(ts, time.Time.Compare)
 		requireWindows(t, ts, limit, period)
-		require.GreaterOrEqual(t, len(ts), 20, "key %s: the limit is used", k)
+		require.GreaterOrEqual(t, len(ts), enough, "key %s: the limit is used", k)
 		var logged int64
 		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT admitted FROM job_rate_limits WHERE rate_key = $1`, k).Scan(&logged))
 		require.Equal(t, int64(len(ts)), logged, "key %s", k)
@@ -381,7 +393,19 @@ func TestRateLeasesConcurrent(t *testing.T) {
 	var mu sync.Mutex
 	started := map[string][]time.Time{}
 	leasedStarts := 0
-	deadline := time.Now().Add(1500 * time.Millisecond)
+	// At least 1.5 s, then until each key has 100 starts (a loaded machine
+	// answers fewer decisions a second), at most 30 s.
+	const enough = 100
+	soft, hard := time.Now().Add(1500*time.Millisecond), time.Now().Add(30*time.Second)
+	running := func() bool {
+		now := time.Now()
+		if now.Before(soft) {
+			return true
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return now.Before(hard) && (len(started["k0"]) < enough || len(started["k1"]) < enough)
+	}
 	var wg sync.WaitGroup
 	for c := range 4 {
 		wg.Go(func() {
@@ -390,7 +414,7 @@ func TestRateLeasesConcurrent(t *testing.T) {
 				left        int
 			}
 			leases := map[string]*lease{}
-			for n := 0; time.Now().Before(deadline); n++ {
+			for n := 0; running(); n++ {
 				k := keys[(c+n)%2]
 				at := time.Now().Add(-time.Duration(((c+1)*(n+3)*7919)%30_000) * time.Microsecond)
 				// Tokens are spent in the second half of the lease only:
@@ -429,7 +453,7 @@ func TestRateLeasesConcurrent(t *testing.T) {
 		ts := started[k]
 		slices.SortFunc(ts, time.Time.Compare)
 		requireWindows(t, ts, limit, period)
-		require.GreaterOrEqual(t, len(ts), 100, "key %s: the limit is used", k)
+		require.GreaterOrEqual(t, len(ts), enough, "key %s: the limit is used", k)
 	}
 	require.Positive(t, leasedStarts, "some starts used a lease")
 }
@@ -636,4 +660,50 @@ func TestRateLimitedJobsWithLeases(t *testing.T) {
 	require.Less(t, admitted, int64(n), "some jobs started with a lease's tokens")
 	require.GreaterOrEqual(t, leased, n-admitted, "no more starts with tokens than were leased")
 	t.Logf("%d of %d jobs decided one by one; %d tokens leased", admitted, n, leased)
+}
+
+// TestRateFastPathDecidesAfterTheLock: a start that waited for its key's
+// row longer than a period is stale by the time it is decided, and is
+// refused — also on the fast path, which judged staleness by the clock of
+// before the wait (migration 0024) and so could admit it against a log the
+// batch before it had pruned by a later clock.
+func TestRateFastPathDecidesAfterTheLock(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 3})
+	const limit, period = 5, 200 * time.Millisecond
+	var now time.Time
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&now))
+	ok, _ := admit(ctx, t, s.Pool, "k", limit, period, now) // the key's row, far from its limit
+	require.True(t, ok)
+
+	holder, err := s.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = holder.Rollback(ctx) }()
+	_, err = holder.Exec(ctx, `SELECT 1 FROM job_rate_limits WHERE rate_key = 'k' FOR UPDATE`)
+	require.NoError(t, err)
+
+	type decision struct {
+		ok  bool
+		err error
+	}
+	done := make(chan decision, 1)
+	go func() {
+		var d decision
+		d.err = s.Pool.QueryRow(ctx, `SELECT admitted FROM job_rate_admit('test', 'k', $1, $2::bigint * interval '1 microsecond', clock_timestamp())`,
+			limit, period.Microseconds()).Scan(&d.ok)
+		done <- d
+	}()
+	// The decision waits for the row for more than a period.
+	require.Eventually(t, func() bool {
+		var waiting int
+		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%job_rate_admit(%'
+			AND datname = current_database() AND query LIKE '%''k''%'`).Scan(&waiting))
+		return waiting >= 1
+	}, 10*time.Second, 5*time.Millisecond)
+	time.Sleep(period + 100*time.Millisecond)
+	require.NoError(t, holder.Commit(ctx))
+	d := <-done
+	require.NoError(t, d.err)
+	require.False(t, d.ok, "a start decided more than a period after its time is refused as stale")
 }
