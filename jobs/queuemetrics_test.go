@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -370,18 +369,8 @@ func TestVacuumHoldbackGauges(t *testing.T) {
 	ctx := context.Background()
 	s := dbtest.TestSchema(ctx, t, nil)
 
-	cfg, err := pgxpool.ParseConfig(s.URL)
-	require.NoError(t, err)
 	app := "holder-" + s.Name
-	cfg.ConnConfig.RuntimeParams["application_name"] = app
-	holderPool, err := pgxpool.NewWithConfig(ctx, cfg)
-	require.NoError(t, err)
-	t.Cleanup(holderPool.Close)
-	holder, err := holderPool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
-	require.NoError(t, err)
-	defer func() { _ = holder.Rollback(ctx) }()
-	var n int
-	require.NoError(t, holder.QueryRow(ctx, `SELECT count(*) FROM river_job`).Scan(&n)) // takes the snapshot
+	_, _ = s.HoldSnapshot(ctx, t, app, nil)
 	const held = 1200 * time.Millisecond
 	time.Sleep(held)
 

@@ -32,6 +32,17 @@ func admit(ctx context.Context, t *testing.T, q interface {
 	return ok, time.Duration(waitUS) * time.Microsecond
 }
 
+// keepGoing is the loop condition of the concurrency tests: true for 1.5 s,
+// then until done (a loaded machine answers fewer decisions a second, and
+// the tests need enough of them), at most 30 s.
+func keepGoing(done func() bool) func() bool {
+	soft, hard := time.Now().Add(1500*time.Millisecond), time.Now().Add(30*time.Second)
+	return func() bool {
+		now := time.Now()
+		return now.Before(soft) || (now.Before(hard) && !done())
+	}
+}
+
 // requireWindows fails when any window of period holds more than limit of
 // the sorted times ts (any limit+1 consecutive ones within period).
 func requireWindows(t *testing.T, ts []time.Time, limit int, period time.Duration) {
@@ -253,19 +264,13 @@ func TestRateAdmitManyConcurrent(t *testing.T) {
 	keys := []string{"k0", "k1", "k2"}
 	var mu sync.Mutex
 	admitted := map[string][]time.Time{}
-	// At least 1.5 s, then until each key has 20 starts (a loaded machine
-	// answers fewer decisions a second), at most 30 s.
+	// At least 1.5 s, then until each key has 20 starts.
 	const enough = 20
-	soft, hard := time.Now().Add(1500*time.Millisecond), time.Now().Add(30*time.Second)
-	running := func() bool {
-		now := time.Now()
-		if now.Before(soft) {
-			return true
-		}
+	running := keepGoing(func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return now.Before(hard) && slices.ContainsFunc(keys, func(k string) bool { return len(admitted[k]) < enough })
-	}
+		return !slices.ContainsFunc(keys, func(k string) bool { return len(admitted[k]) < enough })
+	})
 	var wg sync.WaitGroup
 	for c := range 6 {
 		wg.Go(func() {
@@ -393,19 +398,13 @@ func TestRateLeasesConcurrent(t *testing.T) {
 	var mu sync.Mutex
 	started := map[string][]time.Time{}
 	leasedStarts := 0
-	// At least 1.5 s, then until each key has 100 starts (a loaded machine
-	// answers fewer decisions a second), at most 30 s.
+	// At least 1.5 s, then until each key has 100 starts.
 	const enough = 100
-	soft, hard := time.Now().Add(1500*time.Millisecond), time.Now().Add(30*time.Second)
-	running := func() bool {
-		now := time.Now()
-		if now.Before(soft) {
-			return true
-		}
+	running := keepGoing(func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return now.Before(hard) && (len(started["k0"]) < enough || len(started["k1"]) < enough)
-	}
+		return len(started["k0"]) >= enough && len(started["k1"]) >= enough
+	})
 	var wg sync.WaitGroup
 	for c := range 4 {
 		wg.Go(func() {

@@ -1040,3 +1040,36 @@ func callerPackage() string {
 	}
 	return name
 }
+
+// HoldSnapshot opens a session of its own on s, with application_name
+// application and the runtime parameters params, begins a REPEATABLE READ
+// transaction there and takes its snapshot, which holds back vacuum until
+// the transaction ends (at the latest when t ends). It returns the
+// transaction and the session's backend pid.
+func (s *Schema) HoldSnapshot(ctx context.Context, t testing.TB, application string, params map[string]string) (pgx.Tx, int32) {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(s.URL)
+	if err != nil {
+		t.Fatalf("dbtest: %v", err)
+	}
+	cfg.MaxConns = 1
+	cfg.ConnConfig.RuntimeParams["application_name"] = application
+	for k, v := range params {
+		cfg.ConnConfig.RuntimeParams[k] = v
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatalf("dbtest: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	tx, err := pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
+	if err != nil {
+		t.Fatalf("dbtest: beginning the snapshot's transaction: %v", err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.WithoutCancel(ctx)) })
+	var pid int32
+	if err := tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil { // takes the snapshot
+		t.Fatalf("dbtest: taking the snapshot: %v", err)
+	}
+	return tx, pid
+}

@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
@@ -21,20 +19,8 @@ func TestCollectVacuum(t *testing.T) {
 	ctx := context.Background()
 	s := dbtest.TestSchema(ctx, t, nil)
 
-	cfg, err := pgxpool.ParseConfig(s.URL)
-	require.NoError(t, err)
 	app := "report-" + s.Name
-	cfg.ConnConfig.RuntimeParams["application_name"] = app
-	holderPool, err := pgxpool.NewWithConfig(ctx, cfg)
-	require.NoError(t, err)
-	t.Cleanup(holderPool.Close)
-	tx, err := holderPool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
-	require.NoError(t, err)
-	defer func() { _ = tx.Rollback(ctx) }()
-	_, err = tx.Exec(ctx, `SELECT count(*) FROM river_job`) // takes the snapshot
-	require.NoError(t, err)
-	var pid int32
-	require.NoError(t, tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid))
+	_, pid := s.HoldSnapshot(ctx, t, app, nil)
 	time.Sleep(1200 * time.Millisecond)
 
 	mine := func(r *jobstats.Report) *jobstats.VacuumHolder {
@@ -80,19 +66,7 @@ func TestIdleInTransactionTimeoutEndsTheHoldback(t *testing.T) {
 	ctx := context.Background()
 	s := dbtest.TestSchema(ctx, t, nil)
 
-	cfg, err := pgxpool.ParseConfig(s.URL)
-	require.NoError(t, err)
-	cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = "500ms"
-	cfg.ConnConfig.RuntimeParams["application_name"] = "forgotten-" + s.Name
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
-	tx, err := pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
-	require.NoError(t, err)
-	defer func() { _ = tx.Rollback(ctx) }()
-	_, err = tx.Exec(ctx, `SELECT count(*) FROM river_job`)
-	require.NoError(t, err)
-
+	tx, _ := s.HoldSnapshot(ctx, t, "forgotten-"+s.Name, map[string]string{"idle_in_transaction_session_timeout": "500ms"})
 	listed := func() int {
 		var n int
 		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*) FROM db_vacuum_holdback WHERE application_name = $1`, "forgotten-"+s.Name).Scan(&n))
@@ -100,6 +74,6 @@ func TestIdleInTransactionTimeoutEndsTheHoldback(t *testing.T) {
 	}
 	require.Equal(t, 1, listed(), "the open transaction holds back vacuum")
 	require.Eventually(t, func() bool { return listed() == 0 }, 10*time.Second, 50*time.Millisecond, "the server ended it")
-	_, err = tx.Exec(ctx, `SELECT 1`)
+	_, err := tx.Exec(ctx, `SELECT 1`)
 	require.Error(t, err, "the session is gone: its next statement fails")
 }
