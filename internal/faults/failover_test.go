@@ -50,22 +50,22 @@ const replicationLag = 200 * time.Millisecond
 func startReplicaPair(t *testing.T, sync bool) *replicaPair {
 	t.Helper()
 	p := &replicaPair{primary: newPrivateServer(t), standby: newPrivateServer(t)}
-	p.primary.opts = "-c wal_level=replica -c max_wal_senders=4 -c wal_keep_size=256MB"
+	p.primary.Options = "-c wal_level=replica -c max_wal_senders=4 -c wal_keep_size=256MB"
 	if sync {
-		p.primary.opts += " -c synchronous_standby_names=standby1"
+		p.primary.Options += " -c synchronous_standby_names=standby1"
 	}
-	p.primary.run(t, "initdb", "-D", p.primary.data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+	p.primary.run(t, "initdb", "-D", p.primary.Data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
 	p.primary.pgctl(t, "start")
 	t.Cleanup(func() { p.primary.stopQuietly() })
 
-	p.standby.run(t, "pg_basebackup", "-h", "127.0.0.1", "-p", fmt.Sprint(p.primary.port), "-U", "postgres",
-		"-D", p.standby.data, "-X", "stream", "-R", "--no-sync")
+	p.standby.run(t, "pg_basebackup", "-h", "127.0.0.1", "-p", fmt.Sprint(p.primary.Port), "-U", "postgres",
+		"-D", p.standby.Data, "-X", "stream", "-R", "--no-sync")
 	// The standby's name, for synchronous_standby_names; the last
 	// primary_conninfo in postgresql.auto.conf wins over -R's.
-	walPort := p.primary.port
+	walPort := p.primary.Port
 	if !sync {
 		p.link = toxiproxy.NewProxy(toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop()),
-			"replication", "127.0.0.1:0", fmt.Sprintf("127.0.0.1:%d", p.primary.port))
+			"replication", "127.0.0.1:0", fmt.Sprintf("127.0.0.1:%d", p.primary.Port))
 		require.NoError(t, p.link.Start())
 		t.Cleanup(p.link.Stop)
 		_, err := p.link.Toxics.AddToxicJson(strings.NewReader(fmt.Sprintf(
@@ -77,8 +77,8 @@ func startReplicaPair(t *testing.T, sync bool) *replicaPair {
 		require.NoError(t, err)
 	}
 	conninfo := fmt.Sprintf("\nprimary_conninfo = 'host=127.0.0.1 port=%d user=postgres application_name=standby1'\n", walPort)
-	p.standby.appendFile(t, filepath.Join(p.standby.data, "postgresql.auto.conf"), conninfo)
-	p.standby.opts = "-c hot_standby=on"
+	p.standby.appendFile(t, filepath.Join(p.standby.Data, "postgresql.auto.conf"), conninfo)
+	p.standby.Options = "-c hot_standby=on"
 	p.standby.pgctl(t, "start")
 	t.Cleanup(func() { p.standby.stopQuietly() })
 
@@ -102,7 +102,7 @@ func startReplicaPair(t *testing.T, sync bool) *replicaPair {
 // writes, as clients of a failover pair do.
 func (p *replicaPair) url() string {
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d,127.0.0.1:%d/postgres?sslmode=disable&target_session_attrs=read-write&connect_timeout=2",
-		p.primary.port, p.standby.port)
+		p.primary.Port, p.standby.Port)
 }
 
 // appendFile appends text to a file of the server's data directory, as the
@@ -119,12 +119,7 @@ func (srv *privateServer) appendFile(t *testing.T, path, text string) {
 // stopQuietly stops the server if it runs (-m immediate), whatever state
 // the test left it in.
 func (srv *privateServer) stopQuietly() {
-	args := []string{"-D", srv.data, "-m", "immediate", "-w", "stop"}
-	cmd := exec.Command(filepath.Join(srv.bin, "pg_ctl"), args...)
-	if srv.asPostgres {
-		cmd = exec.Command("runuser", append([]string{"-u", "postgres", "--", cmd.Path}, args...)...)
-	}
-	_ = cmd.Run()
+	_ = srv.Run(context.Background(), "pg_ctl", "-D", srv.Data, "-m", "immediate", "-w", "stop")
 }
 
 // TestFailoverToPromotedStandby runs an app (a ping row, its job and an
@@ -244,8 +239,8 @@ func failover(t *testing.T, syncRep bool) {
 		// on its way is lost.
 		pair.link.Stop()
 	}
-	pair.primary.run(t, "pg_ctl", "-D", pair.primary.data, "-m", "immediate", "-w", "stop")
-	pair.standby.run(t, "pg_ctl", "-D", pair.standby.data, "-w", "promote")
+	pair.primary.run(t, "pg_ctl", "-D", pair.primary.Data, "-m", "immediate", "-w", "stop")
+	pair.standby.run(t, "pg_ctl", "-D", pair.standby.Data, "-w", "promote")
 	promoted := time.Now()
 	require.Eventually(t, func() bool { return completedSince(promoted) > 0 }, 90*time.Second, 20*time.Millisecond,
 		"the worker completes jobs on the new primary; log:\n%s", wlog)

@@ -6,13 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
-	"os/user"
-	"path/filepath"
-	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -27,99 +22,46 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/dbmigrate"
+	"github.com/aftercommit/aftercommit/internal/pgserver"
 	"github.com/aftercommit/aftercommit/internal/testlog"
 	"github.com/aftercommit/aftercommit/jobs"
 )
 
-// privateServer is a Postgres server of the test's own, which it may stop
-// and restart: the shared server runs every other test of the suite.
-type privateServer struct {
-	bin, data, sock string
-	port            int
-	asPostgres      bool   // run the server's tools as the postgres user (the test runs as root)
-	opts            string // more server options for pg_ctl -o (failover: replication settings)
-}
-
-// pgBinDir finds the server's binaries: AFTERCOMMIT_PG_BINDIR, else the
-// newest /usr/lib/postgresql/*/bin (Debian), else the directory of initdb
-// on PATH. Without them the test fails: it never skips.
-func pgBinDir(t *testing.T) string {
-	t.Helper()
-	if dir := os.Getenv("AFTERCOMMIT_PG_BINDIR"); dir != "" {
-		return dir
-	}
-	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
-	sort.Slice(dirs, func(i, j int) bool {
-		vi, _ := strconv.Atoi(filepath.Base(filepath.Dir(dirs[i])))
-		vj, _ := strconv.Atoi(filepath.Base(filepath.Dir(dirs[j])))
-		return vi < vj
-	})
-	for i := len(dirs) - 1; i >= 0; i-- {
-		if _, err := os.Stat(filepath.Join(dirs[i], "initdb")); err == nil {
-			return dirs[i]
-		}
-	}
-	if p, err := exec.LookPath("initdb"); err == nil {
-		return filepath.Dir(p)
-	}
-	t.Fatal("the restart test runs a Postgres server of its own and needs its binaries (initdb, pg_ctl): install the postgresql package or set AFTERCOMMIT_PG_BINDIR")
-	return ""
-}
+// privateServer is a Postgres server of the test's own (internal/pgserver),
+// which it may stop and restart: the shared server runs every other test of
+// the suite. Without the server's binaries the test fails: it never skips.
+type privateServer struct{ *pgserver.Server }
 
 func startPrivateServer(t *testing.T) *privateServer {
 	t.Helper()
-	srv := newPrivateServer(t)
-	srv.run(t, "initdb", "-D", srv.data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
-	srv.pgctl(t, "start")
-	t.Cleanup(func() { srv.run(t, "pg_ctl", "-D", srv.data, "-m", "immediate", "-w", "stop") })
-	return srv
+	srv, err := pgserver.Start(context.Background(), "")
+	require.NoError(t, err)
+	t.Cleanup(srv.Stop)
+	return &privateServer{srv}
 }
 
 // newPrivateServer picks a directory (owned by the server's user) and a
 // free port for a server; nothing is created in the data directory.
 func newPrivateServer(t *testing.T) *privateServer {
 	t.Helper()
-	srv := &privateServer{bin: pgBinDir(t), asPostgres: os.Geteuid() == 0}
-	dir, err := os.MkdirTemp("", "aftercommit-restart-")
+	srv, err := pgserver.New()
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	srv.data, srv.sock = filepath.Join(dir, "data"), dir
-	if srv.asPostgres {
-		u, err := user.Lookup("postgres")
-		require.NoError(t, err, "running as root, the server runs as the postgres user")
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		require.NoError(t, os.Chown(dir, uid, gid))
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	tcpAddr, ok := l.Addr().(*net.TCPAddr)
-	require.True(t, ok, "a tcp listener's address is a *net.TCPAddr")
-	srv.port = tcpAddr.Port
-	require.NoError(t, l.Close())
-	return srv
+	t.Cleanup(srv.Remove)
+	return &privateServer{srv}
 }
 
 func (srv *privateServer) run(t *testing.T, tool string, args ...string) {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(srv.bin, tool), args...)
-	if srv.asPostgres {
-		cmd = exec.Command("runuser", append([]string{"-u", "postgres", "--", cmd.Path}, args...)...)
-	}
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "%s %s:\n%s", tool, strings.Join(args, " "), out)
+	require.NoError(t, srv.Run(context.Background(), tool, args...))
 }
 
 // pgctl runs pg_ctl start or restart; extra are its other flags (-m mode).
 func (srv *privateServer) pgctl(t *testing.T, action string, extra ...string) {
 	t.Helper()
-	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=40 %s", srv.port, srv.sock, srv.opts)
-	srv.run(t, "pg_ctl", append([]string{"-D", srv.data, "-o", opts, "-l", filepath.Join(srv.sock, "log"), "-w", action}, extra...)...)
+	require.NoError(t, srv.PgCtl(context.Background(), action, extra...))
 }
 
-func (srv *privateServer) url() string {
-	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", srv.port)
-}
+func (srv *privateServer) url() string { return srv.URL("") }
 
 // TestPostgresRestartedUnderLoad restarts the database server twice — a
 // fast shutdown, then an immediate one (a crash, with recovery) — while an
