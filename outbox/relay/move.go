@@ -35,12 +35,13 @@ func newStatements(schema string) statements {
 	return statements{
 		// Oldest first; rows another relay holds are skipped, not waited
 		// for; uncommitted rows are invisible.
+		// $2 is the scan floor (scanFloor): 0 scans from the head.
 		// = ANY (ARRAY(…)) makes the planner look ids up by the primary
 		// key; IN (SELECT …) was planned as a hash semi join over a
 		// sequential scan of the whole table, every batch: a backlog
 		// drained in quadratic time.
 		take: `DELETE FROM ` + table + ` WHERE id = ANY (ARRAY(
-    SELECT id FROM ` + table + ` ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
+    SELECT id FROM ` + table + ` WHERE id > $2 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
 RETURNING id, kind, args::text, queue, priority, max_attempts, scheduled_at,
           metadata::text, options::text, tx_id::text, created_at`,
 		dead: `INSERT INTO ` + deadTable + ` (id, kind, args, queue, priority, max_attempts, scheduled_at, metadata, options, tx_id, created_at, reason)
@@ -280,12 +281,23 @@ func (r *Relay) makePlan(rows []row) plan {
 // and the refused rows become dead rows; any other error (the connection,
 // a deadline) rolls back, leaving every row for the next try.
 func (r *Relay) MoveBatch(ctx context.Context) (MoveResult, error) {
-	res, err := r.moveBatch(ctx, false)
+	return r.move(ctx, 0)
+}
+
+// moveNext is the loop's and the movers' MoveBatch: it looks above the
+// scan floor, unless a full scan is due.
+func (r *Relay) moveNext(ctx context.Context) (MoveResult, error) {
+	return r.move(ctx, r.floor.from(time.Now(), r.cfg.ScanLag, r.cfg.FullScanInterval))
+}
+
+// move is MoveBatch over the rows above floor.
+func (r *Relay) move(ctx context.Context, floor int64) (MoveResult, error) {
+	res, err := r.moveBatch(ctx, floor, false)
 	var rowErr *rowError
 	if errors.As(err, &rowErr) {
 		r.cfg.Logger.WarnContext(ctx, "relay: a row of the batch was refused; moving the batch row by row",
 			slog.String("err", rowErr.err.Error()))
-		res, err = r.moveBatch(ctx, true)
+		res, err = r.moveBatch(ctx, floor, true)
 	}
 	if err != nil {
 		r.errs.Add(1)
@@ -321,14 +333,15 @@ type rowError struct{ err error }
 func (e *rowError) Error() string { return e.err.Error() }
 func (e *rowError) Unwrap() error { return e.err }
 
-func (r *Relay) moveBatch(ctx context.Context, careful bool) (MoveResult, error) {
+func (r *Relay) moveBatch(ctx context.Context, floor int64, careful bool) (MoveResult, error) {
+	takenAt := time.Now()
 	tx, err := r.pool.Begin(ctx)
 	if err != nil {
 		return MoveResult{}, fmt.Errorf("relay: beginning: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 
-	qrows, err := tx.Query(ctx, r.sql.take, r.cfg.BatchSize)
+	qrows, err := tx.Query(ctx, r.sql.take, r.cfg.BatchSize, floor)
 	if err != nil {
 		return MoveResult{}, fmt.Errorf("relay: taking outbox rows: %w", err)
 	}
@@ -380,6 +393,7 @@ func (r *Relay) moveBatch(ctx context.Context, careful bool) (MoveResult, error)
 	if err := tx.Commit(ctx); err != nil {
 		return MoveResult{}, fmt.Errorf("relay: committing: %w", err)
 	}
+	r.floor.mark(takenAt, rows[len(rows)-1].id)
 	return res, nil
 }
 

@@ -47,6 +47,12 @@ const (
 	// PollMinDefault is the wait before the next look at the table after a
 	// batch that moved rows but did not fill up.
 	PollMinDefault = time.Millisecond
+	// ScanLagDefault is how far behind its last takes the relay's loop
+	// starts looking for rows (Config.ScanLag).
+	ScanLagDefault = time.Second
+	// FullScanIntervalDefault is how often the relay's loop looks from the
+	// table's head (Config.FullScanInterval).
+	FullScanIntervalDefault = time.Second
 	// PollMaxDefault is the longest wait between two looks at the table
 	// while it stays empty and no notification comes.
 	PollMaxDefault = 100 * time.Millisecond
@@ -143,6 +149,25 @@ type Config struct {
 	// Defaults to nil: the pool's connection settings.
 	ListenConnConfig *pgx.ConnConfig
 
+	// ScanLag: the relay's loop looks for rows above the highest id that a
+	// take begun at least ScanLag ago moved, not from the table's head.
+	// The head holds the index entries of the rows moved already, which
+	// only vacuum removes; while a long transaction holds vacuum back (a
+	// REPEATABLE READ report, an idle session in a transaction) they pile
+	// up, at the rate of the outbox, and a take from the head walks every
+	// one of them. A row whose transaction commits more than about ScanLag
+	// after its INSERT can fall below the floor: the loop's full scan, every
+	// FullScanInterval, moves it. MoveBatch and Drain always scan from the
+	// head.
+	//
+	// Defaults to ScanLagDefault. Negative: every take scans from the head.
+	ScanLag time.Duration
+
+	// FullScanInterval is how often the loop's take scans from the head:
+	// the longest extra wait of a row whose transaction ran longer than
+	// ScanLag after its INSERT. Defaults to FullScanIntervalDefault.
+	FullScanInterval time.Duration
+
 	// Schema qualifies the outbox tables and River's (the River client's
 	// Schema must match). Defaults to "": the search_path.
 	Schema string
@@ -178,6 +203,12 @@ func (c *Config) withDefaults() Config {
 	}
 	if out.PollMax == 0 {
 		out.PollMax = PollMaxDefault
+	}
+	if out.ScanLag == 0 {
+		out.ScanLag = ScanLagDefault
+	}
+	if out.FullScanInterval == 0 {
+		out.FullScanInterval = FullScanIntervalDefault
 	}
 	if out.Logger == nil {
 		out.Logger = slog.Default()
@@ -246,6 +277,8 @@ type Relay struct {
 	batches, rows, inserted, skipped, coalesced, dead, errs atomic.Int64
 
 	movers atomic.Int32 // movers running beside the loop
+
+	floor scanFloor // where the loop's takes start
 }
 
 // New returns a relay that moves rows with pool and inserts jobs with
@@ -268,6 +301,8 @@ func New(pool *pgxpool.Pool, client *river.Client[pgx.Tx], cfg *Config) (*Relay,
 		return nil, fmt.Errorf("%w: Movers must be 1 to 64, got %d", ErrConfig, c.Movers)
 	case c.PollMin < 0 || c.PollMax < c.PollMin:
 		return nil, fmt.Errorf("%w: need 0 <= PollMin <= PollMax, got %s and %s", ErrConfig, c.PollMin, c.PollMax)
+	case c.FullScanInterval < 0:
+		return nil, fmt.Errorf("%w: FullScanInterval must not be negative, got %s", ErrConfig, c.FullScanInterval)
 	}
 	r := &Relay{pool: pool, client: client, cfg: c, sql: newStatements(c.Schema), seqSQL: newSeqStatements(c.Schema), wake: make(chan struct{}, 1)}
 	if len(c.Queues) > 0 {
@@ -412,7 +447,7 @@ func (r *Relay) loop(ctx context.Context, stopped <-chan struct{}, wg *sync.Wait
 	wait := r.cfg.PollMin
 	errWait := time.Duration(0)
 	for {
-		res, err := r.MoveBatch(ctx)
+		res, err := r.moveNext(ctx)
 		switch {
 		case err != nil:
 			if ctx.Err() != nil {
@@ -474,7 +509,7 @@ func (r *Relay) addMovers(ctx context.Context, stopped <-chan struct{}, wg *sync
 					return
 				default:
 				}
-				res, err := r.MoveBatch(ctx)
+				res, err := r.moveNext(ctx)
 				if err != nil || res.Rows < r.cfg.BatchSize {
 					return
 				}

@@ -882,6 +882,7 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		{relay.Config{Movers: 65}, "Movers must be 1 to 64, got 65"},
 		{relay.Config{PollMin: time.Second, PollMax: time.Millisecond}, "need 0 <= PollMin <= PollMax"},
 		{relay.Config{Queues: []string{"Bad Queue"}}, `Queues holds "Bad Queue"`},
+		{relay.Config{FullScanInterval: -time.Second}, "FullScanInterval must not be negative, got -1s"},
 	} {
 		_, err := relay.New(s.Pool, client, &tc.cfg)
 		require.ErrorIs(t, err, relay.ErrConfig)
