@@ -12,12 +12,14 @@ import (
 	"strings"
 
 	"github.com/aftercommit/aftercommit/internal/bench"
+	"github.com/aftercommit/aftercommit/internal/pgserver"
 )
 
 func printBenchUsage(w io.Writer, printFlags func(io.Writer)) {
 	fmt.Fprintf(w, `Usage:
   aftercommit bench [--scenario NAME,...] [--rounds N] [--duration D] [--scale X] [--json] [--chart PATH]
   aftercommit bench --soak D [--interval D] [--scale X] [--json]
+  aftercommit bench --holdback D [--interval D] [--rate N] [--stacks bare,full] [--apart] [--private-server] [--json] [--chart PATH]
 
 Runs benchmark scenarios, each against its baseline in this one process, on
 the database's server: every scenario works in a scratch schema of its own
@@ -43,12 +45,27 @@ first: jobs/s, p99 and river_job's growth per minute, as ratios. --scale
 sizes each round as the demo's --scale (default %g with --soak). CI runs 60s
 of it (internal/bench TestSoak60s).
 
+--holdback D measures a transaction that holds back vacuum: per stack (bare:
+River alone; full: the outbox, a relay and the runtime's client with a
+worker lock), a held side and a clear side run at once, each in a database
+of its own at --rate jobs/s (default %d). After two intervals a session of
+the held side opens a REPEATABLE READ transaction and holds its snapshot for
+D, then lets go; the run watches two intervals more. Every --interval
+(default %s with --holdback) it samples both sides: jobs done per second,
+commit-to-start p50 and p99, the backlog, the dead tuples of river_job,
+outbox_jobs, job_locks and outbox_events, and the holder db_vacuum_holdback
+names. It ends with held ÷ clear over the hold's last interval. --apart
+runs the clear side first, then the held side, each alone. Run it
+where autovacuum is on, as in production: --private-server starts a server
+of its own (initdb, default settings, removed at the end) instead of
+--database-url's. --chart draws the run (docs/holdback.png).
+
 Exit codes: 0 done (goals met or not: read the table; with --soak: no job
 lost, discarded or failed unexpectedly and every invariant held, stable or
 not), 1 failure, 2 bad usage, 130 interrupted.
 
 Flags:
-`, strings.Join(bench.Names(), ", "), bench.SoakScaleDefault)
+`, strings.Join(bench.Names(), ", "), bench.SoakScaleDefault, bench.HoldbackRateDefault, bench.HoldbackIntervalDefault)
 	printFlags(w)
 }
 
@@ -61,15 +78,45 @@ func runBench(ctx context.Context, args []string, e *env) int {
 	scale := fs.Float64("scale", bench.ScaleDefault, "multiply the fixed sizes (100,000 jobs at 1)")
 	asJSON := fs.Bool("json", false, "print the results as JSON")
 	verbose := fs.Bool("v", false, "print every round's figures on stderr as they come (--soak: its samples, even with --json)")
-	chart := fs.String("chart", "", "write the growth scenario's chart to this PNG file (its directory is created)")
+	chart := fs.String("chart", "", "write the growth scenario's (--holdback: the run's) chart to this PNG file (its directory is created)")
 	soak := fs.Duration("soak", 0, "run the demo workload for this long and sample it (the soak mode; see above)")
-	interval := fs.Duration("interval", bench.SoakIntervalDefault, "with --soak: how often to sample")
+	interval := fs.Duration("interval", bench.SoakIntervalDefault, "with --soak or --holdback: how often to sample (--holdback: 30s unless set)")
+	holdback := fs.Duration("holdback", 0, "hold a snapshot this long beside a steady load and sample it (the holdback mode; see above)")
+	rate := fs.Int("rate", bench.HoldbackRateDefault, "with --holdback: jobs per second on each side")
+	stacks := fs.String("stacks", bench.HoldbackBare+","+bench.HoldbackFull, "with --holdback: the stacks to run, one after the other")
+	apart := fs.Bool("apart", false, "with --holdback: run the clear side, then the held side, each alone (a machine too small for both at --rate)")
+	privateServer := fs.Bool("private-server", false, "with --holdback: run on a Postgres server of its own, autovacuum on (initdb)")
 
 	if _, code, ok := c.parse(args, true); !ok {
 		return code
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["soak"] && set["holdback"] {
+		return c.usageError("--soak and --holdback are two modes: pick one")
+	}
+	if !set["holdback"] {
+		for _, only := range []string{"rate", "stacks", "apart", "private-server"} {
+			if set[only] {
+				return c.usageError(fmt.Sprintf("--%s goes with --holdback", only))
+			}
+		}
+	}
+	if set["holdback"] {
+		for _, other := range []string{"scenario", "rounds", "duration", "scale", "soak"} {
+			if set[other] {
+				return c.usageError(fmt.Sprintf("--holdback runs its own load, not the scenarios: drop --%s", other))
+			}
+		}
+		if *privateServer && set["database-url"] {
+			return c.usageError("--private-server runs on a server of its own: drop --database-url")
+		}
+		cfg := bench.HoldbackConfig{Hold: *holdback, Rate: *rate, Stacks: splitList(*stacks), Apart: *apart}
+		if set["interval"] {
+			cfg.Interval = *interval
+		}
+		return runHoldback(ctx, c, cfg, *privateServer, *chart, *asJSON, *verbose)
+	}
 	if set["soak"] {
 		for _, other := range []string{"scenario", "rounds", "duration", "chart"} {
 			if set[other] {
@@ -83,7 +130,7 @@ func runBench(ctx context.Context, args []string, e *env) int {
 		return runSoak(ctx, c, cfg, *asJSON, *verbose)
 	}
 	if set["interval"] {
-		return c.usageError("--interval goes with --soak")
+		return c.usageError("--interval goes with --soak or --holdback")
 	}
 	// Zero means "default" to bench.Config, not on the command line.
 	switch {
@@ -174,6 +221,59 @@ func runSoak(ctx context.Context, c *frame, cfg bench.SoakConfig, asJSON, verbos
 	if !report.OK {
 		fmt.Fprintf(e.stderr, "aftercommit bench: the soak failed: %s\n", strings.Join(report.Failures, "; "))
 		return exitFailure
+	}
+	return exitOK
+}
+
+// runHoldback runs `aftercommit bench --holdback`.
+func runHoldback(ctx context.Context, c *frame, cfg bench.HoldbackConfig, private bool, chart string, asJSON, verbose bool) int {
+	e := c.e
+	// Zero means "default" to bench.HoldbackConfig, not on the command line.
+	switch {
+	case cfg.Hold <= 0:
+		return c.usageError(fmt.Sprintf("--holdback must be at least the interval, got %s", cfg.Hold))
+	case cfg.Rate <= 0:
+		return c.usageError(fmt.Sprintf("--rate must be in 1…20000, got %d", cfg.Rate))
+	}
+	if err := bench.ValidateHoldback(cfg); err != nil {
+		return c.usageError(strings.TrimPrefix(err.Error(), bench.ErrInvalidConfig.Error()+": "))
+	}
+	if private {
+		srv, err := pgserver.Start(ctx, "")
+		if err != nil {
+			return reportError(ctx, e, fmt.Errorf("aftercommit bench: starting a private server: %w", err))
+		}
+		defer srv.Stop()
+		cfg.DatabaseURL = srv.URL("")
+	} else {
+		c.resolveDB()
+		cfg.DatabaseURL = c.db.url
+	}
+	if !asJSON || verbose {
+		cfg.Progress = e.stderr // the samples as they come; the report goes to stdout
+	}
+	report, err := bench.Holdback(ctx, cfg)
+	if err != nil {
+		if errors.Is(err, bench.ErrInvalidConfig) {
+			return c.usageError(err.Error())
+		}
+		return reportError(ctx, e, fmt.Errorf("aftercommit bench: %w", err))
+	}
+	if asJSON {
+		if err := writeJSON(e.stdout, report); err != nil {
+			return reportError(ctx, e, err)
+		}
+	} else {
+		report.Print(e.stdout)
+	}
+	// After the figures, so that a chart that cannot be written loses none.
+	if chart != "" {
+		if err := os.MkdirAll(filepath.Dir(chart), 0o755); err != nil {
+			return reportError(ctx, e, fmt.Errorf("aftercommit bench: writing the chart: %w", err))
+		}
+		if err := bench.WriteHoldbackChart(chart, report); err != nil {
+			return reportError(ctx, e, fmt.Errorf("aftercommit %w", err))
+		}
 	}
 	return exitOK
 }

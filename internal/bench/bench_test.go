@@ -65,3 +65,29 @@ func TestConcurrentRunsKeepTheirOwnSchemas(t *testing.T) {
 		require.Zero(t, left)
 	}
 }
+
+func TestValidateHoldback(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		cfg  bench.HoldbackConfig
+		want string
+	}{
+		{"Defaults", bench.HoldbackConfig{}, ""},
+		{"ShortInterval", bench.HoldbackConfig{Interval: time.Millisecond}, "the interval must be at least 100ms, got 1ms"},
+		{"HoldBelowInterval", bench.HoldbackConfig{Hold: time.Second, Interval: 2 * time.Second}, "the hold (1s) must be at least one interval (2s)"},
+		{"Rate", bench.HoldbackConfig{Rate: 30_000}, "the rate must be in 1…20000 jobs/s, got 30000"},
+		{"Stack", bench.HoldbackConfig{Stacks: []string{"bare", "huge"}}, `unknown stack "huge" (want bare or full)`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			err := bench.ValidateHoldback(tc.cfg)
+			if tc.want == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorIs(t, err, bench.ErrInvalidConfig)
+			require.EqualError(t, err, "bench: invalid config: "+tc.want)
+		})
+	}
+}

@@ -4,7 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"image/color"
+	"math"
 	"os"
+	"strconv"
+	"strings"
+	"time"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -106,23 +110,33 @@ func WriteGrowthChart(path string, results []Result) error {
 		p.Y.Max *= 1.6 // room for the legend
 	}
 
-	img := vgimg.NewWith(vgimg.UseWH(chartWidth, chartHeight), vgimg.UseDPI(chartDPI))
+	return writeChart(path, "aftercommit bench — growth: the shipped client as river_job grows",
+		fmt.Sprintf("points: medians of %d rounds; bars: min–max", rounds), chartHeight, top, bottom)
+}
+
+// writeChart draws panels one above the other under a title and a
+// subtitle, as a PNG at path, chartWidth wide and height high.
+func writeChart(path, heading, sub string, height vg.Length, panels ...*plot.Plot) error {
+	img := vgimg.NewWith(vgimg.UseWH(chartWidth, height), vgimg.UseDPI(chartDPI))
 	dc := draw.New(img)
 	title := draw.TextStyle{Color: color.Black, Font: plot.DefaultFont, Handler: plot.DefaultTextHandler,
 		XAlign: draw.XCenter, YAlign: draw.YTop}
 	title.Font.Size = vg.Points(13)
-	dc.FillText(title, vg.Point{X: chartWidth / 2, Y: chartHeight - vg.Points(6)},
-		"aftercommit bench — growth: the shipped client as river_job grows")
-	sub := title
-	sub.Font.Size = vg.Points(10)
-	dc.FillText(sub, vg.Point{X: chartWidth / 2, Y: chartHeight - vg.Points(24)},
-		fmt.Sprintf("points: medians of %d rounds; bars: min–max", rounds))
+	dc.FillText(title, vg.Point{X: chartWidth / 2, Y: height - vg.Points(6)}, heading)
+	subtitle := title
+	subtitle.Font.Size = vg.Points(10)
+	dc.FillText(subtitle, vg.Point{X: chartWidth / 2, Y: height - vg.Points(24)}, sub)
 	dc.Max.Y -= vg.Points(40)
-	tiles := draw.Tiles{Rows: 2, Cols: 1, PadTop: vg.Points(4), PadBottom: vg.Points(4), PadLeft: vg.Points(6),
+	tiles := draw.Tiles{Rows: len(panels), Cols: 1, PadTop: vg.Points(4), PadBottom: vg.Points(4), PadLeft: vg.Points(6),
 		PadRight: vg.Points(14), PadY: vg.Points(16)}
-	canvases := plot.Align([][]*plot.Plot{{top}, {bottom}}, tiles, dc)
-	top.Draw(canvases[0][0])
-	bottom.Draw(canvases[1][0])
+	grid := make([][]*plot.Plot, len(panels))
+	for i, p := range panels {
+		grid[i] = []*plot.Plot{p}
+	}
+	canvases := plot.Align(grid, tiles, dc)
+	for i, p := range panels {
+		p.Draw(canvases[i][0])
+	}
 
 	f, err := os.Create(path)
 	if err != nil {
@@ -202,4 +216,109 @@ func addMarks(p *plot.Plot, label string, colour color.Color, glyph draw.GlyphDr
 	p.Add(s, bars)
 	p.Legend.Add(label, s)
 	return nil
+}
+
+// ErrNoHoldbackResults is returned by WriteHoldbackChart for a report
+// without samples.
+var ErrNoHoldbackResults = errors.New("bench: no holdback samples to chart")
+
+// holdbackLines are the colours and dashes of the holdback chart's lines:
+// per stack, its held side and its clear side.
+var holdbackLines = map[string]struct {
+	colour color.Color
+	dashes []vg.Length
+}{
+	HoldbackBare + "/held":  {chartRed, nil},
+	HoldbackBare + "/clear": {chartBlue, nil},
+	HoldbackFull + "/held":  {color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff}, []vg.Length{vg.Points(6), vg.Points(3)}},
+	HoldbackFull + "/clear": {color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff}, []vg.Length{vg.Points(6), vg.Points(3)}},
+}
+
+// WriteHoldbackChart draws a holdback run as a PNG at path: jobs done per
+// second, commit → start p99 (log scale) and river_job's dead tuples
+// against the minutes since the start, a line per stack and side; grey
+// lines mark the hold.
+func WriteHoldbackChart(path string, r *HoldbackReport) error {
+	if len(r.Stacks) == 0 || len(r.Stacks[0].Held.Samples) == 0 {
+		return ErrNoHoldbackResults
+	}
+	panel := func(title, unit string) *plot.Plot {
+		p := plot.New()
+		p.Title.Text = title
+		p.Y.Label.Text = unit
+		p.Add(plotter.NewGrid())
+		p.Legend.Top, p.Legend.Left = true, true
+		p.Legend.TextStyle.Font.Size = vg.Points(9)
+		return p
+	}
+	done := panel("jobs done per second", "jobs/s")
+	p99 := panel("commit → start latency, p99 of each interval (log scale)", "ms")
+	p99.Y.Scale, p99.Y.Tick.Marker = plot.LogScale{}, ticks125{}
+	dead := panel("river_job: dead tuples (pg_stat_user_tables)", "tuples")
+	dead.X.Label.Text = "minutes since the start"
+	for _, st := range r.Stacks {
+		for _, side := range []HoldbackSide{st.Held, st.Clear} {
+			style := holdbackLines[st.Stack+"/"+side.Name]
+			label := fmt.Sprintf("%s, %s", st.Stack, side.Name)
+			for _, pl := range []struct {
+				p     *plot.Plot
+				value func(HoldbackSample) float64
+			}{
+				{done, func(s HoldbackSample) float64 { return s.Done }},
+				{p99, func(s HoldbackSample) float64 { return max(s.P99, 0.1) }},
+				{dead, func(s HoldbackSample) float64 { return float64(s.Dead["river_job"]) }},
+			} {
+				xys := make(plotter.XYs, len(side.Samples))
+				for i, s := range side.Samples {
+					xys[i] = plotter.XY{X: s.At.Minutes(), Y: pl.value(s)}
+				}
+				l, err := plotter.NewLine(xys)
+				if err != nil {
+					return err
+				}
+				l.Color, l.Width, l.Dashes = style.colour, vg.Points(1.5), style.dashes
+				pl.p.Add(l)
+				pl.p.Legend.Add(label, l)
+			}
+		}
+	}
+	st := r.Stacks[0]
+	for _, p := range []*plot.Plot{done, p99, dead} {
+		if p != p99 {
+			p.Y.Min = 0
+		}
+		p.Y.Max *= 1.5 // room for the legend
+		for _, at := range []time.Duration{st.HoldFrom, st.HoldTo} {
+			l, err := plotter.NewLine(plotter.XYs{{X: at.Minutes(), Y: p.Y.Min}, {X: at.Minutes(), Y: p.Y.Max}})
+			if err != nil {
+				return err
+			}
+			l.Color, l.Dashes = color.Gray{Y: 0x80}, []vg.Length{vg.Points(2), vg.Points(2)}
+			p.Add(l)
+		}
+	}
+	server, _, _ := strings.Cut(r.Server, " (")
+	sides := "held and clear sides at once, each in its own database"
+	if r.Apart {
+		sides = "the clear side, then the held side, each alone in its own database"
+	}
+	return writeChart(path, fmt.Sprintf("aftercommit bench --holdback: a snapshot held %s beside %d jobs/s", r.Hold, r.Rate),
+		fmt.Sprintf("%s, autovacuum %s; %s; grey: the hold", server, r.Autovacuum, sides),
+		chartHeight*3/2, done, p99, dead)
+}
+
+// ticks125 marks a log axis at 1, 2 and 5 times the powers of ten.
+type ticks125 struct{}
+
+// Ticks implements plot.Ticker.
+func (ticks125) Ticks(lo, hi float64) []plot.Tick {
+	var ticks []plot.Tick
+	for p := math.Pow(10, math.Floor(math.Log10(lo))); p <= hi; p *= 10 {
+		for _, m := range []float64{1, 2, 5} {
+			if v := m * p; v >= lo && v <= hi {
+				ticks = append(ticks, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'g', -1, 64)})
+			}
+		}
+	}
+	return ticks
 }

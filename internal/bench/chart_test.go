@@ -33,13 +33,7 @@ func TestWriteGrowthChart(t *testing.T) {
 			"waiting_10k": {13000, 10.9, 1.0}, "waiting_100k": {12500, 11.6, 1.1}, "waiting_1m": {12000, 14, 1.2},
 			"scheduled_1m": {11000, 19, 1.3}, "finished_1m": {11500, 12, 1.4},
 		})))
-		f, err := os.Open(path)
-		require.NoError(t, err)
-		defer func() { _ = f.Close() }() // read-only: nothing to lose
-		img, err := png.Decode(f)
-		require.NoError(t, err)
-		require.Equal(t, 960, img.Bounds().Dx())
-		require.Equal(t, 840, img.Bounds().Dy())
+		requirePNG(t, path, 960, 840)
 	})
 
 	t.Run("WaitingSidesOnly", func(t *testing.T) {
@@ -67,4 +61,16 @@ func TestWriteGrowthChart(t *testing.T) {
 		require.ErrorContains(t, bench.WriteGrowthChart(path, results(map[string][3]float64{"waiting_10k": {1, 1, 1}})),
 			"bench: writing the chart")
 	})
+}
+
+// requirePNG checks that path holds a PNG of width × height pixels.
+func requirePNG(t *testing.T, path string, width, height int) {
+	t.Helper()
+	f, err := os.Open(path)
+	require.NoError(t, err)
+	defer func() { _ = f.Close() }() // read-only: nothing to lose
+	img, err := png.Decode(f)
+	require.NoError(t, err)
+	require.Equal(t, width, img.Bounds().Dx())
+	require.Equal(t, height, img.Bounds().Dy())
 }

@@ -54,14 +54,20 @@ func newRunID() string {
 // scenario's schema is SchemaPrefix + its name + "_" + runID.
 const SchemaPrefix = "aftercommit_bench_"
 
-// newEnv creates, migrates and connects the scratch schema of scenario for
-// the run runID.
-func newEnv(ctx context.Context, cfg Config, runID, scenario string) (*Env, error) {
-	base, err := dbconn.ParseConfig(cfg.DatabaseURL, &dbconn.Opts{Component: "bench", Source: "--database-url / DATABASE_URL", MaxConns: 2})
+// connectAdmin opens a pool of two connections to url, for a run's own
+// statements (schemas, databases).
+func connectAdmin(ctx context.Context, url string) (*pgxpool.Pool, error) {
+	base, err := dbconn.ParseConfig(url, &dbconn.Opts{Component: "bench", Source: "--database-url / DATABASE_URL", MaxConns: 2})
 	if err != nil {
 		return nil, err
 	}
-	admin, err := dbconn.Connect(ctx, base, "bench")
+	return dbconn.Connect(ctx, base, "bench")
+}
+
+// newEnv creates, migrates and connects the scratch schema of scenario for
+// the run runID.
+func newEnv(ctx context.Context, cfg Config, runID, scenario string) (*Env, error) {
+	admin, err := connectAdmin(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return nil, err
 	}
