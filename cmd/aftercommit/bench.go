@@ -54,8 +54,9 @@ D, then lets go; the run watches two intervals more. Every --interval
 (default %s with --holdback) it samples both sides: jobs done per second,
 commit-to-start p50 and p99, the backlog, the dead tuples of river_job,
 outbox_jobs, job_locks and outbox_events, and the holder db_vacuum_holdback
-names. It ends with held ÷ clear over the hold's last interval. --apart
-runs the clear side first, then the held side, each alone. Run it
+names. It ends with the held side's last interval of the hold against the
+clear side's medians over the hold, as ratios. --apart runs the clear side
+first, then the held side, each alone. Run it
 where autovacuum is on, as in production: --private-server starts a server
 of its own (initdb, default settings, removed at the end) instead of
 --database-url's. --chart draws the run (docs/holdback.png).
