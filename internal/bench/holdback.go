@@ -138,8 +138,9 @@ type HoldbackSample struct {
 	Dead          map[string]int64 `json:"dead_tuples"`
 	RiverJobBytes int64            `json:"river_job_bytes"`
 	// Holder is what db_vacuum_holdback names as the oldest snapshot
-	// holding back vacuum in the side's database ("" when none), and
-	// HeldFor how long its transaction has run.
+	// holding back vacuum in the side's database, of a transaction open
+	// over 200 ms ("" when none), and HeldFor how long that transaction
+	// has run.
 	Holder  string        `json:"holder,omitempty"`
 	HeldFor time.Duration `json:"held_for_ns,omitempty"`
 }
@@ -567,7 +568,7 @@ func (side *holdbackSide) sample(ctx context.Context, d, at time.Duration) (*Hol
 	}
 	var heldFor *time.Duration
 	err = side.env.Pool.QueryRow(ctx, `SELECT coalesce(application_name, holder), held_for FROM db_vacuum_holdback
-		WHERE held_for > interval '1 second' ORDER BY xmin_age DESC NULLS LAST LIMIT 1`).Scan(&s.Holder, &heldFor)
+		WHERE held_for > interval '200 milliseconds' ORDER BY xmin_age DESC NULLS LAST LIMIT 1`).Scan(&s.Holder, &heldFor)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 	case err != nil:

@@ -75,10 +75,15 @@ func TestHoldback(t *testing.T) {
 		}
 		// Every job committed was done, but the last interval's backlog.
 		for _, side := range []bench.HoldbackSide{st.Held, st.Clear} {
-			var enqueued, done float64
+			var (
+				enqueued, done float64
+				prev           time.Duration
+			)
 			for _, s := range side.Samples {
-				enqueued += s.Enqueued * interval.Seconds()
-				done += s.Done * interval.Seconds()
+				d := (s.At - prev).Seconds() // the interval the rates are over
+				enqueued += s.Enqueued * d
+				done += s.Done * d
+				prev = s.At
 				require.Contains(t, s.Dead, "river_job")
 			}
 			last := side.Samples[len(side.Samples)-1]
