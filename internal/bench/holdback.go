@@ -183,8 +183,9 @@ type HoldbackReport struct {
 }
 
 // Holdback measures what a transaction that holds back vacuum does to a
-// steady load: for each stack, two sides run at once on the server, each
-// in a database of its own at cfg.Rate jobs/s; after two intervals a
+// steady load: for each stack, two sides run on the server, each in a
+// database of its own at cfg.Rate jobs/s, at once (with cfg.Apart, one
+// after the other on the same timeline); after two intervals a
 // session on the held side opens a REPEATABLE READ transaction, takes its
 // snapshot and holds it for cfg.Hold, then lets go, and the run watches
 // two intervals more. Every interval both sides are sampled: jobs done per
