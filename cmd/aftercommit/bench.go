@@ -244,7 +244,7 @@ func runHoldback(ctx context.Context, c *frame, cfg bench.HoldbackConfig, privat
 		if err != nil {
 			return reportError(ctx, e, fmt.Errorf("aftercommit bench: starting a private server: %w", err))
 		}
-		defer srv.Stop()
+		defer srv.Stop() //nolint:contextcheck // the server goes, even after ctx was cancelled
 		cfg.DatabaseURL = srv.URL("")
 	} else {
 		c.resolveDB()

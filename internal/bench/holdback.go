@@ -289,8 +289,8 @@ func (lockedHoldbackWorker) Needed(context.Context, *river.Job[holdbackArgs]) (b
 }
 
 func runHoldbackStack(ctx context.Context, cfg HoldbackConfig, admin *pgxpool.Pool, runID, stack string) (*HoldbackStack, error) {
-	held, clear := &holdbackSide{name: "held"}, &holdbackSide{name: "clear"}
-	for _, side := range []*holdbackSide{held, clear} {
+	heldSide, clearSide := &holdbackSide{name: "held"}, &holdbackSide{name: "clear"}
+	for _, side := range []*holdbackSide{heldSide, clearSide} {
 		side.db = "aftercommit_holdback_" + stack + "_" + side.name + "_" + runID
 		ident := pgx.Identifier{side.db}.Sanitize()
 		if _, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+ident+" WITH (FORCE)"); err != nil {
@@ -318,16 +318,16 @@ func runHoldbackStack(ctx context.Context, cfg HoldbackConfig, admin *pgxpool.Po
 
 	out := &HoldbackStack{Stack: stack, HoldFrom: 2 * cfg.Interval, HoldTo: 2*cfg.Interval + cfg.Hold, NamedAfter: -1}
 	if cfg.Apart {
-		for _, side := range []*holdbackSide{clear, held} {
+		for _, side := range []*holdbackSide{clearSide, heldSide} {
 			if err := runHoldbackSides(ctx, cfg, stack, out, side); err != nil {
 				return nil, err
 			}
 		}
-	} else if err := runHoldbackSides(ctx, cfg, stack, out, held, clear); err != nil {
+	} else if err := runHoldbackSides(ctx, cfg, stack, out, heldSide, clearSide); err != nil {
 		return nil, err
 	}
-	out.Held = HoldbackSide{Name: "held", Samples: held.samples}
-	out.Clear = HoldbackSide{Name: "clear", Samples: clear.samples}
+	out.Held = HoldbackSide{Name: "held", Samples: heldSide.samples}
+	out.Clear = HoldbackSide{Name: "clear", Samples: clearSide.samples}
 	out.judge()
 	return out, nil
 }
@@ -392,7 +392,7 @@ func runHoldbackSides(ctx context.Context, cfg HoldbackConfig, stack string, out
 				}
 				side.samples = append(side.samples, *smp)
 				if cfg.Progress != nil {
-					fmt.Fprintf(cfg.Progress, "%6s  %-5s %-5s %s\n", at.Round(time.Second), stack, side.name, strings.ReplaceAll(smp.row(), "\t", "  "))
+					_, _ = fmt.Fprintf(cfg.Progress, "%6s  %-5s %-5s %s\n", at.Round(time.Second), stack, side.name, strings.ReplaceAll(smp.row(), "\t", "  "))
 				}
 			}
 			last = now

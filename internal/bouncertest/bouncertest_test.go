@@ -223,9 +223,20 @@ func TestSplitListenerBehindPgBouncer(t *testing.T) {
 	t.Cleanup(listen.Close)
 	bs.run(ctx, t, listen, false)
 
-	var listening int
-	require.NoError(t, bs.schema.Pool.QueryRow(ctx, `
-		SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'`,
-		"listen-"+bs.schema.Name).Scan(&listening))
-	require.Equal(t, 2, listening, "River's listener and the relay's each hold one direct session")
+	// Each listener connects and listens in a goroutine of its own, which
+	// a loaded machine may run after the jobs are done: wait for both.
+	var (
+		listening int
+		sessions  string
+	)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		require.NoError(t, bs.schema.Pool.QueryRow(ctx, `
+			SELECT count(*) FILTER (WHERE query LIKE 'LISTEN%'), coalesce(string_agg(state || ': ' || query, '; '), '')
+			  FROM pg_stat_activity WHERE application_name = $1`,
+			"listen-"+bs.schema.Name).Scan(&listening, &sessions))
+		if listening == 2 || time.Now().After(deadline) {
+			break
+		}
+	}
+	require.Equal(t, 2, listening, "River's listener and the relay's each hold one direct session; seen: %s", sessions)
 }

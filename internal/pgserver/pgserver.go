@@ -92,8 +92,13 @@ func New() (*Server, error) {
 		srv.Remove()
 		return nil, fmt.Errorf("pgserver: picking a port: %w", err)
 	}
-	srv.Port = l.Addr().(*net.TCPAddr).Port //nolint:forcetypeassert // a tcp listener's address
+	addr, ok := l.Addr().(*net.TCPAddr)
 	_ = l.Close()
+	if !ok {
+		srv.Remove()
+		return nil, fmt.Errorf("pgserver: picking a port: %v is not a TCP address", l.Addr())
+	}
+	srv.Port = addr.Port
 	return srv, nil
 }
 
