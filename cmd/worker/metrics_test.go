@@ -108,6 +108,10 @@ func runMetricsTest(t *testing.T, scale float64, quantiles bool) {
 	stats := readKindStats(ctx, t, b.schema.Pool, minJobs)
 	require.GreaterOrEqual(t, len(stats), 3, "the demo completes at least %d jobs of three kinds: %v", minJobs, stats)
 
+	// A report's snapshot, held from now on: the leader's scrape names it
+	// (aftercommit_db_oldest_xmin_age_*, absent when no snapshot is seen).
+	b.schema.HoldSnapshot(ctx, t, "metrics-test-report", nil)
+
 	// A job that completes in its own transaction is completed in the
 	// database a moment before the worker records it.
 	var text string
@@ -118,6 +122,9 @@ func runMetricsTest(t *testing.T, scale float64, quantiles bool) {
 		families := promtest.Parse(t, text)
 		if promtest.Series(families, "aftercommit_queue_jobs", map[string]string{"queue": "default"}) == nil {
 			return false // not read since River elected this worker
+		}
+		if promtest.Series(families, "aftercommit_db_oldest_xmin_age_seconds", map[string]string{"application_name": "metrics-test-report"}) == nil {
+			return false // not scraped since the snapshot was taken
 		}
 		for kind, k := range stats {
 			m := promtest.Series(families, "aftercommit_job_run_duration_seconds", map[string]string{"kind": kind})
