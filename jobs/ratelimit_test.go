@@ -43,14 +43,29 @@ func keepGoing(done func() bool) func() bool {
 	}
 }
 
-// requireWindows fails when any window of period holds more than limit of
-// the sorted times ts (any limit+1 consecutive ones within period).
+// requireWindows fails when any window of period, both ends included,
+// holds more than limit of the times ts (any limit+1 consecutive ones
+// within period). The times are taken as the limiter has them: a
+// timestamptz, the wall clock to the microsecond. A time.Time from
+// time.Now also holds a monotonic reading, which Sub and Compare prefer
+// and the database never sees; time.Now reads the two clocks one after the
+// other, and a thread descheduled in between (a loaded machine) gets a
+// monotonic reading that is off its wall clock by as long. Windows
+// measured by those readings are not the limiter's, and the limiter fills
+// windows to within a microsecond: a loaded CI run counted 41 starts
+// within 199.085 ms that way, for a limit of 40 per 200 ms.
 func requireWindows(t *testing.T, ts []time.Time, limit int, period time.Duration) {
 	t.Helper()
-	require.True(t, slices.IsSortedFunc(ts, time.Time.Compare))
-	for i := 0; i+limit < len(ts); i++ {
-		require.Greater(t, ts[i+limit].Sub(ts[i]), period,
-			"starts %d..%d (%s .. %s) are %d in one window of %s", i, i+limit, ts[i], ts[i+limit], limit+1, period)
+	// Truncate drops the monotonic reading and cuts to the microsecond, as
+	// pgx does when it sends a time.
+	at := make([]time.Time, len(ts))
+	for i, ti := range ts {
+		at[i] = ti.Truncate(time.Microsecond)
+	}
+	slices.SortFunc(at, time.Time.Compare)
+	for i := 0; i+limit < len(at); i++ {
+		require.Greater(t, at[i+limit].Sub(at[i]), period,
+			"starts %d..%d (%s .. %s) are %d in one window of %s", i, i+limit, at[i], at[i+limit], limit+1, period)
 	}
 }
 
@@ -388,7 +403,10 @@ func TestRateLeases(t *testing.T) {
 // process's lease of its key when the lease covers its time, else asks the
 // database, asking for a lease of 8 tokens each time (spending its tokens
 // late in the lease, the worst case). Every start counted
-// together — the database's and the leases' — no window holds 41.
+// together — the database's and the leases' — no window holds 41. A
+// start's time is the one the limiter decides on: the wall clock to the
+// microsecond, with no monotonic reading (see requireWindows); the
+// database's started_at of an admitted start is that same time.
 func TestRateLeasesConcurrent(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -415,7 +433,9 @@ func TestRateLeasesConcurrent(t *testing.T) {
 			leases := map[string]*lease{}
 			for n := 0; running(); n++ {
 				k := keys[(c+n)%2]
-				at := time.Now().Add(-time.Duration(((c+1)*(n+3)*7919)%30_000) * time.Microsecond)
+				// Truncate drops the monotonic reading: the lease's bounds,
+				// the database and requireWindows all compare wall clocks.
+				at := time.Now().Truncate(time.Microsecond).Add(-time.Duration(((c+1)*(n+3)*7919)%30_000) * time.Microsecond)
 				// Tokens are spent in the second half of the lease only:
 				// a process may spend them at any time of it, and late is
 				// the hardest case for the log.
@@ -429,16 +449,20 @@ func TestRateLeasesConcurrent(t *testing.T) {
 				}
 				var ok bool
 				var tokens *int32
-				var from, until *time.Time
-				if err := s.Pool.QueryRow(ctx, `SELECT admitted, lease_tokens, lease_from, lease_until
+				var startedAt, from, until *time.Time
+				if err := s.Pool.QueryRow(ctx, `SELECT admitted, started_at, lease_tokens, lease_from, lease_until
 					FROM job_rate_admit_many(ARRAY['test'], ARRAY[$1::text], ARRAY[$2::int], ARRAY[$3::bigint * interval '1 microsecond'],
-						ARRAY[$4::timestamptz], NULL, NULL, ARRAY[8])`, k, limit, period.Microseconds(), at).Scan(&ok, &tokens, &from, &until); err != nil {
+						ARRAY[$4::timestamptz], NULL, NULL, ARRAY[8])`, k, limit, period.Microseconds(), at).Scan(&ok, &startedAt, &tokens, &from, &until); err != nil {
 					t.Error(err)
 					return
 				}
 				if ok {
+					if startedAt == nil || !startedAt.Equal(at) {
+						t.Errorf("a start at %s was admitted as started at %v", at, startedAt)
+						return
+					}
 					mu.Lock()
-					started[k] = append(started[k], at)
+					started[k] = append(started[k], *startedAt)
 					mu.Unlock()
 				}
 				if tokens != nil {
@@ -705,4 +729,127 @@ func TestRateFastPathDecidesAfterTheLock(t *testing.T) {
 	d := <-done
 	require.NoError(t, d.err)
 	require.False(t, d.ok, "a start decided more than a period after its time is refused as stale")
+}
+
+// TestRateWindowsAreClosed: a window of period holds both its ends, so a
+// start exactly a period after a logged one shares a window with it — on
+// the fast path as on the window-by-window one. The fast path counted only
+// the logged starts later than (its earliest start - period), and let a
+// third start into a limit of 2 whose window, ends included, held three
+// (migration 0029).
+func TestRateWindowsAreClosed(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
+	var now time.Time
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&now))
+	const limit, hour = 2, time.Hour
+	// Keys "fast" and "window" have the same log: starts 80 and 40 minutes
+	// ago, admitted when they were fetched. A fetch of 20 minutes ago (not
+	// stale under a limit per hour) comes exactly an hour after the first.
+	log := []time.Time{now.Add(-80 * time.Minute), now.Add(-40 * time.Minute)}
+	for _, k := range []string{"fast", "window"} {
+		_, err := s.Pool.Exec(ctx, `INSERT INTO job_rate_limits (namespace, rate_key, max_starts, period, starts)
+			VALUES ('test', $1, $2, $3::bigint * interval '1 microsecond', $4)`, k, limit, hour.Microseconds(), log)
+		require.NoError(t, err)
+	}
+	late := now.Add(-20 * time.Minute)
+	ok, _ := admit(ctx, t, s.Pool, "fast", limit, hour, late)
+	require.False(t, ok, "fast path: a start exactly a period after the first of a full window is in that window")
+	// The window-by-window decision (a batch of more starts than the
+	// limit goes there) refuses it too, and admits the start a
+	// microsecond later.
+	rows, err := s.Pool.Query(ctx, `SELECT admitted FROM job_rate_admit_many(ARRAY['test', 'test', 'test'], ARRAY['window', 'window', 'window'],
+		ARRAY[2, 2, 2], ARRAY[interval '1 hour', interval '1 hour', interval '1 hour'], ARRAY[$1::timestamptz, $1, $1]) ORDER BY ord`, late)
+	require.NoError(t, err)
+	decided, err := pgx.CollectRows(rows, pgx.RowTo[bool])
+	require.NoError(t, err)
+	require.Equal(t, []bool{false, false, false}, decided, "window by window")
+	ok, _ = admit(ctx, t, s.Pool, "fast", limit, hour, late.Add(time.Microsecond))
+	require.True(t, ok, "fast path: a microsecond more than a period after the first start")
+}
+
+// TestRateLeaseDecidedAfterTheLock: a lease begins once its key's row is
+// locked, not when the statement began. A lease that began before a wait
+// of more than a period (its batch's start given ahead of the database's
+// clock, so still admitted after the wait) was sized against a log from
+// which the decision that held the row had pruned, by its own later clock,
+// starts that windows around the lease still held: once its tokens were
+// spent, those windows held more than the limit (migration 0029).
+func TestRateLeaseDecidedAfterTheLock(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 3})
+	const limit, period = 40, time.Second
+	var c0 time.Time
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&c0))
+	// 35 starts 900 ms ago: a window ending 100 ms from now has room for 5.
+	seeded := make([]time.Time, 35)
+	for i := range seeded {
+		seeded[i] = c0.Add(-900 * time.Millisecond)
+	}
+	_, err := s.Pool.Exec(ctx, `INSERT INTO job_rate_limits (namespace, rate_key, max_starts, period, starts)
+		VALUES ('test', 'k', $1, $2::bigint * interval '1 microsecond', $3)`, limit, period.Microseconds(), seeded)
+	require.NoError(t, err)
+
+	holder, err := s.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = holder.Rollback(ctx) }()
+	_, err = holder.Exec(ctx, `SELECT 1 FROM job_rate_limits WHERE rate_key = 'k' FOR UPDATE`)
+	require.NoError(t, err)
+
+	// A batch that asks for a lease waits for the row; its start is 1.5 s
+	// ahead, so that it is still admitted after the wait.
+	type decision struct {
+		ok          bool
+		tokens      *int32
+		from, until *time.Time
+		err         error
+	}
+	done := make(chan decision, 1)
+	ahead := c0.Add(1500 * time.Millisecond)
+	go func() {
+		var d decision
+		d.err = s.Pool.QueryRow(ctx, `SELECT admitted, lease_tokens, lease_from, lease_until
+			FROM job_rate_admit_many(ARRAY['test'], ARRAY['k'], ARRAY[$1::int], ARRAY[$2::bigint * interval '1 microsecond'],
+				ARRAY[$3::timestamptz], NULL, NULL, ARRAY[8])`, limit, period.Microseconds(), ahead).Scan(&d.ok, &d.tokens, &d.from, &d.until)
+		done <- d
+	}()
+	require.Eventually(t, func() bool {
+		var waiting int
+		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+			AND query LIKE '%job_rate_admit_many(%' AND datname = current_database() AND query LIKE '%ARRAY[8]%'`).Scan(&waiting))
+		return waiting >= 1
+	}, 10*time.Second, 5*time.Millisecond)
+	// More than two periods after the seeded starts, the row's holder
+	// decides a start, which prunes them from the log, and lets go.
+	var held time.Time
+	for {
+		require.NoError(t, holder.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&held))
+		if held.Sub(c0) > 1150*time.Millisecond {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var heldAt time.Time
+	var ok bool
+	require.NoError(t, holder.QueryRow(ctx, `SELECT a.admitted, t.at FROM (SELECT clock_timestamp() AS at) t,
+		job_rate_admit('test', 'k', $1, $2::bigint * interval '1 microsecond', t.at) a`, limit, period.Microseconds()).Scan(&ok, &heldAt))
+	require.True(t, ok)
+	require.NoError(t, holder.Commit(ctx))
+	d := <-done
+	require.NoError(t, d.err)
+	require.True(t, d.ok)
+	require.NotNil(t, d.tokens, "a key far from its limit gets a lease")
+	// The starts there were, with the lease's tokens spent at either end
+	// of it (a process may spend them at any time of it): no window holds
+	// more than the limit.
+	for _, at := range []time.Time{*d.from, *d.until} {
+		ts := append(slices.Clone(seeded), heldAt, ahead)
+		for range *d.tokens {
+			ts = append(ts, at)
+		}
+		slices.SortFunc(ts, time.Time.Compare)
+		requireWindows(t, ts, limit, period)
+	}
 }
