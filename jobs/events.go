@@ -49,8 +49,8 @@ func Subscribe[T river.JobArgs](r *Registry, topic string, fn func(ev outbox.Eve
 	r.subscriptions = append(r.subscriptions, subscription{
 		topic: topic,
 		kind:  zero.Kind(),
-		sub: func(topic string, payload []byte) (river.JobArgs, *river.InsertOpts, error) {
-			args, ok, err := fn(outbox.Event{Topic: topic, Payload: payload})
+		sub: func(topic, key string, payload []byte) (river.JobArgs, *river.InsertOpts, error) {
+			args, ok, err := fn(outbox.Event{Topic: topic, Key: key, Payload: payload})
 			if err != nil || !ok {
 				return nil, nil, err
 			}
@@ -170,10 +170,14 @@ func RegisterEventPruner(reg *Registry, pool *pgxpool.Pool, cfg *EventPrunerConf
 		&river.PeriodicJobOpts{RunOnStart: true, ID: PruneEventsKind}))
 }
 
+// pruneEventsSQL keeps every event a relay to a broker (outbox/natsrelay,
+// table outbox_event_relays) has yet to send, however old: a relay that
+// was down longer than the retention still sends everything.
 const pruneEventsSQL = `
 DELETE FROM outbox_events WHERE id IN (
     SELECT id FROM outbox_events
      WHERE created_at < now() - make_interval(secs => $1)
+       AND id <= coalesce((SELECT min(last_id) FROM outbox_event_relays), 9223372036854775807)
      ORDER BY id LIMIT $2)`
 
 const pruneFanInSQL = `SELECT batches, refs FROM job_fan_in_prune(make_interval(secs => $1), $2)`

@@ -28,7 +28,7 @@ func subscribers(topic string) []outboxseam.Subscriber {
 	if topic != "donation.created" {
 		return nil
 	}
-	return []outboxseam.Subscriber{func(_ string, payload []byte) (river.JobArgs, *river.InsertOpts, error) {
+	return []outboxseam.Subscriber{func(_, _ string, payload []byte) (river.JobArgs, *river.InsertOpts, error) {
 		var d donationEvent
 		if err := json.Unmarshal(payload, &d); err != nil {
 			return nil, nil, err
@@ -141,7 +141,7 @@ func TestPublish(t *testing.T) {
 	t.Run("BadEventsAreRefusedAndNothingCommits", func(t *testing.T) {
 		t.Parallel()
 		failing := func(string) []outboxseam.Subscriber {
-			return []outboxseam.Subscriber{func(string, []byte) (river.JobArgs, *river.InsertOpts, error) {
+			return []outboxseam.Subscriber{func(string, string, []byte) (river.JobArgs, *river.InsertOpts, error) {
 				return nil, nil, errors.New("cannot route")
 			}}
 		}

@@ -222,7 +222,7 @@ func TestOldLayout(t *testing.T) {
 			require.Equal(t, rows, rowsAfter[table], "rows of %s", table)
 		}
 		require.Equal(t, []string{"aftercommit_roles", "job_batch_members", "job_batches", "job_rate_limits", "job_refs", "job_sequence_inbox",
-			"job_sequence_members", "job_sequences", "job_waits", "outbox_dead_jobs", "outbox_jobs"}, newKeys(rowsBefore, rowsAfter, "aftercommit_role_grants"))
+			"job_sequence_members", "job_sequences", "job_waits", "outbox_dead_jobs", "outbox_event_relays", "outbox_jobs"}, newKeys(rowsBefore, rowsAfter, "aftercommit_role_grants"))
 		require.Equal(t, bundle.fresh, dbmigratetest.Catalog(ctx, t, target.Pool, target.Name))
 
 		v, err = dbmigrate.CurrentVersion(ctx, target.Pool, opts)

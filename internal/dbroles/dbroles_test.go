@@ -111,6 +111,8 @@ func wantPrivileges() (app, worker map[string]string) {
 		"outbox_jobs_id_seq":        "", // an identity column's: INSERT needs no USAGE
 		"outbox_dead_jobs":          "SELECT",
 		"outbox_depth":              "SELECT",
+		"outbox_event_relays":       "",
+		"outbox_event_relay_lag":    "SELECT",
 		"job_locks":                 "",
 		"job_rate_limits":           "",
 		"job_sequence_inbox":        "",
@@ -138,6 +140,8 @@ func wantPrivileges() (app, worker map[string]string) {
 		"outbox_jobs_id_seq":        "",
 		"outbox_dead_jobs":          "SELECT,INSERT,DELETE",
 		"outbox_depth":              "SELECT",
+		"outbox_event_relays":       "SELECT,INSERT,UPDATE",
+		"outbox_event_relay_lag":    "SELECT",
 		"job_locks":                 dml,
 		"job_rate_limits":           "SELECT,INSERT,UPDATE",
 		"job_sequence_inbox":        "SELECT,INSERT",

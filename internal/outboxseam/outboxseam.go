@@ -8,7 +8,7 @@ import "github.com/riverqueue/river"
 
 // Subscriber turns a published event (its topic and JSON payload) into a job
 // written in the same flush; nil args: no job.
-type Subscriber func(topic string, payload []byte) (river.JobArgs, *river.InsertOpts, error)
+type Subscriber func(topic, key string, payload []byte) (river.JobArgs, *river.InsertOpts, error)
 
 // Registry is what an outbox takes from a job registry.
 type Registry struct {

@@ -1,0 +1,7 @@
+//go:build !long
+
+package inbox_test
+
+// eventsTotal is how many transactions TestExactlyOnceInCommitOrder runs
+// in the quick suite; the long suite runs the 50,000.
+const eventsTotal = 5000
