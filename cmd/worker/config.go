@@ -17,6 +17,7 @@ import (
 
 	"github.com/aftercommit/aftercommit/internal/dbconn"
 	"github.com/aftercommit/aftercommit/internal/devdb"
+	"github.com/aftercommit/aftercommit/outbox/natsrelay"
 )
 
 // Defaults of the flags.
@@ -116,6 +117,12 @@ type config struct {
 	listen *pgxpool.Config
 	// pollOnly is --listen-database-url off: no LISTEN at all.
 	pollOnly bool
+	// natsURL is --nats-url: the NATS servers (comma-separated) the events
+	// relay publishes to; empty: no events relay.
+	natsURL string
+	// natsStream and natsPrefix are the relay's stream and subject prefix.
+	natsStream string
+	natsPrefix string
 	// devFind is where --dev looks for a database when none was named.
 	// Defaults to nil: the default URL, else devdb.StartContainer.
 	devFind *devdb.Config
@@ -157,6 +164,12 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 			help: "on or off: River's nightly REINDEX of its job indexes, which needs table ownership; off for a worker role that does not own them"},
 		{flag: "relay", env: "AFTERCOMMIT_RELAY", def: relayDefault,
 			help: "on or off: move committed outbox rows (outbox_jobs) into River's job table from this process; any number of processes share the work"},
+		{flag: "nats-url", env: "AFTERCOMMIT_NATS_URL", def: "",
+			help: "NATS servers with JetStream (comma-separated URLs of a cluster): relay outbox_events to them, exactly once, as\nCloudEvents (one process per stream publishes at a time, the others stand by); empty: no events relay"},
+		{flag: "nats-stream", env: "AFTERCOMMIT_NATS_STREAM", def: natsrelay.StreamDefault,
+			help: "the JetStream stream the events relay publishes to (created when missing)"},
+		{flag: "nats-subject-prefix", env: "AFTERCOMMIT_NATS_SUBJECT_PREFIX", def: natsrelay.SubjectPrefixDefault,
+			help: "the subjects' prefix: <prefix>.<topic>.<key>"},
 		{flag: "log-level", env: "AFTERCOMMIT_LOG_LEVEL", def: logLevelDefault,
 			help: "debug, info, warn or error"},
 		{flag: "http", env: "AFTERCOMMIT_HTTP", def: httpAddrDefault,
@@ -240,6 +253,12 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 			cfg.reindexer, err = parseOnOff(v, src)
 		case "relay":
 			cfg.relay, err = parseOnOff(v, src)
+		case "nats-url":
+			cfg.natsURL = strings.TrimSpace(v)
+		case "nats-stream":
+			cfg.natsStream = v
+		case "nats-subject-prefix":
+			cfg.natsPrefix = v
 		case "log-level":
 			err = cfg.logLevel.UnmarshalText([]byte(v))
 			if err != nil {
@@ -261,6 +280,11 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 		return nil, errors.New("worker: --http-user / AFTERCOMMIT_HTTP_USER is set but --http-password / AFTERCOMMIT_HTTP_PASSWORD is not: set both for basic auth, or neither")
 	case cfg.httpUser == "" && cfg.httpPassword != "":
 		return nil, errors.New("worker: --http-password / AFTERCOMMIT_HTTP_PASSWORD is set but --http-user / AFTERCOMMIT_HTTP_USER is not: set both for basic auth, or neither")
+	}
+	if cfg.natsURL != "" {
+		if err := (&natsrelay.Config{Stream: cfg.natsStream, SubjectPrefix: cfg.natsPrefix, CreateStream: true}).Validate(); err != nil {
+			return nil, fmt.Errorf("worker: --nats-stream / --nats-subject-prefix: %w", err)
+		}
 	}
 	if cfg.rescueAfter <= cfg.jobTimeout {
 		return nil, fmt.Errorf("worker: --rescue-after (%s) must be longer than --job-timeout (%s): a job would be rescued, and run twice, while it may still be running", cfg.rescueAfter, cfg.jobTimeout)

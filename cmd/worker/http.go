@@ -47,6 +47,9 @@ type readiness struct {
 	started func() bool
 	timeout time.Duration
 	logger  *slog.Logger
+	// events, when set, adds the events relay's line to a ready answer
+	// (its state never makes the worker unready: jobs run without NATS).
+	events *eventsRelay
 
 	// mu guards the last answer, checked once there is one, and its reason
 	// ("" for ready): only changes are logged, not every probe.
@@ -105,6 +108,9 @@ func (r *readiness) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	_, _ = io.WriteString(w, "ok\n")
+	if r.events != nil {
+		_, _ = io.WriteString(w, r.events.detail()+"\n")
+	}
 }
 
 // basicAuth guards next with one user and password. Both sides are hashed
@@ -140,6 +146,8 @@ type httpDeps struct {
 	metrics *jobs.Metrics
 	// queue, when set, adds the backlog and stuck-job gauges.
 	queue *jobs.QueueMetrics
+	// events, when set, adds the events relay's metrics.
+	events *eventsRelay
 	// client backs the River UI.
 	client *river.Client[pgx.Tx]
 	// user and password, when user is set, guard /metrics and /riverui/.
@@ -159,6 +167,9 @@ func newHTTPHandler(ctx context.Context, deps *httpDeps) (http.Handler, error) {
 	}
 	if deps.queue != nil {
 		cs = append(cs, deps.queue)
+	}
+	if deps.events != nil {
+		cs = append(cs, newEventsCollector(deps.events))
 	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {

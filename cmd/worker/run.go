@@ -150,6 +150,16 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 		// httpFailed stays nil, never ready, when HTTP is off.
 		httpFailed <-chan struct{}
 	)
+	// The events relay (--nats-url) needs only the pool: it starts before
+	// the HTTP server, which serves its metrics and its /readyz line.
+	var events *eventsRelay
+	if cfg.natsURL != "" {
+		events, err = startEventsRelay(ctx, pool, cfg, logger)
+		if err != nil {
+			return err
+		}
+		defer events.stop()
+	}
 	if cfg.httpAddr != "" {
 		// The backlog and stuck-job gauges, read from the database at
 		// scrape by River's leader only (one read per scrape interval
@@ -163,7 +173,8 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 			return fmt.Errorf("worker: %w", err)
 		}
 		srv, err = startHTTP(ctx, cfg.httpAddr, &httpDeps{
-			ready:    &readiness{db: pool, started: started.Load, timeout: readyPingTimeout, logger: logger},
+			ready:    &readiness{db: pool, started: started.Load, timeout: readyPingTimeout, logger: logger, events: events},
+			events:   events,
 			metrics:  metrics,
 			queue:    queue,
 			client:   client,
@@ -219,6 +230,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 		slog.Duration("rescue_after", cfg.rescueAfter),
 		slog.Bool("reindexer", cfg.reindexer),
 		slog.Bool("relay", cfg.relay),
+		slog.Bool("events_relay", events != nil),
 	)
 
 	var httpErr error

@@ -204,68 +204,84 @@ var streamName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,255}$`)
 
 func validStream(s string) bool { return streamName.MatchString(s) }
 
+// withDefaults returns the config with every default applied.
+func (c *Config) withDefaults() Config {
+	out := Config{}
+	if c != nil {
+		out = *c
+	}
+	if out.Stream == "" {
+		out.Stream = StreamDefault
+	}
+	if out.SubjectPrefix == "" {
+		out.SubjectPrefix = SubjectPrefixDefault
+	}
+	if out.BatchSize == 0 {
+		out.BatchSize = BatchSizeDefault
+	}
+	if out.PollMin == 0 {
+		out.PollMin = PollMinDefault
+	}
+	if out.PollMax == 0 {
+		out.PollMax = PollMaxDefault
+	}
+	if out.LeaseTTL == 0 {
+		out.LeaseTTL = LeaseTTLDefault
+	}
+	if out.AckTimeout == 0 {
+		out.AckTimeout = AckTimeoutDefault
+	}
+	if out.Owner == "" {
+		host, _ := os.Hostname()
+		out.Owner = fmt.Sprintf("%s:%d:%s", host, os.Getpid(), nuid.Next())
+	}
+	if out.Logger == nil {
+		out.Logger = slog.Default()
+	}
+	out.StreamOptions.Name, out.StreamOptions.SubjectPrefix = out.Stream, out.SubjectPrefix
+	out.Topics = slices.Clone(out.Topics)
+	return out
+}
+
+// Validate returns an ErrConfig error for a config New would refuse.
+func (c *Config) Validate() error {
+	d := c.withDefaults()
+	switch {
+	case !validStream(d.Stream):
+		return fmt.Errorf("%w: stream name %q: use 1 to 255 letters, digits, '-' or '_'", ErrConfig, d.Stream)
+	case !validPrefix(d.SubjectPrefix):
+		return fmt.Errorf("%w: subject prefix %q: use dot-separated words of letters, digits, '-' or '_'", ErrConfig, d.SubjectPrefix)
+	case d.BatchSize < 0 || d.PollMin < 0 || d.PollMax < d.PollMin || d.AckTimeout < 0:
+		return fmt.Errorf("%w: batch size, polls and ack timeout must be positive, with PollMin <= PollMax", ErrConfig)
+	case d.LeaseTTL < 100*time.Millisecond:
+		return fmt.Errorf("%w: the lease TTL must be at least 100ms, got %s", ErrConfig, d.LeaseTTL)
+	case len(d.Owner) > 255:
+		return fmt.Errorf("%w: owner name longer than 255 bytes", ErrConfig)
+	}
+	if d.CreateStream {
+		if _, err := d.StreamOptions.StreamConfig(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // New returns a relay of the pool's outbox_events to JetStream through nc,
 // or an ErrConfig error.
 func New(pool *pgxpool.Pool, nc *nats.Conn, cfg *Config) (*Relay, error) {
-	c := Config{}
-	if cfg != nil {
-		c = *cfg
-	}
-	if c.Stream == "" {
-		c.Stream = StreamDefault
-	}
-	if c.SubjectPrefix == "" {
-		c.SubjectPrefix = SubjectPrefixDefault
-	}
-	if c.BatchSize == 0 {
-		c.BatchSize = BatchSizeDefault
-	}
-	if c.PollMin == 0 {
-		c.PollMin = PollMinDefault
-	}
-	if c.PollMax == 0 {
-		c.PollMax = PollMaxDefault
-	}
-	if c.LeaseTTL == 0 {
-		c.LeaseTTL = LeaseTTLDefault
-	}
-	if c.AckTimeout == 0 {
-		c.AckTimeout = AckTimeoutDefault
-	}
-	if c.Owner == "" {
-		host, _ := os.Hostname()
-		c.Owner = fmt.Sprintf("%s:%d:%s", host, os.Getpid(), nuid.Next()[:8])
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	c.StreamOptions.Name, c.StreamOptions.SubjectPrefix = c.Stream, c.SubjectPrefix
-	switch {
-	case pool == nil || nc == nil:
+	if pool == nil || nc == nil {
 		return nil, fmt.Errorf("%w: a pool and a NATS connection are required", ErrConfig)
-	case !validStream(c.Stream):
-		return nil, fmt.Errorf("%w: stream name %q: use 1 to 255 letters, digits, '-' or '_'", ErrConfig, c.Stream)
-	case !validPrefix(c.SubjectPrefix):
-		return nil, fmt.Errorf("%w: subject prefix %q: use dot-separated words of letters, digits, '-' or '_'", ErrConfig, c.SubjectPrefix)
-	case c.BatchSize < 0 || c.PollMin < 0 || c.PollMax < c.PollMin || c.AckTimeout < 0:
-		return nil, fmt.Errorf("%w: batch size, polls and ack timeout must be positive, with PollMin <= PollMax", ErrConfig)
-	case c.LeaseTTL < 100*time.Millisecond:
-		return nil, fmt.Errorf("%w: the lease TTL must be at least 100ms, got %s", ErrConfig, c.LeaseTTL)
-	case len(c.Owner) > 255:
-		return nil, fmt.Errorf("%w: owner name longer than 255 bytes", ErrConfig)
 	}
-	if c.CreateStream {
-		if _, err := c.StreamOptions.StreamConfig(); err != nil {
-			return nil, err
-		}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
+	c := cfg.withDefaults()
 	js, err := jetstream.New(nc,
 		jetstream.WithPublishAsyncTimeout(c.AckTimeout),
 		jetstream.WithPublishAsyncMaxPending(max(c.BatchSize, 1)+1))
 	if err != nil {
 		return nil, fmt.Errorf("natsrelay: %w", err)
 	}
-	c.Topics = slices.Clone(c.Topics)
 	r := &Relay{pool: pool, js: js, cfg: c, log: c.Logger.With("stream", c.Stream, "owner", c.Owner)}
 	r.state = State{Stream: c.Stream, Owner: c.Owner}
 	return r, nil
