@@ -39,7 +39,9 @@ func startEventsRelay(ctx context.Context, pool *pgxpool.Pool, cfg *config, logg
 				logger.Warn("worker: disconnected from NATS", slog.Any("err", err))
 			}
 		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { logger.Info("worker: reconnected to NATS", slog.String("server", c.ConnectedUrlRedacted())) }),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			logger.Info("worker: reconnected to NATS", slog.String("server", c.ConnectedUrlRedacted()))
+		}),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("worker: connecting to NATS: %w", err)
