@@ -14,13 +14,18 @@ ALTER TABLE outbox_events ADD COLUMN key text
 -- key whose writers conflict.
 --
 -- A relay reads ids in order and must know when no transaction can still
--- commit an id below the ones it read. outbox_events_mark() reads the
--- sequence's last value, then the snapshot: every id up to that value was
--- taken by a transaction whose xid is below the snapshot's xmax, because
--- the id's default below assigns the transaction's xid before it takes
--- the id. Once pg_snapshot_xmin of a later snapshot reaches that xmax, all
--- of those transactions have ended, and ids up to the value are settled:
--- they are committed or never will be.
+-- commit an id below the ones it read. The id's default below assigns the
+-- transaction's xid before it takes the id, so every transaction holding
+-- an id up to the sequence's last value has an xid older than any xid
+-- assigned after that value was read. outbox_events_mark(after) reads the
+-- last value and, when it is above after (else the mark is NULL), then
+-- assigns its own transaction an xid: the mark. Once a later snapshot's
+-- xmin passes the mark, every transaction older than it has ended, and the
+-- ids up to the value are settled: committed, or never will be.
+--
+-- (A snapshot's xmax is no such bound: it is one past the newest xid that
+-- ended, and a transaction that took a newer xid and is still running is
+-- in no snapshot's xip, so a later xmin can pass that xmax while it runs.)
 CREATE FUNCTION outbox_event_next_id() RETURNS bigint
     LANGUAGE plpgsql VOLATILE
     SET search_path FROM CURRENT
@@ -33,17 +38,24 @@ $fn$;
 
 ALTER TABLE outbox_events ALTER COLUMN id SET DEFAULT outbox_event_next_id();
 
--- outbox_events_mark: the sequence's last value (0 before the first
--- event), then the xmin and xmax of a snapshot taken after it. Two
--- statements, so two snapshots: the order is what makes it correct.
-CREATE FUNCTION outbox_events_mark(OUT last_id bigint, OUT snap_xmin xid8, OUT snap_xmax xid8)
+-- outbox_events_mark(after): the sequence's last value (0 before the first
+-- event); when it is above after, an xid of the calling transaction taken
+-- after it was read (mark_xid, else NULL); and the xmin of a snapshot taken
+-- last, which settles earlier marks. Separate statements: the order is
+-- what makes it correct. Call it in a transaction of its own (autocommit):
+-- the mark must end before it can be passed.
+CREATE FUNCTION outbox_events_mark(after bigint, OUT last_id bigint, OUT mark_xid xid8, OUT snap_xmin xid8)
     LANGUAGE plpgsql VOLATILE
     SET search_path FROM CURRENT
 AS $fn$
 BEGIN
     last_id := coalesce(pg_sequence_last_value('outbox_events_id_seq'::regclass), 0);
-    SELECT pg_snapshot_xmin(s), pg_snapshot_xmax(s) INTO snap_xmin, snap_xmax
-      FROM pg_current_snapshot() AS s;
+    IF last_id > after THEN
+        -- The mark's commit needs no flush: only its end counts.
+        PERFORM set_config('synchronous_commit', 'off', true);
+        mark_xid := pg_current_xact_id();
+    END IF;
+    snap_xmin := pg_snapshot_xmin(pg_current_snapshot());
 END
 $fn$;
 
@@ -95,6 +107,6 @@ INSERT INTO aftercommit_role_grants (role_kind, on_object, privileges) VALUES
     ('worker', 'TABLE outbox_event_relay_lag', 'SELECT'),
     ('worker', 'TABLE outbox_event_relays', 'SELECT, INSERT, UPDATE'),
     ('worker', 'FUNCTION outbox_event_next_id()', 'EXECUTE'),
-    ('worker', 'FUNCTION outbox_events_mark()', 'EXECUTE');
+    ('worker', 'FUNCTION outbox_events_mark(bigint)', 'EXECUTE');
 
 SELECT aftercommit_apply_grants();

@@ -112,5 +112,45 @@ func validPrefix(p string) bool {
 	return true
 }
 
-// marshalEvent encodes an envelope.
-func marshalEvent(ev *CloudEvent) ([]byte, error) { return json.Marshal(ev) }
+// AppendJSON appends the envelope's JSON to dst, as json.Marshal writes
+// it, taking Data as it is: it must be valid JSON (the relay's comes from
+// a jsonb column).
+func (e *CloudEvent) AppendJSON(dst []byte) []byte {
+	dst = append(dst, `{"specversion":`...)
+	dst = appendString(dst, e.SpecVersion)
+	dst = append(dst, `,"id":`...)
+	dst = appendString(dst, e.ID)
+	dst = append(dst, `,"source":`...)
+	dst = appendString(dst, e.Source)
+	dst = append(dst, `,"type":`...)
+	dst = appendString(dst, e.Type)
+	if e.Subject != "" {
+		dst = append(dst, `,"subject":`...)
+		dst = appendString(dst, e.Subject)
+	}
+	dst = append(dst, `,"time":"`...)
+	dst = e.Time.AppendFormat(dst, time.RFC3339Nano)
+	dst = append(dst, `","datacontenttype":`...)
+	dst = appendString(dst, e.DataContentType)
+	dst = append(dst, `,"data":`...)
+	if len(e.Data) == 0 {
+		dst = append(dst, "null"...)
+	} else {
+		dst = append(dst, e.Data...)
+	}
+	return append(dst, '}')
+}
+
+// appendString appends s as a JSON string: as it is when it holds only
+// printable ASCII that needs no escape, else through encoding/json.
+func appendString(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			b, _ := json.Marshal(s) // a string always encodes
+			return append(dst, b...)
+		}
+	}
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
+}

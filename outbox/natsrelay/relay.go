@@ -11,9 +11,9 @@
 // id order is commit order. An id is settled once no transaction can still
 // commit it: migration 0030 makes every event take its transaction's xid
 // before its id, and outbox_events_mark() reads the sequence's last value
-// and then a snapshot's xmax, so every id up to that value is settled once
-// a later snapshot's xmin reaches that xmax. The relay reads only settled
-// ids, so it never passes over an event that commits later.
+// and then takes an xid of its own, so every id up to that value is
+// settled once a later snapshot's xmin passes that xid. The relay reads
+// only settled ids, so it never passes over an event that commits later.
 //
 // # Exactly once
 //
@@ -64,7 +64,7 @@ const (
 	// BatchSizeDefault is the most events one round publishes.
 	BatchSizeDefault = 1000
 	// PollMinDefault is the wait after a round that published events.
-	PollMinDefault = 5 * time.Millisecond
+	PollMinDefault = 2 * time.Millisecond
 	// PollMaxDefault is the longest wait while no event comes.
 	PollMaxDefault = 100 * time.Millisecond
 	// LeaseTTLDefault is how long a relay's lease lasts without renewal.
@@ -187,17 +187,21 @@ type Relay struct {
 	seq         uint64
 	marks       []mark
 	settled     int64
-	leaseUntil  time.Time
-	renewedAt   time.Time
-	source      string
-	lastPublish time.Time
+	leaseUntil time.Time
+	renewedAt  time.Time
+	source     string
+	// readID and pubSeq run ahead of lastID and seq by the batches in
+	// flight.
+	readID  int64
+	pubSeq  uint64
+	flights []flight
 }
 
 // mark is one reading of outbox_events_mark(): ids up to lastID settle
-// once the snapshot xmin reaches xmax.
+// once a snapshot's xmin passes xid.
 type mark struct {
 	lastID int64
-	xmax   uint64
+	xid    uint64
 }
 
 var streamName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,255}$`)
@@ -278,7 +282,7 @@ func New(pool *pgxpool.Pool, nc *nats.Conn, cfg *Config) (*Relay, error) {
 	c := cfg.withDefaults()
 	js, err := jetstream.New(nc,
 		jetstream.WithPublishAsyncTimeout(c.AckTimeout),
-		jetstream.WithPublishAsyncMaxPending(max(c.BatchSize, 1)+1))
+		jetstream.WithPublishAsyncMaxPending(maxFlights*max(c.BatchSize, 1)+1))
 	if err != nil {
 		return nil, fmt.Errorf("natsrelay: %w", err)
 	}
@@ -338,7 +342,7 @@ const checkSQL = `
 SELECT s.seqcache, current_database()
   FROM pg_sequence AS s
  WHERE s.seqrelid = 'outbox_events_id_seq'::regclass
-   AND to_regprocedure('outbox_events_mark()') IS NOT NULL`
+   AND to_regprocedure('outbox_events_mark(bigint)') IS NOT NULL`
 
 // check refuses a database the relay cannot read in order.
 func (r *Relay) check(ctx context.Context) error {
@@ -370,23 +374,19 @@ func (r *Relay) check(ctx context.Context) error {
 }
 
 const acquireSQL = `
-WITH ins AS (
-    INSERT INTO outbox_event_relays (stream, topics) VALUES ($1, $2)
-    ON CONFLICT (stream) DO NOTHING)
-UPDATE outbox_event_relays
-   SET owner = $3,
-       owner_since = CASE WHEN owner IS DISTINCT FROM $3 OR lease_until IS NULL OR lease_until < now()
-                          THEN now() ELSE owner_since END,
-       lease_until = now() + make_interval(secs => $4),
-       topics = $2
- WHERE stream = $1
-   AND (owner IS NULL OR owner = $3 OR lease_until IS NULL OR lease_until < now())
+INSERT INTO outbox_event_relays AS r (stream, topics, owner, owner_since, lease_until)
+VALUES ($1, $2, $3, now(), now() + make_interval(secs => $4))
+ON CONFLICT (stream) DO UPDATE
+   SET owner = EXCLUDED.owner,
+       owner_since = CASE WHEN r.owner IS DISTINCT FROM EXCLUDED.owner OR r.lease_until IS NULL OR r.lease_until < now()
+                          THEN now() ELSE r.owner_since END,
+       lease_until = EXCLUDED.lease_until,
+       topics = EXCLUDED.topics
+ WHERE r.owner IS NULL OR r.owner = EXCLUDED.owner OR r.lease_until IS NULL OR r.lease_until < now()
 RETURNING last_id, last_seq`
 
 // acquire takes the lease (renew false: and the cursor with it) or renews
-// it, and reports whether this relay holds it. A row inserted by the CTE is
-// not visible to the UPDATE of the same statement: the first relay of a
-// stream takes the lease on its next try.
+// it, and reports whether this relay holds it.
 func (r *Relay) acquire(ctx context.Context, renew bool) (bool, error) {
 	var topics []string
 	if len(r.cfg.Topics) > 0 {
@@ -408,6 +408,7 @@ func (r *Relay) acquire(ctx context.Context, renew bool) (bool, error) {
 	// A new lease, or one another relay held in between: its cursor.
 	r.lastID, r.seq = lastID, uint64(lastSeq)
 	r.marks, r.settled = r.marks[:0], lastID
+	r.rewind()
 	r.setState(func(s *State) { s.Active, s.LastID, s.LastSeq = true, lastID, uint64(lastSeq) })
 	return true, nil
 }
@@ -461,7 +462,8 @@ func (r *Relay) lead(ctx context.Context) error {
 		switch {
 		case n >= r.cfg.BatchSize:
 			continue
-		case n > 0:
+		case n > 0 || len(r.marks) > 0:
+			// Events came, or ids wait to settle: look again soon.
 			wait = r.cfg.PollMin
 		default:
 			wait = min(wait*2, r.cfg.PollMax)
@@ -474,7 +476,7 @@ func (r *Relay) lead(ctx context.Context) error {
 // errPublish marks a round whose publish failed part-way.
 var errPublish = errors.New("natsrelay: publishing failed")
 
-const markSQL = `SELECT last_id, snap_xmin::text, snap_xmax::text FROM outbox_events_mark()`
+const markSQL = `SELECT last_id, mark_xid::text, snap_xmin::text FROM outbox_events_mark($1)`
 
 const readSQL = `
 SELECT id, topic, key, payload::text, created_at
@@ -488,31 +490,38 @@ SELECT id, topic, key, payload::text, created_at
 // settled id back; the newest is then overwritten, which only delays it.
 const maxMarks = 64
 
-// settle reads a mark and returns the highest settled id.
+// settle reads a mark (migration 0030, outbox_events_mark) and returns the
+// highest settled id: ids up to a mark's last id are settled once a
+// snapshot's xmin has passed the mark's xid.
 func (r *Relay) settle(ctx context.Context) (int64, error) {
-	var lastID int64
-	var xminS, xmaxS string
-	if err := r.pool.QueryRow(ctx, markSQL).Scan(&lastID, &xminS, &xmaxS); err != nil {
-		return 0, fmt.Errorf("reading the events' mark: %w", err)
-	}
-	xmin, err1 := strconv.ParseUint(xminS, 10, 64)
-	xmax, err2 := strconv.ParseUint(xmaxS, 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("reading the events' mark: %w", err)
-	}
 	top := r.settled
 	if n := len(r.marks); n > 0 {
 		top = r.marks[n-1].lastID
 	}
-	switch {
-	case lastID <= top:
-	case len(r.marks) == maxMarks:
-		r.marks[maxMarks-1] = mark{lastID: lastID, xmax: xmax}
-	default:
-		r.marks = append(r.marks, mark{lastID: lastID, xmax: xmax})
+	var lastID int64
+	var xidS *string
+	var xminS string
+	if err := r.pool.QueryRow(ctx, markSQL, top).Scan(&lastID, &xidS, &xminS); err != nil {
+		return 0, fmt.Errorf("reading the events' mark: %w", err)
+	}
+	xmin, err := strconv.ParseUint(xminS, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("reading the events' mark: %w", err)
+	}
+	if xidS != nil && lastID > top {
+		xid, err := strconv.ParseUint(*xidS, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("reading the events' mark: %w", err)
+		}
+		m := mark{lastID: lastID, xid: xid}
+		if len(r.marks) == maxMarks {
+			r.marks[maxMarks-1] = m
+		} else {
+			r.marks = append(r.marks, m)
+		}
 	}
 	i := 0
-	for ; i < len(r.marks) && r.marks[i].xmax <= xmin; i++ {
+	for ; i < len(r.marks) && r.marks[i].xid < xmin; i++ {
 		r.settled = max(r.settled, r.marks[i].lastID)
 	}
 	r.marks = append(r.marks[:0], r.marks[i:]...)
@@ -527,101 +536,138 @@ type eventRow struct {
 	at      time.Time
 }
 
-// round publishes the next settled events and stores the cursor; it
-// returns how many events it read.
-func (r *Relay) round(ctx context.Context) (int, error) {
-	settled, err := r.settle(ctx)
-	if err != nil {
-		return 0, err
-	}
-	if settled <= r.lastID {
-		return 0, nil
-	}
-	var topics []string
-	if len(r.cfg.Topics) > 0 {
-		topics = r.cfg.Topics
-	}
-	rows, err := r.pool.Query(ctx, readSQL, r.lastID, settled, r.cfg.BatchSize, topics)
-	if err != nil {
-		return 0, fmt.Errorf("reading events: %w", err)
-	}
-	events, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (eventRow, error) {
-		var e eventRow
-		err := row.Scan(&e.id, &e.topic, &e.key, &e.payload, &e.at)
-		return e, err
-	})
-	if err != nil {
-		return 0, fmt.Errorf("reading events: %w", err)
-	}
-	next := settled
-	if len(events) == r.cfg.BatchSize {
-		next = events[len(events)-1].id
-	}
-	seq := r.seq
-	if len(events) > 0 {
-		if seq, err = r.publish(ctx, events); err != nil {
-			return 0, err
-		}
-	}
-	if err := r.store(ctx, next, seq); err != nil {
-		return 0, err
-	}
-	res := PublishResult{Events: len(events), LastID: next, LastSeq: seq}
-	if len(events) > 0 {
-		res.Oldest = events[0].at
-	}
-	r.setState(func(s *State) {
-		s.LastID, s.LastSeq, s.AckedAt = next, seq, time.Now()
-		s.Published += uint64(len(events))
-	})
-	if r.cfg.OnPublish != nil {
-		r.cfg.OnPublish(ctx, res)
-	}
-	return len(events), nil
+// flight is a batch published and not yet stored: its acknowledgements
+// come back while the next batches are read and published.
+type flight struct {
+	futures []jetstream.PubAckFuture
+	ids     []int64
+	// from is the stream's last sequence before the batch; next is the
+	// cursor once it is acknowledged.
+	from   uint64
+	next   int64
+	oldest time.Time
 }
 
-// publish sends the events, each expecting the one before it as the
-// stream's last message, waits for every acknowledgement, and returns the
-// stream's last sequence.
-func (r *Relay) publish(ctx context.Context, events []eventRow) (uint64, error) {
-	if time.Now().After(r.leaseUntil) {
-		return 0, errLeaseLost
-	}
-	futures := make([]jetstream.PubAckFuture, 0, len(events))
-	for i, e := range events {
-		m, err := r.message(e)
-		if err != nil {
+// maxFlights is the most batches published and not yet acknowledged.
+const maxFlights = 8
+
+// round reads and publishes the next settled events (without waiting for
+// the acknowledgements of the batches before), then waits for the oldest
+// batches' acknowledgements and stores the cursor after each: all of them
+// when this round read less than a full batch, else while maxFlights are
+// out. It returns how many events it read.
+func (r *Relay) round(ctx context.Context) (int, error) {
+	settled := r.settled
+	if settled <= r.readID {
+		// Everything settled was read: look for more. (While a backlog
+		// drains, the settled id stays ahead and no look is needed.)
+		var err error
+		if settled, err = r.settle(ctx); err != nil {
 			return 0, err
 		}
-		id := strconv.FormatInt(e.id, 10)
-		f, err := r.js.PublishMsgAsync(m, jetstream.WithMsgID(id), jetstream.WithExpectLastSequence(r.seq+uint64(i)))
-		if err != nil {
-			return 0, fmt.Errorf("%w: event %d: %w", errPublish, e.id, err)
-		}
-		futures = append(futures, f)
 	}
+	n := 0
+	if settled > r.readID {
+		var topics []string
+		if len(r.cfg.Topics) > 0 {
+			topics = r.cfg.Topics
+		}
+		rows, err := r.pool.Query(ctx, readSQL, r.readID, settled, r.cfg.BatchSize, topics)
+		if err != nil {
+			return 0, fmt.Errorf("reading events: %w", err)
+		}
+		events, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (eventRow, error) {
+			var e eventRow
+			err := row.Scan(&e.id, &e.topic, &e.key, &e.payload, &e.at)
+			return e, err
+		})
+		if err != nil {
+			return 0, fmt.Errorf("reading events: %w", err)
+		}
+		n = len(events)
+		f := flight{from: r.pubSeq, next: settled}
+		if n == r.cfg.BatchSize {
+			f.next = events[n-1].id
+		}
+		if n > 0 {
+			f.oldest = events[0].at
+			if err := r.send(events, &f); err != nil {
+				return 0, err
+			}
+		}
+		r.readID = f.next
+		r.pubSeq += uint64(n)
+		r.flights = append(r.flights, f)
+	}
+	for len(r.flights) > 0 && (n < r.cfg.BatchSize || len(r.flights) >= maxFlights) {
+		if err := r.land(ctx, r.flights[0]); err != nil {
+			return 0, err
+		}
+		r.flights = r.flights[1:]
+	}
+	return n, nil
+}
+
+// send publishes a batch, each message expecting the one before it as the
+// stream's last.
+func (r *Relay) send(events []eventRow, f *flight) error {
+	if time.Now().After(r.leaseUntil) {
+		return errLeaseLost
+	}
+	f.futures = make([]jetstream.PubAckFuture, 0, len(events))
+	f.ids = make([]int64, 0, len(events))
+	for i, e := range events {
+		id := strconv.FormatInt(e.id, 10)
+		fut, err := r.js.PublishMsgAsync(r.message(e), jetstream.WithMsgID(id), jetstream.WithExpectLastSequence(f.from+uint64(i)))
+		if err != nil {
+			return fmt.Errorf("%w: event %d: %w", errPublish, e.id, err)
+		}
+		f.futures = append(f.futures, fut)
+		f.ids = append(f.ids, e.id)
+	}
+	return nil
+}
+
+// land waits for a batch's acknowledgements and stores the cursor after it.
+func (r *Relay) land(ctx context.Context, f flight) error {
 	timer := time.NewTimer(r.cfg.AckTimeout)
 	defer timer.Stop()
-	for i, f := range futures {
+	for i, fut := range f.futures {
 		select {
-		case ack := <-f.Ok():
-			if want := r.seq + uint64(i) + 1; ack.Duplicate || ack.Sequence != want {
-				return 0, fmt.Errorf("%w: event %d: stream sequence %d (duplicate %t), expected %d", errPublish, events[i].id, ack.Sequence, ack.Duplicate, want)
+		case ack := <-fut.Ok():
+			if want := f.from + uint64(i) + 1; ack.Duplicate || ack.Sequence != want {
+				return fmt.Errorf("%w: event %d: stream sequence %d (duplicate %t), expected %d", errPublish, f.ids[i], ack.Sequence, ack.Duplicate, want)
 			}
-		case err := <-f.Err():
-			return 0, fmt.Errorf("%w: event %d: %w", errPublish, events[i].id, err)
+		case err := <-fut.Err():
+			return fmt.Errorf("%w: event %d: %w", errPublish, f.ids[i], err)
 		case <-timer.C:
-			return 0, fmt.Errorf("%w: no acknowledgement within %s", errPublish, r.cfg.AckTimeout)
+			return fmt.Errorf("%w: no acknowledgement within %s", errPublish, r.cfg.AckTimeout)
 		case <-ctx.Done():
-			return 0, ctx.Err()
+			return ctx.Err()
 		}
 	}
-	r.lastPublish = time.Now()
-	return r.seq + uint64(len(events)), nil
+	seq := f.from + uint64(len(f.futures))
+	if err := r.store(ctx, f.next, seq); err != nil {
+		return err
+	}
+	r.setState(func(s *State) {
+		s.LastID, s.LastSeq, s.AckedAt = f.next, seq, time.Now()
+		s.Published += uint64(len(f.futures))
+	})
+	if r.cfg.OnPublish != nil {
+		r.cfg.OnPublish(ctx, PublishResult{Events: len(f.futures), LastID: f.next, LastSeq: seq, Oldest: f.oldest})
+	}
+	return nil
+}
+
+// rewind forgets the batches in flight: reading and publishing go on from
+// the stored cursor.
+func (r *Relay) rewind() {
+	r.readID, r.pubSeq, r.flights = r.lastID, r.seq, nil
 }
 
 // message builds the NATS message of an event.
-func (r *Relay) message(e eventRow) (*nats.Msg, error) {
+func (r *Relay) message(e eventRow) *nats.Msg {
 	ev := CloudEvent{
 		SpecVersion:     "1.0",
 		ID:              strconv.FormatInt(e.id, 10),
@@ -636,20 +682,20 @@ func (r *Relay) message(e eventRow) (*nats.Msg, error) {
 		key = *e.key
 		ev.Subject = key
 	}
-	data, err := marshalEvent(&ev)
-	if err != nil {
-		return nil, fmt.Errorf("natsrelay: encoding event %d: %w", e.id, err)
-	}
+	data := ev.AppendJSON(make([]byte, 0, 192+len(e.payload)+len(e.topic)+len(key)+len(r.source)))
 	m := nats.NewMsg(Subject(r.cfg.SubjectPrefix, e.topic, key, e.key != nil))
 	m.Header.Set("Content-Type", ContentType)
 	m.Data = data
-	return m, nil
+	return m
 }
 
+// storeSQL moves the cursor with an asynchronous commit: a cursor lost to
+// a crash of Postgres is found again in the stream (sync).
 const storeSQL = `
 UPDATE outbox_event_relays
    SET last_id = $3, last_seq = $4, acked_at = now(),
        lease_until = now() + make_interval(secs => $5)
+  FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async
  WHERE stream = $1 AND owner = $2`
 
 // store moves the cursor, and renews the lease with it.
@@ -674,6 +720,7 @@ func (r *Relay) store(ctx context.Context, lastID int64, seq uint64) error {
 // it carries when the stream is ahead of the cursor (a crash between
 // publishing and storing, or a publish that failed part-way).
 func (r *Relay) sync(ctx context.Context) error {
+	r.rewind()
 	info, err := r.stream.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("reading stream %s: %w", r.cfg.Stream, err)
@@ -715,6 +762,7 @@ func (r *Relay) storeSeq(ctx context.Context, lastID int64, seq uint64) error {
 		return err
 	}
 	r.settled = max(r.settled, lastID)
+	r.rewind()
 	r.setState(func(s *State) { s.LastID, s.LastSeq = lastID, seq })
 	return nil
 }

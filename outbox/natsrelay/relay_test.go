@@ -37,7 +37,7 @@ type env struct {
 	ob     *outbox.Outbox
 }
 
-func newEnv(ctx context.Context, t *testing.T, natsURL string) *env {
+func newEnv(ctx context.Context, t testing.TB, natsURL string) *env {
 	t.Helper()
 	s := dbtest.TestSchema(ctx, t, nil)
 	nc := natstest.Connect(t, natsURL)
@@ -61,7 +61,7 @@ func (e *env) config() natsrelay.Config {
 }
 
 // start runs a relay until t ends (or stop is called), and returns it.
-func (e *env) start(t *testing.T, cfg natsrelay.Config) (r *natsrelay.Relay, stop func()) {
+func (e *env) start(t testing.TB, cfg natsrelay.Config) (r *natsrelay.Relay, stop func()) {
 	t.Helper()
 	r, err := natsrelay.New(e.s.Pool, e.nc, &cfg)
 	require.NoError(t, err)
@@ -392,4 +392,54 @@ func TestSequenceCacheIsRefused(t *testing.T) {
 	r, err := natsrelay.New(e.s.Pool, e.nc, &cfg)
 	require.NoError(t, err)
 	require.ErrorIs(t, r.Run(ctx), natsrelay.ErrSequenceCache)
+}
+
+// TestMarkWaitsForTheNewestOpenTransaction pins outbox_events_mark: a
+// transaction that took the newest xid and an event id, still open, keeps
+// every later mark unsettled even after a newer transaction commits (a
+// snapshot's xmax would not: it is one past the newest xid that ended, and
+// the open transaction is then in no snapshot, so a later xmin passes it).
+func TestMarkWaitsForTheNewestOpenTransaction(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(ctx, t, natstest.URL())
+	mark := func(after int64) (lastID int64, xid *uint64, xmin uint64) {
+		t.Helper()
+		var xidS *string
+		var xminS string
+		require.NoError(t, e.s.Pool.QueryRow(ctx, `SELECT last_id, mark_xid::text, snap_xmin::text FROM outbox_events_mark($1)`, after).Scan(&lastID, &xidS, &xminS))
+		xmin, err := strconv.ParseUint(xminS, 10, 64)
+		require.NoError(t, err)
+		if xidS != nil {
+			x, err := strconv.ParseUint(*xidS, 10, 64)
+			require.NoError(t, err)
+			xid = &x
+		}
+		return lastID, xid, xmin
+	}
+
+	open, err := e.s.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = open.Rollback(ctx) }()
+	var id1 int64
+	require.NoError(t, open.QueryRow(ctx, `INSERT INTO outbox_events (topic, payload) VALUES ('m.open', '{}') RETURNING id`).Scan(&id1))
+
+	last, xid, _ := mark(0)
+	require.GreaterOrEqual(t, last, id1)
+	require.NotNil(t, xid, "a mark above after takes an xid")
+	_, err = e.s.Pool.Exec(ctx, `INSERT INTO outbox_events (topic, payload) VALUES ('m.later', '{}')`)
+	require.NoError(t, err)
+	last2, xid2, xmin := mark(last)
+	require.Greater(t, last2, last)
+	require.NotNil(t, xid2)
+	require.LessOrEqual(t, xmin, *xid, "the mark settled while a transaction holding an id below it is open")
+
+	_, noXid, _ := mark(last2)
+	require.Nil(t, noXid, "no new id: no xid taken")
+
+	require.NoError(t, open.Commit(ctx))
+	require.Eventually(t, func() bool {
+		_, _, xmin := mark(last2)
+		return xmin > *xid2
+	}, 30*time.Second, 10*time.Millisecond, "the marks settle once the transaction ended")
 }
