@@ -182,11 +182,11 @@ type Relay struct {
 	state State
 
 	// The loop's own state (Run's goroutine only).
-	stream      jetstream.Stream
-	lastID      int64
-	seq         uint64
-	marks       []mark
-	settled     int64
+	stream     jetstream.Stream
+	lastID     int64
+	seq        uint64
+	marks      []mark
+	settled    int64
 	leaseUntil time.Time
 	renewedAt  time.Time
 	source     string
