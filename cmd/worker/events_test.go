@@ -27,7 +27,7 @@ func TestRunRelaysEventsToNATS(t *testing.T) {
 	nc := natstest.Connect(t, natstest.URL())
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
-	stream, prefix := natstest.Names(t, nc)
+	stream, prefix := natstest.Names(ctx, t, nc)
 	insert := func(from, to int) {
 		t.Helper()
 		_, err := b.schema.Pool.Exec(ctx, `INSERT INTO outbox_events (topic, key, payload)

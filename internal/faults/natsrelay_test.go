@@ -35,7 +35,7 @@ func TestEventsRelayFaults(t *testing.T) {
 	nc := natstest.Connect(t, srv.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
-	stream, prefix := natstest.Names(t, nc)
+	stream, prefix := natstest.Names(ctx, t, nc)
 
 	natsArgs := []string{"--queues", "default", "--nats-url", srv.URL(), "--nats-stream", stream, "--nats-subject-prefix", prefix}
 	workers := map[int]*workerProc{}

@@ -46,7 +46,7 @@ func Connect(t testing.TB, url string, opts ...nats.Option) *nats.Conn {
 
 // Names returns a stream name and a subject prefix no other test uses.
 // The stream is deleted when t ends.
-func Names(t testing.TB, nc *nats.Conn) (stream, prefix string) {
+func Names(ctx context.Context, t testing.TB, nc *nats.Conn) (stream, prefix string) {
 	t.Helper()
 	id := strings.ToLower(nuid.Next())
 	stream, prefix = "T_"+id, "t."+id
@@ -55,7 +55,7 @@ func Names(t testing.TB, nc *nats.Conn) (stream, prefix string) {
 		if err != nil {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if err := js.DeleteStream(ctx, stream); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) && !nc.IsClosed() {
 			t.Logf("natstest: deleting stream %s: %v", stream, err)
@@ -98,8 +98,12 @@ func Start(t testing.TB) *Server {
 	if err != nil {
 		t.Fatalf("natstest: finding a free port: %v", err)
 	}
-	port := l.Addr().(*net.TCPAddr).Port
+	addr, ok := l.Addr().(*net.TCPAddr)
 	_ = l.Close()
+	if !ok {
+		t.Fatalf("natstest: a TCP listener has address %v", l.Addr())
+	}
+	port := addr.Port
 	s := &Server{t: t, Port: port, dir: t.TempDir()}
 	s.Start()
 	t.Cleanup(s.Kill)

@@ -62,8 +62,10 @@ func NewTally(ctx context.Context, t testing.TB, src *dbtest.Schema) *Tally {
 	return &Tally{Src: src, Dst: dst, ob: ob}
 }
 
-// Committed and RolledBack count the producers' transactions.
-func (ta *Tally) Committed() int64  { return ta.committed.Load() }
+// Committed counts the producers' committed transactions.
+func (ta *Tally) Committed() int64 { return ta.committed.Load() }
+
+// RolledBack counts the producers' rolled-back transactions.
 func (ta *Tally) RolledBack() int64 { return ta.rolledBack.Load() }
 
 var errRollback = errors.New("natstest: roll back")

@@ -222,11 +222,7 @@ RETURNING source, event_id`
 	backoff := time.Duration(0)
 	for ctx.Err() == nil {
 		sleep(ctx, backoff)
-		err := k.run(ctx)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if !errors.Is(err, errHandler) {
+		if err := k.run(ctx); ctx.Err() == nil && !errors.Is(err, errHandler) {
 			k.log.Warn("inbox: consuming failed; resuming from the inbox's position", "error", err)
 		}
 		backoff = min(max(2*backoff, 100*time.Millisecond), c.BackoffMax)

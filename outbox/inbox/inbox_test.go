@@ -33,7 +33,7 @@ func TestExactlyOnceInCommitOrder(t *testing.T) {
 	nc := natstest.Connect(t, natstest.URL())
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
-	stream, prefix := natstest.Names(t, nc)
+	stream, prefix := natstest.Names(ctx, t, nc)
 	_, err = natsrelay.SetupStream(ctx, js, natsrelay.StreamOptions{Name: stream, SubjectPrefix: prefix})
 	require.NoError(t, err)
 	rl, err := natsrelay.New(tally.Src.Pool, nc, &natsrelay.Config{Stream: stream, SubjectPrefix: prefix, Logger: discard,

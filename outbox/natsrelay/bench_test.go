@@ -46,7 +46,7 @@ func BenchmarkThroughput(b *testing.B) {
 		nc := natstest.Connect(b, natstest.URL())
 		js, err := jetstream.New(nc)
 		require.NoError(b, err)
-		stream, prefix := natstest.Names(b, nc)
+		stream, prefix := natstest.Names(ctx, b, nc)
 		_, err = natsrelay.SetupStream(ctx, js, natsrelay.StreamOptions{Name: stream, SubjectPrefix: prefix})
 		require.NoError(b, err)
 		// The payloads are ready, as the relay's come from its read; the
@@ -97,7 +97,7 @@ func BenchmarkThroughput(b *testing.B) {
 		cfg := e.config()
 		cfg.CreateStream = false
 		b.ResetTimer()
-		r, stop := e.start(b, cfg)
+		r, stop := e.start(ctx, b, cfg)
 		for r.State().LastSeq < uint64(b.N) {
 			time.Sleep(time.Millisecond)
 		}

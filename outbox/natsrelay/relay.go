@@ -310,10 +310,10 @@ func (r *Relay) setState(f func(*State)) {
 // migrations missing. Other errors (Postgres or NATS down, a stream that
 // does not exist yet) are logged, shown in State, and retried.
 func (r *Relay) Run(ctx context.Context) error {
-	if err := r.check(ctx); err != nil {
+	if err := r.check(ctx); err != nil && ctx.Err() == nil {
 		return err
 	}
-	defer r.release()
+	defer r.release(context.WithoutCancel(ctx))
 	backoff := r.cfg.PollMax
 	for ctx.Err() == nil {
 		active, err := r.acquire(ctx, false)
@@ -353,15 +353,15 @@ func (r *Relay) check(ctx context.Context) error {
 		if errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("natsrelay: the database lacks outbox_events_mark() (migration 0030): run `aftercommit migrate up`")
 		}
-		if err == nil {
+		if err == nil || ctx.Err() != nil {
 			break
-		}
-		if ctx.Err() != nil {
-			return nil
 		}
 		r.log.Warn("natsrelay: checking the database failed; retrying", "error", err)
 		r.setState(func(s *State) { s.Err = err.Error() })
 		sleep(ctx, time.Second)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	if cache != 1 {
 		return fmt.Errorf("%w: it has CACHE %d (ALTER SEQUENCE outbox_events_id_seq CACHE 1)", ErrSequenceCache, cache)
@@ -418,8 +418,8 @@ UPDATE outbox_event_relays SET owner = NULL, lease_until = NULL
  WHERE stream = $1 AND owner = $2`
 
 // release hands the lease back, so a standby takes over at once.
-func (r *Relay) release() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+func (r *Relay) release(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if _, err := r.pool.Exec(ctx, releaseSQL, r.cfg.Stream, r.cfg.Owner); err != nil {
 		r.log.Warn("natsrelay: handing the lease back failed; another relay takes over when it expires", "error", err)

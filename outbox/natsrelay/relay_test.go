@@ -43,7 +43,7 @@ func newEnv(ctx context.Context, t testing.TB, natsURL string) *env {
 	nc := natstest.Connect(t, natsURL)
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
-	stream, prefix := natstest.Names(t, nc)
+	stream, prefix := natstest.Names(ctx, t, nc)
 	client, err := river.NewClient(riverpgxv5.New(s.Pool), &river.Config{Schema: s.Name, Logger: discard})
 	require.NoError(t, err)
 	ob, err := outbox.New(s.Pool, client, nil)
@@ -61,11 +61,11 @@ func (e *env) config() natsrelay.Config {
 }
 
 // start runs a relay until t ends (or stop is called), and returns it.
-func (e *env) start(t testing.TB, cfg natsrelay.Config) (r *natsrelay.Relay, stop func()) {
+func (e *env) start(ctx context.Context, t testing.TB, cfg natsrelay.Config) (r *natsrelay.Relay, stop func()) {
 	t.Helper()
 	r, err := natsrelay.New(e.s.Pool, e.nc, &cfg)
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
 	stopped := false
@@ -134,7 +134,7 @@ func TestRelaysCommittedEventsOnceInOrder(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	e := newEnv(ctx, t, natstest.URL())
-	r, _ := e.start(t, e.config())
+	r, _ := e.start(ctx, t, e.config())
 
 	type payload struct {
 		N int `json:"n"`
@@ -220,7 +220,7 @@ func TestWaitsForAnOpenTransactionsIDs(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	e := newEnv(ctx, t, natstest.URL())
-	e.start(t, e.config())
+	e.start(ctx, t, e.config())
 
 	open, err := e.s.Pool.Begin(ctx)
 	require.NoError(t, err)
@@ -253,12 +253,12 @@ func TestKeyOrderIsCommitOrderWhenTheXidCameFirst(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	e := newEnv(ctx, t, natstest.URL())
-	e.start(t, e.config())
+	e.start(ctx, t, e.config())
 	var pingID int64
 	require.NoError(t, e.s.Pool.QueryRow(ctx, `INSERT INTO pings DEFAULT VALUES RETURNING id`).Scan(&pingID))
 
 	publish := func(tx pgx.Tx, count int) error {
-		_, err := e.ob.JoinTx(ctx, tx, func(ctx context.Context, tx *outbox.Tx) error {
+		_, err := e.ob.JoinTx(ctx, tx, func(_ context.Context, tx *outbox.Tx) error {
 			return tx.PublishKey("ping.counted", "p", map[string]int{"count": count})
 		})
 		return err
@@ -318,14 +318,14 @@ func TestCrashAfterPublishSendsNothingTwice(t *testing.T) {
 		require.NoError(t, err)
 	}
 	insert(1, 500)
-	_, stop := e.start(t, e.config())
+	_, stop := e.start(ctx, t, e.config())
 	e.read(ctx, t, 500)
 	stop()
 	_, err := e.s.Pool.Exec(ctx, `UPDATE outbox_event_relays SET last_id = 123, last_seq = 123 WHERE stream = $1`, e.stream)
 	require.NoError(t, err)
 
 	insert(501, 800)
-	r, _ := e.start(t, e.config())
+	r, _ := e.start(ctx, t, e.config())
 	got := e.read(ctx, t, 800)
 	for i, m := range got {
 		require.JSONEq(t, fmt.Sprintf(`{"n": %d}`, i+1), string(m.ev.Data))
@@ -347,7 +347,7 @@ func TestForeignMessageStopsTheRelay(t *testing.T) {
 	require.NoError(t, err)
 	_, err = e.s.Pool.Exec(ctx, `INSERT INTO outbox_events (topic, payload) VALUES ('x.y', '{}')`)
 	require.NoError(t, err)
-	r, _ := e.start(t, e.config())
+	r, _ := e.start(ctx, t, e.config())
 	require.Eventually(t, func() bool {
 		return r.State().Err != ""
 	}, 10*time.Second, 5*time.Millisecond)
