@@ -44,7 +44,8 @@ func BenchmarkThroughput(b *testing.B) {
 	ctx := context.Background()
 	b.Run("bare", func(b *testing.B) {
 		nc := natstest.Connect(b, natstest.URL())
-		js, err := jetstream.New(nc)
+		// The relay's window: 8 batches of 1,000 in flight.
+		js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8001))
 		require.NoError(b, err)
 		stream, prefix := natstest.Names(ctx, b, nc)
 		_, err = natsrelay.SetupStream(ctx, js, natsrelay.StreamOptions{Name: stream, SubjectPrefix: prefix})
