@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/demo"
+	"github.com/aftercommit/aftercommit/internal/natstest"
 	"github.com/aftercommit/aftercommit/internal/promtest"
 )
 
@@ -88,7 +89,10 @@ func runMetricsTest(t *testing.T, scale float64, quantiles bool) {
 	ctx := context.Background()
 	b := setup(ctx, t)
 
-	h := startRun(ctx, t, b.args(t)...)
+	// The events relay too: its gauges are among what the rules read.
+	nc := natstest.Connect(t, natstest.URL())
+	stream, prefix := natstest.Names(ctx, t, nc)
+	h := startRun(ctx, t, b.args(t, "--nats-url", natstest.URL(), "--nats-stream", stream, "--nats-subject-prefix", prefix)...)
 	c := newHTTPClient(t, h.httpAddr(t))
 
 	cfg, err := pgxpool.ParseConfig(b.schema.URL)
@@ -125,6 +129,9 @@ func runMetricsTest(t *testing.T, scale float64, quantiles bool) {
 		}
 		if promtest.Series(families, "aftercommit_db_oldest_xmin_age_seconds", map[string]string{"application_name": "metrics-test-report"}) == nil {
 			return false // not scraped since the snapshot was taken
+		}
+		if promtest.Series(families, "aftercommit_events_relay_oldest_pending_seconds", map[string]string{"stream": stream}) == nil {
+			return false // the events relay not active yet
 		}
 		for kind, k := range stats {
 			m := promtest.Series(families, "aftercommit_job_run_duration_seconds", map[string]string{"kind": kind})
