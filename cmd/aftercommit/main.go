@@ -69,6 +69,7 @@ func init() {
 		{name: "backfill", summary: "recompute the daily donation rollups of a range of days from the donations", run: runBackfill},
 		{name: "bench", summary: "benchmark scenarios side by side with their baselines, ratios from one run; --soak D holds the demo load for D", run: runBench},
 		{name: "grant-roles", summary: "grant the least-privilege app and worker roles on the schema (internal/dbroles/grants.sql)", run: runGrantRoles},
+		{name: "nats", summary: "set up the JetStream stream the events relay publishes to (nats setup)", run: runNATS},
 		{name: "check-args", summary: "check that queued jobs decode with this build's job args types (run before a deploy)", run: runCheckArgs},
 		{name: "help", summary: "show the help of aftercommit or of one command", run: runHelp},
 	}
