@@ -162,7 +162,34 @@ func printStats(w io.Writer, r *jobstats.Report) {
 	printRateLimits(w, &r.RateLimits)
 	printSequences(w, &r.Sequences)
 	printOutbox(w, &r.Outbox)
+	printEventRelays(w, r.EventRelays)
 	printVacuum(w, &r.Vacuum)
+}
+
+// printEventRelays writes the relays of outbox_events to NATS JetStream,
+// when one ever ran; nothing otherwise.
+func printEventRelays(w io.Writer, relays []jobstats.EventRelay) {
+	if len(relays) == 0 {
+		return
+	}
+	rows := make([][]string, 0, len(relays))
+	for _, r := range relays {
+		owner := "none (no relay holds the lease)"
+		if r.Active {
+			owner = r.Owner
+		}
+		oldest := "-"
+		if r.Pending > 0 {
+			oldest = formatAge(r.OldestPendingAge)
+		}
+		acked := "never"
+		if !r.AckedAt.IsZero() {
+			acked = formatTime(r.AckedAt)
+		}
+		rows = append(rows, []string{r.Stream, owner, itoa(r.LastID), itoa(r.LastSeq), itoa(r.Pending), oldest, acked})
+	}
+	printTable(w, "Events relays (outbox_events to NATS JetStream; SELECT * FROM outbox_event_relay_lag)",
+		[]string{"STREAM", "ACTIVE RELAY", "LAST EVENT", "STREAM SEQ", "PENDING", "OLDEST PENDING", "LAST ACK"}, rows)
 }
 
 // printVacuum writes what holds back vacuum, when something has for over
@@ -383,6 +410,8 @@ type statsView struct {
 	Stuck   []stuckJobView   `json:"stuck"`
 	Failing []failingView    `json:"failing"`
 	Outbox  outboxStatsView  `json:"outbox"`
+	// EventRelays are the relays of outbox_events to NATS JetStream.
+	EventRelays []eventRelayView `json:"event_relays"`
 
 	Locks      lockStatsView      `json:"locks"`
 	RateLimits rateLimitStatsView `json:"rate_limits"`
@@ -454,6 +483,19 @@ type sequenceView struct {
 	ReleasedAgeMs float64    `json:"released_age_ms"`
 	Held          bool       `json:"held"`
 	Stuck         bool       `json:"stuck"`
+}
+
+// eventRelayView is one relay of outbox_events in stats --json.
+type eventRelayView struct {
+	Stream             string     `json:"stream"`
+	Owner              string     `json:"owner"`
+	Active             bool       `json:"active"`
+	LastID             int64      `json:"last_id"`
+	LastSeq            int64      `json:"last_seq"`
+	AckedAt            *time.Time `json:"acked_at"`
+	Pending            int64      `json:"pending"`
+	OldestPendingAt    *time.Time `json:"oldest_pending_at"`
+	OldestPendingAgeMs float64    `json:"oldest_pending_age_ms"`
 }
 
 // outboxStatsView is the outbox in stats --json.
@@ -544,6 +586,18 @@ func newStatsView(r *jobstats.Report) statsView {
 	for _, f := range r.Failing {
 		v.Failing = append(v.Failing, failingView{Kind: f.Kind, JobID: f.JobID, State: string(f.State), Attempt: f.Attempt,
 			MaxAttempts: f.MaxAttempts, ErrorAt: f.ErrorAt.UTC(), Error: f.Error})
+	}
+	v.EventRelays = make([]eventRelayView, 0, len(r.EventRelays))
+	for _, er := range r.EventRelays {
+		ev := eventRelayView{Stream: er.Stream, Owner: er.Owner, Active: er.Active, LastID: er.LastID, LastSeq: er.LastSeq,
+			Pending: er.Pending, OldestPendingAgeMs: msf(er.OldestPendingAge)}
+		if !er.AckedAt.IsZero() {
+			ev.AckedAt = utcPtr(&er.AckedAt)
+		}
+		if !er.OldestPendingAt.IsZero() {
+			ev.OldestPendingAt = utcPtr(&er.OldestPendingAt)
+		}
+		v.EventRelays = append(v.EventRelays, ev)
 	}
 	o := r.Outbox
 	v.Outbox = outboxStatsView{Depth: o.Depth, OldestAgeMs: msf(o.OldestAge), Dead: o.Dead, LatestDead: []outboxDeadView{}}

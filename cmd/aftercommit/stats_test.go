@@ -288,6 +288,37 @@ Rate limits
 		require.Equal(t, lockStatsView{Denied: true, Top: []lockKeyView{}}, got.Locks)
 	})
 
+	t.Run("EventRelays", func(t *testing.T) {
+		t.Parallel()
+		s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})
+		flags := []string{"--database-url", s.URL, "--schema", s.Name}
+		res := runCLI(ctx, t, environ, append([]string{"stats"}, flags...)...)
+		require.Equal(t, exitOK, res.code, res.stderr)
+		require.NotContains(t, res.stdout, "Events relays", "no relay ever ran: no section")
+		_, err := s.Pool.Exec(ctx, `INSERT INTO outbox_events (topic, payload, created_at) VALUES ('t.a', '{}', now() - interval '90 s'), ('t.a', '{}', now())`)
+		require.NoError(t, err)
+		_, err = s.Pool.Exec(ctx, `INSERT INTO outbox_event_relays (stream, last_id, last_seq, owner, lease_until)
+			VALUES ('AFTERCOMMIT_EVENTS', 0, 0, 'host:1:x', now() + interval '1 min')`)
+		require.NoError(t, err)
+		res = runCLI(ctx, t, environ, append([]string{"stats"}, flags...)...)
+		require.Equal(t, exitOK, res.code, res.stderr)
+		require.Regexp(t, `(?m)^Events relays \(outbox_events to NATS JetStream; SELECT \* FROM outbox_event_relay_lag\)
+  STREAM +ACTIVE RELAY +LAST EVENT +STREAM SEQ +PENDING +OLDEST PENDING +LAST ACK
+  AFTERCOMMIT_EVENTS +host:1:x +0 +0 +2 +1m3\ds +never
+`, res.stdout)
+		res = runCLI(ctx, t, environ, append([]string{"stats", "--json"}, flags...)...)
+		require.Equal(t, exitOK, res.code, res.stderr)
+		var got statsView
+		require.NoError(t, json.Unmarshal([]byte(res.stdout), &got))
+		require.Len(t, got.EventRelays, 1)
+		er := got.EventRelays[0]
+		require.Equal(t, "AFTERCOMMIT_EVENTS", er.Stream)
+		require.True(t, er.Active)
+		require.Equal(t, int64(2), er.Pending)
+		require.Nil(t, er.AckedAt)
+		require.InDelta(t, 90_000, er.OldestPendingAgeMs, 10_000)
+	})
+
 	t.Run("EmptyOutbox", func(t *testing.T) {
 		t.Parallel()
 		s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 2})

@@ -157,6 +157,35 @@ type Report struct {
 	// Vacuum is what holds back vacuum (db_vacuum_holdback) and the dead
 	// tuples of the job tables (db_table_health).
 	Vacuum VacuumStats
+	// EventRelays are the relays of outbox_events to a broker
+	// (outbox_event_relay_lag: cmd/worker --nats-url), by stream; empty
+	// when none ever ran.
+	EventRelays []EventRelay
+}
+
+// EventRelay is one stream's relay of outbox_events (outbox/natsrelay), a
+// row of outbox_event_relay_lag.
+type EventRelay struct {
+	// Stream is the broker's stream.
+	Stream string
+	// Owner names the relay process holding the lease ("" when none has).
+	Owner string
+	// Active: the lease is live.
+	Active bool
+	// LastID is the cursor: every event up to it is in the stream.
+	LastID int64
+	// LastSeq is the stream's sequence of the last event published.
+	LastSeq int64
+	// AckedAt is when the cursor last moved; zero before it ever did.
+	AckedAt time.Time
+	// Pending counts the committed events after the cursor (of the
+	// stream's topics): not yet acknowledged by the broker.
+	Pending int64
+	// OldestPendingAt is the created_at of the oldest of them; zero when
+	// Pending is 0.
+	OldestPendingAt time.Time
+	// OldestPendingAge is Report.At − OldestPendingAt; 0 when Pending is 0.
+	OldestPendingAge time.Duration
 }
 
 // LockStats sums up job_locks, the leases of the worker locks and
@@ -518,6 +547,10 @@ func Collect(ctx context.Context, db DB, opts *Opts) (*Report, error) {
 		report.Outbox.LatestDead, err = pgx.CollectRows(rows, scanOutboxDeadRow)
 		return err
 	})
+	batch.Queue(statsEventRelaysSQL).Query(func(rows pgx.Rows) (err error) {
+		report.EventRelays, err = pgx.CollectRows(rows, scanEventRelay)
+		return err
+	})
 	batch.Queue(statsRateLimitsSQL, flowRows).Query(func(rows pgx.Rows) error {
 		return scanRateLimits(rows, &report.RateLimits)
 	})
@@ -721,6 +754,28 @@ SELECT kind, job_id, state::text AS state, attempt, max_attempts, error_at, erro
  ORDER BY failing_jobs.kind`
 
 // statsOutboxSQL reads the outbox_depth view of migration 0020: one row.
+// statsEventRelaysSQL reads outbox_event_relay_lag.
+const statsEventRelaysSQL = `
+SELECT stream, coalesce(owner, ''), coalesce(active, false), last_id, last_seq, acked_at,
+       pending, oldest_pending_at, coalesce(now() - oldest_pending_at, interval '0')
+  FROM outbox_event_relay_lag
+ ORDER BY stream`
+
+func scanEventRelay(row pgx.CollectableRow) (EventRelay, error) {
+	var r EventRelay
+	var acked, oldest *time.Time
+	if err := row.Scan(&r.Stream, &r.Owner, &r.Active, &r.LastID, &r.LastSeq, &acked, &r.Pending, &oldest, &r.OldestPendingAge); err != nil {
+		return r, err
+	}
+	if acked != nil {
+		r.AckedAt = *acked
+	}
+	if oldest != nil {
+		r.OldestPendingAt = *oldest
+	}
+	return r, nil
+}
+
 const statsOutboxSQL = `
 SELECT depth, oldest_created_at, oldest_age, dead, last_dead_at FROM outbox_depth`
 

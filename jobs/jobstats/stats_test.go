@@ -543,6 +543,36 @@ func TestCollect(t *testing.T) {
 		require.Equal(t, jobstats.OutboxStats{LatestDead: []jobstats.OutboxDeadRow{}}, r.Outbox, "an empty outbox: zeros")
 	})
 
+	t.Run("EventRelays", func(t *testing.T) {
+		t.Parallel()
+		s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 4})
+		var base time.Time
+		require.NoError(t, s.Pool.QueryRow(ctx, `SELECT date_trunc('second', now())`).Scan(&base))
+		base = base.UTC()
+		// Five events, two of another topic; stream A has sent up to the
+		// second (its relay holds the lease), B carries topic t.b only
+		// and never sent one (its lease expired).
+		_, err := s.Pool.Exec(ctx, `
+			INSERT INTO outbox_events (topic, payload, created_at)
+			SELECT CASE WHEN g IN (2, 4) THEN 't.b' ELSE 't.a' END, '{}', $1::timestamptz - make_interval(secs => 60 - g)
+			  FROM generate_series(1, 5) AS g`, base)
+		require.NoError(t, err)
+		_, err = s.Pool.Exec(ctx, `
+			INSERT INTO outbox_event_relays (stream, topics, last_id, last_seq, owner, lease_until, acked_at)
+			VALUES ('A', NULL, 2, 2, 'host:1:x', now() + interval '1 min', $1::timestamptz),
+			       ('B', '{t.b}', 0, 0, 'host:2:y', now() - interval '1 min', NULL)`, base)
+		require.NoError(t, err)
+		r, err := jobstats.Collect(ctx, s.Pool, nil)
+		require.NoError(t, err)
+		require.Len(t, r.EventRelays, 2)
+		a, b := r.EventRelays[0], r.EventRelays[1]
+		require.Equal(t, jobstats.EventRelay{Stream: "A", Owner: "host:1:x", Active: true, LastID: 2, LastSeq: 2, AckedAt: base,
+			Pending: 3, OldestPendingAt: base.Add(-57 * time.Second), OldestPendingAge: r.At.Sub(base.Add(-57 * time.Second))},
+			utcRelay(a))
+		require.Equal(t, jobstats.EventRelay{Stream: "B", Owner: "host:2:y", Active: false, Pending: 2,
+			OldestPendingAt: base.Add(-58 * time.Second), OldestPendingAge: r.At.Sub(base.Add(-58 * time.Second))}, utcRelay(b))
+	})
+
 	t.Run("Outbox", func(t *testing.T) {
 		t.Parallel()
 		s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 4})
@@ -641,3 +671,14 @@ var (
 	_ jobstats.DB = (*pgxpool.Pool)(nil)
 	_ jobstats.DB = (*pgx.Conn)(nil)
 )
+
+// utcRelay returns r with its times in UTC, for comparisons.
+func utcRelay(r jobstats.EventRelay) jobstats.EventRelay {
+	if !r.AckedAt.IsZero() {
+		r.AckedAt = r.AckedAt.UTC()
+	}
+	if !r.OldestPendingAt.IsZero() {
+		r.OldestPendingAt = r.OldestPendingAt.UTC()
+	}
+	return r
+}
