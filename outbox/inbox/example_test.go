@@ -87,7 +87,11 @@ func Example() {
 	// The consumer.
 	handled := make(chan struct{}, 2)
 	handler := func(ctx context.Context, tx pgx.Tx, ev *inbox.Event) error {
-		// Write the consumer's own rows with tx here.
+		// The consumer's own rows, written with tx: they commit with the
+		// event's inbox row, or not at all.
+		if _, err := tx.Exec(ctx, `INSERT INTO pings (note) VALUES ($1)`, ev.Type+" "+ev.Subject); err != nil {
+			return err
+		}
 		fmt.Printf("%s %s %s\n", ev.Type, ev.Subject, ev.Data)
 		handled <- struct{}{}
 		return nil
