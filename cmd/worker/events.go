@@ -26,9 +26,21 @@ type eventsRelay struct {
 	log    *slog.Logger
 }
 
+// eventsRelayConns is the size of the events relay's own pool: it runs
+// one statement at a time, and must not wait behind the jobs for a
+// connection of the worker's pool (BENCHMARKS.md §18).
+const eventsRelayConns = 2
+
 // startEventsRelay connects to NATS (retrying in the background when it is
-// down: the worker starts anyway) and starts the relay.
-func startEventsRelay(ctx context.Context, pool *pgxpool.Pool, cfg *config, logger *slog.Logger) (*eventsRelay, error) {
+// down: the worker starts anyway) and starts the relay on a pool of its own
+// with the worker's connection settings.
+func startEventsRelay(ctx context.Context, cfg *config, logger *slog.Logger) (*eventsRelay, error) {
+	pcfg := cfg.pool.Copy()
+	pcfg.MaxConns, pcfg.MinConns = eventsRelayConns, 0
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("worker: the events relay's pool: %w", err)
+	}
 	nc, err := nats.Connect(cfg.natsURL,
 		nats.Name("aftercommit-worker"),
 		nats.RetryOnFailedConnect(true),
@@ -44,6 +56,7 @@ func startEventsRelay(ctx context.Context, pool *pgxpool.Pool, cfg *config, logg
 		}),
 	)
 	if err != nil {
+		pool.Close()
 		return nil, fmt.Errorf("worker: connecting to NATS: %w", err)
 	}
 	rl, err := natsrelay.New(pool, nc, &natsrelay.Config{
@@ -51,6 +64,7 @@ func startEventsRelay(ctx context.Context, pool *pgxpool.Pool, cfg *config, logg
 	})
 	if err != nil {
 		nc.Close()
+		pool.Close()
 		return nil, fmt.Errorf("worker: %w", err)
 	}
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -59,13 +73,15 @@ func startEventsRelay(ctx context.Context, pool *pgxpool.Pool, cfg *config, logg
 	return e, nil
 }
 
-// stop ends the relay (it hands its lease back) and closes the connection.
+// stop ends the relay (it hands its lease back) and closes its
+// connections.
 func (e *eventsRelay) stop() {
 	e.cancel()
 	if err := <-e.done; err != nil {
 		e.log.Error("worker: the events relay stopped", slog.Any("err", err))
 	}
 	e.nc.Close()
+	e.pool.Close()
 }
 
 // detail is the relay's line in /readyz.

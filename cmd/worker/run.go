@@ -154,7 +154,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 	// the HTTP server, which serves its metrics and its /readyz line.
 	var events *eventsRelay
 	if cfg.natsURL != "" {
-		events, err = startEventsRelay(ctx, pool, cfg, logger)
+		events, err = startEventsRelay(ctx, cfg, logger)
 		if err != nil {
 			return err
 		}
