@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/mail"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -262,7 +263,10 @@ func (s *Service) DonateTx(ctx context.Context, tx pgx.Tx, in DonateInput) (Dona
 				return err
 			}
 		}
-		return tx.Publish(TopicDonationCreated, DonationCreatedEvent{
+		// Keyed by fundraiser: a consumer of the events relayed to NATS
+		// (cmd/worker --nats-url) gets each fundraiser's donations in
+		// commit order.
+		return tx.PublishKey(TopicDonationCreated, strconv.FormatInt(d.FundraiserID, 10), DonationCreatedEvent{
 			DonationID:   d.ID,
 			FundraiserID: d.FundraiserID,
 			UserID:       d.UserID,

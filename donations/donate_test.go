@@ -217,6 +217,9 @@ func TestDonate(t *testing.T) {
 			"donation_id": float64(d.ID), "fundraiser_id": float64(fid), "user_id": float64(d.UserID),
 			"amount_cents": float64(2500), "currency": "USD", "status": "succeeded",
 		}}, b.eventPayloads(ctx, t))
+		var key string
+		require.NoError(t, b.schema.Pool.QueryRow(ctx, `SELECT key FROM outbox_events WHERE topic = $1`, donations.TopicDonationCreated).Scan(&key))
+		require.Equal(t, jsonInt(fid), key, "the event is keyed by its fundraiser")
 	})
 
 	t.Run("TakesThreeRoundTrips", func(t *testing.T) {

@@ -18,7 +18,7 @@ import (
 
 func printDemoUsage(w io.Writer, printFlags func(io.Writer)) {
 	fmt.Fprint(w, `Usage:
-  aftercommit demo [--scale X] [--external-workers] [--drain-timeout D] [--seed N]
+  aftercommit demo [--scale X] [--external-workers] [--drain-timeout D] [--seed N] [--nats URL]
 
 Migrates the database, then plays a realistic scenario through aftercommit's
 public APIs: 1,000 users and 10 fundraisers with 10,000 sent emails; 5,000
@@ -29,6 +29,11 @@ cars. A worker runs in-process unless --external-workers says cmd/worker
 processes are running against the same database. When the queues have
 drained it prints the jobs per kind with their p50/p95/p99 run time and queue
 latency, and checks every invariant against the source of truth.
+
+With --nats URL the run's donation.created events also go to NATS JetStream
+(a stream of the run's own, removed at the end) through the events relay,
+and a consumer keeps its own tally per fundraiser through the inbox, in a
+schema of its own; two more invariants check it against the donations.
 
 The database is --database-url, else DATABASE_URL, else the local server at
 127.0.0.1:5432; when nothing answers there, a postgres:16 container is
@@ -58,6 +63,7 @@ func runDemoWith(ctx context.Context, args []string, e *env, dev *devdb.Config) 
 	fs := c.fs
 	scale := fs.Float64("scale", demo.ScaleDefault, fmt.Sprintf("multiply every size of the scenario by `X` (0 < X ≤ %g)", demo.ScaleMax))
 	external := fs.Bool("external-workers", false, "leave the jobs to cmd/worker processes already running against the database")
+	natsURL := fs.String("nats", "", "also send the run's donation.created events to NATS JetStream at `URL` (a stream of the run's own) and check a consumer's tally kept through the inbox")
 	drain := fs.Duration("drain-timeout", demo.DrainTimeoutDefault, "how long to wait for the queues to drain")
 	seed := fs.Uint64("seed", 0, "seed of the scenario's random choices (0: random)")
 
@@ -114,6 +120,7 @@ func runDemoWith(ctx context.Context, args []string, e *env, dev *devdb.Config) 
 		Seed:            *seed,
 		Schema:          c.db.schema,
 		Logger:          slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		NATSURL:         *natsURL,
 	})
 	if err != nil {
 		return reportError(ctx, e, fmt.Errorf("aftercommit %w", err)) // "aftercommit demo: …"

@@ -83,6 +83,11 @@ type Config struct {
 	// Logger receives the in-process worker's logs. Defaults to a logger
 	// that discards them.
 	Logger *slog.Logger
+	// NATSURL, when set, also sends the run's donation.created events to
+	// NATS JetStream (a stream of the run's own) and checks that a consumer
+	// keeping its own tally per fundraiser through the inbox agrees with
+	// the donations (two more invariants).
+	NATSURL string
 }
 
 // sizes are the scenario's sizes at a scale.
@@ -229,6 +234,13 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Summary, error) 
 		return nil, fmt.Errorf("demo: %w", err)
 	}
 	r.reporting = reporting.NewService(pool, r.ob)
+	var tally *natsTally
+	if cfg.NATSURL != "" {
+		if tally, err = r.startNATS(ctx); err != nil {
+			return nil, err
+		}
+		defer tally.stop(ctx, r)
+	}
 
 	for _, p := range []struct {
 		name string
@@ -253,6 +265,11 @@ func Run(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Summary, error) 
 	}
 	if err := r.check(ctx); err != nil {
 		return nil, err
+	}
+	if tally != nil {
+		if err := tally.check(ctx, r, cfg.DrainTimeout); err != nil {
+			return nil, err
+		}
 	}
 	if err := r.checkShare(ctx); err != nil {
 		return nil, err

@@ -7,10 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/internal/dbtest"
 	"github.com/aftercommit/aftercommit/internal/demo"
+	"github.com/aftercommit/aftercommit/internal/natstest"
 )
 
 func TestRun(t *testing.T) {
@@ -92,4 +94,42 @@ func TestRunBadConfig(t *testing.T) {
 		_, err := demo.Run(ctx, nil, cfg)
 		require.ErrorIs(t, err, demo.ErrInvalidConfig, "%+v", cfg)
 	}
+}
+
+// TestRunWithNATS: with NATSURL the run's donation.created events reach a
+// consumer through JetStream and the inbox, whose tally per fundraiser
+// equals the donations; the stream, the consumer's schema and the relay's
+// row are gone afterwards.
+func TestRunWithNATS(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: 16})
+	nc := natstest.Connect(t, natstest.URL())
+
+	var out bytes.Buffer
+	sum, err := demo.Run(ctx, s.Pool, demo.Config{Scale: 0.02, Seed: 9, Out: &out, Schema: s.Name, DrainTimeout: time.Minute, NATSURL: natstest.URL()})
+	require.NoError(t, err)
+	t.Log("\n" + out.String())
+	require.True(t, sum.OK(), "failed: %+v", sum.Failed())
+	var got []demo.Invariant
+	for _, inv := range sum.Invariants {
+		if strings.HasPrefix(inv.Name, "NATS consumer") {
+			got = append(got, inv)
+		}
+	}
+	require.Equal(t, []demo.Invariant{
+		{Name: "NATS consumer's donations (inbox, via JetStream)", Want: "100", Got: "100", OK: true},
+		{Name: "NATS consumer tally off the source of truth (fundraisers)", Want: "0", Got: "0", OK: true},
+	}, got)
+	require.Contains(t, out.String(), "NATS consumer caught up")
+
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	_, err = js.Stream(ctx, "AFTERCOMMIT_DEMO_"+strings.ToUpper(sum.Tag))
+	require.ErrorIs(t, err, jetstream.ErrStreamNotFound)
+	var schemas, relays int
+	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = $1), (SELECT count(*) FROM outbox_event_relays)`,
+		"aftercommit_demo_tally_"+sum.Tag).Scan(&schemas, &relays))
+	require.Zero(t, schemas)
+	require.Zero(t, relays)
 }

@@ -44,14 +44,20 @@ func TestEventsRelayFaults(t *testing.T) {
 		p.clientID(t)
 		workers[p.cmd.Process.Pid] = p
 	}
-	start("a")
-	start("b")
+	// Names of this test's own: the connection cut below must reach its
+	// workers only, never another test's on the same server.
+	start("events-relay-a")
+	start("events-relay-b")
 
 	prodCtx, stopProducing := context.WithCancel(ctx)
 	consCtx, stopConsuming := context.WithCancel(ctx)
 	var producers, consumer sync.WaitGroup
 	defer func() { stopProducing(); stopConsuming(); producers.Wait(); consumer.Wait() }()
-	producers.Go(func() { tally.Produce(prodCtx, t, 8, 0) })
+	// 4 producers, each pausing 5 ms between transactions (about 600
+	// transactions a second here): enough to keep the relay publishing at
+	// every fault, without starving the suite's timing-bound tests that
+	// run beside it.
+	producers.Go(func() { tally.ProducePaced(prodCtx, t, 4, 5*time.Millisecond) })
 	consumer.Go(func() { tally.Consume(consCtx, t, js, stream, discardLogger()) })
 
 	// progress waits until the stream grew by n messages.
@@ -84,7 +90,7 @@ func TestEventsRelayFaults(t *testing.T) {
 		require.NoError(t, err)
 		return pid
 	}
-	progress("the start", 2000)
+	progress("the start", 1000)
 
 	// 1. SIGKILL the active relay while it publishes.
 	var active int
@@ -104,25 +110,25 @@ func TestEventsRelayFaults(t *testing.T) {
 	}, 30*time.Second, 10*time.Millisecond)
 	takeover := time.Since(killed)
 	require.NotNil(t, workers[next], "the lease went to a live worker")
-	progress("the takeover", 1000)
+	progress("the takeover", 500)
 	t.Logf("SIGKILL of the active relay: the standby took over after %s", fmtDur(takeover))
-	start("c")
+	start("events-relay-c")
 
 	// 2. Stop the NATS server, then start it again.
 	srv.Stop()
 	down := time.Now()
 	time.Sleep(2 * time.Second)
 	srv.Start()
-	progress("the NATS restart", 1000)
+	progress("the NATS restart", 500)
 	t.Logf("NATS stopped for 2 s: events flowed again %s after it stopped", fmtDur(time.Since(down)))
 
 	// 3. Cut every worker's Postgres connections.
 	var cut int
 	require.NoError(t, s.Pool.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-		WHERE application_name LIKE 'aftercommit-faults-%' AND datname = current_database()`).Scan(&cut))
+		WHERE application_name LIKE 'aftercommit-faults-events-relay-%'`).Scan(&cut))
 	require.Positive(t, cut)
 	cutAt := time.Now()
-	progress("the connection cut", 1000)
+	progress("the connection cut", 500)
 	t.Logf("%d worker connections cut: events flowed again after %s", cut, fmtDur(time.Since(cutAt)))
 
 	stopProducing()

@@ -77,6 +77,17 @@ var errRollback = errors.New("natstest: roll back")
 // through the source's counters, not by these counts.
 func (ta *Tally) Produce(ctx context.Context, t testing.TB, goroutines, total int) {
 	t.Helper()
+	ta.produce(ctx, goroutines, total, 0)
+}
+
+// ProducePaced is Produce until ctx ends, each goroutine pausing between
+// its transactions.
+func (ta *Tally) ProducePaced(ctx context.Context, t testing.TB, goroutines int, pause time.Duration) {
+	t.Helper()
+	ta.produce(ctx, goroutines, 0, pause)
+}
+
+func (ta *Tally) produce(ctx context.Context, goroutines, total int, pause time.Duration) {
 	var wg sync.WaitGroup
 	for g := range goroutines {
 		wg.Go(func() {
@@ -105,6 +116,12 @@ func (ta *Tally) Produce(ctx context.Context, t testing.TB, goroutines, total in
 					ta.rolledBack.Add(1)
 				case err == nil:
 					ta.committed.Add(1)
+				}
+				if pause > 0 {
+					select {
+					case <-ctx.Done():
+					case <-time.After(pause):
+					}
 				}
 			}
 		})
