@@ -47,8 +47,6 @@ const (
 	TableDefault = "aftercommit_inbox"
 	// BatchSizeDefault is the most messages one transaction handles.
 	BatchSizeDefault = 100
-	// MaxWaitDefault is the longest a fetch waits for the first message.
-	MaxWaitDefault = time.Second
 	// BackoffMaxDefault is the longest wait after a failed batch.
 	BackoffMaxDefault = 10 * time.Second
 )
@@ -92,7 +90,7 @@ type Config struct {
 	// Table is the inbox table (CreateTable), optionally schema-qualified.
 	// Defaults to TableDefault.
 	Table string
-	// BatchSize is the most messages fetched and handled in one
+	// BatchSize is the most messages read and handled in one
 	// transaction. Defaults to BatchSizeDefault.
 	BatchSize int
 	// MaxAttempts: an event whose handler failed this many times in a row
