@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -170,7 +171,7 @@ func (ta *Tally) Verify(ctx context.Context, t testing.TB, js jetstream.JetStrea
 	deadline := time.Now().Add(timeout)
 	for n := ta.Received(ctx, t); n < total; n = ta.Received(ctx, t) {
 		if time.Now().After(deadline) {
-			t.Fatalf("natstest: the consumer received %d of %d events in %s", n, total, timeout)
+			t.Fatalf("natstest: the consumer received %d of %d events in %s\n%s", n, total, timeout, ta.diagnose(ctx, js, stream))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -224,4 +225,31 @@ func (ta *Tally) Verify(ctx context.Context, t testing.TB, js jetstream.JetStrea
 	require.NoError(t, err)
 	require.Equal(t, uint64(total), info.State.Msgs, "the stream holds each event once")
 	return total
+}
+
+// diagnose describes where the events stand, for a Verify that timed out:
+// the stream, the relays' cursors, the newest event, and the sessions
+// holding xids (which hold the relay's settled mark back).
+func (ta *Tally) diagnose(ctx context.Context, js jetstream.JetStream, stream string) string {
+	var b strings.Builder
+	if s, err := js.Stream(ctx, stream); err != nil {
+		fmt.Fprintf(&b, "stream: %v\n", err)
+	} else if info, err := s.Info(ctx); err != nil {
+		fmt.Fprintf(&b, "stream: %v\n", err)
+	} else {
+		fmt.Fprintf(&b, "stream: %d messages, last sequence %d\n", info.State.Msgs, info.State.LastSeq)
+	}
+	var maxID int64
+	_ = ta.Src.Pool.QueryRow(ctx, `SELECT coalesce(max(id), 0) FROM outbox_events`).Scan(&maxID)
+	var relays string
+	_ = ta.Src.Pool.QueryRow(ctx, `SELECT coalesce(string_agg(format('%s owner %s active %s last_id %s last_seq %s pending %s', stream, owner, active, last_id, last_seq, pending), '; '), 'none') FROM outbox_event_relay_lag`).Scan(&relays)
+	var mark string
+	_ = ta.Src.Pool.QueryRow(ctx, `SELECT format('last_id %s, snapshot %s', last_id, pg_current_snapshot()) FROM outbox_events_mark(9223372036854775807)`).Scan(&mark)
+	var holders string
+	_ = ta.Src.Pool.QueryRow(ctx, `SELECT coalesce(string_agg(format('pid %s xid %s %s (%s) for %s: %s', pid, backend_xid, state, application_name, now() - xact_start, left(query, 80)), E'\n  '), 'none')
+		FROM pg_stat_activity WHERE backend_xid IS NOT NULL`).Scan(&holders)
+	var consumerPos int64
+	_ = ta.Dst.Pool.QueryRow(ctx, `SELECT coalesce(max(stream_seq), 0) FROM tally_inbox`).Scan(&consumerPos)
+	fmt.Fprintf(&b, "newest event id %d; relays: %s\nmark: %s\nconsumer position: %d\nsessions holding xids:\n  %s", maxID, relays, mark, consumerPos, holders)
+	return b.String()
 }

@@ -209,14 +209,7 @@ func Run(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream, stream
 	if c.BatchSize < 0 || c.MaxAttempts < 0 || c.BackoffMax < 0 {
 		return fmt.Errorf("%w: batch size, max attempts and backoff must not be negative", ErrConfig)
 	}
-	k := &consumer{pool: pool, js: js, stream: stream, h: h, cfg: c, log: c.Logger.With("consumer", c.Name, "stream", stream),
-		attempts: map[uint64]int{}}
-	k.insertSQL = `INSERT INTO ` + c.Table + ` (consumer, source, event_id, type, subject, stream, stream_seq, failed)
-SELECT $1, s, i, t, nullif(sub, ''), $2, q, f
-  FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[]) AS u(s, i, t, sub, q, f)
-    ON CONFLICT (consumer, source, event_id) DO NOTHING
-RETURNING source, event_id`
-	k.positionSQL = `SELECT coalesce(max(stream_seq), 0) FROM ` + c.Table + ` WHERE consumer = $1 AND stream = $2`
+	k := newConsumer(pool, js, stream, h, c)
 	backoff := time.Duration(0)
 	for ctx.Err() == nil {
 		sleep(ctx, backoff)
@@ -226,6 +219,19 @@ RETURNING source, event_id`
 		backoff = min(max(2*backoff, 100*time.Millisecond), c.BackoffMax)
 	}
 	return nil
+}
+
+// newConsumer returns the state of a Run with c (defaults applied).
+func newConsumer(pool *pgxpool.Pool, js jetstream.JetStream, stream string, h Handler, c Config) *consumer {
+	k := &consumer{pool: pool, js: js, stream: stream, h: h, cfg: c, log: c.Logger.With("consumer", c.Name, "stream", stream),
+		attempts: map[uint64]int{}}
+	k.insertSQL = `INSERT INTO ` + c.Table + ` (consumer, source, event_id, type, subject, stream, stream_seq, failed)
+SELECT $1, s, i, t, nullif(sub, ''), $2, q, f
+  FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[]) AS u(s, i, t, sub, q, f)
+    ON CONFLICT (consumer, source, event_id) DO NOTHING
+RETURNING source, event_id`
+	k.positionSQL = `SELECT coalesce(max(stream_seq), 0) FROM ` + c.Table + ` WHERE consumer = $1 AND stream = $2`
+	return k
 }
 
 // errHandler ends a run whose handler failed (the failure is logged).
@@ -373,30 +379,23 @@ func (k *consumer) handle(ctx context.Context, msgs []jetstream.Msg) error {
 
 // tx handles ds in one transaction. When the handler of ds[i] fails, the
 // transaction is rolled back and ds[:i] is handled again in a new one
-// (their handlers ran in a transaction that did not commit); done is how
-// many committed, herr the handler's error.
+// (their handlers ran in a transaction that did not commit); should one of
+// those fail this time, the prefix before it is tried, and so on. done is
+// how many events, a prefix of ds, committed; herr is the error of
+// ds[done]'s handler (nil: every event committed).
 func (k *consumer) tx(ctx context.Context, ds []delivery) (done int, herr error, err error) {
-	for {
-		n, herr, err := k.try(ctx, ds)
-		if err != nil || herr == nil {
-			return n, herr, err
+	n, herr, err := k.try(ctx, ds)
+	for err == nil && herr != nil && n > 0 {
+		m, herr2, err2 := k.try(ctx, ds[:n])
+		if err2 != nil {
+			return 0, nil, err2
 		}
-		if n == 0 {
-			return 0, herr, nil
+		if herr2 == nil {
+			return n, herr, nil
 		}
-		// Commit the ones before the failure, then report it.
-		m, herr2, err := k.try(ctx, ds[:n])
-		if err != nil {
-			return 0, nil, err
-		}
-		if herr2 != nil {
-			// A handler that failed now but not before: start over with
-			// the shorter prefix.
-			ds = ds[:m+1]
-			continue
-		}
-		return n, herr, nil
+		n, herr = m, herr2
 	}
+	return n, herr, err
 }
 
 // try inserts the inbox rows of ds and runs the handlers of the new ones

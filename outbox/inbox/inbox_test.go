@@ -48,7 +48,7 @@ func TestExactlyOnceInCommitOrder(t *testing.T) {
 	tally.Produce(ctx, t, 16, eventsTotal)
 	t.Logf("%d committed, %d rolled back", tally.Committed(), tally.RolledBack())
 	require.Positive(t, tally.RolledBack())
-	n := tally.Verify(ctx, t, js, stream, 2*time.Minute)
+	n := tally.Verify(ctx, t, js, stream, 5*time.Minute)
 	require.Equal(t, int(tally.Committed()), n)
 	t.Logf("handler failures injected and retried: %d", tally.HandlerFailures.Load())
 }
