@@ -72,13 +72,14 @@ func (ta *Tally) RolledBack() int64 { return ta.rolledBack.Load() }
 var errRollback = errors.New("natstest: roll back")
 
 // Produce runs transactions on goroutines until total were tried or ctx
-// ends (total 0: until ctx ends), and returns when they stopped. A
+// ends (total 0: until ctx ends), each goroutine pausing between its
+// transactions, and returns when they stopped. A
 // transaction that fails for another reason (a connection cut) counts as
 // neither committed nor rolled back, and is checked afterwards by Verify
 // through the source's counters, not by these counts.
-func (ta *Tally) Produce(ctx context.Context, t testing.TB, goroutines, total int) {
+func (ta *Tally) Produce(ctx context.Context, t testing.TB, goroutines, total int, pause time.Duration) {
 	t.Helper()
-	ta.produce(ctx, goroutines, total, 0)
+	ta.produce(ctx, goroutines, total, pause)
 }
 
 // ProducePaced is Produce until ctx ends, each goroutine pausing between

@@ -45,7 +45,7 @@ func TestExactlyOnceInCommitOrder(t *testing.T) {
 	wg.Go(func() { require.NoError(t, rl.Run(runCtx)) })
 	wg.Go(func() { tally.Consume(runCtx, t, js, stream, discard) })
 
-	tally.Produce(ctx, t, 16, eventsTotal)
+	tally.Produce(ctx, t, 16, eventsTotal, producerPause)
 	t.Logf("%d committed, %d rolled back", tally.Committed(), tally.RolledBack())
 	require.Positive(t, tally.RolledBack())
 	n := tally.Verify(ctx, t, js, stream, 5*time.Minute)

@@ -2,5 +2,14 @@
 
 package inbox_test
 
+import "time"
+
 // eventsTotal is how many transactions TestExactlyOnceInCommitOrder runs.
 const eventsTotal = 50000
+
+// producerPause is each producer's pause between transactions: 16
+// producers flat out for a minute starve the long suite's timing-bound
+// tests in other packages (inventory's flash sale lost its claims to
+// expiry beside it); paused, the run takes about a minute at ~1,000
+// transactions a second.
+const producerPause = 10 * time.Millisecond
