@@ -22,11 +22,15 @@ import (
 )
 
 // seqArgs is a job of a sequence: the N-th of Key (N counts the commits of
-// Key's transactions). Fail makes its first Fail attempts fail.
+// Key's transactions). Fail makes its first Fail attempts fail; WaitFor
+// makes every attempt fail while Key has fewer than WaitFor effects (such a
+// job gets 10,000 attempts, so it fails until then however slow the
+// machine).
 type seqArgs struct {
 	Key      string `json:"key"`
 	N        int    `json:"n"`
 	Fail     int    `json:"fail,omitempty"`
+	WaitFor  int    `json:"wait_for,omitempty"`
 	Continue bool   `json:"continue,omitempty"`
 }
 
@@ -68,6 +72,15 @@ func (w seqWorker) Work(ctx context.Context, job *river.Job[seqArgs]) error {
 	time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond)
 	if job.Attempt <= job.Args.Fail {
 		return fmt.Errorf("failing attempt %d on purpose", job.Attempt)
+	}
+	if job.Args.WaitFor > 0 {
+		var have int
+		if err := w.pool.Pool.QueryRow(ctx, `SELECT count(*) FROM test_seq_effects WHERE seq_key = $1`, job.Args.Key).Scan(&have); err != nil {
+			return err
+		}
+		if have < job.Args.WaitFor {
+			return fmt.Errorf("failing attempt %d on purpose: %d of %d effects", job.Attempt, have, job.Args.WaitFor)
+		}
 	}
 	return pgx.BeginFunc(ctx, w.pool.Pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `INSERT INTO test_seq_effects (seq_key, n, job_id) VALUES ($1, $2, $3)`, job.Args.Key, job.Args.N, job.ID); err != nil {
@@ -131,7 +144,11 @@ func (f *seqFixture) enqueue(ctx context.Context, key string, mod func(*seqArgs)
 		if mod != nil {
 			mod(&a)
 		}
-		return tx.Enqueue(a, nil)
+		var opts *river.InsertOpts
+		if a.WaitFor > 0 {
+			opts = &river.InsertOpts{MaxAttempts: 10_000}
+		}
+		return tx.Enqueue(a, opts)
 	})
 	return err
 }
@@ -360,7 +377,9 @@ func TestSequenceHeldUntilFinished(t *testing.T) {
 }
 
 // TestSequenceContinue: in a "continue" sequence a failing head lets the
-// next job start; it retries on its own and completes after them.
+// next job start; it retries on its own and completes after them. The head
+// fails until both others have their effects, so on a sequence that held
+// it the test would time out, whatever the machine's speed.
 func TestSequenceContinue(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -369,7 +388,7 @@ func TestSequenceContinue(t *testing.T) {
 		err := f.enqueue(ctx, "c", func(a *seqArgs) {
 			a.Continue = true
 			if i == 0 {
-				a.Fail = 3 // retried every 20 ms: 60 ms behind
+				a.WaitFor = 2 // retried every 20 ms until 2 and 3 are done
 			}
 		})
 		require.NoError(t, err)
