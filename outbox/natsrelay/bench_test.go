@@ -1,6 +1,7 @@
 package natsrelay_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -123,6 +124,14 @@ func BenchmarkCommitToConsumer(b *testing.B) {
 	cfg := e.config()
 	cfg.CreateStream = false
 	cfg.PollMin, cfg.PollMax = 0, 0 // the shipped defaults
+	var ackMu sync.Mutex
+	var acks []ackMark
+	cfg.OnPublish = func(_ context.Context, res natsrelay.PublishResult) {
+		now := time.Now()
+		ackMu.Lock()
+		acks = append(acks, ackMark{res.LastID, now})
+		ackMu.Unlock()
+	}
 	// The relay has a pool of its own, as in a worker process: the
 	// producers' transactions must not make it wait for a connection.
 	relayPool, err := pgxpool.New(ctx, e.s.URL)
@@ -138,9 +147,25 @@ func BenchmarkCommitToConsumer(b *testing.B) {
 		time.Sleep(time.Millisecond)
 	}
 
-	dst := newConsumerSchema(ctx, b)
+	// The stages: a core NATS subscriber on the stream's subjects sees a
+	// message once JetStream stored it (keyed by Nats-Msg-Id, the event's
+	// id), and the relay's OnPublish marks the cursor stored after the
+	// acknowledgements.
 	var mu sync.Mutex
+	inStream := make(map[string]time.Time, b.N)
+	sub, err := e.nc.Subscribe(e.prefix+".>", func(m *nats.Msg) {
+		now := time.Now()
+		mu.Lock()
+		inStream[m.Header.Get(jetstream.MsgIDHeader)] = now
+		mu.Unlock()
+	})
+	require.NoError(b, err)
+	defer func() { _ = sub.Unsubscribe() }()
+	require.NoError(b, e.nc.Flush())
+
+	dst := newConsumerSchema(ctx, b)
 	received := make(map[int64]time.Time, b.N)
+	eventOf := make(map[int64]string, b.N)
 	handler := func(_ context.Context, _ pgx.Tx, ev *inbox.Event) error {
 		now := time.Now()
 		var p benchPayload
@@ -149,14 +174,21 @@ func BenchmarkCommitToConsumer(b *testing.B) {
 		}
 		mu.Lock()
 		received[p.DonationID] = now
+		eventOf[p.DonationID] = ev.ID
+
 		mu.Unlock()
 		return nil
 	}
 	runCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() { stop(); wg.Wait() }()
+	// The consumer has a connection of its own, as another service would:
+	// the relay's publishes and acknowledgements do not queue before its
+	// messages.
+	cjs, err := jetstream.New(natstest.Connect(b, natstest.URL()))
+	require.NoError(b, err)
 	wg.Go(func() {
-		require.NoError(b, inbox.Run(runCtx, dst.Pool, e.js, e.stream, handler, &inbox.Config{Name: "bench", Logger: discard}))
+		require.NoError(b, inbox.Run(runCtx, dst.Pool, cjs, e.stream, handler, &inbox.Config{Name: "bench", Logger: discard}))
 	})
 
 	committed := make([]time.Time, b.N+1)
@@ -194,16 +226,45 @@ func BenchmarkCommitToConsumer(b *testing.B) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	b.StopTimer()
-	lat := make([]float64, 0, b.N)
+	// Per stage: commit → in the stream (the relay's settle, read and
+	// publish), commit → cursor stored (its acknowledgements too), in the
+	// stream → handled (the inbox).
+	var total, toStream, toAck, toHandler []float64
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	mu.Lock()
+	ackMu.Lock()
 	for i := 1; i <= b.N; i++ {
-		lat = append(lat, float64(received[int64(i)].Sub(committed[i]).Microseconds())/1000)
+		id := eventOf[int64(i)]
+		total = append(total, ms(received[int64(i)].Sub(committed[i])))
+		if at, ok := inStream[id]; ok {
+			toStream = append(toStream, ms(at.Sub(committed[i])))
+			toHandler = append(toHandler, ms(received[int64(i)].Sub(at)))
+		}
+		n, _ := strconv.ParseInt(id, 10, 64)
+		if k, ok := slices.BinarySearchFunc(acks, n, func(a ackMark, n int64) int { return cmp.Compare(a.lastID, n) }); ok || k < len(acks) {
+			toAck = append(toAck, ms(acks[k].at.Sub(committed[i])))
+		}
 	}
+	ackMu.Unlock()
 	mu.Unlock()
-	slices.Sort(lat)
-	b.ReportMetric(lat[len(lat)/2], "p50-ms")
-	b.ReportMetric(lat[len(lat)*99/100], "p99-ms")
-	b.ReportMetric(lat[len(lat)-1], "max-ms")
+	for _, st := range []struct {
+		name string
+		lat  []float64
+	}{{"", total}, {"stream-", toStream}, {"ack-", toAck}, {"inbox-", toHandler}} {
+		if len(st.lat) == 0 {
+			continue
+		}
+		slices.Sort(st.lat)
+		b.ReportMetric(st.lat[len(st.lat)/2], st.name+"p50-ms")
+		b.ReportMetric(st.lat[len(st.lat)*99/100], st.name+"p99-ms")
+		b.ReportMetric(st.lat[len(st.lat)-1], st.name+"max-ms")
+	}
+}
+
+// ackMark is a cursor the relay stored, and when.
+type ackMark struct {
+	lastID int64
+	at     time.Time
 }
 
 // newConsumerSchema is a schema of its own with the default inbox table.
