@@ -22,6 +22,8 @@ var everyKind = []string{
 	"aftercommit.ping",
 	"aftercommit.prune_events",
 	"donations.fold_email_counters",
+	"donations.fold_fundraiser_counters",
+	"donations.fold_user_counters",
 	"donations.recount_fundraiser",
 	"donations.recount_user",
 	"donations.update_email_donation",

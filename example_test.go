@@ -45,6 +45,8 @@ func ExampleRegister() {
 	// aftercommit.prune_events
 	// billing.send_invoice
 	// donations.fold_email_counters
+	// donations.fold_fundraiser_counters
+	// donations.fold_user_counters
 	// donations.recount_fundraiser
 	// donations.recount_user
 	// donations.update_email_donation

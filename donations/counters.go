@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -16,25 +17,113 @@ import (
 
 // Counter caches: fundraisers.donations_count and donations_total_cents, and
 // users.donations_count, count succeeded donations only (a failed or pending
-// donation raised no money). They are never incremented: a job recomputes
-// them from the donations table, so a recount is idempotent, a retry or a
-// duplicate changes nothing, and drift is repaired by running one more.
+// donation raised no money). Their cost does not grow with history:
 //
-// The jobs are driven by the donation.created event: the subscription turns
-// each event into a RecountFundraiserArgs (and a RecountUserArgs when the
-// donation has a user), written in the donation's own commit. Both kinds are
-// queue-locked per row, so a burst of donations to one fundraiser leaves one
-// waiting recount. A donation whose status changes later (a pending one that
-// succeeds, a refund) must publish again, or call RecountFundraiser.
+//   - Every change of a succeeded donation writes a delta row in its own
+//     transaction (triggers on donations, migration 0031: Go, SQL and
+//     Python writers all count). A fold job moves a row's pending deltas
+//     into its counters and deletes them in one statement, so it reads only
+//     the new deltas; a retry or a duplicate finds nothing left to move.
+//   - The donation.created subscription turns each event into a
+//     FoldFundraiserCountersArgs (and a FoldUserCountersArgs when the
+//     donation has a user), written in the donation's own commit. Both are
+//     queue-locked per row: a burst of donations to one fundraiser leaves
+//     one waiting fold. A change made without the event (a refund in SQL)
+//     is folded by the row's next fold, or by RecountFundraiser.
+//   - A recount (RecountFundraiser, RecountAll*) recomputes a row from the
+//     donations and deletes the pending deltas it saw: the repair for
+//     drift, and the check. It reports the drift it fixed.
 
 // Kinds of the counter-cache jobs.
 const (
-	RecountFundraiserKind = "donations.recount_fundraiser"
-	RecountUserKind       = "donations.recount_user"
+	FoldFundraiserCountersKind = "donations.fold_fundraiser_counters"
+	FoldUserCountersKind       = "donations.fold_user_counters"
+	RecountFundraiserKind      = "donations.recount_fundraiser"
+	RecountUserKind            = "donations.recount_user"
 )
 
+// FoldFundraiserCountersArgs asks for a fundraiser's pending counter deltas
+// to be folded into its donations_count and donations_total_cents. It is
+// queue-locked per fundraiser.
+type FoldFundraiserCountersArgs struct {
+	// FundraiserID is the fundraiser whose deltas are folded.
+	FundraiserID int64 `json:"fundraiser_id" jobs:"id,queue_lock"`
+}
+
+// Kind implements river.JobArgs.
+func (FoldFundraiserCountersArgs) Kind() string { return FoldFundraiserCountersKind }
+
+// FoldUserCountersArgs asks for a user's pending counter deltas to be
+// folded into their donations_count. It is queue-locked per user.
+type FoldUserCountersArgs struct {
+	// UserID is the user whose deltas are folded.
+	UserID int64 `json:"user_id" jobs:"id,queue_lock"`
+}
+
+// Kind implements river.JobArgs.
+func (FoldUserCountersArgs) Kind() string { return FoldUserCountersKind }
+
+// FoldCountersOutput is recorded as a fold job's output: what it moved from
+// the deltas into the counters (zeros when another fold had taken
+// everything).
+type FoldCountersOutput struct {
+	// Deltas is the number of delta rows folded.
+	Deltas int64 `json:"deltas"`
+	// Donations and Cents are the amounts added (Cents: fundraisers only).
+	Donations int64 `json:"donations"`
+	Cents     int64 `json:"cents,omitempty"`
+}
+
+// FoldFundraiserCountersWorker works FoldFundraiserCountersArgs.
+type FoldFundraiserCountersWorker struct {
+	river.WorkerDefaults[FoldFundraiserCountersArgs]
+
+	pool *pgxpool.Pool
+}
+
+// FoldUserCountersWorker works FoldUserCountersArgs.
+type FoldUserCountersWorker struct {
+	river.WorkerDefaults[FoldUserCountersArgs]
+
+	pool *pgxpool.Pool
+}
+
+// Work folds the fundraiser's pending deltas into its counters and
+// completes the job, in one transaction.
+func (w *FoldFundraiserCountersWorker) Work(ctx context.Context, job *river.Job[FoldFundraiserCountersArgs]) error {
+	return fold(ctx, w.pool, job, lockFundraiserSQL, foldFundraiserCountersSQL, job.Args.FundraiserID)
+}
+
+// Work folds the user's pending deltas into their donations_count and
+// completes the job, in one transaction.
+func (w *FoldUserCountersWorker) Work(ctx context.Context, job *river.Job[FoldUserCountersArgs]) error {
+	return fold(ctx, w.pool, job, lockUserSQL, foldUserCountersSQL, job.Args.UserID)
+}
+
+// fold locks row id (lockSQL), runs foldSQL for it and completes job, in one
+// transaction: the deltas it deleted and the counters it added commit
+// together, or neither. The row's lock comes first, as in a recount, so a
+// fold and a recount of one row never wait for each other's deltas. A row
+// that no longer exists has its deltas deleted all the same.
+func fold[T river.JobArgs](ctx context.Context, pool *pgxpool.Pool, job *river.Job[T], lockSQL, foldSQL string, id int64) error {
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		var locked int64
+		if err := tx.QueryRow(ctx, lockSQL, id).Scan(&locked); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("locking %s %d: %w", job.Kind, id, err)
+		}
+		var out FoldCountersOutput
+		err := tx.QueryRow(ctx, foldSQL, id).Scan(&out.Deltas, &out.Donations, &out.Cents)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) { // no rows: nothing was pending
+			return fmt.Errorf("folding the counters of %s %d: %w", job.Kind, id, err)
+		}
+		return jobs.CompleteTx(ctx, tx, job, out)
+	})
+}
+
 // RecountFundraiserArgs asks for a fundraiser's donations_count and
-// donations_total_cents to be recomputed from its succeeded donations. It is
+// donations_total_cents to be recomputed from its succeeded donations (its
+// pending deltas are then folded in), to repair drift. It reads every donation of the
+// fundraiser: the counters are kept by folds, not by recounts. It is
 // queue-locked per fundraiser.
 type RecountFundraiserArgs struct {
 	// FundraiserID is the fundraiser to recount.
@@ -68,6 +157,11 @@ type RecountOutput struct {
 	DonationsCount int64 `json:"donations_count"`
 	// DonationsTotalCents is the total written (fundraisers only).
 	DonationsTotalCents int64 `json:"donations_total_cents,omitempty"`
+	// DriftCount and DriftTotalCents are what the recount corrected: the
+	// written values less the ones it found plus the pending deltas it
+	// folded (0: the counters were exact).
+	DriftCount      int64 `json:"drift_count"`
+	DriftTotalCents int64 `json:"drift_total_cents,omitempty"`
 }
 
 // RecountFundraiserWorker works RecountFundraiserArgs.
@@ -84,18 +178,20 @@ type RecountUserWorker struct {
 	pool *pgxpool.Pool
 }
 
-// registerCounters registers the recount workers on QueueCounters and
-// subscribes them to donation.created (declared by Register).
+// registerCounters registers the fold and recount workers on QueueCounters
+// and subscribes the folds to donation.created (declared by Register).
 func registerCounters(reg *jobs.Registry, pool *pgxpool.Pool) {
+	jobs.AddWorker(reg, QueueCounters, &FoldFundraiserCountersWorker{pool: pool})
+	jobs.AddWorker(reg, QueueCounters, &FoldUserCountersWorker{pool: pool})
 	jobs.AddWorker(reg, QueueCounters, &RecountFundraiserWorker{pool: pool})
 	jobs.AddWorker(reg, QueueCounters, &RecountUserWorker{pool: pool})
-	jobs.Subscribe(reg, TopicDonationCreated, func(ev outbox.Event) (RecountFundraiserArgs, bool, error) {
+	jobs.Subscribe(reg, TopicDonationCreated, func(ev outbox.Event) (FoldFundraiserCountersArgs, bool, error) {
 		p, ok, err := countedDonation(ev)
-		return RecountFundraiserArgs{FundraiserID: p.FundraiserID}, ok, err
+		return FoldFundraiserCountersArgs{FundraiserID: p.FundraiserID}, ok, err
 	})
-	jobs.Subscribe(reg, TopicDonationCreated, func(ev outbox.Event) (RecountUserArgs, bool, error) {
+	jobs.Subscribe(reg, TopicDonationCreated, func(ev outbox.Event) (FoldUserCountersArgs, bool, error) {
 		p, ok, err := countedDonation(ev)
-		return RecountUserArgs{UserID: p.UserID}, ok && p.UserID != 0, err
+		return FoldUserCountersArgs{UserID: p.UserID}, ok && p.UserID != 0, err
 	})
 }
 
@@ -111,7 +207,7 @@ type donationCreated struct {
 
 // countedDonation decodes a donation.created event and reports whether it
 // may change a counter cache: a failed donation never counts, so it needs no
-// recount. A payload that cannot be read is an error, which rolls the
+// fold. A payload that cannot be read is an error, which rolls the
 // publishing transaction back: a donation the counters would miss is never
 // committed.
 func countedDonation(ev outbox.Event) (donationCreated, bool, error) {
@@ -136,7 +232,13 @@ func countedDonation(ev outbox.Event) (donationCreated, bool, error) {
 // count with a stale one.)
 func (w *RecountFundraiserWorker) Work(ctx context.Context, job *river.Job[RecountFundraiserArgs]) error {
 	return recount(ctx, w.pool, job, lockFundraiserSQL, job.Args.FundraiserID, func(ctx context.Context, tx pgx.Tx, out *RecountOutput) error {
-		return tx.QueryRow(ctx, recountFundraiserSQL, job.Args.FundraiserID).Scan(&out.DonationsCount, &out.DonationsTotalCents)
+		var count, cents int64
+		if err := tx.QueryRow(ctx, recountFundraiserSQL, job.Args.FundraiserID).
+			Scan(&out.DonationsCount, &out.DonationsTotalCents, &count, &cents); err != nil {
+			return err
+		}
+		out.DriftCount, out.DriftTotalCents = out.DonationsCount-count, out.DonationsTotalCents-cents
+		return nil
 	})
 }
 
@@ -144,7 +246,12 @@ func (w *RecountFundraiserWorker) Work(ctx context.Context, job *river.Job[Recou
 // transaction, serialized per user like RecountFundraiserWorker.Work.
 func (w *RecountUserWorker) Work(ctx context.Context, job *river.Job[RecountUserArgs]) error {
 	return recount(ctx, w.pool, job, lockUserSQL, job.Args.UserID, func(ctx context.Context, tx pgx.Tx, out *RecountOutput) error {
-		return tx.QueryRow(ctx, recountUserSQL, job.Args.UserID).Scan(&out.DonationsCount)
+		var count int64
+		if err := tx.QueryRow(ctx, recountUserSQL, job.Args.UserID).Scan(&out.DonationsCount, &count); err != nil {
+			return err
+		}
+		out.DriftCount = out.DonationsCount - count
+		return nil
 	})
 }
 
@@ -165,6 +272,11 @@ func recount[T river.JobArgs](ctx context.Context, pool *pgxpool.Pool, job *rive
 		default:
 			if err := update(ctx, tx, &out); err != nil {
 				return fmt.Errorf("recounting for %s %d: %w", job.Kind, id, err)
+			}
+			if out.DriftCount != 0 || out.DriftTotalCents != 0 {
+				slog.WarnContext(ctx, "donations: a recount repaired drifted counters", "kind", job.Kind, "id", id,
+					"drift_count", out.DriftCount, "drift_total_cents", out.DriftTotalCents,
+					"donations_count", out.DonationsCount, "donations_total_cents", out.DonationsTotalCents)
 			}
 		}
 		return jobs.CompleteTx(ctx, tx, job, out)
@@ -222,6 +334,25 @@ func (s *Service) RecountAllUsers(ctx context.Context) (int, error) {
 	return enqueueForEach(ctx, s, userIDsSQL, func(id int64) river.JobArgs {
 		return RecountUserArgs{UserID: id}
 	})
+}
+
+// RefoldPendingCounters enqueues a fold for every fundraiser and user that
+// has pending counter deltas and returns how many rows that is. Folds
+// follow every donation.created event on their own; this folds the deltas
+// of changes made without one (a refund or a correction in SQL) and of a
+// row whose fold job was discarded or cancelled. Rows whose fold is already
+// waiting add no job.
+func (s *Service) RefoldPendingCounters(ctx context.Context) (int, error) {
+	n, err := enqueueForEach(ctx, s, pendingDeltaFundraisersSQL, func(id int64) river.JobArgs {
+		return FoldFundraiserCountersArgs{FundraiserID: id}
+	})
+	if err != nil {
+		return n, err
+	}
+	m, err := enqueueForEach(ctx, s, pendingDeltaUsersSQL, func(id int64) river.JobArgs {
+		return FoldUserCountersArgs{UserID: id}
+	})
+	return n + m, err
 }
 
 // recountPage is how many jobs one repair transaction enqueues (one INSERT).

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -93,10 +95,14 @@ func (b *counterBundle) staleCounters(ctx context.Context, t *testing.T) []strin
 	return stale
 }
 
-// failOneInFive fails about 20% of recount attempts, chosen by a hash of the
-// job and its attempt, so a job may fail several times in a row.
+// counterKinds are the kinds of the counter-cache jobs.
+var counterKinds = []string{donations.FoldFundraiserCountersKind, donations.FoldUserCountersKind,
+	donations.RecountFundraiserKind, donations.RecountUserKind}
+
+// failOneInFive fails about 20% of fold and recount attempts, chosen by a
+// hash of the job and its attempt, so a job may fail several times in a row.
 func failOneInFive(job *rivertype.JobRow) bool {
-	if job.Kind != donations.RecountFundraiserKind && job.Kind != donations.RecountUserKind {
+	if !slices.Contains(counterKinds, job.Kind) {
 		return false
 	}
 	h := fnv.New32a()
@@ -105,7 +111,7 @@ func failOneInFive(job *rivertype.JobRow) bool {
 }
 
 // donateWithRetriesInjected records n donations from 8 goroutines while
-// about one recount attempt in five fails after its write, waits for the
+// about one fold attempt in five fails after its write, waits for the
 // queues to drain, and checks that every counter cache equals a GROUP BY
 // over the donations and that every injected failure is a recorded error.
 // The quick run records 500; TestCounterCachesLoad (build tag long) 5,000.
@@ -131,11 +137,13 @@ func donateWithRetriesInjected(ctx context.Context, t *testing.T, n int) {
 	require.Positive(t, injected)
 	require.Equal(t, injected, b.count(ctx, t, `
 		SELECT coalesce(sum(cardinality(errors)), 0) FROM river_job WHERE kind = ANY($1)`,
-		[]string{donations.RecountFundraiserKind, donations.RecountUserKind}), "every injected failure is a recorded error")
-	recounts := b.count(ctx, t, `SELECT count(*) FROM river_job WHERE kind = $1`, donations.RecountFundraiserKind)
-	userRecounts := b.count(ctx, t, `SELECT count(*) FROM river_job WHERE kind = $1`, donations.RecountUserKind)
-	t.Logf("%d donations (%d succeeded): %d fundraiser recounts, %d user recounts, %d injected failures",
-		n, succeeded, recounts, userRecounts, injected)
+		counterKinds), "every injected failure is a recorded error")
+	require.Zero(t, b.count(ctx, t, `SELECT (SELECT count(*) FROM fundraiser_counter_deltas) + (SELECT count(*) FROM user_counter_deltas)`),
+		"every delta was folded")
+	folds := b.count(ctx, t, `SELECT count(*) FROM river_job WHERE kind = $1`, donations.FoldFundraiserCountersKind)
+	userFolds := b.count(ctx, t, `SELECT count(*) FROM river_job WHERE kind = $1`, donations.FoldUserCountersKind)
+	t.Logf("%d donations (%d succeeded): %d fundraiser folds, %d user folds, %d injected failures",
+		n, succeeded, folds, userFolds, injected)
 }
 
 func TestCounterCaches(t *testing.T) {
@@ -147,14 +155,14 @@ func TestCounterCaches(t *testing.T) {
 		donateWithRetriesInjected(ctx, t, 200)
 	})
 
-	t.Run("SubscriptionEnqueuesCoalescedRecountsForCountedDonationsOnly", func(t *testing.T) {
+	t.Run("SubscriptionEnqueuesCoalescedFoldsForCountedDonationsOnly", func(t *testing.T) {
 		t.Parallel()
 		b := setupCounterTest(ctx, t, counterOpts{insertOnly: true, maxConns: 4})
 		fundraisers := seedFundraisers(ctx, t, b.schema.Pool, 2)
 		kinds := func() []string {
 			rows, err := b.schema.Pool.Query(ctx, `
 				SELECT kind || ' ' || coalesce(args->>'fundraiser_id', args->>'user_id', '') FROM river_job
-				 WHERE kind LIKE 'donations.recount_%' ORDER BY id`)
+				 WHERE kind LIKE 'donations.fold_%' ORDER BY id`)
 			require.NoError(t, err)
 			out, err := pgx.CollectRows(rows, pgx.RowTo[string])
 			require.NoError(t, err)
@@ -167,6 +175,7 @@ func TestCounterCaches(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, donations.StatusFailed, failed.Status)
 		require.Empty(t, kinds(), "a failed donation changes no counter")
+		require.Zero(t, b.count(ctx, t, `SELECT count(*) FROM fundraiser_counter_deltas`), "and writes no delta")
 
 		var d donations.Donation
 		for range 10 {
@@ -176,9 +185,14 @@ func TestCounterCaches(t *testing.T) {
 			require.NoError(t, err)
 		}
 		require.Equal(t, []string{
-			fmt.Sprint(donations.RecountFundraiserKind, " ", fundraisers[0]),
-			fmt.Sprint(donations.RecountUserKind, " ", d.UserID),
-		}, kinds(), "ten donations while the recounts wait leave one of each")
+			fmt.Sprint(donations.FoldFundraiserCountersKind, " ", fundraisers[0]),
+			fmt.Sprint(donations.FoldUserCountersKind, " ", d.UserID),
+		}, kinds(), "ten donations while the folds wait leave one of each")
+		require.Equal(t, []int64{10, 10, 5000}, []int64{
+			b.count(ctx, t, `SELECT count(*) FROM fundraiser_counter_deltas WHERE fundraiser_id = $1 AND donations = 1`, fundraisers[0]),
+			b.count(ctx, t, `SELECT count(*) FROM user_counter_deltas WHERE user_id = $1 AND donations = 1`, d.UserID),
+			b.count(ctx, t, `SELECT sum(cents) FROM fundraiser_counter_deltas`),
+		}, "one delta per succeeded donation, for the fundraiser and for the user")
 	})
 
 	t.Run("RecountRepairsDrift", func(t *testing.T) {
@@ -241,6 +255,147 @@ func TestCounterCaches(t *testing.T) {
 		var output string
 		require.NoError(t, b.schema.Pool.QueryRow(ctx, `SELECT metadata->>'output' FROM river_job WHERE kind = $1 AND attempt = 1`,
 			donations.RecountFundraiserKind).Scan(&output))
-		require.JSONEq(t, `{"result": "not_found", "donations_count": 0}`, output)
+		require.JSONEq(t, `{"result": "not_found", "donations_count": 0, "drift_count": 0}`, output)
+	})
+}
+
+// brokenInvariant returns the fundraisers and users for which, in one
+// snapshot, counter + pending deltas differs from their succeeded
+// donations: folds and recounts keep it in every snapshot, whatever runs.
+func (b *counterBundle) brokenInvariant(ctx context.Context, t *testing.T) []string {
+	t.Helper()
+	rows, err := b.schema.Pool.Query(ctx, `
+		SELECT format('fundraiser %s: cached %s / %s, pending %s / %s, actual %s / %s', f.id, f.donations_count, f.donations_total_cents,
+		              coalesce(p.n, 0), coalesce(p.cents, 0), coalesce(d.n, 0), coalesce(d.total, 0))
+		  FROM fundraisers f
+		  LEFT JOIN (SELECT fundraiser_id, count(*) AS n, sum(amount_cents) AS total
+		               FROM donations WHERE status = 'succeeded' GROUP BY fundraiser_id) d ON d.fundraiser_id = f.id
+		  LEFT JOIN (SELECT fundraiser_id, sum(donations) AS n, sum(cents) AS cents
+		               FROM fundraiser_counter_deltas GROUP BY fundraiser_id) p ON p.fundraiser_id = f.id
+		 WHERE f.donations_count + coalesce(p.n, 0) <> coalesce(d.n, 0)
+		    OR f.donations_total_cents + coalesce(p.cents, 0) <> coalesce(d.total, 0)
+		UNION ALL
+		SELECT format('user %s: cached %s, pending %s, actual %s', u.id, u.donations_count, coalesce(p.n, 0), coalesce(d.n, 0))
+		  FROM users u
+		  LEFT JOIN (SELECT user_id, count(*) AS n FROM donations WHERE status = 'succeeded' GROUP BY user_id) d ON d.user_id = u.id
+		  LEFT JOIN (SELECT user_id, sum(donations) AS n FROM user_counter_deltas GROUP BY user_id) p ON p.user_id = u.id
+		 WHERE u.donations_count + coalesce(p.n, 0) <> coalesce(d.n, 0)`)
+	require.NoError(t, err)
+	broken, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	return broken
+}
+
+// TestCounterDeltas: the triggers on donations write a delta for every
+// change of a succeeded donation, from any writer (here SQL by hand); the
+// folds move them into the counters, and a recount beside folds and new
+// donations keeps counter + pending deltas = the donations in every
+// snapshot.
+func TestCounterDeltas(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	t.Run("EveryWriterCounts", func(t *testing.T) {
+		t.Parallel()
+		b := setupCounterTest(ctx, t, counterOpts{insertOnly: true, maxConns: 4})
+		fundraisers := seedFundraisers(ctx, t, b.schema.Pool, 2)
+		users := b.count(ctx, t, `INSERT INTO users (name, email) VALUES ('Ada', 'ada@example.com') RETURNING id`)
+		exec := func(sql string, args ...any) {
+			t.Helper()
+			_, err := b.schema.Pool.Exec(ctx, sql, args...)
+			require.NoError(t, err)
+		}
+		type delta struct{ Fundraiser, Donations, Cents int64 }
+		deltas := func() []delta {
+			t.Helper()
+			rows, err := b.schema.Pool.Query(ctx, `SELECT fundraiser_id, donations, cents FROM fundraiser_counter_deltas ORDER BY id`)
+			require.NoError(t, err)
+			out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[delta])
+			require.NoError(t, err)
+			exec(`DELETE FROM fundraiser_counter_deltas`)
+			return out
+		}
+		f0, f1 := fundraisers[0], fundraisers[1]
+		var id int64
+		require.NoError(t, b.schema.Pool.QueryRow(ctx, `INSERT INTO donations (user_id, fundraiser_id, donor_email, amount_cents, currency, status)
+			VALUES ($1, $2, 'ada@example.com', 2500, 'EUR', 'succeeded') RETURNING id`, users, f0).Scan(&id))
+		require.Equal(t, []delta{{f0, 1, 2500}}, deltas(), "a succeeded donation")
+		exec(`INSERT INTO donations (fundraiser_id, donor_email, amount_cents, currency, status) VALUES ($1, 'x@example.com', 700, 'EUR', 'failed')`, f0)
+		require.Empty(t, deltas(), "a failed donation")
+		exec(`UPDATE donations SET note = 'thanks' WHERE id = $1`, id)
+		require.Empty(t, deltas(), "a change of nothing counted")
+		exec(`UPDATE donations SET amount_cents = 3000 WHERE id = $1`, id)
+		require.Equal(t, []delta{{f0, -1, -2500}, {f0, 1, 3000}}, deltas(), "an amount corrected")
+		exec(`UPDATE donations SET fundraiser_id = $2 WHERE id = $1`, id, f1)
+		require.Equal(t, []delta{{f0, -1, -3000}, {f1, 1, 3000}}, deltas(), "a donation moved")
+		exec(`UPDATE donations SET status = 'failed' WHERE id = $1`, id)
+		require.Equal(t, []delta{{f1, -1, -3000}}, deltas(), "a refund")
+		exec(`UPDATE donations SET status = 'succeeded' WHERE id = $1`, id)
+		require.Equal(t, []delta{{f1, 1, 3000}}, deltas(), "a payment that succeeded late")
+		exec(`DELETE FROM donations WHERE id = $1`, id)
+		require.Equal(t, []delta{{f1, -1, -3000}}, deltas(), "a donation deleted")
+		require.Equal(t, int64(4), b.count(ctx, t, `SELECT count(*) FROM user_counter_deltas WHERE donations = 1`))
+		require.Equal(t, int64(4), b.count(ctx, t, `SELECT count(*) FROM user_counter_deltas WHERE donations = -1`))
+
+		// Changes made in SQL have no fold job: RefoldPendingCounters
+		// enqueues them.
+		exec(`DELETE FROM user_counter_deltas`)
+		exec(`INSERT INTO donations (user_id, fundraiser_id, donor_email, amount_cents, currency, status)
+			SELECT $1, f, 'ada@example.com', 100 * f, 'EUR', 'succeeded' FROM unnest($2::bigint[]) AS f`, users, fundraisers)
+		n, err := b.svc.RefoldPendingCounters(ctx)
+		require.NoError(t, err)
+		require.Equal(t, 3, n, "two fundraisers and a user")
+		b.startSecondWorker(ctx, t, 4)
+		b.waitQueuesDrained(ctx, t)
+		require.Empty(t, b.staleCounters(ctx, t))
+	})
+
+	t.Run("InvariantHoldsUnderDonationsFoldsAndRecounts", func(t *testing.T) {
+		t.Parallel()
+		b := setupCounterTest(ctx, t, counterOpts{maxConns: 12, fail: failOneInFive})
+		fundraisers := seedFundraisers(ctx, t, b.schema.Pool, 3)
+		inputs := planDonations(7, fundraisers, 20, 600)
+		runCtx, stop := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		var checks, recounts atomic.Int64
+		wg.Go(func() { // recounts of every row, over and over
+			for runCtx.Err() == nil {
+				if _, err := b.svc.RecountAllFundraisers(ctx); err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := b.svc.RecountAllUsers(ctx); err != nil {
+					t.Error(err)
+					return
+				}
+				recounts.Add(1)
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+		wg.Go(func() { // the invariant, checked in one snapshot at a time
+			for runCtx.Err() == nil {
+				if broken := b.brokenInvariant(ctx, t); len(broken) > 0 {
+					t.Errorf("counter + pending deltas differ from the donations: %v", broken)
+					return
+				}
+				checks.Add(1)
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+		err := donateAll(ctx, b.svc, inputs, 6)
+		stop()
+		wg.Wait()
+		require.NoError(t, err)
+		b.waitQueuesDrained(ctx, t)
+		require.Empty(t, b.brokenInvariant(ctx, t))
+		require.Empty(t, b.staleCounters(ctx, t))
+		require.Positive(t, recounts.Load())
+		require.Greater(t, checks.Load(), int64(10))
+		var drift int64
+		require.NoError(t, b.schema.Pool.QueryRow(ctx, `SELECT count(*) FROM river_job
+			WHERE kind LIKE 'donations.recount_%' AND state = 'completed' AND (metadata->'output'->>'drift_count')::int <> 0`).Scan(&drift))
+		require.Zero(t, drift, "no recount found drift: folds and recounts never double-count")
+		t.Logf("%d invariant checks, %d rounds of recounts, %d fold jobs", checks.Load(), recounts.Load(),
+			b.count(ctx, t, `SELECT count(*) FROM river_job WHERE kind LIKE 'donations.fold_%'`))
 	})
 }

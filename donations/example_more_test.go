@@ -40,7 +40,8 @@ func ExampleService_TrackOpens() {
 }
 
 // RecountUser repairs a user's donations_count from their succeeded
-// donations, here written by hand without their events.
+// donations, here written by hand without their events (their deltas
+// wait, with no fold job): no drift, the recount folds them.
 //
 //nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_RecountUser() {
@@ -67,7 +68,7 @@ func ExampleService_RecountUser() {
 	err = d.svc.RecountUser(ctx, 2)
 	fmt.Println("unknown user:", errors.Is(err, donations.ErrUnknownUser))
 	// Output:
-	// recount: {"result": "recounted", "donations_count": 1}
+	// recount: {"result": "recounted", "drift_count": 0, "donations_count": 1}
 	// unknown user: true
 }
 

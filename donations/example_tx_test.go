@@ -145,7 +145,7 @@ func ExampleService_DonateTx() {
 	// donations: 0 jobs: 0 events: 0
 	// donation: 2 succeeded 2500 EUR
 	// donations: 1 jobs: 3 events: 1
-	// jobs: [donations.recount_fundraiser donations.recount_user donations.update_email_donation]
+	// jobs: [donations.fold_fundraiser_counters donations.fold_user_counters donations.update_email_donation]
 }
 
 // count prints the donations, outbox jobs and events of the schema.
@@ -240,7 +240,10 @@ func ExampleService_TrackBatch() {
 }
 
 // RecountFundraiser repairs a fundraiser's counter cache from its
-// succeeded donations, here written by hand without their events.
+// succeeded donations, here written by hand without their events (their
+// deltas wait, with no fold job), and a counter set wrong by hand: the
+// recount writes the donations' count and total, folds the deltas and
+// reports the drift it corrected.
 //
 //nolint:gocritic // exitAfterDefer: an Example reads as caller code, log.Fatal included; a failed run leaves its schema to the test harness' clean-up of old runs
 func ExampleService_RecountFundraiser() {
@@ -253,6 +256,10 @@ func ExampleService_RecountFundraiser() {
 		  (1, $1, 'ada@example.com', 2500, 'EUR', 'succeeded'),
 		  (1, $1, 'ada@example.com', 1000, 'EUR', 'succeeded'),
 		  (1, $1, 'ada@example.com', 9900, 'EUR', 'failed')`, fundraiserID)
+	if err != nil {
+		log.Fatal(err)
+	}
+	_, err = d.Schema.Pool.Exec(ctx, `UPDATE fundraisers SET donations_count = 5, donations_total_cents = 100 WHERE id = $1`, fundraiserID)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -274,7 +281,7 @@ func ExampleService_RecountFundraiser() {
 	err = d.svc.RecountFundraiser(ctx, fundraiserID+1)
 	fmt.Println("unknown fundraiser:", errors.Is(err, donations.ErrUnknownFundraiser))
 	// Output:
-	// recount: {"result": "recounted", "donations_count": 2, "donations_total_cents": 3500}
+	// recount: {"result": "recounted", "drift_count": -5, "donations_count": 2, "drift_total_cents": -100, "donations_total_cents": 3500}
 	// fundraiser: 2 donations, 3500 cents
 	// unknown fundraiser: true
 }

@@ -123,10 +123,12 @@ SELECT DISTINCT email_id FROM email_counter_deltas
  WHERE email_id > $1 ORDER BY email_id LIMIT $2`
 )
 
-// Counter caches: recomputed from donations, counting succeeded donations
-// only.
+// Counter caches: folded from the deltas the triggers on donations write,
+// and recomputed from donations (counting succeeded donations only) to
+// repair and to check them.
 const (
-	// lockFundraiserSQL and lockUserSQL serialize the recounts of one row:
+	// lockFundraiserSQL and lockUserSQL serialize the recounts and folds of
+	// one row:
 	// the recount's UPDATE runs as a later statement, so its snapshot is
 	// taken after every earlier recount of the row committed (see
 	// recountFundraiserSQL).
@@ -134,23 +136,92 @@ const (
 	lockUserSQL       = `SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE`
 
 	// recountFundraiserSQL recomputes a fundraiser's counter cache from its
-	// succeeded donations. Its subqueries read the statement's snapshot even
-	// when the UPDATE has to wait for the row, which is why the row is
-	// locked by an earlier statement first: otherwise a recount with an
-	// older snapshot could commit last and leave a stale count.
+	// succeeded donations and deletes the pending deltas it saw (they are
+	// in the recount: counter + pending deltas = source, migration 0031),
+	// marks the row checked, and returns what it wrote and what the row and
+	// its deltas held before (the drift is the difference). Its subqueries
+	// read the statement's snapshot even when the UPDATE has to wait for
+	// the row, which is why the row is locked by an earlier statement
+	// first: otherwise a recount with an older snapshot could commit last
+	// and leave a stale count. Folds lock the row first too, so no fold
+	// holds deltas this DELETE would wait for.
 	recountFundraiserSQL = `
-UPDATE fundraisers
-   SET donations_count = (SELECT count(*) FROM donations WHERE fundraiser_id = $1 AND status = 'succeeded'),
-       donations_total_cents = (SELECT coalesce(sum(amount_cents), 0) FROM donations WHERE fundraiser_id = $1 AND status = 'succeeded')
- WHERE id = $1
-RETURNING donations_count, donations_total_cents`
+WITH folded AS (
+    DELETE FROM fundraiser_counter_deltas WHERE fundraiser_id = $1
+    RETURNING donations, cents
+), pending AS (
+    SELECT coalesce(sum(donations), 0) AS n, coalesce(sum(cents), 0) AS cents FROM folded
+), src AS (
+    SELECT count(*) AS n, coalesce(sum(amount_cents), 0) AS cents
+      FROM donations WHERE fundraiser_id = $1 AND status = 'succeeded'
+), before AS (
+    SELECT donations_count, donations_total_cents FROM fundraisers WHERE id = $1
+)
+UPDATE fundraisers f
+   SET donations_count = src.n, donations_total_cents = src.cents, counters_checked_at = now()
+  FROM src, pending, before
+ WHERE f.id = $1
+RETURNING f.donations_count, f.donations_total_cents,
+          before.donations_count + pending.n, before.donations_total_cents + pending.cents`
 
 	// recountUserSQL is recountFundraiserSQL for a user's donations_count.
 	recountUserSQL = `
-UPDATE users
-   SET donations_count = (SELECT count(*) FROM donations WHERE user_id = $1 AND status = 'succeeded')
- WHERE id = $1
-RETURNING donations_count`
+WITH folded AS (
+    DELETE FROM user_counter_deltas WHERE user_id = $1
+    RETURNING donations
+), pending AS (
+    SELECT coalesce(sum(donations), 0) AS n FROM folded
+), src AS (
+    SELECT count(*) AS n FROM donations WHERE user_id = $1 AND status = 'succeeded'
+), before AS (
+    SELECT donations_count FROM users WHERE id = $1
+)
+UPDATE users u
+   SET donations_count = src.n, counters_checked_at = now()
+  FROM src, pending, before
+ WHERE u.id = $1
+RETURNING u.donations_count, before.donations_count + pending.n`
+
+	// foldFundraiserCountersSQL moves every pending delta of a fundraiser
+	// into its counter cache, like foldEmailCountersSQL: the rows it
+	// deletes are exactly the rows it adds, and nothing comes back (the
+	// row untouched) when there was nothing to fold. It runs after
+	// lockFundraiserSQL, in the same transaction (see recountFundraiserSQL).
+	foldFundraiserCountersSQL = `
+WITH d AS (
+    DELETE FROM fundraiser_counter_deltas WHERE fundraiser_id = $1
+    RETURNING donations, cents
+), s AS (
+    SELECT count(*) AS n, coalesce(sum(donations), 0) AS donations, coalesce(sum(cents), 0) AS cents FROM d
+)
+UPDATE fundraisers f
+   SET donations_count = f.donations_count + s.donations, donations_total_cents = f.donations_total_cents + s.cents
+  FROM s
+ WHERE f.id = $1 AND s.n > 0
+RETURNING s.n, s.donations, s.cents`
+
+	// foldUserCountersSQL is foldFundraiserCountersSQL for a user.
+	foldUserCountersSQL = `
+WITH d AS (
+    DELETE FROM user_counter_deltas WHERE user_id = $1
+    RETURNING donations
+), s AS (
+    SELECT count(*) AS n, coalesce(sum(donations), 0) AS donations FROM d
+)
+UPDATE users u
+   SET donations_count = u.donations_count + s.donations
+  FROM s
+ WHERE u.id = $1 AND s.n > 0
+RETURNING s.n, s.donations, 0::bigint`
+
+	// pendingDeltaFundraisersSQL and pendingDeltaUsersSQL page through the
+	// rows that have pending counter deltas, for RefoldPendingCounters.
+	pendingDeltaFundraisersSQL = `
+SELECT DISTINCT fundraiser_id FROM fundraiser_counter_deltas
+ WHERE fundraiser_id > $1 ORDER BY fundraiser_id LIMIT $2`
+	pendingDeltaUsersSQL = `
+SELECT DISTINCT user_id FROM user_counter_deltas
+ WHERE user_id > $1 ORDER BY user_id LIMIT $2`
 
 	// fundraiserExistsSQL and userExistsSQL check a repair request.
 	fundraiserExistsSQL = `SELECT EXISTS (SELECT 1 FROM fundraisers WHERE id = $1)`

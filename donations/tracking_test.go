@@ -114,7 +114,8 @@ func (b *counterBundle) waitQueuesDrained(ctx context.Context, t *testing.T) {
 		var n int64
 		err := b.schema.Pool.QueryRow(ctx, `
 			SELECT (SELECT count(*) FROM river_job WHERE state NOT IN ('completed', 'discarded', 'cancelled'))
-			     + (SELECT count(*) FROM email_counter_deltas)`).Scan(&n)
+			     + (SELECT count(*) FROM email_counter_deltas)
+			     + (SELECT count(*) FROM fundraiser_counter_deltas) + (SELECT count(*) FROM user_counter_deltas)`).Scan(&n)
 		return err == nil && n == 0
 	}, 2*time.Minute, 20*time.Millisecond, "jobs or deltas still pending")
 	var lost int64

@@ -155,6 +155,8 @@ func TestArgsDeclareTheirIDs(t *testing.T) {
 	require.Empty(t, problems)
 	require.Equal(t, []string{
 		"donations.fold_email_counters.email_id",
+		"donations.fold_fundraiser_counters.fundraiser_id",
+		"donations.fold_user_counters.user_id",
 		"donations.recount_fundraiser.fundraiser_id",
 		"donations.recount_user.user_id",
 		"donations.update_email_donation.donation_id",

@@ -32,6 +32,8 @@ func TestRegistry(t *testing.T) {
 		jobs.PingKind,
 		jobs.PruneEventsKind,
 		donations.FoldEmailCountersKind,
+		donations.FoldFundraiserCountersKind,
+		donations.FoldUserCountersKind,
 		donations.RecountFundraiserKind,
 		donations.RecountUserKind,
 		donations.UpdateEmailDonationKind,

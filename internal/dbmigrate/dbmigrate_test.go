@@ -221,8 +221,9 @@ func TestOldLayout(t *testing.T) {
 		for table, rows := range rowsBefore {
 			require.Equal(t, rows, rowsAfter[table], "rows of %s", table)
 		}
-		require.Equal(t, []string{"aftercommit_roles", "job_batch_members", "job_batches", "job_rate_limits", "job_refs", "job_sequence_inbox",
-			"job_sequence_members", "job_sequences", "job_waits", "outbox_dead_jobs", "outbox_event_relays", "outbox_jobs"}, newKeys(rowsBefore, rowsAfter, "aftercommit_role_grants"))
+		require.Equal(t, []string{"aftercommit_roles", "fundraiser_counter_deltas", "job_batch_members", "job_batches", "job_rate_limits", "job_refs",
+			"job_sequence_inbox", "job_sequence_members", "job_sequences", "job_waits", "outbox_dead_jobs", "outbox_event_relays", "outbox_jobs",
+			"user_counter_deltas"}, newKeys(rowsBefore, rowsAfter, "aftercommit_role_grants"))
 		require.Equal(t, bundle.fresh, dbmigratetest.Catalog(ctx, t, target.Pool, target.Name))
 
 		v, err = dbmigrate.CurrentVersion(ctx, target.Pool, opts)
