@@ -50,6 +50,14 @@ type Config struct {
 	//
 	// Defaults to nil: inventory.Config's defaults.
 	Inventory *inventory.Config
+
+	// CounterReconciler tunes the periodic check and repair of the
+	// donations' counter caches (donations.RegisterReconciler): how often,
+	// how many rows a run, and a hook for each drift found.
+	//
+	// Defaults to nil: donations.ReconcileConfig's defaults (100
+	// fundraisers and 100 users a minute).
+	CounterReconciler *donations.ReconcileConfig
 }
 
 // Register declares every queue, topic, subscription, worker and periodic
@@ -63,9 +71,9 @@ type Config struct {
 // registry that is only inspected (its kinds, queues and args types) and
 // never given to a client that works jobs. cfg may be nil.
 //
-// Register panics when cfg.Inventory is out of range (a negative duration,
-// a concurrency above jobs.LockPermitsMax): a programming error, found at
-// startup.
+// Register panics when cfg.Inventory or cfg.CounterReconciler is out of
+// range (a negative duration, a concurrency above jobs.LockPermitsMax): a
+// programming error, found at startup.
 func Register(reg *jobs.Registry, pool *pgxpool.Pool, cfg *Config) {
 	if cfg == nil {
 		cfg = &Config{}
@@ -73,6 +81,7 @@ func Register(reg *jobs.Registry, pool *pgxpool.Pool, cfg *Config) {
 	jobs.RegisterPing(reg, pool)
 	jobs.RegisterEventPruner(reg, pool, cfg.EventPruner)
 	donations.Register(reg, pool)
+	donations.RegisterReconciler(reg, pool, cfg.CounterReconciler)
 	inventory.Register(reg, pool, cfg.Inventory)
 	reporting.Register(reg, pool)
 }

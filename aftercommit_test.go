@@ -24,6 +24,7 @@ var everyKind = []string{
 	"donations.fold_email_counters",
 	"donations.fold_fundraiser_counters",
 	"donations.fold_user_counters",
+	"donations.reconcile_counters",
 	"donations.recount_fundraiser",
 	"donations.recount_user",
 	"donations.update_email_donation",

@@ -231,53 +231,29 @@ func countedDonation(ev outbox.Event) (donationCreated, bool, error) {
 // for the row lock but keep its older snapshot, and could overwrite a newer
 // count with a stale one.)
 func (w *RecountFundraiserWorker) Work(ctx context.Context, job *river.Job[RecountFundraiserArgs]) error {
-	return recount(ctx, w.pool, job, lockFundraiserSQL, job.Args.FundraiserID, func(ctx context.Context, tx pgx.Tx, out *RecountOutput) error {
-		var count, cents int64
-		if err := tx.QueryRow(ctx, recountFundraiserSQL, job.Args.FundraiserID).
-			Scan(&out.DonationsCount, &out.DonationsTotalCents, &count, &cents); err != nil {
-			return err
-		}
-		out.DriftCount, out.DriftTotalCents = out.DonationsCount-count, out.DonationsTotalCents-cents
-		return nil
-	})
+	return recount(ctx, w.pool, job, lockFundraiserSQL, job.Args.FundraiserID, recountFundraiserRow)
 }
 
 // Work recomputes the user's donations_count and completes the job in one
 // transaction, serialized per user like RecountFundraiserWorker.Work.
 func (w *RecountUserWorker) Work(ctx context.Context, job *river.Job[RecountUserArgs]) error {
-	return recount(ctx, w.pool, job, lockUserSQL, job.Args.UserID, func(ctx context.Context, tx pgx.Tx, out *RecountOutput) error {
-		var count int64
-		if err := tx.QueryRow(ctx, recountUserSQL, job.Args.UserID).Scan(&out.DonationsCount, &count); err != nil {
-			return err
-		}
-		out.DriftCount = out.DonationsCount - count
-		return nil
-	})
+	return recount(ctx, w.pool, job, lockUserSQL, job.Args.UserID, recountUserRow)
 }
 
-// recount locks row id with lockSQL, runs update in a later statement and
-// completes job, in one read-committed transaction (each statement then
-// takes a fresh snapshot, which the serialization argument needs).
+// recount recounts row id (recountRow) and completes job, in one
+// read-committed transaction, and logs the drift it repaired.
 func recount[T river.JobArgs](ctx context.Context, pool *pgxpool.Pool, job *river.Job[T], lockSQL string, id int64,
-	update func(ctx context.Context, tx pgx.Tx, out *RecountOutput) error,
+	update func(ctx context.Context, tx pgx.Tx, id int64, out *RecountOutput) error,
 ) error {
 	return pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
-		out := RecountOutput{Result: RecountResultRecounted}
-		var locked int64
-		switch err := tx.QueryRow(ctx, lockSQL, id).Scan(&locked); {
-		case errors.Is(err, pgx.ErrNoRows):
-			out = RecountOutput{Result: RecountResultNotFound}
-		case err != nil:
-			return fmt.Errorf("locking %s %d: %w", job.Kind, id, err)
-		default:
-			if err := update(ctx, tx, &out); err != nil {
-				return fmt.Errorf("recounting for %s %d: %w", job.Kind, id, err)
-			}
-			if out.DriftCount != 0 || out.DriftTotalCents != 0 {
-				slog.WarnContext(ctx, "donations: a recount repaired drifted counters", "kind", job.Kind, "id", id,
-					"drift_count", out.DriftCount, "drift_total_cents", out.DriftTotalCents,
-					"donations_count", out.DonationsCount, "donations_total_cents", out.DonationsTotalCents)
-			}
+		out, err := recountRow(ctx, tx, lockSQL, id, update)
+		if err != nil {
+			return fmt.Errorf("%s %d: %w", job.Kind, id, err)
+		}
+		if out.DriftCount != 0 || out.DriftTotalCents != 0 {
+			slog.WarnContext(ctx, "donations: a recount repaired drifted counters", "kind", job.Kind, "id", id,
+				"drift_count", out.DriftCount, "drift_total_cents", out.DriftTotalCents,
+				"donations_count", out.DonationsCount, "donations_total_cents", out.DonationsTotalCents)
 		}
 		return jobs.CompleteTx(ctx, tx, job, out)
 	})

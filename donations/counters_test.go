@@ -1,11 +1,15 @@
 package donations_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"hash/fnv"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
 	"github.com/stretchr/testify/require"
 
@@ -398,4 +403,100 @@ func TestCounterDeltas(t *testing.T) {
 		t.Logf("%d invariant checks, %d rounds of recounts, %d fold jobs", checks.Load(), recounts.Load(),
 			b.count(ctx, t, `SELECT count(*) FROM river_job WHERE kind LIKE 'donations.fold_%'`))
 	})
+}
+
+// TestReconcileCounters: drift injected by hand (a counter, a total, a
+// user's count) is found by the reconciliation jobs, a slice of the rows
+// checked longest ago per run, repaired, and reported: once to OnDrift and
+// in a log line naming the row and the difference; rows that were exact
+// are checked and left alone.
+func TestReconcileCounters(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	var mu sync.Mutex
+	var drifts []donations.Drift
+	var logs bytes.Buffer
+	b := setupCounterTest(ctx, t, counterOpts{maxConns: 6, reconcile: &donations.ReconcileConfig{
+		Interval: time.Hour, Slice: 3,
+		OnDrift: func(_ context.Context, d donations.Drift) {
+			mu.Lock()
+			defer mu.Unlock()
+			drifts = append(drifts, d)
+		},
+		Logger: slog.New(slog.NewTextHandler(&syncWriter{w: &logs, mu: &mu}, nil)),
+	}})
+	fundraisers := seedFundraisers(ctx, t, b.schema.Pool, 5)
+	inputs := planDonations(8, fundraisers, 4, 80)
+	for i := range inputs {
+		inputs[i].Succeeded = true
+	}
+	require.NoError(t, donateAll(ctx, b.svc, inputs, 2))
+	b.waitQueuesDrained(ctx, t)
+	require.Empty(t, b.staleCounters(ctx, t))
+	var user int64
+	var userCount int64
+	require.NoError(t, b.schema.Pool.QueryRow(ctx, `SELECT id, donations_count FROM users ORDER BY id LIMIT 1`).Scan(&user, &userCount))
+	require.Positive(t, userCount)
+
+	// Drift, by hand: fundraiser 2 counts 3 too many, fundraiser 4's total
+	// is 500 cents short, the first user counts nothing.
+	for _, q := range []struct {
+		sql string
+		id  int64
+	}{
+		{`UPDATE fundraisers SET donations_count = donations_count + 3 WHERE id = $1`, fundraisers[1]},
+		{`UPDATE fundraisers SET donations_total_cents = donations_total_cents - 500 WHERE id = $1`, fundraisers[3]},
+		{`UPDATE users SET donations_count = 0 WHERE id = $1`, user},
+	} {
+		_, err := b.schema.Pool.Exec(ctx, q.sql, q.id)
+		require.NoError(t, err)
+	}
+	require.Len(t, b.staleCounters(ctx, t), 3)
+
+	reconcile := func() donations.ReconcileCountersOutput {
+		t.Helper()
+		res, err := b.client.Insert(ctx, donations.ReconcileCountersArgs{}, &river.InsertOpts{Queue: donations.QueueCounters})
+		require.NoError(t, err)
+		b.waitQueuesDrained(ctx, t)
+		var out donations.ReconcileCountersOutput
+		var raw []byte
+		require.NoError(t, b.schema.Pool.QueryRow(ctx, `SELECT metadata->'output' FROM river_job WHERE id = $1`, res.Job.ID).Scan(&raw))
+		require.NoError(t, json.Unmarshal(raw, &out))
+		return out
+	}
+	// First run: fundraisers 1-3 (never checked, by id) and 3 users;
+	// fundraiser 2 and the first user had drifted.
+	require.Equal(t, donations.ReconcileCountersOutput{Fundraisers: 3, Users: 3, Drifted: 2}, reconcile())
+	stale := b.staleCounters(ctx, t)
+	require.Len(t, stale, 1)
+	require.Contains(t, stale[0], fmt.Sprintf("fundraiser %d:", fundraisers[3]), "fundraiser 4 waits for its turn")
+	// Second run: fundraisers 4 and 5 (never checked), then 1 (checked
+	// longest ago); the users left.
+	out := reconcile()
+	require.Equal(t, 3, out.Fundraisers)
+	require.Equal(t, 1, out.Drifted)
+	require.Empty(t, b.staleCounters(ctx, t))
+
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, []donations.Drift{
+		{Table: "fundraisers", ID: fundraisers[1], Count: -3},
+		{Table: "users", ID: user, Count: userCount},
+		{Table: "fundraisers", ID: fundraisers[3], TotalCents: 500},
+	}, drifts)
+	line := fmt.Sprintf("table=fundraisers id=%d drift_count=-3 drift_total_cents=0", fundraisers[1])
+	require.Contains(t, logs.String(), line)
+	require.Equal(t, 3, strings.Count(logs.String(), "counter cache drifted; repaired"))
+}
+
+// syncWriter serializes writes to w under mu.
+type syncWriter struct {
+	w  *bytes.Buffer
+	mu *sync.Mutex
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }

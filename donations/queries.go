@@ -223,6 +223,12 @@ SELECT DISTINCT fundraiser_id FROM fundraiser_counter_deltas
 SELECT DISTINCT user_id FROM user_counter_deltas
  WHERE user_id > $1 ORDER BY user_id LIMIT $2`
 
+	// oldestCheckedFundraisersSQL and oldestCheckedUsersSQL choose the
+	// rows a reconciliation checks: never checked first, then checked
+	// longest ago (fundraisers_counters_checked_idx, users_…).
+	oldestCheckedFundraisersSQL = `SELECT id FROM fundraisers ORDER BY counters_checked_at NULLS FIRST, id LIMIT $1`
+	oldestCheckedUsersSQL       = `SELECT id FROM users ORDER BY counters_checked_at NULLS FIRST, id LIMIT $1`
+
 	// fundraiserExistsSQL and userExistsSQL check a repair request.
 	fundraiserExistsSQL = `SELECT EXISTS (SELECT 1 FROM fundraisers WHERE id = $1)`
 	userExistsSQL       = `SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)`

@@ -45,6 +45,8 @@ type counterOpts struct {
 	insertOnly bool
 	// fail, when set, picks the jobs that fail after their write.
 	fail func(job *rivertype.JobRow) bool
+	// reconcile, when set, registers the reconciler with it.
+	reconcile *donations.ReconcileConfig
 }
 
 // newCounterClient builds a client for reg on pool with the tests' River
@@ -84,6 +86,9 @@ func setupCounterTest(ctx context.Context, t *testing.T, opts counterOpts) *coun
 	s := dbtest.TestSchema(ctx, t, &dbtest.Opts{MaxConns: opts.maxConns})
 	reg := jobs.NewRegistry()
 	donations.Register(reg, s.Pool)
+	if opts.reconcile != nil {
+		donations.RegisterReconciler(reg, s.Pool, opts.reconcile)
+	}
 	inject := jobstest.NewFailureInjector(ctx, t, s, opts.fail)
 	client := newCounterClient(ctx, t, s.Pool, reg, s.Name, opts, inject)
 	ob, err := jobs.NewOutbox(s.Pool, client, reg, directInsert)

@@ -148,6 +148,8 @@ type httpDeps struct {
 	queue *jobs.QueueMetrics
 	// events, when set, adds the events relay's metrics.
 	events *eventsRelay
+	// drift counts the counter caches the reconciler repaired.
+	drift *driftCounter
 	// client backs the River UI.
 	client *river.Client[pgx.Tx]
 	// user and password, when user is set, guard /metrics and /riverui/.
@@ -170,6 +172,9 @@ func newHTTPHandler(ctx context.Context, deps *httpDeps) (http.Handler, error) {
 	}
 	if deps.events != nil {
 		cs = append(cs, newEventsCollector(deps.events))
+	}
+	if deps.drift != nil {
+		cs = append(cs, deps.drift.vec)
 	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {

@@ -183,6 +183,9 @@ func runMetricsTest(t *testing.T, scale float64, quantiles bool) {
 		require.Contains(t, text, `aftercommit_queue_oldest_available_age_seconds{queue="`+queue+`"} `)
 	}
 	require.Contains(t, text, "aftercommit_queue_read_errors_total 0")
+	// The counter caches' reconciler reports its repairs, zero until one.
+	require.Contains(t, text, `aftercommit_cache_drift_repairs_total{table="fundraisers"} 0`)
+	require.Contains(t, text, `aftercommit_cache_drift_repairs_total{table="users"} 0`)
 
 	// Every metric the rules read is served under that name.
 	for _, name := range ruleMetricNames(t) {

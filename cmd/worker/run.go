@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 
+	"github.com/aftercommit/aftercommit/donations"
 	"github.com/aftercommit/aftercommit/internal/app"
 	"github.com/aftercommit/aftercommit/internal/dbconn"
 	"github.com/aftercommit/aftercommit/jobs"
@@ -118,7 +119,8 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 	// process works: the leader's rescuer must know them all.
 	metrics := jobs.NewMetrics(nil)
 	rc := riverConfig(cfg)
-	reg := app.Registry(pool, nil)
+	drift := newDriftCounter()
+	reg := app.Registry(pool, &app.Config{CounterReconciler: &donations.ReconcileConfig{OnDrift: drift.observe, Logger: logger}})
 	if faultHooks != nil {
 		reg = faultHooks(pool, rc, logger)
 	}
@@ -176,6 +178,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger) error {
 			ready:    &readiness{db: pool, started: started.Load, timeout: readyPingTimeout, logger: logger, events: events},
 			events:   events,
 			metrics:  metrics,
+			drift:    drift,
 			queue:    queue,
 			client:   client,
 			user:     cfg.httpUser,

@@ -28,7 +28,7 @@ func TestPromtoolCheckRules(t *testing.T) {
 	t.Parallel()
 	out, ok := promtest.RunPromtool(t, "", "check", "rules", "rules.yml")
 	require.True(t, ok, out)
-	require.Equal(t, "Checking rules.yml\n  SUCCESS: 21 rules found\n\n", out)
+	require.Equal(t, "Checking rules.yml\n  SUCCESS: 22 rules found\n\n", out)
 }
 
 func TestPromtoolTestRules(t *testing.T) {
@@ -44,5 +44,5 @@ func TestPromtoolCheckConfig(t *testing.T) {
 	out, ok := promtest.RunPromtool(t, "", "check", "config", "prometheus.yml")
 	require.True(t, ok, out)
 	require.Equal(t, 3, strings.Count(out, "SUCCESS"), out)
-	require.Contains(t, out, "SUCCESS: 21 rules found")
+	require.Contains(t, out, "SUCCESS: 22 rules found")
 }

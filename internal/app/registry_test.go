@@ -34,6 +34,7 @@ func TestRegistry(t *testing.T) {
 		donations.FoldEmailCountersKind,
 		donations.FoldFundraiserCountersKind,
 		donations.FoldUserCountersKind,
+		donations.ReconcileCountersKind,
 		donations.RecountFundraiserKind,
 		donations.RecountUserKind,
 		donations.UpdateEmailDonationKind,
