@@ -9,6 +9,7 @@
 //	AFTERCOMMIT_FAULT_DELAY            sleep this long before the job's work (ends early when the job's context does)
 //	AFTERCOMMIT_FAULT_HOLD             wait, ignoring the job's context, until this file exists; then work on a context that is never cancelled (a late finisher)
 //	AFTERCOMMIT_FAULT_EXIT_AFTER_WORK  when "1", exit at once (status 3) after a job's work returned nil, before River records the completion
+//	AFTERCOMMIT_FAULT_FAIL_ONE_IN      N: fail about one attempt in N before its work (chosen by a hash of the job and its attempt), so jobs retry
 //	AFTERCOMMIT_FAULT_COMPLETION_PERMITS  inventory.Config.CompletionConcurrency
 //	AFTERCOMMIT_FAULT_PRUNE_INTERVAL      inventory.Config.PruneInterval
 //
@@ -21,6 +22,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"os"
 	"strconv"
@@ -58,6 +60,7 @@ func installFaultHooks(pool *pgxpool.Pool, rc *river.Config, logger *slog.Logger
 		delay:     envDuration("AFTERCOMMIT_FAULT_DELAY"),
 		hold:      os.Getenv("AFTERCOMMIT_FAULT_HOLD"),
 		exitAfter: os.Getenv("AFTERCOMMIT_FAULT_EXIT_AFTER_WORK") == "1",
+		failOneIn: envInt("AFTERCOMMIT_FAULT_FAIL_ONE_IN"),
 		kinds:     map[string]bool{},
 		logger:    logger,
 	}
@@ -77,6 +80,18 @@ func installFaultHooks(pool *pgxpool.Pool, rc *river.Config, logger *slog.Logger
 	logger.Warn("worker: fault hooks compiled in (-tags faults); never run this binary in production",
 		slog.Duration("delay", mw.delay), slog.String("hold", mw.hold), slog.Bool("exit_after_work", mw.exitAfter))
 	return reg
+}
+
+func envInt(name string) uint32 {
+	v := os.Getenv(name)
+	if v == "" {
+		return 0
+	}
+	n, err := strconv.ParseUint(v, 10, 32)
+	if err != nil {
+		panic(fmt.Sprintf("%s %q: %v", name, v, err))
+	}
+	return uint32(n)
 }
 
 func envDuration(name string) time.Duration {
@@ -99,6 +114,7 @@ type faultMiddleware struct {
 	delay     time.Duration
 	hold      string
 	exitAfter bool
+	failOneIn uint32
 	kinds     map[string]bool
 	attempt   int
 	logger    *slog.Logger
@@ -108,6 +124,13 @@ type faultMiddleware struct {
 func (m *faultMiddleware) Work(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
 	if len(m.kinds) > 0 && !m.kinds[job.Kind] || m.attempt > 0 && job.Attempt != m.attempt {
 		return doInner(ctx)
+	}
+	if m.failOneIn > 0 {
+		h := fnv.New32a()
+		_, _ = fmt.Fprintf(h, "%d/%d", job.ID, job.Attempt) // a hash.Hash's Write never returns an error
+		if h.Sum32()%m.failOneIn == 0 {
+			return fmt.Errorf("faults: attempt %d failed on purpose", job.Attempt)
+		}
 	}
 	if m.delay > 0 {
 		select {
