@@ -77,12 +77,13 @@ const (
 var (
 	domainTables = []string{
 		"pings", "users", "fundraisers", "emails", "donations", "email_counter_deltas",
-		"products", "checkouts", "inventory_claims", "product_buckets",
+		"fundraiser_counter_deltas", "user_counter_deltas", "products", "checkouts", "inventory_claims", "product_buckets",
 		"cars", "car_users", "car_reports", "fundraiser_daily_totals",
 	}
 	domainSequences = []string{
 		"pings_id_seq", "users_id_seq", "fundraisers_id_seq", "emails_id_seq", "donations_id_seq",
 		"email_counter_deltas_id_seq", "products_id_seq", "checkouts_id_seq", "cars_id_seq",
+		"fundraiser_counter_deltas_id_seq", "user_counter_deltas_id_seq",
 	}
 	views = []string{"job_kind_stats", "queue_depth", "stuck_jobs", "failing_jobs", "job_rate_limit_status", "job_sequence_status",
 		"job_batch_status", "job_dependency_status", "db_vacuum_holdback", "db_table_health"}
