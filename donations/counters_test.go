@@ -2,6 +2,7 @@ package donations_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aftercommit/aftercommit/donations"
+	"github.com/aftercommit/aftercommit/jobs"
 )
 
 // seedFundraisers creates n fundraisers and returns their IDs.
@@ -499,4 +501,25 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.Write(p)
+}
+
+// TestRegisterReconcilerRefusesABadConfig: an Interval under a second or a
+// Slice under 1 is a programming error, refused at startup with a message
+// that names the field, before anything is registered.
+func TestRegisterReconcilerRefusesABadConfig(t *testing.T) {
+	t.Parallel()
+	for _, cfg := range []donations.ReconcileConfig{{Interval: 500 * time.Millisecond}, {Slice: -1}, {Interval: -time.Minute}} {
+		reg := jobs.NewRegistry()
+		donations.Register(reg, nil)
+		before := reg.Kinds()
+		require.PanicsWithValue(t, fmt.Sprintf("donations: ReconcileConfig.Interval must be at least 1s and Slice at least 1, got %s and %d",
+			cmp.Or(cfg.Interval, donations.ReconcileIntervalDefault), cmp.Or(cfg.Slice, donations.ReconcileSliceDefault)),
+			func() { donations.RegisterReconciler(reg, nil, &cfg) })
+		require.Equal(t, before, reg.Kinds(), "nothing registered")
+	}
+	reg := jobs.NewRegistry()
+	donations.Register(reg, nil)
+	donations.RegisterReconciler(reg, nil, nil)
+	require.NoError(t, reg.Err())
+	require.Contains(t, reg.Kinds(), donations.ReconcileCountersKind)
 }
